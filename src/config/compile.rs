@@ -1,0 +1,355 @@
+//! Turns a validated [`ConfigFile`] into the runtime form: the route table, upstream groups
+//! with their selectors and health checks, metrics and the access log, plus the server
+//! settings `lib.rs` needs to start listening. Header names and values are parsed here, once;
+//! nothing on the request path parses configuration text again.
+
+use super::file::*;
+use super::Problem;
+use crate::gateway::Gateway;
+use crate::observe::access_log::{self, AccessLogWriter};
+use crate::observe::metrics::Metrics;
+use crate::route::{DirectResponse, HostPattern, PathMatch, PathRewrite, ProxyAction, Route, RouteAction, RouteTable};
+use crate::upstream::health::{HealthCheckSpec, Kind};
+use crate::upstream::select::{Policy, Selector};
+use crate::upstream::{self, HashOn, UpstreamGroup};
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+use pingora::lb::discovery::Static;
+use pingora::lb::{Backends, LoadBalancer};
+use pingora::server::configuration::ServerConf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Everything needed to run a gateway.
+pub struct Compiled {
+    pub gateway: Gateway,
+    pub server_conf: ServerConf,
+    pub listeners: Vec<String>,
+    pub admin: Option<String>,
+    pub access_log_writer: Option<AccessLogWriter>,
+    pub demo: Vec<(String, String)>,
+}
+
+impl Compiled {
+    /// Upstream groups whose health checks must run as background services.
+    pub fn health_checked(&self) -> impl Iterator<Item = &Arc<UpstreamGroup>> {
+        self.gateway.upstreams.iter().filter(|g| g.health_checked)
+    }
+}
+
+/// Parse `hash_on`: `"header:NAME"`, `"cookie:NAME"` or `"client_ip"`.
+pub fn parse_hash_on(s: &str) -> Result<HashOn, String> {
+    if s == "client_ip" {
+        return Ok(HashOn::ClientIp);
+    }
+    match s.split_once(':') {
+        Some(("header", name)) => HeaderName::from_bytes(name.trim().as_bytes())
+            .map(HashOn::Header)
+            .map_err(|_| format!("invalid header name {name:?}")),
+        Some(("cookie", name)) if !name.trim().is_empty() => Ok(HashOn::Cookie(name.trim().to_string())),
+        _ => Err(format!(
+            "invalid hash_on {s:?}; write \"header:NAME\", \"cookie:NAME\" or \"client_ip\""
+        )),
+    }
+}
+
+/// Parse a host pattern: an exact name or `*.suffix`.
+pub fn parse_host_pattern(s: &str) -> Result<HostPattern, String> {
+    let lower = s.trim_end_matches('.').to_ascii_lowercase();
+    let valid_name = |n: &str| {
+        !n.is_empty()
+            && n.split('.').all(|label| {
+                !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            })
+    };
+    if let Some(suffix) = lower.strip_prefix("*.") {
+        if valid_name(suffix) {
+            return Ok(HostPattern::Suffix(format!(".{suffix}")));
+        }
+    } else if valid_name(&lower) || lower.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(HostPattern::Exact(lower));
+    }
+    Err(format!(
+        "invalid host {s:?}; write a name like \"api.example.com\" or a wildcard like \"*.example.com\""
+    ))
+}
+
+/// Build the runtime form. `file` must have passed validation; anything that still fails is
+/// reported as a problem rather than a panic.
+pub fn compile(file: &ConfigFile) -> Result<Compiled, Vec<Problem>> {
+    let ConfigFile {
+        server,
+        listeners,
+        admin,
+        access_log,
+        upstreams,
+        routes,
+        demo,
+    } = file;
+    let mut problems = Vec::new();
+    let metrics = Arc::new(Metrics::new().map_err(|e| vec![Problem::new("", format!("metrics: {e}"))])?);
+
+    let mut groups = Vec::new();
+    let mut group_index = BTreeMap::new();
+    for (name, up) in upstreams {
+        match compile_upstream(name, up) {
+            Ok(g) => {
+                group_index.insert(name.as_str(), groups.len());
+                groups.push(Arc::new(g));
+            }
+            Err(p) => problems.push(p),
+        }
+    }
+
+    let mut compiled_routes = Vec::new();
+    for (i, r) in routes.iter().enumerate() {
+        match compile_route(i, r, upstreams, &group_index) {
+            Ok(route) => compiled_routes.push(route),
+            Err(p) => problems.push(p),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+
+    let (access_log, access_log_writer) = match access_log.target.as_str() {
+        "off" => (None, None),
+        target => {
+            let target = if target == "stdout" {
+                access_log::Target::Stdout
+            } else {
+                access_log::Target::File(target.into())
+            };
+            let (log, writer) =
+                access_log::channel(target, access_log.buffer_lines, metrics.access_log_dropped.clone());
+            (Some(log), Some(writer))
+        }
+    };
+
+    Ok(Compiled {
+        gateway: Gateway {
+            routes: RouteTable::new(compiled_routes),
+            upstreams: groups,
+            metrics,
+            access_log,
+        },
+        server_conf: server_conf(server),
+        listeners: listeners.iter().map(|l| l.address.clone()).collect(),
+        admin: admin.enabled.then(|| admin.address.clone()),
+        access_log_writer,
+        demo: demo.iter().map(|d| (d.name.clone(), d.address.clone())).collect(),
+    })
+}
+
+fn server_conf(s: &ServerSection) -> ServerConf {
+    let ServerSection {
+        threads,
+        work_stealing,
+        pid_file,
+        upgrade_sock,
+        error_log,
+        grace_period,
+        graceful_shutdown_timeout,
+        upstream_keepalive_pool_size,
+    } = s;
+    ServerConf {
+        threads: *threads,
+        work_stealing: *work_stealing,
+        pid_file: pid_file.clone(),
+        upgrade_sock: upgrade_sock.clone(),
+        error_log: error_log.clone(),
+        grace_period_seconds: Some(grace_period.0.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(graceful_shutdown_timeout.0.as_secs()),
+        upstream_keepalive_pool_size: *upstream_keepalive_pool_size,
+        ..ServerConf::default()
+    }
+}
+
+fn compile_upstream(name: &str, up: &UpstreamSection) -> Result<UpstreamGroup, Problem> {
+    let UpstreamSection {
+        policy,
+        hash_on,
+        targets,
+        health_check,
+        connect_timeout,
+        read_timeout,
+    } = up;
+    let at = format!("upstreams.{name}");
+    let fail = |msg: String| Problem::new(&at, msg);
+    let mut backends = BTreeSet::new();
+    for t in targets {
+        let addr: SocketAddr = t
+            .address
+            .parse()
+            .map_err(|_| fail(format!("invalid target {:?}", t.address)))?;
+        backends.insert(upstream::backend(addr, t.weight));
+    }
+    let policy = match policy {
+        BalancePolicy::RoundRobin => Policy::RoundRobin,
+        BalancePolicy::LeastConnections => Policy::LeastConnections,
+        BalancePolicy::ConsistentHash => Policy::ConsistentHash,
+    };
+    let hash_on = hash_on.as_deref().map(parse_hash_on).transpose().map_err(fail)?;
+
+    let mut view = Backends::new(Static::new(backends));
+    let spec = health_check.as_ref().map(health_spec);
+    if let Some(spec) = &spec {
+        let hc = spec
+            .build()
+            .map_err(|e| fail(format!("health check: {e}")))?;
+        view.set_health_check(hc);
+    }
+    let mut lb = LoadBalancer::<Selector>::from_backends_with_config(view, Some(policy));
+    // Static discovery completes without waiting; a throwaway runtime drives it once.
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| fail(format!("building targets: {e}")))?
+        .block_on(lb.update())
+        .map_err(|e| fail(format!("building targets: {e}")))?;
+    if let Some(spec) = &spec {
+        lb.health_check_frequency = Some(spec.interval);
+        lb.parallel_health_check = true;
+    }
+    Ok(UpstreamGroup::new(
+        name,
+        policy,
+        hash_on,
+        lb,
+        connect_timeout.0,
+        read_timeout.0,
+        spec.is_some(),
+    ))
+}
+
+fn health_spec(hc: &HealthCheckSection) -> HealthCheckSpec {
+    let HealthCheckSection {
+        kind,
+        path,
+        host,
+        expected_status,
+        interval,
+        timeout,
+        healthy_threshold,
+        unhealthy_threshold,
+    } = hc;
+    HealthCheckSpec {
+        kind: match kind {
+            HealthCheckKind::Tcp => Kind::Tcp,
+            HealthCheckKind::Http => Kind::Http {
+                path: path.clone(),
+                host: host.clone(),
+                expected_status: *expected_status,
+            },
+        },
+        interval: interval.0,
+        timeout: timeout.0,
+        rise: *healthy_threshold,
+        fall: *unhealthy_threshold,
+    }
+}
+
+fn compile_route(
+    order: usize,
+    r: &RouteSection,
+    upstreams: &BTreeMap<String, UpstreamSection>,
+    group_index: &BTreeMap<&str, usize>,
+) -> Result<Route, Problem> {
+    let RouteSection {
+        name,
+        hosts,
+        path_prefix,
+        path,
+        methods,
+        headers,
+        upstream,
+        strip_prefix,
+        rewrite_prefix,
+        connect_timeout,
+        read_timeout,
+        retries,
+        respond,
+    } = r;
+    let at = format!("routes[{order}]");
+    let fail = |msg: String| Problem::new(&at, msg);
+    let hosts = hosts
+        .iter()
+        .map(|h| parse_host_pattern(h))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(fail)?;
+    let path_match = match (path_prefix, path) {
+        (Some(p), _) => PathMatch::Prefix(p.clone()),
+        (None, Some(p)) => PathMatch::Exact(p.clone()),
+        (None, None) => PathMatch::Any,
+    };
+    let methods = methods
+        .iter()
+        .map(|m| Method::from_bytes(m.as_bytes()).map_err(|_| fail(format!("invalid method {m:?}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let headers = header_pairs(headers).map_err(fail)?;
+
+    let action = match (upstream, respond) {
+        (Some(up_name), None) => {
+            let index = *group_index
+                .get(up_name.as_str())
+                .ok_or_else(|| fail(format!("upstream {up_name:?} is not defined")))?;
+            let group = upstreams
+                .get(up_name)
+                .ok_or_else(|| fail(format!("upstream {up_name:?} is not defined")))?;
+            let matched_len = match &path_match {
+                PathMatch::Prefix(p) | PathMatch::Exact(p) => p.trim_end_matches('/').len(),
+                PathMatch::Any => 0,
+            };
+            let rewrite = match (strip_prefix, rewrite_prefix) {
+                (true, _) => PathRewrite::Prefix {
+                    len: matched_len,
+                    with: String::new(),
+                },
+                (false, Some(with)) => PathRewrite::Prefix {
+                    len: matched_len,
+                    with: with.clone(),
+                },
+                (false, None) => PathRewrite::None,
+            };
+            RouteAction::Proxy(ProxyAction {
+                upstream: index,
+                rewrite,
+                connect_timeout: connect_timeout.unwrap_or(group.connect_timeout).0,
+                read_timeout: read_timeout.unwrap_or(group.read_timeout).0,
+                retries: *retries,
+            })
+        }
+        (None, Some(resp)) => {
+            let RespondSection {
+                status,
+                headers,
+                body,
+            } = resp;
+            RouteAction::Respond(DirectResponse {
+                status: StatusCode::from_u16(*status).map_err(|_| fail(format!("invalid status {status}")))?,
+                headers: header_pairs(headers).map_err(fail)?,
+                body: Bytes::from(body.clone()),
+            })
+        }
+        _ => return Err(fail("needs exactly one of upstream or [respond]".into())),
+    };
+    Ok(Route {
+        name: name.as_str().into(),
+        hosts,
+        path: path_match,
+        methods,
+        headers,
+        action,
+        order,
+    })
+}
+
+fn header_pairs(map: &BTreeMap<String, String>) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    map.iter()
+        .map(|(k, v)| {
+            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("invalid header name {k:?}"))?;
+            let value = HeaderValue::from_str(v).map_err(|_| format!("invalid value for header {k:?}"))?;
+            Ok((name, value))
+        })
+        .collect()
+}

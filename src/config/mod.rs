@@ -1,0 +1,96 @@
+//! Configuration in three layers: what the user writes ([`file`]), what it must mean
+//! ([`validate`]), and the runtime form the proxy reads ([`compile`]).
+//!
+//! [`load`] runs the first two and reports every problem at once, each naming the file, the
+//! key path and what is wrong. The runtime form is built by [`compile::compile`].
+
+pub mod compile;
+pub mod file;
+pub mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use file::ConfigFile;
+
+/// One thing wrong with a configuration, located by its key path (`routes[2].upstream`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Why a configuration file was refused. Displays one line per problem.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self.file.display();
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            if p.path.is_empty() {
+                write!(f, "{file}: {}", p.message)?;
+            } else {
+                write!(f, "{file}: {}: {}", p.path, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Read, parse and validate a configuration file.
+pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
+    let fail = |problems| ConfigError {
+        file: path.to_path_buf(),
+        problems,
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| fail(vec![Problem::new("", format!("cannot read file: {e}"))]))?;
+    let file = parse(&text).map_err(|p| fail(vec![p]))?;
+    let problems = validate::validate(&file);
+    if problems.is_empty() {
+        Ok(file)
+    } else {
+        Err(fail(problems))
+    }
+}
+
+/// Parse TOML text into the file model, locating type errors by key path.
+pub fn parse(text: &str) -> Result<ConfigFile, Problem> {
+    let de = toml::Deserializer::parse(text).map_err(|e| Problem::new("", syntax_message(text, &e)))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let path = if path == "." { String::new() } else { path };
+        Problem::new(path, inner.message().to_string())
+    })
+}
+
+fn syntax_message(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("invalid TOML at line {line}, column {column}: {}", e.message())
+        }
+        None => format!("invalid TOML: {}", e.message()),
+    }
+}

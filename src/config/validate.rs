@@ -1,0 +1,347 @@
+//! Checks that a parsed configuration means something runnable, collecting every problem
+//! (not just the first) with its key path. Compilation relies on these checks.
+
+use super::file::*;
+use super::Problem;
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+
+/// Most retries a route may ask for; more only multiplies load during an outage.
+pub const MAX_RETRIES: usize = 10;
+/// Largest weight of one target.
+pub const MAX_WEIGHT: usize = 1000;
+
+/// Every problem found in `file`; empty when it is valid.
+pub fn validate(file: &ConfigFile) -> Vec<Problem> {
+    let mut v = Validator::default();
+    let ConfigFile {
+        server,
+        listeners,
+        admin,
+        access_log,
+        upstreams,
+        routes,
+        demo,
+    } = file;
+    v.server(server);
+    v.listeners(listeners);
+    v.admin(admin);
+    v.access_log(access_log);
+    for (name, up) in upstreams {
+        v.upstream(name, up);
+    }
+    let mut names = HashSet::new();
+    for (i, route) in routes.iter().enumerate() {
+        let at = format!("routes[{i}]");
+        if !names.insert(route.name.as_str()) {
+            v.problem(
+                format!("{at}.name"),
+                format!("duplicate route name {:?}", route.name),
+            );
+        }
+        v.route(&at, route, upstreams);
+    }
+    let mut demo_names = HashSet::new();
+    for (i, d) in demo.iter().enumerate() {
+        if !demo_names.insert(d.name.as_str()) {
+            v.problem(
+                format!("demo[{i}].name"),
+                format!("duplicate demo name {:?}", d.name),
+            );
+        }
+        v.listen_address(&format!("demo[{i}].address"), &d.address);
+    }
+    v.problems
+}
+
+#[derive(Default)]
+struct Validator {
+    problems: Vec<Problem>,
+    /// Addresses bound so far, with the key that bound them.
+    bound: BTreeMap<SocketAddr, String>,
+}
+
+impl Validator {
+    fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem::new(path, message));
+    }
+
+    fn server(&mut self, s: &ServerSection) {
+        if s.threads == 0 {
+            self.problem("server.threads", "must be at least 1");
+        }
+        if s.pid_file.is_empty() {
+            self.problem("server.pid_file", "must not be empty");
+        }
+        if s.upgrade_sock.is_empty() {
+            self.problem("server.upgrade_sock", "must not be empty");
+        }
+    }
+
+    fn listeners(&mut self, listeners: &[ListenerSection]) {
+        if listeners.is_empty() {
+            self.problem(
+                "listeners",
+                "at least one [[listeners]] entry with an address is required",
+            );
+        }
+        for (i, l) in listeners.iter().enumerate() {
+            self.listen_address(&format!("listeners[{i}].address"), &l.address);
+        }
+    }
+
+    fn admin(&mut self, a: &AdminSection) {
+        if a.enabled {
+            self.listen_address("admin.address", &a.address);
+        }
+    }
+
+    fn access_log(&mut self, a: &AccessLogSection) {
+        match a.target.as_str() {
+            "stdout" | "off" => {}
+            "" => self.problem(
+                "access_log.target",
+                "must be \"stdout\", \"off\" or a file path",
+            ),
+            path => {
+                let parent = std::path::Path::new(path)
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty());
+                if let Some(dir) = parent {
+                    if !dir.is_dir() {
+                        self.problem(
+                            "access_log.target",
+                            format!("directory {} does not exist", dir.display()),
+                        );
+                    }
+                }
+            }
+        }
+        if a.buffer_lines == 0 {
+            self.problem("access_log.buffer_lines", "must be at least 1");
+        }
+    }
+
+    fn listen_address(&mut self, path: &str, address: &str) {
+        match address.parse::<SocketAddr>() {
+            Ok(addr) => {
+                if let Some(other) = self.bound.insert(addr, path.to_string()) {
+                    self.problem(path, format!("address {address} is already used by {other}"));
+                }
+            }
+            Err(_) => self.problem(
+                path,
+                format!("invalid listen address {address:?}; write IP:PORT, e.g. \"0.0.0.0:8080\""),
+            ),
+        }
+    }
+
+    fn upstream(&mut self, name: &str, up: &UpstreamSection) {
+        let at = format!("upstreams.{name}");
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            self.problem(
+                &at,
+                "upstream names may use only letters, digits, '-', '_' and '.'",
+            );
+        }
+        if up.targets.is_empty() {
+            self.problem(format!("{at}.targets"), "must list at least one target");
+        }
+        let mut seen = HashSet::new();
+        for (i, t) in up.targets.iter().enumerate() {
+            let path = format!("{at}.targets[{i}]");
+            match t.address.parse::<SocketAddr>() {
+                Ok(addr) => {
+                    if !seen.insert(addr) {
+                        self.problem(
+                            format!("{path}.address"),
+                            format!("duplicate target {}", t.address),
+                        );
+                    }
+                }
+                Err(_) => self.problem(
+                    format!("{path}.address"),
+                    format!("invalid target address {:?}; write IP:PORT, e.g. \"10.0.0.5:8080\"", t.address),
+                ),
+            }
+            if t.weight == 0 || t.weight > MAX_WEIGHT {
+                self.problem(
+                    format!("{path}.weight"),
+                    format!("must be between 1 and {MAX_WEIGHT}, got {}", t.weight),
+                );
+            }
+        }
+        match (up.policy, &up.hash_on) {
+            (BalancePolicy::ConsistentHash, None) => self.problem(
+                format!("{at}.hash_on"),
+                "consistent_hash needs hash_on: \"header:NAME\", \"cookie:NAME\" or \"client_ip\"",
+            ),
+            (BalancePolicy::ConsistentHash, Some(h)) => {
+                if let Err(e) = super::compile::parse_hash_on(h) {
+                    self.problem(format!("{at}.hash_on"), e);
+                }
+            }
+            (_, Some(_)) => self.problem(
+                format!("{at}.hash_on"),
+                "only used with policy = \"consistent_hash\"",
+            ),
+            (_, None) => {}
+        }
+        if up.connect_timeout.0.is_zero() {
+            self.problem(format!("{at}.connect_timeout"), "must be greater than zero");
+        }
+        if up.read_timeout.0.is_zero() {
+            self.problem(format!("{at}.read_timeout"), "must be greater than zero");
+        }
+        if let Some(hc) = &up.health_check {
+            self.health_check(&format!("{at}.health_check"), hc);
+        }
+    }
+
+    fn health_check(&mut self, at: &str, hc: &HealthCheckSection) {
+        if hc.interval.0.is_zero() {
+            self.problem(format!("{at}.interval"), "must be greater than zero");
+        }
+        if hc.timeout.0.is_zero() {
+            self.problem(format!("{at}.timeout"), "must be greater than zero");
+        }
+        if hc.healthy_threshold == 0 {
+            self.problem(format!("{at}.healthy_threshold"), "must be at least 1");
+        }
+        if hc.unhealthy_threshold == 0 {
+            self.problem(format!("{at}.unhealthy_threshold"), "must be at least 1");
+        }
+        if hc.kind == HealthCheckKind::Http {
+            if !hc.path.starts_with('/') {
+                self.problem(format!("{at}.path"), "must start with '/'");
+            }
+            if StatusCode::from_u16(hc.expected_status).is_err() {
+                self.problem(
+                    format!("{at}.expected_status"),
+                    format!("{} is not an HTTP status code", hc.expected_status),
+                );
+            }
+            if HeaderValue::from_str(&hc.host).is_err() {
+                self.problem(format!("{at}.host"), "is not a valid Host header value");
+            }
+        }
+    }
+
+    fn route(&mut self, at: &str, r: &RouteSection, upstreams: &BTreeMap<String, UpstreamSection>) {
+        if r.name.is_empty() {
+            self.problem(format!("{at}.name"), "must not be empty");
+        }
+        for (i, h) in r.hosts.iter().enumerate() {
+            if let Err(e) = super::compile::parse_host_pattern(h) {
+                self.problem(format!("{at}.hosts[{i}]"), e);
+            }
+        }
+        match (&r.path_prefix, &r.path) {
+            (Some(_), Some(_)) => self.problem(
+                format!("{at}.path"),
+                "set either path (exact) or path_prefix, not both",
+            ),
+            (Some(p), None) if !p.starts_with('/') => {
+                self.problem(format!("{at}.path_prefix"), "must start with '/'")
+            }
+            (None, Some(p)) if !p.starts_with('/') => {
+                self.problem(format!("{at}.path"), "must start with '/'")
+            }
+            _ => {}
+        }
+        for (i, m) in r.methods.iter().enumerate() {
+            if m.is_empty() || m.to_ascii_uppercase() != *m || Method::from_bytes(m.as_bytes()).is_err() {
+                self.problem(
+                    format!("{at}.methods[{i}]"),
+                    format!("invalid method {m:?}; write it upper-case, e.g. \"GET\""),
+                );
+            }
+        }
+        for (name, value) in &r.headers {
+            self.header(&format!("{at}.headers.{name}"), name, value);
+        }
+        if r.retries > MAX_RETRIES {
+            self.problem(
+                format!("{at}.retries"),
+                format!("must be at most {MAX_RETRIES}, got {}", r.retries),
+            );
+        }
+        for (key, d) in [("connect_timeout", &r.connect_timeout), ("read_timeout", &r.read_timeout)] {
+            if d.is_some_and(|d| d.0.is_zero()) {
+                self.problem(format!("{at}.{key}"), "must be greater than zero");
+            }
+        }
+        match (&r.upstream, &r.respond) {
+            (Some(_), Some(_)) => self.problem(
+                at,
+                "set either upstream (proxy) or [respond] (direct response), not both",
+            ),
+            (None, None) => self.problem(
+                at,
+                "needs an upstream to proxy to or a [respond] section",
+            ),
+            (Some(name), None) => {
+                if !upstreams.contains_key(name) {
+                    let defined: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+                    let defined = if defined.is_empty() {
+                        "none".to_string()
+                    } else {
+                        defined.join(", ")
+                    };
+                    self.problem(
+                        format!("{at}.upstream"),
+                        format!("upstream {name:?} is not defined; defined: {defined}"),
+                    );
+                }
+                self.rewrite(at, r);
+            }
+            (None, Some(resp)) => {
+                if r.strip_prefix || r.rewrite_prefix.is_some() {
+                    self.problem(
+                        at,
+                        "strip_prefix and rewrite_prefix apply only to proxied routes",
+                    );
+                }
+                if StatusCode::from_u16(resp.status).is_err() || resp.status < 200 {
+                    self.problem(
+                        format!("{at}.respond.status"),
+                        format!("{} is not a final HTTP status code (200-599)", resp.status),
+                    );
+                }
+                for (name, value) in &resp.headers {
+                    self.header(&format!("{at}.respond.headers.{name}"), name, value);
+                }
+            }
+        }
+    }
+
+    fn rewrite(&mut self, at: &str, r: &RouteSection) {
+        if r.strip_prefix && r.rewrite_prefix.is_some() {
+            self.problem(
+                format!("{at}.rewrite_prefix"),
+                "set either strip_prefix or rewrite_prefix, not both",
+            );
+        }
+        if r.strip_prefix && r.path_prefix.is_none() {
+            self.problem(format!("{at}.strip_prefix"), "needs path_prefix");
+        }
+        if let Some(p) = &r.rewrite_prefix {
+            if !p.starts_with('/') {
+                self.problem(format!("{at}.rewrite_prefix"), "must start with '/'");
+            }
+            if r.path_prefix.is_none() && r.path.is_none() {
+                self.problem(format!("{at}.rewrite_prefix"), "needs path_prefix or path");
+            }
+        }
+    }
+
+    fn header(&mut self, path: &str, name: &str, value: &str) {
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            self.problem(path, format!("invalid header name {name:?}"));
+        }
+        if HeaderValue::from_str(value).is_err() {
+            self.problem(path, "invalid header value");
+        }
+    }
+}

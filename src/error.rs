@@ -1,0 +1,139 @@
+//! The gateway's own responses: JSON errors carrying the request id, fixed direct responses,
+//! and the mapping from Pingora errors to the status a client sees. Nothing here echoes
+//! secrets or internals; messages are fixed strings chosen by the caller.
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+use pingora::prelude::*;
+use pingora::proxy::Session;
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A response the gateway answers itself instead of proxying.
+#[derive(Debug)]
+pub struct Reject {
+    pub status: StatusCode,
+    pub message: &'static str,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Reject {
+    pub fn new(status: StatusCode, message: &'static str) -> Self {
+        Reject {
+            status,
+            message,
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// `{"error": message, "request_id": id}`.
+pub fn json_body(message: &str, request_id: &str) -> Bytes {
+    let body = serde_json::json!({ "error": message, "request_id": request_id });
+    Bytes::from(body.to_string())
+}
+
+/// Write a complete response and end it.
+pub async fn respond(
+    session: &mut Session,
+    status: StatusCode,
+    headers: &[(HeaderName, HeaderValue)],
+    body: Bytes,
+    request_id: &HeaderValue,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(headers.len() + 3))?;
+    for (name, value) in headers {
+        resp.append_header(name.clone(), value.clone())?;
+    }
+    resp.insert_header(X_REQUEST_ID, request_id.clone())?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head_only || body.is_empty())
+        .await?;
+    if !head_only && !body.is_empty() {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// Write a JSON error response.
+pub async fn respond_error(session: &mut Session, reject: &Reject, request_id: &HeaderValue) -> Result<()> {
+    let body = json_body(reject.message, request_id.to_str().unwrap_or(""));
+    let mut headers = reject.headers.clone();
+    headers.push((
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    ));
+    headers.push((http::header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+    respond(session, reject.status, &headers, body, request_id).await
+}
+
+/// The status and message a client gets for a proxy failure; `None` when the client is gone.
+pub fn classify(e: &Error) -> Option<(StatusCode, &'static str)> {
+    use ErrorType::*;
+    let status = |code: u16| StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
+    match e.etype() {
+        HTTPStatus(code) => Some((status(*code), message_for(*code))),
+        _ => match e.esource() {
+            ErrorSource::Upstream => match e.etype() {
+                ConnectTimedout | ReadTimedout | WriteTimedout => {
+                    Some((StatusCode::GATEWAY_TIMEOUT, "upstream timed out"))
+                }
+                _ => Some((StatusCode::BAD_GATEWAY, "upstream unavailable")),
+            },
+            ErrorSource::Downstream => match e.etype() {
+                WriteError | ReadError | ConnectionClosed => None,
+                ReadTimedout => Some((StatusCode::REQUEST_TIMEOUT, "request timed out")),
+                _ => Some((StatusCode::BAD_REQUEST, "bad request")),
+            },
+            ErrorSource::Internal | ErrorSource::Unset => {
+                Some((StatusCode::INTERNAL_SERVER_ERROR, "internal error"))
+            }
+        },
+    }
+}
+
+fn message_for(code: u16) -> &'static str {
+    match code {
+        400 => "bad request",
+        404 => "no route",
+        408 => "request timed out",
+        413 => "request body too large",
+        431 => "request header too large",
+        502 => "upstream unavailable",
+        503 => "no healthy upstream target",
+        504 => "upstream timed out",
+        _ => "request failed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_table() {
+        let up = |t| {
+            let mut e = Error::new(t);
+            e.set_esource(ErrorSource::Upstream);
+            e
+        };
+        let cases = [
+            (up(ErrorType::ConnectTimedout), Some(504)),
+            (up(ErrorType::ReadTimedout), Some(504)),
+            (up(ErrorType::ConnectRefused), Some(502)),
+            (Error::new(ErrorType::HTTPStatus(503)), Some(503)),
+        ];
+        for (e, want) in cases {
+            assert_eq!(classify(&e).map(|(s, _)| s.as_u16()), want, "{e}");
+        }
+    }
+
+    #[test]
+    fn body_is_json_with_request_id() {
+        let v: serde_json::Value = serde_json::from_slice(&json_body("no route", "abc")).unwrap();
+        assert_eq!(v["error"], "no route");
+        assert_eq!(v["request_id"], "abc");
+    }
+}

@@ -1,0 +1,167 @@
+//! What every proxied request and response carries across the gateway: the request id,
+//! `X-Forwarded-*` headers, and the removal of hop-by-hop headers (RFC 9110 section 7.6.1).
+//! Route-specific transforms are left to their own modules.
+
+use crate::error::X_REQUEST_ID;
+use http::header::{self, HeaderName};
+use http::{HeaderValue, Method};
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use std::net::IpAddr;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Hop-by-hop headers removed in both directions. `Transfer-Encoding` is left to Pingora,
+/// which owns message framing; `Upgrade` is kept for upgrade requests.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Longest client-supplied request id that is kept.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// The client's `X-Request-ID` when it is sane (1-128 of `A-Za-z0-9-_.:`), else a new one.
+pub fn request_id(req: &RequestHeader) -> HeaderValue {
+    if let Some(v) = req.headers.get(X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty()
+            && b.len() <= MAX_REQUEST_ID_LEN
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+        {
+            return v.clone();
+        }
+    }
+    new_request_id()
+}
+
+/// 128 random bits as 32 lower-case hex digits.
+pub fn new_request_id() -> HeaderValue {
+    let mut buf = [0u8; 32];
+    let n = fastrand::u128(..);
+    for (i, b) in buf.iter_mut().enumerate() {
+        let nibble = ((n >> ((31 - i) * 4)) & 0xf) as u8;
+        *b = if nibble < 10 { b'0' + nibble } else { b'a' + nibble - 10 };
+    }
+    // Hex digits are always a valid header value.
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// The request's host: the URI authority (HTTP/2, absolute-form) or the `Host` header.
+pub fn host(req: &RequestHeader) -> Option<&str> {
+    req.uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+}
+
+/// A bounded label for the request method.
+pub fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+/// Remove hop-by-hop headers, including those the `Connection` header names.
+fn remove_hop_by_hop(headers: &http::HeaderMap, keep_upgrade: bool) -> Vec<HeaderName> {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    let mut removed = listed;
+    removed.extend(HOP_BY_HOP.iter().cloned());
+    if !keep_upgrade {
+        removed.push(header::UPGRADE);
+    }
+    removed
+}
+
+/// Set the forwarding headers on the upstream request and strip hop-by-hop ones.
+pub fn prepare_upstream_request(
+    session: &Session,
+    upstream: &mut RequestHeader,
+    client_ip: Option<IpAddr>,
+    request_id: &HeaderValue,
+) -> Result<()> {
+    let upgrade = session.is_upgrade_req();
+    for name in remove_hop_by_hop(&upstream.headers, upgrade) {
+        upstream.remove_header(&name);
+    }
+    if upgrade {
+        upstream.insert_header(header::CONNECTION, "upgrade")?;
+    }
+    // Until trusted proxies are configured, the peer address is the only client address we
+    // can vouch for, so a client-sent X-Forwarded-For is replaced, not extended.
+    match client_ip {
+        Some(ip) => upstream.insert_header(X_FORWARDED_FOR, ip.to_string())?,
+        None => {
+            upstream.remove_header(&X_FORWARDED_FOR);
+        }
+    }
+    upstream.insert_header(X_FORWARDED_PROTO, "http")?;
+    if let Some(h) = host(session.req_header()) {
+        let h = HeaderValue::from_str(h).or_err(ErrorType::HTTPStatus(400), "invalid host")?;
+        upstream.insert_header(X_FORWARDED_HOST, h)?;
+    }
+    upstream.insert_header(X_REQUEST_ID, request_id.clone())?;
+    Ok(())
+}
+
+/// Strip hop-by-hop headers from an upstream response (Pingora sets its own framing).
+pub fn prepare_response(resp: &mut ResponseHeader) {
+    let upgrade = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
+    for name in remove_hop_by_hop(&resp.headers, upgrade) {
+        if upgrade && name == header::CONNECTION {
+            continue;
+        }
+        resp.remove_header(&name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_id_kept_only_when_sane() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("x-request-id", "abc-123.x:y").unwrap();
+        assert_eq!(request_id(&req), "abc-123.x:y");
+        req.insert_header("x-request-id", "bad id with spaces").unwrap();
+        let generated = request_id(&req);
+        assert_eq!(generated.len(), 32);
+        assert!(generated.to_str().unwrap().bytes().all(|b| b.is_ascii_hexdigit()));
+        req.insert_header("x-request-id", "a".repeat(129)).unwrap();
+        assert_eq!(request_id(&req).len(), 32);
+    }
+
+    #[test]
+    fn hop_by_hop_includes_connection_listed() {
+        let mut h = http::HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, X-Secret-Hop".parse().unwrap());
+        let removed = remove_hop_by_hop(&h, false);
+        assert!(removed.contains(&HeaderName::from_static("x-secret-hop")));
+        assert!(removed.contains(&header::UPGRADE));
+    }
+}

@@ -1,0 +1,255 @@
+//! The one `ProxyHttp` implementation: per-request state ([`Ctx`]) and the hooks, each a short
+//! sequence of calls into the modules that own the concern (routing, upstream selection,
+//! forwarding headers, errors, observability).
+
+use crate::error::{self, Reject, X_REQUEST_ID};
+use crate::observe::access_log::{AccessLog, Entry};
+use crate::observe::metrics::{Metrics, NO_ROUTE};
+use crate::route::{ProxyAction, Route, RouteAction, RouteTable};
+use crate::upstream::{InflightGuard, UpstreamGroup};
+use crate::forward;
+use async_trait::async_trait;
+use http::{HeaderValue, StatusCode};
+use pingora::prelude::*;
+use pingora::upstreams::peer::Peer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use prometheus::IntGauge;
+use std::any::Any;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The compiled gateway: everything a request reads, built once from the configuration.
+pub struct Gateway {
+    pub routes: RouteTable,
+    pub upstreams: Vec<Arc<UpstreamGroup>>,
+    pub metrics: Arc<Metrics>,
+    pub access_log: Option<AccessLog>,
+}
+
+/// Per-request state.
+pub struct Ctx {
+    start: Instant,
+    request_id: HeaderValue,
+    client_ip: Option<IpAddr>,
+    route: Option<Arc<Route>>,
+    upstream: Upstream,
+    /// The response status the gateway itself sent, when it answered without proxying.
+    answered: Option<StatusCode>,
+    /// Counts this request in `requests_in_flight` until dropped.
+    _inflight: Option<GaugeGuard>,
+    /// Counts the client connection in `downstream_connections` while any request on it lives.
+    conn: Option<Arc<GaugeGuard>>,
+}
+
+/// Upstream-side state, filled once a route proxies.
+#[derive(Default)]
+struct Upstream {
+    target: Option<InflightGuard>,
+    /// Targets that failed to connect for this request.
+    tried: Vec<SocketAddr>,
+    attempts: usize,
+    sent_at: Option<Instant>,
+}
+
+/// Increments a gauge now and decrements it when dropped.
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    fn new(g: &IntGauge) -> Self {
+        g.inc();
+        GaugeGuard(g.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Gateway {
+    /// The proxy action and upstream group of a matched route, if it proxies.
+    fn proxy_of<'a>(&'a self, route: Option<&'a Arc<Route>>) -> Option<(&'a ProxyAction, &'a Arc<UpstreamGroup>)> {
+        let RouteAction::Proxy(action) = &route?.action else {
+            return None;
+        };
+        Some((action, self.upstreams.get(action.upstream)?))
+    }
+
+    async fn reject(&self, session: &mut Session, ctx: &mut Ctx, reject: Reject) -> Result<bool> {
+        ctx.answered = Some(reject.status);
+        error::respond_error(session, &reject, &ctx.request_id).await?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            request_id: HeaderValue::from_static(""),
+            client_ip: None,
+            route: None,
+            upstream: Upstream::default(),
+            answered: None,
+            _inflight: None,
+            conn: None,
+        }
+    }
+
+    fn on_connection_reuse(&self, _session: &mut Session, ctx: &mut Ctx, prev: Box<dyn Any + Send + Sync>) {
+        if let Ok(conn) = prev.downcast::<Arc<GaugeGuard>>() {
+            ctx.conn = Some(*conn);
+        }
+    }
+
+    fn persist_connection_context(&self, _session: &Session, ctx: &Ctx) -> Option<Box<dyn Any + Send + Sync>> {
+        ctx.conn.clone().map(|c| Box::new(c) as Box<dyn Any + Send + Sync>)
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        if ctx.conn.is_none() {
+            ctx.conn = Some(Arc::new(GaugeGuard::new(&self.metrics.connections)));
+        }
+        ctx._inflight = Some(GaugeGuard::new(&self.metrics.inflight));
+        ctx.request_id = forward::request_id(session.req_header());
+        ctx.client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        let host = forward::host(req);
+        let Some(route) = self.routes.find(host, req.uri.path(), &req.method, &req.headers) else {
+            return self.reject(session, ctx, Reject::new(StatusCode::NOT_FOUND, "no route")).await;
+        };
+        ctx.route = Some(route.clone());
+        if let RouteAction::Respond(direct) = &route.action {
+            ctx.answered = Some(direct.status);
+            error::respond(session, direct.status, &direct.headers, direct.body.clone(), &ctx.request_id).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some((action, group)) = self.proxy_of(ctx.route.as_ref()) else {
+            return Error::e_explain(ErrorType::HTTPStatus(500), "route has no upstream");
+        };
+        let mut key_buf = [0u8; 16];
+        let key = group.hash_key(session.req_header(), ctx.client_ip, &mut key_buf);
+        let Some(guard) = group.select(key, &ctx.upstream.tried) else {
+            ctx.upstream.target = None;
+            let (code, why) = if ctx.upstream.tried.is_empty() {
+                (503, "no healthy target")
+            } else {
+                (502, "every candidate target failed to connect")
+            };
+            return Error::e_explain(ErrorType::HTTPStatus(code), format!("upstream {}: {why}", group.name));
+        };
+        let mut peer = HttpPeer::new(guard.target().addr, false, String::new());
+        peer.options.connection_timeout = Some(action.connect_timeout);
+        peer.options.total_connection_timeout = Some(action.connect_timeout);
+        peer.options.read_timeout = Some(action.read_timeout);
+        peer.options.write_timeout = Some(action.read_timeout);
+        ctx.upstream.attempts += 1;
+        ctx.upstream.target = Some(guard);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(&self, session: &mut Session, peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        if let Some(addr) = peer.address().as_inet() {
+            ctx.upstream.tried.push(*addr);
+        }
+        let retries = self.proxy_of(ctx.route.as_ref()).map_or(0, |(a, _)| a.retries);
+        let retry = session.req_header().method.is_idempotent() && ctx.upstream.attempts <= retries;
+        if retry {
+            if let Some(route) = &ctx.route {
+                self.metrics.retries.with_label_values(&[&*route.name]).inc();
+            }
+        }
+        e.set_retry(retry);
+        e
+    }
+
+    async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+        if let Some((action, _)) = self.proxy_of(ctx.route.as_ref()) {
+            let uri = &session.req_header().uri;
+            if let Some(new_path) = action.rewrite.apply(uri.path(), uri.query()) {
+                let uri = new_path
+                    .parse::<http::Uri>()
+                    .or_err(ErrorType::HTTPStatus(400), "rewritten path is not a valid URI")?;
+                upstream.set_uri(uri);
+            }
+        }
+        forward::prepare_upstream_request(session, upstream, ctx.client_ip, &ctx.request_id)?;
+        ctx.upstream.sent_at = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        forward::prepare_response(resp);
+        resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let Some((status, message)) = error::classify(e) else {
+            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+        };
+        ctx.answered = Some(status);
+        if session.response_written().is_none() {
+            let reject = Reject::new(status, message);
+            if let Err(write_err) = error::respond_error(session, &reject, &ctx.request_id).await {
+                log::debug!("could not send error response: {write_err}");
+            }
+        }
+        FailToProxy { error_code: status.as_u16(), can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status)
+            .or(ctx.answered)
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let req = session.req_header();
+        let route_name = ctx.route.as_ref().map_or(NO_ROUTE, |r| &*r.name);
+        let elapsed = ctx.start.elapsed();
+        let m = &self.metrics;
+        m.requests
+            .with_label_values(&[route_name, forward::method_label(&req.method), status.as_str()])
+            .inc();
+        m.duration.with_label_values(&[route_name]).observe(elapsed.as_secs_f64());
+        let upstream_elapsed = ctx.upstream.sent_at.map(|t| t.elapsed());
+        let group = self.proxy_of(ctx.route.as_ref()).map(|(_, g)| g);
+        if let (Some(d), Some(g)) = (upstream_elapsed, group) {
+            m.upstream_duration.with_label_values(&[&*g.name]).observe(d.as_secs_f64());
+        }
+        if let Some(log) = &self.access_log {
+            let target = ctx.upstream.target.as_ref().map(|t| &*t.target().label);
+            log.log(&Entry {
+                time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                request_id: ctx.request_id.to_str().unwrap_or(""),
+                client_ip: ctx.client_ip,
+                route: route_name,
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                status: status.as_u16(),
+                upstream: target,
+                duration_ms: elapsed.as_secs_f64() * 1e3,
+                upstream_ms: upstream_elapsed.map(|d| d.as_secs_f64() * 1e3),
+                bytes_in: session.body_bytes_read(),
+                bytes_out: session.body_bytes_sent(),
+                error: e.map(|e| e.etype().as_str().to_string()),
+            });
+        }
+    }
+}

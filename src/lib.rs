@@ -1,0 +1,79 @@
+//! Tollgate: an edge API gateway on Cloudflare's Pingora.
+//!
+//! [`config`] reads and compiles `tollgate.toml`; [`build_server`] turns the compiled form into
+//! a Pingora [`Server`] with the proxy, admin, demo and background services registered, so the
+//! binary and in-process tests start exactly the same thing.
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod forward;
+pub mod gateway;
+pub mod observe;
+pub mod route;
+pub mod upstream;
+
+use config::compile::Compiled;
+use pingora::server::configuration::Opt;
+use pingora::server::Server;
+use pingora::services::background::GenBackgroundService;
+use pingora::services::listening::Service;
+use std::sync::Arc;
+
+/// How the process was started, from the command line.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StartMode {
+    /// Fork into the background (`-d`).
+    pub daemon: bool,
+    /// Take over the listening sockets of a running instance (`-u`).
+    pub upgrade: bool,
+}
+
+/// A server with every Tollgate service registered, ready for `run`.
+pub fn build_server(compiled: Compiled, mode: StartMode) -> Server {
+    let Compiled {
+        gateway,
+        mut server_conf,
+        listeners,
+        admin,
+        access_log_writer,
+        demo,
+    } = compiled;
+    server_conf.daemon = mode.daemon;
+    let opt = Opt {
+        upgrade: mode.upgrade,
+        daemon: mode.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf);
+    server.bootstrap();
+
+    let upstreams = gateway.upstreams.clone();
+    let metrics = gateway.metrics.clone();
+    for group in upstreams.iter().filter(|g| g.health_checked) {
+        let name = format!("health check {}", group.name);
+        server.add_service(GenBackgroundService::new(name, group.lb.clone()));
+    }
+    if let Some(writer) = access_log_writer {
+        server.add_service(GenBackgroundService::new("access log".into(), Arc::new(writer)));
+    }
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "tollgate");
+    for addr in &listeners {
+        proxy.add_tcp(addr);
+    }
+    server.add_service(proxy);
+
+    if let Some(addr) = admin {
+        let mut svc = Service::new("admin".into(), admin::Admin { upstreams, metrics });
+        svc.add_tcp(&addr);
+        server.add_service(svc);
+    }
+    for (name, addr) in demo {
+        let mut svc = Service::new(format!("demo {name}"), demo::DemoBackend { name });
+        svc.add_tcp(&addr);
+        server.add_service(svc);
+    }
+    server
+}

@@ -1,0 +1,142 @@
+//! The JSON access log: one line per request, formatted on the worker and written by a
+//! background service so that a slow disk or terminal never stalls request handling. When the
+//! writer falls behind by more than the configured buffer, lines are dropped and counted
+//! (`access_log_dropped_total`) instead of blocking.
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use prometheus::IntCounter;
+use serde::Serialize;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use tokio::sync::mpsc;
+
+/// Where lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Stdout,
+    File(PathBuf),
+}
+
+/// One request, as logged.
+#[derive(Debug, Serialize)]
+pub struct Entry<'a> {
+    pub time: String,
+    pub request_id: &'a str,
+    pub client_ip: Option<IpAddr>,
+    pub route: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub upstream: Option<&'a str>,
+    pub duration_ms: f64,
+    pub upstream_ms: Option<f64>,
+    pub bytes_in: usize,
+    pub bytes_out: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Entry<'_> {
+    pub fn to_line(&self) -> String {
+        let mut line = serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+        line.push('\n');
+        line
+    }
+}
+
+/// The worker side: cheap to call, never blocks.
+pub struct AccessLog {
+    tx: mpsc::Sender<String>,
+    dropped: IntCounter,
+}
+
+impl AccessLog {
+    pub fn log(&self, entry: &Entry<'_>) {
+        if self.tx.try_send(entry.to_line()).is_err() {
+            self.dropped.inc();
+        }
+    }
+}
+
+/// The writer side, run as a Pingora background service.
+pub struct AccessLogWriter {
+    target: Target,
+    rx: Mutex<Option<mpsc::Receiver<String>>>,
+}
+
+/// A connected logger and its writer.
+pub fn channel(target: Target, buffer: usize, dropped: IntCounter) -> (AccessLog, AccessLogWriter) {
+    let (tx, rx) = mpsc::channel(buffer.max(1));
+    (
+        AccessLog { tx, dropped },
+        AccessLogWriter {
+            target,
+            rx: Mutex::new(Some(rx)),
+        },
+    )
+}
+
+impl AccessLogWriter {
+    fn open(&self) -> std::io::Result<Box<dyn Write + Send>> {
+        Ok(match &self.target {
+            Target::Stdout => Box::new(std::io::stdout()),
+            Target::File(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+        })
+    }
+}
+
+#[async_trait]
+impl BackgroundService for AccessLogWriter {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let rx = self.rx.lock().ok().and_then(|mut rx| rx.take());
+        let Some(mut rx) = rx else {
+            return;
+        };
+        let out = match self.open() {
+            Ok(out) => out,
+            Err(e) => {
+                log::error!("cannot open access log {:?}: {e}", self.target);
+                return;
+            }
+        };
+        let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+        let mut batch = Vec::with_capacity(256);
+        loop {
+            tokio::select! {
+                n = rx.recv_many(&mut batch, 256) => {
+                    if n == 0 {
+                        break;
+                    }
+                    write_batch(&mut out, &mut batch);
+                    // Flush once the queue is drained, so lines appear promptly when idle.
+                    if rx.is_empty() {
+                        let _ = out.flush();
+                    }
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+        while let Ok(line) = rx.try_recv() {
+            batch.push(line);
+        }
+        write_batch(&mut out, &mut batch);
+        let _ = out.flush();
+    }
+}
+
+fn write_batch(out: &mut impl Write, batch: &mut Vec<String>) {
+    for line in batch.drain(..) {
+        if let Err(e) = out.write_all(line.as_bytes()) {
+            log::error!("writing access log failed: {e}");
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The gateway's Prometheus metrics, owned by the compiled runtime (never a global registry,
+//! so several gateways can live in one process and an upgrade starts clean).
+
+use crate::upstream::UpstreamGroup;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+use std::sync::Arc;
+
+/// Request duration buckets, in seconds: 0.5 ms to 30 s.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Route label used for requests that matched no route.
+pub const NO_ROUTE: &str = "-";
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub target_healthy: IntGaugeVec,
+    pub inflight: IntGauge,
+    pub connections: IntGauge,
+    pub retries: IntCounterVec,
+    pub access_log_dropped: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("requests_total", "Requests answered, by route, method and status code"),
+            &["route", "method", "status"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "request_duration_seconds",
+                "Time from request start to the end of the response, by route",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["route"],
+        )?;
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "upstream_duration_seconds",
+                "Time from sending the request upstream to the end of its response, by upstream group",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["upstream"],
+        )?;
+        let target_healthy = IntGaugeVec::new(
+            Opts::new("upstream_target_healthy", "1 when the target passes its health checks"),
+            &["upstream", "target"],
+        )?;
+        let inflight = IntGauge::new("requests_in_flight", "Requests being handled now")?;
+        let connections = IntGauge::new(
+            "downstream_connections",
+            "Open client connections (HTTP/1; an HTTP/2 connection counts per open stream)",
+        )?;
+        let retries = IntCounterVec::new(
+            Opts::new("upstream_retries_total", "Attempts repeated on another target, by route"),
+            &["route"],
+        )?;
+        let access_log_dropped = IntCounter::new(
+            "access_log_dropped_total",
+            "Access-log lines dropped because the writer fell behind",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(upstream_duration.clone()))?;
+        registry.register(Box::new(target_healthy.clone()))?;
+        registry.register(Box::new(inflight.clone()))?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(access_log_dropped.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            duration,
+            upstream_duration,
+            target_healthy,
+            inflight,
+            connections,
+            retries,
+            access_log_dropped,
+        })
+    }
+
+    /// The Prometheus text exposition, with target health refreshed from the health checks.
+    pub fn render(&self, upstreams: &[Arc<UpstreamGroup>]) -> Vec<u8> {
+        for group in upstreams {
+            for t in group.health() {
+                self.target_healthy
+                    .with_label_values(&[&*group.name, &*t.target.label])
+                    .set(i64::from(t.healthy));
+            }
+        }
+        let mut out = Vec::with_capacity(8 * 1024);
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            log::error!("encoding metrics failed: {e}");
+        }
+        out
+    }
+}

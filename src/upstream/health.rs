@@ -1,0 +1,74 @@
+//! Active health checks, built on Pingora's `HttpHealthCheck` and `TcpHealthCheck` with
+//! rise/fall thresholds (Pingora flips on a single result by default; we default to HAProxy's
+//! rise 2 / fall 3 so targets do not flap). They run in the `LoadBalancer`'s background
+//! service, registered with the server in `lib.rs`.
+
+use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
+use pingora::prelude::*;
+use std::time::Duration;
+
+/// A compiled `[upstreams.NAME.health_check]`.
+#[derive(Debug, Clone)]
+pub struct HealthCheckSpec {
+    pub kind: Kind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: usize,
+    pub fall: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum Kind {
+    Tcp,
+    Http {
+        path: String,
+        host: String,
+        expected_status: u16,
+    },
+}
+
+impl HealthCheckSpec {
+    /// The Pingora health check this spec describes.
+    pub fn build(&self) -> Result<Box<dyn HealthCheck + Send + Sync>> {
+        match &self.kind {
+            Kind::Tcp => {
+                let mut hc = TcpHealthCheck::new();
+                hc.consecutive_success = self.rise;
+                hc.consecutive_failure = self.fall;
+                hc.peer_template.options.connection_timeout = Some(self.timeout);
+                hc.peer_template.options.total_connection_timeout = Some(self.timeout);
+                Ok(hc)
+            }
+            Kind::Http {
+                path,
+                host,
+                expected_status,
+            } => {
+                let mut hc = HttpHealthCheck::new(host, false);
+                hc.consecutive_success = self.rise;
+                hc.consecutive_failure = self.fall;
+                let mut req = RequestHeader::build("GET", path.as_bytes(), None)?;
+                req.insert_header("Host", host.as_str())?;
+                req.insert_header("User-Agent", concat!("tollgate-health/", env!("CARGO_PKG_VERSION")))?;
+                hc.req = req;
+                let opts = &mut hc.peer_template.options;
+                opts.connection_timeout = Some(self.timeout);
+                opts.total_connection_timeout = Some(self.timeout);
+                opts.read_timeout = Some(self.timeout);
+                opts.write_timeout = Some(self.timeout);
+                let expected = *expected_status;
+                hc.validator = Some(Box::new(move |resp: &ResponseHeader| {
+                    if resp.status.as_u16() == expected {
+                        Ok(())
+                    } else {
+                        Error::e_explain(
+                            ErrorType::CustomCode("unexpected health check status", resp.status.as_u16()),
+                            format!("expected {expected}"),
+                        )
+                    }
+                }));
+                Ok(Box::new(hc))
+            }
+        }
+    }
+}
