@@ -1,0 +1,262 @@
+//! Shared harness for the integration tests: start the real `tollgate` binary on free
+//! loopback ports with a TOML body, wait until it listens, and kill it by pid on drop; plus
+//! real upstream servers (see [`backend`]).
+#![allow(dead_code)]
+
+pub mod backend;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[allow(unused_imports)]
+pub use backend::{Backend, Recorded, Reply};
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral loopback port")
+}
+
+pub fn tollgate_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tollgate")
+}
+
+/// A running gateway process.
+pub struct Gateway {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+}
+
+/// The `[server]`, listener, admin and access-log sections every test gateway gets; the test
+/// supplies upstreams and routes. Placeholders: `{dir}`, `{listen}`, `{admin}`.
+pub const PREAMBLE: &str = r#"
+[server]
+threads = 2
+pid_file = "{dir}/tollgate.pid"
+upgrade_sock = "{dir}/upgrade.sock"
+grace_period = "1s"
+graceful_shutdown_timeout = "1s"
+
+[[listeners]]
+address = "{listen}"
+
+[admin]
+address = "{admin}"
+
+[access_log]
+target = "{dir}/access.log"
+"#;
+
+impl Gateway {
+    /// Start a gateway whose config is [`PREAMBLE`] followed by `body`; panics with the
+    /// gateway's stderr if it does not come up.
+    pub fn start(body: &str) -> Gateway {
+        Self::start_full(&format!("{PREAMBLE}\n{body}")).unwrap_or_else(|e| panic!("gateway did not start: {e}"))
+    }
+
+    /// Start a gateway from a complete config (placeholders still substituted).
+    pub fn start_full(config: &str) -> Result<Gateway, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let text = config
+            .replace("{dir}", &dir.path().display().to_string())
+            .replace("{listen}", &addr.to_string())
+            .replace("{admin}", &admin.to_string());
+        let config_path = dir.path().join("tollgate.toml");
+        std::fs::write(&config_path, text).map_err(|e| e.to_string())?;
+        let child = Command::new(tollgate_bin())
+            .arg("-c")
+            .arg(&config_path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::from(std::fs::File::create(dir.path().join("stdout.log")).unwrap()))
+            .stderr(Stdio::from(std::fs::File::create(dir.path().join("stderr.log")).unwrap()))
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let mut gw = Gateway {
+            child,
+            addr,
+            admin,
+            dir,
+            config_path,
+        };
+        gw.wait_listening(&[addr, admin])?;
+        Ok(gw)
+    }
+
+    fn wait_listening(&mut self, addrs: &[SocketAddr]) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for a in addrs {
+            loop {
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    return Err(format!("exited with {status}: {}", self.stderr()));
+                }
+                if TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("{a} not listening after 20s: {}", self.stderr()));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Access-log lines written so far, parsed.
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Poll the access log until `pred` holds for some line (lines are written off the
+    /// request path, so they can trail the response slightly).
+    pub fn wait_access_log(&self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        wait_for(Duration::from_secs(10), || self.access_log().into_iter().find(|l| pred(l)))
+            .unwrap_or_else(|| panic!("no matching access-log line; log: {:?}", self.access_log()))
+    }
+
+    /// Send raw bytes on a new connection and return everything read until the server closes
+    /// or `timeout` passes.
+    pub fn raw(&self, bytes: &[u8], timeout: Duration) -> String {
+        raw_request(self.addr, bytes, timeout)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Send a signal to the gateway process.
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("running kill");
+        assert!(status.success());
+    }
+
+    /// Wait for the process to exit and return its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run `tollgate -t -c FILE` on `config`; returns (exit code, stdout + stderr).
+pub fn check_config(config: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tollgate.toml");
+    std::fs::write(&path, config.replace("{dir}", &dir.path().display().to_string())).unwrap();
+    check_config_file(&path)
+}
+
+pub fn check_config_file(path: &Path) -> (i32, String) {
+    let out = Command::new(tollgate_bin())
+        .arg("-t")
+        .arg("-c")
+        .arg(path)
+        .output()
+        .expect("running tollgate -t");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Send raw bytes and read the reply until close or timeout.
+pub fn raw_request(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> String {
+    let mut s = TcpStream::connect(addr).expect("connecting to the gateway");
+    s.set_read_timeout(Some(timeout)).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Poll `f` every 20 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A blocking HTTP client that never reuses a dead connection across tests.
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// The value of the sample of metric `name` whose labels include all of `labels`
+/// (in any order), from Prometheus text.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let rest = series.strip_prefix(name)?;
+        if !(rest.is_empty() || rest.starts_with('{')) {
+            return None;
+        }
+        let all = labels
+            .iter()
+            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+        all.then(|| value.parse().ok()).flatten()
+    })
+}
