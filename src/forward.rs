@@ -63,6 +63,16 @@ pub fn host(req: &RequestHeader) -> Option<&str> {
         .or_else(|| req.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
 }
 
+/// The request's `Content-Length`, when present and valid.
+pub fn content_length(req: &RequestHeader) -> Option<u64> {
+    req.headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
 /// A bounded label for the request method.
 pub fn method_label(m: &Method) -> &'static str {
     match *m {
@@ -102,6 +112,7 @@ pub fn prepare_upstream_request(
     session: &Session,
     upstream: &mut RequestHeader,
     client_ip: Option<IpAddr>,
+    peer_trusted: bool,
     request_id: &HeaderValue,
 ) -> Result<()> {
     let upgrade = session.is_upgrade_req();
@@ -111,11 +122,31 @@ pub fn prepare_upstream_request(
     if upgrade {
         upstream.insert_header(header::CONNECTION, "upgrade")?;
     }
-    // Until trusted proxies are configured, the peer address is the only client address we
-    // can vouch for, so a client-sent X-Forwarded-For is replaced, not extended.
-    match client_ip {
-        Some(ip) => upstream.insert_header(X_FORWARDED_FOR, ip.to_string())?,
-        None => {
+    // A trusted proxy's X-Forwarded-For chain is extended with the peer; anyone else's is
+    // replaced by the peer address, the only one we can vouch for.
+    let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+    let chain = if peer_trusted {
+        let prior: Vec<&str> = session
+            .req_header()
+            .headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let mut chain = prior.join(", ");
+        if let Some(p) = peer {
+            if !chain.is_empty() {
+                chain.push_str(", ");
+            }
+            chain.push_str(&p.to_string());
+        }
+        Some(chain)
+    } else {
+        peer.or(client_ip).map(|ip| ip.to_string())
+    };
+    match chain {
+        Some(c) if !c.is_empty() => upstream.insert_header(X_FORWARDED_FOR, c)?,
+        _ => {
             upstream.remove_header(&X_FORWARDED_FOR);
         }
     }

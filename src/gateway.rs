@@ -6,7 +6,14 @@ use crate::error::{self, Reject, X_REQUEST_ID};
 use crate::observe::access_log::{AccessLog, Entry};
 use crate::observe::metrics::{Metrics, NO_ROUTE};
 use crate::route::{ProxyAction, Route, RouteAction, RouteTable};
+use crate::policy::auth::{self, Identity};
+use crate::policy::cors::CorsOutcome;
+use crate::policy::framing;
+use crate::policy::rate_limit::{RateDecision, Subject};
+use crate::policy::GatewayPolicy;
 use crate::upstream::{InflightGuard, UpstreamGroup};
+use bytes::Bytes;
+use http::HeaderName;
 use crate::forward;
 use async_trait::async_trait;
 use http::{HeaderValue, StatusCode};
@@ -14,7 +21,6 @@ use pingora::prelude::*;
 use pingora::upstreams::peer::Peer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use prometheus::IntGauge;
-use std::any::Any;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,6 +31,7 @@ pub struct Gateway {
     pub upstreams: Vec<Arc<UpstreamGroup>>,
     pub metrics: Arc<Metrics>,
     pub access_log: Option<AccessLog>,
+    pub policy: GatewayPolicy,
 }
 
 /// Per-request state.
@@ -38,8 +45,12 @@ pub struct Ctx {
     answered: Option<StatusCode>,
     /// Counts this request in `requests_in_flight` until dropped.
     _inflight: Option<GaugeGuard>,
-    /// Counts the client connection in `downstream_connections` while any request on it lives.
-    conn: Option<Arc<GaugeGuard>>,
+    /// Whether the peer is a trusted proxy (its `X-Forwarded-For` is extended, not replaced).
+    peer_trusted: bool,
+    identity: Option<Identity>,
+    /// Headers added to the response: CORS and rate-limit state.
+    response_headers: Vec<(HeaderName, HeaderValue)>,
+    body_bytes: u64,
 }
 
 /// Upstream-side state, filled once a route proxies.
@@ -69,6 +80,29 @@ impl Drop for GaugeGuard {
 }
 
 impl Gateway {
+    /// Count the request against the route's and the consumer's windows.
+    async fn check_rate_limits(&self, route: &Route, ctx: &Ctx) -> Option<RateDecision> {
+        let subject = Subject {
+            route: &route.name,
+            consumer: ctx.identity.as_ref().and_then(|i| i.principal()),
+            client_ip: ctx.client_ip,
+        };
+        let mut decision = match &route.policy.rate_limits {
+            Some(limits) => Some(limits.check(&subject).await),
+            None => None,
+        };
+        let consumer_limits = ctx
+            .identity
+            .as_ref()
+            .and_then(|i| i.consumer.as_ref())
+            .and_then(|c| c.rate_limits.as_ref());
+        if let Some(limits) = consumer_limits {
+            let d = limits.check(&subject).await;
+            decision = Some(decision.map_or(d, |prev| prev.tighter(d)));
+        }
+        decision
+    }
+
     /// The proxy action and upstream group of a matched route, if it proxies.
     fn proxy_of<'a>(&'a self, route: Option<&'a Arc<Route>>) -> Option<(&'a ProxyAction, &'a Arc<UpstreamGroup>)> {
         let RouteAction::Proxy(action) = &route?.action else {
@@ -97,46 +131,107 @@ impl ProxyHttp for Gateway {
             upstream: Upstream::default(),
             answered: None,
             _inflight: None,
-            conn: None,
+            peer_trusted: false,
+            identity: None,
+            response_headers: Vec::new(),
+            body_bytes: 0,
         }
-    }
-
-    fn on_connection_reuse(&self, _session: &mut Session, ctx: &mut Ctx, prev: Box<dyn Any + Send + Sync>) {
-        if let Ok(conn) = prev.downcast::<Arc<GaugeGuard>>() {
-            ctx.conn = Some(*conn);
-        }
-    }
-
-    fn persist_connection_context(&self, _session: &Session, ctx: &Ctx) -> Option<Box<dyn Any + Send + Sync>> {
-        ctx.conn.clone().map(|c| Box::new(c) as Box<dyn Any + Send + Sync>)
     }
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        if ctx.conn.is_none() {
-            ctx.conn = Some(Arc::new(GaugeGuard::new(&self.metrics.connections)));
-        }
         ctx._inflight = Some(GaugeGuard::new(&self.metrics.inflight));
         ctx.request_id = forward::request_id(session.req_header());
-        ctx.client_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+        session.set_read_timeout(Some(self.policy.body_timeout));
+        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let trusted = &self.policy.trusted_proxies;
+        ctx.peer_trusted = peer.is_some_and(|p| trusted.trusts(p));
+        ctx.client_ip = if ctx.peer_trusted {
+            let xff = session.req_header().headers.get_all("x-forwarded-for");
+            trusted.client_ip(peer, xff.iter().map(|v| v.as_bytes()))
+        } else {
+            peer
+        };
         Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let req = session.req_header();
+        if let Err(reject) = framing::check(req, self.policy.head) {
+            return self.reject(session, ctx, reject).await;
+        }
+        if !self.policy.ip.admits(ctx.client_ip) {
+            return self.reject(session, ctx, Reject::new(StatusCode::FORBIDDEN, "forbidden")).await;
+        }
         let host = forward::host(req);
         let Some(route) = self.routes.find(host, req.uri.path(), &req.method, &req.headers) else {
             return self.reject(session, ctx, Reject::new(StatusCode::NOT_FOUND, "no route")).await;
         };
+        let route = route.clone();
         ctx.route = Some(route.clone());
+        let policy = &route.policy;
+        if !policy.ip.admits(ctx.client_ip) {
+            return self.reject(session, ctx, Reject::new(StatusCode::FORBIDDEN, "forbidden")).await;
+        }
+        if let Some(cors) = &policy.cors {
+            match cors.evaluate(&req.method, &req.headers) {
+                Ok(CorsOutcome::None) => {}
+                Ok(CorsOutcome::Actual(h)) => ctx.response_headers.extend(h),
+                Ok(CorsOutcome::Preflight(h)) => {
+                    ctx.answered = Some(StatusCode::NO_CONTENT);
+                    error::respond(session, StatusCode::NO_CONTENT, &h, Bytes::new(), &ctx.request_id).await?;
+                    return Ok(true);
+                }
+                Err(reject) => return self.reject(session, ctx, reject).await,
+            }
+        }
+        if forward::content_length(req).is_some_and(|n| n > policy.max_body) {
+            return self
+                .reject(session, ctx, Reject::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"))
+                .await;
+        }
+        match auth::authenticate(&policy.auth, &req.headers, &self.policy.api_keys).await {
+            Ok(identity) => ctx.identity = identity,
+            Err(failure) => {
+                self.metrics
+                    .auth_failures
+                    .with_label_values(&[&*route.name, failure.reason()])
+                    .inc();
+                return self.reject(session, ctx, failure.reject(&policy.auth)).await;
+            }
+        }
+        if let Some(decision) = self.check_rate_limits(&route, ctx).await {
+            ctx.response_headers.extend(decision.headers());
+            if !decision.allowed {
+                self.metrics.rate_limited.with_label_values(&[&*route.name]).inc();
+                let mut reject = Reject::new(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+                reject.headers = std::mem::take(&mut ctx.response_headers);
+                return self.reject(session, ctx, reject).await;
+            }
+        }
         if let RouteAction::Respond(direct) = &route.action {
             ctx.answered = Some(direct.status);
-            error::respond(session, direct.status, &direct.headers, direct.body.clone(), &ctx.request_id).await?;
+            let mut headers = direct.headers.clone();
+            headers.extend(ctx.response_headers.iter().cloned());
+            error::respond(session, direct.status, &headers, direct.body.clone(), &ctx.request_id).await?;
             return Ok(true);
         }
         Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (Some(chunk), Some(route)) = (body.as_ref(), ctx.route.as_ref()) {
+            ctx.body_bytes += chunk.len() as u64;
+            if ctx.body_bytes > route.policy.max_body {
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body exceeds max_body_size");
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -189,7 +284,15 @@ impl ProxyHttp for Gateway {
                 upstream.set_uri(uri);
             }
         }
-        forward::prepare_upstream_request(session, upstream, ctx.client_ip, &ctx.request_id)?;
+        for name in &self.policy.strip_headers {
+            upstream.remove_header(name);
+        }
+        if let Some(identity) = &ctx.identity {
+            for (name, value) in &identity.headers {
+                upstream.insert_header(name.clone(), value.clone())?;
+            }
+        }
+        forward::prepare_upstream_request(session, upstream, ctx.client_ip, ctx.peer_trusted, &ctx.request_id)?;
         ctx.upstream.sent_at = Some(Instant::now());
         Ok(())
     }
@@ -197,6 +300,9 @@ impl ProxyHttp for Gateway {
     async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         forward::prepare_response(resp);
         resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
+        for (name, value) in &ctx.response_headers {
+            resp.append_header(name.clone(), value.clone())?;
+        }
         Ok(())
     }
 

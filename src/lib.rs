@@ -6,15 +6,18 @@
 
 pub mod admin;
 pub mod config;
+pub mod connection;
 pub mod demo;
 pub mod error;
 pub mod forward;
 pub mod gateway;
 pub mod observe;
+pub mod policy;
 pub mod route;
 pub mod upstream;
 
 use config::compile::Compiled;
+use connection::{ConnectionTracker, Guarded};
 use pingora::server::configuration::Opt;
 use pingora::server::Server;
 use pingora::services::background::GenBackgroundService;
@@ -39,6 +42,7 @@ pub fn build_server(compiled: Compiled, mode: StartMode) -> Server {
         admin,
         access_log_writer,
         demo,
+        connection_limits,
     } = compiled;
     server_conf.daemon = mode.daemon;
     let opt = Opt {
@@ -59,7 +63,13 @@ pub fn build_server(compiled: Compiled, mode: StartMode) -> Server {
         server.add_service(GenBackgroundService::new("access log".into(), Arc::new(writer)));
     }
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "tollgate");
+    let tracker = ConnectionTracker::new(
+        connection_limits,
+        metrics.connections.clone(),
+        metrics.connections_refused.clone(),
+    );
+    let proxy = Guarded::new(pingora::proxy::http_proxy(&server.configuration, gateway), tracker);
+    let mut proxy = Service::new("tollgate".into(), proxy);
     for addr in &listeners {
         proxy.add_tcp(addr);
     }

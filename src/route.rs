@@ -117,7 +117,6 @@ pub enum RouteAction {
 }
 
 /// A compiled route.
-#[derive(Debug)]
 pub struct Route {
     pub name: Arc<str>,
     pub hosts: Vec<HostPattern>,
@@ -125,8 +124,15 @@ pub struct Route {
     pub methods: Vec<Method>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub action: RouteAction,
+    pub policy: crate::policy::RoutePolicy,
     /// Position in the config file, the last tie-breaker.
     pub order: usize,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route").field("name", &self.name).field("order", &self.order).finish()
+    }
 }
 
 impl Route {
@@ -262,6 +268,7 @@ mod tests {
                 headers: vec![],
                 body: Bytes::new(),
             }),
+            policy: Default::default(),
             order,
         }
     }

@@ -5,7 +5,16 @@
 
 use super::file::*;
 use super::Problem;
+use crate::connection::ConnectionLimits;
 use crate::gateway::Gateway;
+use crate::policy::api_key::{digest, parse_key_hash, ApiKeys, Consumer};
+use crate::policy::auth::{AuthMethod, RouteAuth};
+use crate::policy::cors::CorsPolicy;
+use crate::policy::framing::HeadLimits;
+use crate::policy::ip::{parse_net, IpRules, TrustedProxies};
+use crate::policy::jwt::JwtProvider;
+use crate::policy::rate_limit::{RateLimitStore, RateLimits};
+use crate::policy::{GatewayPolicy, RoutePolicy};
 use crate::observe::access_log::{self, AccessLogWriter};
 use crate::observe::metrics::Metrics;
 use crate::route::{DirectResponse, HostPattern, PathMatch, PathRewrite, ProxyAction, Route, RouteAction, RouteTable};
@@ -29,6 +38,7 @@ pub struct Compiled {
     pub admin: Option<String>,
     pub access_log_writer: Option<AccessLogWriter>,
     pub demo: Vec<(String, String)>,
+    pub connection_limits: ConnectionLimits,
 }
 
 impl Compiled {
@@ -86,9 +96,14 @@ pub fn compile(file: &ConfigFile) -> Result<Compiled, Vec<Problem>> {
         upstreams,
         routes,
         demo,
+        limits,
+        auth,
+        consumers,
+        rate_limit,
     } = file;
     let mut problems = Vec::new();
     let metrics = Arc::new(Metrics::new().map_err(|e| vec![Problem::new("", format!("metrics: {e}"))])?);
+    let policy = compile_policy(limits, auth, consumers, rate_limit)?;
 
     let mut groups = Vec::new();
     let mut group_index = BTreeMap::new();
@@ -104,7 +119,7 @@ pub fn compile(file: &ConfigFile) -> Result<Compiled, Vec<Problem>> {
 
     let mut compiled_routes = Vec::new();
     for (i, r) in routes.iter().enumerate() {
-        match compile_route(i, r, upstreams, &group_index) {
+        match compile_route(i, r, upstreams, &group_index, &policy, limits.max_body_size.0) {
             Ok(route) => compiled_routes.push(route),
             Err(p) => problems.push(p),
         }
@@ -133,12 +148,19 @@ pub fn compile(file: &ConfigFile) -> Result<Compiled, Vec<Problem>> {
             upstreams: groups,
             metrics,
             access_log,
+            policy,
         },
         server_conf: server_conf(server),
         listeners: listeners.iter().map(|l| l.address.clone()).collect(),
         admin: admin.enabled.then(|| admin.address.clone()),
         access_log_writer,
         demo: demo.iter().map(|d| (d.name.clone(), d.address.clone())).collect(),
+        connection_limits: ConnectionLimits {
+            header_timeout: limits.header_timeout.0,
+            max_header_bytes: limits.max_header_bytes.0 as usize,
+            max_connections: limits.max_connections,
+            max_connections_per_ip: limits.max_connections_per_ip,
+        },
     })
 }
 
@@ -254,6 +276,8 @@ fn compile_route(
     r: &RouteSection,
     upstreams: &BTreeMap<String, UpstreamSection>,
     group_index: &BTreeMap<&str, usize>,
+    gateway: &GatewayPolicy,
+    default_max_body: u64,
 ) -> Result<Route, Problem> {
     let RouteSection {
         name,
@@ -269,6 +293,13 @@ fn compile_route(
         read_timeout,
         retries,
         respond,
+        auth,
+        roles,
+        rate_limits,
+        ip_allow,
+        ip_deny,
+        cors,
+        max_body_size,
     } = r;
     let at = format!("routes[{order}]");
     let fail = |msg: String| Problem::new(&at, msg);
@@ -333,6 +364,45 @@ fn compile_route(
         }
         _ => return Err(fail("needs exactly one of upstream or [respond]".into())),
     };
+    let policy = RoutePolicy {
+        auth: RouteAuth {
+            methods: auth
+                .iter()
+                .map(|m| match m.split_once(':') {
+                    Some(("jwt", p)) => gateway
+                        .jwt_providers
+                        .iter()
+                        .find(|j| &*j.name == p)
+                        .cloned()
+                        .map(AuthMethod::Jwt)
+                        .ok_or_else(|| fail(format!("JWT provider {p:?} is not defined"))),
+                    _ => Ok(AuthMethod::ApiKey),
+                })
+                .collect::<Result<_, _>>()?,
+            roles: roles.clone(),
+        },
+        ip: IpRules::new(nets(ip_allow).map_err(fail)?, nets(ip_deny).map_err(fail)?),
+        cors: cors
+            .as_ref()
+            .map(|c| {
+                CorsPolicy::new(
+                    &c.allow_origins,
+                    &c.allow_methods,
+                    &c.allow_headers,
+                    &c.expose_headers,
+                    c.allow_credentials,
+                    c.max_age.map(|d| d.0),
+                )
+            })
+            .transpose()
+            .map_err(fail)?,
+        rate_limits: if rate_limits.is_empty() {
+            None
+        } else {
+            Some(RateLimits::compile(name, rate_limits, &gateway.rate_store).map_err(|p| first(p, &at))?)
+        },
+        max_body: max_body_size.map_or(default_max_body, |s| s.0),
+    };
     Ok(Route {
         name: name.as_str().into(),
         hosts,
@@ -340,7 +410,143 @@ fn compile_route(
         methods,
         headers,
         action,
+        policy,
         order,
+    })
+}
+
+fn nets(list: &[String]) -> Result<Vec<ipnet::IpNet>, String> {
+    list.iter().map(|s| parse_net(s)).collect()
+}
+
+/// The first of a list of problems (compile-time problems are rare: validation ran first).
+fn first(mut problems: Vec<Problem>, at: &str) -> Problem {
+    if problems.is_empty() {
+        Problem::new(at, "invalid")
+    } else {
+        problems.swap_remove(0)
+    }
+}
+
+fn compile_policy(
+    limits: &LimitsSection,
+    auth: &AuthSection,
+    consumers: &BTreeMap<String, ConsumerSection>,
+    rate_limit: &RateLimitBackendSection,
+) -> Result<GatewayPolicy, Vec<Problem>> {
+    let LimitsSection {
+        max_header_bytes,
+        max_headers,
+        max_body_size: _,
+        header_timeout: _,
+        body_timeout,
+        max_connections: _,
+        max_connections_per_ip: _,
+        trusted_proxies,
+        ip_allow,
+        ip_deny,
+    } = limits;
+    let AuthSection {
+        jwt,
+        api_key,
+        strip_headers,
+    } = auth;
+    let one = |at: &str, e: String| vec![Problem::new(at, e)];
+    let rate_store = RateLimitStore::compile(rate_limit)?;
+    let mut problems = Vec::new();
+    let mut jwt_providers = Vec::new();
+    for (name, section) in jwt {
+        match JwtProvider::compile(name, section, &format!("auth.jwt.{name}")) {
+            Ok(p) => jwt_providers.push(Arc::new(p)),
+            Err(p) => problems.extend(p),
+        }
+    }
+    let key_header = HeaderName::from_bytes(api_key.header.as_bytes())
+        .map_err(|_| one("auth.api_key.header", "invalid header name".into()))?;
+    let consumer_header = HeaderName::from_bytes(api_key.consumer_header.as_bytes())
+        .map_err(|_| one("auth.api_key.consumer_header", "invalid header name".into()))?;
+    let mut strip: Vec<HeaderName> = strip_headers
+        .iter()
+        .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+        .collect();
+    strip.push(consumer_header.clone());
+    strip.push(HeaderName::from_static("x-user-roles"));
+    for p in &jwt_providers {
+        strip.extend(p.mapped_headers().iter().cloned());
+    }
+    strip.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    strip.dedup();
+
+    let mut api_keys = ApiKeys::new(key_header);
+    for (name, c) in consumers {
+        let ConsumerSection {
+            keys,
+            key_hashes,
+            roles,
+            rate_limits,
+        } = c;
+        let at = format!("consumers.{name}");
+        let mut headers = vec![];
+        match HeaderValue::from_str(name) {
+            Ok(v) => headers.push((consumer_header.clone(), v)),
+            Err(_) => problems.push(Problem::new(&at, "consumer names must be valid header values")),
+        }
+        if !roles.is_empty() {
+            match HeaderValue::from_str(&roles.join(",")) {
+                Ok(v) => headers.push((HeaderName::from_static("x-user-roles"), v)),
+                Err(_) => problems.push(Problem::new(format!("{at}.roles"), "roles must be valid header values")),
+            }
+        }
+        let limits = if rate_limits.is_empty() {
+            None
+        } else {
+            match RateLimits::compile(name, rate_limits, &rate_store) {
+                Ok(l) => Some(l),
+                Err(p) => {
+                    problems.extend(p);
+                    None
+                }
+            }
+        };
+        let consumer = Arc::new(Consumer {
+            name: name.as_str().into(),
+            roles: roles.clone(),
+            headers,
+            rate_limits: limits,
+        });
+        let digests = keys
+            .iter()
+            .map(|k| Ok(digest(k.as_bytes())))
+            .chain(key_hashes.iter().map(|h| parse_key_hash(h)));
+        for (i, d) in digests.enumerate() {
+            match d {
+                Ok(d) => {
+                    if !api_keys.insert(d, consumer.clone()) {
+                        problems.push(Problem::new(format!("{at}.keys[{i}]"), "this key already belongs to another consumer"));
+                    }
+                }
+                Err(e) => problems.push(Problem::new(format!("{at}.key_hashes"), e)),
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(GatewayPolicy {
+        head: HeadLimits {
+            max_headers: *max_headers,
+            max_header_bytes: max_header_bytes.0 as usize,
+        },
+        body_timeout: body_timeout.0,
+        trusted_proxies: TrustedProxies::new(nets(trusted_proxies).map_err(|e| one("limits.trusted_proxies", e))?),
+        ip: IpRules::new(
+            nets(ip_allow).map_err(|e| one("limits.ip_allow", e))?,
+            nets(ip_deny).map_err(|e| one("limits.ip_deny", e))?,
+        ),
+        api_keys,
+        strip_headers: strip,
+        rate_store,
+        jwt_providers,
     })
 }
 

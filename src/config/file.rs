@@ -27,6 +27,14 @@ pub struct ConfigFile {
     pub routes: Vec<RouteSection>,
     #[serde(default)]
     pub demo: Vec<DemoSection>,
+    #[serde(default)]
+    pub limits: LimitsSection,
+    #[serde(default)]
+    pub auth: AuthSection,
+    #[serde(default)]
+    pub consumers: BTreeMap<String, ConsumerSection>,
+    #[serde(default)]
+    pub rate_limit: RateLimitBackendSection,
 }
 
 /// `[server]`: process-wide settings, turned into Pingora's `ServerConf`.
@@ -230,6 +238,28 @@ pub struct RouteSection {
     /// Answer directly, without an upstream.
     #[serde(default)]
     pub respond: Option<RespondSection>,
+    /// Accepted authentication methods: `"jwt:PROVIDER"` or `"api_key"`; any one suffices.
+    /// Empty: the route is public.
+    #[serde(default)]
+    pub auth: Vec<String>,
+    /// Roles of which the caller needs at least one (any-of). Needs `auth`.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Rate limits of this route; every one must admit the request.
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitSection>,
+    /// CIDR allow list for this route (added to the global one).
+    #[serde(default)]
+    pub ip_allow: Vec<String>,
+    /// CIDR deny list for this route (added to the global one).
+    #[serde(default)]
+    pub ip_deny: Vec<String>,
+    /// CORS policy; absent: no CORS headers and preflights are proxied like any request.
+    #[serde(default)]
+    pub cors: Option<CorsSection>,
+    /// Overrides `limits.max_body_size` for this route.
+    #[serde(default)]
+    pub max_body_size: Option<HumanSize>,
 }
 
 /// `[routes.respond]`: a fixed response.
@@ -251,6 +281,264 @@ pub struct RespondSection {
 pub struct DemoSection {
     pub name: String,
     pub address: String,
+}
+
+/// `[limits]`: protection for the listener, applied before routing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Largest request head (request line plus headers); more is refused with 431.
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_header_bytes: HumanSize,
+    /// Most request headers; more is refused with 431.
+    #[serde(default = "defaults::max_headers")]
+    pub max_headers: usize,
+    /// Largest request body, by Content-Length or counted while streaming (413).
+    #[serde(default = "defaults::max_body_size")]
+    pub max_body_size: HumanSize,
+    /// Total time a client gets to send the request head (408).
+    #[serde(default = "defaults::header_timeout")]
+    pub header_timeout: HumanDuration,
+    /// Longest pause between two reads of the request body (408).
+    #[serde(default = "defaults::body_timeout")]
+    pub body_timeout: HumanDuration,
+    /// Most open client connections in all; 0: unlimited.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// Most open client connections from one IP; 0: unlimited.
+    #[serde(default = "defaults::max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Peers whose `X-Forwarded-For` is believed (CIDRs).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Global CIDR allow list; empty: everyone not denied.
+    #[serde(default)]
+    pub ip_allow: Vec<String>,
+    /// Global CIDR deny list.
+    #[serde(default)]
+    pub ip_deny: Vec<String>,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_header_bytes: defaults::max_header_bytes(),
+            max_headers: defaults::max_headers(),
+            max_body_size: defaults::max_body_size(),
+            header_timeout: defaults::header_timeout(),
+            body_timeout: defaults::body_timeout(),
+            max_connections: defaults::max_connections(),
+            max_connections_per_ip: defaults::max_connections_per_ip(),
+            trusted_proxies: Vec::new(),
+            ip_allow: Vec::new(),
+            ip_deny: Vec::new(),
+        }
+    }
+}
+
+/// `[auth]`: authentication providers routes refer to.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// Named JWT providers: `[auth.jwt.NAME]`, referred to as `"jwt:NAME"`.
+    #[serde(default)]
+    pub jwt: BTreeMap<String, JwtSection>,
+    #[serde(default)]
+    pub api_key: ApiKeySection,
+    /// Client-sent headers always removed before the gateway sets its own identity headers,
+    /// in addition to every header an auth provider maps.
+    #[serde(default = "defaults::identity_headers")]
+    pub strip_headers: Vec<String>,
+}
+
+/// `[auth.jwt.NAME]`: one token issuer and how to verify its tokens.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSection {
+    /// Accepted algorithms, pinned: `HS256`, `RS256`, `PS256`, `ES256`, `EdDSA`, ...
+    pub algorithms: Vec<String>,
+    /// HS*: the secret is read from this environment variable...
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// ...or from this file (trailing newline trimmed). Never inline.
+    #[serde(default)]
+    pub secret_file: Option<String>,
+    /// PEM public keys (RSA, EC or Ed25519), tried in order when the token has no `kid`.
+    #[serde(default)]
+    pub public_key_files: Vec<String>,
+    /// A JWKS document on disk.
+    #[serde(default)]
+    pub jwks_file: Option<String>,
+    /// A JWKS URL, fetched at start and refreshed in the background.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default = "defaults::jwks_refresh")]
+    pub jwks_refresh: HumanDuration,
+    /// Least time between two refreshes triggered by an unknown `kid`.
+    #[serde(default = "defaults::jwks_min_refresh")]
+    pub jwks_min_refresh: HumanDuration,
+    /// Required `iss`.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Accepted `aud` values (any one).
+    #[serde(default)]
+    pub audience: Vec<String>,
+    /// Clock skew allowed for `exp` and `nbf`.
+    #[serde(default = "defaults::jwt_leeway")]
+    pub leeway: HumanDuration,
+    /// Claim holding roles (array or space-separated string); dots walk objects.
+    #[serde(default = "defaults::roles_claim")]
+    pub roles_claim: String,
+    /// Header set upstream from `sub`.
+    #[serde(default = "defaults::subject_header")]
+    pub subject_header: String,
+    /// Header set upstream from the roles claim (comma-separated).
+    #[serde(default = "defaults::roles_header")]
+    pub roles_header: String,
+    /// Further claims copied to upstream headers: claim name to header name.
+    #[serde(default)]
+    pub claim_headers: BTreeMap<String, String>,
+    /// Verified tokens remembered (bounded, never past `exp`); 0 turns the cache off.
+    #[serde(default = "defaults::jwt_cache_entries")]
+    pub cache_entries: usize,
+}
+
+/// `[auth.api_key]`: where API keys are read from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySection {
+    #[serde(default = "defaults::api_key_header")]
+    pub header: String,
+    /// Header set upstream to the consumer's name.
+    #[serde(default = "defaults::consumer_header")]
+    pub consumer_header: String,
+}
+
+impl Default for ApiKeySection {
+    fn default() -> Self {
+        ApiKeySection {
+            header: defaults::api_key_header(),
+            consumer_header: defaults::consumer_header(),
+        }
+    }
+}
+
+/// `[consumers.NAME]`: an API client identified by key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerSection {
+    /// Plain keys (prefer `key_hashes`).
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// `sha256:HEX` digests of keys (`printf %s KEY | sha256sum`).
+    #[serde(default)]
+    pub key_hashes: Vec<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Limits for this consumer on every route it calls.
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitSection>,
+}
+
+/// One rate-limit window.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSection {
+    /// Requests admitted per window.
+    pub limit: u64,
+    /// Window length, e.g. `"1s"`, `"1m"`, `"1h"`.
+    pub window: HumanDuration,
+    /// What is counted separately, `+`-joined: `consumer`, `ip`, `route` (default `ip`).
+    #[serde(default = "defaults::rate_key")]
+    pub key: String,
+}
+
+/// `[rate_limit]`: where counters live.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitBackendSection {
+    #[serde(default)]
+    pub backend: RateLimitBackend,
+    /// For `backend = "redis"`: `redis://HOST:PORT/DB`.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// Longest wait for Redis before the failure policy applies.
+    #[serde(default = "defaults::redis_timeout")]
+    pub redis_timeout: HumanDuration,
+    /// When Redis is unreachable or slow: `local` (count in this instance), `allow`, `deny`.
+    #[serde(default)]
+    pub on_redis_error: RedisFailurePolicy,
+}
+
+impl Default for RateLimitBackendSection {
+    fn default() -> Self {
+        RateLimitBackendSection {
+            backend: RateLimitBackend::default(),
+            redis_url: None,
+            redis_timeout: defaults::redis_timeout(),
+            on_redis_error: RedisFailurePolicy::default(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitBackend {
+    #[default]
+    Local,
+    Redis,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisFailurePolicy {
+    #[default]
+    Local,
+    Allow,
+    Deny,
+}
+
+/// `[routes.cors]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsSection {
+    /// Exact origins (`https://app.example.com`) or `"*"`.
+    pub allow_origins: Vec<String>,
+    #[serde(default = "defaults::cors_methods")]
+    pub allow_methods: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub allow_credentials: bool,
+    #[serde(default)]
+    pub max_age: Option<HumanDuration>,
+}
+
+/// A size written as `"32KiB"`, `"10MB"`, `"1048576"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "SizeText")]
+pub struct HumanSize(pub u64);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeText {
+    Number(u64),
+    Text(String),
+}
+
+impl TryFrom<SizeText> for HumanSize {
+    type Error = String;
+    fn try_from(s: SizeText) -> Result<Self, Self::Error> {
+        match s {
+            SizeText::Number(n) => Ok(HumanSize(n)),
+            SizeText::Text(t) => t
+                .parse::<bytesize::ByteSize>()
+                .map(|b| HumanSize(b.as_u64()))
+                .map_err(|e| format!("invalid size {t:?} ({e}); write e.g. \"64KiB\", \"10MB\"")),
+        }
+    }
 }
 
 /// A duration written as `"250ms"`, `"5s"`, `"1m 30s"`.
@@ -275,7 +563,7 @@ impl fmt::Display for HumanDuration {
 
 /// The defaults, each in one place.
 pub mod defaults {
-    use super::HumanDuration;
+    use super::{HumanDuration, HumanSize};
     use std::time::Duration;
 
     pub fn threads() -> usize {
@@ -346,5 +634,65 @@ pub mod defaults {
     }
     pub fn respond_status() -> u16 {
         200
+    }
+    pub fn max_header_bytes() -> HumanSize {
+        HumanSize(32 * 1024)
+    }
+    pub fn max_headers() -> usize {
+        100
+    }
+    pub fn max_body_size() -> HumanSize {
+        HumanSize(10 * 1024 * 1024)
+    }
+    pub fn header_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(10))
+    }
+    pub fn body_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(30))
+    }
+    pub fn max_connections() -> usize {
+        0
+    }
+    pub fn max_connections_per_ip() -> usize {
+        0
+    }
+    pub fn identity_headers() -> Vec<String> {
+        ["X-User-ID", "X-User-Roles", "X-Consumer"].map(String::from).to_vec()
+    }
+    pub fn jwks_refresh() -> HumanDuration {
+        HumanDuration(Duration::from_secs(300))
+    }
+    pub fn jwks_min_refresh() -> HumanDuration {
+        HumanDuration(Duration::from_secs(10))
+    }
+    pub fn jwt_leeway() -> HumanDuration {
+        HumanDuration(Duration::from_secs(30))
+    }
+    pub fn roles_claim() -> String {
+        "roles".into()
+    }
+    pub fn subject_header() -> String {
+        "X-User-ID".into()
+    }
+    pub fn roles_header() -> String {
+        "X-User-Roles".into()
+    }
+    pub fn jwt_cache_entries() -> usize {
+        10_000
+    }
+    pub fn api_key_header() -> String {
+        "X-API-Key".into()
+    }
+    pub fn consumer_header() -> String {
+        "X-Consumer".into()
+    }
+    pub fn rate_key() -> String {
+        "ip".into()
+    }
+    pub fn redis_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_millis(50))
+    }
+    pub fn cors_methods() -> Vec<String> {
+        ["GET", "HEAD", "POST"].map(String::from).to_vec()
     }
 }

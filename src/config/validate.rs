@@ -3,6 +3,10 @@
 
 use super::file::*;
 use super::Problem;
+use crate::policy::cors::CorsPolicy;
+use crate::policy::ip::parse_net;
+use crate::policy::jwt::JwtProvider;
+use crate::policy::rate_limit::{RateLimitStore, RateLimits};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -23,7 +27,17 @@ pub fn validate(file: &ConfigFile) -> Vec<Problem> {
         upstreams,
         routes,
         demo,
+        limits,
+        auth,
+        consumers,
+        rate_limit,
     } = file;
+    v.limits(limits);
+    v.auth(auth);
+    for (name, c) in consumers {
+        v.consumer(name, c);
+    }
+    v.problems.extend(RateLimitStore::validate(rate_limit));
     v.server(server);
     v.listeners(listeners);
     v.admin(admin);
@@ -41,6 +55,7 @@ pub fn validate(file: &ConfigFile) -> Vec<Problem> {
             );
         }
         v.route(&at, route, upstreams);
+        v.route_policy(&at, route, auth, consumers);
     }
     let mut demo_names = HashSet::new();
     for (i, d) in demo.iter().enumerate() {
@@ -333,6 +348,122 @@ impl Validator {
             if r.path_prefix.is_none() && r.path.is_none() {
                 self.problem(format!("{at}.rewrite_prefix"), "needs path_prefix or path");
             }
+        }
+    }
+
+    fn cidrs(&mut self, at: &str, list: &[String]) {
+        for (i, c) in list.iter().enumerate() {
+            if let Err(e) = parse_net(c) {
+                self.problem(format!("{at}[{i}]"), e);
+            }
+        }
+    }
+
+    fn header_name(&mut self, path: &str, name: &str) {
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            self.problem(path, format!("invalid header name {name:?}"));
+        }
+    }
+
+    fn limits(&mut self, l: &LimitsSection) {
+        if l.max_headers == 0 {
+            self.problem("limits.max_headers", "must be at least 1");
+        }
+        if l.max_header_bytes.0 < 1024 {
+            self.problem("limits.max_header_bytes", "must be at least 1KiB");
+        }
+        if l.max_body_size.0 == 0 {
+            self.problem("limits.max_body_size", "must be greater than zero");
+        }
+        if l.header_timeout.0.is_zero() {
+            self.problem("limits.header_timeout", "must be greater than zero");
+        }
+        if l.body_timeout.0.is_zero() {
+            self.problem("limits.body_timeout", "must be greater than zero");
+        }
+        self.cidrs("limits.trusted_proxies", &l.trusted_proxies);
+        self.cidrs("limits.ip_allow", &l.ip_allow);
+        self.cidrs("limits.ip_deny", &l.ip_deny);
+    }
+
+    fn auth(&mut self, a: &AuthSection) {
+        for (name, jwt) in &a.jwt {
+            let at = format!("auth.jwt.{name}");
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                self.problem(&at, "provider names may use only letters, digits, '-', '_' and '.'");
+            }
+            self.problems.extend(JwtProvider::validate(&at, jwt));
+        }
+        self.header_name("auth.api_key.header", &a.api_key.header);
+        self.header_name("auth.api_key.consumer_header", &a.api_key.consumer_header);
+        for (i, h) in a.strip_headers.iter().enumerate() {
+            self.header_name(&format!("auth.strip_headers[{i}]"), h);
+        }
+    }
+
+    fn consumer(&mut self, name: &str, c: &ConsumerSection) {
+        let at = format!("consumers.{name}");
+        if c.keys.is_empty() && c.key_hashes.is_empty() {
+            self.problem(&at, "needs at least one entry in keys or key_hashes");
+        }
+        for (i, k) in c.keys.iter().enumerate() {
+            if k.len() < 16 {
+                self.problem(format!("{at}.keys[{i}]"), "API keys must be at least 16 characters");
+            }
+        }
+        for (i, h) in c.key_hashes.iter().enumerate() {
+            if let Err(e) = crate::policy::api_key::parse_key_hash(h) {
+                self.problem(format!("{at}.key_hashes[{i}]"), e);
+            }
+        }
+        self.problems.extend(RateLimits::validate(&format!("{at}.rate_limits"), &c.rate_limits));
+    }
+
+    fn route_policy(
+        &mut self,
+        at: &str,
+        r: &RouteSection,
+        auth: &AuthSection,
+        consumers: &BTreeMap<String, ConsumerSection>,
+    ) {
+        for (i, m) in r.auth.iter().enumerate() {
+            let path = format!("{at}.auth[{i}]");
+            match m.split_once(':') {
+                None if m == "api_key" => {
+                    if consumers.is_empty() {
+                        self.problem(path, "api_key needs at least one [consumers.NAME] with keys");
+                    }
+                }
+                Some(("jwt", provider)) => {
+                    if !auth.jwt.contains_key(provider) {
+                        let defined: Vec<&str> = auth.jwt.keys().map(String::as_str).collect();
+                        let defined = if defined.is_empty() { "none".into() } else { defined.join(", ") };
+                        self.problem(path, format!("JWT provider {provider:?} is not defined; defined: {defined}"));
+                    }
+                }
+                _ => self.problem(path, format!("unknown auth method {m:?}; use \"api_key\" or \"jwt:PROVIDER\"")),
+            }
+        }
+        if !r.roles.is_empty() && r.auth.is_empty() {
+            self.problem(format!("{at}.roles"), "roles need auth methods on the route");
+        }
+        self.problems.extend(RateLimits::validate(&format!("{at}.rate_limits"), &r.rate_limits));
+        self.cidrs(&format!("{at}.ip_allow"), &r.ip_allow);
+        self.cidrs(&format!("{at}.ip_deny"), &r.ip_deny);
+        if let Some(c) = &r.cors {
+            if let Err(e) = CorsPolicy::new(
+                &c.allow_origins,
+                &c.allow_methods,
+                &c.allow_headers,
+                &c.expose_headers,
+                c.allow_credentials,
+                c.max_age.map(|d| d.0),
+            ) {
+                self.problem(format!("{at}.cors"), e);
+            }
+        }
+        if r.max_body_size.is_some_and(|s| s.0 == 0) {
+            self.problem(format!("{at}.max_body_size"), "must be greater than zero");
         }
     }
 

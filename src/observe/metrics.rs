@@ -26,6 +26,9 @@ pub struct Metrics {
     pub connections: IntGauge,
     pub retries: IntCounterVec,
     pub access_log_dropped: IntCounter,
+    pub auth_failures: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub connections_refused: IntCounter,
 }
 
 impl Metrics {
@@ -58,7 +61,7 @@ impl Metrics {
         let inflight = IntGauge::new("requests_in_flight", "Requests being handled now")?;
         let connections = IntGauge::new(
             "downstream_connections",
-            "Open client connections (HTTP/1; an HTTP/2 connection counts per open stream)",
+            "Open client connections",
         )?;
         let retries = IntCounterVec::new(
             Opts::new("upstream_retries_total", "Attempts repeated on another target, by route"),
@@ -68,6 +71,21 @@ impl Metrics {
             "access_log_dropped_total",
             "Access-log lines dropped because the writer fell behind",
         )?;
+        let auth_failures = IntCounterVec::new(
+            Opts::new("auth_failures_total", "Requests refused by authentication or authorization"),
+            &["route", "reason"],
+        )?;
+        let rate_limited = IntCounterVec::new(
+            Opts::new("rate_limited_total", "Requests refused by a rate limit"),
+            &["route"],
+        )?;
+        let connections_refused = IntCounter::new(
+            "connections_refused_total",
+            "Client connections closed at once because a connection cap was reached",
+        )?;
+        registry.register(Box::new(auth_failures.clone()))?;
+        registry.register(Box::new(rate_limited.clone()))?;
+        registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -86,6 +104,9 @@ impl Metrics {
             connections,
             retries,
             access_log_dropped,
+            auth_failures,
+            rate_limited,
+            connections_refused,
         })
     }
 

@@ -1,0 +1,413 @@
+//! Client connections, below HTTP: caps on open connections (global and per IP), the exact
+//! open-connection gauge, and for HTTP/1 a total deadline and a size cap on each request head.
+//!
+//! Pingora reads the request head before any proxy hook runs and only bounds each single read
+//! (a client sending one byte every few seconds can hold a connection for minutes). So the
+//! proxy's [`ServerApp`] is wrapped: every accepted stream is wrapped in a [`GuardedStream`]
+//! that watches the bytes of each request head, answers 408 when the head is not complete in
+//! `header_timeout` and 431 when it grows past `max_header_bytes`, then closes. HTTP/2
+//! connections (ALPN `h2` or the h2c preface) pass through untouched. Request bodies, routing
+//! and everything above are left to the gateway.
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
+    UniqueIDType, ALPN, IO,
+};
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::TlsRef;
+use pingora::protocols::{SocketDigest, TimingDigest};
+use pingora::server::ShutdownWatch;
+use prometheus::{IntCounter, IntGauge};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Limits applied per connection.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    pub header_timeout: Duration,
+    pub max_header_bytes: usize,
+    /// 0: unlimited.
+    pub max_connections: usize,
+    /// 0: unlimited.
+    pub max_connections_per_ip: usize,
+}
+
+/// Open-connection accounting shared by every listener of one gateway.
+pub struct ConnectionTracker {
+    limits: ConnectionLimits,
+    total: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    gauge: IntGauge,
+    refused: IntCounter,
+}
+
+impl ConnectionTracker {
+    pub fn new(limits: ConnectionLimits, gauge: IntGauge, refused: IntCounter) -> Arc<Self> {
+        Arc::new(ConnectionTracker {
+            limits,
+            total: Mutex::new((0, HashMap::new())),
+            gauge,
+            refused,
+        })
+    }
+
+    /// Take a connection slot for `ip`, or `None` when a cap is reached.
+    fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Option<Slot> {
+        let mut guard = self.total.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, per_ip) = &mut *guard;
+        let l = &self.limits;
+        if l.max_connections > 0 && *total >= l.max_connections {
+            self.refused.inc();
+            return None;
+        }
+        if let Some(ip) = ip {
+            let n = per_ip.entry(ip).or_insert(0);
+            if l.max_connections_per_ip > 0 && *n >= l.max_connections_per_ip {
+                if *n == 0 {
+                    per_ip.remove(&ip);
+                }
+                self.refused.inc();
+                return None;
+            }
+            *n += 1;
+        }
+        *total += 1;
+        self.gauge.inc();
+        Some(Slot {
+            tracker: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One admitted connection; releases its slot when dropped.
+struct Slot {
+    tracker: Arc<ConnectionTracker>,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut guard = self.tracker.total.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, per_ip) = &mut *guard;
+        *total = total.saturating_sub(1);
+        if let Some(ip) = self.ip {
+            if let Some(n) = per_ip.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+        }
+        self.tracker.gauge.dec();
+    }
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Slot({:?})", self.ip)
+    }
+}
+
+/// A [`ServerApp`] that admits and wraps connections before handing them to `inner`.
+pub struct Guarded<A> {
+    inner: Arc<A>,
+    tracker: Arc<ConnectionTracker>,
+}
+
+impl<A> Guarded<A> {
+    pub fn new(inner: A, tracker: Arc<ConnectionTracker>) -> Self {
+        Guarded {
+            inner: Arc::new(inner),
+            tracker,
+        }
+    }
+}
+
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 35\r\nconnection: close\r\n\r\n{\"error\":\"too many connections\"}\r\n";
+const HEAD_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: 31\r\nconnection: close\r\n\r\n{\"error\":\"request timed out\"}\r\n";
+const HEAD_TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\ncontent-length: 41\r\nconnection: close\r\n\r\n{\"error\":\"request header too large\"}\r\n\r\n";
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let already_guarded = {
+            let io: &dyn IO = &*stream;
+            io.as_any().is::<GuardedStream>()
+        };
+        let stream = if already_guarded {
+            stream
+        } else {
+            let ip = stream
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().map(|a| a.ip())));
+            let h2 = stream.selected_alpn_proto() == Some(ALPN::H2);
+            let Some(slot) = self.tracker.admit(ip) else {
+                if !h2 {
+                    let mut stream = stream;
+                    use tokio::io::AsyncWriteExt;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(BUSY)).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), stream.flush()).await;
+                }
+                return None;
+            };
+            Box::new(GuardedStream::new(stream, slot, &self.tracker.limits, h2))
+        };
+        self.inner.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+/// Where the stream is in the HTTP/1 exchange.
+#[derive(Debug)]
+enum Phase {
+    /// Between requests: no deadline (Pingora's keep-alive timeout applies).
+    Idle,
+    /// Part of a request head has arrived.
+    Head { bytes: usize, tail: [u8; 3] },
+    /// The head is complete; body bytes and the response follow.
+    Body,
+    /// HTTP/2: nothing is watched.
+    Passthrough,
+    /// Sending a canned error before closing.
+    Rejecting { response: &'static [u8], written: usize },
+    Closed,
+}
+
+/// A client stream watched by [`Guarded`].
+pub struct GuardedStream {
+    inner: Stream,
+    phase: Phase,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    header_timeout: Duration,
+    max_header_bytes: usize,
+    _slot: Slot,
+}
+
+impl std::fmt::Debug for GuardedStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardedStream").field("phase", &self.phase).finish()
+    }
+}
+
+impl GuardedStream {
+    fn new(inner: Stream, slot: Slot, limits: &ConnectionLimits, h2: bool) -> Self {
+        GuardedStream {
+            inner,
+            phase: if h2 { Phase::Passthrough } else { Phase::Idle },
+            deadline: None,
+            header_timeout: limits.header_timeout,
+            max_header_bytes: limits.max_header_bytes,
+            _slot: slot,
+        }
+    }
+
+    /// Account freshly read bytes against the head being received.
+    fn observe(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let (mut bytes, mut tail) = match self.phase {
+            Phase::Idle => {
+                // h2c prior knowledge: the connection is HTTP/2 from here on.
+                if data.starts_with(b"PRI * HTTP/2.0") {
+                    self.phase = Phase::Passthrough;
+                    return;
+                }
+                (0usize, [0u8; 3])
+            }
+            Phase::Head { bytes, tail } => (bytes, tail),
+            _ => return,
+        };
+        // Find the blank line ending the head, across read boundaries: `last4` holds the
+        // last four bytes seen, oldest in the high byte.
+        const CRLFCRLF: u32 = u32::from_be_bytes(*b"\r\n\r\n");
+        const LFLF: u32 = u16::from_be_bytes(*b"\n\n") as u32;
+        let mut last4 = u32::from_be_bytes([0, tail[0], tail[1], tail[2]]);
+        for (i, b) in data.iter().enumerate() {
+            last4 = (last4 << 8) | u32::from(*b);
+            if last4 == CRLFCRLF || last4 & 0xffff == LFLF {
+                self.phase = Phase::Body;
+                self.deadline = None;
+                if bytes + i + 1 > self.max_header_bytes {
+                    self.reject(HEAD_TOO_LARGE);
+                }
+                return;
+            }
+        }
+        bytes += data.len();
+        tail = [(last4 >> 16) as u8, (last4 >> 8) as u8, last4 as u8];
+        if bytes > self.max_header_bytes {
+            self.reject(HEAD_TOO_LARGE);
+            return;
+        }
+        if self.deadline.is_none() {
+            self.deadline = Some(Box::pin(tokio::time::sleep(self.header_timeout)));
+        }
+        self.phase = Phase::Head { bytes, tail };
+    }
+
+    fn reject(&mut self, response: &'static [u8]) {
+        self.deadline = None;
+        self.phase = Phase::Rejecting {
+            response,
+            written: 0,
+        };
+    }
+
+    /// Drive a pending canned response; `Ready(Err)` once it is sent (or cannot be).
+    fn poll_reject(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Error> {
+        loop {
+            let Phase::Rejecting { response, written } = &mut self.phase else {
+                return Poll::Ready(closed_error());
+            };
+            if *written >= response.len() {
+                let _ = Pin::new(&mut self.inner).poll_flush(cx);
+                self.phase = Phase::Closed;
+                return Poll::Ready(closed_error());
+            }
+            match Pin::new(&mut self.inner).poll_write(cx, &response[*written..]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    self.phase = Phase::Closed;
+                    return Poll::Ready(closed_error());
+                }
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+fn closed_error() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "request head refused by the gateway")
+}
+
+impl AsyncRead for GuardedStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            match this.phase {
+                Phase::Rejecting { .. } | Phase::Closed => return this.poll_reject(cx).map(Err),
+                Phase::Passthrough => return Pin::new(&mut this.inner).poll_read(cx, buf),
+                _ => {}
+            }
+            let before = buf.filled().len();
+            match Pin::new(&mut this.inner).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) => {
+                    this.observe(buf.filled().get(before..).unwrap_or(&[]));
+                    if matches!(this.phase, Phase::Rejecting { .. }) {
+                        buf.set_filled(before);
+                        continue;
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    if let Some(deadline) = this.deadline.as_mut() {
+                        if deadline.as_mut().poll(cx).is_ready() {
+                            this.reject(HEAD_TIMEOUT);
+                            continue;
+                        }
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for GuardedStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        match this.phase {
+            Phase::Rejecting { .. } | Phase::Closed => return Poll::Ready(Err(closed_error())),
+            // A response is going out: the next bytes read start a new request head.
+            Phase::Body | Phase::Head { .. } => {
+                this.phase = Phase::Idle;
+                this.deadline = None;
+            }
+            _ => {}
+        }
+        Pin::new(&mut this.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for GuardedStream {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for GuardedStream {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for GuardedStream {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for GuardedStream {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for GuardedStream {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for GuardedStream {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for GuardedStream {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}

@@ -1,0 +1,98 @@
+//! API keys: a header value mapped to a named consumer with roles and rate limits.
+//!
+//! Keys are held only as SHA-256 digests (plain keys in the config are hashed at start-up).
+//! A presented key is hashed and looked up by digest: the map probe can leak timing only
+//! about the digest of the guess, never about a stored key, and the final comparison is
+//! constant-time.
+
+use crate::policy::rate_limit::RateLimits;
+use http::{HeaderName, HeaderValue};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// A compiled `[consumers.NAME]`.
+pub struct Consumer {
+    pub name: Arc<str>,
+    pub roles: Vec<String>,
+    /// Identity headers set upstream for this consumer (name, roles).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub rate_limits: Option<RateLimits>,
+}
+
+/// Every consumer's keys, by digest.
+#[derive(Default)]
+pub struct ApiKeys {
+    pub header: Option<HeaderName>,
+    by_digest: HashMap<[u8; 32], Arc<Consumer>>,
+}
+
+/// Parse `sha256:HEX` (64 hex digits).
+pub fn parse_key_hash(s: &str) -> Result<[u8; 32], String> {
+    let hex_digits = s
+        .strip_prefix("sha256:")
+        .ok_or_else(|| "key hashes are written \"sha256:HEX\" (printf %s KEY | sha256sum)".to_string())?;
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_digits, &mut out).map_err(|_| "expected 64 hex digits after \"sha256:\"".to_string())?;
+    Ok(out)
+}
+
+pub fn digest(key: &[u8]) -> [u8; 32] {
+    Sha256::digest(key).into()
+}
+
+impl ApiKeys {
+    pub fn new(header: HeaderName) -> Self {
+        ApiKeys {
+            header: Some(header),
+            by_digest: HashMap::new(),
+        }
+    }
+
+    /// Register a key digest; `false` when another consumer already holds it.
+    pub fn insert(&mut self, digest: [u8; 32], consumer: Arc<Consumer>) -> bool {
+        match self.by_digest.entry(digest) {
+            std::collections::hash_map::Entry::Occupied(e) => Arc::ptr_eq(e.get(), &consumer),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(consumer);
+                true
+            }
+        }
+    }
+
+    /// The consumer holding `presented`, if any.
+    pub fn lookup(&self, presented: &[u8]) -> Option<&Arc<Consumer>> {
+        let d = digest(presented);
+        let (stored, consumer) = self.by_digest.get_key_value(&d)?;
+        bool::from(stored.ct_eq(&d)).then_some(consumer)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_digest.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashed_and_plain_keys_find_the_consumer() {
+        let c = Arc::new(Consumer {
+            name: "mobile".into(),
+            roles: vec![],
+            headers: vec![],
+            rate_limits: None,
+        });
+        let mut keys = ApiKeys::new(HeaderName::from_static("x-api-key"));
+        keys.insert(digest(b"plain-key"), c.clone());
+        let hashed = parse_key_hash("sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855").unwrap();
+        keys.insert(hashed, c);
+        assert_eq!(keys.lookup(b"plain-key").map(|c| &*c.name), Some("mobile"));
+        assert_eq!(keys.lookup(b"").map(|c| &*c.name), Some("mobile"), "sha256 of the empty string");
+        assert!(keys.lookup(b"wrong").is_none());
+        assert!(parse_key_hash("md5:abc").is_err());
+        assert!(parse_key_hash("sha256:zz").is_err());
+    }
+}

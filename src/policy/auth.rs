@@ -1,0 +1,155 @@
+//! Authentication and authorization for a route: which methods it accepts (JWT providers,
+//! API keys), who the caller is, and whether the caller holds one of the required roles.
+//! Verifying tokens is [`super::jwt`]'s job and looking up keys [`super::api_key`]'s; this
+//! module only decides.
+
+use super::api_key::{ApiKeys, Consumer};
+use super::jwt::JwtProvider;
+use crate::error::Reject;
+use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use std::sync::Arc;
+
+pub enum AuthMethod {
+    Jwt(Arc<JwtProvider>),
+    ApiKey,
+}
+
+/// A route's `auth` and `roles`.
+#[derive(Default)]
+pub struct RouteAuth {
+    pub methods: Vec<AuthMethod>,
+    /// Any one of these suffices; empty: any authenticated caller.
+    pub roles: Vec<String>,
+}
+
+impl RouteAuth {
+    pub fn is_public(&self) -> bool {
+        self.methods.is_empty()
+    }
+
+    fn accepts_bearer(&self) -> bool {
+        self.methods.iter().any(|m| matches!(m, AuthMethod::Jwt(_)))
+    }
+}
+
+/// Who the caller is.
+#[derive(Default)]
+pub struct Identity {
+    pub consumer: Option<Arc<Consumer>>,
+    /// The token's `sub`, for JWT callers.
+    pub subject: Option<String>,
+    pub roles: Vec<String>,
+    /// Identity headers to set upstream.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Identity {
+    /// Whom rate limits keyed by `consumer` count against: the API-key consumer's name, or
+    /// the JWT subject.
+    pub fn principal(&self) -> Option<&str> {
+        self.consumer.as_ref().map(|c| &*c.name).or(self.subject.as_deref())
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No credentials of an accepted kind (401, `invalid_request`).
+    Missing,
+    /// Credentials were presented and refused; the reason is a fixed label (401, `invalid_token`).
+    Invalid(&'static str),
+    /// Authenticated, but without a required role (403).
+    Forbidden,
+}
+
+impl AuthFailure {
+    /// The `auth_failures_total{reason}` label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing_credentials",
+            AuthFailure::Invalid(r) => r,
+            AuthFailure::Forbidden => "missing_role",
+        }
+    }
+
+    /// The response: 401 with `WWW-Authenticate`, or 403.
+    pub fn reject(&self, auth: &RouteAuth) -> Reject {
+        let (status, message, challenge) = match self {
+            AuthFailure::Missing => (
+                StatusCode::UNAUTHORIZED,
+                "missing_credentials",
+                "Bearer error=\"invalid_request\"",
+            ),
+            AuthFailure::Invalid(reason) => (StatusCode::UNAUTHORIZED, *reason, "Bearer error=\"invalid_token\""),
+            AuthFailure::Forbidden => return Reject::new(StatusCode::FORBIDDEN, "missing_role"),
+        };
+        let mut r = Reject::new(status, message);
+        let challenge = if auth.accepts_bearer() { challenge } else { "ApiKey" };
+        r.headers.push((WWW_AUTHENTICATE, HeaderValue::from_static(challenge)));
+        r
+    }
+}
+
+/// The bearer token of an `Authorization` header, if it carries one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Authenticate and authorize a request for a route. `Ok(None)`: the route is public.
+pub async fn authenticate(auth: &RouteAuth, headers: &HeaderMap, keys: &ApiKeys) -> Result<Option<Identity>, AuthFailure> {
+    if auth.is_public() {
+        return Ok(None);
+    }
+    let identity = identify(auth, headers, keys).await?;
+    if !auth.roles.is_empty() && !identity.roles.iter().any(|r| auth.roles.contains(r)) {
+        return Err(AuthFailure::Forbidden);
+    }
+    Ok(Some(identity))
+}
+
+async fn identify(auth: &RouteAuth, headers: &HeaderMap, keys: &ApiKeys) -> Result<Identity, AuthFailure> {
+    let token = bearer(headers).filter(|_| auth.accepts_bearer());
+    let key = keys
+        .header
+        .as_ref()
+        .and_then(|h| headers.get(h))
+        .filter(|_| auth.methods.iter().any(|m| matches!(m, AuthMethod::ApiKey)));
+    let mut failure = None;
+    if let Some(token) = token {
+        for m in &auth.methods {
+            let AuthMethod::Jwt(provider) = m else { continue };
+            match provider.verify(token).await {
+                Ok(t) => {
+                    return Ok(Identity {
+                        consumer: None,
+                        subject: t.subject,
+                        roles: t.roles,
+                        headers: t.headers,
+                    })
+                }
+                Err(e) => {
+                    failure.get_or_insert(AuthFailure::Invalid(e.reason()));
+                }
+            }
+        }
+    }
+    if let Some(key) = key {
+        match keys.lookup(key.as_bytes()) {
+            Some(c) => {
+                return Ok(Identity {
+                    consumer: Some(c.clone()),
+                    subject: None,
+                    roles: c.roles.clone(),
+                    headers: c.headers.clone(),
+                })
+            }
+            None => {
+                failure.get_or_insert(AuthFailure::Invalid("invalid_api_key"));
+            }
+        }
+    }
+    Err(failure.unwrap_or(AuthFailure::Missing))
+}

@@ -1,0 +1,212 @@
+//! CORS per route: preflights (`OPTIONS` with `Origin` and `Access-Control-Request-Method`)
+//! are answered at the gateway, and allowed origins get the CORS response headers on actual
+//! requests. `*` is never combined with credentials (refused at config validation), and
+//! `Vary: Origin` is always sent when the answer depends on the origin.
+
+use crate::error::Reject;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, StatusCode};
+
+/// A compiled `[routes.cors]`.
+#[derive(Debug)]
+pub struct CorsPolicy {
+    any_origin: bool,
+    origins: Vec<HeaderValue>,
+    methods: Vec<Method>,
+    allow_methods: HeaderValue,
+    /// Lower-case header names allowed in requests.
+    headers: Vec<HeaderName>,
+    allow_headers: Option<HeaderValue>,
+    expose_headers: Option<HeaderValue>,
+    credentials: bool,
+    max_age: Option<HeaderValue>,
+}
+
+/// What a request means to CORS.
+#[derive(Debug)]
+pub enum CorsOutcome {
+    /// No `Origin`, or a same-site request: nothing to add.
+    None,
+    /// A preflight the gateway answers itself (204) with these headers.
+    Preflight(Vec<(HeaderName, HeaderValue)>),
+    /// An actual cross-origin request: add these headers to the response.
+    Actual(Vec<(HeaderName, HeaderValue)>),
+}
+
+const VARY_ORIGIN: HeaderValue = HeaderValue::from_static("Origin");
+
+impl CorsPolicy {
+    pub fn new(
+        origins: &[String],
+        methods: &[String],
+        headers: &[String],
+        expose: &[String],
+        credentials: bool,
+        max_age: Option<std::time::Duration>,
+    ) -> Result<Self, String> {
+        let any_origin = origins.iter().any(|o| o == "*");
+        if any_origin && credentials {
+            return Err("allow_credentials cannot be combined with allow_origins = [\"*\"]; list the origins".into());
+        }
+        let origins = origins
+            .iter()
+            .filter(|o| *o != "*")
+            .map(|o| HeaderValue::from_str(o.trim_end_matches('/')).map_err(|_| format!("invalid origin {o:?}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let methods = methods
+            .iter()
+            .map(|m| Method::from_bytes(m.as_bytes()).map_err(|_| format!("invalid method {m:?}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let headers = headers
+            .iter()
+            .map(|h| HeaderName::from_bytes(h.as_bytes()).map_err(|_| format!("invalid header name {h:?}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        for e in expose {
+            HeaderName::from_bytes(e.as_bytes()).map_err(|_| format!("invalid header name {e:?}"))?;
+        }
+        let join = |items: Vec<&str>| -> Result<Option<HeaderValue>, String> {
+            if items.is_empty() {
+                return Ok(None);
+            }
+            HeaderValue::from_str(&items.join(", ")).map(Some).map_err(|e| e.to_string())
+        };
+        Ok(CorsPolicy {
+            any_origin,
+            origins,
+            allow_methods: join(methods.iter().map(Method::as_str).collect())?
+                .unwrap_or(HeaderValue::from_static("GET, HEAD, POST")),
+            methods,
+            allow_headers: join(headers.iter().map(HeaderName::as_str).collect())?,
+            headers,
+            expose_headers: join(expose.iter().map(String::as_str).collect())?,
+            credentials,
+            max_age: max_age.map(|d| HeaderValue::from(d.as_secs())),
+        })
+    }
+
+    fn allowed_origin(&self, origin: &HeaderValue) -> Option<HeaderValue> {
+        if self.origins.iter().any(|o| o.as_bytes().eq_ignore_ascii_case(origin.as_bytes())) {
+            Some(origin.clone())
+        } else if self.any_origin {
+            Some(HeaderValue::from_static("*"))
+        } else {
+            None
+        }
+    }
+
+    fn common(&self, allow_origin: HeaderValue) -> Vec<(HeaderName, HeaderValue)> {
+        let mut h = vec![(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin)];
+        if self.credentials {
+            h.push((header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true")));
+        }
+        h.push((header::VARY, VARY_ORIGIN));
+        h
+    }
+
+    /// Classify a request; a refused preflight is a 403.
+    pub fn evaluate(&self, method: &Method, headers: &HeaderMap) -> Result<CorsOutcome, Reject> {
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return Ok(CorsOutcome::None);
+        };
+        let refused = || Reject::new(StatusCode::FORBIDDEN, "CORS request not allowed");
+        let preflight = *method == Method::OPTIONS && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        let allow_origin = self.allowed_origin(origin);
+        if !preflight {
+            return Ok(match allow_origin {
+                Some(o) => {
+                    let mut h = self.common(o);
+                    if let Some(e) = &self.expose_headers {
+                        h.push((header::ACCESS_CONTROL_EXPOSE_HEADERS, e.clone()));
+                    }
+                    CorsOutcome::Actual(h)
+                }
+                // Not allowed: no CORS headers, the browser withholds the response.
+                None => CorsOutcome::Actual(vec![(header::VARY, VARY_ORIGIN)]),
+            });
+        }
+        let allow_origin = allow_origin.ok_or_else(refused)?;
+        let requested = headers
+            .get(header::ACCESS_CONTROL_REQUEST_METHOD)
+            .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+            .ok_or_else(refused)?;
+        if !self.methods.contains(&requested) {
+            return Err(refused());
+        }
+        for v in headers.get_all(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+            let list = v.to_str().map_err(|_| refused())?;
+            for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                if !self.headers.iter().any(|h| h.as_str().eq_ignore_ascii_case(name)) {
+                    return Err(refused());
+                }
+            }
+        }
+        let mut h = self.common(allow_origin);
+        h.push((header::ACCESS_CONTROL_ALLOW_METHODS, self.allow_methods.clone()));
+        if let Some(a) = &self.allow_headers {
+            h.push((header::ACCESS_CONTROL_ALLOW_HEADERS, a.clone()));
+        }
+        if let Some(m) = &self.max_age {
+            h.push((header::ACCESS_CONTROL_MAX_AGE, m.clone()));
+        }
+        h.push((header::VARY, HeaderValue::from_static("Access-Control-Request-Method, Access-Control-Request-Headers")));
+        Ok(CorsOutcome::Preflight(h))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(origins: &[&str], credentials: bool) -> Result<CorsPolicy, String> {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        CorsPolicy::new(&s(origins), &s(&["GET", "PUT"]), &s(&["X-Token"]), &s(&["X-Total"]), credentials, Some(std::time::Duration::from_secs(600)))
+    }
+
+    fn req(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn star_with_credentials_is_refused() {
+        assert!(policy(&["*"], true).is_err());
+        assert!(policy(&["*"], false).is_ok());
+    }
+
+    #[test]
+    fn preflight_table() {
+        let p = policy(&["https://app.example"], true).unwrap();
+        let o = ("origin", "https://app.example");
+        let cases: &[(&[(&str, &str)], Option<u16>)] = &[
+            (&[o, ("access-control-request-method", "PUT")], None),
+            (&[o, ("access-control-request-method", "PUT"), ("access-control-request-headers", "x-token")], None),
+            (&[o, ("access-control-request-method", "DELETE")], Some(403)),
+            (&[o, ("access-control-request-method", "GET"), ("access-control-request-headers", "x-other")], Some(403)),
+            (&[("origin", "https://evil.example"), ("access-control-request-method", "GET")], Some(403)),
+        ];
+        for (headers, want) in cases {
+            let got = p.evaluate(&Method::OPTIONS, &req(headers));
+            assert_eq!(got.as_ref().err().map(|r| r.status.as_u16()), *want, "{headers:?}");
+            if let Ok(CorsOutcome::Preflight(h)) = got {
+                assert!(h.contains(&(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("https://app.example"))));
+                assert!(h.contains(&(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"))));
+            }
+        }
+    }
+
+    #[test]
+    fn actual_requests() {
+        let p = policy(&["*"], false).unwrap();
+        match p.evaluate(&Method::GET, &req(&[("origin", "https://x.example")])).unwrap() {
+            CorsOutcome::Actual(h) => {
+                assert!(h.contains(&(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"))));
+                assert!(!h.iter().any(|(k, _)| k == header::ACCESS_CONTROL_ALLOW_CREDENTIALS));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(p.evaluate(&Method::GET, &HeaderMap::new()).unwrap(), CorsOutcome::None));
+    }
+}

@@ -1,0 +1,122 @@
+//! Strict request framing, checked before routing: requests that two HTTP parsers could read
+//! differently (the raw material of request smuggling) are refused with 400, and heads that
+//! are too large with 431. Pingora 0.9 forwards all of these at default settings.
+
+use crate::error::Reject;
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{StatusCode, Version};
+use pingora::http::RequestHeader;
+
+/// Head limits, from `[limits]`.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+}
+
+/// Refuse a request whose framing is ambiguous or whose head is too large.
+pub fn check(req: &RequestHeader, limits: HeadLimits) -> Result<(), Reject> {
+    let headers = &req.headers;
+    if headers.len() > limits.max_headers {
+        return Err(Reject::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too many request headers"));
+    }
+    // The parsed head; HTTP/1 heads are also capped on the wire by the connection guard.
+    let size = req.uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + req.uri.authority().map_or(0, |a| a.as_str().len())
+        + req.method.as_str().len()
+        + 12
+        + headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if size > limits.max_header_bytes {
+        return Err(Reject::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request header too large"));
+    }
+    let bad = |m| Err(Reject::new(StatusCode::BAD_REQUEST, m));
+    let te = headers.get_all(TRANSFER_ENCODING);
+    let has_te = te.iter().next().is_some();
+    let mut cl = headers.get_all(CONTENT_LENGTH).iter();
+    let first_cl = cl.next();
+    if has_te && first_cl.is_some() {
+        return bad("both Content-Length and Transfer-Encoding");
+    }
+    if let Some(v) = first_cl {
+        if cl.next().is_some() {
+            return bad("repeated Content-Length");
+        }
+        let digits = v.as_bytes();
+        if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+            return bad("invalid Content-Length");
+        }
+    }
+    if has_te {
+        if req.version == Version::HTTP_10 {
+            return bad("Transfer-Encoding in an HTTP/1.0 request");
+        }
+        // The final coding must be chunked, or the body length is unknowable (RFC 9112 6.3).
+        let last = te
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .last();
+        if !last.is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+            return bad("invalid Transfer-Encoding");
+        }
+    }
+    if req.version == Version::HTTP_11 {
+        let mut hosts = headers.get_all(HOST).iter();
+        match (hosts.next(), hosts.next()) {
+            (None, _) => return bad("missing Host header"),
+            (Some(_), Some(_)) => return bad("repeated Host header"),
+            (Some(h), None) if h.is_empty() => return bad("empty Host header"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: HeadLimits = HeadLimits { max_headers: 10, max_header_bytes: 1024 };
+
+    fn req(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("POST", b"/", None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn framing_table() {
+        let big = "x".repeat(2000);
+        let cases: &[(&[(&str, &str)], Option<u16>)] = &[
+            (&[("host", "a")], None),
+            (&[("host", "a"), ("content-length", "5")], None),
+            (&[("host", "a"), ("transfer-encoding", "chunked")], None),
+            (&[("host", "a"), ("transfer-encoding", "gzip, chunked")], None),
+            (&[], Some(400)),
+            (&[("host", "a"), ("host", "b")], Some(400)),
+            (&[("host", "a"), ("content-length", "5"), ("transfer-encoding", "chunked")], Some(400)),
+            (&[("host", "a"), ("content-length", "5"), ("content-length", "5")], Some(400)),
+            (&[("host", "a"), ("content-length", "5, 5")], Some(400)),
+            (&[("host", "a"), ("content-length", "-1")], Some(400)),
+            (&[("host", "a"), ("transfer-encoding", "chunked, gzip")], Some(400)),
+            (&[("host", "a"), ("x-big", &big)], Some(431)),
+        ];
+        for (headers, want) in cases {
+            let got = check(&req(headers), LIMITS).err().map(|r| r.status.as_u16());
+            assert_eq!(got, *want, "{headers:?}");
+        }
+        let many: Vec<(String, String)> = (0..11).map(|i| (format!("x-{i}"), "1".into())).collect();
+        let mut r = req(&[("host", "a")]);
+        for (k, v) in &many {
+            r.append_header(k.clone(), v.as_str()).unwrap();
+        }
+        assert_eq!(check(&r, LIMITS).err().map(|r| r.status.as_u16()), Some(431));
+    }
+}

@@ -1,0 +1,127 @@
+//! Client addresses and CIDR rules: who the client is (the peer, or the address a trusted
+//! proxy put in `X-Forwarded-For`) and whether it may pass the global and per-route
+//! allow/deny lists. Deny wins over allow; an empty allow list admits everyone not denied.
+
+use ipnet::IpNet;
+use std::net::IpAddr;
+
+/// Parse a CIDR or a bare address (`10.0.0.0/8`, `::1`, `192.0.2.7`).
+pub fn parse_net(s: &str) -> Result<IpNet, String> {
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("invalid CIDR {s:?}; write e.g. \"10.0.0.0/8\" or \"2001:db8::/32\""))
+}
+
+/// A compiled allow/deny pair.
+#[derive(Debug, Clone, Default)]
+pub struct IpRules {
+    allow: Vec<IpNet>,
+    deny: Vec<IpNet>,
+}
+
+impl IpRules {
+    pub fn new(allow: Vec<IpNet>, deny: Vec<IpNet>) -> Self {
+        IpRules { allow, deny }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.allow.is_empty() && self.deny.is_empty()
+    }
+
+    /// Whether `ip` may pass. An unknown address passes only when no allow list is set.
+    pub fn admits(&self, ip: Option<IpAddr>) -> bool {
+        let Some(ip) = ip.map(canonical) else {
+            return self.allow.is_empty();
+        };
+        if self.deny.iter().any(|n| n.contains(&ip)) {
+            return false;
+        }
+        self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// Peers allowed to tell us the client address.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    pub fn new(nets: Vec<IpNet>) -> Self {
+        TrustedProxies(nets)
+    }
+
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.0.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The client address: walking `X-Forwarded-For` from the right, the first hop that is
+    /// not a trusted proxy, provided the peer itself is trusted; otherwise the peer.
+    pub fn client_ip<'a>(&self, peer: Option<IpAddr>, xff: impl Iterator<Item = &'a [u8]>) -> Option<IpAddr> {
+        let peer = peer?;
+        if !self.trusts(peer) {
+            return Some(peer);
+        }
+        let hops: Vec<&[u8]> = xff.flat_map(|v| v.split(|b| *b == b',')).collect();
+        let mut client = peer;
+        for hop in hops.iter().rev() {
+            let Some(ip) = std::str::from_utf8(hop).ok().and_then(|s| s.trim().parse::<IpAddr>().ok()) else {
+                // A garbled entry: stop at the last address we could vouch for.
+                break;
+            };
+            client = ip;
+            if !self.trusts(ip) {
+                break;
+            }
+        }
+        Some(client)
+    }
+}
+
+/// IPv4-mapped IPv6 addresses compare as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|s| parse_net(s).unwrap()).collect()
+    }
+
+    #[test]
+    fn rules_table() {
+        let r = IpRules::new(nets(&["10.0.0.0/8", "2001:db8::/32"]), nets(&["10.1.0.0/16"]));
+        let cases = [
+            ("10.2.3.4", true),
+            ("10.1.2.3", false),
+            ("192.0.2.1", false),
+            ("2001:db8::1", true),
+            ("::ffff:10.2.3.4", true),
+        ];
+        for (ip, want) in cases {
+            assert_eq!(r.admits(Some(ip.parse().unwrap())), want, "{ip}");
+        }
+        let deny_only = IpRules::new(vec![], nets(&["192.0.2.0/24"]));
+        assert!(deny_only.admits(Some("198.51.100.1".parse().unwrap())));
+        assert!(!deny_only.admits(Some("192.0.2.9".parse().unwrap())));
+    }
+
+    #[test]
+    fn forwarded_for_only_from_trusted() {
+        let t = TrustedProxies::new(nets(&["127.0.0.1", "10.0.0.0/8"]));
+        let xff: &[&[u8]] = &[b"203.0.113.9, 10.0.0.2"];
+        let client = |peer: &str| t.client_ip(Some(peer.parse().unwrap()), xff.iter().copied());
+        assert_eq!(client("127.0.0.1"), Some("203.0.113.9".parse().unwrap()));
+        assert_eq!(client("198.51.100.7"), Some("198.51.100.7".parse().unwrap()));
+        let spoof: &[&[u8]] = &[b"garbage, 203.0.113.9"];
+        assert_eq!(
+            t.client_ip(Some("127.0.0.1".parse().unwrap()), spoof.iter().copied()),
+            Some("203.0.113.9".parse().unwrap())
+        );
+    }
+}
