@@ -155,8 +155,12 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let raw_cl = session.req_header().headers.contains_key(http::header::TRANSFER_ENCODING)
+            && session
+                .as_http1()
+                .is_some_and(|h1| framing::raw_has_content_length(&h1.get_headers_raw_bytes()));
         let req = session.req_header();
-        if let Err(reject) = framing::check(req, self.policy.head) {
+        if let Err(reject) = framing::check(req, self.policy.head, raw_cl) {
             return self.reject(session, ctx, reject).await;
         }
         if !self.policy.ip.admits(ctx.client_ip) {

@@ -14,8 +14,20 @@ pub struct HeadLimits {
     pub max_header_bytes: usize,
 }
 
-/// Refuse a request whose framing is ambiguous or whose head is too large.
-pub fn check(req: &RequestHeader, limits: HeadLimits) -> Result<(), Reject> {
+/// Whether a raw HTTP/1 head has a `Content-Length` field line.
+///
+/// Pingora drops `Content-Length` from the parsed head when `Transfer-Encoding` is also
+/// present, so the conflict is only visible in the bytes the client sent.
+pub fn raw_has_content_length(raw_head: &[u8]) -> bool {
+    raw_head
+        .split(|b| *b == b'\n')
+        .skip(1)
+        .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
+}
+
+/// Refuse a request whose framing is ambiguous or whose head is too large. `raw_cl` says
+/// whether the raw head carried `Content-Length` (see [`raw_has_content_length`]).
+pub fn check(req: &RequestHeader, limits: HeadLimits, raw_cl: bool) -> Result<(), Reject> {
     let headers = &req.headers;
     if headers.len() > limits.max_headers {
         return Err(Reject::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too many request headers"));
@@ -37,7 +49,7 @@ pub fn check(req: &RequestHeader, limits: HeadLimits) -> Result<(), Reject> {
     let has_te = te.iter().next().is_some();
     let mut cl = headers.get_all(CONTENT_LENGTH).iter();
     let first_cl = cl.next();
-    if has_te && first_cl.is_some() {
+    if has_te && (first_cl.is_some() || raw_cl) {
         return bad("both Content-Length and Transfer-Encoding");
     }
     if let Some(v) = first_cl {
@@ -109,7 +121,7 @@ mod tests {
             (&[("host", "a"), ("x-big", &big)], Some(431)),
         ];
         for (headers, want) in cases {
-            let got = check(&req(headers), LIMITS).err().map(|r| r.status.as_u16());
+            let got = check(&req(headers), LIMITS, false).err().map(|r| r.status.as_u16());
             assert_eq!(got, *want, "{headers:?}");
         }
         let many: Vec<(String, String)> = (0..11).map(|i| (format!("x-{i}"), "1".into())).collect();
@@ -117,6 +129,10 @@ mod tests {
         for (k, v) in &many {
             r.append_header(k.clone(), v.as_str()).unwrap();
         }
-        assert_eq!(check(&r, LIMITS).err().map(|r| r.status.as_u16()), Some(431));
+        assert_eq!(check(&r, LIMITS, false).err().map(|r| r.status.as_u16()), Some(431));
+        let te = req(&[("host", "a"), ("transfer-encoding", "chunked")]);
+        assert_eq!(check(&te, LIMITS, true).err().map(|r| r.status.as_u16()), Some(400));
+        assert!(raw_has_content_length(b"POST / HTTP/1.1\r\nHost: a\r\ncontent-LENGTH: 4\r\n\r\n"));
+        assert!(!raw_has_content_length(b"POST / HTTP/1.1\r\nX-Content-Length: 4\r\n\r\n"));
     }
 }
