@@ -337,7 +337,7 @@ impl Default for LimitsSection {
 }
 
 /// `[auth]`: authentication providers routes refer to.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSection {
     /// Named JWT providers: `[auth.jwt.NAME]`, referred to as `"jwt:NAME"`.
@@ -349,6 +349,16 @@ pub struct AuthSection {
     /// in addition to every header an auth provider maps.
     #[serde(default = "defaults::identity_headers")]
     pub strip_headers: Vec<String>,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        AuthSection {
+            jwt: BTreeMap::new(),
+            api_key: ApiKeySection::default(),
+            strip_headers: defaults::identity_headers(),
+        }
+    }
 }
 
 /// `[auth.jwt.NAME]`: one token issuer and how to verify its tokens.
