@@ -116,7 +116,7 @@ mod tests {
     fn classify_table() {
         let up = |t| {
             let mut e = Error::new(t);
-            e.set_esource(ErrorSource::Upstream);
+            e.as_up();
             e
         };
         let cases = [
