@@ -78,7 +78,8 @@ fn most_specific_route_wins() {
     let gw = Gateway::start(&routes_config(&a, &b));
     let c = client();
     // (method, host, path, extra header, expected backend, expected upstream path)
-    let cases: &[(&str, &str, &str, Option<(&str, &str)>, &str, &str)] = &[
+    type Case<'a> = (&'a str, &'a str, &'a str, Option<(&'a str, &'a str)>, &'a str, &'a str);
+    let cases: &[Case] = &[
         ("GET", "any.test", "/other", None, "a", "/other"),
         ("GET", "any.test", "/api/orders", None, "a", "/api/orders"),
         ("GET", "any.test", "/apiary", None, "a", "/apiary"),

@@ -1,7 +1,7 @@
 //! Shared harness for the integration tests: start the real `tollgate` binary on free
 //! loopback ports with a TOML body, wait until it listens, and kill it by pid on drop; plus
 //! real upstream servers (see [`backend`]).
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod backend;
 

