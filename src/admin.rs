@@ -27,7 +27,10 @@ impl Admin {
             .iter()
             .map(|g| {
                 let targets = g.health();
-                let healthy = targets.iter().filter(|t| t.healthy).count();
+                let open = |t: &&crate::upstream::TargetHealth| {
+                    t.circuit == Some(crate::upstream::breaker::State::Open)
+                };
+                let healthy = targets.iter().filter(|t| t.healthy && !open(t)).count();
                 all_ok &= healthy > 0;
                 let detail: Vec<_> = targets
                     .iter()
@@ -37,6 +40,7 @@ impl Admin {
                             "weight": t.weight,
                             "healthy": t.healthy,
                             "in_flight": t.target.inflight(),
+                            "circuit": t.circuit.map(|c| c.as_str()),
                         })
                     })
                     .collect();

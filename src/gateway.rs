@@ -11,7 +11,9 @@ use crate::policy::cors::CorsOutcome;
 use crate::policy::framing;
 use crate::policy::rate_limit::{RateDecision, Subject};
 use crate::policy::GatewayPolicy;
+use crate::upstream::breaker::Outcome;
 use crate::upstream::{InflightGuard, UpstreamGroup};
+use pingora::RetryType;
 use bytes::Bytes;
 use http::HeaderName;
 use crate::forward;
@@ -61,6 +63,8 @@ struct Upstream {
     tried: Vec<SocketAddr>,
     attempts: usize,
     sent_at: Option<Instant>,
+    /// No target was available (all unhealthy or their breakers open).
+    no_target: bool,
 }
 
 /// Increments a gauge now and decrements it when dropped.
@@ -101,6 +105,30 @@ impl Gateway {
             decision = Some(decision.map_or(d, |prev| prev.tighter(d)));
         }
         decision
+    }
+
+    /// Whether another attempt is allowed: within the route's retries and the group's budget.
+    fn take_retry(&self, ctx: &Ctx) -> bool {
+        let Some((action, group)) = self.proxy_of(ctx.route.as_ref()) else {
+            return false;
+        };
+        if ctx.upstream.attempts > action.retries {
+            return false;
+        }
+        if !group.retry_budget.try_retry() {
+            self.count_skipped_retry(ctx, "budget");
+            return false;
+        }
+        if let Some(route) = &ctx.route {
+            self.metrics.retries.with_label_values(&[&*route.name]).inc();
+        }
+        true
+    }
+
+    fn count_skipped_retry(&self, ctx: &Ctx, reason: &str) {
+        let route = ctx.route.as_ref().map_or(NO_ROUTE, |r| &*r.name);
+        self.metrics.retries_skipped.with_label_values(&[route, reason]).inc();
+        log::info!("request {:?}: retry skipped ({reason})", ctx.request_id);
     }
 
     /// The proxy action and upstream group of a matched route, if it proxies.
@@ -244,8 +272,12 @@ impl ProxyHttp for Gateway {
         };
         let mut key_buf = [0u8; 16];
         let key = group.hash_key(session.req_header(), ctx.client_ip, &mut key_buf);
+        if ctx.upstream.attempts == 0 {
+            group.retry_budget.note_request();
+        }
         let Some(guard) = group.select(key, &ctx.upstream.tried) else {
             ctx.upstream.target = None;
+            ctx.upstream.no_target = ctx.upstream.tried.is_empty();
             let (code, why) = if ctx.upstream.tried.is_empty() {
                 (503, "no healthy target")
             } else {
@@ -264,18 +296,55 @@ impl ProxyHttp for Gateway {
     }
 
     fn fail_to_connect(&self, session: &mut Session, peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        if let Some(t) = ctx.upstream.target.as_mut() {
+            t.record(Outcome::Failure);
+        }
         if let Some(addr) = peer.address().as_inet() {
             ctx.upstream.tried.push(*addr);
         }
-        let retries = self.proxy_of(ctx.route.as_ref()).map_or(0, |(a, _)| a.retries);
-        let retry = session.req_header().method.is_idempotent() && ctx.upstream.attempts <= retries;
-        if retry {
-            if let Some(route) = &ctx.route {
-                self.metrics.retries.with_label_values(&[&*route.name]).inc();
-            }
-        }
-        e.set_retry(retry);
+        let unsent_ok = self.proxy_of(ctx.route.as_ref()).is_some_and(|(a, _)| a.retry_unsent);
+        let eligible = session.req_header().method.is_idempotent() || unsent_ok;
+        e.set_retry(eligible && self.take_retry(ctx));
         e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let idempotent = session.req_header().method.is_idempotent();
+        let truncated = session.as_ref().retry_buffer_truncated();
+        // A pooled connection the upstream had already closed: Pingora's own retry rule,
+        // and no fault of the target.
+        let mut stale = e.retry;
+        stale.decide_reuse(client_reused);
+        if matches!(e.retry, RetryType::ReusedOnly) && stale.retry() && idempotent && !truncated {
+            e.set_retry(true);
+            return e;
+        }
+        if let Some(t) = ctx.upstream.target.as_mut() {
+            t.record(Outcome::Failure);
+        }
+        if let Some(addr) = peer.address().as_inet() {
+            ctx.upstream.tried.push(*addr);
+        }
+        if idempotent && truncated {
+            self.count_skipped_retry(ctx, "body_too_large");
+        }
+        e.set_retry(idempotent && !truncated && self.take_retry(ctx));
+        e
+    }
+
+    async fn upstream_response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        if let Some(t) = ctx.upstream.target.as_mut() {
+            t.record_status(resp.status.as_u16());
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
@@ -311,10 +380,24 @@ impl ProxyHttp for Gateway {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if ctx.upstream.no_target && session.response_written().is_none() {
+            session.set_keepalive(None);
+            let fallback = self.proxy_of(ctx.route.as_ref()).and_then(|(_, g)| g.fallback.as_ref());
+            if let Some(f) = fallback {
+                ctx.answered = Some(f.status);
+                if let Err(write_err) = error::respond(session, f.status, &f.headers, f.body.clone(), &ctx.request_id).await {
+                    log::debug!("could not send fallback response: {write_err}");
+                }
+                return FailToProxy { error_code: f.status.as_u16(), can_reuse_downstream: false };
+            }
+        }
         let Some((status, message)) = error::classify(e) else {
             return FailToProxy { error_code: 0, can_reuse_downstream: false };
         };
         ctx.answered = Some(status);
+        // The connection is not reused after a proxy failure: say so, so that clients do not
+        // send their next request into a closing connection.
+        session.set_keepalive(None);
         if session.response_written().is_none() {
             let reject = Reject::new(status, message);
             if let Err(write_err) = error::respond_error(session, &reject, &ctx.request_id).await {

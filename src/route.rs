@@ -108,6 +108,8 @@ pub struct ProxyAction {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub retries: usize,
+    /// Retry non-idempotent requests too when connecting failed.
+    pub retry_unsent: bool,
 }
 
 #[derive(Debug)]

@@ -20,7 +20,8 @@ use crate::observe::metrics::Metrics;
 use crate::route::{DirectResponse, HostPattern, PathMatch, PathRewrite, ProxyAction, Route, RouteAction, RouteTable};
 use crate::upstream::health::{HealthCheckSpec, Kind};
 use crate::upstream::select::{Policy, Selector};
-use crate::upstream::{self, HashOn, UpstreamGroup};
+use crate::upstream::breaker::BreakerSettings;
+use crate::upstream::{self, GroupSettings, HashOn, RetryBudget, UpstreamGroup};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use pingora::lb::discovery::Static;
@@ -196,17 +197,29 @@ fn compile_upstream(name: &str, up: &UpstreamSection) -> Result<UpstreamGroup, P
         health_check,
         connect_timeout,
         read_timeout,
+        circuit_breaker,
+        fallback,
+        retry_budget,
     } = up;
     let at = format!("upstreams.{name}");
     let fail = |msg: String| Problem::new(&at, msg);
+    let breaker = circuit_breaker.as_ref().map(|b| BreakerSettings {
+        failures: b.consecutive_failures,
+        cooldown: b.cooldown.0,
+        on_5xx: b.on_5xx,
+    });
     let mut backends = BTreeSet::new();
     for t in targets {
         let addr: SocketAddr = t
             .address
             .parse()
             .map_err(|_| fail(format!("invalid target {:?}", t.address)))?;
-        backends.insert(upstream::backend(addr, t.weight));
+        backends.insert(upstream::backend(addr, t.weight, breaker));
     }
+    let fallback = fallback
+        .as_ref()
+        .map(|f| direct_response(f).map_err(|e| Problem::new(format!("{at}.fallback"), e)))
+        .transpose()?;
     let policy = match policy {
         BalancePolicy::RoundRobin => Policy::RoundRobin,
         BalancePolicy::LeastConnections => Policy::LeastConnections,
@@ -235,13 +248,26 @@ fn compile_upstream(name: &str, up: &UpstreamSection) -> Result<UpstreamGroup, P
     }
     Ok(UpstreamGroup::new(
         name,
-        policy,
-        hash_on,
         lb,
-        connect_timeout.0,
-        read_timeout.0,
-        spec.is_some(),
+        GroupSettings {
+            policy,
+            hash_on,
+            connect_timeout: connect_timeout.0,
+            read_timeout: read_timeout.0,
+            health_checked: spec.is_some(),
+            fallback,
+            retry_budget: RetryBudget::new(retry_budget.ratio, retry_budget.min_per_second),
+        },
     ))
+}
+
+fn direct_response(r: &RespondSection) -> Result<DirectResponse, String> {
+    let RespondSection { status, headers, body } = r;
+    Ok(DirectResponse {
+        status: StatusCode::from_u16(*status).map_err(|_| format!("invalid status {status}"))?,
+        headers: header_pairs(headers)?,
+        body: Bytes::from(body.clone()),
+    })
 }
 
 fn health_spec(hc: &HealthCheckSection) -> HealthCheckSpec {
@@ -292,6 +318,7 @@ fn compile_route(
         connect_timeout,
         read_timeout,
         retries,
+        retry_unsent,
         respond,
         auth,
         roles,
@@ -348,20 +375,10 @@ fn compile_route(
                 connect_timeout: connect_timeout.unwrap_or(group.connect_timeout).0,
                 read_timeout: read_timeout.unwrap_or(group.read_timeout).0,
                 retries: *retries,
+                retry_unsent: *retry_unsent,
             })
         }
-        (None, Some(resp)) => {
-            let RespondSection {
-                status,
-                headers,
-                body,
-            } = resp;
-            RouteAction::Respond(DirectResponse {
-                status: StatusCode::from_u16(*status).map_err(|_| fail(format!("invalid status {status}")))?,
-                headers: header_pairs(headers).map_err(fail)?,
-                body: Bytes::from(body.clone()),
-            })
-        }
+        (None, Some(resp)) => RouteAction::Respond(direct_response(resp).map_err(fail)?),
         _ => return Err(fail("needs exactly one of upstream or [respond]".into())),
     };
     let policy = RoutePolicy {

@@ -141,6 +141,51 @@ pub struct UpstreamSection {
     pub connect_timeout: HumanDuration,
     #[serde(default = "defaults::read_timeout")]
     pub read_timeout: HumanDuration,
+    /// Passive health: open a target's breaker after consecutive failures.
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreakerSection>,
+    /// Answer with this when no target is available, instead of a 503 error.
+    #[serde(default)]
+    pub fallback: Option<RespondSection>,
+    /// Retries may add at most this share of the group's requests (plus a floor).
+    #[serde(default)]
+    pub retry_budget: RetryBudgetSection,
+}
+
+/// `[upstreams.NAME.circuit_breaker]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerSection {
+    /// Consecutive failures that open the breaker.
+    #[serde(default = "defaults::breaker_failures")]
+    pub consecutive_failures: u32,
+    /// How long an open breaker keeps the target out before one probe request.
+    #[serde(default = "defaults::breaker_cooldown")]
+    pub cooldown: HumanDuration,
+    /// Whether 5xx responses count as failures (connect errors and timeouts always do).
+    #[serde(default = "defaults::enabled")]
+    pub on_5xx: bool,
+}
+
+/// `[upstreams.NAME.retry_budget]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudgetSection {
+    /// Retries per second may reach this fraction of requests per second...
+    #[serde(default = "defaults::retry_ratio")]
+    pub ratio: f64,
+    /// ...or this many, whichever is more.
+    #[serde(default = "defaults::retry_min_per_second")]
+    pub min_per_second: u64,
+}
+
+impl Default for RetryBudgetSection {
+    fn default() -> Self {
+        RetryBudgetSection {
+            ratio: defaults::retry_ratio(),
+            min_per_second: defaults::retry_min_per_second(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
@@ -232,9 +277,14 @@ pub struct RouteSection {
     /// Overrides the upstream group's read timeout.
     #[serde(default)]
     pub read_timeout: Option<HumanDuration>,
-    /// Extra attempts on another target when connecting fails (idempotent methods only).
+    /// Extra attempts on another target when connecting fails or the upstream fails before
+    /// answering (idempotent methods only).
     #[serde(default = "defaults::retries")]
     pub retries: usize,
+    /// Also retry non-idempotent requests when connecting failed (the request never left
+    /// the gateway).
+    #[serde(default)]
+    pub retry_unsent: bool,
     /// Answer directly, without an upstream.
     #[serde(default)]
     pub respond: Option<RespondSection>,
@@ -644,6 +694,18 @@ pub mod defaults {
     }
     pub fn respond_status() -> u16 {
         200
+    }
+    pub fn breaker_failures() -> u32 {
+        5
+    }
+    pub fn breaker_cooldown() -> HumanDuration {
+        HumanDuration(Duration::from_secs(10))
+    }
+    pub fn retry_ratio() -> f64 {
+        0.2
+    }
+    pub fn retry_min_per_second() -> u64 {
+        10
     }
     pub fn max_header_bytes() -> HumanSize {
         HumanSize(32 * 1024)

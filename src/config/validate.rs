@@ -212,6 +212,20 @@ impl Validator {
         if let Some(hc) = &up.health_check {
             self.health_check(&format!("{at}.health_check"), hc);
         }
+        if let Some(cb) = &up.circuit_breaker {
+            if cb.consecutive_failures == 0 {
+                self.problem(format!("{at}.circuit_breaker.consecutive_failures"), "must be at least 1");
+            }
+            if cb.cooldown.0.is_zero() {
+                self.problem(format!("{at}.circuit_breaker.cooldown"), "must be greater than zero");
+            }
+        }
+        if let Some(f) = &up.fallback {
+            self.respond(&format!("{at}.fallback"), f);
+        }
+        if !(0.0..=10.0).contains(&up.retry_budget.ratio) {
+            self.problem(format!("{at}.retry_budget.ratio"), "must be between 0 and 10");
+        }
     }
 
     fn health_check(&mut self, at: &str, hc: &HealthCheckSection) {
@@ -318,16 +332,20 @@ impl Validator {
                         "strip_prefix and rewrite_prefix apply only to proxied routes",
                     );
                 }
-                if StatusCode::from_u16(resp.status).is_err() || resp.status < 200 {
-                    self.problem(
-                        format!("{at}.respond.status"),
-                        format!("{} is not a final HTTP status code (200-599)", resp.status),
-                    );
-                }
-                for (name, value) in &resp.headers {
-                    self.header(&format!("{at}.respond.headers.{name}"), name, value);
-                }
+                self.respond(&format!("{at}.respond"), resp);
             }
+        }
+    }
+
+    fn respond(&mut self, at: &str, resp: &RespondSection) {
+        if StatusCode::from_u16(resp.status).is_err() || resp.status < 200 {
+            self.problem(
+                format!("{at}.status"),
+                format!("{} is not a final HTTP status code (200-599)", resp.status),
+            );
+        }
+        for (name, value) in &resp.headers {
+            self.header(&format!("{at}.headers.{name}"), name, value);
         }
     }
 

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub connections_refused: IntCounter,
+    pub retries_skipped: IntCounterVec,
+    pub circuit_state: IntGaugeVec,
 }
 
 impl Metrics {
@@ -83,6 +85,16 @@ impl Metrics {
             "connections_refused_total",
             "Client connections closed at once because a connection cap was reached",
         )?;
+        let retries_skipped = IntCounterVec::new(
+            Opts::new("upstream_retries_skipped_total", "Retries not made: budget spent, or body too large to replay"),
+            &["route", "reason"],
+        )?;
+        let circuit_state = IntGaugeVec::new(
+            Opts::new("circuit_state", "Circuit breaker per target: 0 closed, 1 open, 2 half-open"),
+            &["upstream", "target"],
+        )?;
+        registry.register(Box::new(retries_skipped.clone()))?;
+        registry.register(Box::new(circuit_state.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
         registry.register(Box::new(rate_limited.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
@@ -107,6 +119,8 @@ impl Metrics {
             auth_failures,
             rate_limited,
             connections_refused,
+            retries_skipped,
+            circuit_state,
         })
     }
 
@@ -117,6 +131,11 @@ impl Metrics {
                 self.target_healthy
                     .with_label_values(&[&*group.name, &*t.target.label])
                     .set(i64::from(t.healthy));
+                if let Some(state) = t.circuit {
+                    self.circuit_state
+                        .with_label_values(&[&*group.name, &*t.target.label])
+                        .set(state as i64);
+                }
             }
         }
         let mut out = Vec::with_capacity(8 * 1024);

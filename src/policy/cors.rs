@@ -180,7 +180,8 @@ mod tests {
     fn preflight_table() {
         let p = policy(&["https://app.example"], true).unwrap();
         let o = ("origin", "https://app.example");
-        let cases: &[(&[(&str, &str)], Option<u16>)] = &[
+        type Case<'a> = (&'a [(&'a str, &'a str)], Option<u16>);
+        let cases: &[Case] = &[
             (&[o, ("access-control-request-method", "PUT")], None),
             (&[o, ("access-control-request-method", "PUT"), ("access-control-request-headers", "x-token")], None),
             (&[o, ("access-control-request-method", "DELETE")], Some(403)),

@@ -71,8 +71,7 @@ pub fn check(req: &RequestHeader, limits: HeadLimits, raw_cl: bool) -> Result<()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .last();
+            .rfind(|t| !t.is_empty());
         if !last.is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
             return bad("invalid Transfer-Encoding");
         }
@@ -106,7 +105,8 @@ mod tests {
     #[test]
     fn framing_table() {
         let big = "x".repeat(2000);
-        let cases: &[(&[(&str, &str)], Option<u16>)] = &[
+        type Case<'a> = (&'a [(&'a str, &'a str)], Option<u16>);
+        let cases: &[Case] = &[
             (&[("host", "a")], None),
             (&[("host", "a"), ("content-length", "5")], None),
             (&[("host", "a"), ("transfer-encoding", "chunked")], None),

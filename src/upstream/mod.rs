@@ -5,15 +5,17 @@
 //! [`select::Selector`]. The gateway asks a group for a target with [`UpstreamGroup::select`]
 //! and holds the returned [`InflightGuard`] for as long as the request uses that target.
 
+pub mod breaker;
 pub mod health;
 pub mod select;
 
+use breaker::{Breaker, BreakerSettings, Outcome, Permit};
 use pingora::lb::{Backend, LoadBalancer};
 use select::{Policy, Selector};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What a consistent-hash group hashes on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,14 +32,16 @@ pub struct TargetState {
     /// `addr` as text, built once for logs and metric labels.
     pub label: Arc<str>,
     inflight: AtomicUsize,
+    pub breaker: Option<Breaker>,
 }
 
 impl TargetState {
-    pub fn new(addr: SocketAddr) -> Self {
+    pub fn new(addr: SocketAddr, breaker: Option<BreakerSettings>) -> Self {
         TargetState {
             addr,
             label: addr.to_string().into(),
             inflight: AtomicUsize::new(0),
+            breaker: breaker.map(Breaker::new),
         }
     }
 
@@ -46,24 +50,97 @@ impl TargetState {
     }
 }
 
-/// Counts one request in flight on a target until dropped.
+/// One request's use of a target: counts it in flight until dropped, and carries the
+/// breaker permit whose outcome the gateway reports once.
 #[derive(Debug)]
-pub struct InflightGuard(Arc<TargetState>);
+pub struct InflightGuard {
+    state: Arc<TargetState>,
+    permit: Option<Permit>,
+}
 
 impl InflightGuard {
-    pub fn new(state: Arc<TargetState>) -> Self {
+    pub fn new(state: Arc<TargetState>, permit: Option<Permit>) -> Self {
         state.inflight.fetch_add(1, Ordering::Relaxed);
-        InflightGuard(state)
+        InflightGuard { state, permit }
     }
 
     pub fn target(&self) -> &Arc<TargetState> {
-        &self.0
+        &self.state
+    }
+
+    /// Report how the attempt went to the target's breaker (first report wins).
+    pub fn record(&mut self, outcome: Outcome) {
+        if let (Some(permit), Some(b)) = (self.permit.take(), &self.state.breaker) {
+            b.record(outcome, permit);
+        }
+    }
+
+    /// Report an upstream response status: 5xx is a failure where the breaker counts it.
+    pub fn record_status(&mut self, status: u16) {
+        let failed = status >= 500 && self.state.breaker.as_ref().is_some_and(|b| b.counts_5xx());
+        self.record(if failed { Outcome::Failure } else { Outcome::Success });
     }
 }
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.state.inflight.fetch_sub(1, Ordering::Relaxed);
+        if let (Some(permit), Some(b)) = (self.permit.take(), &self.state.breaker) {
+            b.release(permit);
+        }
+    }
+}
+
+/// Caps retries to a share of requests, so that retries cannot multiply load during an
+/// outage: per one-second window, `max(min_per_second, ratio * requests)`.
+#[derive(Debug)]
+pub struct RetryBudget {
+    ratio: f64,
+    min_per_second: u64,
+    epoch: Instant,
+    /// Second of the current window, requests and retries counted in it.
+    window: AtomicU64,
+    requests: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl RetryBudget {
+    pub fn new(ratio: f64, min_per_second: u64) -> Self {
+        RetryBudget {
+            ratio,
+            min_per_second,
+            epoch: Instant::now(),
+            window: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+        }
+    }
+
+    fn roll(&self) {
+        let now = self.epoch.elapsed().as_secs();
+        let w = self.window.load(Ordering::Acquire);
+        if now != w && self.window.compare_exchange(w, now, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            self.requests.store(0, Ordering::Release);
+            self.retries.store(0, Ordering::Release);
+        }
+    }
+
+    pub fn note_request(&self) {
+        self.roll();
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Take one retry from the budget, if any is left.
+    pub fn try_retry(&self) -> bool {
+        self.roll();
+        let allowed = ((self.requests.load(Ordering::Relaxed) as f64) * self.ratio) as u64;
+        let allowed = allowed.max(self.min_per_second);
+        let taken = self.retries.fetch_add(1, Ordering::AcqRel);
+        if taken >= allowed {
+            self.retries.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
     }
 }
 
@@ -77,8 +154,22 @@ pub struct UpstreamGroup {
     pub read_timeout: Duration,
     /// Whether active health checks run (shown in `/health`).
     pub health_checked: bool,
+    /// Answered when no target is available.
+    pub fallback: Option<crate::route::DirectResponse>,
+    pub retry_budget: RetryBudget,
     /// Steps a selection may take before giving up.
     max_steps: usize,
+}
+
+/// Everything about a group but its targets.
+pub struct GroupSettings {
+    pub policy: Policy,
+    pub hash_on: Option<HashOn>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub health_checked: bool,
+    pub fallback: Option<crate::route::DirectResponse>,
+    pub retry_budget: RetryBudget,
 }
 
 /// Health of one target as reported by `/health` and the metrics.
@@ -87,18 +178,20 @@ pub struct TargetHealth {
     pub target: Arc<TargetState>,
     pub weight: usize,
     pub healthy: bool,
+    pub circuit: Option<breaker::State>,
 }
 
 impl UpstreamGroup {
-    pub fn new(
-        name: &str,
-        policy: Policy,
-        hash_on: Option<HashOn>,
-        lb: LoadBalancer<Selector>,
-        connect_timeout: Duration,
-        read_timeout: Duration,
-        health_checked: bool,
-    ) -> Self {
+    pub fn new(name: &str, lb: LoadBalancer<Selector>, settings: GroupSettings) -> Self {
+        let GroupSettings {
+            policy,
+            hash_on,
+            connect_timeout,
+            read_timeout,
+            health_checked,
+            fallback,
+            retry_budget,
+        } = settings;
         let backends = lb.backends().get_backend();
         let max_steps = match policy {
             // A full cycle of the weighted sequence sees every target.
@@ -115,17 +208,35 @@ impl UpstreamGroup {
             connect_timeout,
             read_timeout,
             health_checked,
+            fallback,
+            retry_budget,
             max_steps,
         }
     }
 
-    /// Pick a healthy target not in `exclude`. `key` feeds consistent hashing.
+    /// Pick a healthy target, not in `exclude`, whose breaker admits a request. `key` feeds
+    /// consistent hashing.
     pub fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<InflightGuard> {
-        let backend = self.lb.select_with(key, self.max_steps, |b, healthy| {
-            healthy
-                && state_of(b).is_some_and(|s| !exclude.contains(&s.addr))
-        })?;
-        state_of(&backend).map(|s| InflightGuard::new(s.clone()))
+        let mut lost: Vec<SocketAddr> = Vec::new();
+        loop {
+            let backend = self.lb.select_with(key, self.max_steps, |b, healthy| {
+                healthy
+                    && state_of(b).is_some_and(|s| {
+                        !exclude.contains(&s.addr)
+                            && !lost.contains(&s.addr)
+                            && s.breaker.as_ref().is_none_or(Breaker::admits)
+                    })
+            })?;
+            let state = state_of(&backend)?;
+            match &state.breaker {
+                None => return Some(InflightGuard::new(state.clone(), None)),
+                Some(b) => match b.try_acquire() {
+                    Some(permit) => return Some(InflightGuard::new(state.clone(), Some(permit))),
+                    // Another request took the half-open probe first.
+                    None => lost.push(state.addr),
+                },
+            }
+        }
     }
 
     /// Every target with its current health.
@@ -139,6 +250,7 @@ impl UpstreamGroup {
                     target: state_of(b)?.clone(),
                     weight: b.weight,
                     healthy: backends.ready(b),
+                    circuit: state_of(b)?.breaker.as_ref().map(Breaker::state),
                 })
             })
             .collect()
@@ -184,13 +296,13 @@ fn state_of(b: &Backend) -> Option<&Arc<TargetState>> {
 }
 
 /// Build the `Backend` for a target, carrying its [`TargetState`].
-pub fn backend(addr: SocketAddr, weight: usize) -> Backend {
+pub fn backend(addr: SocketAddr, weight: usize, breaker: Option<BreakerSettings>) -> Backend {
     let mut b = Backend {
         addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr),
         weight,
         ext: Default::default(),
     };
-    b.ext.insert(Arc::new(TargetState::new(addr)));
+    b.ext.insert(Arc::new(TargetState::new(addr, breaker)));
     b
 }
 
