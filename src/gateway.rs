@@ -11,6 +11,7 @@ use crate::policy::cors::CorsOutcome;
 use crate::policy::framing;
 use crate::policy::rate_limit::{RateDecision, Subject};
 use crate::policy::GatewayPolicy;
+use crate::transform::{BodyBuffer, JsonRename};
 use crate::upstream::breaker::Outcome;
 use crate::upstream::{InflightGuard, UpstreamGroup};
 use pingora::RetryType;
@@ -53,6 +54,9 @@ pub struct Ctx {
     /// Headers added to the response: CORS and rate-limit state.
     response_headers: Vec<(HeaderName, HeaderValue)>,
     body_bytes: u64,
+    /// Bodies being collected for a JSON rename.
+    request_json: Option<BodyBuffer>,
+    response_json: Option<BodyBuffer>,
 }
 
 /// Upstream-side state, filled once a route proxies.
@@ -163,6 +167,8 @@ impl ProxyHttp for Gateway {
             identity: None,
             response_headers: Vec::new(),
             body_bytes: 0,
+            request_json: None,
+            response_json: None,
         }
     }
 
@@ -254,14 +260,20 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let (Some(chunk), Some(route)) = (body.as_ref(), ctx.route.as_ref()) {
+        let Some(route) = ctx.route.as_ref() else {
+            return Ok(());
+        };
+        if let Some(chunk) = body.as_ref() {
             ctx.body_bytes += chunk.len() as u64;
             if ctx.body_bytes > route.policy.max_body {
                 return Error::e_explain(ErrorType::HTTPStatus(413), "request body exceeds max_body_size");
             }
+        }
+        if let Some(buffer) = ctx.request_json.as_mut() {
+            *body = buffer.feed(body.take(), end_of_stream, &route.transform.json_request);
         }
         Ok(())
     }
@@ -360,6 +372,26 @@ impl ProxyHttp for Gateway {
         for name in &self.policy.strip_headers {
             upstream.remove_header(name);
         }
+        if let Some(route) = ctx.route.clone() {
+            let t = &route.transform;
+            if !t.request.is_empty() {
+                let snapshot = upstream.headers.clone();
+                let cell = std::cell::RefCell::new(&mut *upstream);
+                t.request.apply(
+                    &snapshot,
+                    |n| {
+                        cell.borrow_mut().remove_header(n);
+                    },
+                    |n, v| cell.borrow_mut().insert_header(n, v).map(|_| ()),
+                    |n, v| cell.borrow_mut().append_header(n, v).map(|_| ()),
+                )?;
+            }
+            if !t.json_request.is_empty() && JsonRename::applies_to(upstream.headers.get(http::header::CONTENT_TYPE)) {
+                // The renamed body has another length: Pingora frames it as chunked.
+                upstream.remove_header(&http::header::CONTENT_LENGTH);
+                ctx.request_json = Some(BodyBuffer::default());
+            }
+        }
         if let Some(identity) = &ctx.identity {
             for (name, value) in &identity.headers {
                 upstream.insert_header(name.clone(), value.clone())?;
@@ -370,13 +402,55 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         forward::prepare_response(resp);
+        if let Some(route) = ctx.route.clone() {
+            let t = &route.transform;
+            for (name, value) in &t.security {
+                if !resp.headers.contains_key(name) {
+                    resp.insert_header(name.clone(), value.clone())?;
+                }
+            }
+            if !t.response.is_empty() {
+                let snapshot = resp.headers.clone();
+                let cell = std::cell::RefCell::new(&mut *resp);
+                t.response.apply(
+                    &snapshot,
+                    |n| {
+                        cell.borrow_mut().remove_header(n);
+                    },
+                    |n, v| cell.borrow_mut().insert_header(n, v).map(|_| ()),
+                    |n, v| cell.borrow_mut().append_header(n, v).map(|_| ()),
+                )?;
+            }
+            let has_body = session.req_header().method != http::Method::HEAD
+                && !matches!(resp.status.as_u16(), 204 | 304);
+            if has_body && !t.json_response.is_empty() && JsonRename::applies_to(resp.headers.get(http::header::CONTENT_TYPE)) {
+                resp.remove_header(&http::header::CONTENT_LENGTH);
+                if resp.version != http::Version::HTTP_2 && !session.is_http2() {
+                    resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+                }
+                ctx.response_json = Some(BodyBuffer::default());
+            }
+        }
         resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
         for (name, value) in &ctx.response_headers {
             resp.append_header(name.clone(), value.clone())?;
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let (Some(buffer), Some(route)) = (ctx.response_json.as_mut(), ctx.route.as_ref()) {
+            *body = buffer.feed(body.take(), end_of_stream, &route.transform.json_response);
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {

@@ -14,6 +14,7 @@ pub mod gateway;
 pub mod observe;
 pub mod policy;
 pub mod route;
+pub mod transform;
 pub mod upstream;
 
 use config::compile::Compiled;

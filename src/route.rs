@@ -60,18 +60,35 @@ pub struct DirectResponse {
 }
 
 /// How the request path changes before it goes upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum PathRewrite {
     None,
     /// Replace the first `len` bytes of the path (the matched prefix) with `with`.
     Prefix { len: usize, with: String },
+    /// Replace the first match of `re` with `with` (`$1`, `${name}` expand captures).
+    Regex { re: regex::Regex, with: String },
 }
 
 impl PathRewrite {
     /// The upstream path and query for `path_and_query`, or `None` when it is unchanged.
     pub fn apply(&self, path: &str, query: Option<&str>) -> Option<String> {
-        let PathRewrite::Prefix { len, with } = self else {
-            return None;
+        let (len, with) = match self {
+            PathRewrite::None => return None,
+            PathRewrite::Regex { re, with } => {
+                if !re.is_match(path) {
+                    return None;
+                }
+                let mut out = re.replace(path, with.as_str()).into_owned();
+                if !out.starts_with('/') {
+                    out.insert(0, '/');
+                }
+                if let Some(q) = query {
+                    out.push('?');
+                    out.push_str(q);
+                }
+                return Some(out);
+            }
+            PathRewrite::Prefix { len, with } => (len, with),
         };
         let rest = path.get(*len..).unwrap_or("");
         let mut out = String::with_capacity(with.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
@@ -97,6 +114,17 @@ impl PathRewrite {
         }
         Some(out)
     }
+}
+
+/// A route's transforms, compiled.
+#[derive(Debug, Default)]
+pub struct RouteTransform {
+    pub request: crate::transform::HeaderTransform,
+    pub response: crate::transform::HeaderTransform,
+    /// Security headers added to responses that lack them.
+    pub security: Vec<(HeaderName, HeaderValue)>,
+    pub json_request: crate::transform::JsonRename,
+    pub json_response: crate::transform::JsonRename,
 }
 
 /// Where a proxied route sends its requests.
@@ -127,6 +155,7 @@ pub struct Route {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub action: RouteAction,
     pub policy: crate::policy::RoutePolicy,
+    pub transform: RouteTransform,
     /// Position in the config file, the last tie-breaker.
     pub order: usize,
 }
@@ -271,6 +300,7 @@ mod tests {
                 body: Bytes::new(),
             }),
             policy: Default::default(),
+            transform: Default::default(),
             order,
         }
     }
@@ -330,5 +360,11 @@ mod tests {
             assert_eq!(rw.apply(path, q).as_deref(), Some(want), "{path}");
         }
         assert_eq!(PathRewrite::None.apply("/a", None), None);
+        let re = PathRewrite::Regex {
+            re: regex::Regex::new(r"^/users/(?P<id>\d+)$").unwrap(),
+            with: "/v2/accounts/${id}".into(),
+        };
+        assert_eq!(re.apply("/users/42", Some("a=1")).as_deref(), Some("/v2/accounts/42?a=1"));
+        assert_eq!(re.apply("/users/x", None), None);
     }
 }

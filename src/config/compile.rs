@@ -17,7 +17,10 @@ use crate::policy::rate_limit::{RateLimitStore, RateLimits};
 use crate::policy::{GatewayPolicy, RoutePolicy};
 use crate::observe::access_log::{self, AccessLogWriter};
 use crate::observe::metrics::Metrics;
-use crate::route::{DirectResponse, HostPattern, PathMatch, PathRewrite, ProxyAction, Route, RouteAction, RouteTable};
+use crate::route::{
+    DirectResponse, HostPattern, PathMatch, PathRewrite, ProxyAction, Route, RouteAction, RouteTable, RouteTransform,
+};
+use crate::transform::{self, HeaderTransform, JsonRename};
 use crate::upstream::health::{HealthCheckSpec, Kind};
 use crate::upstream::select::{Policy, Selector};
 use crate::upstream::breaker::BreakerSettings;
@@ -101,8 +104,20 @@ pub fn compile(file: &ConfigFile) -> Result<Compiled, Vec<Problem>> {
         auth,
         consumers,
         rate_limit,
+        security_headers,
     } = file;
     let mut problems = Vec::new();
+    let security = if security_headers.enabled {
+        let hsts = security_headers
+            .hsts
+            .as_deref()
+            .map(HeaderValue::from_str)
+            .transpose()
+            .map_err(|_| vec![Problem::new("security_headers.hsts", "invalid header value")])?;
+        transform::security_headers(hsts.as_ref())
+    } else {
+        Vec::new()
+    };
     let metrics = Arc::new(Metrics::new().map_err(|e| vec![Problem::new("", format!("metrics: {e}"))])?);
     let policy = compile_policy(limits, auth, consumers, rate_limit)?;
 
@@ -120,7 +135,14 @@ pub fn compile(file: &ConfigFile) -> Result<Compiled, Vec<Problem>> {
 
     let mut compiled_routes = Vec::new();
     for (i, r) in routes.iter().enumerate() {
-        match compile_route(i, r, upstreams, &group_index, &policy, limits.max_body_size.0) {
+        let ctx = RouteContext {
+            upstreams,
+            group_index: &group_index,
+            gateway: &policy,
+            default_max_body: limits.max_body_size.0,
+            security: &security,
+        };
+        match compile_route(i, r, &ctx) {
             Ok(route) => compiled_routes.push(route),
             Err(p) => problems.push(p),
         }
@@ -297,14 +319,24 @@ fn health_spec(hc: &HealthCheckSection) -> HealthCheckSpec {
     }
 }
 
-fn compile_route(
-    order: usize,
-    r: &RouteSection,
-    upstreams: &BTreeMap<String, UpstreamSection>,
-    group_index: &BTreeMap<&str, usize>,
-    gateway: &GatewayPolicy,
+/// What compiling a route needs from the rest of the configuration.
+struct RouteContext<'a> {
+    upstreams: &'a BTreeMap<String, UpstreamSection>,
+    group_index: &'a BTreeMap<&'a str, usize>,
+    gateway: &'a GatewayPolicy,
     default_max_body: u64,
-) -> Result<Route, Problem> {
+    /// The global security headers (empty when off).
+    security: &'a [(HeaderName, HeaderValue)],
+}
+
+fn compile_route(order: usize, r: &RouteSection, cx: &RouteContext<'_>) -> Result<Route, Problem> {
+    let RouteContext {
+        upstreams,
+        group_index,
+        gateway,
+        default_max_body,
+        security,
+    } = cx;
     let RouteSection {
         name,
         hosts,
@@ -327,6 +359,12 @@ fn compile_route(
         ip_deny,
         cors,
         max_body_size,
+        request_headers,
+        response_headers,
+        rewrite_regex,
+        security_headers,
+        json_rename_request,
+        json_rename_response,
     } = r;
     let at = format!("routes[{order}]");
     let fail = |msg: String| Problem::new(&at, msg);
@@ -358,16 +396,20 @@ fn compile_route(
                 PathMatch::Prefix(p) | PathMatch::Exact(p) => p.trim_end_matches('/').len(),
                 PathMatch::Any => 0,
             };
-            let rewrite = match (strip_prefix, rewrite_prefix) {
-                (true, _) => PathRewrite::Prefix {
+            let rewrite = match (strip_prefix, rewrite_prefix, rewrite_regex) {
+                (_, _, Some(rx)) => PathRewrite::Regex {
+                    re: regex::Regex::new(&rx.pattern).map_err(|e| fail(format!("rewrite_regex: {e}")))?,
+                    with: rx.replace.clone(),
+                },
+                (true, _, None) => PathRewrite::Prefix {
                     len: matched_len,
                     with: String::new(),
                 },
-                (false, Some(with)) => PathRewrite::Prefix {
+                (false, Some(with), None) => PathRewrite::Prefix {
                     len: matched_len,
                     with: with.clone(),
                 },
-                (false, None) => PathRewrite::None,
+                (false, None, None) => PathRewrite::None,
             };
             RouteAction::Proxy(ProxyAction {
                 upstream: index,
@@ -418,7 +460,22 @@ fn compile_route(
         } else {
             Some(RateLimits::compile(name, rate_limits, &gateway.rate_store).map_err(|p| first(p, &at))?)
         },
-        max_body: max_body_size.map_or(default_max_body, |s| s.0),
+        max_body: max_body_size.map_or(*default_max_body, |s| s.0),
+    };
+    let edits = |e: &HeaderEditsSection| HeaderTransform::compile(&e.set, &e.append, &e.remove, &e.rename);
+    let renames = |m: &BTreeMap<String, String>| JsonRename {
+        fields: m.iter().map(|(a, b)| (a.clone(), b.clone())).collect(),
+    };
+    let transform = RouteTransform {
+        request: edits(request_headers).map_err(fail)?,
+        response: edits(response_headers).map_err(fail)?,
+        security: match security_headers {
+            Some(false) => Vec::new(),
+            Some(true) if security.is_empty() => transform::security_headers(None),
+            _ => security.to_vec(),
+        },
+        json_request: renames(json_rename_request),
+        json_response: renames(json_rename_response),
     };
     Ok(Route {
         name: name.as_str().into(),
@@ -428,6 +485,7 @@ fn compile_route(
         headers,
         action,
         policy,
+        transform,
         order,
     })
 }

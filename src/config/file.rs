@@ -35,6 +35,55 @@ pub struct ConfigFile {
     pub consumers: BTreeMap<String, ConsumerSection>,
     #[serde(default)]
     pub rate_limit: RateLimitBackendSection,
+    #[serde(default)]
+    pub security_headers: SecurityHeadersSection,
+}
+
+/// `[security_headers]`: defaults added to every response unless the upstream set them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityHeadersSection {
+    /// `X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY`,
+    /// `Referrer-Policy: strict-origin-when-cross-origin`.
+    #[serde(default = "defaults::enabled")]
+    pub enabled: bool,
+    /// `Strict-Transport-Security` value, e.g. `"max-age=31536000; includeSubDomains"`; off when unset.
+    #[serde(default)]
+    pub hsts: Option<String>,
+}
+
+impl Default for SecurityHeadersSection {
+    fn default() -> Self {
+        SecurityHeadersSection {
+            enabled: defaults::enabled(),
+            hsts: None,
+        }
+    }
+}
+
+/// Header edits for one direction.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderEditsSection {
+    /// Replace (or add) these headers.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Add these values, keeping existing ones.
+    #[serde(default)]
+    pub append: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// Old name to new name.
+    #[serde(default)]
+    pub rename: BTreeMap<String, String>,
+}
+
+/// `rewrite_regex = { pattern = "^/users/(\\d+)$", replace = "/v2/users/$1" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegexRewriteSection {
+    pub pattern: String,
+    pub replace: String,
 }
 
 /// `[server]`: process-wide settings, turned into Pingora's `ServerConf`.
@@ -310,6 +359,25 @@ pub struct RouteSection {
     /// Overrides `limits.max_body_size` for this route.
     #[serde(default)]
     pub max_body_size: Option<HumanSize>,
+    /// Edits to the request sent upstream.
+    #[serde(default)]
+    pub request_headers: HeaderEditsSection,
+    /// Edits to the response sent to the client.
+    #[serde(default)]
+    pub response_headers: HeaderEditsSection,
+    /// Rewrite the path with a regex (captures as `$1`, `${name}`); exclusive with
+    /// `strip_prefix`/`rewrite_prefix`.
+    #[serde(default)]
+    pub rewrite_regex: Option<RegexRewriteSection>,
+    /// Overrides `[security_headers] enabled` for this route.
+    #[serde(default)]
+    pub security_headers: Option<bool>,
+    /// Rename top-level JSON fields of request bodies: old name to new name.
+    #[serde(default)]
+    pub json_rename_request: BTreeMap<String, String>,
+    /// Rename top-level JSON fields of response bodies.
+    #[serde(default)]
+    pub json_rename_response: BTreeMap<String, String>,
 }
 
 /// `[routes.respond]`: a fixed response.

@@ -31,7 +31,13 @@ pub fn validate(file: &ConfigFile) -> Vec<Problem> {
         auth,
         consumers,
         rate_limit,
+        security_headers,
     } = file;
+    if let Some(h) = &security_headers.hsts {
+        if HeaderValue::from_str(h).is_err() {
+            v.problem("security_headers.hsts", "invalid header value");
+        }
+    }
     v.limits(limits);
     v.auth(auth);
     for (name, c) in consumers {
@@ -478,6 +484,25 @@ impl Validator {
                 c.max_age.map(|d| d.0),
             ) {
                 self.problem(format!("{at}.cors"), e);
+            }
+        }
+        for (key, e) in [("request_headers", &r.request_headers), ("response_headers", &r.response_headers)] {
+            if let Err(msg) = crate::transform::HeaderTransform::compile(&e.set, &e.append, &e.remove, &e.rename) {
+                self.problem(format!("{at}.{key}"), msg);
+            }
+        }
+        if let Some(rx) = &r.rewrite_regex {
+            if let Err(e) = regex::Regex::new(&rx.pattern) {
+                self.problem(format!("{at}.rewrite_regex.pattern"), format!("invalid regex: {e}"));
+            }
+            if r.strip_prefix || r.rewrite_prefix.is_some() {
+                self.problem(
+                    format!("{at}.rewrite_regex"),
+                    "set either rewrite_regex or strip_prefix/rewrite_prefix, not both",
+                );
+            }
+            if r.upstream.is_none() {
+                self.problem(format!("{at}.rewrite_regex"), "applies only to proxied routes");
             }
         }
         if r.max_body_size.is_some_and(|s| s.0 == 0) {

@@ -1,0 +1,240 @@
+//! Request and response transforms configured per route: header set/append/remove/rename,
+//! default security headers, and JSON body field renames for bridging API versions.
+//!
+//! Header transforms are applied in a fixed order: remove, rename, set, append. Body renames
+//! buffer the body only on routes that configure them and only for JSON content; every
+//! other body streams through untouched.
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use std::collections::BTreeMap;
+
+/// One direction's header edits, compiled.
+#[derive(Debug, Default, Clone)]
+pub struct HeaderTransform {
+    pub remove: Vec<HeaderName>,
+    pub rename: Vec<(HeaderName, HeaderName)>,
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub append: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl HeaderTransform {
+    pub fn compile(
+        set: &BTreeMap<String, String>,
+        append: &BTreeMap<String, String>,
+        remove: &[String],
+        rename: &BTreeMap<String, String>,
+    ) -> Result<Self, String> {
+        let name = |n: &str| HeaderName::from_bytes(n.as_bytes()).map_err(|_| format!("invalid header name {n:?}"));
+        let pairs = |m: &BTreeMap<String, String>| {
+            m.iter()
+                .map(|(k, v)| {
+                    Ok((name(k)?, HeaderValue::from_str(v).map_err(|_| format!("invalid value for header {k:?}"))?))
+                })
+                .collect::<Result<Vec<_>, String>>()
+        };
+        Ok(HeaderTransform {
+            remove: remove.iter().map(|r| name(r)).collect::<Result<_, _>>()?,
+            rename: rename
+                .iter()
+                .map(|(from, to)| Ok((name(from)?, name(to)?)))
+                .collect::<Result<_, String>>()?,
+            set: pairs(set)?,
+            append: pairs(append)?,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.rename.is_empty() && self.set.is_empty() && self.append.is_empty()
+    }
+
+    /// Apply to a header map through the caller's insert/append/remove functions, so the
+    /// same edits serve Pingora's request and response headers (which keep header case).
+    pub fn apply<E>(
+        &self,
+        headers: &HeaderMap,
+        mut remove: impl FnMut(&HeaderName),
+        mut insert: impl FnMut(HeaderName, HeaderValue) -> Result<(), E>,
+        mut append: impl FnMut(HeaderName, HeaderValue) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for name in &self.remove {
+            remove(name);
+        }
+        for (from, to) in &self.rename {
+            let values: Vec<HeaderValue> = headers.get_all(from).iter().cloned().collect();
+            if values.is_empty() {
+                continue;
+            }
+            remove(from);
+            for v in values {
+                append(to.clone(), v)?;
+            }
+        }
+        for (name, value) in &self.set {
+            insert(name.clone(), value.clone())?;
+        }
+        for (name, value) in &self.append {
+            append(name.clone(), value.clone())?;
+        }
+        Ok(())
+    }
+}
+
+/// The default security headers (on unless a route turns them off); an upstream's own value
+/// wins over the default.
+pub fn security_headers(hsts: Option<&HeaderValue>) -> Vec<(HeaderName, HeaderValue)> {
+    let mut h = vec![
+        (HeaderName::from_static("x-content-type-options"), HeaderValue::from_static("nosniff")),
+        (HeaderName::from_static("x-frame-options"), HeaderValue::from_static("DENY")),
+        (HeaderName::from_static("referrer-policy"), HeaderValue::from_static("strict-origin-when-cross-origin")),
+    ];
+    if let Some(v) = hsts {
+        h.push((http::header::STRICT_TRANSPORT_SECURITY, v.clone()));
+    }
+    h
+}
+
+/// Top-level JSON field renames (`{"user_name": ...}` to `{"userName": ...}`), applied to an
+/// object or to each object of an array.
+#[derive(Debug, Default, Clone)]
+pub struct JsonRename {
+    pub fields: Vec<(String, String)>,
+}
+
+impl JsonRename {
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// Whether a `Content-Type` is JSON (`application/json`, `application/*+json`).
+    pub fn applies_to(content_type: Option<&HeaderValue>) -> bool {
+        let Some(ct) = content_type.and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+    }
+
+    /// The renamed document, or `None` when `body` is not valid JSON (then it passes as is).
+    pub fn apply(&self, body: &[u8]) -> Option<Bytes> {
+        let mut doc: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let rename = |obj: &mut serde_json::Map<String, serde_json::Value>| {
+            for (from, to) in &self.fields {
+                if let Some(v) = obj.remove(from) {
+                    obj.insert(to.clone(), v);
+                }
+            }
+        };
+        match &mut doc {
+            serde_json::Value::Object(obj) => rename(obj),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|i| {
+                if let serde_json::Value::Object(obj) = i {
+                    rename(obj)
+                }
+            }),
+            _ => {}
+        }
+        serde_json::to_vec(&doc).ok().map(Bytes::from)
+    }
+}
+
+/// Collects a body that is being transformed, bounded so a huge body cannot exhaust memory.
+#[derive(Debug, Default)]
+pub struct BodyBuffer {
+    buf: BytesMut,
+    /// Set once the body outgrew the limit: it then streams through untransformed.
+    pub overflowed: bool,
+}
+
+impl BodyBuffer {
+    /// Largest body a JSON rename buffers.
+    pub const LIMIT: usize = 8 * 1024 * 1024;
+
+    /// Feed a chunk; returns what to send on now (nothing while buffering).
+    pub fn feed(&mut self, chunk: Option<Bytes>, end: bool, rename: &JsonRename) -> Option<Bytes> {
+        if self.overflowed {
+            return chunk;
+        }
+        if let Some(c) = chunk {
+            self.buf.extend_from_slice(&c);
+        }
+        if self.buf.len() > Self::LIMIT {
+            self.overflowed = true;
+            return Some(std::mem::take(&mut self.buf).freeze());
+        }
+        if !end {
+            return None;
+        }
+        let whole = std::mem::take(&mut self.buf).freeze();
+        Some(rename.apply(&whole).unwrap_or(whole))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_edits_in_order() {
+        let map = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let t = HeaderTransform::compile(
+            &map(&[("x-env", "prod")]),
+            &map(&[("x-tag", "edge")]),
+            &["x-debug".to_string()],
+            &map(&[("x-old", "x-new")]),
+        )
+        .unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-debug", "1".parse().unwrap());
+        h.insert("x-old", "v".parse().unwrap());
+        h.insert("x-env", "dev".parse().unwrap());
+        h.insert("x-tag", "client".parse().unwrap());
+        let snapshot = h.clone();
+        let cell = std::cell::RefCell::new(h);
+        t.apply::<()>(
+            &snapshot,
+            |n| {
+                cell.borrow_mut().remove(n);
+            },
+            |n, v| {
+                cell.borrow_mut().insert(n, v);
+                Ok(())
+            },
+            |n, v| {
+                cell.borrow_mut().append(n, v);
+                Ok(())
+            },
+        )
+        .unwrap();
+        let h = cell.into_inner();
+        assert!(h.get("x-debug").is_none());
+        assert!(h.get("x-old").is_none());
+        assert_eq!(h["x-new"], "v");
+        assert_eq!(h["x-env"], "prod");
+        let tags: Vec<_> = h.get_all("x-tag").iter().collect();
+        assert_eq!(tags, ["client", "edge"]);
+    }
+
+    #[test]
+    fn json_rename_objects_and_arrays() {
+        let r = JsonRename {
+            fields: vec![("user_name".into(), "userName".into())],
+        };
+        assert_eq!(r.apply(br#"{"user_name":"a","id":1}"#).unwrap(), Bytes::from(r#"{"id":1,"userName":"a"}"#));
+        assert_eq!(r.apply(br#"[{"user_name":"a"},2]"#).unwrap(), Bytes::from(r#"[{"userName":"a"},2]"#));
+        assert!(r.apply(b"not json").is_none());
+        assert!(JsonRename::applies_to(Some(&HeaderValue::from_static("application/json; charset=utf-8"))));
+        assert!(JsonRename::applies_to(Some(&HeaderValue::from_static("application/problem+json"))));
+        assert!(!JsonRename::applies_to(Some(&HeaderValue::from_static("text/html"))));
+    }
+
+    #[test]
+    fn buffer_withholds_until_end() {
+        let r = JsonRename {
+            fields: vec![("a".into(), "b".into())],
+        };
+        let mut buf = BodyBuffer::default();
+        assert_eq!(buf.feed(Some(Bytes::from_static(b"{\"a\"")), false, &r), None);
+        assert_eq!(buf.feed(Some(Bytes::from_static(b":1}")), true, &r), Some(Bytes::from_static(b"{\"b\":1}")));
+    }
+}
