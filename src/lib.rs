@@ -56,8 +56,8 @@ pub fn build_server(compiled: Compiled, mode: StartMode) -> Server {
 
     let upstreams = gateway.upstreams.clone();
     let metrics = gateway.metrics.clone();
-    for group in upstreams.iter().filter(|g| g.health_checked) {
-        let name = format!("health check {}", group.name);
+    for group in upstreams.iter().filter(|g| g.needs_background()) {
+        let name = format!("upstream {}", group.name);
         server.add_service(GenBackgroundService::new(name, group.lb.clone()));
     }
     if let Some(writer) = access_log_writer {

@@ -24,14 +24,13 @@ use crate::transform::{self, HeaderTransform, JsonRename};
 use crate::upstream::health::{HealthCheckSpec, Kind};
 use crate::upstream::select::{Policy, Selector};
 use crate::upstream::breaker::BreakerSettings;
-use crate::upstream::{self, GroupSettings, HashOn, RetryBudget, UpstreamGroup};
+use crate::upstream::dns::{Discovery, TargetSpec};
+use crate::upstream::{GroupSettings, HashOn, RetryBudget, UpstreamGroup};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
-use pingora::lb::discovery::Static;
 use pingora::lb::{Backends, LoadBalancer};
 use pingora::server::configuration::ServerConf;
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Everything needed to run a gateway.
@@ -43,13 +42,6 @@ pub struct Compiled {
     pub access_log_writer: Option<AccessLogWriter>,
     pub demo: Vec<(String, String)>,
     pub connection_limits: ConnectionLimits,
-}
-
-impl Compiled {
-    /// Upstream groups whose health checks must run as background services.
-    pub fn health_checked(&self) -> impl Iterator<Item = &Arc<UpstreamGroup>> {
-        self.gateway.upstreams.iter().filter(|g| g.health_checked)
-    }
 }
 
 /// Parse `hash_on`: `"header:NAME"`, `"cookie:NAME"` or `"client_ip"`.
@@ -105,7 +97,9 @@ pub fn compile(file: &ConfigFile) -> Result<Compiled, Vec<Problem>> {
         consumers,
         rate_limit,
         security_headers,
+        resolver,
     } = file;
+    let hosts_file = resolver.hosts_file.as_ref().map(std::path::PathBuf::from);
     let mut problems = Vec::new();
     let security = if security_headers.enabled {
         let hsts = security_headers
@@ -124,7 +118,7 @@ pub fn compile(file: &ConfigFile) -> Result<Compiled, Vec<Problem>> {
     let mut groups = Vec::new();
     let mut group_index = BTreeMap::new();
     for (name, up) in upstreams {
-        match compile_upstream(name, up) {
+        match compile_upstream(name, up, hosts_file.clone()) {
             Ok(g) => {
                 group_index.insert(name.as_str(), groups.len());
                 groups.push(Arc::new(g));
@@ -211,7 +205,7 @@ fn server_conf(s: &ServerSection) -> ServerConf {
     }
 }
 
-fn compile_upstream(name: &str, up: &UpstreamSection) -> Result<UpstreamGroup, Problem> {
+fn compile_upstream(name: &str, up: &UpstreamSection, hosts_file: Option<std::path::PathBuf>) -> Result<UpstreamGroup, Problem> {
     let UpstreamSection {
         policy,
         hash_on,
@@ -222,6 +216,7 @@ fn compile_upstream(name: &str, up: &UpstreamSection) -> Result<UpstreamGroup, P
         circuit_breaker,
         fallback,
         retry_budget,
+        dns_refresh,
     } = up;
     let at = format!("upstreams.{name}");
     let fail = |msg: String| Problem::new(&at, msg);
@@ -230,14 +225,13 @@ fn compile_upstream(name: &str, up: &UpstreamSection) -> Result<UpstreamGroup, P
         cooldown: b.cooldown.0,
         on_5xx: b.on_5xx,
     });
-    let mut backends = BTreeSet::new();
-    for t in targets {
-        let addr: SocketAddr = t
-            .address
-            .parse()
-            .map_err(|_| fail(format!("invalid target {:?}", t.address)))?;
-        backends.insert(upstream::backend(addr, t.weight, breaker));
-    }
+    let specs = targets
+        .iter()
+        .map(|t| TargetSpec::parse(&t.address, t.weight))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(fail)?;
+    let discovery = Discovery::new(specs, hosts_file, breaker);
+    let resolves_names = discovery.has_names();
     let fallback = fallback
         .as_ref()
         .map(|f| direct_response(f).map_err(|e| Problem::new(format!("{at}.fallback"), e)))
@@ -249,7 +243,7 @@ fn compile_upstream(name: &str, up: &UpstreamSection) -> Result<UpstreamGroup, P
     };
     let hash_on = hash_on.as_deref().map(parse_hash_on).transpose().map_err(fail)?;
 
-    let mut view = Backends::new(Static::new(backends));
+    let mut view = Backends::new(Box::new(discovery));
     let spec = health_check.as_ref().map(health_spec);
     if let Some(spec) = &spec {
         let hc = spec
@@ -258,8 +252,9 @@ fn compile_upstream(name: &str, up: &UpstreamSection) -> Result<UpstreamGroup, P
         view.set_health_check(hc);
     }
     let mut lb = LoadBalancer::<Selector>::from_backends_with_config(view, Some(policy));
-    // Static discovery completes without waiting; a throwaway runtime drives it once.
+    // First resolution at start-up; a throwaway runtime drives it once.
     tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .map_err(|e| fail(format!("building targets: {e}")))?
         .block_on(lb.update())
@@ -267,6 +262,9 @@ fn compile_upstream(name: &str, up: &UpstreamSection) -> Result<UpstreamGroup, P
     if let Some(spec) = &spec {
         lb.health_check_frequency = Some(spec.interval);
         lb.parallel_health_check = true;
+    }
+    if resolves_names {
+        lb.update_frequency = Some(dns_refresh.0);
     }
     Ok(UpstreamGroup::new(
         name,
@@ -277,6 +275,7 @@ fn compile_upstream(name: &str, up: &UpstreamSection) -> Result<UpstreamGroup, P
             connect_timeout: connect_timeout.0,
             read_timeout: read_timeout.0,
             health_checked: spec.is_some(),
+            resolves_names,
             fallback,
             retry_budget: RetryBudget::new(retry_budget.ratio, retry_budget.min_per_second),
         },

@@ -37,6 +37,17 @@ pub struct ConfigFile {
     pub rate_limit: RateLimitBackendSection,
     #[serde(default)]
     pub security_headers: SecurityHeadersSection,
+    #[serde(default)]
+    pub resolver: ResolverSection,
+}
+
+/// `[resolver]`: how `NAME:PORT` targets are resolved.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolverSection {
+    /// A hosts file (`IP name...` lines) consulted before the system resolver.
+    #[serde(default)]
+    pub hosts_file: Option<String>,
 }
 
 /// `[security_headers]`: defaults added to every response unless the upstream set them.
@@ -199,6 +210,9 @@ pub struct UpstreamSection {
     /// Retries may add at most this share of the group's requests (plus a floor).
     #[serde(default)]
     pub retry_budget: RetryBudgetSection,
+    /// How often `NAME:PORT` targets are re-resolved.
+    #[serde(default = "defaults::dns_refresh")]
+    pub dns_refresh: HumanDuration,
 }
 
 /// `[upstreams.NAME.circuit_breaker]`.
@@ -250,7 +264,7 @@ pub enum BalancePolicy {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetSection {
-    /// `IP:PORT`.
+    /// `IP:PORT`, or `NAME:PORT` resolved through DNS (every `dns_refresh`).
     pub address: String,
     #[serde(default = "defaults::weight")]
     pub weight: usize,
@@ -762,6 +776,9 @@ pub mod defaults {
     }
     pub fn respond_status() -> u16 {
         200
+    }
+    pub fn dns_refresh() -> HumanDuration {
+        HumanDuration(Duration::from_secs(30))
     }
     pub fn breaker_failures() -> u32 {
         5

@@ -32,7 +32,13 @@ pub fn validate(file: &ConfigFile) -> Vec<Problem> {
         consumers,
         rate_limit,
         security_headers,
+        resolver,
     } = file;
+    if let Some(path) = &resolver.hosts_file {
+        if path.is_empty() {
+            v.problem("resolver.hosts_file", "must not be empty");
+        }
+    }
     if let Some(h) = &security_headers.hsts {
         if HeaderValue::from_str(h).is_err() {
             v.problem("security_headers.hsts", "invalid header value");
@@ -172,19 +178,16 @@ impl Validator {
         let mut seen = HashSet::new();
         for (i, t) in up.targets.iter().enumerate() {
             let path = format!("{at}.targets[{i}]");
-            match t.address.parse::<SocketAddr>() {
-                Ok(addr) => {
-                    if !seen.insert(addr) {
+            match crate::upstream::dns::TargetSpec::parse(&t.address, t.weight) {
+                Ok(spec) => {
+                    if !seen.insert((spec.host, spec.port)) {
                         self.problem(
                             format!("{path}.address"),
                             format!("duplicate target {}", t.address),
                         );
                     }
                 }
-                Err(_) => self.problem(
-                    format!("{path}.address"),
-                    format!("invalid target address {:?}; write IP:PORT, e.g. \"10.0.0.5:8080\"", t.address),
-                ),
+                Err(e) => self.problem(format!("{path}.address"), e),
             }
             if t.weight == 0 || t.weight > MAX_WEIGHT {
                 self.problem(
@@ -211,6 +214,9 @@ impl Validator {
         }
         if up.connect_timeout.0.is_zero() {
             self.problem(format!("{at}.connect_timeout"), "must be greater than zero");
+        }
+        if up.dns_refresh.0 < std::time::Duration::from_secs(1) {
+            self.problem(format!("{at}.dns_refresh"), "must be at least 1s");
         }
         if up.read_timeout.0.is_zero() {
             self.problem(format!("{at}.read_timeout"), "must be greater than zero");

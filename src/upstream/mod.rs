@@ -6,6 +6,7 @@
 //! and holds the returned [`InflightGuard`] for as long as the request uses that target.
 
 pub mod breaker;
+pub mod dns;
 pub mod health;
 pub mod select;
 
@@ -154,6 +155,8 @@ pub struct UpstreamGroup {
     pub read_timeout: Duration,
     /// Whether active health checks run (shown in `/health`).
     pub health_checked: bool,
+    /// Whether targets are re-resolved from DNS names.
+    pub resolves_names: bool,
     /// Answered when no target is available.
     pub fallback: Option<crate::route::DirectResponse>,
     pub retry_budget: RetryBudget,
@@ -168,6 +171,7 @@ pub struct GroupSettings {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub health_checked: bool,
+    pub resolves_names: bool,
     pub fallback: Option<crate::route::DirectResponse>,
     pub retry_budget: RetryBudget,
 }
@@ -189,18 +193,11 @@ impl UpstreamGroup {
             connect_timeout,
             read_timeout,
             health_checked,
+            resolves_names,
             fallback,
             retry_budget,
         } = settings;
-        let backends = lb.backends().get_backend();
-        let max_steps = match policy {
-            // A full cycle of the weighted sequence sees every target.
-            Policy::RoundRobin => backends.iter().map(|b| b.weight.max(1)).sum::<usize>() + 1,
-            Policy::LeastConnections => backends.len() + 1,
-            // Walking the Ketama ring revisits targets; give it room.
-            Policy::ConsistentHash => backends.len() * 160 + 1,
-        };
-        UpstreamGroup {
+        let mut group = UpstreamGroup {
             name: name.into(),
             policy,
             hash_on,
@@ -208,18 +205,28 @@ impl UpstreamGroup {
             connect_timeout,
             read_timeout,
             health_checked,
+            resolves_names,
             fallback,
             retry_budget,
-            max_steps,
-        }
+            max_steps: 0,
+        };
+        group.max_steps = group.steps_now();
+        group
+    }
+
+    /// Whether the group's `LoadBalancer` must run as a background service (health checks
+    /// or DNS re-resolution).
+    pub fn needs_background(&self) -> bool {
+        self.health_checked || self.resolves_names
     }
 
     /// Pick a healthy target, not in `exclude`, whose breaker admits a request. `key` feeds
     /// consistent hashing.
     pub fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<InflightGuard> {
         let mut lost: Vec<SocketAddr> = Vec::new();
+        let steps = if self.resolves_names { self.steps_now() } else { self.max_steps };
         loop {
-            let backend = self.lb.select_with(key, self.max_steps, |b, healthy| {
+            let backend = self.lb.select_with(key, steps, |b, healthy| {
                 healthy
                     && state_of(b).is_some_and(|s| {
                         !exclude.contains(&s.addr)
@@ -236,6 +243,17 @@ impl UpstreamGroup {
                     None => lost.push(state.addr),
                 },
             }
+        }
+    }
+
+    /// Selection steps for the current target set (DNS answers change it): a full cycle of
+    /// the weighted sequence sees every target; walking the Ketama ring revisits targets.
+    fn steps_now(&self) -> usize {
+        let backends = self.lb.backends().get_backend();
+        match self.policy {
+            Policy::RoundRobin => backends.iter().map(|b| b.weight.max(1)).sum::<usize>() + 1,
+            Policy::LeastConnections => backends.len() + 1,
+            Policy::ConsistentHash => backends.len() * 160 + 1,
         }
     }
 
@@ -297,12 +315,17 @@ fn state_of(b: &Backend) -> Option<&Arc<TargetState>> {
 
 /// Build the `Backend` for a target, carrying its [`TargetState`].
 pub fn backend(addr: SocketAddr, weight: usize, breaker: Option<BreakerSettings>) -> Backend {
+    backend_with_state(addr, weight, Arc::new(TargetState::new(addr, breaker)))
+}
+
+/// Build the `Backend` for a target whose state already exists (kept across re-resolution).
+pub fn backend_with_state(addr: SocketAddr, weight: usize, state: Arc<TargetState>) -> Backend {
     let mut b = Backend {
         addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr),
         weight,
         ext: Default::default(),
     };
-    b.ext.insert(Arc::new(TargetState::new(addr, breaker)));
+    b.ext.insert(state);
     b
 }
 

@@ -105,8 +105,20 @@ impl Backend {
         Self::start(name, move |r| echo_reply(&n, r))
     }
 
+    /// An echo backend bound to a chosen address, e.g. `127.0.0.2` and a port in use on
+    /// `127.0.0.1` (every 127/8 address is local on Linux).
+    pub fn echo_on(name: &str, ip: &str, port: u16) -> Backend {
+        let n = name.to_string();
+        Self::start_on(name, &format!("{ip}:{port}"), move |r| echo_reply(&n, r))
+    }
+
     /// A backend answering with `handler`.
     pub fn start(name: &str, handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Backend {
+        Self::start_on(name, "127.0.0.1:0", handler)
+    }
+
+    /// A backend answering with `handler`, bound to `bind`.
+    pub fn start_on(name: &str, bind: &str, handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Backend {
         let shared = Arc::new(Shared {
             name: name.to_string(),
             handler: Box::new(handler),
@@ -115,7 +127,7 @@ impl Backend {
             health_hits: AtomicUsize::new(0),
             requests: Mutex::new(Vec::new()),
         });
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding backend");
+        let std_listener = std::net::TcpListener::bind(bind).expect("binding backend");
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
         let (tx, mut rx) = tokio::sync::oneshot::channel();
