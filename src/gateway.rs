@@ -2,7 +2,9 @@
 //! sequence of calls into the modules that own the concern (routing, upstream selection,
 //! forwarding headers, errors, observability).
 
+use crate::aggregate::Forwarded;
 use crate::error::{self, Reject, X_REQUEST_ID};
+use pingora::connectors::http::Connector;
 use crate::observe::access_log::{AccessLog, Entry};
 use crate::observe::metrics::{Metrics, NO_ROUTE};
 use crate::route::{ProxyAction, Route, RouteAction, RouteTable};
@@ -35,6 +37,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     pub access_log: Option<AccessLog>,
     pub policy: GatewayPolicy,
+    /// Pooled upstream connections for aggregation parts.
+    pub connector: Connector,
 }
 
 /// Per-request state.
@@ -245,6 +249,27 @@ impl ProxyHttp for Gateway {
                 reject.headers = std::mem::take(&mut ctx.response_headers);
                 return self.reject(session, ctx, reject).await;
             }
+        }
+        if let RouteAction::Aggregate(agg) = &route.action {
+            let mut headers: Vec<(HeaderName, HeaderValue)> = ctx.identity.as_ref().map_or_else(Vec::new, |i| i.headers.clone());
+            headers.push((X_REQUEST_ID, ctx.request_id.clone()));
+            if let Some(ip) = ctx.client_ip {
+                if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+                    headers.push((HeaderName::from_static("x-forwarded-for"), v));
+                }
+            }
+            let req = session.req_header();
+            let fwd = Forwarded {
+                path: req.uri.path(),
+                host: forward::host(req),
+                headers,
+            };
+            let (status, body) = agg.run(&self.upstreams, &self.connector, &fwd).await;
+            ctx.answered = Some(status);
+            let mut headers = vec![(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))];
+            headers.extend(ctx.response_headers.iter().cloned());
+            error::respond(session, status, &headers, body, &ctx.request_id).await?;
+            return Ok(true);
         }
         if let RouteAction::Respond(direct) = &route.action {
             ctx.answered = Some(direct.status);

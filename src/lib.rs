@@ -5,6 +5,7 @@
 //! binary and in-process tests start exactly the same thing.
 
 pub mod admin;
+pub mod aggregate;
 pub mod config;
 pub mod connection;
 pub mod demo;

@@ -144,6 +144,7 @@ pub struct ProxyAction {
 pub enum RouteAction {
     Proxy(ProxyAction),
     Respond(DirectResponse),
+    Aggregate(crate::aggregate::Aggregate),
 }
 
 /// A compiled route.

@@ -5,6 +5,7 @@
 
 use super::file::*;
 use super::Problem;
+use crate::aggregate::{Aggregate, Part};
 use crate::connection::ConnectionLimits;
 use crate::gateway::Gateway;
 use crate::policy::api_key::{digest, parse_key_hash, ApiKeys, Consumer};
@@ -166,6 +167,7 @@ pub fn compile(file: &ConfigFile) -> Result<Compiled, Vec<Problem>> {
             metrics,
             access_log,
             policy,
+            connector: pingora::connectors::http::Connector::new(None),
         },
         server_conf: server_conf(server),
         listeners: listeners.iter().map(|l| l.address.clone()).collect(),
@@ -282,6 +284,36 @@ fn compile_upstream(name: &str, up: &UpstreamSection, hosts_file: Option<std::pa
     ))
 }
 
+fn compile_aggregate(agg: &AggregateSection, group_index: &BTreeMap<&str, usize>) -> Result<Aggregate, String> {
+    let AggregateSection { capture, parts } = agg;
+    Ok(Aggregate {
+        capture: capture
+            .as_deref()
+            .map(regex::Regex::new)
+            .transpose()
+            .map_err(|e| format!("aggregate.capture: {e}"))?,
+        parts: parts
+            .iter()
+            .map(|p| {
+                let AggregatePartSection {
+                    name,
+                    upstream,
+                    path,
+                    timeout,
+                } = p;
+                Ok(Part {
+                    name: name.clone(),
+                    upstream: *group_index
+                        .get(upstream.as_str())
+                        .ok_or_else(|| format!("upstream {upstream:?} is not defined"))?,
+                    path: path.clone(),
+                    timeout: timeout.0,
+                })
+            })
+            .collect::<Result<_, String>>()?,
+    })
+}
+
 fn direct_response(r: &RespondSection) -> Result<DirectResponse, String> {
     let RespondSection { status, headers, body } = r;
     Ok(DirectResponse {
@@ -351,6 +383,7 @@ fn compile_route(order: usize, r: &RouteSection, cx: &RouteContext<'_>) -> Resul
         retries,
         retry_unsent,
         respond,
+        aggregate,
         auth,
         roles,
         rate_limits,
@@ -384,6 +417,10 @@ fn compile_route(order: usize, r: &RouteSection, cx: &RouteContext<'_>) -> Resul
     let headers = header_pairs(headers).map_err(fail)?;
 
     let action = match (upstream, respond) {
+        (None, None) if aggregate.is_some() => {
+            let agg = aggregate.as_ref().ok_or_else(|| fail("missing aggregate".into()))?;
+            RouteAction::Aggregate(compile_aggregate(agg, group_index).map_err(fail)?)
+        }
         (Some(up_name), None) => {
             let index = *group_index
                 .get(up_name.as_str())

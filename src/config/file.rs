@@ -351,6 +351,10 @@ pub struct RouteSection {
     /// Answer directly, without an upstream.
     #[serde(default)]
     pub respond: Option<RespondSection>,
+    /// Fan out to several upstream calls and merge their JSON (exclusive with `upstream`
+    /// and `respond`).
+    #[serde(default)]
+    pub aggregate: Option<AggregateSection>,
     /// Accepted authentication methods: `"jwt:PROVIDER"` or `"api_key"`; any one suffices.
     /// Empty: the route is public.
     #[serde(default)]
@@ -392,6 +396,29 @@ pub struct RouteSection {
     /// Rename top-level JSON fields of response bodies.
     #[serde(default)]
     pub json_rename_response: BTreeMap<String, String>,
+}
+
+/// `[routes.aggregate]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateSection {
+    /// Regex over the request path whose captures (`$1`, `${name}`) fill part paths.
+    #[serde(default)]
+    pub capture: Option<String>,
+    pub parts: Vec<AggregatePartSection>,
+}
+
+/// `[[routes.aggregate.parts]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregatePartSection {
+    /// Key of this part in the merged document.
+    pub name: String,
+    pub upstream: String,
+    /// Path and query sent upstream, e.g. `"/users/${user}"`.
+    pub path: String,
+    #[serde(default = "defaults::part_timeout")]
+    pub timeout: HumanDuration,
 }
 
 /// `[routes.respond]`: a fixed response.
@@ -776,6 +803,9 @@ pub mod defaults {
     }
     pub fn respond_status() -> u16 {
         200
+    }
+    pub fn part_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(2))
     }
     pub fn dns_refresh() -> HumanDuration {
         HumanDuration(Duration::from_secs(30))

@@ -313,15 +313,17 @@ impl Validator {
                 self.problem(format!("{at}.{key}"), "must be greater than zero");
             }
         }
+        let actions = [r.upstream.is_some(), r.respond.is_some(), r.aggregate.is_some()];
+        match actions.iter().filter(|a| **a).count() {
+            0 => self.problem(at, "needs an upstream to proxy to, a [respond] section or an [aggregate] section"),
+            1 => {}
+            _ => self.problem(at, "set only one of upstream, [respond] and [aggregate]"),
+        }
+        if let Some(agg) = &r.aggregate {
+            self.aggregate(&format!("{at}.aggregate"), agg, upstreams);
+        }
         match (&r.upstream, &r.respond) {
-            (Some(_), Some(_)) => self.problem(
-                at,
-                "set either upstream (proxy) or [respond] (direct response), not both",
-            ),
-            (None, None) => self.problem(
-                at,
-                "needs an upstream to proxy to or a [respond] section",
-            ),
+            (Some(_), Some(_)) | (None, None) => {}
             (Some(name), None) => {
                 if !upstreams.contains_key(name) {
                     let defined: Vec<&str> = upstreams.keys().map(String::as_str).collect();
@@ -345,6 +347,37 @@ impl Validator {
                     );
                 }
                 self.respond(&format!("{at}.respond"), resp);
+            }
+        }
+    }
+
+    fn aggregate(&mut self, at: &str, agg: &AggregateSection, upstreams: &BTreeMap<String, UpstreamSection>) {
+        if let Some(c) = &agg.capture {
+            if let Err(e) = regex::Regex::new(c) {
+                self.problem(format!("{at}.capture"), format!("invalid regex: {e}"));
+            }
+        }
+        if agg.parts.is_empty() {
+            self.problem(format!("{at}.parts"), "must list at least one part");
+        }
+        let mut names = HashSet::new();
+        for (i, p) in agg.parts.iter().enumerate() {
+            let pat = format!("{at}.parts[{i}]");
+            if p.name.is_empty() || p.name == "errors" || !names.insert(p.name.as_str()) {
+                self.problem(format!("{pat}.name"), format!("part names must be unique, non-empty and not \"errors\"; got {:?}", p.name));
+            }
+            if !upstreams.contains_key(&p.upstream) {
+                let defined: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+                self.problem(
+                    format!("{pat}.upstream"),
+                    format!("upstream {:?} is not defined; defined: {}", p.upstream, defined.join(", ")),
+                );
+            }
+            if !p.path.starts_with('/') {
+                self.problem(format!("{pat}.path"), "must start with '/'");
+            }
+            if p.timeout.0.is_zero() {
+                self.problem(format!("{pat}.timeout"), "must be greater than zero");
             }
         }
     }

@@ -1,0 +1,170 @@
+//! Aggregation routes (backend-for-frontend): one client request fans out to several upstream
+//! calls in parallel, and their JSON bodies are merged under named keys. A part that fails,
+//! answers non-2xx or non-JSON, or outlives its timeout becomes `null` and is listed under
+//! `errors`; the client always gets an answer (200 when any part succeeded, 502 when none did).
+//!
+//! Parts use the same upstream groups, target selection, health and breakers as proxied
+//! routes, and Pingora's pooled HTTP connector. Identity headers and the request id travel to
+//! every part.
+
+use crate::upstream::breaker::Outcome;
+use crate::upstream::UpstreamGroup;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderName, HeaderValue, StatusCode};
+use pingora::connectors::http::Connector;
+use pingora::prelude::*;
+use regex::Regex;
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest part body read.
+const MAX_PART_BODY: usize = 4 * 1024 * 1024;
+/// How long an idle pooled connection to a part's target is kept.
+const POOL_IDLE: Duration = Duration::from_secs(60);
+
+/// One upstream call of an aggregate.
+#[derive(Debug)]
+pub struct Part {
+    pub name: String,
+    /// Index into the gateway's upstream groups.
+    pub upstream: usize,
+    /// Path and query, with `$1` / `${name}` expanded from the route's `capture`.
+    pub path: String,
+    pub timeout: Duration,
+}
+
+/// A compiled `[routes.aggregate]`.
+#[derive(Debug)]
+pub struct Aggregate {
+    pub capture: Option<Regex>,
+    pub parts: Vec<Part>,
+}
+
+/// What every part request carries from the client request.
+pub struct Forwarded<'a> {
+    pub path: &'a str,
+    pub host: Option<&'a str>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Aggregate {
+    /// The part paths for a client path (captures expanded).
+    pub fn part_paths(&self, client_path: &str) -> Vec<String> {
+        let caps = self.capture.as_ref().and_then(|re| re.captures(client_path));
+        self.parts
+            .iter()
+            .map(|p| match &caps {
+                Some(c) => {
+                    let mut out = String::new();
+                    c.expand(&p.path, &mut out);
+                    out
+                }
+                None => p.path.clone(),
+            })
+            .collect()
+    }
+
+    /// Call every part in parallel and merge the answers.
+    pub async fn run(&self, upstreams: &[Arc<UpstreamGroup>], connector: &Connector, fwd: &Forwarded<'_>) -> (StatusCode, Bytes) {
+        let paths = self.part_paths(fwd.path);
+        let calls = self.parts.iter().zip(paths).map(|(part, path)| async move {
+            let result = match upstreams.get(part.upstream) {
+                Some(group) => {
+                    match tokio::time::timeout(part.timeout, fetch(group, connector, &path, fwd)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(format!("timed out after {}ms", part.timeout.as_millis())),
+                    }
+                }
+                None => Err("upstream missing".to_string()),
+            };
+            (part.name.as_str(), result)
+        });
+        let results = futures::future::join_all(calls).await;
+        let mut merged = Map::new();
+        let mut errors = Vec::new();
+        for (name, result) in results {
+            match result {
+                Ok(v) => {
+                    merged.insert(name.to_string(), v);
+                }
+                Err(e) => {
+                    merged.insert(name.to_string(), Value::Null);
+                    errors.push(json!({ "part": name, "error": e }));
+                }
+            }
+        }
+        let status = if errors.len() == self.parts.len() && !self.parts.is_empty() {
+            StatusCode::BAD_GATEWAY
+        } else {
+            StatusCode::OK
+        };
+        merged.insert("errors".to_string(), Value::Array(errors));
+        (status, Bytes::from(Value::Object(merged).to_string()))
+    }
+}
+
+/// One part: pick a target, send GET, read a JSON body.
+async fn fetch(group: &UpstreamGroup, connector: &Connector, path: &str, fwd: &Forwarded<'_>) -> Result<Value, String> {
+    let mut target = group
+        .select(&[], &[])
+        .ok_or_else(|| "no healthy target".to_string())?;
+    let addr = target.target().addr;
+    let mut peer = HttpPeer::new(addr, false, String::new());
+    peer.options.connection_timeout = Some(group.connect_timeout);
+    peer.options.total_connection_timeout = Some(group.connect_timeout);
+    peer.options.read_timeout = Some(group.read_timeout);
+    let outcome = exchange(connector, &peer, path, fwd).await;
+    match &outcome {
+        Ok((status, _)) => target.record_status(*status),
+        Err(_) => target.record(Outcome::Failure),
+    }
+    let (status, body) = outcome?;
+    if !(200..300).contains(&status) {
+        return Err(format!("upstream answered {status}"));
+    }
+    serde_json::from_slice(&body).map_err(|_| "upstream answer is not JSON".to_string())
+}
+
+async fn exchange(connector: &Connector, peer: &HttpPeer, path: &str, fwd: &Forwarded<'_>) -> Result<(u16, Bytes), String> {
+    let text = |e: Box<Error>| e.etype().as_str().to_string();
+    let mut req = RequestHeader::build("GET", path.as_bytes(), Some(fwd.headers.len() + 2)).map_err(text)?;
+    if let Some(host) = fwd.host {
+        req.insert_header(http::header::HOST, host).map_err(text)?;
+    }
+    req.insert_header(http::header::ACCEPT, "application/json").map_err(text)?;
+    for (name, value) in &fwd.headers {
+        req.insert_header(name.clone(), value.clone()).map_err(text)?;
+    }
+    let (mut session, _reused) = connector.get_http_session(peer).await.map_err(text)?;
+    session.write_request_header(Box::new(req)).await.map_err(text)?;
+    session.finish_request_body().await.map_err(text)?;
+    session.read_response_header().await.map_err(text)?;
+    let status = session.response_header().map_or(0, |r| r.status.as_u16());
+    let mut body = BytesMut::new();
+    while let Some(chunk) = session.read_response_body().await.map_err(text)? {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_PART_BODY {
+            return Err("upstream answer too large".to_string());
+        }
+    }
+    connector.release_http_session(session, peer, Some(POOL_IDLE)).await;
+    Ok((status, body.freeze()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captures_expand_into_part_paths() {
+        let agg = Aggregate {
+            capture: Some(Regex::new(r"^/dashboard/(?P<user>[^/]+)$").unwrap()),
+            parts: vec![
+                Part { name: "profile".into(), upstream: 0, path: "/users/${user}".into(), timeout: Duration::from_secs(1) },
+                Part { name: "orders".into(), upstream: 0, path: "/orders?user=$1".into(), timeout: Duration::from_secs(1) },
+            ],
+        };
+        assert_eq!(agg.part_paths("/dashboard/ada"), ["/users/ada", "/orders?user=ada"]);
+    }
+}
