@@ -1,0 +1,119 @@
+//! Criterion benches of per-request hot functions: route matching at 10, 100 and 1,000
+//! routes, header transforms, forwarding-header preparation pieces and access-log formatting.
+#![allow(clippy::unwrap_used)]
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use http::{HeaderMap, Method};
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use tollgate::observe::access_log::Entry;
+use tollgate::route::{DirectResponse, HostPattern, PathMatch, Route, RouteAction, RouteTable};
+use tollgate::transform::HeaderTransform;
+
+fn table(n: usize) -> RouteTable {
+    let routes = (0..n)
+        .map(|i| Route {
+            name: format!("r{i}").into(),
+            hosts: if i % 3 == 0 {
+                vec![HostPattern::Exact(format!("svc{}.example.com", i % 10))]
+            } else if i % 3 == 1 {
+                vec![HostPattern::Suffix(format!(".zone{}.example.com", i % 7))]
+            } else {
+                vec![]
+            },
+            path: PathMatch::Prefix(format!("/api/v{}/resource{}", i % 4, i)),
+            methods: vec![],
+            headers: vec![],
+            action: RouteAction::Respond(DirectResponse {
+                status: http::StatusCode::OK,
+                headers: vec![],
+                body: bytes::Bytes::new(),
+            }),
+            policy: Default::default(),
+            transform: Default::default(),
+            order: i,
+        })
+        .collect();
+    RouteTable::new(routes)
+}
+
+fn route_matching(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route_match");
+    let headers = HeaderMap::new();
+    for n in [10usize, 100, 1000] {
+        let t = table(n);
+        // A request that matches the last-declared catch-all-host route: the worst case scan.
+        let last = n - 1 - ((n - 1) % 3) + 2;
+        let last = if last >= n { n - 1 } else { last };
+        let path = format!("/api/v{}/resource{}/items/42", last % 4, last);
+        g.bench_with_input(BenchmarkId::new("any_host_deep", n), &n, |b, _| {
+            b.iter(|| black_box(t.find(Some("unknown.example.org"), black_box(&path), &Method::GET, &headers)))
+        });
+        g.bench_with_input(BenchmarkId::new("exact_host", n), &n, |b, _| {
+            b.iter(|| black_box(t.find(Some("svc0.example.com"), black_box("/api/v0/resource0/x"), &Method::GET, &headers)))
+        });
+        g.bench_with_input(BenchmarkId::new("miss", n), &n, |b, _| {
+            b.iter(|| black_box(t.find(Some("nowhere.test"), black_box("/nothing/here"), &Method::GET, &headers)))
+        });
+    }
+    g.finish();
+}
+
+fn header_transforms(c: &mut Criterion) {
+    let map = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>();
+    let t = HeaderTransform::compile(
+        &map(&[("x-env", "prod"), ("x-gateway", "tollgate")]),
+        &map(&[("x-tag", "edge")]),
+        &["x-debug".to_string(), "x-internal".to_string()],
+        &map(&[("x-old", "x-new")]),
+    )
+    .unwrap();
+    let mut base = pingora::http::RequestHeader::build("GET", b"/api/users/42", None).unwrap();
+    for (k, v) in [("host", "api.example.com"), ("user-agent", "bench"), ("accept", "*/*"), ("x-old", "1"), ("x-debug", "1")] {
+        base.insert_header(k, v).unwrap();
+    }
+    c.bench_function("header_transform/request_5_edits", |b| {
+        b.iter(|| {
+            let mut req = base.clone();
+            let snapshot = req.headers.clone();
+            let cell = std::cell::RefCell::new(&mut req);
+            t.apply(
+                &snapshot,
+                |n| {
+                    cell.borrow_mut().remove_header(n);
+                },
+                |n, v| cell.borrow_mut().insert_header(n, v).map(|_| ()),
+                |n, v| cell.borrow_mut().append_header(n, v).map(|_| ()),
+            )
+            .unwrap();
+            black_box(req)
+        })
+    });
+    c.bench_function("request_id/generate", |b| b.iter(|| black_box(tollgate::forward::new_request_id())));
+}
+
+fn access_log(c: &mut Criterion) {
+    c.bench_function("access_log/format_line", |b| {
+        b.iter(|| {
+            let e = Entry {
+                time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                request_id: "b2af676db8456bd302b19e736646a004",
+                client_ip: Some("203.0.113.9".parse().unwrap()),
+                route: "api",
+                method: "GET",
+                path: "/api/users/42",
+                status: 200,
+                upstream: Some("10.0.0.5:8080"),
+                duration_ms: 1.86,
+                upstream_ms: Some(1.29),
+                bytes_in: 0,
+                bytes_out: 270,
+                error: None,
+            };
+            black_box(e.to_line())
+        })
+    });
+}
+
+criterion_group!(benches, route_matching, header_transforms, access_log);
+criterion_main!(benches);
