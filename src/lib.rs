@@ -20,6 +20,7 @@ pub mod upstream;
 
 use config::compile::Compiled;
 use connection::{ConnectionTracker, Guarded};
+use pingora::listeners::{ListenerConfig, L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::server::configuration::Opt;
 use pingora::server::Server;
 use pingora::services::background::GenBackgroundService;
@@ -45,6 +46,7 @@ pub fn build_server(compiled: Compiled, mode: StartMode) -> Server {
         access_log_writer,
         demo,
         connection_limits,
+        client_read_buffer,
     } = compiled;
     server_conf.daemon = mode.daemon;
     let opt = Opt {
@@ -72,8 +74,9 @@ pub fn build_server(compiled: Compiled, mode: StartMode) -> Server {
     );
     let proxy = Guarded::new(pingora::proxy::http_proxy(&server.configuration, gateway), tracker);
     let mut proxy = Service::new("tollgate".into(), proxy);
+    let buffers = L4BufferSettings::new(client_read_buffer, DEFAULT_L4_WRITE_BUFFER_SIZE);
     for addr in &listeners {
-        proxy.add_tcp(addr);
+        proxy.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(buffers));
     }
     server.add_service(proxy);
 

@@ -43,6 +43,8 @@ pub struct Compiled {
     pub access_log_writer: Option<AccessLogWriter>,
     pub demo: Vec<(String, String)>,
     pub connection_limits: ConnectionLimits,
+    /// Read buffer size of each client connection.
+    pub client_read_buffer: usize,
 }
 
 /// Parse `hash_on`: `"header:NAME"`, `"cookie:NAME"` or `"client_ip"`.
@@ -174,6 +176,7 @@ pub fn compile(file: &ConfigFile) -> Result<Compiled, Vec<Problem>> {
         admin: admin.enabled.then(|| admin.address.clone()),
         access_log_writer,
         demo: demo.iter().map(|d| (d.name.clone(), d.address.clone())).collect(),
+        client_read_buffer: server.client_read_buffer.0 as usize,
         connection_limits: ConnectionLimits {
             header_timeout: limits.header_timeout.0,
             max_header_bytes: limits.max_header_bytes.0 as usize,
@@ -193,6 +196,7 @@ fn server_conf(s: &ServerSection) -> ServerConf {
         grace_period,
         graceful_shutdown_timeout,
         upstream_keepalive_pool_size,
+        client_read_buffer: _,
     } = s;
     ServerConf {
         threads: *threads,

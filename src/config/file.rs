@@ -121,6 +121,10 @@ pub struct ServerSection {
     pub graceful_shutdown_timeout: HumanDuration,
     #[serde(default = "defaults::upstream_keepalive_pool_size")]
     pub upstream_keepalive_pool_size: usize,
+    /// Read buffer of each client connection. Pingora's default is 64 KiB, held by every
+    /// idle keep-alive connection; a smaller one saves memory per connection.
+    #[serde(default = "defaults::client_read_buffer")]
+    pub client_read_buffer: HumanSize,
 }
 
 impl Default for ServerSection {
@@ -134,6 +138,7 @@ impl Default for ServerSection {
             grace_period: defaults::grace_period(),
             graceful_shutdown_timeout: defaults::graceful_shutdown_timeout(),
             upstream_keepalive_pool_size: defaults::upstream_keepalive_pool_size(),
+            client_read_buffer: defaults::client_read_buffer(),
         }
     }
 }
@@ -755,6 +760,9 @@ pub mod defaults {
     }
     pub fn upstream_keepalive_pool_size() -> usize {
         128
+    }
+    pub fn client_read_buffer() -> HumanSize {
+        HumanSize(16 * 1024)
     }
     pub fn admin_address() -> String {
         "127.0.0.1:9090".into()

@@ -98,6 +98,9 @@ impl Validator {
         if s.threads == 0 {
             self.problem("server.threads", "must be at least 1");
         }
+        if s.client_read_buffer.0 < 1024 || s.client_read_buffer.0 > 1024 * 1024 {
+            self.problem("server.client_read_buffer", "must be between 1KiB and 1MiB");
+        }
         if s.pid_file.is_empty() {
             self.problem("server.pid_file", "must not be empty");
         }
