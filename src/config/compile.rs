@@ -116,7 +116,7 @@ pub fn compile(file: &ConfigFile) -> Result<Compiled, Vec<Problem>> {
         Vec::new()
     };
     let metrics = Arc::new(Metrics::new().map_err(|e| vec![Problem::new("", format!("metrics: {e}"))])?);
-    let policy = compile_policy(limits, auth, consumers, rate_limit)?;
+    let policy = compile_policy(limits, auth, consumers, rate_limit, metrics.rate_limit_redis_errors.clone())?;
 
     let mut groups = Vec::new();
     let mut group_index = BTreeMap::new();
@@ -548,6 +548,7 @@ fn compile_policy(
     auth: &AuthSection,
     consumers: &BTreeMap<String, ConsumerSection>,
     rate_limit: &RateLimitBackendSection,
+    redis_errors: prometheus::IntCounter,
 ) -> Result<GatewayPolicy, Vec<Problem>> {
     let LimitsSection {
         max_header_bytes,
@@ -567,7 +568,7 @@ fn compile_policy(
         strip_headers,
     } = auth;
     let one = |at: &str, e: String| vec![Problem::new(at, e)];
-    let rate_store = RateLimitStore::compile(rate_limit)?;
+    let rate_store = RateLimitStore::compile(rate_limit, redis_errors)?;
     let mut problems = Vec::new();
     let mut jwt_providers = Vec::new();
     for (name, section) in jwt {

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub connections_refused: IntCounter,
     pub retries_skipped: IntCounterVec,
     pub circuit_state: IntGaugeVec,
+    pub rate_limit_redis_errors: IntCounter,
 }
 
 impl Metrics {
@@ -93,6 +94,11 @@ impl Metrics {
             Opts::new("circuit_state", "Circuit breaker per target: 0 closed, 1 open, 2 half-open"),
             &["upstream", "target"],
         )?;
+        let rate_limit_redis_errors = IntCounter::new(
+            "rate_limit_redis_errors_total",
+            "Redis rate-limit calls that failed or timed out (the failure policy then applied)",
+        )?;
+        registry.register(Box::new(rate_limit_redis_errors.clone()))?;
         registry.register(Box::new(retries_skipped.clone()))?;
         registry.register(Box::new(circuit_state.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
@@ -121,6 +127,7 @@ impl Metrics {
             connections_refused,
             retries_skipped,
             circuit_state,
+            rate_limit_redis_errors,
         })
     }
 

@@ -1,13 +1,36 @@
-//! Rate limiting: fixed windows counted by `pingora_limits` count-min estimates locally, or
-//! shared through Redis.
+//! Rate limiting: fixed windows per key, counted locally with `pingora_limits` count-min
+//! estimates, or shared by a fleet through Redis.
 //!
-//! STUB: interface only; the implementation is being written. See the task description.
+//! Semantics: a request is counted in every window of its route (or consumer) and admitted
+//! only if no window is then over its limit; a refused request is taken back out of every
+//! window it was counted in, so a burst refused by a 10/s window does not eat a 1000/h
+//! budget. Count-min estimates only ever over-count, so no window admits more than `limit`.
+//!
+//! Memory: one estimator per distinct window length, each 2 slots x 4 hashes x 4096 counters
+//! (256 KiB), shared by every route and consumer.
+//!
+//! Redis: one atomic Lua script per check counts all windows of one subject; window keys are
+//! aligned to the epoch (`tollgate:{SUBJECT}:wMS:INDEX`), share a `{hash tag}` so the script
+//! touches one Redis Cluster slot, and expire after two windows. Every call is bounded by
+//! `redis_timeout`; after a failure Redis is skipped for a second (no timeout per request
+//! while it is down) and the configured policy decides: count locally, admit, or refuse.
 
-use crate::config::file::{RateLimitBackendSection, RateLimitSection};
+use crate::config::file::{RateLimitBackend, RateLimitBackendSection, RateLimitSection, RedisFailurePolicy};
 use crate::config::Problem;
 use http::{HeaderName, HeaderValue};
+use pingora_limits::rate::Rate;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const HASHES: usize = 4;
+const SLOTS: usize = 4096;
+/// How long Redis is skipped after a failure.
+const REDIS_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// Who a request counts against.
 #[derive(Debug, Clone, Copy)]
@@ -27,10 +50,21 @@ pub struct RateDecision {
     pub reset_secs: u64,
 }
 
+const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
 impl RateDecision {
     /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`, and `Retry-After` when refused.
     pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
-        Vec::new()
+        let mut h = Vec::with_capacity(4);
+        h.push((RATELIMIT_LIMIT, HeaderValue::from(self.limit)));
+        h.push((RATELIMIT_REMAINING, HeaderValue::from(self.remaining)));
+        h.push((RATELIMIT_RESET, HeaderValue::from(self.reset_secs)));
+        if !self.allowed {
+            h.push((http::header::RETRY_AFTER, HeaderValue::from(self.reset_secs.max(1))));
+        }
+        h
     }
 
     /// The more restrictive of two decisions (refused beats admitted; then fewer remaining).
@@ -46,44 +80,441 @@ impl RateDecision {
     }
 }
 
-/// Where counters live: this process, or Redis with a failure policy. One per gateway.
-pub struct RateLimitStore {}
+/// What a window's counter is kept per.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct KeySpec {
+    ip: bool,
+    consumer: bool,
+    route: bool,
+}
 
-impl RateLimitStore {
-    pub fn validate(_section: &RateLimitBackendSection) -> Vec<Problem> {
-        Vec::new()
+impl KeySpec {
+    fn parse(s: &str) -> Result<Self, String> {
+        let mut k = KeySpec::default();
+        for part in s.split('+').map(str::trim) {
+            match part {
+                "ip" => k.ip = true,
+                "consumer" => k.consumer = true,
+                "route" => k.route = true,
+                _ => return Err(format!("invalid key part {part:?}; join \"ip\", \"consumer\" and \"route\" with '+'")),
+            }
+        }
+        Ok(k)
     }
 
-    pub fn compile(_section: &RateLimitBackendSection) -> Result<Arc<Self>, Vec<Problem>> {
-        Ok(Arc::new(RateLimitStore {}))
+    /// The counter key parts for a subject. A consumer-keyed window falls back to the client
+    /// IP for anonymous requests, so they cannot share one unlimited bucket.
+    fn parts<'a>(&self, s: &Subject<'a>) -> (Option<IpAddr>, Option<&'a str>) {
+        let consumer = if self.consumer { s.consumer } else { None };
+        let ip = if self.ip || (self.consumer && consumer.is_none()) { s.client_ip } else { None };
+        (ip, consumer)
     }
 }
 
+/// Where counters live: this process, or Redis with a failure policy. One per gateway.
+pub struct RateLimitStore {
+    /// One estimator per window length.
+    rates: Mutex<HashMap<Duration, Arc<Rate>>>,
+    redis: Option<RedisStore>,
+    /// Redis calls that failed or timed out (`rate_limit_redis_errors_total`).
+    redis_errors: prometheus::IntCounter,
+}
+
+struct RedisStore {
+    client: redis::Client,
+    conn: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+    timeout: Duration,
+    on_error: RedisFailurePolicy,
+    script: redis::Script,
+    /// Milliseconds since `epoch` until which Redis is skipped.
+    down_until_ms: AtomicU64,
+    epoch: Instant,
+}
+
+const SCRIPT: &str = r#"
+local n = #KEYS
+local counts = {}
+local over = 0
+for i = 1, n do
+  local c = redis.call('INCR', KEYS[i])
+  if c == 1 then redis.call('PEXPIRE', KEYS[i], ARGV[i]) end
+  counts[i] = c
+  if over == 0 and c > tonumber(ARGV[n + i]) then over = i end
+end
+if over > 0 then
+  for i = 1, n do redis.call('DECR', KEYS[i]) end
+end
+counts[n + 1] = over
+return counts
+"#;
+
+impl RateLimitStore {
+    pub fn validate(section: &RateLimitBackendSection) -> Vec<Problem> {
+        let mut p = Vec::new();
+        if section.backend == RateLimitBackend::Redis {
+            match section.redis_url.as_deref() {
+                None => p.push(Problem::new("rate_limit.redis_url", "backend = \"redis\" needs redis_url")),
+                Some(url) => {
+                    if redis::Client::open(url).is_err() {
+                        p.push(Problem::new("rate_limit.redis_url", format!("invalid Redis URL {url:?}; write redis://HOST:PORT/DB")));
+                    }
+                }
+            }
+        }
+        if section.redis_timeout.0.is_zero() || section.redis_timeout.0 > Duration::from_secs(5) {
+            p.push(Problem::new("rate_limit.redis_timeout", "must be between 1ms and 5s"));
+        }
+        p
+    }
+
+    pub fn compile(section: &RateLimitBackendSection, redis_errors: prometheus::IntCounter) -> Result<Arc<Self>, Vec<Problem>> {
+        let RateLimitBackendSection {
+            backend,
+            redis_url,
+            redis_timeout,
+            on_redis_error,
+        } = section;
+        let redis = match (backend, redis_url) {
+            (RateLimitBackend::Redis, Some(url)) => Some(RedisStore {
+                client: redis::Client::open(url.as_str())
+                    .map_err(|e| vec![Problem::new("rate_limit.redis_url", e.to_string())])?,
+                conn: tokio::sync::OnceCell::new(),
+                timeout: redis_timeout.0,
+                on_error: *on_redis_error,
+                script: redis::Script::new(SCRIPT),
+                down_until_ms: AtomicU64::new(0),
+                epoch: Instant::now(),
+            }),
+            _ => None,
+        };
+        Ok(Arc::new(RateLimitStore {
+            rates: Mutex::new(HashMap::new()),
+            redis,
+            redis_errors,
+        }))
+    }
+
+    fn rate(&self, window: Duration) -> Arc<Rate> {
+        let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        rates
+            .entry(window)
+            .or_insert_with(|| Arc::new(Rate::new_with_estimator_config(window, HASHES, SLOTS)))
+            .clone()
+    }
+}
+
+struct Window {
+    limit: u64,
+    window: Duration,
+    key: KeySpec,
+    rate: Arc<Rate>,
+    /// Distinguishes windows of different scopes sharing one estimator.
+    salt: u64,
+}
+
 /// The windows of one route or one consumer.
-pub struct RateLimits {}
+pub struct RateLimits {
+    scope: String,
+    windows: Vec<Window>,
+    store: Arc<RateLimitStore>,
+}
 
 impl RateLimits {
     /// Problems in a list of windows, located under `at` (e.g. `routes[2].rate_limits`).
-    pub fn validate(_at: &str, _sections: &[RateLimitSection]) -> Vec<Problem> {
-        Vec::new()
+    pub fn validate(at: &str, sections: &[RateLimitSection]) -> Vec<Problem> {
+        let mut p = Vec::new();
+        let mut seen = Vec::new();
+        for (i, s) in sections.iter().enumerate() {
+            if s.limit == 0 {
+                p.push(Problem::new(format!("{at}[{i}].limit"), "must be at least 1"));
+            }
+            if s.window.0 < Duration::from_secs(1) || s.window.0 > MAX_WINDOW {
+                p.push(Problem::new(format!("{at}[{i}].window"), "must be between 1s and 24h"));
+            }
+            match KeySpec::parse(&s.key) {
+                Ok(k) => {
+                    if seen.contains(&(k, s.window.0)) {
+                        p.push(Problem::new(format!("{at}[{i}]"), "duplicate window for the same key"));
+                    }
+                    seen.push((k, s.window.0));
+                }
+                Err(e) => p.push(Problem::new(format!("{at}[{i}].key"), e)),
+            }
+        }
+        p
     }
 
     /// `scope` names what owns the windows (route or consumer name) in counter keys.
-    pub fn compile(
-        _scope: &str,
-        _sections: &[RateLimitSection],
-        _store: &Arc<RateLimitStore>,
-    ) -> Result<Self, Vec<Problem>> {
-        Ok(RateLimits {})
+    pub fn compile(scope: &str, sections: &[RateLimitSection], store: &Arc<RateLimitStore>) -> Result<Self, Vec<Problem>> {
+        let windows = sections
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let RateLimitSection { limit, window, key } = s;
+                let key = KeySpec::parse(key).map_err(|e| vec![Problem::new(format!("rate_limits[{i}].key"), e)])?;
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (scope, i).hash(&mut h);
+                Ok(Window {
+                    limit: *limit,
+                    window: window.0,
+                    key,
+                    rate: store.rate(window.0),
+                    salt: h.finish(),
+                })
+            })
+            .collect::<Result<_, Vec<Problem>>>()?;
+        Ok(RateLimits {
+            scope: scope.to_string(),
+            windows,
+            store: store.clone(),
+        })
     }
 
     /// Count this request in every window; refused if any window is over its limit.
-    pub async fn check(&self, _subject: &Subject<'_>) -> RateDecision {
-        RateDecision {
-            allowed: true,
-            limit: 0,
-            remaining: 0,
-            reset_secs: 0,
+    pub async fn check(&self, subject: &Subject<'_>) -> RateDecision {
+        if let Some(redis) = &self.store.redis {
+            match self.check_redis(redis, subject).await {
+                Ok(d) => return d,
+                Err(()) => match redis.on_error {
+                    RedisFailurePolicy::Local => {}
+                    RedisFailurePolicy::Allow => return self.unlimited(true),
+                    RedisFailurePolicy::Deny => return self.unlimited(false),
+                },
+            }
         }
+        self.check_local(subject)
+    }
+
+    /// A decision made without counting (Redis down with `allow` or `deny`).
+    fn unlimited(&self, allowed: bool) -> RateDecision {
+        let w = self.windows.first();
+        RateDecision {
+            allowed,
+            limit: w.map_or(0, |w| w.limit),
+            remaining: if allowed { w.map_or(0, |w| w.limit) } else { 0 },
+            reset_secs: 1,
+        }
+    }
+
+    fn local_key<'a>(&self, w: &Window, subject: &Subject<'a>) -> (u64, Option<IpAddr>, Option<&'a str>) {
+        let (ip, consumer) = w.key.parts(subject);
+        (w.salt, ip, consumer)
+    }
+
+    /// Count locally.
+    pub fn check_local(&self, subject: &Subject<'_>) -> RateDecision {
+        let mut counts = Vec::with_capacity(self.windows.len());
+        let mut over = None;
+        for (i, w) in self.windows.iter().enumerate() {
+            let key = self.local_key(w, subject);
+            let count = w.rate.observe(&key, 1).max(0) as u64;
+            counts.push(count);
+            if over.is_none() && count > w.limit {
+                over = Some(i);
+            }
+        }
+        if over.is_some() {
+            for w in &self.windows {
+                w.rate.observe(&self.local_key(w, subject), -1);
+            }
+        }
+        let reset = |w: &Window| {
+            let key = self.local_key(w, subject);
+            let fraction = w.rate.rate_with(&key, |c| c.current_interval_fraction);
+            let left = w.window.as_secs_f64() * (1.0 - fraction.clamp(0.0, 1.0));
+            left.ceil().max(1.0) as u64
+        };
+        self.decide(&counts, over, reset)
+    }
+
+    fn decide(&self, counts: &[u64], over: Option<usize>, reset: impl Fn(&Window) -> u64) -> RateDecision {
+        if let Some(i) = over {
+            let w = &self.windows[i];
+            return RateDecision {
+                allowed: false,
+                limit: w.limit,
+                remaining: 0,
+                reset_secs: reset(w),
+            };
+        }
+        let tightest = self
+            .windows
+            .iter()
+            .zip(counts)
+            .min_by_key(|(w, c)| w.limit.saturating_sub(**c));
+        match tightest {
+            Some((w, c)) => RateDecision {
+                allowed: true,
+                limit: w.limit,
+                remaining: w.limit.saturating_sub(*c),
+                reset_secs: reset(w),
+            },
+            None => RateDecision {
+                allowed: true,
+                limit: 0,
+                remaining: 0,
+                reset_secs: 0,
+            },
+        }
+    }
+
+    async fn check_redis(&self, redis: &RedisStore, subject: &Subject<'_>) -> Result<RateDecision, ()> {
+        let now_ms = redis.epoch.elapsed().as_millis() as u64;
+        if now_ms < redis.down_until_ms.load(Ordering::Relaxed) {
+            return Err(());
+        }
+        let wall_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let mut invocation = redis.script.prepare_invoke();
+        for w in &self.windows {
+            let window_ms = w.window.as_millis() as u64;
+            let (ip, consumer) = w.key.parts(subject);
+            let tag = format!(
+                "{}|{}|{}|{}",
+                self.scope,
+                if w.key.route { subject.route } else { "" },
+                ip.map(|i| i.to_string()).unwrap_or_default(),
+                consumer.unwrap_or("")
+            );
+            invocation.key(format!("tollgate:{{{tag}}}:w{window_ms}:{}", wall_ms / window_ms.max(1)));
+        }
+        for w in &self.windows {
+            invocation.arg(w.window.as_millis() as u64 * 2);
+        }
+        for w in &self.windows {
+            invocation.arg(w.limit);
+        }
+        let result = tokio::time::timeout(redis.timeout, async {
+            let conn = redis
+                .conn
+                .get_or_try_init(|| async { redis::aio::ConnectionManager::new(redis.client.clone()).await })
+                .await?;
+            let mut conn = conn.clone();
+            invocation.invoke_async::<Vec<i64>>(&mut conn).await
+        })
+        .await;
+        let values = match result {
+            Ok(Ok(v)) if v.len() == self.windows.len() + 1 => v,
+            other => {
+                if let Ok(Err(e)) = &other {
+                    log::warn!("rate limit: Redis failed: {e}");
+                } else {
+                    log::warn!("rate limit: Redis did not answer in {:?}", redis.timeout);
+                }
+                self.store.redis_errors.inc();
+                redis
+                    .down_until_ms
+                    .store(now_ms + REDIS_BACKOFF.as_millis() as u64, Ordering::Relaxed);
+                return Err(());
+            }
+        };
+        let counts: Vec<u64> = values[..self.windows.len()].iter().map(|c| (*c).max(0) as u64).collect();
+        let over = usize::try_from(values[self.windows.len()]).ok().filter(|i| *i > 0).map(|i| i - 1);
+        let reset = |w: &Window| {
+            let window_ms = (w.window.as_millis() as u64).max(1);
+            let left = window_ms - wall_ms % window_ms;
+            left.div_ceil(1000).max(1)
+        };
+        Ok(self.decide(&counts, over, reset))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::file::HumanDuration;
+
+    fn limits(windows: &[(u64, u64, &str)]) -> RateLimits {
+        let counter = prometheus::IntCounter::new("e", "e").unwrap();
+        let store = RateLimitStore::compile(&RateLimitBackendSection::default(), counter).unwrap();
+        let sections: Vec<RateLimitSection> = windows
+            .iter()
+            .map(|(limit, secs, key)| RateLimitSection {
+                limit: *limit,
+                window: HumanDuration(Duration::from_secs(*secs)),
+                key: key.to_string(),
+            })
+            .collect();
+        RateLimits::compile("r", &sections, &store).unwrap()
+    }
+
+    fn subject(ip: &str) -> Subject<'static> {
+        Subject {
+            route: "r",
+            consumer: None,
+            client_ip: Some(ip.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn exactly_limit_then_refused_with_headers() {
+        let l = limits(&[(3, 60, "ip")]);
+        let s = subject("10.0.0.1");
+        for i in 0..3 {
+            let d = l.check_local(&s);
+            assert!(d.allowed);
+            assert_eq!(d.remaining, 2 - i);
+        }
+        let d = l.check_local(&s);
+        assert!(!d.allowed);
+        assert_eq!((d.limit, d.remaining), (3, 0));
+        let h = d.headers();
+        assert!(h.iter().any(|(k, _)| k == http::header::RETRY_AFTER));
+        assert!(d.reset_secs >= 1 && d.reset_secs <= 60);
+        // Another key is unaffected.
+        assert!(l.check_local(&subject("10.0.0.2")).allowed);
+    }
+
+    #[test]
+    fn refused_requests_do_not_consume_other_windows() {
+        let l = limits(&[(2, 60, "ip"), (5, 3600, "ip")]);
+        let s = subject("10.0.0.3");
+        let admitted = (0..10).filter(|_| l.check_local(&s).allowed).count();
+        assert_eq!(admitted, 2);
+        // The hour window counted only the two admitted requests.
+        let hour = &l.windows[1];
+        assert_eq!(hour.rate.observe(&l.local_key(hour, &s), 0), 2);
+    }
+
+    #[test]
+    fn consumer_keys_fall_back_to_ip() {
+        let l = limits(&[(1, 60, "consumer")]);
+        let a = Subject { consumer: Some("a"), ..subject("10.0.0.9") };
+        let b = Subject { consumer: Some("b"), ..subject("10.0.0.9") };
+        assert!(l.check_local(&a).allowed);
+        assert!(!l.check_local(&a).allowed);
+        assert!(l.check_local(&b).allowed, "consumers are isolated");
+        assert!(l.check_local(&subject("10.0.0.9")).allowed, "anonymous falls back to the IP");
+        assert!(!l.check_local(&subject("10.0.0.9")).allowed);
+    }
+
+    #[test]
+    fn concurrent_checks_never_admit_more_than_the_limit() {
+        let l = Arc::new(limits(&[(100, 60, "route")]));
+        let admitted = Arc::new(AtomicU64::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                let (l, admitted) = (l.clone(), admitted.clone());
+                s.spawn(move || {
+                    for _ in 0..100 {
+                        if l.check_local(&subject("10.1.1.1")).allowed {
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(admitted.load(Ordering::Relaxed), 100);
+    }
+
+    #[test]
+    fn validation_messages() {
+        let s = |limit, secs, key: &str| RateLimitSection {
+            limit,
+            window: HumanDuration(Duration::from_millis(secs)),
+            key: key.into(),
+        };
+        let p = RateLimits::validate("routes[0].rate_limits", &[s(0, 1000, "ip"), s(1, 10, "ip"), s(1, 1000, "ip+user")]);
+        let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["routes[0].rate_limits[0].limit", "routes[0].rate_limits[1].window", "routes[0].rate_limits[2].key"]);
     }
 }
