@@ -71,8 +71,10 @@ fn response(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<V
     if let Ok(v) = content_type.parse() {
         resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
     }
-    resp.headers_mut()
-        .insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
     resp
 }
 
@@ -84,7 +86,11 @@ impl ServeHttp for Admin {
         match (get, req.uri.path()) {
             (true, "/health") => {
                 let (ok, doc) = self.health();
-                let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                let status = if ok {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
                 response(status, "application/json", doc.to_string().into_bytes())
             }
             (true, "/metrics") => response(

@@ -51,7 +51,10 @@ pub struct Forwarded<'a> {
 impl Aggregate {
     /// The part paths for a client path (captures expanded).
     pub fn part_paths(&self, client_path: &str) -> Vec<String> {
-        let caps = self.capture.as_ref().and_then(|re| re.captures(client_path));
+        let caps = self
+            .capture
+            .as_ref()
+            .and_then(|re| re.captures(client_path));
         self.parts
             .iter()
             .map(|p| match &caps {
@@ -66,12 +69,19 @@ impl Aggregate {
     }
 
     /// Call every part in parallel and merge the answers.
-    pub async fn run(&self, upstreams: &[Arc<UpstreamGroup>], connector: &Connector, fwd: &Forwarded<'_>) -> (StatusCode, Bytes) {
+    pub async fn run(
+        &self,
+        upstreams: &[Arc<UpstreamGroup>],
+        connector: &Connector,
+        fwd: &Forwarded<'_>,
+    ) -> (StatusCode, Bytes) {
         let paths = self.part_paths(fwd.path);
         let calls = self.parts.iter().zip(paths).map(|(part, path)| async move {
             let result = match upstreams.get(part.upstream) {
                 Some(group) => {
-                    match tokio::time::timeout(part.timeout, fetch(group, connector, &path, fwd)).await {
+                    match tokio::time::timeout(part.timeout, fetch(group, connector, &path, fwd))
+                        .await
+                    {
                         Ok(r) => r,
                         Err(_) => Err(format!("timed out after {}ms", part.timeout.as_millis())),
                     }
@@ -105,7 +115,12 @@ impl Aggregate {
 }
 
 /// One part: pick a target, send GET, read a JSON body.
-async fn fetch(group: &UpstreamGroup, connector: &Connector, path: &str, fwd: &Forwarded<'_>) -> Result<Value, String> {
+async fn fetch(
+    group: &UpstreamGroup,
+    connector: &Connector,
+    path: &str,
+    fwd: &Forwarded<'_>,
+) -> Result<Value, String> {
     let mut target = group
         .select(&[], &[])
         .ok_or_else(|| "no healthy target".to_string())?;
@@ -126,18 +141,29 @@ async fn fetch(group: &UpstreamGroup, connector: &Connector, path: &str, fwd: &F
     serde_json::from_slice(&body).map_err(|_| "upstream answer is not JSON".to_string())
 }
 
-async fn exchange(connector: &Connector, peer: &HttpPeer, path: &str, fwd: &Forwarded<'_>) -> Result<(u16, Bytes), String> {
+async fn exchange(
+    connector: &Connector,
+    peer: &HttpPeer,
+    path: &str,
+    fwd: &Forwarded<'_>,
+) -> Result<(u16, Bytes), String> {
     let text = |e: Box<Error>| e.etype().as_str().to_string();
-    let mut req = RequestHeader::build("GET", path.as_bytes(), Some(fwd.headers.len() + 2)).map_err(text)?;
+    let mut req =
+        RequestHeader::build("GET", path.as_bytes(), Some(fwd.headers.len() + 2)).map_err(text)?;
     if let Some(host) = fwd.host {
         req.insert_header(http::header::HOST, host).map_err(text)?;
     }
-    req.insert_header(http::header::ACCEPT, "application/json").map_err(text)?;
+    req.insert_header(http::header::ACCEPT, "application/json")
+        .map_err(text)?;
     for (name, value) in &fwd.headers {
-        req.insert_header(name.clone(), value.clone()).map_err(text)?;
+        req.insert_header(name.clone(), value.clone())
+            .map_err(text)?;
     }
     let (mut session, _reused) = connector.get_http_session(peer).await.map_err(text)?;
-    session.write_request_header(Box::new(req)).await.map_err(text)?;
+    session
+        .write_request_header(Box::new(req))
+        .await
+        .map_err(text)?;
     session.finish_request_body().await.map_err(text)?;
     session.read_response_header().await.map_err(text)?;
     let status = session.response_header().map_or(0, |r| r.status.as_u16());
@@ -148,7 +174,9 @@ async fn exchange(connector: &Connector, peer: &HttpPeer, path: &str, fwd: &Forw
             return Err("upstream answer too large".to_string());
         }
     }
-    connector.release_http_session(session, peer, Some(POOL_IDLE)).await;
+    connector
+        .release_http_session(session, peer, Some(POOL_IDLE))
+        .await;
     Ok((status, body.freeze()))
 }
 
@@ -161,10 +189,23 @@ mod tests {
         let agg = Aggregate {
             capture: Some(Regex::new(r"^/dashboard/(?P<user>[^/]+)$").unwrap()),
             parts: vec![
-                Part { name: "profile".into(), upstream: 0, path: "/users/${user}".into(), timeout: Duration::from_secs(1) },
-                Part { name: "orders".into(), upstream: 0, path: "/orders?user=$1".into(), timeout: Duration::from_secs(1) },
+                Part {
+                    name: "profile".into(),
+                    upstream: 0,
+                    path: "/users/${user}".into(),
+                    timeout: Duration::from_secs(1),
+                },
+                Part {
+                    name: "orders".into(),
+                    upstream: 0,
+                    path: "/orders?user=$1".into(),
+                    timeout: Duration::from_secs(1),
+                },
             ],
         };
-        assert_eq!(agg.part_paths("/dashboard/ada"), ["/users/ada", "/orders?user=ada"]);
+        assert_eq!(
+            agg.part_paths("/dashboard/ada"),
+            ["/users/ada", "/orders?user=ada"]
+        );
     }
 }

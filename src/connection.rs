@@ -11,12 +11,12 @@
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::TlsRef;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
     UniqueIDType, ALPN, IO,
 };
-use pingora::protocols::raw_connect::ProxyDigest;
-use pingora::protocols::tls::TlsRef;
 use pingora::protocols::{SocketDigest, TimingDigest};
 use pingora::server::ShutdownWatch;
 use prometheus::{IntCounter, IntGauge};
@@ -137,7 +137,11 @@ const HEAD_TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\n
 
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
-    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         let already_guarded = {
             let io: &dyn IO = &*stream;
             io.as_any().is::<GuardedStream>()
@@ -153,7 +157,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                 if !h2 {
                     let mut stream = stream;
                     use tokio::io::AsyncWriteExt;
-                    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(BUSY)).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), stream.write_all(BUSY)).await;
                     let _ = tokio::time::timeout(Duration::from_secs(1), stream.flush()).await;
                 }
                 return None;
@@ -174,13 +179,19 @@ enum Phase {
     /// Between requests: no deadline (Pingora's keep-alive timeout applies).
     Idle,
     /// Part of a request head has arrived.
-    Head { bytes: usize, tail: [u8; 3] },
+    Head {
+        bytes: usize,
+        tail: [u8; 3],
+    },
     /// The head is complete; body bytes and the response follow.
     Body,
     /// HTTP/2: nothing is watched.
     Passthrough,
     /// Sending a canned error before closing.
-    Rejecting { response: &'static [u8], written: usize },
+    Rejecting {
+        response: &'static [u8],
+        written: usize,
+    },
     Closed,
 }
 
@@ -196,7 +207,9 @@ pub struct GuardedStream {
 
 impl std::fmt::Debug for GuardedStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GuardedStream").field("phase", &self.phase).finish()
+        f.debug_struct("GuardedStream")
+            .field("phase", &self.phase)
+            .finish()
     }
 }
 
@@ -289,11 +302,18 @@ impl GuardedStream {
 }
 
 fn closed_error() -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::TimedOut, "request head refused by the gateway")
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "request head refused by the gateway",
+    )
 }
 
 impl AsyncRead for GuardedStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         loop {
             match this.phase {
@@ -327,7 +347,11 @@ impl AsyncRead for GuardedStream {
 }
 
 impl AsyncWrite for GuardedStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         match this.phase {
             Phase::Rejecting { .. } | Phase::Closed => return Poll::Ready(Err(closed_error())),

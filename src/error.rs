@@ -58,14 +58,21 @@ pub async fn respond(
 }
 
 /// Write a JSON error response.
-pub async fn respond_error(session: &mut Session, reject: &Reject, request_id: &HeaderValue) -> Result<()> {
+pub async fn respond_error(
+    session: &mut Session,
+    reject: &Reject,
+    request_id: &HeaderValue,
+) -> Result<()> {
     let body = json_body(reject.message, request_id.to_str().unwrap_or(""));
     let mut headers = reject.headers.clone();
     headers.push((
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     ));
-    headers.push((http::header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+    headers.push((
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    ));
     respond(session, reject.status, &headers, body, request_id).await
 }
 

@@ -35,7 +35,8 @@ pub fn request_id(req: &RequestHeader) -> HeaderValue {
         let b = v.as_bytes();
         if !b.is_empty()
             && b.len() <= MAX_REQUEST_ID_LEN
-            && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
         {
             return v.clone();
         }
@@ -49,7 +50,11 @@ pub fn new_request_id() -> HeaderValue {
     let n = fastrand::u128(..);
     for (i, b) in buf.iter_mut().enumerate() {
         let nibble = ((n >> ((31 - i) * 4)) & 0xf) as u8;
-        *b = if nibble < 10 { b'0' + nibble } else { b'a' + nibble - 10 };
+        *b = if nibble < 10 {
+            b'0' + nibble
+        } else {
+            b'a' + nibble - 10
+        };
     }
     // Hex digits are always a valid header value.
     HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
@@ -124,7 +129,10 @@ pub fn prepare_upstream_request(
     }
     // A trusted proxy's X-Forwarded-For chain is extended with the peer; anyone else's is
     // replaced by the peer address, the only one we can vouch for.
-    let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
     let chain = if peer_trusted {
         let prior: Vec<&str> = session
             .req_header()
@@ -179,10 +187,15 @@ mod tests {
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         req.insert_header("x-request-id", "abc-123.x:y").unwrap();
         assert_eq!(request_id(&req), "abc-123.x:y");
-        req.insert_header("x-request-id", "bad id with spaces").unwrap();
+        req.insert_header("x-request-id", "bad id with spaces")
+            .unwrap();
         let generated = request_id(&req);
         assert_eq!(generated.len(), 32);
-        assert!(generated.to_str().unwrap().bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(generated
+            .to_str()
+            .unwrap()
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit()));
         req.insert_header("x-request-id", "a".repeat(129)).unwrap();
         assert_eq!(request_id(&req).len(), 32);
     }
@@ -190,7 +203,10 @@ mod tests {
     #[test]
     fn hop_by_hop_includes_connection_listed() {
         let mut h = http::HeaderMap::new();
-        h.insert(header::CONNECTION, "keep-alive, X-Secret-Hop".parse().unwrap());
+        h.insert(
+            header::CONNECTION,
+            "keep-alive, X-Secret-Hop".parse().unwrap(),
+        );
         let removed = remove_hop_by_hop(&h, false);
         assert!(removed.contains(&HeaderName::from_static("x-secret-hop")));
         assert!(removed.contains(&header::UPGRADE));

@@ -4,27 +4,27 @@
 
 use crate::aggregate::Forwarded;
 use crate::error::{self, Reject, X_REQUEST_ID};
-use pingora::connectors::http::Connector;
+use crate::forward;
 use crate::observe::access_log::{AccessLog, Entry};
 use crate::observe::metrics::{Metrics, NO_ROUTE};
-use crate::route::{ProxyAction, Route, RouteAction, RouteTable};
 use crate::policy::auth::{self, Identity};
 use crate::policy::cors::CorsOutcome;
 use crate::policy::framing;
 use crate::policy::rate_limit::{RateDecision, Subject};
 use crate::policy::GatewayPolicy;
+use crate::route::{ProxyAction, Route, RouteAction, RouteTable};
 use crate::transform::{BodyBuffer, JsonRename};
 use crate::upstream::breaker::Outcome;
 use crate::upstream::{InflightGuard, UpstreamGroup};
-use pingora::RetryType;
+use async_trait::async_trait;
 use bytes::Bytes;
 use http::HeaderName;
-use crate::forward;
-use async_trait::async_trait;
 use http::{HeaderValue, StatusCode};
+use pingora::connectors::http::Connector;
 use pingora::prelude::*;
-use pingora::upstreams::peer::Peer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::Peer;
+use pingora::RetryType;
 use prometheus::IntGauge;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -128,19 +128,28 @@ impl Gateway {
             return false;
         }
         if let Some(route) = &ctx.route {
-            self.metrics.retries.with_label_values(&[&*route.name]).inc();
+            self.metrics
+                .retries
+                .with_label_values(&[&*route.name])
+                .inc();
         }
         true
     }
 
     fn count_skipped_retry(&self, ctx: &Ctx, reason: &str) {
         let route = ctx.route.as_ref().map_or(NO_ROUTE, |r| &*r.name);
-        self.metrics.retries_skipped.with_label_values(&[route, reason]).inc();
+        self.metrics
+            .retries_skipped
+            .with_label_values(&[route, reason])
+            .inc();
         log::info!("request {:?}: retry skipped ({reason})", ctx.request_id);
     }
 
     /// The proxy action and upstream group of a matched route, if it proxies.
-    fn proxy_of<'a>(&'a self, route: Option<&'a Arc<Route>>) -> Option<(&'a ProxyAction, &'a Arc<UpstreamGroup>)> {
+    fn proxy_of<'a>(
+        &'a self,
+        route: Option<&'a Arc<Route>>,
+    ) -> Option<(&'a ProxyAction, &'a Arc<UpstreamGroup>)> {
         let RouteAction::Proxy(action) = &route?.action else {
             return None;
         };
@@ -180,7 +189,10 @@ impl ProxyHttp for Gateway {
         ctx._inflight = Some(GaugeGuard::new(&self.metrics.inflight));
         ctx.request_id = forward::request_id(session.req_header());
         session.set_read_timeout(Some(self.policy.body_timeout));
-        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
         let trusted = &self.policy.trusted_proxies;
         ctx.peer_trusted = peer.is_some_and(|p| trusted.trusts(p));
         ctx.client_ip = if ctx.peer_trusted {
@@ -193,7 +205,10 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let raw_cl = session.req_header().headers.contains_key(http::header::TRANSFER_ENCODING)
+        let raw_cl = session
+            .req_header()
+            .headers
+            .contains_key(http::header::TRANSFER_ENCODING)
             && session
                 .as_http1()
                 .is_some_and(|h1| framing::raw_has_content_length(&h1.get_headers_raw_bytes()));
@@ -202,17 +217,34 @@ impl ProxyHttp for Gateway {
             return self.reject(session, ctx, reject).await;
         }
         if !self.policy.ip.admits(ctx.client_ip) {
-            return self.reject(session, ctx, Reject::new(StatusCode::FORBIDDEN, "forbidden")).await;
+            return self
+                .reject(
+                    session,
+                    ctx,
+                    Reject::new(StatusCode::FORBIDDEN, "forbidden"),
+                )
+                .await;
         }
         let host = forward::host(req);
-        let Some(route) = self.routes.find(host, req.uri.path(), &req.method, &req.headers) else {
-            return self.reject(session, ctx, Reject::new(StatusCode::NOT_FOUND, "no route")).await;
+        let Some(route) = self
+            .routes
+            .find(host, req.uri.path(), &req.method, &req.headers)
+        else {
+            return self
+                .reject(session, ctx, Reject::new(StatusCode::NOT_FOUND, "no route"))
+                .await;
         };
         let route = route.clone();
         ctx.route = Some(route.clone());
         let policy = &route.policy;
         if !policy.ip.admits(ctx.client_ip) {
-            return self.reject(session, ctx, Reject::new(StatusCode::FORBIDDEN, "forbidden")).await;
+            return self
+                .reject(
+                    session,
+                    ctx,
+                    Reject::new(StatusCode::FORBIDDEN, "forbidden"),
+                )
+                .await;
         }
         if let Some(cors) = &policy.cors {
             match cors.evaluate(&req.method, &req.headers) {
@@ -220,7 +252,14 @@ impl ProxyHttp for Gateway {
                 Ok(CorsOutcome::Actual(h)) => ctx.response_headers.extend(h),
                 Ok(CorsOutcome::Preflight(h)) => {
                     ctx.answered = Some(StatusCode::NO_CONTENT);
-                    error::respond(session, StatusCode::NO_CONTENT, &h, Bytes::new(), &ctx.request_id).await?;
+                    error::respond(
+                        session,
+                        StatusCode::NO_CONTENT,
+                        &h,
+                        Bytes::new(),
+                        &ctx.request_id,
+                    )
+                    .await?;
                     return Ok(true);
                 }
                 Err(reject) => return self.reject(session, ctx, reject).await,
@@ -228,7 +267,11 @@ impl ProxyHttp for Gateway {
         }
         if forward::content_length(req).is_some_and(|n| n > policy.max_body) {
             return self
-                .reject(session, ctx, Reject::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"))
+                .reject(
+                    session,
+                    ctx,
+                    Reject::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+                )
                 .await;
         }
         match auth::authenticate(&policy.auth, &req.headers, &self.policy.api_keys).await {
@@ -238,20 +281,28 @@ impl ProxyHttp for Gateway {
                     .auth_failures
                     .with_label_values(&[&*route.name, failure.reason()])
                     .inc();
-                return self.reject(session, ctx, failure.reject(&policy.auth)).await;
+                return self
+                    .reject(session, ctx, failure.reject(&policy.auth))
+                    .await;
             }
         }
         if let Some(decision) = self.check_rate_limits(&route, ctx).await {
             ctx.response_headers.extend(decision.headers());
             if !decision.allowed {
-                self.metrics.rate_limited.with_label_values(&[&*route.name]).inc();
+                self.metrics
+                    .rate_limited
+                    .with_label_values(&[&*route.name])
+                    .inc();
                 let mut reject = Reject::new(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
                 reject.headers = std::mem::take(&mut ctx.response_headers);
                 return self.reject(session, ctx, reject).await;
             }
         }
         if let RouteAction::Aggregate(agg) = &route.action {
-            let mut headers: Vec<(HeaderName, HeaderValue)> = ctx.identity.as_ref().map_or_else(Vec::new, |i| i.headers.clone());
+            let mut headers: Vec<(HeaderName, HeaderValue)> = ctx
+                .identity
+                .as_ref()
+                .map_or_else(Vec::new, |i| i.headers.clone());
             headers.push((X_REQUEST_ID, ctx.request_id.clone()));
             if let Some(ip) = ctx.client_ip {
                 if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
@@ -266,7 +317,10 @@ impl ProxyHttp for Gateway {
             };
             let (status, body) = agg.run(&self.upstreams, &self.connector, &fwd).await;
             ctx.answered = Some(status);
-            let mut headers = vec![(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))];
+            let mut headers = vec![(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )];
             headers.extend(ctx.response_headers.iter().cloned());
             error::respond(session, status, &headers, body, &ctx.request_id).await?;
             return Ok(true);
@@ -275,7 +329,14 @@ impl ProxyHttp for Gateway {
             ctx.answered = Some(direct.status);
             let mut headers = direct.headers.clone();
             headers.extend(ctx.response_headers.iter().cloned());
-            error::respond(session, direct.status, &headers, direct.body.clone(), &ctx.request_id).await?;
+            error::respond(
+                session,
+                direct.status,
+                &headers,
+                direct.body.clone(),
+                &ctx.request_id,
+            )
+            .await?;
             return Ok(true);
         }
         Ok(false)
@@ -294,7 +355,10 @@ impl ProxyHttp for Gateway {
         if let Some(chunk) = body.as_ref() {
             ctx.body_bytes += chunk.len() as u64;
             if ctx.body_bytes > route.policy.max_body {
-                return Error::e_explain(ErrorType::HTTPStatus(413), "request body exceeds max_body_size");
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body exceeds max_body_size",
+                );
             }
         }
         if let Some(buffer) = ctx.request_json.as_mut() {
@@ -320,7 +384,10 @@ impl ProxyHttp for Gateway {
             } else {
                 (502, "every candidate target failed to connect")
             };
-            return Error::e_explain(ErrorType::HTTPStatus(code), format!("upstream {}: {why}", group.name));
+            return Error::e_explain(
+                ErrorType::HTTPStatus(code),
+                format!("upstream {}: {why}", group.name),
+            );
         };
         let mut peer = HttpPeer::new(guard.target().addr, false, String::new());
         peer.options.connection_timeout = Some(action.connect_timeout);
@@ -332,14 +399,22 @@ impl ProxyHttp for Gateway {
         Ok(Box::new(peer))
     }
 
-    fn fail_to_connect(&self, session: &mut Session, peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         if let Some(t) = ctx.upstream.target.as_mut() {
             t.record(Outcome::Failure);
         }
         if let Some(addr) = peer.address().as_inet() {
             ctx.upstream.tried.push(*addr);
         }
-        let unsent_ok = self.proxy_of(ctx.route.as_ref()).is_some_and(|(a, _)| a.retry_unsent);
+        let unsent_ok = self
+            .proxy_of(ctx.route.as_ref())
+            .is_some_and(|(a, _)| a.retry_unsent);
         let eligible = session.req_header().method.is_idempotent() || unsent_ok;
         e.set_retry(eligible && self.take_retry(ctx));
         e
@@ -377,20 +452,31 @@ impl ProxyHttp for Gateway {
         e
     }
 
-    async fn upstream_response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         if let Some(t) = ctx.upstream.target.as_mut() {
             t.record_status(resp.status.as_u16());
         }
         Ok(())
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         if let Some((action, _)) = self.proxy_of(ctx.route.as_ref()) {
             let uri = &session.req_header().uri;
             if let Some(new_path) = action.rewrite.apply(uri.path(), uri.query()) {
-                let uri = new_path
-                    .parse::<http::Uri>()
-                    .or_err(ErrorType::HTTPStatus(400), "rewritten path is not a valid URI")?;
+                let uri = new_path.parse::<http::Uri>().or_err(
+                    ErrorType::HTTPStatus(400),
+                    "rewritten path is not a valid URI",
+                )?;
                 upstream.set_uri(uri);
             }
         }
@@ -411,7 +497,9 @@ impl ProxyHttp for Gateway {
                     |n, v| cell.borrow_mut().append_header(n, v).map(|_| ()),
                 )?;
             }
-            if !t.json_request.is_empty() && JsonRename::applies_to(upstream.headers.get(http::header::CONTENT_TYPE)) {
+            if !t.json_request.is_empty()
+                && JsonRename::applies_to(upstream.headers.get(http::header::CONTENT_TYPE))
+            {
                 // The renamed body has another length: Pingora frames it as chunked.
                 upstream.remove_header(&http::header::CONTENT_LENGTH);
                 ctx.request_json = Some(BodyBuffer::default());
@@ -422,12 +510,23 @@ impl ProxyHttp for Gateway {
                 upstream.insert_header(name.clone(), value.clone())?;
             }
         }
-        forward::prepare_upstream_request(session, upstream, ctx.client_ip, ctx.peer_trusted, &ctx.request_id)?;
+        forward::prepare_upstream_request(
+            session,
+            upstream,
+            ctx.client_ip,
+            ctx.peer_trusted,
+            &ctx.request_id,
+        )?;
         ctx.upstream.sent_at = Some(Instant::now());
         Ok(())
     }
 
-    async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         forward::prepare_response(resp);
         if let Some(route) = ctx.route.clone() {
             let t = &route.transform;
@@ -450,7 +549,10 @@ impl ProxyHttp for Gateway {
             }
             let has_body = session.req_header().method != http::Method::HEAD
                 && !matches!(resp.status.as_u16(), 204 | 304);
-            if has_body && !t.json_response.is_empty() && JsonRename::applies_to(resp.headers.get(http::header::CONTENT_TYPE)) {
+            if has_body
+                && !t.json_response.is_empty()
+                && JsonRename::applies_to(resp.headers.get(http::header::CONTENT_TYPE))
+            {
                 resp.remove_header(&http::header::CONTENT_LENGTH);
                 if resp.version != http::Version::HTTP_2 && !session.is_http2() {
                     resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
@@ -481,17 +583,33 @@ impl ProxyHttp for Gateway {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         if ctx.upstream.no_target && session.response_written().is_none() {
             session.set_keepalive(None);
-            let fallback = self.proxy_of(ctx.route.as_ref()).and_then(|(_, g)| g.fallback.as_ref());
+            let fallback = self
+                .proxy_of(ctx.route.as_ref())
+                .and_then(|(_, g)| g.fallback.as_ref());
             if let Some(f) = fallback {
                 ctx.answered = Some(f.status);
-                if let Err(write_err) = error::respond(session, f.status, &f.headers, f.body.clone(), &ctx.request_id).await {
+                if let Err(write_err) = error::respond(
+                    session,
+                    f.status,
+                    &f.headers,
+                    f.body.clone(),
+                    &ctx.request_id,
+                )
+                .await
+                {
                     log::debug!("could not send fallback response: {write_err}");
                 }
-                return FailToProxy { error_code: f.status.as_u16(), can_reuse_downstream: false };
+                return FailToProxy {
+                    error_code: f.status.as_u16(),
+                    can_reuse_downstream: false,
+                };
             }
         }
         let Some((status, message)) = error::classify(e) else {
-            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
         };
         ctx.answered = Some(status);
         // The connection is not reused after a proxy failure: say so, so that clients do not
@@ -503,7 +621,10 @@ impl ProxyHttp for Gateway {
                 log::debug!("could not send error response: {write_err}");
             }
         }
-        FailToProxy { error_code: status.as_u16(), can_reuse_downstream: false }
+        FailToProxy {
+            error_code: status.as_u16(),
+            can_reuse_downstream: false,
+        }
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
@@ -517,13 +638,21 @@ impl ProxyHttp for Gateway {
         let elapsed = ctx.start.elapsed();
         let m = &self.metrics;
         m.requests
-            .with_label_values(&[route_name, forward::method_label(&req.method), status.as_str()])
+            .with_label_values(&[
+                route_name,
+                forward::method_label(&req.method),
+                status.as_str(),
+            ])
             .inc();
-        m.duration.with_label_values(&[route_name]).observe(elapsed.as_secs_f64());
+        m.duration
+            .with_label_values(&[route_name])
+            .observe(elapsed.as_secs_f64());
         let upstream_elapsed = ctx.upstream.sent_at.map(|t| t.elapsed());
         let group = self.proxy_of(ctx.route.as_ref()).map(|(_, g)| g);
         if let (Some(d), Some(g)) = (upstream_elapsed, group) {
-            m.upstream_duration.with_label_values(&[&*g.name]).observe(d.as_secs_f64());
+            m.upstream_duration
+                .with_label_values(&[&*g.name])
+                .observe(d.as_secs_f64());
         }
         if let Some(log) = &self.access_log {
             let target = ctx.upstream.target.as_ref().map(|t| &*t.target().label);

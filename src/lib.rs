@@ -20,7 +20,7 @@ pub mod upstream;
 
 use config::compile::Compiled;
 use connection::{ConnectionTracker, Guarded};
-use pingora::listeners::{ListenerConfig, L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
+use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::server::configuration::Opt;
 use pingora::server::Server;
 use pingora::services::background::GenBackgroundService;
@@ -58,13 +58,27 @@ pub fn build_server(compiled: Compiled, mode: StartMode) -> Server {
     server.bootstrap();
 
     let upstreams = gateway.upstreams.clone();
+    for refresher in gateway
+        .policy
+        .jwt_providers
+        .iter()
+        .filter_map(|p| p.refresher())
+    {
+        server.add_service(GenBackgroundService::new(
+            "jwks refresh".into(),
+            Arc::new(refresher),
+        ));
+    }
     let metrics = gateway.metrics.clone();
     for group in upstreams.iter().filter(|g| g.needs_background()) {
         let name = format!("upstream {}", group.name);
         server.add_service(GenBackgroundService::new(name, group.lb.clone()));
     }
     if let Some(writer) = access_log_writer {
-        server.add_service(GenBackgroundService::new("access log".into(), Arc::new(writer)));
+        server.add_service(GenBackgroundService::new(
+            "access log".into(),
+            Arc::new(writer),
+        ));
     }
 
     let tracker = ConnectionTracker::new(
@@ -72,7 +86,10 @@ pub fn build_server(compiled: Compiled, mode: StartMode) -> Server {
         metrics.connections.clone(),
         metrics.connections_refused.clone(),
     );
-    let proxy = Guarded::new(pingora::proxy::http_proxy(&server.configuration, gateway), tracker);
+    let proxy = Guarded::new(
+        pingora::proxy::http_proxy(&server.configuration, gateway),
+        tracker,
+    );
     let mut proxy = Service::new("tollgate".into(), proxy);
     let buffers = L4BufferSettings::new(client_read_buffer, DEFAULT_L4_WRITE_BUFFER_SIZE);
     for addr in &listeners {

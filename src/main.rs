@@ -12,7 +12,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(version, about)]
 struct Cli {
     /// Configuration file.
-    #[arg(short = 'c', long = "config", default_value = "/etc/tollgate/tollgate.toml")]
+    #[arg(
+        short = 'c',
+        long = "config",
+        default_value = "/etc/tollgate/tollgate.toml"
+    )]
     config: PathBuf,
     /// Check the configuration and exit (0 valid, 1 invalid) without binding any port.
     #[arg(short = 't', long = "test")]
@@ -38,7 +42,10 @@ fn main() -> ExitCode {
     let compiled = match tollgate::config::compile::compile(&file) {
         Ok(c) => c,
         Err(problems) => {
-            let e = tollgate::config::ConfigError { file: cli.config.clone(), problems };
+            let e = tollgate::config::ConfigError {
+                file: cli.config.clone(),
+                problems,
+            };
             eprintln!("{e}");
             return ExitCode::from(1);
         }
@@ -47,7 +54,10 @@ fn main() -> ExitCode {
         println!("{}: configuration is valid", cli.config.display());
         return ExitCode::SUCCESS;
     }
-    let mode = tollgate::StartMode { daemon: cli.daemon, upgrade: cli.upgrade };
+    let mode = tollgate::StartMode {
+        daemon: cli.daemon,
+        upgrade: cli.upgrade,
+    };
     let server = tollgate::build_server(compiled, mode);
     server.run(pingora::server::RunArgs::default());
     ExitCode::SUCCESS

@@ -64,9 +64,15 @@ pub struct DirectResponse {
 pub enum PathRewrite {
     None,
     /// Replace the first `len` bytes of the path (the matched prefix) with `with`.
-    Prefix { len: usize, with: String },
+    Prefix {
+        len: usize,
+        with: String,
+    },
     /// Replace the first match of `re` with `with` (`$1`, `${name}` expand captures).
-    Regex { re: regex::Regex, with: String },
+    Regex {
+        re: regex::Regex,
+        with: String,
+    },
 }
 
 impl PathRewrite {
@@ -91,7 +97,8 @@ impl PathRewrite {
             PathRewrite::Prefix { len, with } => (len, with),
         };
         let rest = path.get(*len..).unwrap_or("");
-        let mut out = String::with_capacity(with.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
+        let mut out =
+            String::with_capacity(with.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
         out.push_str(with);
         if rest.is_empty() {
             if out.is_empty() {
@@ -163,7 +170,10 @@ pub struct Route {
 
 impl std::fmt::Debug for Route {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Route").field("name", &self.name).field("order", &self.order).finish()
+        f.debug_struct("Route")
+            .field("name", &self.name)
+            .field("order", &self.order)
+            .finish()
     }
 }
 
@@ -210,7 +220,9 @@ impl RouteTable {
             }
             for h in &r.hosts {
                 match h {
-                    HostPattern::Exact(name) => table.exact.entry(name.clone()).or_default().push(i),
+                    HostPattern::Exact(name) => {
+                        table.exact.entry(name.clone()).or_default().push(i)
+                    }
                     HostPattern::Suffix(s) => wildcard.entry(s.clone()).or_default().push(i),
                 }
             }
@@ -315,11 +327,36 @@ mod tests {
     fn precedence_table() {
         let t = RouteTable::new(vec![
             route("any", &[], PathMatch::Prefix("/".into()), 0),
-            route("wild", &[HostPattern::Suffix(".example.com".into())], PathMatch::Any, 1),
-            route("deep-wild", &[HostPattern::Suffix(".api.example.com".into())], PathMatch::Any, 2),
-            route("exact", &[HostPattern::Exact("www.example.com".into())], PathMatch::Prefix("/a".into()), 3),
-            route("exact-longer", &[HostPattern::Exact("www.example.com".into())], PathMatch::Prefix("/a/b".into()), 4),
-            route("exact-path", &[HostPattern::Exact("www.example.com".into())], PathMatch::Exact("/a/b".into()), 5),
+            route(
+                "wild",
+                &[HostPattern::Suffix(".example.com".into())],
+                PathMatch::Any,
+                1,
+            ),
+            route(
+                "deep-wild",
+                &[HostPattern::Suffix(".api.example.com".into())],
+                PathMatch::Any,
+                2,
+            ),
+            route(
+                "exact",
+                &[HostPattern::Exact("www.example.com".into())],
+                PathMatch::Prefix("/a".into()),
+                3,
+            ),
+            route(
+                "exact-longer",
+                &[HostPattern::Exact("www.example.com".into())],
+                PathMatch::Prefix("/a/b".into()),
+                4,
+            ),
+            route(
+                "exact-path",
+                &[HostPattern::Exact("www.example.com".into())],
+                PathMatch::Exact("/a/b".into()),
+                5,
+            ),
         ]);
         let cases = [
             ("www.example.com", "/a/x", Some("exact")),
@@ -348,8 +385,14 @@ mod tests {
 
     #[test]
     fn rewrite_table() {
-        let strip = PathRewrite::Prefix { len: 4, with: String::new() };
-        let swap = PathRewrite::Prefix { len: 4, with: "/v2".into() };
+        let strip = PathRewrite::Prefix {
+            len: 4,
+            with: String::new(),
+        };
+        let swap = PathRewrite::Prefix {
+            len: 4,
+            with: "/v2".into(),
+        };
         let cases = [
             (&strip, "/api/users", None, "/users"),
             (&strip, "/api", None, "/"),
@@ -365,7 +408,10 @@ mod tests {
             re: regex::Regex::new(r"^/users/(?P<id>\d+)$").unwrap(),
             with: "/v2/accounts/${id}".into(),
         };
-        assert_eq!(re.apply("/users/42", Some("a=1")).as_deref(), Some("/v2/accounts/42?a=1"));
+        assert_eq!(
+            re.apply("/users/42", Some("a=1")).as_deref(),
+            Some("/v2/accounts/42?a=1")
+        );
         assert_eq!(re.apply("/users/x", None), None);
     }
 }

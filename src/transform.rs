@@ -25,11 +25,17 @@ impl HeaderTransform {
         remove: &[String],
         rename: &BTreeMap<String, String>,
     ) -> Result<Self, String> {
-        let name = |n: &str| HeaderName::from_bytes(n.as_bytes()).map_err(|_| format!("invalid header name {n:?}"));
+        let name = |n: &str| {
+            HeaderName::from_bytes(n.as_bytes()).map_err(|_| format!("invalid header name {n:?}"))
+        };
         let pairs = |m: &BTreeMap<String, String>| {
             m.iter()
                 .map(|(k, v)| {
-                    Ok((name(k)?, HeaderValue::from_str(v).map_err(|_| format!("invalid value for header {k:?}"))?))
+                    Ok((
+                        name(k)?,
+                        HeaderValue::from_str(v)
+                            .map_err(|_| format!("invalid value for header {k:?}"))?,
+                    ))
                 })
                 .collect::<Result<Vec<_>, String>>()
         };
@@ -45,7 +51,10 @@ impl HeaderTransform {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.remove.is_empty() && self.rename.is_empty() && self.set.is_empty() && self.append.is_empty()
+        self.remove.is_empty()
+            && self.rename.is_empty()
+            && self.set.is_empty()
+            && self.append.is_empty()
     }
 
     /// Apply to a header map through the caller's insert/append/remove functions, so the
@@ -84,9 +93,18 @@ impl HeaderTransform {
 /// wins over the default.
 pub fn security_headers(hsts: Option<&HeaderValue>) -> Vec<(HeaderName, HeaderValue)> {
     let mut h = vec![
-        (HeaderName::from_static("x-content-type-options"), HeaderValue::from_static("nosniff")),
-        (HeaderName::from_static("x-frame-options"), HeaderValue::from_static("DENY")),
-        (HeaderName::from_static("referrer-policy"), HeaderValue::from_static("strict-origin-when-cross-origin")),
+        (
+            HeaderName::from_static("x-content-type-options"),
+            HeaderValue::from_static("nosniff"),
+        ),
+        (
+            HeaderName::from_static("x-frame-options"),
+            HeaderValue::from_static("DENY"),
+        ),
+        (
+            HeaderName::from_static("referrer-policy"),
+            HeaderValue::from_static("strict-origin-when-cross-origin"),
+        ),
     ];
     if let Some(v) = hsts {
         h.push((http::header::STRICT_TRANSPORT_SECURITY, v.clone()));
@@ -111,7 +129,12 @@ impl JsonRename {
         let Some(ct) = content_type.and_then(|v| v.to_str().ok()) else {
             return false;
         };
-        let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let mime = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
     }
 
@@ -176,7 +199,12 @@ mod tests {
 
     #[test]
     fn header_edits_in_order() {
-        let map = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
         let t = HeaderTransform::compile(
             &map(&[("x-env", "prod")]),
             &map(&[("x-tag", "edge")]),
@@ -220,12 +248,24 @@ mod tests {
         let r = JsonRename {
             fields: vec![("user_name".into(), "userName".into())],
         };
-        assert_eq!(r.apply(br#"{"user_name":"a","id":1}"#).unwrap(), Bytes::from(r#"{"id":1,"userName":"a"}"#));
-        assert_eq!(r.apply(br#"[{"user_name":"a"},2]"#).unwrap(), Bytes::from(r#"[{"userName":"a"},2]"#));
+        assert_eq!(
+            r.apply(br#"{"user_name":"a","id":1}"#).unwrap(),
+            Bytes::from(r#"{"id":1,"userName":"a"}"#)
+        );
+        assert_eq!(
+            r.apply(br#"[{"user_name":"a"},2]"#).unwrap(),
+            Bytes::from(r#"[{"userName":"a"},2]"#)
+        );
         assert!(r.apply(b"not json").is_none());
-        assert!(JsonRename::applies_to(Some(&HeaderValue::from_static("application/json; charset=utf-8"))));
-        assert!(JsonRename::applies_to(Some(&HeaderValue::from_static("application/problem+json"))));
-        assert!(!JsonRename::applies_to(Some(&HeaderValue::from_static("text/html"))));
+        assert!(JsonRename::applies_to(Some(&HeaderValue::from_static(
+            "application/json; charset=utf-8"
+        ))));
+        assert!(JsonRename::applies_to(Some(&HeaderValue::from_static(
+            "application/problem+json"
+        ))));
+        assert!(!JsonRename::applies_to(Some(&HeaderValue::from_static(
+            "text/html"
+        ))));
     }
 
     #[test]
@@ -234,7 +274,13 @@ mod tests {
             fields: vec![("a".into(), "b".into())],
         };
         let mut buf = BodyBuffer::default();
-        assert_eq!(buf.feed(Some(Bytes::from_static(b"{\"a\"")), false, &r), None);
-        assert_eq!(buf.feed(Some(Bytes::from_static(b":1}")), true, &r), Some(Bytes::from_static(b"{\"b\":1}")));
+        assert_eq!(
+            buf.feed(Some(Bytes::from_static(b"{\"a\"")), false, &r),
+            None
+        );
+        assert_eq!(
+            buf.feed(Some(Bytes::from_static(b":1}")), true, &r),
+            Some(Bytes::from_static(b"{\"b\":1}"))
+        );
     }
 }

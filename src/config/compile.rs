@@ -8,6 +8,8 @@ use super::Problem;
 use crate::aggregate::{Aggregate, Part};
 use crate::connection::ConnectionLimits;
 use crate::gateway::Gateway;
+use crate::observe::access_log::{self, AccessLogWriter};
+use crate::observe::metrics::Metrics;
 use crate::policy::api_key::{digest, parse_key_hash, ApiKeys, Consumer};
 use crate::policy::auth::{AuthMethod, RouteAuth};
 use crate::policy::cors::CorsPolicy;
@@ -16,16 +18,15 @@ use crate::policy::ip::{parse_net, IpRules, TrustedProxies};
 use crate::policy::jwt::JwtProvider;
 use crate::policy::rate_limit::{RateLimitStore, RateLimits};
 use crate::policy::{GatewayPolicy, RoutePolicy};
-use crate::observe::access_log::{self, AccessLogWriter};
-use crate::observe::metrics::Metrics;
 use crate::route::{
-    DirectResponse, HostPattern, PathMatch, PathRewrite, ProxyAction, Route, RouteAction, RouteTable, RouteTransform,
+    DirectResponse, HostPattern, PathMatch, PathRewrite, ProxyAction, Route, RouteAction,
+    RouteTable, RouteTransform,
 };
 use crate::transform::{self, HeaderTransform, JsonRename};
-use crate::upstream::health::{HealthCheckSpec, Kind};
-use crate::upstream::select::{Policy, Selector};
 use crate::upstream::breaker::BreakerSettings;
 use crate::upstream::dns::{Discovery, TargetSpec};
+use crate::upstream::health::{HealthCheckSpec, Kind};
+use crate::upstream::select::{Policy, Selector};
 use crate::upstream::{GroupSettings, HashOn, RetryBudget, UpstreamGroup};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
@@ -56,7 +57,9 @@ pub fn parse_hash_on(s: &str) -> Result<HashOn, String> {
         Some(("header", name)) => HeaderName::from_bytes(name.trim().as_bytes())
             .map(HashOn::Header)
             .map_err(|_| format!("invalid header name {name:?}")),
-        Some(("cookie", name)) if !name.trim().is_empty() => Ok(HashOn::Cookie(name.trim().to_string())),
+        Some(("cookie", name)) if !name.trim().is_empty() => {
+            Ok(HashOn::Cookie(name.trim().to_string()))
+        }
         _ => Err(format!(
             "invalid hash_on {s:?}; write \"header:NAME\", \"cookie:NAME\" or \"client_ip\""
         )),
@@ -69,7 +72,10 @@ pub fn parse_host_pattern(s: &str) -> Result<HostPattern, String> {
     let valid_name = |n: &str| {
         !n.is_empty()
             && n.split('.').all(|label| {
-                !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             })
     };
     if let Some(suffix) = lower.strip_prefix("*.") {
@@ -110,13 +116,25 @@ pub fn compile(file: &ConfigFile) -> Result<Compiled, Vec<Problem>> {
             .as_deref()
             .map(HeaderValue::from_str)
             .transpose()
-            .map_err(|_| vec![Problem::new("security_headers.hsts", "invalid header value")])?;
+            .map_err(|_| {
+                vec![Problem::new(
+                    "security_headers.hsts",
+                    "invalid header value",
+                )]
+            })?;
         transform::security_headers(hsts.as_ref())
     } else {
         Vec::new()
     };
-    let metrics = Arc::new(Metrics::new().map_err(|e| vec![Problem::new("", format!("metrics: {e}"))])?);
-    let policy = compile_policy(limits, auth, consumers, rate_limit, metrics.rate_limit_redis_errors.clone())?;
+    let metrics =
+        Arc::new(Metrics::new().map_err(|e| vec![Problem::new("", format!("metrics: {e}"))])?);
+    let policy = compile_policy(
+        limits,
+        auth,
+        consumers,
+        rate_limit,
+        metrics.rate_limit_redis_errors.clone(),
+    )?;
 
     let mut groups = Vec::new();
     let mut group_index = BTreeMap::new();
@@ -156,8 +174,11 @@ pub fn compile(file: &ConfigFile) -> Result<Compiled, Vec<Problem>> {
             } else {
                 access_log::Target::File(target.into())
             };
-            let (log, writer) =
-                access_log::channel(target, access_log.buffer_lines, metrics.access_log_dropped.clone());
+            let (log, writer) = access_log::channel(
+                target,
+                access_log.buffer_lines,
+                metrics.access_log_dropped.clone(),
+            );
             (Some(log), Some(writer))
         }
     };
@@ -175,7 +196,10 @@ pub fn compile(file: &ConfigFile) -> Result<Compiled, Vec<Problem>> {
         listeners: listeners.iter().map(|l| l.address.clone()).collect(),
         admin: admin.enabled.then(|| admin.address.clone()),
         access_log_writer,
-        demo: demo.iter().map(|d| (d.name.clone(), d.address.clone())).collect(),
+        demo: demo
+            .iter()
+            .map(|d| (d.name.clone(), d.address.clone()))
+            .collect(),
         client_read_buffer: server.client_read_buffer.0 as usize,
         connection_limits: ConnectionLimits {
             header_timeout: limits.header_timeout.0,
@@ -211,7 +235,11 @@ fn server_conf(s: &ServerSection) -> ServerConf {
     }
 }
 
-fn compile_upstream(name: &str, up: &UpstreamSection, hosts_file: Option<std::path::PathBuf>) -> Result<UpstreamGroup, Problem> {
+fn compile_upstream(
+    name: &str,
+    up: &UpstreamSection,
+    hosts_file: Option<std::path::PathBuf>,
+) -> Result<UpstreamGroup, Problem> {
     let UpstreamSection {
         policy,
         hash_on,
@@ -247,7 +275,11 @@ fn compile_upstream(name: &str, up: &UpstreamSection, hosts_file: Option<std::pa
         BalancePolicy::LeastConnections => Policy::LeastConnections,
         BalancePolicy::ConsistentHash => Policy::ConsistentHash,
     };
-    let hash_on = hash_on.as_deref().map(parse_hash_on).transpose().map_err(fail)?;
+    let hash_on = hash_on
+        .as_deref()
+        .map(parse_hash_on)
+        .transpose()
+        .map_err(fail)?;
 
     let mut view = Backends::new(Box::new(discovery));
     let spec = health_check.as_ref().map(health_spec);
@@ -288,7 +320,10 @@ fn compile_upstream(name: &str, up: &UpstreamSection, hosts_file: Option<std::pa
     ))
 }
 
-fn compile_aggregate(agg: &AggregateSection, group_index: &BTreeMap<&str, usize>) -> Result<Aggregate, String> {
+fn compile_aggregate(
+    agg: &AggregateSection,
+    group_index: &BTreeMap<&str, usize>,
+) -> Result<Aggregate, String> {
     let AggregateSection { capture, parts } = agg;
     Ok(Aggregate {
         capture: capture
@@ -319,7 +354,11 @@ fn compile_aggregate(agg: &AggregateSection, group_index: &BTreeMap<&str, usize>
 }
 
 fn direct_response(r: &RespondSection) -> Result<DirectResponse, String> {
-    let RespondSection { status, headers, body } = r;
+    let RespondSection {
+        status,
+        headers,
+        body,
+    } = r;
     Ok(DirectResponse {
         status: StatusCode::from_u16(*status).map_err(|_| format!("invalid status {status}"))?,
         headers: header_pairs(headers)?,
@@ -416,13 +455,17 @@ fn compile_route(order: usize, r: &RouteSection, cx: &RouteContext<'_>) -> Resul
     };
     let methods = methods
         .iter()
-        .map(|m| Method::from_bytes(m.as_bytes()).map_err(|_| fail(format!("invalid method {m:?}"))))
+        .map(|m| {
+            Method::from_bytes(m.as_bytes()).map_err(|_| fail(format!("invalid method {m:?}")))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let headers = header_pairs(headers).map_err(fail)?;
 
     let action = match (upstream, respond) {
         (None, None) if aggregate.is_some() => {
-            let agg = aggregate.as_ref().ok_or_else(|| fail("missing aggregate".into()))?;
+            let agg = aggregate
+                .as_ref()
+                .ok_or_else(|| fail("missing aggregate".into()))?;
             RouteAction::Aggregate(compile_aggregate(agg, group_index).map_err(fail)?)
         }
         (Some(up_name), None) => {
@@ -438,7 +481,8 @@ fn compile_route(order: usize, r: &RouteSection, cx: &RouteContext<'_>) -> Resul
             };
             let rewrite = match (strip_prefix, rewrite_prefix, rewrite_regex) {
                 (_, _, Some(rx)) => PathRewrite::Regex {
-                    re: regex::Regex::new(&rx.pattern).map_err(|e| fail(format!("rewrite_regex: {e}")))?,
+                    re: regex::Regex::new(&rx.pattern)
+                        .map_err(|e| fail(format!("rewrite_regex: {e}")))?,
                     with: rx.replace.clone(),
                 },
                 (true, _, None) => PathRewrite::Prefix {
@@ -498,11 +542,15 @@ fn compile_route(order: usize, r: &RouteSection, cx: &RouteContext<'_>) -> Resul
         rate_limits: if rate_limits.is_empty() {
             None
         } else {
-            Some(RateLimits::compile(name, rate_limits, &gateway.rate_store).map_err(|p| first(p, &at))?)
+            Some(
+                RateLimits::compile(name, rate_limits, &gateway.rate_store)
+                    .map_err(|p| first(p, &at))?,
+            )
         },
         max_body: max_body_size.map_or(*default_max_body, |s| s.0),
     };
-    let edits = |e: &HeaderEditsSection| HeaderTransform::compile(&e.set, &e.append, &e.remove, &e.rename);
+    let edits =
+        |e: &HeaderEditsSection| HeaderTransform::compile(&e.set, &e.append, &e.remove, &e.rename);
     let renames = |m: &BTreeMap<String, String>| JsonRename {
         fields: m.iter().map(|(a, b)| (a.clone(), b.clone())).collect(),
     };
@@ -605,12 +653,18 @@ fn compile_policy(
         let mut headers = vec![];
         match HeaderValue::from_str(name) {
             Ok(v) => headers.push((consumer_header.clone(), v)),
-            Err(_) => problems.push(Problem::new(&at, "consumer names must be valid header values")),
+            Err(_) => problems.push(Problem::new(
+                &at,
+                "consumer names must be valid header values",
+            )),
         }
         if !roles.is_empty() {
             match HeaderValue::from_str(&roles.join(",")) {
                 Ok(v) => headers.push((HeaderName::from_static("x-user-roles"), v)),
-                Err(_) => problems.push(Problem::new(format!("{at}.roles"), "roles must be valid header values")),
+                Err(_) => problems.push(Problem::new(
+                    format!("{at}.roles"),
+                    "roles must be valid header values",
+                )),
             }
         }
         let limits = if rate_limits.is_empty() {
@@ -638,7 +692,10 @@ fn compile_policy(
             match d {
                 Ok(d) => {
                     if !api_keys.insert(d, consumer.clone()) {
-                        problems.push(Problem::new(format!("{at}.keys[{i}]"), "this key already belongs to another consumer"));
+                        problems.push(Problem::new(
+                            format!("{at}.keys[{i}]"),
+                            "this key already belongs to another consumer",
+                        ));
                     }
                 }
                 Err(e) => problems.push(Problem::new(format!("{at}.key_hashes"), e)),
@@ -654,7 +711,9 @@ fn compile_policy(
             max_header_bytes: max_header_bytes.0 as usize,
         },
         body_timeout: body_timeout.0,
-        trusted_proxies: TrustedProxies::new(nets(trusted_proxies).map_err(|e| one("limits.trusted_proxies", e))?),
+        trusted_proxies: TrustedProxies::new(
+            nets(trusted_proxies).map_err(|e| one("limits.trusted_proxies", e))?,
+        ),
         ip: IpRules::new(
             nets(ip_allow).map_err(|e| one("limits.ip_allow", e))?,
             nets(ip_deny).map_err(|e| one("limits.ip_deny", e))?,
@@ -669,8 +728,10 @@ fn compile_policy(
 fn header_pairs(map: &BTreeMap<String, String>) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
     map.iter()
         .map(|(k, v)| {
-            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("invalid header name {k:?}"))?;
-            let value = HeaderValue::from_str(v).map_err(|_| format!("invalid value for header {k:?}"))?;
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| format!("invalid header name {k:?}"))?;
+            let value =
+                HeaderValue::from_str(v).map_err(|_| format!("invalid value for header {k:?}"))?;
             Ok((name, value))
         })
         .collect()

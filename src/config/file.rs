@@ -725,7 +725,9 @@ impl TryFrom<String> for HumanDuration {
     fn try_from(s: String) -> Result<Self, Self::Error> {
         humantime::parse_duration(&s)
             .map(HumanDuration)
-            .map_err(|e| format!("invalid duration {s:?} ({e}); write e.g. \"500ms\", \"5s\", \"2m\""))
+            .map_err(|e| {
+                format!("invalid duration {s:?} ({e}); write e.g. \"500ms\", \"5s\", \"2m\"")
+            })
     }
 }
 
@@ -852,7 +854,9 @@ pub mod defaults {
         0
     }
     pub fn identity_headers() -> Vec<String> {
-        ["X-User-ID", "X-User-Roles", "X-Consumer"].map(String::from).to_vec()
+        ["X-User-ID", "X-User-Roles", "X-Consumer"]
+            .map(String::from)
+            .to_vec()
     }
     pub fn jwks_refresh() -> HumanDuration {
         HumanDuration(Duration::from_secs(300))

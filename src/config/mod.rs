@@ -74,7 +74,8 @@ pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
 
 /// Parse TOML text into the file model, locating type errors by key path.
 pub fn parse(text: &str) -> Result<ConfigFile, Problem> {
-    let de = toml::Deserializer::parse(text).map_err(|e| Problem::new("", syntax_message(text, &e)))?;
+    let de =
+        toml::Deserializer::parse(text).map_err(|e| Problem::new("", syntax_message(text, &e)))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
@@ -89,7 +90,10 @@ fn syntax_message(text: &str, e: &toml::de::Error) -> String {
             let before = &text[..span.start.min(text.len())];
             let line = before.matches('\n').count() + 1;
             let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("invalid TOML at line {line}, column {column}: {}", e.message())
+            format!(
+                "invalid TOML at line {line}, column {column}: {}",
+                e.message()
+            )
         }
         None => format!("invalid TOML: {}", e.message()),
     }

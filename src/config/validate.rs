@@ -157,7 +157,10 @@ impl Validator {
         match address.parse::<SocketAddr>() {
             Ok(addr) => {
                 if let Some(other) = self.bound.insert(addr, path.to_string()) {
-                    self.problem(path, format!("address {address} is already used by {other}"));
+                    self.problem(
+                        path,
+                        format!("address {address} is already used by {other}"),
+                    );
                 }
             }
             Err(_) => self.problem(
@@ -169,7 +172,11 @@ impl Validator {
 
     fn upstream(&mut self, name: &str, up: &UpstreamSection) {
         let at = format!("upstreams.{name}");
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
             self.problem(
                 &at,
                 "upstream names may use only letters, digits, '-', '_' and '.'",
@@ -229,17 +236,26 @@ impl Validator {
         }
         if let Some(cb) = &up.circuit_breaker {
             if cb.consecutive_failures == 0 {
-                self.problem(format!("{at}.circuit_breaker.consecutive_failures"), "must be at least 1");
+                self.problem(
+                    format!("{at}.circuit_breaker.consecutive_failures"),
+                    "must be at least 1",
+                );
             }
             if cb.cooldown.0.is_zero() {
-                self.problem(format!("{at}.circuit_breaker.cooldown"), "must be greater than zero");
+                self.problem(
+                    format!("{at}.circuit_breaker.cooldown"),
+                    "must be greater than zero",
+                );
             }
         }
         if let Some(f) = &up.fallback {
             self.respond(&format!("{at}.fallback"), f);
         }
         if !(0.0..=10.0).contains(&up.retry_budget.ratio) {
-            self.problem(format!("{at}.retry_budget.ratio"), "must be between 0 and 10");
+            self.problem(
+                format!("{at}.retry_budget.ratio"),
+                "must be between 0 and 10",
+            );
         }
     }
 
@@ -295,7 +311,10 @@ impl Validator {
             _ => {}
         }
         for (i, m) in r.methods.iter().enumerate() {
-            if m.is_empty() || m.to_ascii_uppercase() != *m || Method::from_bytes(m.as_bytes()).is_err() {
+            if m.is_empty()
+                || m.to_ascii_uppercase() != *m
+                || Method::from_bytes(m.as_bytes()).is_err()
+            {
                 self.problem(
                     format!("{at}.methods[{i}]"),
                     format!("invalid method {m:?}; write it upper-case, e.g. \"GET\""),
@@ -311,14 +330,24 @@ impl Validator {
                 format!("must be at most {MAX_RETRIES}, got {}", r.retries),
             );
         }
-        for (key, d) in [("connect_timeout", &r.connect_timeout), ("read_timeout", &r.read_timeout)] {
+        for (key, d) in [
+            ("connect_timeout", &r.connect_timeout),
+            ("read_timeout", &r.read_timeout),
+        ] {
             if d.is_some_and(|d| d.0.is_zero()) {
                 self.problem(format!("{at}.{key}"), "must be greater than zero");
             }
         }
-        let actions = [r.upstream.is_some(), r.respond.is_some(), r.aggregate.is_some()];
+        let actions = [
+            r.upstream.is_some(),
+            r.respond.is_some(),
+            r.aggregate.is_some(),
+        ];
         match actions.iter().filter(|a| **a).count() {
-            0 => self.problem(at, "needs an upstream to proxy to, a [respond] section or an [aggregate] section"),
+            0 => self.problem(
+                at,
+                "needs an upstream to proxy to, a [respond] section or an [aggregate] section",
+            ),
             1 => {}
             _ => self.problem(at, "set only one of upstream, [respond] and [aggregate]"),
         }
@@ -354,7 +383,12 @@ impl Validator {
         }
     }
 
-    fn aggregate(&mut self, at: &str, agg: &AggregateSection, upstreams: &BTreeMap<String, UpstreamSection>) {
+    fn aggregate(
+        &mut self,
+        at: &str,
+        agg: &AggregateSection,
+        upstreams: &BTreeMap<String, UpstreamSection>,
+    ) {
         if let Some(c) = &agg.capture {
             if let Err(e) = regex::Regex::new(c) {
                 self.problem(format!("{at}.capture"), format!("invalid regex: {e}"));
@@ -367,13 +401,23 @@ impl Validator {
         for (i, p) in agg.parts.iter().enumerate() {
             let pat = format!("{at}.parts[{i}]");
             if p.name.is_empty() || p.name == "errors" || !names.insert(p.name.as_str()) {
-                self.problem(format!("{pat}.name"), format!("part names must be unique, non-empty and not \"errors\"; got {:?}", p.name));
+                self.problem(
+                    format!("{pat}.name"),
+                    format!(
+                        "part names must be unique, non-empty and not \"errors\"; got {:?}",
+                        p.name
+                    ),
+                );
             }
             if !upstreams.contains_key(&p.upstream) {
                 let defined: Vec<&str> = upstreams.keys().map(String::as_str).collect();
                 self.problem(
                     format!("{pat}.upstream"),
-                    format!("upstream {:?} is not defined; defined: {}", p.upstream, defined.join(", ")),
+                    format!(
+                        "upstream {:?} is not defined; defined: {}",
+                        p.upstream,
+                        defined.join(", ")
+                    ),
                 );
             }
             if !p.path.starts_with('/') {
@@ -455,8 +499,15 @@ impl Validator {
     fn auth(&mut self, a: &AuthSection) {
         for (name, jwt) in &a.jwt {
             let at = format!("auth.jwt.{name}");
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-                self.problem(&at, "provider names may use only letters, digits, '-', '_' and '.'");
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                self.problem(
+                    &at,
+                    "provider names may use only letters, digits, '-', '_' and '.'",
+                );
             }
             self.problems.extend(JwtProvider::validate(&at, jwt));
         }
@@ -474,7 +525,10 @@ impl Validator {
         }
         for (i, k) in c.keys.iter().enumerate() {
             if k.len() < 16 {
-                self.problem(format!("{at}.keys[{i}]"), "API keys must be at least 16 characters");
+                self.problem(
+                    format!("{at}.keys[{i}]"),
+                    "API keys must be at least 16 characters",
+                );
             }
         }
         for (i, h) in c.key_hashes.iter().enumerate() {
@@ -482,7 +536,10 @@ impl Validator {
                 self.problem(format!("{at}.key_hashes[{i}]"), e);
             }
         }
-        self.problems.extend(RateLimits::validate(&format!("{at}.rate_limits"), &c.rate_limits));
+        self.problems.extend(RateLimits::validate(
+            &format!("{at}.rate_limits"),
+            &c.rate_limits,
+        ));
     }
 
     fn route_policy(
@@ -497,23 +554,42 @@ impl Validator {
             match m.split_once(':') {
                 None if m == "api_key" => {
                     if consumers.is_empty() {
-                        self.problem(path, "api_key needs at least one [consumers.NAME] with keys");
+                        self.problem(
+                            path,
+                            "api_key needs at least one [consumers.NAME] with keys",
+                        );
                     }
                 }
                 Some(("jwt", provider)) => {
                     if !auth.jwt.contains_key(provider) {
                         let defined: Vec<&str> = auth.jwt.keys().map(String::as_str).collect();
-                        let defined = if defined.is_empty() { "none".into() } else { defined.join(", ") };
-                        self.problem(path, format!("JWT provider {provider:?} is not defined; defined: {defined}"));
+                        let defined = if defined.is_empty() {
+                            "none".into()
+                        } else {
+                            defined.join(", ")
+                        };
+                        self.problem(
+                            path,
+                            format!("JWT provider {provider:?} is not defined; defined: {defined}"),
+                        );
                     }
                 }
-                _ => self.problem(path, format!("unknown auth method {m:?}; use \"api_key\" or \"jwt:PROVIDER\"")),
+                _ => self.problem(
+                    path,
+                    format!("unknown auth method {m:?}; use \"api_key\" or \"jwt:PROVIDER\""),
+                ),
             }
         }
         if !r.roles.is_empty() && r.auth.is_empty() {
-            self.problem(format!("{at}.roles"), "roles need auth methods on the route");
+            self.problem(
+                format!("{at}.roles"),
+                "roles need auth methods on the route",
+            );
         }
-        self.problems.extend(RateLimits::validate(&format!("{at}.rate_limits"), &r.rate_limits));
+        self.problems.extend(RateLimits::validate(
+            &format!("{at}.rate_limits"),
+            &r.rate_limits,
+        ));
         self.cidrs(&format!("{at}.ip_allow"), &r.ip_allow);
         self.cidrs(&format!("{at}.ip_deny"), &r.ip_deny);
         if let Some(c) = &r.cors {
@@ -528,14 +604,22 @@ impl Validator {
                 self.problem(format!("{at}.cors"), e);
             }
         }
-        for (key, e) in [("request_headers", &r.request_headers), ("response_headers", &r.response_headers)] {
-            if let Err(msg) = crate::transform::HeaderTransform::compile(&e.set, &e.append, &e.remove, &e.rename) {
+        for (key, e) in [
+            ("request_headers", &r.request_headers),
+            ("response_headers", &r.response_headers),
+        ] {
+            if let Err(msg) =
+                crate::transform::HeaderTransform::compile(&e.set, &e.append, &e.remove, &e.rename)
+            {
                 self.problem(format!("{at}.{key}"), msg);
             }
         }
         if let Some(rx) = &r.rewrite_regex {
             if let Err(e) = regex::Regex::new(&rx.pattern) {
-                self.problem(format!("{at}.rewrite_regex.pattern"), format!("invalid regex: {e}"));
+                self.problem(
+                    format!("{at}.rewrite_regex.pattern"),
+                    format!("invalid regex: {e}"),
+                );
             }
             if r.strip_prefix || r.rewrite_prefix.is_some() {
                 self.problem(
@@ -544,7 +628,10 @@ impl Validator {
                 );
             }
             if r.upstream.is_none() {
-                self.problem(format!("{at}.rewrite_regex"), "applies only to proxied routes");
+                self.problem(
+                    format!("{at}.rewrite_regex"),
+                    "applies only to proxied routes",
+                );
             }
         }
         if r.max_body_size.is_some_and(|s| s.0 == 0) {

@@ -42,7 +42,8 @@ pub struct Entry<'a> {
 
 impl Entry<'_> {
     pub fn to_line(&self) -> String {
-        let mut line = serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+        let mut line =
+            serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
         line.push('\n');
         line
     }

@@ -3,8 +3,8 @@
 
 use crate::upstream::UpstreamGroup;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::sync::Arc;
 
@@ -38,7 +38,10 @@ impl Metrics {
     pub fn new() -> prometheus::Result<Self> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("requests_total", "Requests answered, by route, method and status code"),
+            Opts::new(
+                "requests_total",
+                "Requests answered, by route, method and status code",
+            ),
             &["route", "method", "status"],
         )?;
         let duration = HistogramVec::new(
@@ -58,16 +61,19 @@ impl Metrics {
             &["upstream"],
         )?;
         let target_healthy = IntGaugeVec::new(
-            Opts::new("upstream_target_healthy", "1 when the target passes its health checks"),
+            Opts::new(
+                "upstream_target_healthy",
+                "1 when the target passes its health checks",
+            ),
             &["upstream", "target"],
         )?;
         let inflight = IntGauge::new("requests_in_flight", "Requests being handled now")?;
-        let connections = IntGauge::new(
-            "downstream_connections",
-            "Open client connections",
-        )?;
+        let connections = IntGauge::new("downstream_connections", "Open client connections")?;
         let retries = IntCounterVec::new(
-            Opts::new("upstream_retries_total", "Attempts repeated on another target, by route"),
+            Opts::new(
+                "upstream_retries_total",
+                "Attempts repeated on another target, by route",
+            ),
             &["route"],
         )?;
         let access_log_dropped = IntCounter::new(
@@ -75,7 +81,10 @@ impl Metrics {
             "Access-log lines dropped because the writer fell behind",
         )?;
         let auth_failures = IntCounterVec::new(
-            Opts::new("auth_failures_total", "Requests refused by authentication or authorization"),
+            Opts::new(
+                "auth_failures_total",
+                "Requests refused by authentication or authorization",
+            ),
             &["route", "reason"],
         )?;
         let rate_limited = IntCounterVec::new(
@@ -87,11 +96,17 @@ impl Metrics {
             "Client connections closed at once because a connection cap was reached",
         )?;
         let retries_skipped = IntCounterVec::new(
-            Opts::new("upstream_retries_skipped_total", "Retries not made: budget spent, or body too large to replay"),
+            Opts::new(
+                "upstream_retries_skipped_total",
+                "Retries not made: budget spent, or body too large to replay",
+            ),
             &["route", "reason"],
         )?;
         let circuit_state = IntGaugeVec::new(
-            Opts::new("circuit_state", "Circuit breaker per target: 0 closed, 1 open, 2 half-open"),
+            Opts::new(
+                "circuit_state",
+                "Circuit breaker per target: 0 closed, 1 open, 2 half-open",
+            ),
             &["upstream", "target"],
         )?;
         let rate_limit_redis_errors = IntCounter::new(

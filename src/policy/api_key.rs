@@ -30,11 +30,12 @@ pub struct ApiKeys {
 
 /// Parse `sha256:HEX` (64 hex digits).
 pub fn parse_key_hash(s: &str) -> Result<[u8; 32], String> {
-    let hex_digits = s
-        .strip_prefix("sha256:")
-        .ok_or_else(|| "key hashes are written \"sha256:HEX\" (printf %s KEY | sha256sum)".to_string())?;
+    let hex_digits = s.strip_prefix("sha256:").ok_or_else(|| {
+        "key hashes are written \"sha256:HEX\" (printf %s KEY | sha256sum)".to_string()
+    })?;
     let mut out = [0u8; 32];
-    hex::decode_to_slice(hex_digits, &mut out).map_err(|_| "expected 64 hex digits after \"sha256:\"".to_string())?;
+    hex::decode_to_slice(hex_digits, &mut out)
+        .map_err(|_| "expected 64 hex digits after \"sha256:\"".to_string())?;
     Ok(out)
 }
 
@@ -87,10 +88,17 @@ mod tests {
         });
         let mut keys = ApiKeys::new(HeaderName::from_static("x-api-key"));
         keys.insert(digest(b"plain-key"), c.clone());
-        let hashed = parse_key_hash("sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855").unwrap();
+        let hashed = parse_key_hash(
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        )
+        .unwrap();
         keys.insert(hashed, c);
         assert_eq!(keys.lookup(b"plain-key").map(|c| &*c.name), Some("mobile"));
-        assert_eq!(keys.lookup(b"").map(|c| &*c.name), Some("mobile"), "sha256 of the empty string");
+        assert_eq!(
+            keys.lookup(b"").map(|c| &*c.name),
+            Some("mobile"),
+            "sha256 of the empty string"
+        );
         assert!(keys.lookup(b"wrong").is_none());
         assert!(parse_key_hash("md5:abc").is_err());
         assert!(parse_key_hash("sha256:zz").is_err());

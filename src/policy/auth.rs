@@ -48,7 +48,10 @@ impl Identity {
     /// Whom rate limits keyed by `consumer` count against: the API-key consumer's name, or
     /// the JWT subject.
     pub fn principal(&self) -> Option<&str> {
-        self.consumer.as_ref().map(|c| &*c.name).or(self.subject.as_deref())
+        self.consumer
+            .as_ref()
+            .map(|c| &*c.name)
+            .or(self.subject.as_deref())
     }
 }
 
@@ -81,12 +84,21 @@ impl AuthFailure {
                 "missing_credentials",
                 "Bearer error=\"invalid_request\"",
             ),
-            AuthFailure::Invalid(reason) => (StatusCode::UNAUTHORIZED, *reason, "Bearer error=\"invalid_token\""),
+            AuthFailure::Invalid(reason) => (
+                StatusCode::UNAUTHORIZED,
+                *reason,
+                "Bearer error=\"invalid_token\"",
+            ),
             AuthFailure::Forbidden => return Reject::new(StatusCode::FORBIDDEN, "missing_role"),
         };
         let mut r = Reject::new(status, message);
-        let challenge = if auth.accepts_bearer() { challenge } else { "ApiKey" };
-        r.headers.push((WWW_AUTHENTICATE, HeaderValue::from_static(challenge)));
+        let challenge = if auth.accepts_bearer() {
+            challenge
+        } else {
+            "ApiKey"
+        };
+        r.headers
+            .push((WWW_AUTHENTICATE, HeaderValue::from_static(challenge)));
         r
     }
 }
@@ -99,7 +111,11 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Authenticate and authorize a request for a route. `Ok(None)`: the route is public.
-pub async fn authenticate(auth: &RouteAuth, headers: &HeaderMap, keys: &ApiKeys) -> Result<Option<Identity>, AuthFailure> {
+pub async fn authenticate(
+    auth: &RouteAuth,
+    headers: &HeaderMap,
+    keys: &ApiKeys,
+) -> Result<Option<Identity>, AuthFailure> {
     if auth.is_public() {
         return Ok(None);
     }
@@ -110,7 +126,11 @@ pub async fn authenticate(auth: &RouteAuth, headers: &HeaderMap, keys: &ApiKeys)
     Ok(Some(identity))
 }
 
-async fn identify(auth: &RouteAuth, headers: &HeaderMap, keys: &ApiKeys) -> Result<Identity, AuthFailure> {
+async fn identify(
+    auth: &RouteAuth,
+    headers: &HeaderMap,
+    keys: &ApiKeys,
+) -> Result<Identity, AuthFailure> {
     let token = bearer(headers).filter(|_| auth.accepts_bearer());
     let key = keys
         .header
@@ -120,7 +140,9 @@ async fn identify(auth: &RouteAuth, headers: &HeaderMap, keys: &ApiKeys) -> Resu
     let mut failure = None;
     if let Some(token) = token {
         for m in &auth.methods {
-            let AuthMethod::Jwt(provider) = m else { continue };
+            let AuthMethod::Jwt(provider) = m else {
+                continue;
+            };
             match provider.verify(token).await {
                 Ok(t) => {
                     return Ok(Identity {

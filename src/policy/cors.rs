@@ -51,7 +51,10 @@ impl CorsPolicy {
         let origins = origins
             .iter()
             .filter(|o| *o != "*")
-            .map(|o| HeaderValue::from_str(o.trim_end_matches('/')).map_err(|_| format!("invalid origin {o:?}")))
+            .map(|o| {
+                HeaderValue::from_str(o.trim_end_matches('/'))
+                    .map_err(|_| format!("invalid origin {o:?}"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let methods = methods
             .iter()
@@ -59,16 +62,22 @@ impl CorsPolicy {
             .collect::<Result<Vec<_>, _>>()?;
         let headers = headers
             .iter()
-            .map(|h| HeaderName::from_bytes(h.as_bytes()).map_err(|_| format!("invalid header name {h:?}")))
+            .map(|h| {
+                HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|_| format!("invalid header name {h:?}"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         for e in expose {
-            HeaderName::from_bytes(e.as_bytes()).map_err(|_| format!("invalid header name {e:?}"))?;
+            HeaderName::from_bytes(e.as_bytes())
+                .map_err(|_| format!("invalid header name {e:?}"))?;
         }
         let join = |items: Vec<&str>| -> Result<Option<HeaderValue>, String> {
             if items.is_empty() {
                 return Ok(None);
             }
-            HeaderValue::from_str(&items.join(", ")).map(Some).map_err(|e| e.to_string())
+            HeaderValue::from_str(&items.join(", "))
+                .map(Some)
+                .map_err(|e| e.to_string())
         };
         Ok(CorsPolicy {
             any_origin,
@@ -85,7 +94,11 @@ impl CorsPolicy {
     }
 
     fn allowed_origin(&self, origin: &HeaderValue) -> Option<HeaderValue> {
-        if self.origins.iter().any(|o| o.as_bytes().eq_ignore_ascii_case(origin.as_bytes())) {
+        if self
+            .origins
+            .iter()
+            .any(|o| o.as_bytes().eq_ignore_ascii_case(origin.as_bytes()))
+        {
             Some(origin.clone())
         } else if self.any_origin {
             Some(HeaderValue::from_static("*"))
@@ -97,7 +110,10 @@ impl CorsPolicy {
     fn common(&self, allow_origin: HeaderValue) -> Vec<(HeaderName, HeaderValue)> {
         let mut h = vec![(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin)];
         if self.credentials {
-            h.push((header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true")));
+            h.push((
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            ));
         }
         h.push((header::VARY, VARY_ORIGIN));
         h
@@ -109,7 +125,8 @@ impl CorsPolicy {
             return Ok(CorsOutcome::None);
         };
         let refused = || Reject::new(StatusCode::FORBIDDEN, "CORS request not allowed");
-        let preflight = *method == Method::OPTIONS && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        let preflight = *method == Method::OPTIONS
+            && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
         let allow_origin = self.allowed_origin(origin);
         if !preflight {
             return Ok(match allow_origin {
@@ -135,20 +152,32 @@ impl CorsPolicy {
         for v in headers.get_all(header::ACCESS_CONTROL_REQUEST_HEADERS) {
             let list = v.to_str().map_err(|_| refused())?;
             for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                if !self.headers.iter().any(|h| h.as_str().eq_ignore_ascii_case(name)) {
+                if !self
+                    .headers
+                    .iter()
+                    .any(|h| h.as_str().eq_ignore_ascii_case(name))
+                {
                     return Err(refused());
                 }
             }
         }
         let mut h = self.common(allow_origin);
-        h.push((header::ACCESS_CONTROL_ALLOW_METHODS, self.allow_methods.clone()));
+        h.push((
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            self.allow_methods.clone(),
+        ));
         if let Some(a) = &self.allow_headers {
             h.push((header::ACCESS_CONTROL_ALLOW_HEADERS, a.clone()));
         }
         if let Some(m) = &self.max_age {
             h.push((header::ACCESS_CONTROL_MAX_AGE, m.clone()));
         }
-        h.push((header::VARY, HeaderValue::from_static("Access-Control-Request-Method, Access-Control-Request-Headers")));
+        h.push((
+            header::VARY,
+            HeaderValue::from_static(
+                "Access-Control-Request-Method, Access-Control-Request-Headers",
+            ),
+        ));
         Ok(CorsOutcome::Preflight(h))
     }
 }
@@ -159,13 +188,23 @@ mod tests {
 
     fn policy(origins: &[&str], credentials: bool) -> Result<CorsPolicy, String> {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        CorsPolicy::new(&s(origins), &s(&["GET", "PUT"]), &s(&["X-Token"]), &s(&["X-Total"]), credentials, Some(std::time::Duration::from_secs(600)))
+        CorsPolicy::new(
+            &s(origins),
+            &s(&["GET", "PUT"]),
+            &s(&["X-Token"]),
+            &s(&["X-Total"]),
+            credentials,
+            Some(std::time::Duration::from_secs(600)),
+        )
     }
 
     fn req(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         h
     }
@@ -183,17 +222,47 @@ mod tests {
         type Case<'a> = (&'a [(&'a str, &'a str)], Option<u16>);
         let cases: &[Case] = &[
             (&[o, ("access-control-request-method", "PUT")], None),
-            (&[o, ("access-control-request-method", "PUT"), ("access-control-request-headers", "x-token")], None),
+            (
+                &[
+                    o,
+                    ("access-control-request-method", "PUT"),
+                    ("access-control-request-headers", "x-token"),
+                ],
+                None,
+            ),
             (&[o, ("access-control-request-method", "DELETE")], Some(403)),
-            (&[o, ("access-control-request-method", "GET"), ("access-control-request-headers", "x-other")], Some(403)),
-            (&[("origin", "https://evil.example"), ("access-control-request-method", "GET")], Some(403)),
+            (
+                &[
+                    o,
+                    ("access-control-request-method", "GET"),
+                    ("access-control-request-headers", "x-other"),
+                ],
+                Some(403),
+            ),
+            (
+                &[
+                    ("origin", "https://evil.example"),
+                    ("access-control-request-method", "GET"),
+                ],
+                Some(403),
+            ),
         ];
         for (headers, want) in cases {
             let got = p.evaluate(&Method::OPTIONS, &req(headers));
-            assert_eq!(got.as_ref().err().map(|r| r.status.as_u16()), *want, "{headers:?}");
+            assert_eq!(
+                got.as_ref().err().map(|r| r.status.as_u16()),
+                *want,
+                "{headers:?}"
+            );
             if let Ok(CorsOutcome::Preflight(h)) = got {
-                assert!(h.contains(&(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("https://app.example"))));
-                assert!(h.contains(&(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"))));
+                assert!(h.contains(&(
+                    header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                    HeaderValue::from_static("https://app.example")
+                )));
+                assert!(h.contains(&(
+                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                    HeaderValue::from_static("true")
+                )));
             }
         }
     }
@@ -201,13 +270,24 @@ mod tests {
     #[test]
     fn actual_requests() {
         let p = policy(&["*"], false).unwrap();
-        match p.evaluate(&Method::GET, &req(&[("origin", "https://x.example")])).unwrap() {
+        match p
+            .evaluate(&Method::GET, &req(&[("origin", "https://x.example")]))
+            .unwrap()
+        {
             CorsOutcome::Actual(h) => {
-                assert!(h.contains(&(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"))));
-                assert!(!h.iter().any(|(k, _)| k == header::ACCESS_CONTROL_ALLOW_CREDENTIALS));
+                assert!(h.contains(&(
+                    header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                    HeaderValue::from_static("*")
+                )));
+                assert!(!h
+                    .iter()
+                    .any(|(k, _)| k == header::ACCESS_CONTROL_ALLOW_CREDENTIALS));
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(p.evaluate(&Method::GET, &HeaderMap::new()).unwrap(), CorsOutcome::None));
+        assert!(matches!(
+            p.evaluate(&Method::GET, &HeaderMap::new()).unwrap(),
+            CorsOutcome::None
+        ));
     }
 }

@@ -30,7 +30,10 @@ pub fn raw_has_content_length(raw_head: &[u8]) -> bool {
 pub fn check(req: &RequestHeader, limits: HeadLimits, raw_cl: bool) -> Result<(), Reject> {
     let headers = &req.headers;
     if headers.len() > limits.max_headers {
-        return Err(Reject::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too many request headers"));
+        return Err(Reject::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "too many request headers",
+        ));
     }
     // The parsed head; HTTP/1 heads are also capped on the wire by the connection guard.
     let size = req.uri.path_and_query().map_or(1, |p| p.as_str().len())
@@ -42,7 +45,10 @@ pub fn check(req: &RequestHeader, limits: HeadLimits, raw_cl: bool) -> Result<()
             .map(|(k, v)| k.as_str().len() + v.len() + 4)
             .sum::<usize>();
     if size > limits.max_header_bytes {
-        return Err(Reject::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request header too large"));
+        return Err(Reject::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request header too large",
+        ));
     }
     let bad = |m| Err(Reject::new(StatusCode::BAD_REQUEST, m));
     let te = headers.get_all(TRANSFER_ENCODING);
@@ -92,7 +98,10 @@ pub fn check(req: &RequestHeader, limits: HeadLimits, raw_cl: bool) -> Result<()
 mod tests {
     use super::*;
 
-    const LIMITS: HeadLimits = HeadLimits { max_headers: 10, max_header_bytes: 1024 };
+    const LIMITS: HeadLimits = HeadLimits {
+        max_headers: 10,
+        max_header_bytes: 1024,
+    };
 
     fn req(headers: &[(&str, &str)]) -> RequestHeader {
         let mut r = RequestHeader::build("POST", b"/", None).unwrap();
@@ -110,18 +119,40 @@ mod tests {
             (&[("host", "a")], None),
             (&[("host", "a"), ("content-length", "5")], None),
             (&[("host", "a"), ("transfer-encoding", "chunked")], None),
-            (&[("host", "a"), ("transfer-encoding", "gzip, chunked")], None),
+            (
+                &[("host", "a"), ("transfer-encoding", "gzip, chunked")],
+                None,
+            ),
             (&[], Some(400)),
             (&[("host", "a"), ("host", "b")], Some(400)),
-            (&[("host", "a"), ("content-length", "5"), ("transfer-encoding", "chunked")], Some(400)),
-            (&[("host", "a"), ("content-length", "5"), ("content-length", "5")], Some(400)),
+            (
+                &[
+                    ("host", "a"),
+                    ("content-length", "5"),
+                    ("transfer-encoding", "chunked"),
+                ],
+                Some(400),
+            ),
+            (
+                &[
+                    ("host", "a"),
+                    ("content-length", "5"),
+                    ("content-length", "5"),
+                ],
+                Some(400),
+            ),
             (&[("host", "a"), ("content-length", "5, 5")], Some(400)),
             (&[("host", "a"), ("content-length", "-1")], Some(400)),
-            (&[("host", "a"), ("transfer-encoding", "chunked, gzip")], Some(400)),
+            (
+                &[("host", "a"), ("transfer-encoding", "chunked, gzip")],
+                Some(400),
+            ),
             (&[("host", "a"), ("x-big", &big)], Some(431)),
         ];
         for (headers, want) in cases {
-            let got = check(&req(headers), LIMITS, false).err().map(|r| r.status.as_u16());
+            let got = check(&req(headers), LIMITS, false)
+                .err()
+                .map(|r| r.status.as_u16());
             assert_eq!(got, *want, "{headers:?}");
         }
         let many: Vec<(String, String)> = (0..11).map(|i| (format!("x-{i}"), "1".into())).collect();
@@ -129,10 +160,20 @@ mod tests {
         for (k, v) in &many {
             r.append_header(k.clone(), v.as_str()).unwrap();
         }
-        assert_eq!(check(&r, LIMITS, false).err().map(|r| r.status.as_u16()), Some(431));
+        assert_eq!(
+            check(&r, LIMITS, false).err().map(|r| r.status.as_u16()),
+            Some(431)
+        );
         let te = req(&[("host", "a"), ("transfer-encoding", "chunked")]);
-        assert_eq!(check(&te, LIMITS, true).err().map(|r| r.status.as_u16()), Some(400));
-        assert!(raw_has_content_length(b"POST / HTTP/1.1\r\nHost: a\r\ncontent-LENGTH: 4\r\n\r\n"));
-        assert!(!raw_has_content_length(b"POST / HTTP/1.1\r\nX-Content-Length: 4\r\n\r\n"));
+        assert_eq!(
+            check(&te, LIMITS, true).err().map(|r| r.status.as_u16()),
+            Some(400)
+        );
+        assert!(raw_has_content_length(
+            b"POST / HTTP/1.1\r\nHost: a\r\ncontent-LENGTH: 4\r\n\r\n"
+        ));
+        assert!(!raw_has_content_length(
+            b"POST / HTTP/1.1\r\nX-Content-Length: 4\r\n\r\n"
+        ));
     }
 }

@@ -56,7 +56,11 @@ impl TrustedProxies {
 
     /// The client address: walking `X-Forwarded-For` from the right, the first hop that is
     /// not a trusted proxy, provided the peer itself is trusted; otherwise the peer.
-    pub fn client_ip<'a>(&self, peer: Option<IpAddr>, xff: impl Iterator<Item = &'a [u8]>) -> Option<IpAddr> {
+    pub fn client_ip<'a>(
+        &self,
+        peer: Option<IpAddr>,
+        xff: impl Iterator<Item = &'a [u8]>,
+    ) -> Option<IpAddr> {
         let peer = peer?;
         if !self.trusts(peer) {
             return Some(peer);
@@ -64,7 +68,10 @@ impl TrustedProxies {
         let hops: Vec<&[u8]> = xff.flat_map(|v| v.split(|b| *b == b',')).collect();
         let mut client = peer;
         for hop in hops.iter().rev() {
-            let Some(ip) = std::str::from_utf8(hop).ok().and_then(|s| s.trim().parse::<IpAddr>().ok()) else {
+            let Some(ip) = std::str::from_utf8(hop)
+                .ok()
+                .and_then(|s| s.trim().parse::<IpAddr>().ok())
+            else {
                 // A garbled entry: stop at the last address we could vouch for.
                 break;
             };
@@ -95,7 +102,10 @@ mod tests {
 
     #[test]
     fn rules_table() {
-        let r = IpRules::new(nets(&["10.0.0.0/8", "2001:db8::/32"]), nets(&["10.1.0.0/16"]));
+        let r = IpRules::new(
+            nets(&["10.0.0.0/8", "2001:db8::/32"]),
+            nets(&["10.1.0.0/16"]),
+        );
         let cases = [
             ("10.2.3.4", true),
             ("10.1.2.3", false),
@@ -117,7 +127,10 @@ mod tests {
         let xff: &[&[u8]] = &[b"203.0.113.9, 10.0.0.2"];
         let client = |peer: &str| t.client_ip(Some(peer.parse().unwrap()), xff.iter().copied());
         assert_eq!(client("127.0.0.1"), Some("203.0.113.9".parse().unwrap()));
-        assert_eq!(client("198.51.100.7"), Some("198.51.100.7".parse().unwrap()));
+        assert_eq!(
+            client("198.51.100.7"),
+            Some("198.51.100.7".parse().unwrap())
+        );
         let spoof: &[&[u8]] = &[b"garbage, 203.0.113.9"];
         assert_eq!(
             t.client_ip(Some("127.0.0.1".parse().unwrap()), spoof.iter().copied()),

@@ -15,7 +15,9 @@
 //! `redis_timeout`; after a failure Redis is skipped for a second (no timeout per request
 //! while it is down) and the configured policy decides: count locally, admit, or refuse.
 
-use crate::config::file::{RateLimitBackend, RateLimitBackendSection, RateLimitSection, RedisFailurePolicy};
+use crate::config::file::{
+    RateLimitBackend, RateLimitBackendSection, RateLimitSection, RedisFailurePolicy,
+};
 use crate::config::Problem;
 use http::{HeaderName, HeaderValue};
 use pingora_limits::rate::Rate;
@@ -62,7 +64,10 @@ impl RateDecision {
         h.push((RATELIMIT_REMAINING, HeaderValue::from(self.remaining)));
         h.push((RATELIMIT_RESET, HeaderValue::from(self.reset_secs)));
         if !self.allowed {
-            h.push((http::header::RETRY_AFTER, HeaderValue::from(self.reset_secs.max(1))));
+            h.push((
+                http::header::RETRY_AFTER,
+                HeaderValue::from(self.reset_secs.max(1)),
+            ));
         }
         h
     }
@@ -96,7 +101,9 @@ impl KeySpec {
                 "ip" => k.ip = true,
                 "consumer" => k.consumer = true,
                 "route" => k.route = true,
-                _ => return Err(format!("invalid key part {part:?}; join \"ip\", \"consumer\" and \"route\" with '+'")),
+                _ => return Err(format!(
+                    "invalid key part {part:?}; join \"ip\", \"consumer\" and \"route\" with '+'"
+                )),
             }
         }
         Ok(k)
@@ -106,7 +113,11 @@ impl KeySpec {
     /// IP for anonymous requests, so they cannot share one unlimited bucket.
     fn parts<'a>(&self, s: &Subject<'a>) -> (Option<IpAddr>, Option<&'a str>) {
         let consumer = if self.consumer { s.consumer } else { None };
-        let ip = if self.ip || (self.consumer && consumer.is_none()) { s.client_ip } else { None };
+        let ip = if self.ip || (self.consumer && consumer.is_none()) {
+            s.client_ip
+        } else {
+            None
+        };
         (ip, consumer)
     }
 }
@@ -153,21 +164,33 @@ impl RateLimitStore {
         let mut p = Vec::new();
         if section.backend == RateLimitBackend::Redis {
             match section.redis_url.as_deref() {
-                None => p.push(Problem::new("rate_limit.redis_url", "backend = \"redis\" needs redis_url")),
+                None => p.push(Problem::new(
+                    "rate_limit.redis_url",
+                    "backend = \"redis\" needs redis_url",
+                )),
                 Some(url) => {
                     if redis::Client::open(url).is_err() {
-                        p.push(Problem::new("rate_limit.redis_url", format!("invalid Redis URL {url:?}; write redis://HOST:PORT/DB")));
+                        p.push(Problem::new(
+                            "rate_limit.redis_url",
+                            format!("invalid Redis URL {url:?}; write redis://HOST:PORT/DB"),
+                        ));
                     }
                 }
             }
         }
         if section.redis_timeout.0.is_zero() || section.redis_timeout.0 > Duration::from_secs(5) {
-            p.push(Problem::new("rate_limit.redis_timeout", "must be between 1ms and 5s"));
+            p.push(Problem::new(
+                "rate_limit.redis_timeout",
+                "must be between 1ms and 5s",
+            ));
         }
         p
     }
 
-    pub fn compile(section: &RateLimitBackendSection, redis_errors: prometheus::IntCounter) -> Result<Arc<Self>, Vec<Problem>> {
+    pub fn compile(
+        section: &RateLimitBackendSection,
+        redis_errors: prometheus::IntCounter,
+    ) -> Result<Arc<Self>, Vec<Problem>> {
         let RateLimitBackendSection {
             backend,
             redis_url,
@@ -226,15 +249,24 @@ impl RateLimits {
         let mut seen = Vec::new();
         for (i, s) in sections.iter().enumerate() {
             if s.limit == 0 {
-                p.push(Problem::new(format!("{at}[{i}].limit"), "must be at least 1"));
+                p.push(Problem::new(
+                    format!("{at}[{i}].limit"),
+                    "must be at least 1",
+                ));
             }
             if s.window.0 < Duration::from_secs(1) || s.window.0 > MAX_WINDOW {
-                p.push(Problem::new(format!("{at}[{i}].window"), "must be between 1s and 24h"));
+                p.push(Problem::new(
+                    format!("{at}[{i}].window"),
+                    "must be between 1s and 24h",
+                ));
             }
             match KeySpec::parse(&s.key) {
                 Ok(k) => {
                     if seen.contains(&(k, s.window.0)) {
-                        p.push(Problem::new(format!("{at}[{i}]"), "duplicate window for the same key"));
+                        p.push(Problem::new(
+                            format!("{at}[{i}]"),
+                            "duplicate window for the same key",
+                        ));
                     }
                     seen.push((k, s.window.0));
                 }
@@ -245,13 +277,18 @@ impl RateLimits {
     }
 
     /// `scope` names what owns the windows (route or consumer name) in counter keys.
-    pub fn compile(scope: &str, sections: &[RateLimitSection], store: &Arc<RateLimitStore>) -> Result<Self, Vec<Problem>> {
+    pub fn compile(
+        scope: &str,
+        sections: &[RateLimitSection],
+        store: &Arc<RateLimitStore>,
+    ) -> Result<Self, Vec<Problem>> {
         let windows = sections
             .iter()
             .enumerate()
             .map(|(i, s)| {
                 let RateLimitSection { limit, window, key } = s;
-                let key = KeySpec::parse(key).map_err(|e| vec![Problem::new(format!("rate_limits[{i}].key"), e)])?;
+                let key = KeySpec::parse(key)
+                    .map_err(|e| vec![Problem::new(format!("rate_limits[{i}].key"), e)])?;
                 let mut h = std::collections::hash_map::DefaultHasher::new();
                 (scope, i).hash(&mut h);
                 Ok(Window {
@@ -296,7 +333,11 @@ impl RateLimits {
         }
     }
 
-    fn local_key<'a>(&self, w: &Window, subject: &Subject<'a>) -> (u64, Option<IpAddr>, Option<&'a str>) {
+    fn local_key<'a>(
+        &self,
+        w: &Window,
+        subject: &Subject<'a>,
+    ) -> (u64, Option<IpAddr>, Option<&'a str>) {
         let (ip, consumer) = w.key.parts(subject);
         (w.salt, ip, consumer)
     }
@@ -327,7 +368,12 @@ impl RateLimits {
         self.decide(&counts, over, reset)
     }
 
-    fn decide(&self, counts: &[u64], over: Option<usize>, reset: impl Fn(&Window) -> u64) -> RateDecision {
+    fn decide(
+        &self,
+        counts: &[u64],
+        over: Option<usize>,
+        reset: impl Fn(&Window) -> u64,
+    ) -> RateDecision {
         if let Some(i) = over {
             let w = &self.windows[i];
             return RateDecision {
@@ -358,12 +404,18 @@ impl RateLimits {
         }
     }
 
-    async fn check_redis(&self, redis: &RedisStore, subject: &Subject<'_>) -> Result<RateDecision, ()> {
+    async fn check_redis(
+        &self,
+        redis: &RedisStore,
+        subject: &Subject<'_>,
+    ) -> Result<RateDecision, ()> {
         let now_ms = redis.epoch.elapsed().as_millis() as u64;
         if now_ms < redis.down_until_ms.load(Ordering::Relaxed) {
             return Err(());
         }
-        let wall_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let wall_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let mut invocation = redis.script.prepare_invoke();
         for w in &self.windows {
             let window_ms = w.window.as_millis() as u64;
@@ -375,7 +427,10 @@ impl RateLimits {
                 ip.map(|i| i.to_string()).unwrap_or_default(),
                 consumer.unwrap_or("")
             );
-            invocation.key(format!("tollgate:{{{tag}}}:w{window_ms}:{}", wall_ms / window_ms.max(1)));
+            invocation.key(format!(
+                "tollgate:{{{tag}}}:w{window_ms}:{}",
+                wall_ms / window_ms.max(1)
+            ));
         }
         for w in &self.windows {
             invocation.arg(w.window.as_millis() as u64 * 2);
@@ -386,7 +441,9 @@ impl RateLimits {
         let result = tokio::time::timeout(redis.timeout, async {
             let conn = redis
                 .conn
-                .get_or_try_init(|| async { redis::aio::ConnectionManager::new(redis.client.clone()).await })
+                .get_or_try_init(|| async {
+                    redis::aio::ConnectionManager::new(redis.client.clone()).await
+                })
                 .await?;
             let mut conn = conn.clone();
             invocation.invoke_async::<Vec<i64>>(&mut conn).await
@@ -407,8 +464,14 @@ impl RateLimits {
                 return Err(());
             }
         };
-        let counts: Vec<u64> = values[..self.windows.len()].iter().map(|c| (*c).max(0) as u64).collect();
-        let over = usize::try_from(values[self.windows.len()]).ok().filter(|i| *i > 0).map(|i| i - 1);
+        let counts: Vec<u64> = values[..self.windows.len()]
+            .iter()
+            .map(|c| (*c).max(0) as u64)
+            .collect();
+        let over = usize::try_from(values[self.windows.len()])
+            .ok()
+            .filter(|i| *i > 0)
+            .map(|i| i - 1);
         let reset = |w: &Window| {
             let window_ms = (w.window.as_millis() as u64).max(1);
             let left = window_ms - wall_ms % window_ms;
@@ -478,12 +541,21 @@ mod tests {
     #[test]
     fn consumer_keys_fall_back_to_ip() {
         let l = limits(&[(1, 60, "consumer")]);
-        let a = Subject { consumer: Some("a"), ..subject("10.0.0.9") };
-        let b = Subject { consumer: Some("b"), ..subject("10.0.0.9") };
+        let a = Subject {
+            consumer: Some("a"),
+            ..subject("10.0.0.9")
+        };
+        let b = Subject {
+            consumer: Some("b"),
+            ..subject("10.0.0.9")
+        };
         assert!(l.check_local(&a).allowed);
         assert!(!l.check_local(&a).allowed);
         assert!(l.check_local(&b).allowed, "consumers are isolated");
-        assert!(l.check_local(&subject("10.0.0.9")).allowed, "anonymous falls back to the IP");
+        assert!(
+            l.check_local(&subject("10.0.0.9")).allowed,
+            "anonymous falls back to the IP"
+        );
         assert!(!l.check_local(&subject("10.0.0.9")).allowed);
     }
 
@@ -513,8 +585,18 @@ mod tests {
             window: HumanDuration(Duration::from_millis(secs)),
             key: key.into(),
         };
-        let p = RateLimits::validate("routes[0].rate_limits", &[s(0, 1000, "ip"), s(1, 10, "ip"), s(1, 1000, "ip+user")]);
+        let p = RateLimits::validate(
+            "routes[0].rate_limits",
+            &[s(0, 1000, "ip"), s(1, 10, "ip"), s(1, 1000, "ip+user")],
+        );
         let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
-        assert_eq!(paths, ["routes[0].rate_limits[0].limit", "routes[0].rate_limits[1].window", "routes[0].rate_limits[2].key"]);
+        assert_eq!(
+            paths,
+            [
+                "routes[0].rate_limits[0].limit",
+                "routes[0].rate_limits[1].window",
+                "routes[0].rate_limits[2].key"
+            ]
+        );
     }
 }

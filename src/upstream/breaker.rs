@@ -89,11 +89,17 @@ impl Breaker {
             State::HalfOpen => None,
             State::Open => {
                 let opened = self.opened_at_ms.load(Ordering::Acquire);
-                if self.now_ms().saturating_sub(opened) < self.settings.cooldown.as_millis() as u64 {
+                if self.now_ms().saturating_sub(opened) < self.settings.cooldown.as_millis() as u64
+                {
                     return None;
                 }
                 self.state
-                    .compare_exchange(State::Open as u8, State::HalfOpen as u8, Ordering::AcqRel, Ordering::Acquire)
+                    .compare_exchange(
+                        State::Open as u8,
+                        State::HalfOpen as u8,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
                     .ok()
                     .map(|_| Permit { probe: true })
             }

@@ -39,14 +39,18 @@ impl TargetSpec {
                 weight,
             });
         }
-        let bad = || format!("invalid target address {address:?}; write IP:PORT or NAME:PORT, e.g. \"10.0.0.5:8080\" or \"users.internal:8080\"");
+        let bad = || {
+            format!("invalid target address {address:?}; write IP:PORT or NAME:PORT, e.g. \"10.0.0.5:8080\" or \"users.internal:8080\"")
+        };
         let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
         let port: u16 = port.parse().map_err(|_| bad())?;
         let valid = !host.is_empty()
             && host.len() <= 253
-            && host
-                .split('.')
-                .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+            && host.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
         if !valid || port == 0 {
             return Err(bad());
         }
@@ -78,7 +82,11 @@ struct Known {
 }
 
 impl Discovery {
-    pub fn new(targets: Vec<TargetSpec>, hosts_file: Option<PathBuf>, breaker: Option<BreakerSettings>) -> Self {
+    pub fn new(
+        targets: Vec<TargetSpec>,
+        hosts_file: Option<PathBuf>,
+        breaker: Option<BreakerSettings>,
+    ) -> Self {
         Discovery {
             targets,
             hosts_file,
@@ -181,10 +189,18 @@ mod tests {
 
     #[test]
     fn target_specs() {
-        assert_eq!(TargetSpec::parse("10.0.0.1:80", 1).unwrap().host, "10.0.0.1");
+        assert_eq!(
+            TargetSpec::parse("10.0.0.1:80", 1).unwrap().host,
+            "10.0.0.1"
+        );
         assert!(!TargetSpec::parse("[::1]:80", 1).unwrap().is_name());
-        assert!(TargetSpec::parse("Users.Internal:8080", 2).unwrap().is_name());
-        assert_eq!(TargetSpec::parse("Users.Internal:8080", 2).unwrap().host, "users.internal");
+        assert!(TargetSpec::parse("Users.Internal:8080", 2)
+            .unwrap()
+            .is_name());
+        assert_eq!(
+            TargetSpec::parse("Users.Internal:8080", 2).unwrap().host,
+            "users.internal"
+        );
         for bad in ["nope", "a:b", "host:0", "bad_name:80", ":80"] {
             assert!(TargetSpec::parse(bad, 1).is_err(), "{bad}");
         }

@@ -49,7 +49,10 @@ impl HealthCheckSpec {
                 hc.consecutive_failure = self.fall;
                 let mut req = RequestHeader::build("GET", path.as_bytes(), None)?;
                 req.insert_header("Host", host.as_str())?;
-                req.insert_header("User-Agent", concat!("tollgate-health/", env!("CARGO_PKG_VERSION")))?;
+                req.insert_header(
+                    "User-Agent",
+                    concat!("tollgate-health/", env!("CARGO_PKG_VERSION")),
+                )?;
                 hc.req = req;
                 let opts = &mut hc.peer_template.options;
                 opts.connection_timeout = Some(self.timeout);
@@ -62,7 +65,10 @@ impl HealthCheckSpec {
                         Ok(())
                     } else {
                         Error::e_explain(
-                            ErrorType::CustomCode("unexpected health check status", resp.status.as_u16()),
+                            ErrorType::CustomCode(
+                                "unexpected health check status",
+                                resp.status.as_u16(),
+                            ),
                             format!("expected {expected}"),
                         )
                     }

@@ -79,7 +79,11 @@ impl InflightGuard {
     /// Report an upstream response status: 5xx is a failure where the breaker counts it.
     pub fn record_status(&mut self, status: u16) {
         let failed = status >= 500 && self.state.breaker.as_ref().is_some_and(|b| b.counts_5xx());
-        self.record(if failed { Outcome::Failure } else { Outcome::Success });
+        self.record(if failed {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        });
     }
 }
 
@@ -120,7 +124,12 @@ impl RetryBudget {
     fn roll(&self) {
         let now = self.epoch.elapsed().as_secs();
         let w = self.window.load(Ordering::Acquire);
-        if now != w && self.window.compare_exchange(w, now, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        if now != w
+            && self
+                .window
+                .compare_exchange(w, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
             self.requests.store(0, Ordering::Release);
             self.retries.store(0, Ordering::Release);
         }
@@ -224,7 +233,11 @@ impl UpstreamGroup {
     /// consistent hashing.
     pub fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<InflightGuard> {
         let mut lost: Vec<SocketAddr> = Vec::new();
-        let steps = if self.resolves_names { self.steps_now() } else { self.max_steps };
+        let steps = if self.resolves_names {
+            self.steps_now()
+        } else {
+            self.max_steps
+        };
         loop {
             let backend = self.lb.select_with(key, steps, |b, healthy| {
                 healthy
@@ -349,7 +362,10 @@ mod tests {
     #[test]
     fn cookie_lookup() {
         let mut h = http::HeaderMap::new();
-        h.insert(http::header::COOKIE, "a=1; session=abc; b=2".parse().unwrap());
+        h.insert(
+            http::header::COOKIE,
+            "a=1; session=abc; b=2".parse().unwrap(),
+        );
         assert_eq!(cookie_value(&h, "session"), Some(&b"abc"[..]));
         assert_eq!(cookie_value(&h, "sess"), None);
     }

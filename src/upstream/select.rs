@@ -167,7 +167,11 @@ impl BackendIter for SelectorIter {
                 Selector::RoundRobin(t) => t.next(),
                 _ => None,
             },
-            SelectorIter::Ordered { order, pos, selector } => {
+            SelectorIter::Ordered {
+                order,
+                pos,
+                selector,
+            } => {
                 let i = *order.get(*pos)?;
                 *pos += 1;
                 match &**selector {
@@ -207,7 +211,10 @@ mod tests {
     #[test]
     fn fallback_keeps_weights_of_the_rest() {
         // Target 0 is skipped; 1 and 2 (weights 2 and 1) must keep a 2:1 ratio.
-        let sel = Arc::new(Selector::build_with_config(&backends(&[1, 2, 1]), &Policy::RoundRobin));
+        let sel = Arc::new(Selector::build_with_config(
+            &backends(&[1, 2, 1]),
+            &Policy::RoundRobin,
+        ));
         let mut counts = [0; 3];
         for _ in 0..3000 {
             let mut it = sel.iter(b"");
