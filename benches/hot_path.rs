@@ -47,20 +47,46 @@ fn route_matching(c: &mut Criterion) {
         let last = if last >= n { n - 1 } else { last };
         let path = format!("/api/v{}/resource{}/items/42", last % 4, last);
         g.bench_with_input(BenchmarkId::new("any_host_deep", n), &n, |b, _| {
-            b.iter(|| black_box(t.find(Some("unknown.example.org"), black_box(&path), &Method::GET, &headers)))
+            b.iter(|| {
+                black_box(t.find(
+                    Some("unknown.example.org"),
+                    black_box(&path),
+                    &Method::GET,
+                    &headers,
+                ))
+            })
         });
         g.bench_with_input(BenchmarkId::new("exact_host", n), &n, |b, _| {
-            b.iter(|| black_box(t.find(Some("svc0.example.com"), black_box("/api/v0/resource0/x"), &Method::GET, &headers)))
+            b.iter(|| {
+                black_box(t.find(
+                    Some("svc0.example.com"),
+                    black_box("/api/v0/resource0/x"),
+                    &Method::GET,
+                    &headers,
+                ))
+            })
         });
         g.bench_with_input(BenchmarkId::new("miss", n), &n, |b, _| {
-            b.iter(|| black_box(t.find(Some("nowhere.test"), black_box("/nothing/here"), &Method::GET, &headers)))
+            b.iter(|| {
+                black_box(t.find(
+                    Some("nowhere.test"),
+                    black_box("/nothing/here"),
+                    &Method::GET,
+                    &headers,
+                ))
+            })
         });
     }
     g.finish();
 }
 
 fn header_transforms(c: &mut Criterion) {
-    let map = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>();
+    let map = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>()
+    };
     let t = HeaderTransform::compile(
         &map(&[("x-env", "prod"), ("x-gateway", "tollgate")]),
         &map(&[("x-tag", "edge")]),
@@ -69,7 +95,13 @@ fn header_transforms(c: &mut Criterion) {
     )
     .unwrap();
     let mut base = pingora::http::RequestHeader::build("GET", b"/api/users/42", None).unwrap();
-    for (k, v) in [("host", "api.example.com"), ("user-agent", "bench"), ("accept", "*/*"), ("x-old", "1"), ("x-debug", "1")] {
+    for (k, v) in [
+        ("host", "api.example.com"),
+        ("user-agent", "bench"),
+        ("accept", "*/*"),
+        ("x-old", "1"),
+        ("x-debug", "1"),
+    ] {
         base.insert_header(k, v).unwrap();
     }
     c.bench_function("header_transform/request_5_edits", |b| {
@@ -89,7 +121,9 @@ fn header_transforms(c: &mut Criterion) {
             black_box(req)
         })
     });
-    c.bench_function("request_id/generate", |b| b.iter(|| black_box(tollgate::forward::new_request_id())));
+    c.bench_function("request_id/generate", |b| {
+        b.iter(|| black_box(tollgate::forward::new_request_id()))
+    });
 }
 
 fn access_log(c: &mut Criterion) {

@@ -5,7 +5,6 @@
 mod common;
 use common::*;
 
-
 fn sha256_hex(s: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(s.as_bytes()))
@@ -58,10 +57,25 @@ fn api_keys_map_to_consumers_and_roles() {
         ("/public/x", None, 200, None),
         ("/keyed/x", None, 401, None),
         ("/keyed/x", Some("wrong-key-0123456789"), 401, None),
-        ("/keyed/x", Some("mobile-key-0123456789"), 200, Some("mobile")),
-        ("/keyed/x", Some("hashed-key-for-batch-jobs"), 200, Some("batch")),
+        (
+            "/keyed/x",
+            Some("mobile-key-0123456789"),
+            200,
+            Some("mobile"),
+        ),
+        (
+            "/keyed/x",
+            Some("hashed-key-for-batch-jobs"),
+            200,
+            Some("batch"),
+        ),
         ("/admin/x", Some("mobile-key-0123456789"), 403, None),
-        ("/admin/x", Some("hashed-key-for-batch-jobs"), 200, Some("batch")),
+        (
+            "/admin/x",
+            Some("hashed-key-for-batch-jobs"),
+            200,
+            Some("batch"),
+        ),
     ];
     for (path, key, status, consumer) in cases {
         let before = backend.hits();
@@ -74,21 +88,61 @@ fn api_keys_map_to_consumers_and_roles() {
         let headers = resp.headers().clone();
         let text = resp.text().unwrap();
         if *status == 401 {
-            assert!(headers.contains_key("www-authenticate"), "{path}: 401 carries a challenge");
-            assert!(!text.contains("key-0123456789"), "never echo key material: {text}");
+            assert!(
+                headers.contains_key("www-authenticate"),
+                "{path}: 401 carries a challenge"
+            );
+            assert!(
+                !text.contains("key-0123456789"),
+                "never echo key material: {text}"
+            );
             let body: serde_json::Value = serde_json::from_str(&text).unwrap();
             assert!(body["request_id"].is_string());
         }
         if *status == 200 {
-            assert_eq!(backend.last_request().header("x-consumer"), *consumer, "{path}");
+            assert_eq!(
+                backend.last_request().header("x-consumer"),
+                *consumer,
+                "{path}"
+            );
         } else {
-            assert_eq!(backend.hits(), before, "{path}: refused requests never reach upstream");
+            assert_eq!(
+                backend.hits(),
+                before,
+                "{path}: refused requests never reach upstream"
+            );
         }
     }
-    let metrics = c.get(gw.admin_url("/metrics")).send().unwrap().text().unwrap();
-    assert_eq!(metric(&metrics, "auth_failures_total", &[("route", "keyed"), ("reason", "missing_credentials")]), Some(1.0));
-    assert_eq!(metric(&metrics, "auth_failures_total", &[("route", "keyed"), ("reason", "invalid_api_key")]), Some(1.0));
-    assert_eq!(metric(&metrics, "auth_failures_total", &[("route", "admin"), ("reason", "missing_role")]), Some(1.0));
+    let metrics = c
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert_eq!(
+        metric(
+            &metrics,
+            "auth_failures_total",
+            &[("route", "keyed"), ("reason", "missing_credentials")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "auth_failures_total",
+            &[("route", "keyed"), ("reason", "invalid_api_key")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "auth_failures_total",
+            &[("route", "admin"), ("reason", "missing_role")]
+        ),
+        Some(1.0)
+    );
 }
 
 #[test]
@@ -147,11 +201,22 @@ fn ip_rules_without_trusted_proxies_use_the_peer() {
     let gw = ip_gateway(&backend, "");
     let c = client();
     // The peer is 127.0.0.1, not in 10/8; a forged X-Forwarded-For changes nothing.
-    let r = c.get(gw.url("/internal/x")).header("x-forwarded-for", "10.1.2.3").send().unwrap();
+    let r = c
+        .get(gw.url("/internal/x"))
+        .header("x-forwarded-for", "10.1.2.3")
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 403);
-    let r = c.get(gw.url("/x")).header("x-forwarded-for", "203.0.113.5").send().unwrap();
+    let r = c
+        .get(gw.url("/x"))
+        .header("x-forwarded-for", "203.0.113.5")
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(backend.last_request().header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(
+        backend.last_request().header("x-forwarded-for"),
+        Some("127.0.0.1")
+    );
 }
 
 #[test]
@@ -166,11 +231,18 @@ fn ip_rules_with_a_trusted_proxy_use_forwarded_for() {
         ("/x", "198.51.100.1", 200),
     ];
     for (path, xff, status) in cases {
-        let r = c.get(gw.url(path)).header("x-forwarded-for", xff).send().unwrap();
+        let r = c
+            .get(gw.url(path))
+            .header("x-forwarded-for", xff)
+            .send()
+            .unwrap();
         assert_eq!(r.status().as_u16(), status, "{path} from {xff}");
     }
     // The chain is extended with the trusted peer.
-    assert_eq!(backend.last_request().header("x-forwarded-for"), Some("198.51.100.1, 127.0.0.1"));
+    assert_eq!(
+        backend.last_request().header("x-forwarded-for"),
+        Some("198.51.100.1, 127.0.0.1")
+    );
     let log = gw.wait_access_log(|l| l["path"] == "/x" && l["status"] == 200);
     assert_eq!(log["client_ip"], "198.51.100.1");
 }
@@ -233,21 +305,48 @@ allow_origins = ["*"]
     assert_eq!(h["access-control-max-age"], "600");
     assert!(h.get_all("vary").iter().any(|v| v == "Origin"));
     assert_eq!(preflight("https://evil.example", "PUT", None).status(), 403);
-    assert_eq!(preflight("https://app.example", "DELETE", None).status(), 403);
-    assert_eq!(preflight("https://app.example", "GET", Some("x-other")).status(), 403);
+    assert_eq!(
+        preflight("https://app.example", "DELETE", None).status(),
+        403
+    );
+    assert_eq!(
+        preflight("https://app.example", "GET", Some("x-other")).status(),
+        403
+    );
     assert_eq!(backend.hits(), 0, "preflights are answered at the gateway");
 
-    let actual = c.get(gw.url("/api/items")).header("origin", "https://app.example").send().unwrap();
+    let actual = c
+        .get(gw.url("/api/items"))
+        .header("origin", "https://app.example")
+        .send()
+        .unwrap();
     assert_eq!(actual.status(), 200);
-    assert_eq!(actual.headers()["access-control-allow-origin"], "https://app.example");
+    assert_eq!(
+        actual.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
     assert_eq!(actual.headers()["access-control-expose-headers"], "X-Total");
-    let foreign = c.get(gw.url("/api/items")).header("origin", "https://evil.example").send().unwrap();
-    assert!(foreign.headers().get("access-control-allow-origin").is_none());
+    let foreign = c
+        .get(gw.url("/api/items"))
+        .header("origin", "https://evil.example")
+        .send()
+        .unwrap();
+    assert!(foreign
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
 
     // Wildcard without credentials: "*" and never Allow-Credentials.
-    let open = c.get(gw.url("/open")).header("origin", "https://any.example").send().unwrap();
+    let open = c
+        .get(gw.url("/open"))
+        .header("origin", "https://any.example")
+        .send()
+        .unwrap();
     assert_eq!(open.headers()["access-control-allow-origin"], "*");
-    assert!(open.headers().get("access-control-allow-credentials").is_none());
+    assert!(open
+        .headers()
+        .get("access-control-allow-credentials")
+        .is_none());
 }
 
 #[test]

@@ -44,7 +44,10 @@ fn health_reports_per_target_and_turns_503_when_a_group_is_down() {
     let h: serde_json::Value = r.json().unwrap();
     assert_eq!(h["status"], "ok");
     assert_eq!(h["version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(h["upstreams"]["app"]["targets"][0]["address"], a.addr.to_string());
+    assert_eq!(
+        h["upstreams"]["app"]["targets"][0]["address"],
+        a.addr.to_string()
+    );
     assert_eq!(h["upstreams"]["app"]["targets"][0]["healthy"], true);
     assert_eq!(h["upstreams"]["checked"]["health_checked"], true);
 
@@ -57,9 +60,24 @@ fn health_reports_per_target_and_turns_503_when_a_group_is_down() {
     assert_eq!(degraded["status"], "degraded");
     assert_eq!(degraded["upstreams"]["checked"]["status"], "down");
     assert_eq!(degraded["upstreams"]["app"]["status"], "up");
-    let metrics = c.get(gw.admin_url("/metrics")).send().unwrap().text().unwrap();
-    assert_eq!(metric(&metrics, "upstream_target_healthy", &[("upstream", "checked")]), Some(0.0));
-    assert_eq!(metric(&metrics, "upstream_target_healthy", &[("upstream", "app")]), Some(1.0));
+    let metrics = c
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert_eq!(
+        metric(
+            &metrics,
+            "upstream_target_healthy",
+            &[("upstream", "checked")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&metrics, "upstream_target_healthy", &[("upstream", "app")]),
+        Some(1.0)
+    );
 }
 
 #[test]
@@ -75,18 +93,47 @@ fn metrics_count_exactly_the_traffic_sent() {
     // Metrics are recorded in the logging phase, just after the response: poll until the
     // last request shows, then every count must be exact.
     let text = wait_for(Duration::from_secs(5), || {
-        let t = c.get(gw.admin_url("/metrics")).send().unwrap().text().unwrap();
+        let t = c
+            .get(gw.admin_url("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
         let done = metric(&t, "request_duration_seconds_count", &[("route", "-")]) == Some(1.0)
             && metric(&t, "request_duration_seconds_count", &[("route", "app")]) == Some(4.0);
         done.then_some(t)
     })
     .expect("all five requests recorded");
     let get = |name: &str, labels: &[(&str, &str)]| metric(&text, name, labels);
-    assert_eq!(get("requests_total", &[("route", "app"), ("method", "GET"), ("status", "200")]), Some(3.0));
-    assert_eq!(get("requests_total", &[("route", "app"), ("method", "POST"), ("status", "200")]), Some(1.0));
-    assert_eq!(get("requests_total", &[("route", "-"), ("method", "GET"), ("status", "404")]), Some(1.0));
-    assert_eq!(get("request_duration_seconds_count", &[("route", "app")]), Some(4.0));
-    assert_eq!(get("upstream_duration_seconds_count", &[("upstream", "app")]), Some(4.0));
+    assert_eq!(
+        get(
+            "requests_total",
+            &[("route", "app"), ("method", "GET"), ("status", "200")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        get(
+            "requests_total",
+            &[("route", "app"), ("method", "POST"), ("status", "200")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        get(
+            "requests_total",
+            &[("route", "-"), ("method", "GET"), ("status", "404")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        get("request_duration_seconds_count", &[("route", "app")]),
+        Some(4.0)
+    );
+    assert_eq!(
+        get("upstream_duration_seconds_count", &[("upstream", "app")]),
+        Some(4.0)
+    );
     assert!(get("requests_in_flight", &[]).is_some());
     assert!(get("downstream_connections", &[]).is_some());
     assert!(text.contains("# TYPE request_duration_seconds histogram"));
@@ -114,7 +161,13 @@ fn access_log_has_one_json_line_per_request() {
     assert!(line["duration_ms"].as_f64().unwrap() > 0.0);
     assert!(line["upstream_ms"].as_f64().unwrap() > 0.0);
     assert!(line["time"].as_str().unwrap().ends_with('Z'));
-    assert_eq!(gw.access_log().iter().filter(|l| l["request_id"] == "log-check-1").count(), 1);
+    assert_eq!(
+        gw.access_log()
+            .iter()
+            .filter(|l| l["request_id"] == "log-check-1")
+            .count(),
+        1
+    );
 }
 
 #[test]
@@ -123,7 +176,10 @@ fn admin_paths_and_methods() {
     let gw = gateway(&a, &b);
     let c = client();
     assert_eq!(c.get(gw.admin_url("/nope")).send().unwrap().status(), 404);
-    assert_eq!(c.post(gw.admin_url("/metrics")).send().unwrap().status(), 405);
+    assert_eq!(
+        c.post(gw.admin_url("/metrics")).send().unwrap().status(),
+        405
+    );
     // The proxy listener routes /metrics like any path: no route here, so 404 JSON.
     let r = c.get(gw.url("/metrics")).send().unwrap();
     assert_eq!(r.status(), 404);

@@ -68,11 +68,18 @@ fn get(gw: &Gateway, path: &str) -> (u16, serde_json::Value, Duration) {
 
 #[test]
 fn three_parts_merge_and_carry_identity() {
-    let (p, o, r) = (json_backend("profile"), json_backend("orders"), json_backend("recs"));
+    let (p, o, r) = (
+        json_backend("profile"),
+        json_backend("orders"),
+        json_backend("recs"),
+    );
     let gw = Gateway::start(&config(&p, &o, &r));
     let (status, body, _) = get(&gw, "/dashboard/ada");
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["profile"], serde_json::json!({"from": "profile", "path": "/users/ada"}));
+    assert_eq!(
+        body["profile"],
+        serde_json::json!({"from": "profile", "path": "/users/ada"})
+    );
     assert_eq!(body["orders"]["path"], "/orders?user=ada");
     assert_eq!(body["recommendations"]["from"], "recs");
     assert_eq!(body["errors"], serde_json::json!([]));
@@ -81,7 +88,10 @@ fn three_parts_merge_and_carry_identity() {
         assert_eq!(seen.header("x-request-id"), Some("agg-req-1"));
         assert_eq!(seen.header("x-consumer"), Some("app"));
         assert_eq!(seen.header("x-user-roles"), Some("user"));
-        assert!(seen.header("x-api-key").is_none(), "credentials are not forwarded to parts");
+        assert!(
+            seen.header("x-api-key").is_none(),
+            "credentials are not forwarded to parts"
+        );
     }
 }
 
@@ -90,7 +100,10 @@ fn failed_and_slow_parts_become_null_with_errors() {
     let p = json_backend("profile");
     let o = Backend::start("orders", |_| Reply::status(500).body("boom"));
     let r = Backend::start("recs", |_| {
-        Reply::status(200).header("content-type", "application/json").body("{}").delay(Duration::from_secs(3))
+        Reply::status(200)
+            .header("content-type", "application/json")
+            .body("{}")
+            .delay(Duration::from_secs(3))
     });
     let gw = Gateway::start(&config(&p, &o, &r));
     let (status, body, took) = get(&gw, "/dashboard/ada");
@@ -99,10 +112,18 @@ fn failed_and_slow_parts_become_null_with_errors() {
     assert!(body["orders"].is_null());
     assert!(body["recommendations"].is_null());
     let errors = body["errors"].as_array().unwrap();
-    let error_of = |part: &str| errors.iter().find(|e| e["part"] == part).map(|e| e["error"].as_str().unwrap().to_string());
+    let error_of = |part: &str| {
+        errors
+            .iter()
+            .find(|e| e["part"] == part)
+            .map(|e| e["error"].as_str().unwrap().to_string())
+    };
     assert_eq!(error_of("orders").as_deref(), Some("upstream answered 500"));
     assert!(error_of("recommendations").unwrap().contains("timed out"));
-    assert!(took < Duration::from_secs(2), "the slow part is cut at its 300ms timeout, took {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "the slow part is cut at its 300ms timeout, took {took:?}"
+    );
 }
 
 #[test]
@@ -125,5 +146,12 @@ parts = [{{ name = "a", upstream = "dead", path = "/a" }}]
     let (status, body, _) = get(&gw, "/dashboard/x");
     assert_eq!(status, 502);
     assert!(body["a"].is_null());
-    assert_eq!(client().get(gw.url("/dashboard/x")).send().unwrap().status(), 401);
+    assert_eq!(
+        client()
+            .get(gw.url("/dashboard/x"))
+            .send()
+            .unwrap()
+            .status(),
+        401
+    );
 }

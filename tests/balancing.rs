@@ -104,7 +104,9 @@ targets = [{{ address = "{}" }}, {{ address = "{}" }}]"#,
     // With both idle again, traffic spreads over both.
     let mut seen = HashMap::new();
     for _ in 0..10 {
-        *seen.entry(backend_of(c.get(gw.url("/fast")).send().unwrap())).or_insert(0) += 1;
+        *seen
+            .entry(backend_of(c.get(gw.url("/fast")).send().unwrap()))
+            .or_insert(0) += 1;
     }
     assert_eq!(seen.len(), 2, "{seen:?}");
 }
@@ -140,7 +142,11 @@ targets = [{{ address = "{}" }}, {{ address = "{}" }}]"#,
             }
             *spread.entry(first).or_insert(0) += 1;
         }
-        assert_eq!(spread.len(), 2, "{hash_on}: 50 users spread over both targets: {spread:?}");
+        assert_eq!(
+            spread.len(),
+            2,
+            "{hash_on}: 50 users spread over both targets: {spread:?}"
+        );
     }
 }
 
@@ -161,7 +167,12 @@ unhealthy_threshold = 2"#,
     )));
     let c = client();
     let health_of = |addr: &str| {
-        let h: serde_json::Value = c.get(gw.admin_url("/health")).send().unwrap().json().unwrap();
+        let h: serde_json::Value = c
+            .get(gw.admin_url("/health"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
         h["upstreams"]["app"]["targets"]
             .as_array()
             .unwrap()
@@ -173,8 +184,10 @@ unhealthy_threshold = 2"#,
     a.set_healthy(false);
     let started = Instant::now();
     // interval x threshold = 400 ms; allow generous slack for a loaded machine.
-    wait_for(Duration::from_secs(5), || (!health_of(&a.addr.to_string())).then_some(()))
-        .expect("a marked unhealthy");
+    wait_for(Duration::from_secs(5), || {
+        (!health_of(&a.addr.to_string())).then_some(())
+    })
+    .expect("a marked unhealthy");
     let detected = started.elapsed();
     let before = a.hits();
     for _ in 0..50 {
@@ -184,7 +197,10 @@ unhealthy_threshold = 2"#,
     assert!(detected < Duration::from_secs(5), "took {detected:?}");
 
     a.set_healthy(true);
-    wait_for(Duration::from_secs(5), || health_of(&a.addr.to_string()).then_some(())).expect("a healthy again");
+    wait_for(Duration::from_secs(5), || {
+        health_of(&a.addr.to_string()).then_some(())
+    })
+    .expect("a healthy again");
     let rejoined = wait_for(Duration::from_secs(5), || {
         c.get(gw.url("/x")).send().unwrap();
         (a.hits() > before).then_some(())
@@ -209,7 +225,12 @@ unhealthy_threshold = 1"#,
     )));
     let c = client();
     let down = wait_for(Duration::from_secs(5), || {
-        let h: serde_json::Value = c.get(gw.admin_url("/health")).send().unwrap().json().unwrap();
+        let h: serde_json::Value = c
+            .get(gw.admin_url("/health"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
         (h["upstreams"]["app"]["healthy_targets"] == 1).then_some(())
     });
     assert!(down.is_some());
@@ -237,11 +258,18 @@ unhealthy_threshold = 1"#,
     let c = client();
     let got = wait_for(Duration::from_secs(5), || {
         let started = Instant::now();
-        let r = c.get(gw.url("/x")).header("x-request-id", "down-1").send().unwrap();
+        let r = c
+            .get(gw.url("/x"))
+            .header("x-request-id", "down-1")
+            .send()
+            .unwrap();
         (r.status() == 503).then(|| (started.elapsed(), r.json::<serde_json::Value>().unwrap()))
     });
     let (took, body) = got.expect("503 once every target is unhealthy");
-    assert!(took < Duration::from_secs(2), "no waiting for a timeout: {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "no waiting for a timeout: {took:?}"
+    );
     assert_eq!(body["request_id"], "down-1");
     assert!(body["error"].as_str().unwrap().contains("healthy"));
     let health = c.get(gw.admin_url("/health")).send().unwrap();

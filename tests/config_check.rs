@@ -88,7 +88,10 @@ fn broken_configs_name_the_key_and_the_problem() {
         let (code, out) = check_config(config);
         assert_eq!(code, 1, "{config}\n{out}");
         assert!(out.contains("tollgate.toml"), "names the file: {out}");
-        assert!(out.contains(&format!("{path}: ")) || path.is_empty(), "names {path}: {out}");
+        assert!(
+            out.contains(&format!("{path}: ")) || path.is_empty(),
+            "names {path}: {out}"
+        );
         assert!(out.contains(fragment), "says {fragment:?}: {out}");
     }
 }
@@ -99,7 +102,11 @@ fn every_problem_is_reported_at_once() {
         "[[listeners]]\naddress = \"nope\"\n[upstreams.u]\ntargets = []\n[[routes]]\nname = \"a\"\nupstream = \"missing\"",
     );
     assert_eq!(code, 1);
-    for path in ["listeners[0].address", "upstreams.u.targets", "routes[0].upstream"] {
+    for path in [
+        "listeners[0].address",
+        "upstreams.u.targets",
+        "routes[0].upstream",
+    ] {
         assert!(out.contains(path), "{path} in {out}");
     }
     assert_eq!(out.lines().count(), 3, "{out}");
@@ -109,7 +116,10 @@ fn every_problem_is_reported_at_once() {
 fn a_missing_file_is_named() {
     let (code, out) = check_config_file(std::path::Path::new("/nonexistent/tollgate.toml"));
     assert_eq!(code, 1);
-    assert!(out.contains("/nonexistent/tollgate.toml") && out.contains("cannot read"), "{out}");
+    assert!(
+        out.contains("/nonexistent/tollgate.toml") && out.contains("cannot read"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -137,7 +147,10 @@ fn validation_binds_nothing() {
     ));
     // Same port on the admin and the listener is a problem; fix it and bind nothing.
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("already used by listeners[0].address"), "{out}");
+    assert!(
+        out.contains("already used by listeners[0].address"),
+        "{out}"
+    );
     let (code, out) = check_config(&format!(
         "[[listeners]]\naddress = \"{addr}\"\n[admin]\nenabled = false\n[[routes]]\nname = \"r\"\n[routes.respond]\nstatus = 200"
     ));
@@ -146,7 +159,10 @@ fn validation_binds_nothing() {
 
 #[test]
 fn cli_help_and_version() {
-    let out = Command::new(tollgate_bin()).arg("--version").output().unwrap();
+    let out = Command::new(tollgate_bin())
+        .arg("--version")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
     let out = Command::new(tollgate_bin()).arg("--help").output().unwrap();
@@ -161,9 +177,20 @@ fn cli_help_and_version() {
 fn an_invalid_config_makes_the_server_exit_1() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "[[listeners]]\naddress = \"127.0.0.1:1\"\n[[routes]]\nname = \"r\"\nupstream = \"ghost\"").unwrap();
-    let out = Command::new(tollgate_bin()).arg("-c").arg(&path).output().unwrap();
+    std::fs::write(
+        &path,
+        "[[listeners]]\naddress = \"127.0.0.1:1\"\n[[routes]]\nname = \"r\"\nupstream = \"ghost\"",
+    )
+    .unwrap();
+    let out = Command::new(tollgate_bin())
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml: routes[0].upstream: upstream \"ghost\" is not defined"), "{err}");
+    assert!(
+        err.contains("bad.toml: routes[0].upstream: upstream \"ghost\" is not defined"),
+        "{err}"
+    );
 }

@@ -31,14 +31,30 @@ upstream = "app"
         port = a.addr.port()
     ));
     let c = client();
-    let who = || c.get(gw.url("/x")).send().unwrap().headers()["x-backend"].to_str().unwrap().to_string();
+    let who = || {
+        c.get(gw.url("/x")).send().unwrap().headers()["x-backend"]
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
     assert_eq!(who(), "a");
     std::fs::write(hosts.path(), "127.0.0.2 app.internal\n").unwrap();
     let moved = wait_for(Duration::from_secs(10), || (who() == "b").then_some(()));
-    assert!(moved.is_some(), "the new answer took effect without a restart");
+    assert!(
+        moved.is_some(),
+        "the new answer took effect without a restart"
+    );
     assert!(b.hits() >= 1);
-    let health: serde_json::Value = c.get(gw.admin_url("/health")).send().unwrap().json().unwrap();
+    let health: serde_json::Value = c
+        .get(gw.admin_url("/health"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     let targets = health["upstreams"]["app"]["targets"].as_array().unwrap();
     assert_eq!(targets.len(), 1);
-    assert_eq!(targets[0]["address"], format!("127.0.0.2:{}", a.addr.port()));
+    assert_eq!(
+        targets[0]["address"],
+        format!("127.0.0.2:{}", a.addr.port())
+    );
 }

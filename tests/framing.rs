@@ -66,12 +66,18 @@ fn ambiguous_framing_is_refused_before_routing() {
         assert_eq!(status_of(&reply), Some(*want), "{name}: {reply}");
         // Pingora's own parser answers these two before any hook runs.
         if !matches!(*name, "two Hosts" | "TE not ending in chunked") {
-            assert!(reply.contains("\"request_id\""), "{name}: JSON error body: {reply}");
+            assert!(
+                reply.contains("\"request_id\""),
+                "{name}: JSON error body: {reply}"
+            );
         }
     }
     assert_eq!(backend.hits(), 0, "nothing reached the upstream");
     // The gateway still serves well-formed requests.
-    let ok = gw.raw(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", Duration::from_secs(5));
+    let ok = gw.raw(
+        b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    );
     assert_eq!(status_of(&ok), Some(200), "{ok}");
 }
 
@@ -84,7 +90,12 @@ fn oversized_heads_get_431() {
         "a".repeat(70 * 1024)
     );
     let reply = gw.raw(big.as_bytes(), Duration::from_secs(5));
-    assert_eq!(status_of(&reply), Some(431), "{}", &reply[..reply.len().min(200)]);
+    assert_eq!(
+        status_of(&reply),
+        Some(431),
+        "{}",
+        &reply[..reply.len().min(200)]
+    );
 
     let mut many = String::from("GET / HTTP/1.1\r\nHost: a\r\n");
     for i in 0..150 {
@@ -101,7 +112,11 @@ fn oversized_bodies_get_413_by_length_and_while_streaming() {
     let backend = Backend::echo("app");
     let gw = gateway(&backend, "max_body_size = \"1KiB\"");
     let c = client();
-    let resp = c.post(gw.url("/upload")).body(vec![b'x'; 2048]).send().unwrap();
+    let resp = c
+        .post(gw.url("/upload"))
+        .body(vec![b'x'; 2048])
+        .send()
+        .unwrap();
     assert_eq!(resp.status(), 413);
     let body: serde_json::Value = resp.json().unwrap();
     assert_eq!(body["error"], "request body too large");
@@ -118,11 +133,23 @@ fn oversized_bodies_get_413_by_length_and_while_streaming() {
     assert_eq!(status_of(&reply), Some(413), "{reply}");
 
     // Per-route limit is tighter; bodies within limits pass.
-    let resp = c.post(gw.url("/small")).body(vec![b'x'; 17]).send().unwrap();
+    let resp = c
+        .post(gw.url("/small"))
+        .body(vec![b'x'; 17])
+        .send()
+        .unwrap();
     assert_eq!(resp.status(), 413);
-    let resp = c.post(gw.url("/small")).body(vec![b'x'; 16]).send().unwrap();
+    let resp = c
+        .post(gw.url("/small"))
+        .body(vec![b'x'; 16])
+        .send()
+        .unwrap();
     assert_eq!(resp.status(), 200);
-    let resp = c.post(gw.url("/upload")).body(vec![b'x'; 1000]).send().unwrap();
+    let resp = c
+        .post(gw.url("/upload"))
+        .body(vec![b'x'; 1000])
+        .send()
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(backend.last_request().body.len(), 1000);
 }
@@ -132,9 +159,11 @@ fn slow_drip_head_gets_408_while_others_are_served() {
     let backend = Backend::echo("app");
     let gw = gateway(&backend, "header_timeout = \"1s\"");
     let mut slow = TcpStream::connect(gw.addr).unwrap();
-    slow.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    slow.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let started = Instant::now();
-    let head = b"GET /slow HTTP/1.1\r\nHost: a\r\nX-Drip: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
+    let head =
+        b"GET /slow HTTP/1.1\r\nHost: a\r\nX-Drip: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
     let mut reply = Vec::new();
     let c = client();
     for byte in head.iter().cycle() {
@@ -153,7 +182,10 @@ fn slow_drip_head_gets_408_while_others_are_served() {
             }
             Err(_) => {}
         }
-        assert!(started.elapsed() < Duration::from_secs(15), "no 408 after 15s");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no 408 after 15s"
+        );
     }
     let reply = String::from_utf8_lossy(&reply);
     assert_eq!(status_of(&reply), Some(408), "{reply}");
@@ -181,10 +213,18 @@ fn connection_caps_per_ip() {
     drop(held);
     // Slots free up when the held connections close.
     let ok = wait_for(Duration::from_secs(5), || {
-        let r = gw.raw(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", Duration::from_secs(5));
+        let r = gw.raw(
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(5),
+        );
         (status_of(&r) == Some(200)).then_some(())
     });
     assert!(ok.is_some());
-    let metrics = client().get(gw.admin_url("/metrics")).send().unwrap().text().unwrap();
+    let metrics = client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     assert!(metric(&metrics, "connections_refused_total", &[]).unwrap() >= 1.0);
 }

@@ -30,12 +30,20 @@ fn request_id_kept_when_sane_generated_otherwise() {
     let b = Backend::echo("app");
     let gw = Gateway::start(&one_route(&target(&b), ""));
     let c = client();
-    let r = c.get(gw.url("/kept")).header("x-request-id", "abc-123").send().unwrap();
+    let r = c
+        .get(gw.url("/kept"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .unwrap();
     assert_eq!(r.headers()["x-request-id"], "abc-123");
     assert_eq!(b.last_request().header("x-request-id"), Some("abc-123"));
 
     for bad in ["has spaces in it", &"x".repeat(129)] {
-        let r = c.get(gw.url("/generated")).header("x-request-id", bad).send().unwrap();
+        let r = c
+            .get(gw.url("/generated"))
+            .header("x-request-id", bad)
+            .send()
+            .unwrap();
         let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
         assert_eq!(id.len(), 32);
         assert!(id.bytes().all(|c| c.is_ascii_hexdigit()));
@@ -71,7 +79,11 @@ fn forwarded_headers_and_hop_by_hop_removal() {
     assert!(r.headers().get("keep-alive").is_none());
     assert_eq!(r.headers()["x-end-to-end"], "kept");
     let seen = b.last_request();
-    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"), "a client's XFF is not trusted");
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        Some("127.0.0.1"),
+        "a client's XFF is not trusted"
+    );
     assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
     assert_eq!(seen.header("x-forwarded-host"), Some("shop.example.test"));
     assert_eq!(seen.header("host"), Some("shop.example.test"));
@@ -83,8 +95,13 @@ fn forwarded_headers_and_hop_by_hop_removal() {
 
 #[test]
 fn upstream_read_timeout_is_504_json() {
-    let b = Backend::start("slow", |r| common::backend::echo_reply("slow", r).delay(Duration::from_secs(3)));
-    let gw = Gateway::start(&one_route(&target(&b), "read_timeout = \"300ms\"\nretries = 0"));
+    let b = Backend::start("slow", |r| {
+        common::backend::echo_reply("slow", r).delay(Duration::from_secs(3))
+    });
+    let gw = Gateway::start(&one_route(
+        &target(&b),
+        "read_timeout = \"300ms\"\nretries = 0",
+    ));
     let started = Instant::now();
     let r = client().get(gw.url("/slow")).send().unwrap();
     assert_eq!(r.status(), 504);
@@ -99,7 +116,10 @@ fn upstream_read_timeout_is_504_json() {
 fn connect_failure_retries_get_but_not_post() {
     let live = Backend::echo("live");
     let dead = format!("{{ address = \"127.0.0.1:{}\" }}", free_port());
-    let gw = Gateway::start(&one_route(&format!("{dead}, {}", target(&live)), "retries = 1"));
+    let gw = Gateway::start(&one_route(
+        &format!("{dead}, {}", target(&live)),
+        "retries = 1",
+    ));
     let c = client();
     for i in 0..10 {
         let before = live.hits();
@@ -109,15 +129,34 @@ fn connect_failure_retries_get_but_not_post() {
     let mut failed = 0;
     let before = live.hits();
     for _ in 0..20 {
-        match c.post(gw.url("/p")).body("x").send().unwrap().status().as_u16() {
+        match c
+            .post(gw.url("/p"))
+            .body("x")
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+        {
             200 => {}
             502 => failed += 1,
             other => panic!("unexpected {other}"),
         }
     }
-    assert!(failed > 0, "round robin sends some POSTs to the dead target first");
-    assert_eq!(live.hits() - before, 20 - failed, "failed POSTs were not retried");
-    let metrics = c.get(gw.admin_url("/metrics")).send().unwrap().text().unwrap();
+    assert!(
+        failed > 0,
+        "round robin sends some POSTs to the dead target first"
+    );
+    assert_eq!(
+        live.hits() - before,
+        20 - failed,
+        "failed POSTs were not retried"
+    );
+    let metrics = c
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     let retries = metric(&metrics, "upstream_retries_total", &[("route", "app")]).unwrap();
     assert!(retries >= 4.0, "GET retries counted: {retries}");
 }
@@ -126,9 +165,16 @@ fn connect_failure_retries_get_but_not_post() {
 fn malformed_request_line_is_400_and_the_gateway_keeps_serving() {
     let b = Backend::echo("app");
     let gw = Gateway::start(&one_route(&target(&b), ""));
-    for garbage in [&b"GARBAGE\r\n\r\n"[..], b"GET /x HTTP/9.9\r\nHost: a\r\n\r\n", b"\x16\x03\x01\x00\xa5\x01\x00\r\n\r\n"] {
+    for garbage in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET /x HTTP/9.9\r\nHost: a\r\n\r\n",
+        b"\x16\x03\x01\x00\xa5\x01\x00\r\n\r\n",
+    ] {
         let reply = gw.raw(garbage, Duration::from_secs(5));
-        assert!(reply.starts_with("HTTP/1.1 400"), "{garbage:?} -> {reply:?}");
+        assert!(
+            reply.starts_with("HTTP/1.1 400"),
+            "{garbage:?} -> {reply:?}"
+        );
     }
     assert_eq!(b.hits(), 0);
     assert_eq!(client().get(gw.url("/ok")).send().unwrap().status(), 200);
@@ -149,7 +195,10 @@ fn upstream_dying_mid_response_does_not_hurt_the_next_request() {
     if let Ok(r) = cut {
         let status = r.status();
         let body = r.bytes();
-        assert!(status != 200 || body.is_err() || body.unwrap().len() < 10_000, "a truncated body is not a success");
+        assert!(
+            status != 200 || body.is_err() || body.unwrap().len() < 10_000,
+            "a truncated body is not a success"
+        );
     }
     assert_eq!(c.get(gw.url("/ok")).send().unwrap().status(), 200);
 }

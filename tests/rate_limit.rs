@@ -44,8 +44,16 @@ rate_limits = [{{ limit = 3, window = "60s", key = "ip" }}]
     assert_eq!(body["error"], "rate limit exceeded");
     assert!(body["request_id"].is_string());
     assert_eq!(b.hits(), 3, "refused requests never reach the upstream");
-    let metrics = c.get(gw.admin_url("/metrics")).send().unwrap().text().unwrap();
-    assert_eq!(metric(&metrics, "rate_limited_total", &[("route", "limited")]), Some(1.0));
+    let metrics = c
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert_eq!(
+        metric(&metrics, "rate_limited_total", &[("route", "limited")]),
+        Some(1.0)
+    );
 }
 
 #[test]
@@ -71,7 +79,14 @@ rate_limits = [{{ limit = 2, window = "1s", key = "consumer" }}, {{ limit = 3, w
         b.addr
     ));
     let c = client();
-    let call = |key: &str| c.get(gw.url("/x")).header("x-api-key", key).send().unwrap().status().as_u16();
+    let call = |key: &str| {
+        c.get(gw.url("/x"))
+            .header("x-api-key", key)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
     // bob's own consumer limit (1/min) is tighter than the route's.
     assert_eq!(call("bob-key-0123456789ab"), 200);
     assert_eq!(call("bob-key-0123456789ab"), 429);
@@ -80,10 +95,16 @@ rate_limits = [{{ limit = 2, window = "1s", key = "consumer" }}, {{ limit = 3, w
     assert_eq!(call("alice-key-0123456789"), 200);
     assert_eq!(call("alice-key-0123456789"), 429);
     // ...and 3 per minute: after the 1s window turns over, one more, then the minute caps.
-    let third = wait_for(Duration::from_secs(5), || (call("alice-key-0123456789") == 200).then_some(()));
+    let third = wait_for(Duration::from_secs(5), || {
+        (call("alice-key-0123456789") == 200).then_some(())
+    });
     assert!(third.is_some());
     std::thread::sleep(Duration::from_millis(1100));
-    assert_eq!(call("alice-key-0123456789"), 429, "the 60s window still caps");
+    assert_eq!(
+        call("alice-key-0123456789"),
+        429,
+        "the 60s window still caps"
+    );
 }
 
 fn fleet_member(b: &Backend, redis_url: &str, on_error: &str) -> Gateway {
@@ -122,8 +143,15 @@ fn two_gateways_share_one_redis_and_follow_the_failure_policy() {
             admitted += 1;
         }
     }
-    assert_eq!(admitted, 5, "the fleet admits the limit in total, not per instance");
-    assert_eq!(c.get(three.url("/x")).send().unwrap().status(), 429, "a third instance sees the shared count");
+    assert_eq!(
+        admitted, 5,
+        "the fleet admits the limit in total, not per instance"
+    );
+    assert_eq!(
+        c.get(three.url("/x")).send().unwrap().status(),
+        429,
+        "a third instance sees the shared count"
+    );
 
     redis.stop();
     let timed = |gw: &Gateway| {
@@ -133,7 +161,10 @@ fn two_gateways_share_one_redis_and_follow_the_failure_policy() {
     };
     let (status, took) = timed(&one);
     assert_eq!(status, 429, "deny: fail closed");
-    assert!(took < Duration::from_secs(2), "bounded by redis_timeout: {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "bounded by redis_timeout: {took:?}"
+    );
     assert_eq!(timed(&two).0, 200, "allow: fail open");
     // local: counts in this instance with the same limit.
     let local: Vec<u16> = (0..7).map(|_| timed(&three).0).collect();
@@ -143,7 +174,16 @@ fn two_gateways_share_one_redis_and_follow_the_failure_policy() {
     for _ in 0..10 {
         c.get(two.url("/z")).send().unwrap();
     }
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
-    let metrics = c.get(one.admin_url("/metrics")).send().unwrap().text().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let metrics = c
+        .get(one.admin_url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     assert!(metric(&metrics, "rate_limit_redis_errors_total", &[]).unwrap() >= 1.0);
 }

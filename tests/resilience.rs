@@ -44,18 +44,46 @@ upstream = "app"
     for _ in 0..8 {
         c.get(gw.url("/x")).send().unwrap();
     }
-    assert_eq!(a.hits(), 3, "a stops getting traffic once its breaker opens");
-    let health: serde_json::Value = c.get(gw.admin_url("/health")).send().unwrap().json().unwrap();
+    assert_eq!(
+        a.hits(),
+        3,
+        "a stops getting traffic once its breaker opens"
+    );
+    let health: serde_json::Value = c
+        .get(gw.admin_url("/health"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     let targets = health["upstreams"]["app"]["targets"].as_array().unwrap();
-    let a_state = targets.iter().find(|t| t["address"] == a.addr.to_string()).unwrap();
+    let a_state = targets
+        .iter()
+        .find(|t| t["address"] == a.addr.to_string())
+        .unwrap();
     assert_eq!(a_state["circuit"], "open");
-    let metrics = c.get(gw.admin_url("/metrics")).send().unwrap().text().unwrap();
-    assert_eq!(metric(&metrics, "circuit_state", &[("target", &a.addr.to_string())]), Some(1.0));
+    let metrics = c
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert_eq!(
+        metric(
+            &metrics,
+            "circuit_state",
+            &[("target", &a.addr.to_string())]
+        ),
+        Some(1.0)
+    );
     let b_before = b.hits();
     for _ in 0..10 {
         assert_eq!(c.get(gw.url("/x")).send().unwrap().status(), 200);
     }
-    assert_eq!(b.hits(), b_before + 10, "all traffic shed to the healthy target");
+    assert_eq!(
+        b.hits(),
+        b_before + 10,
+        "all traffic shed to the healthy target"
+    );
     assert_eq!(a.hits(), 3);
 
     // a recovers; after the cool-down one probe half-opens the breaker and its success closes it.
@@ -64,12 +92,20 @@ upstream = "app"
         c.get(gw.url("/x")).send().unwrap();
         (a.hits() > 3).then_some(())
     });
-    assert!(probed.is_some(), "a probe request reached a after the cool-down");
+    assert!(
+        probed.is_some(),
+        "a probe request reached a after the cool-down"
+    );
     let a_before = a.hits();
     for _ in 0..10 {
         c.get(gw.url("/x")).send().unwrap();
     }
-    assert!(a.hits() >= a_before + 4, "closed again: a shares traffic ({} -> {})", a_before, a.hits());
+    assert!(
+        a.hits() >= a_before + 4,
+        "closed again: a shares traffic ({} -> {})",
+        a_before,
+        a.hits()
+    );
 }
 
 #[test]
@@ -108,9 +144,19 @@ retries = 1
         }
     }
     let posts_at_reset = reset.hits() - reset_gets;
-    assert!(posts_at_reset >= 1, "some POSTs reached the resetting target");
-    assert_eq!(failed, posts_at_reset, "a POST that reached an upstream is never retried");
-    assert_eq!(ok.hits() - 6, 6 - failed, "the other POSTs were answered once each");
+    assert!(
+        posts_at_reset >= 1,
+        "some POSTs reached the resetting target"
+    );
+    assert_eq!(
+        failed, posts_at_reset,
+        "a POST that reached an upstream is never retried"
+    );
+    assert_eq!(
+        ok.hits() - 6,
+        6 - failed,
+        "the other POSTs were answered once each"
+    );
 }
 
 #[test]
@@ -134,11 +180,26 @@ retries = 1
         ok.addr
     ));
     let c = client();
-    let statuses: Vec<u16> = (0..8).map(|_| c.get(gw.url("/x")).send().unwrap().status().as_u16()).collect();
+    let statuses: Vec<u16> = (0..8)
+        .map(|_| c.get(gw.url("/x")).send().unwrap().status().as_u16())
+        .collect();
     let failures = statuses.iter().filter(|s| **s == 502).count();
-    assert!(failures >= 1, "with one retry per second, some connect failures are not retried: {statuses:?}");
-    let metrics = c.get(gw.admin_url("/metrics")).send().unwrap().text().unwrap();
-    let skipped = metric(&metrics, "upstream_retries_skipped_total", &[("route", "app"), ("reason", "budget")]).unwrap();
+    assert!(
+        failures >= 1,
+        "with one retry per second, some connect failures are not retried: {statuses:?}"
+    );
+    let metrics = c
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let skipped = metric(
+        &metrics,
+        "upstream_retries_skipped_total",
+        &[("route", "app"), ("reason", "budget")],
+    )
+    .unwrap();
     assert_eq!(skipped as usize, failures, "{metrics}");
 }
 

@@ -78,7 +78,14 @@ fn most_specific_route_wins() {
     let gw = Gateway::start(&routes_config(&a, &b));
     let c = client();
     // (method, host, path, extra header, expected backend, expected upstream path)
-    type Case<'a> = (&'a str, &'a str, &'a str, Option<(&'a str, &'a str)>, &'a str, &'a str);
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        Option<(&'a str, &'a str)>,
+        &'a str,
+        &'a str,
+    );
     let cases: &[Case] = &[
         ("GET", "any.test", "/other", None, "a", "/other"),
         ("GET", "any.test", "/api/orders", None, "a", "/api/orders"),
@@ -88,11 +95,32 @@ fn most_specific_route_wins() {
         ("GET", "any.test", "/api/users/me", None, "b", "/profile"),
         ("GET", "m.example.test", "/api/x", None, "b", "/api/x"),
         ("GET", "shop.example.test", "/api/x", None, "a", "/api/x"),
-        ("GET", "SHOP.example.test:8443", "/api/x", None, "a", "/api/x"),
+        (
+            "GET",
+            "SHOP.example.test:8443",
+            "/api/x",
+            None,
+            "a",
+            "/api/x",
+        ),
         ("POST", "any.test", "/submit", None, "b", "/submit"),
         ("GET", "any.test", "/submit", None, "a", "/submit"),
-        ("GET", "any.test", "/api/x", Some(("x-api-version", "2")), "b", "/v2/x"),
-        ("GET", "any.test", "/api/x", Some(("x-api-version", "3")), "a", "/api/x"),
+        (
+            "GET",
+            "any.test",
+            "/api/x",
+            Some(("x-api-version", "2")),
+            "b",
+            "/v2/x",
+        ),
+        (
+            "GET",
+            "any.test",
+            "/api/x",
+            Some(("x-api-version", "3")),
+            "a",
+            "/api/x",
+        ),
     ];
     for (method, host, path, header, want_backend, want_path) in cases {
         let mut req = c

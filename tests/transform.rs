@@ -45,7 +45,9 @@ json_rename_response = {{ "backend" = "served_by" }}
 
 #[test]
 fn header_edits_reach_upstream_and_client() {
-    let backend = Backend::start("app", |r| common::backend::echo_reply("app", r).header("x-internal", "42"));
+    let backend = Backend::start("app", |r| {
+        common::backend::echo_reply("app", r).header("x-internal", "42")
+    });
     let gw = gateway(&backend);
     let resp = client()
         .get(gw.url("/edit/x"))
@@ -76,9 +78,15 @@ fn header_edits_reach_upstream_and_client() {
 fn regex_rewrite_and_security_headers_off() {
     let backend = Backend::echo("app");
     let gw = gateway(&backend);
-    let resp = client().get(gw.url("/users/42/profile?full=1")).send().unwrap();
+    let resp = client()
+        .get(gw.url("/users/42/profile?full=1"))
+        .send()
+        .unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers().get("x-frame-options").is_none(), "turned off for this route");
+    assert!(
+        resp.headers().get("x-frame-options").is_none(),
+        "turned off for this route"
+    );
     assert_eq!(backend.last_request().path, "/v2/accounts/42?full=1");
     // No match: the path passes unchanged.
     client().get(gw.url("/users/me")).send().unwrap();

@@ -24,7 +24,9 @@ pub struct Recorded {
 
 impl Recorded {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
     }
 }
 
@@ -113,12 +115,19 @@ impl Backend {
     }
 
     /// A backend answering with `handler`.
-    pub fn start(name: &str, handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Backend {
+    pub fn start(
+        name: &str,
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Backend {
         Self::start_on(name, "127.0.0.1:0", handler)
     }
 
     /// A backend answering with `handler`, bound to `bind`.
-    pub fn start_on(name: &str, bind: &str, handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Backend {
+    pub fn start_on(
+        name: &str,
+        bind: &str,
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Backend {
         let shared = Arc::new(Shared {
             name: name.to_string(),
             handler: Box::new(handler),
@@ -204,7 +213,11 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) {
         };
         let reply = if req.method == "GET" && req.path == "/healthz" {
             shared.health_hits.fetch_add(1, Ordering::SeqCst);
-            Reply::status(if shared.healthy.load(Ordering::SeqCst) { 200 } else { 503 })
+            Reply::status(if shared.healthy.load(Ordering::SeqCst) {
+                200
+            } else {
+                503
+            })
         } else {
             shared.hits.fetch_add(1, Ordering::SeqCst);
             let reply = (shared.handler)(&req);
@@ -214,7 +227,11 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) {
         if !reply.delay.is_zero() {
             tokio::time::sleep(reply.delay).await;
         }
-        let mut out = format!("HTTP/1.1 {} X\r\ncontent-length: {}\r\n", reply.status, reply.body.len());
+        let mut out = format!(
+            "HTTP/1.1 {} X\r\ncontent-length: {}\r\n",
+            reply.status,
+            reply.body.len()
+        );
         for (k, v) in &reply.headers {
             out.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -231,7 +248,10 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) {
         if write.write_all(&bytes).await.is_err() {
             return;
         }
-        if req.header("connection").is_some_and(|c| c.eq_ignore_ascii_case("close")) {
+        if req
+            .header("connection")
+            .is_some_and(|c| c.eq_ignore_ascii_case("close"))
+        {
             return;
         }
     }
@@ -265,7 +285,10 @@ async fn read_request(reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) ->
             .or_insert_with(|| v.trim().to_string());
     }
     let mut body = Vec::new();
-    if headers.get("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+    if headers
+        .get("transfer-encoding")
+        .is_some_and(|t| t.contains("chunked"))
+    {
         loop {
             let mut size = String::new();
             reader.read_line(&mut size).await.ok()?;
@@ -277,7 +300,10 @@ async fn read_request(reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) ->
             }
             body.extend_from_slice(&chunk[..n]);
         }
-    } else if let Some(len) = headers.get("content-length").and_then(|l| l.parse::<usize>().ok()) {
+    } else if let Some(len) = headers
+        .get("content-length")
+        .and_then(|l| l.parse::<usize>().ok())
+    {
         body = vec![0; len];
         reader.read_exact(&mut body).await.ok()?;
     }

@@ -60,7 +60,8 @@ impl Gateway {
     /// Start a gateway whose config is [`PREAMBLE`] followed by `body`; panics with the
     /// gateway's stderr if it does not come up.
     pub fn start(body: &str) -> Gateway {
-        Self::start_full(&format!("{PREAMBLE}\n{body}")).unwrap_or_else(|e| panic!("gateway did not start: {e}"))
+        Self::start_full(&format!("{PREAMBLE}\n{body}"))
+            .unwrap_or_else(|e| panic!("gateway did not start: {e}"))
     }
 
     /// Start a gateway from a complete config (placeholders still substituted).
@@ -78,8 +79,12 @@ impl Gateway {
             .arg("-c")
             .arg(&config_path)
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::from(std::fs::File::create(dir.path().join("stdout.log")).unwrap()))
-            .stderr(Stdio::from(std::fs::File::create(dir.path().join("stderr.log")).unwrap()))
+            .stdout(Stdio::from(
+                std::fs::File::create(dir.path().join("stdout.log")).unwrap(),
+            ))
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.path().join("stderr.log")).unwrap(),
+            ))
             .spawn()
             .map_err(|e| e.to_string())?;
         let mut gw = Gateway {
@@ -140,8 +145,10 @@ impl Gateway {
     /// Poll the access log until `pred` holds for some line (lines are written off the
     /// request path, so they can trail the response slightly).
     pub fn wait_access_log(&self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        wait_for(Duration::from_secs(10), || self.access_log().into_iter().find(|l| pred(l)))
-            .unwrap_or_else(|| panic!("no matching access-log line; log: {:?}", self.access_log()))
+        wait_for(Duration::from_secs(10), || {
+            self.access_log().into_iter().find(|l| pred(l))
+        })
+        .unwrap_or_else(|| panic!("no matching access-log line; log: {:?}", self.access_log()))
     }
 
     /// Send raw bytes on a new connection and return everything read until the server closes
@@ -189,7 +196,11 @@ impl Drop for Gateway {
 pub fn check_config(config: &str) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tollgate.toml");
-    std::fs::write(&path, config.replace("{dir}", &dir.path().display().to_string())).unwrap();
+    std::fs::write(
+        &path,
+        config.replace("{dir}", &dir.path().display().to_string()),
+    )
+    .unwrap();
     check_config_file(&path)
 }
 
