@@ -101,9 +101,11 @@ impl KeySpec {
                 "ip" => k.ip = true,
                 "consumer" => k.consumer = true,
                 "route" => k.route = true,
-                _ => return Err(format!(
+                _ => {
+                    return Err(format!(
                     "invalid key part {part:?}; join \"ip\", \"consumer\" and \"route\" with '+'"
-                )),
+                ))
+                }
             }
         }
         Ok(k)
