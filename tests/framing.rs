@@ -228,3 +228,24 @@ fn connection_caps_per_ip() {
         .unwrap();
     assert!(metric(&metrics, "connections_refused_total", &[]).unwrap() >= 1.0);
 }
+
+#[test]
+fn a_stalled_request_body_times_out() {
+    let backend = Backend::echo("app");
+    let gw = gateway(&backend, "body_timeout = \"1s\"");
+    let started = Instant::now();
+    // Ten bytes promised, two sent, then silence.
+    let reply = gw.raw(
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nab",
+        Duration::from_secs(10),
+    );
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "the gateway gave up on the body: {took:?}"
+    );
+    assert_eq!(status_of(&reply), Some(408), "{reply}");
+    assert!(reply.contains("request timed out"), "{reply}");
+    // Other clients are still served.
+    assert_eq!(client().get(gw.url("/x")).send().unwrap().status(), 200);
+}
