@@ -36,6 +36,45 @@ pub struct StartMode {
     pub upgrade: bool,
 }
 
+/// Bind every address the server will listen on (proxy listeners, admin, demo backends) and
+/// let go again, so that an address in use or not local stops the start with a message
+/// naming its key, instead of a server that runs without listening. An address in use is
+/// tried a few times, as nginx does, in case a previous instance is still letting go of it.
+///
+/// NOTE: Pingora retries a bind that finds the address in use for 30 s, then panics inside
+/// the service's task, and the process lives on without that listener (pingora-core 0.9,
+/// `listeners/l4.rs` `bind_tcp` and `services/listening.rs` `start_service`). Not needed
+/// with `-u`, where the sockets come from the running instance.
+pub fn check_listen_addresses(compiled: &Compiled) -> Vec<config::Problem> {
+    let listeners = compiled.listeners.iter().enumerate();
+    let admin = compiled.admin.iter();
+    let demo = compiled.demo.iter().enumerate();
+    let addresses = listeners
+        .map(|(i, a)| (format!("listeners[{i}].address"), a))
+        .chain(admin.map(|a| ("admin.address".to_string(), a)))
+        .chain(demo.map(|(i, (_, a))| (format!("demo[{i}].address"), a)));
+    let mut problems = Vec::new();
+    for (path, addr) in addresses {
+        let mut tries = 0;
+        let bound = loop {
+            match std::net::TcpListener::bind(addr.as_str()) {
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 4 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+                other => break other,
+            }
+        };
+        if let Err(e) = bound {
+            problems.push(config::Problem::new(
+                path,
+                format!("cannot listen on {addr}: {e}"),
+            ));
+        }
+    }
+    problems
+}
+
 /// A server with every Tollgate service registered, ready for `run`.
 pub fn build_server(compiled: Compiled, mode: StartMode) -> Server {
     let Compiled {

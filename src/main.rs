@@ -54,6 +54,17 @@ fn main() -> ExitCode {
         println!("{}: configuration is valid", cli.config.display());
         return ExitCode::SUCCESS;
     }
+    if !cli.upgrade {
+        let problems = tollgate::check_listen_addresses(&compiled);
+        if !problems.is_empty() {
+            let e = tollgate::config::ConfigError {
+                file: cli.config.clone(),
+                problems,
+            };
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    }
     let mode = tollgate::StartMode {
         daemon: cli.daemon,
         upgrade: cli.upgrade,

@@ -1,160 +1,297 @@
 //! `tollgate -t`: broken configurations are refused with exit status 1 and a message naming
-//! the file, the key path and what is wrong; valid ones pass without binding anything.
+//! the file, the key path and what is wrong; valid ones pass without binding anything. Also
+//! the rest of the command line: `--help`, `--version`, and a server that refuses to start
+//! on a bad file.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 use common::*;
-use std::process::Command;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
+/// A listener and one upstream, for the route cases.
 const BASE: &str = r#"
 [[listeners]]
 address = "127.0.0.1:18080"
 [upstreams.users]
 targets = [{ address = "127.0.0.1:9001" }]
+[upstreams.orders]
+targets = [{ address = "127.0.0.1:9002" }]
 "#;
 
+/// A listener, for the cases that add their own upstream.
+const LISTENER: &str = "[[listeners]]\naddress = \"127.0.0.1:18080\"\n";
+
+/// Write `config` to a fresh file and run `tollgate -t -c FILE` on it.
+fn check(config: &str) -> (i32, String, PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tollgate.toml");
+    std::fs::write(&path, config).unwrap();
+    let (code, out) = check_config_file(&path);
+    (code, out, path, dir)
+}
+
+/// Assert that `out` has a line `FILE: PATH: ...FRAGMENT...` (or `FILE: ...FRAGMENT...`
+/// when the problem has no key path).
+fn assert_reported(out: &str, file: &Path, key: &str, fragment: &str) {
+    let prefix = if key.is_empty() {
+        format!("{}: ", file.display())
+    } else {
+        format!("{}: {key}: ", file.display())
+    };
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&prefix) && l.contains(fragment)),
+        "expected a line starting {prefix:?} and saying {fragment:?}; got:\n{out}"
+    );
+}
+
 #[test]
-fn broken_configs_name_the_key_and_the_problem() {
-    // (config, key path, message fragment)
-    let cases: &[(&str, &str, &str)] = &[
-        ("[server]\nthreadz = 2\n[[listeners]]\naddress = \"127.0.0.1:1\"", "server.threadz", "unknown field `threadz`"),
+fn broken_configs_name_the_file_the_key_and_the_problem() {
+    let route = |body: &str| format!("{BASE}[[routes]]\nname = \"a\"\n{body}");
+    let upstream = |body: &str| format!("{LISTENER}[upstreams.u]\n{body}");
+    // (what is broken, config, key path, message fragment)
+    let cases: Vec<(&str, String, &str, &str)> = vec![
         (
-            &format!("{BASE}[[routes]]\nname = \"a\"\nupstream = \"billing\""),
+            "unknown key",
+            format!("[server]\nthreadz = 2\n{LISTENER}"),
+            "server.threadz",
+            "unknown field `threadz`, expected one of `threads`",
+        ),
+        (
+            "undefined upstream",
+            route("upstream = \"billing\""),
             "routes[0].upstream",
-            "upstream \"billing\" is not defined; defined: users",
+            "upstream \"billing\" is not defined; defined: orders, users",
         ),
-        ("[[listeners]]\naddress = \"127.0.0.1:1\"\n[upstreams.e]\ntargets = []", "upstreams.e.targets", "at least one target"),
         (
-            "[[listeners]]\naddress = \"127.0.0.1:1\"\n[upstreams.e]\ntargets = [{ address = \"not an address\" }]",
-            "upstreams.e.targets[0].address",
-            "invalid target address",
+            "empty target list",
+            upstream("targets = []"),
+            "upstreams.u.targets",
+            "must list at least one target",
         ),
-        ("[[listeners]]\naddress = \"localhost\"", "listeners[0].address", "invalid listen address"),
         (
-            &format!("{BASE}[[routes]]\nname = \"a\"\nupstream = \"users\"\n[[routes]]\nname = \"a\"\nupstream = \"users\""),
+            "target address without a port",
+            upstream("targets = [{ address = \"not an address\" }]"),
+            "upstreams.u.targets[0].address",
+            "invalid target address \"not an address\"",
+        ),
+        (
+            "target port out of range",
+            upstream("targets = [{ address = \"127.0.0.1:99999\" }]"),
+            "upstreams.u.targets[0].address",
+            "invalid target address \"127.0.0.1:99999\"",
+        ),
+        (
+            "listen address without a port",
+            "[[listeners]]\naddress = \"localhost\"".into(),
+            "listeners[0].address",
+            "invalid listen address \"localhost\"",
+        ),
+        (
+            "duplicate route names",
+            format!(
+                "{BASE}[[routes]]\nname = \"a\"\nupstream = \"users\"\n\
+                 [[routes]]\nname = \"a\"\nupstream = \"orders\""
+            ),
             "routes[1].name",
-            "duplicate route name",
+            "duplicate route name \"a\"; routes[0] already uses it",
         ),
         (
-            "[[listeners]]\naddress = \"127.0.0.1:1\"\n[upstreams.w]\ntargets = [{ address = \"127.0.0.1:2\", weight = 0 }]",
-            "upstreams.w.targets[0].weight",
-            "between 1 and 1000",
+            "weight 0",
+            upstream("targets = [{ address = \"127.0.0.1:2\", weight = 0 }]"),
+            "upstreams.u.targets[0].weight",
+            "must be between 1 and 1000, got 0",
         ),
         (
-            "[[listeners]]\naddress = \"127.0.0.1:1\"\n[upstreams.d]\ntargets = [{ address = \"127.0.0.1:2\" }]\nread_timeout = \"5 parsecs\"",
-            "upstreams.d.read_timeout",
-            "invalid duration",
+            "bad duration",
+            upstream("targets = [{ address = \"127.0.0.1:2\" }]\nread_timeout = \"5 parsecs\""),
+            "upstreams.u.read_timeout",
+            "invalid duration \"5 parsecs\"",
         ),
         (
-            "[[listeners]]\naddress = \"127.0.0.1:1\"\n[upstreams.h]\npolicy = \"consistent_hash\"\ntargets = [{ address = \"127.0.0.1:2\" }]",
-            "upstreams.h.hash_on",
+            "consistent_hash without hash_on",
+            upstream("policy = \"consistent_hash\"\ntargets = [{ address = \"127.0.0.1:2\" }]"),
+            "upstreams.u.hash_on",
             "consistent_hash needs hash_on",
         ),
         (
-            &format!("{BASE}[[routes]]\nname = \"a\"\nupstream = \"users\"\n[routes.respond]\nstatus = 200"),
-            "routes[0]",
-            "set only one of upstream",
+            "unknown balancing policy",
+            upstream("policy = \"fastest\"\ntargets = [{ address = \"127.0.0.1:2\" }]"),
+            "upstreams.u.policy",
+            "unknown variant `fastest`",
         ),
-        (&format!("{BASE}[[routes]]\nname = \"a\""), "routes[0]", "needs an upstream to proxy to"),
         (
-            &format!("{BASE}[[routes]]\nname = \"a\"\nupstream = \"users\"\nstrip_prefix = true"),
+            "health check threshold 0",
+            upstream(
+                "targets = [{ address = \"127.0.0.1:2\" }]\n\
+                 [upstreams.u.health_check]\nunhealthy_threshold = 0",
+            ),
+            "upstreams.u.health_check.unhealthy_threshold",
+            "must be at least 1",
+        ),
+        (
+            "both upstream and respond",
+            route("upstream = \"users\"\n[routes.respond]\nstatus = 200"),
+            "routes[0]",
+            "set only one of upstream, [respond]",
+        ),
+        (
+            "neither upstream nor respond",
+            route(""),
+            "routes[0]",
+            "needs an upstream to proxy to, a [respond] section",
+        ),
+        (
+            "strip_prefix without path_prefix",
+            route("upstream = \"users\"\nstrip_prefix = true"),
             "routes[0].strip_prefix",
             "needs path_prefix",
         ),
         (
-            &format!("{BASE}[[routes]]\nname = \"a\"\nhosts = [\"bad host!\"]\nupstream = \"users\""),
-            "routes[0].hosts[0]",
-            "invalid host",
+            "bad host pattern",
+            route("hosts = [\"ok.example.com\", \"bad host!\"]\nupstream = \"users\""),
+            "routes[0].hosts[1]",
+            "invalid host \"bad host!\"",
         ),
         (
-            &format!("{BASE}[[routes]]\nname = \"a\"\nmethods = [\"get\"]\nupstream = \"users\""),
+            "lower-case method",
+            route("methods = [\"get\"]\nupstream = \"users\""),
             "routes[0].methods[0]",
-            "upper-case",
-        ),
-        ("[[listeners]]\naddress = \"127.0.0.1:1\"\n[server\nthreads = 1", "", "invalid TOML at line 3"),
-        ("[server]\nthreads = 1", "listeners", "at least one [[listeners]]"),
-        (
-            &format!("{BASE}[[routes]]\nname = \"a\"\nupstream = \"users\"\nauth = [\"jwt:nope\"]"),
-            "routes[0].auth[0]",
-            "JWT provider \"nope\" is not defined",
+            "invalid method \"get\"; write it upper-case",
         ),
         (
-            &format!("{BASE}[limits]\ntrusted_proxies = [\"10.0.0.0/33\"]"),
-            "limits.trusted_proxies[0]",
-            "invalid CIDR",
+            "invalid TOML syntax",
+            format!("{LISTENER}[server\nthreads = 1"),
+            "",
+            "invalid TOML at line 3",
+        ),
+        (
+            "no listeners",
+            "[server]\nthreads = 1".into(),
+            "listeners",
+            "at least one [[listeners]]",
+        ),
+        (
+            "wrong value type",
+            format!("[server]\nthreads = \"two\"\n{LISTENER}"),
+            "server.threads",
+            "invalid type: string \"two\"",
         ),
     ];
-    for (config, path, fragment) in cases {
-        let (code, out) = check_config(config);
-        assert_eq!(code, 1, "{config}\n{out}");
-        assert!(out.contains("tollgate.toml"), "names the file: {out}");
-        assert!(
-            out.contains(&format!("{path}: ")) || path.is_empty(),
-            "names {path}: {out}"
-        );
-        assert!(out.contains(fragment), "says {fragment:?}: {out}");
+    for (what, config, key, fragment) in &cases {
+        let (code, out, file, _dir) = check(config);
+        assert_eq!(code, 1, "{what}: exit status; output:\n{out}");
+        assert_reported(&out, &file, key, fragment);
     }
-}
-
-#[test]
-fn every_problem_is_reported_at_once() {
-    let (code, out) = check_config(
-        "[[listeners]]\naddress = \"nope\"\n[upstreams.u]\ntargets = []\n[[routes]]\nname = \"a\"\nupstream = \"missing\"",
-    );
-    assert_eq!(code, 1);
-    for path in [
-        "listeners[0].address",
-        "upstreams.u.targets",
-        "routes[0].upstream",
-    ] {
-        assert!(out.contains(path), "{path} in {out}");
-    }
-    assert_eq!(out.lines().count(), 3, "{out}");
 }
 
 #[test]
 fn a_missing_file_is_named() {
-    let (code, out) = check_config_file(std::path::Path::new("/nonexistent/tollgate.toml"));
-    assert_eq!(code, 1);
-    assert!(
-        out.contains("/nonexistent/tollgate.toml") && out.contains("cannot read"),
-        "{out}"
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("absent.toml");
+    let (code, out) = check_config_file(&path);
+    assert_eq!(code, 1, "{out}");
+    assert_reported(&out, &path, "", "cannot read file");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let (code, out, file, _dir) = check(
+        "[[listeners]]\naddress = \"nope\"\n\
+         [upstreams.u]\ntargets = []\n\
+         [[routes]]\nname = \"a\"\nupstream = \"missing\"\n\
+         [[routes]]\nname = \"b\"\nupstream = \"u\"\nmethods = [\"post\"]",
     );
+    assert_eq!(code, 1, "{out}");
+    assert_reported(
+        &out,
+        &file,
+        "listeners[0].address",
+        "invalid listen address",
+    );
+    assert_reported(&out, &file, "upstreams.u.targets", "at least one target");
+    assert_reported(
+        &out,
+        &file,
+        "routes[0].upstream",
+        "\"missing\" is not defined",
+    );
+    assert_reported(&out, &file, "routes[1].methods[0]", "upper-case");
+    assert_eq!(out.lines().count(), 4, "one line per problem:\n{out}");
 }
 
 #[test]
 fn every_shipped_config_validates() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
-    let mut checked = 0;
-    for entry in std::fs::read_dir(dir).unwrap() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
             let (code, out) = check_config_file(&path);
             assert_eq!(code, 0, "{}: {out}", path.display());
-            checked += 1;
+            assert!(out.contains("configuration is valid"), "{out}");
+            checked.push(path);
         }
     }
-    assert!(checked >= 1);
+    assert!(
+        checked.iter().any(|p| p.ends_with("tollgate.toml")),
+        "conf/tollgate.toml checked: {checked:?}"
+    );
 }
 
 #[test]
 fn validation_binds_nothing() {
-    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = held.local_addr().unwrap();
-    let (code, out) = check_config(&format!(
-        "[[listeners]]\naddress = \"{addr}\"\n[admin]\naddress = \"127.0.0.1:{}\"\n[[routes]]\nname = \"r\"\n[routes.respond]\nstatus = 200",
-        addr.port()
-    ));
-    // Same port on the admin and the listener is a problem; fix it and bind nothing.
-    assert_eq!(code, 1, "{out}");
-    assert!(
-        out.contains("already used by listeners[0].address"),
-        "{out}"
-    );
-    let (code, out) = check_config(&format!(
-        "[[listeners]]\naddress = \"{addr}\"\n[admin]\nenabled = false\n[[routes]]\nname = \"r\"\n[routes.respond]\nstatus = 200"
+    // The test holds both the listener's and the admin listener's ports: `-t` must not
+    // need them, since it binds nothing.
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let held_admin = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (addr, admin) = (held.local_addr().unwrap(), held_admin.local_addr().unwrap());
+    let (code, out, _, _dir) = check(&format!(
+        "[[listeners]]\naddress = \"{addr}\"\n[admin]\naddress = \"{admin}\"\n\
+         [[routes]]\nname = \"r\"\n[routes.respond]\nstatus = 200"
     ));
     assert_eq!(code, 0, "a port in use does not matter to -t: {out}");
+    assert!(out.contains("configuration is valid"), "{out}");
+
+    // The same config does need the port to run: the server refuses to start on it, with
+    // exit status 1 and the key whose address is taken.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tollgate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\npid_file = \"{d}/pid\"\nupgrade_sock = \"{d}/up.sock\"\n\
+             [[listeners]]\naddress = \"{addr}\"\n[admin]\nenabled = false\n\
+             [[routes]]\nname = \"r\"\n[routes.respond]\nstatus = 200",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let stderr_path = dir.path().join("stderr.log");
+    let mut child = Command::new(tollgate_bin())
+        .arg("-c")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let exited = wait_for(Duration::from_secs(20), || child.try_wait().unwrap());
+    let _ = child.kill();
+    let _ = child.wait();
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    let status = exited
+        .unwrap_or_else(|| panic!("the server kept running without its listen address: {stderr}"));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_reported(
+        &stderr,
+        &path,
+        "listeners[0].address",
+        &format!("cannot listen on {addr}"),
+    );
+    drop((held, held_admin));
 }
 
 #[test]
@@ -164,22 +301,52 @@ fn cli_help_and_version() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        concat!("tollgate ", env!("CARGO_PKG_VERSION"))
+    );
     let out = Command::new(tollgate_bin()).arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["-c", "-t", "-d", "-u"] {
+    for flag in [
+        "-c, --config",
+        "-t, --test",
+        "-d, --daemon",
+        "-u, --upgrade",
+    ] {
         assert!(help.contains(flag), "{flag} in {help}");
     }
+}
+
+#[test]
+fn a_valid_config_starts_and_serves() {
+    let body = r#"
+[[routes]]
+name = "hello"
+path = "/hello"
+[routes.respond]
+status = 200
+body = "hi"
+"#;
+    let gw = Gateway::start(body);
+    let (code, out) = check_config_file(&gw.config_path);
+    assert_eq!(code, 0, "{out}");
+    let resp = client().get(gw.url("/hello")).send().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().unwrap(), "hi");
 }
 
 #[test]
 fn an_invalid_config_makes_the_server_exit_1() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
+    let listen = format!("127.0.0.1:{}", free_port());
     std::fs::write(
         &path,
-        "[[listeners]]\naddress = \"127.0.0.1:1\"\n[[routes]]\nname = \"r\"\nupstream = \"ghost\"",
+        format!(
+            "[[listeners]]\naddress = \"{listen}\"\n[admin]\nenabled = false\n\
+             [[routes]]\nname = \"r\"\nupstream = \"ghost\""
+        ),
     )
     .unwrap();
     let out = Command::new(tollgate_bin())
@@ -189,8 +356,10 @@ fn an_invalid_config_makes_the_server_exit_1() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("bad.toml: routes[0].upstream: upstream \"ghost\" is not defined"),
-        "{err}"
+    assert_reported(
+        &err,
+        &path,
+        "routes[0].upstream",
+        "upstream \"ghost\" is not defined",
     );
 }

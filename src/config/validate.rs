@@ -8,7 +8,7 @@ use crate::policy::ip::parse_net;
 use crate::policy::jwt::JwtProvider;
 use crate::policy::rate_limit::{RateLimitStore, RateLimits};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 
 /// Most retries a route may ask for; more only multiplies load during an outage.
@@ -57,14 +57,19 @@ pub fn validate(file: &ConfigFile) -> Vec<Problem> {
     for (name, up) in upstreams {
         v.upstream(name, up);
     }
-    let mut names = HashSet::new();
+    let mut names = HashMap::new();
     for (i, route) in routes.iter().enumerate() {
         let at = format!("routes[{i}]");
-        if !names.insert(route.name.as_str()) {
+        if let Some(&first) = names.get(route.name.as_str()) {
             v.problem(
                 format!("{at}.name"),
-                format!("duplicate route name {:?}", route.name),
+                format!(
+                    "duplicate route name {:?}; routes[{first}] already uses it",
+                    route.name
+                ),
             );
+        } else {
+            names.insert(route.name.as_str(), i);
         }
         v.route(&at, route, upstreams);
         v.route_policy(&at, route, auth, consumers);
