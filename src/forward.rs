@@ -158,7 +158,8 @@ pub fn prepare_upstream_request(
             upstream.remove_header(&X_FORWARDED_FOR);
         }
     }
-    upstream.insert_header(X_FORWARDED_PROTO, "http")?;
+    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    upstream.insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
     if let Some(h) = host(session.req_header()) {
         let h = HeaderValue::from_str(h).or_err(ErrorType::HTTPStatus(400), "invalid host")?;
         upstream.insert_header(X_FORWARDED_HOST, h)?;

@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod observe;
 pub mod policy;
 pub mod route;
+pub mod tls;
 pub mod transform;
 pub mod upstream;
 
@@ -50,7 +51,7 @@ pub fn check_listen_addresses(compiled: &Compiled) -> Vec<config::Problem> {
     let admin = compiled.admin.iter();
     let demo = compiled.demo.iter().enumerate();
     let addresses = listeners
-        .map(|(i, a)| (format!("listeners[{i}].address"), a))
+        .map(|(i, l)| (format!("listeners[{i}].address"), &l.address))
         .chain(admin.map(|a| ("admin.address".to_string(), a)))
         .chain(demo.map(|(i, (_, a))| (format!("demo[{i}].address"), a)));
     let mut problems = Vec::new();
@@ -131,8 +132,21 @@ pub fn build_server(compiled: Compiled, mode: StartMode) -> Server {
     );
     let mut proxy = Service::new("tollgate".into(), proxy);
     let buffers = L4BufferSettings::new(client_read_buffer, DEFAULT_L4_WRITE_BUFFER_SIZE);
-    for addr in &listeners {
-        proxy.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(buffers));
+    for listener in listeners {
+        let mut config = ListenerConfig::tcp(listener.address.as_str()).l4_buffer(buffers);
+        if let Some(tls) = listener.tls {
+            match tls::settings(tls.certs, tls.tls13_only, tls.h2) {
+                Ok(settings) => config = config.tls(settings),
+                Err(e) => {
+                    log::error!(
+                        "TLS listener {}: {e}; not listening there",
+                        listener.address
+                    );
+                    continue;
+                }
+            }
+        }
+        proxy.add_listener(config);
     }
     server.add_service(proxy);
 

@@ -35,11 +35,24 @@ use pingora::server::configuration::ServerConf;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// A listener to open: its address, and TLS settings when it terminates TLS.
+pub struct Listener {
+    pub address: String,
+    pub tls: Option<TlsListener>,
+}
+
+/// A compiled `[listeners.tls]`.
+pub struct TlsListener {
+    pub certs: Arc<crate::tls::CertStore>,
+    pub tls13_only: bool,
+    pub h2: bool,
+}
+
 /// Everything needed to run a gateway.
 pub struct Compiled {
     pub gateway: Gateway,
     pub server_conf: ServerConf,
-    pub listeners: Vec<String>,
+    pub listeners: Vec<Listener>,
     pub admin: Option<String>,
     pub access_log_writer: Option<AccessLogWriter>,
     pub demo: Vec<(String, String)>,
@@ -193,7 +206,11 @@ pub fn compile(file: &ConfigFile) -> Result<Compiled, Vec<Problem>> {
             connector: pingora::connectors::http::Connector::new(None),
         },
         server_conf: server_conf(server),
-        listeners: listeners.iter().map(|l| l.address.clone()).collect(),
+        listeners: listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| compile_listener(i, l))
+            .collect::<Result<_, _>>()?,
         admin: admin.enabled.then(|| admin.address.clone()),
         access_log_writer,
         demo: demo
@@ -207,6 +224,47 @@ pub fn compile(file: &ConfigFile) -> Result<Compiled, Vec<Problem>> {
             max_connections: limits.max_connections,
             max_connections_per_ip: limits.max_connections_per_ip,
         },
+    })
+}
+
+fn compile_listener(i: usize, l: &ListenerSection) -> Result<Listener, Vec<Problem>> {
+    let ListenerSection { address, tls } = l;
+    let tls = match tls {
+        None => None,
+        Some(TlsSection {
+            certificates,
+            min_version,
+            h2,
+        }) => {
+            let mut certs = Vec::new();
+            for (j, c) in certificates.iter().enumerate() {
+                let CertificateSection { cert, key, names } = c;
+                let loaded =
+                    crate::tls::load_certificate(cert, key).map_err(|(key_side, msg)| {
+                        let field = if key_side { "key" } else { "cert" };
+                        vec![Problem::new(
+                            format!("listeners[{i}].tls.certificates[{j}].{field}"),
+                            msg,
+                        )]
+                    })?;
+                certs.push((loaded, names.clone()));
+            }
+            let store = crate::tls::CertStore::new(certs).ok_or_else(|| {
+                vec![Problem::new(
+                    format!("listeners[{i}].tls.certificates"),
+                    "list at least one certificate",
+                )]
+            })?;
+            Some(TlsListener {
+                certs: Arc::new(store),
+                tls13_only: min_version == "1.3",
+                h2: *h2,
+            })
+        }
+    };
+    Ok(Listener {
+        address: address.clone(),
+        tls,
     })
 }
 

@@ -143,11 +143,40 @@ impl Default for ServerSection {
     }
 }
 
-/// `[[listeners]]`: a plain-text HTTP listener.
+/// `[[listeners]]`: an HTTP listener, TLS when it has a `[listeners.tls]` section.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerSection {
     pub address: String,
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
+}
+
+/// `[listeners.tls]`: TLS termination.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Certificates, chosen by SNI; the first is the default for unknown or absent names.
+    pub certificates: Vec<CertificateSection>,
+    /// `"1.2"` (TLS 1.2 and 1.3) or `"1.3"` (1.3 only).
+    #[serde(default = "defaults::tls_min_version")]
+    pub min_version: String,
+    /// Offer HTTP/2 by ALPN.
+    #[serde(default = "defaults::enabled")]
+    pub h2: bool,
+}
+
+/// One certificate of a TLS listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateSection {
+    /// PEM certificate chain, leaf first.
+    pub cert: String,
+    /// PEM private key.
+    pub key: String,
+    /// Server names it serves (exact or `*.example.com`).
+    #[serde(default)]
+    pub names: Vec<String>,
 }
 
 /// `[admin]`: the operator listener serving `/health` and `/metrics`.
@@ -765,6 +794,9 @@ pub mod defaults {
     }
     pub fn client_read_buffer() -> HumanSize {
         HumanSize(16 * 1024)
+    }
+    pub fn tls_min_version() -> String {
+        "1.2".into()
     }
     pub fn admin_address() -> String {
         "127.0.0.1:9090".into()

@@ -123,6 +123,33 @@ impl Validator {
         }
         for (i, l) in listeners.iter().enumerate() {
             self.listen_address(&format!("listeners[{i}].address"), &l.address);
+            if let Some(tls) = &l.tls {
+                self.tls(&format!("listeners[{i}].tls"), tls);
+            }
+        }
+    }
+
+    fn tls(&mut self, at: &str, tls: &TlsSection) {
+        if tls.certificates.is_empty() {
+            self.problem(
+                format!("{at}.certificates"),
+                "list at least one certificate",
+            );
+        }
+        if !matches!(tls.min_version.as_str(), "1.2" | "1.3") {
+            self.problem(format!("{at}.min_version"), "must be \"1.2\" or \"1.3\"");
+        }
+        for (i, c) in tls.certificates.iter().enumerate() {
+            let cat = format!("{at}.certificates[{i}]");
+            if let Err((key_side, msg)) = crate::tls::load_certificate(&c.cert, &c.key) {
+                let field = if key_side { "key" } else { "cert" };
+                self.problem(format!("{cat}.{field}"), msg);
+            }
+            for (j, n) in c.names.iter().enumerate() {
+                if let Err(e) = super::compile::parse_host_pattern(n) {
+                    self.problem(format!("{cat}.names[{j}]"), e);
+                }
+            }
         }
     }
 
