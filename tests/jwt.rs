@@ -1,6 +1,10 @@
-//! JWT authentication through the real gateway, table-driven: every algorithm family with
-//! keys generated at test time, time and claim checks, algorithm confusion, malformed and
-//! oversized tokens, JWKS rotation with a rate-limited refresh, and the verification cache.
+//! JWT authentication, table-driven, with keys generated at test time.
+//!
+//! The first half drives [`JwtProvider`] directly: every algorithm family, time and claim
+//! checks, algorithm confusion, malformed and oversized tokens, claim-to-header mapping, JWKS
+//! rotation from a real HTTP server with a rate-limited refresh, the background refresher, and
+//! the verification cache. The second half runs the same kinds of token through the real
+//! gateway binary (status, `WWW-Authenticate`, JSON reason, what the upstream receives).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -11,8 +15,13 @@ use openssl::ec::{EcGroup, EcKey};
 use openssl::nid::Nid;
 use openssl::pkey::PKey;
 use openssl::rsa::Rsa;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tollgate::config::file::JwtSection;
+use tollgate::policy::jwt::{JwtError, JwtProvider, MAX_TOKEN_BYTES};
 
 const SECRET: &str = "test-secret-0123456789abcdef0123456789";
 
@@ -27,12 +36,14 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Key material made for this test run.
+/// Key material made for this test run, public halves written to a temporary directory.
 struct Keys {
     dir: tempfile::TempDir,
     rsa_private: Vec<u8>,
     rsa_public: Vec<u8>,
+    /// Two more RSA keys, published through JWKS only.
     rsa2: Rsa<openssl::pkey::Private>,
+    rsa3: Rsa<openssl::pkey::Private>,
     ec256_private: Vec<u8>,
     ec384_private: Vec<u8>,
     ed_private: Vec<u8>,
@@ -60,6 +71,7 @@ impl Keys {
         for (name, bytes) in [
             ("secret", SECRET.as_bytes().to_vec()),
             ("rsa.pem", rsa_public.clone()),
+            ("rsa-private.pem", rsa_private.clone()),
             ("ec256.pem", ec256_public),
             ("ec384.pem", ec384_public),
             ("ed.pem", ed_public),
@@ -71,6 +83,7 @@ impl Keys {
             rsa_private,
             rsa_public,
             rsa2: Rsa::generate(2048).unwrap(),
+            rsa3: Rsa::generate(2048).unwrap(),
             ec256_private,
             ec384_private,
             ed_private,
@@ -93,23 +106,34 @@ impl Keys {
         }
     }
 
-    fn jwk(&self, kid: &str) -> serde_json::Value {
-        serde_json::json!({
+    fn jwk_of(rsa: &Rsa<openssl::pkey::Private>, kid: &str) -> Value {
+        json!({
             "kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig",
-            "n": b64(&self.rsa2.n().to_vec()), "e": b64(&self.rsa2.e().to_vec()),
+            "n": b64(&rsa.n().to_vec()), "e": b64(&rsa.e().to_vec()),
         })
     }
 
-    fn sign_rsa2(&self, kid: &str, claims: &serde_json::Value) -> String {
+    /// The JWK of `rsa2`.
+    fn jwk(&self, kid: &str) -> Value {
+        Self::jwk_of(&self.rsa2, kid)
+    }
+
+    fn sign_by(rsa: &Rsa<openssl::pkey::Private>, kid: &str, claims: &Value) -> String {
         let mut h = Header::new(Algorithm::RS256);
         h.kid = Some(kid.into());
-        let key = EncodingKey::from_rsa_pem(&self.rsa2.private_key_to_pem().unwrap()).unwrap();
+        let key = EncodingKey::from_rsa_pem(&rsa.private_key_to_pem().unwrap()).unwrap();
         jsonwebtoken::encode(&h, claims, &key).unwrap()
+    }
+
+    /// An RS256 token signed by `rsa2`, naming `kid`.
+    fn sign_rsa2(&self, kid: &str, claims: &Value) -> String {
+        Self::sign_by(&self.rsa2, kid, claims)
     }
 }
 
-fn claims(extra: serde_json::Value) -> serde_json::Value {
-    let mut c = serde_json::json!({ "sub": "user-7", "roles": ["reader"], "iss": "tollgate-tests", "aud": "api", "exp": now() + 600 });
+/// The standard claims, with `extra` merged in (`null` removes a claim).
+fn claims(extra: Value) -> Value {
+    let mut c = json!({ "sub": "user-7", "roles": ["reader"], "iss": "tollgate-tests", "aud": "api", "exp": now() + 600 });
     for (k, v) in extra.as_object().unwrap() {
         if v.is_null() {
             c.as_object_mut().unwrap().remove(k);
@@ -120,12 +144,12 @@ fn claims(extra: serde_json::Value) -> serde_json::Value {
     c
 }
 
-fn sign(keys: &Keys, alg: Algorithm, c: &serde_json::Value) -> String {
+fn sign(keys: &Keys, alg: Algorithm, c: &Value) -> String {
     jsonwebtoken::encode(&Header::new(alg), c, &keys.encoding(alg)).unwrap()
 }
 
 /// A token with a hand-made header (for `alg: none` and similar).
-fn raw_token(header: &str, c: &serde_json::Value, signature: &str) -> String {
+fn raw_token(header: &str, c: &Value, signature: &str) -> String {
     format!(
         "{}.{}.{}",
         b64(header.as_bytes()),
@@ -133,6 +157,743 @@ fn raw_token(header: &str, c: &serde_json::Value, signature: &str) -> String {
         signature
     )
 }
+
+/// `token` with the first character of its signature changed.
+fn tampered(token: &str) -> String {
+    let (head, sig) = token.rsplit_once('.').unwrap();
+    let flipped = if sig.starts_with('A') { "B" } else { "A" };
+    format!("{head}.{flipped}{}", &sig[1..])
+}
+
+fn compile(toml_text: &str) -> Result<JwtProvider, String> {
+    let section: JwtSection = toml::from_str(toml_text).map_err(|e| e.to_string())?;
+    JwtProvider::compile("t", &section, "auth.jwt.t").map_err(|problems| {
+        problems
+            .iter()
+            .map(|p| format!("{}: {}", p.path, p.message))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+}
+
+fn provider(toml_text: &str) -> JwtProvider {
+    compile(toml_text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The providers of the table, by name.
+fn providers(keys: &Keys) -> HashMap<&'static str, JwtProvider> {
+    let secret = keys.path("secret");
+    HashMap::from([
+        (
+            "hs",
+            provider(&format!(
+                "algorithms = [\"HS256\", \"HS384\", \"HS512\"]\nsecret_file = \"{secret}\""
+            )),
+        ),
+        (
+            "pub",
+            provider(&format!(
+                "algorithms = [\"RS256\", \"RS384\", \"RS512\", \"PS256\", \"PS384\", \"PS512\", \"ES256\", \"ES384\", \"EdDSA\"]\n\
+                 public_key_files = [\"{}\", \"{}\", \"{}\", \"{}\"]",
+                keys.path("rsa.pem"),
+                keys.path("ec256.pem"),
+                keys.path("ec384.pem"),
+                keys.path("ed.pem"),
+            )),
+        ),
+        (
+            // A secret and an RSA key side by side: each verifies only its own family.
+            "mixed",
+            provider(&format!(
+                "algorithms = [\"HS256\", \"RS256\"]\nsecret_file = \"{secret}\"\npublic_key_files = [\"{}\"]",
+                keys.path("rsa.pem")
+            )),
+        ),
+        (
+            "strict",
+            provider(&format!(
+                "algorithms = [\"HS256\"]\nsecret_file = \"{secret}\"\nissuer = \"tollgate-tests\"\naudience = [\"api\", \"admin-api\"]\nleeway = \"5s\""
+            )),
+        ),
+        (
+            "scope",
+            provider(&format!(
+                "algorithms = [\"HS256\"]\nsecret_file = \"{secret}\"\nroles_claim = \"scope\""
+            )),
+        ),
+        (
+            "keycloak",
+            provider(&format!(
+                "algorithms = [\"HS256\"]\nsecret_file = \"{secret}\"\nroles_claim = \"realm_access.roles\"\n\
+                 subject_header = \"X-Sub\"\nroles_header = \"X-Roles\"\n\
+                 claim_headers = {{ email = \"X-User-Email\", \"tenant.id\" = \"X-Tenant\", admin = \"X-Admin\", groups = \"X-Groups\" }}"
+            )),
+        ),
+    ])
+}
+
+/// One row: which provider, which token, and either the roles and headers expected or the
+/// error.
+struct Row {
+    name: &'static str,
+    provider: &'static str,
+    token: String,
+    want: Result<Expect, JwtError>,
+}
+
+#[derive(Default)]
+struct Expect {
+    roles: &'static [&'static str],
+    headers: &'static [(&'static str, &'static str)],
+}
+
+fn ok() -> Result<Expect, JwtError> {
+    Ok(Expect {
+        roles: &["reader"],
+        headers: &[("x-user-id", "user-7"), ("x-user-roles", "reader")],
+    })
+}
+
+fn row(
+    name: &'static str,
+    provider: &'static str,
+    token: String,
+    want: Result<Expect, JwtError>,
+) -> Row {
+    Row {
+        name,
+        provider,
+        token,
+        want,
+    }
+}
+
+#[tokio::test]
+async fn provider_table() {
+    let keys = Keys::new();
+    let providers = providers(&keys);
+    let ok_claims = claims(json!({}));
+    let hs = |c: Value| sign(&keys, Algorithm::HS256, &c);
+    let rs_token = sign(&keys, Algorithm::RS256, &ok_claims);
+    // The classic confusion attack: the RSA public key PEM used as an HMAC secret.
+    let rsa_pem_as_secret = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &ok_claims,
+        &EncodingKey::from_secret(&keys.rsa_public),
+    )
+    .unwrap();
+    // An RS256 token whose header was rewritten to HS256, signature kept.
+    let relabelled = {
+        let (_, rest) = rs_token.split_once('.').unwrap();
+        format!("{}.{rest}", b64(br#"{"alg":"HS256","typ":"JWT"}"#))
+    };
+    // An ES384 token signed with the P-256 key.
+    let wrong_curve = {
+        let key = EncodingKey::from_ec_pem(&keys.ec256_private).unwrap();
+        let header = raw_token(r#"{"alg":"ES384"}"#, &ok_claims, "");
+        let message = header.trim_end_matches('.');
+        let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::ES256).unwrap();
+        format!("{message}.{sig}")
+    };
+    let t = now();
+    let mut rows = Vec::new();
+    for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
+        rows.push(row("valid HS", "hs", sign(&keys, alg, &ok_claims), ok()));
+    }
+    for alg in [
+        Algorithm::RS256,
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
+    ] {
+        rows.push(row(
+            "valid public key",
+            "pub",
+            sign(&keys, alg, &ok_claims),
+            ok(),
+        ));
+    }
+    rows.extend([
+        row(
+            "HS256 next to an RSA key",
+            "mixed",
+            hs(claims(json!({}))),
+            ok(),
+        ),
+        row("RS256 next to a secret", "mixed", rs_token.clone(), ok()),
+        row(
+            "expired",
+            "strict",
+            hs(claims(json!({"exp": t - 3600}))),
+            Err(JwtError::Expired),
+        ),
+        row(
+            "expired within leeway",
+            "strict",
+            hs(claims(json!({"exp": t - 2}))),
+            ok(),
+        ),
+        row(
+            "nbf in the future",
+            "strict",
+            hs(claims(json!({"nbf": t + 3600}))),
+            Err(JwtError::NotYetValid),
+        ),
+        row(
+            "nbf within leeway",
+            "strict",
+            hs(claims(json!({"nbf": t + 2}))),
+            ok(),
+        ),
+        row(
+            "wrong issuer",
+            "strict",
+            hs(claims(json!({"iss": "evil"}))),
+            Err(JwtError::WrongIssuer),
+        ),
+        row(
+            "issuer list naming ours",
+            "strict",
+            hs(claims(json!({"iss": ["evil", "tollgate-tests"]}))),
+            Err(JwtError::WrongIssuer),
+        ),
+        row(
+            "missing issuer",
+            "strict",
+            hs(claims(json!({"iss": null}))),
+            Err(JwtError::MissingClaim),
+        ),
+        row(
+            "wrong audience",
+            "strict",
+            hs(claims(json!({"aud": "other"}))),
+            Err(JwtError::WrongAudience),
+        ),
+        row(
+            "audience list with one of ours",
+            "strict",
+            hs(claims(json!({"aud": ["other", "admin-api"]}))),
+            ok(),
+        ),
+        row(
+            "missing audience",
+            "strict",
+            hs(claims(json!({"aud": null}))),
+            Err(JwtError::MissingClaim),
+        ),
+        row(
+            "no exp",
+            "hs",
+            hs(claims(json!({"exp": null}))),
+            Err(JwtError::MissingClaim),
+        ),
+        row(
+            "string exp",
+            "hs",
+            hs(claims(json!({"exp": (t + 600).to_string()}))),
+            Err(JwtError::Malformed),
+        ),
+        row(
+            "string exp in the past",
+            "hs",
+            hs(claims(json!({"exp": (t - 600).to_string()}))),
+            Err(JwtError::Malformed),
+        ),
+        row(
+            "bad signature",
+            "hs",
+            tampered(&hs(claims(json!({})))),
+            Err(JwtError::BadSignature),
+        ),
+        row(
+            "bad RSA signature",
+            "pub",
+            tampered(&rs_token),
+            Err(JwtError::BadSignature),
+        ),
+        row(
+            "alg none",
+            "hs",
+            raw_token(r#"{"alg":"none","typ":"JWT"}"#, &ok_claims, ""),
+            Err(JwtError::AlgorithmNotAllowed),
+        ),
+        row(
+            "alg None",
+            "pub",
+            raw_token(r#"{"alg":"None"}"#, &ok_claims, ""),
+            Err(JwtError::AlgorithmNotAllowed),
+        ),
+        row(
+            "HS256 signed with the RSA public key PEM, RS-only provider",
+            "pub",
+            rsa_pem_as_secret.clone(),
+            Err(JwtError::AlgorithmNotAllowed),
+        ),
+        row(
+            "HS256 signed with the RSA public key PEM, provider with both",
+            "mixed",
+            rsa_pem_as_secret,
+            Err(JwtError::BadSignature),
+        ),
+        row(
+            "RS256 token relabelled HS256",
+            "mixed",
+            relabelled,
+            Err(JwtError::BadSignature),
+        ),
+        row(
+            "ES384 signed with a P-256 key",
+            "pub",
+            wrong_curve,
+            Err(JwtError::BadSignature),
+        ),
+        row(
+            "algorithm outside the pinned list",
+            "strict",
+            sign(&keys, Algorithm::HS384, &ok_claims),
+            Err(JwtError::AlgorithmNotAllowed),
+        ),
+        row(
+            "RS token to an HS provider",
+            "hs",
+            rs_token.clone(),
+            Err(JwtError::AlgorithmNotAllowed),
+        ),
+        row(
+            "jku is never followed",
+            "pub",
+            {
+                let mut h = Header::new(Algorithm::RS256);
+                h.jku = Some("http://127.0.0.1:9/evil.json".into());
+                h.kid = Some("evil".into());
+                let other = Rsa::generate(2048).unwrap();
+                let key = EncodingKey::from_rsa_pem(&other.private_key_to_pem().unwrap()).unwrap();
+                jsonwebtoken::encode(&h, &ok_claims, &key).unwrap()
+            },
+            Err(JwtError::BadSignature),
+        ),
+        row(
+            "truncated",
+            "hs",
+            hs(claims(json!({})))[..40].to_string(),
+            Err(JwtError::Malformed),
+        ),
+        row(
+            "short signature",
+            "hs",
+            {
+                let t = hs(claims(json!({})));
+                let (message, _) = t.rsplit_once('.').unwrap();
+                format!("{message}.{}", b64(&[0u8; 16]))
+            },
+            Err(JwtError::BadSignature),
+        ),
+        row(
+            "garbage",
+            "hs",
+            "not-a-token-at-all".into(),
+            Err(JwtError::Malformed),
+        ),
+        row(
+            "garbage in three segments",
+            "hs",
+            "aaaa.bbbb.cccc".into(),
+            Err(JwtError::Malformed),
+        ),
+        row("empty", "hs", String::new(), Err(JwtError::Malformed)),
+        row(
+            "64 KiB token",
+            "hs",
+            format!(
+                "{}.{}.{}",
+                "a".repeat(32 * 1024),
+                "b".repeat(32 * 1024),
+                "c"
+            ),
+            Err(JwtError::TooLarge),
+        ),
+        row(
+            "just over 8 KiB, otherwise valid",
+            "hs",
+            hs(claims(json!({"pad": "x".repeat(MAX_TOKEN_BYTES)}))),
+            Err(JwtError::TooLarge),
+        ),
+        row(
+            "roles as a space-separated string",
+            "scope",
+            hs(claims(json!({"scope": "read write"}))),
+            Ok(Expect {
+                roles: &["read", "write"],
+                headers: &[("x-user-id", "user-7"), ("x-user-roles", "read,write")],
+            }),
+        ),
+        row(
+            "nested roles claim and claim headers",
+            "keycloak",
+            hs(claims(json!({
+                "realm_access": {"roles": ["admin", "ops"]},
+                "email": "ann@example.com", "tenant": {"id": 42}, "admin": true, "groups": ["g"],
+            }))),
+            Ok(Expect {
+                roles: &["admin", "ops"],
+                headers: &[
+                    ("x-sub", "user-7"),
+                    ("x-roles", "admin,ops"),
+                    ("x-admin", "true"),
+                    ("x-user-email", "ann@example.com"),
+                    ("x-tenant", "42"),
+                ],
+            }),
+        ),
+        row(
+            "header injection in claims is dropped",
+            "keycloak",
+            hs(claims(json!({
+                "sub": "eve\r\nX-Admin: true",
+                "realm_access": {"roles": ["reader,admin", "ops"]},
+                "email": "a\u{7f}b",
+            }))),
+            Ok(Expect {
+                roles: &["ops"],
+                headers: &[("x-roles", "ops")],
+            }),
+        ),
+    ]);
+    for r in rows {
+        let p = &providers[r.provider];
+        let got = p.verify(&r.token).await;
+        match (&got, &r.want) {
+            (Ok(t), Ok(want)) => {
+                assert_eq!(t.roles, want.roles, "{}: roles", r.name);
+                let mut got_headers: Vec<(&str, &str)> = t
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.to_str().unwrap()))
+                    .collect();
+                got_headers.sort();
+                let mut want_headers = want.headers.to_vec();
+                want_headers.sort();
+                assert_eq!(got_headers, want_headers, "{}: headers", r.name);
+                let sub = want_headers
+                    .iter()
+                    .find(|(k, _)| *k == "x-user-id" || *k == "x-sub")
+                    .map(|(_, v)| v.to_string());
+                assert_eq!(t.subject, sub, "{}: subject", r.name);
+            }
+            (Err(e), Err(want)) => {
+                assert_eq!(e, want, "{}", r.name);
+                assert!(
+                    !e.reason().contains('.') && e.reason().len() < 32,
+                    "{}: no token material in the reason",
+                    r.name
+                );
+            }
+            (got, want) => panic!(
+                "{}: got {:?}, want {:?}",
+                r.name,
+                got.as_ref().map(|t| &t.subject),
+                want.as_ref().map(|_| "ok")
+            ),
+        }
+    }
+}
+
+#[test]
+fn config_time_key_checks() {
+    let keys = Keys::new();
+    let rows = [
+        (
+            format!(
+                "algorithms = [\"ES384\"]\npublic_key_files = [\"{}\"]",
+                keys.path("ec256.pem")
+            ),
+            "auth.jwt.t.algorithms[0]: no configured key verifies ES384",
+        ),
+        (
+            format!(
+                "algorithms = [\"RS256\"]\npublic_key_files = [\"{}\"]",
+                keys.path("rsa-private.pem")
+            ),
+            "auth.jwt.t.public_key_files[0]",
+        ),
+        (
+            format!(
+                "algorithms = [\"HS256\"]\nsecret_file = \"{}\"",
+                keys.path("rsa.pem")
+            ),
+            "auth.jwt.t.secret_file",
+        ),
+        (
+            format!(
+                "algorithms = [\"RS256\", \"EdDSA\"]\npublic_key_files = [\"{}\"]",
+                keys.path("rsa.pem")
+            ),
+            "auth.jwt.t.algorithms[1]: no configured key verifies EdDSA",
+        ),
+        (
+            format!(
+                "algorithms = [\"HS256\"]\npublic_key_files = [\"{}\"]",
+                keys.path("rsa.pem")
+            ),
+            "auth.jwt.t.algorithms[0]: HS256 needs secret_env or secret_file",
+        ),
+    ];
+    for (text, want) in rows {
+        let err = compile(&text).err().unwrap_or_default();
+        assert!(err.contains(want), "{text}\n=> {err}");
+        assert!(!err.contains("MII"), "no key material in {err}");
+    }
+}
+
+/// A JWKS endpoint whose document, status and delay the test changes.
+struct Jwks {
+    backend: Backend,
+    doc: Arc<Mutex<(u16, String)>>,
+    delay_ms: Arc<AtomicU64>,
+}
+
+impl Jwks {
+    fn start(doc: Value) -> Jwks {
+        let doc = Arc::new(Mutex::new((200, doc.to_string())));
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let (d, ms) = (doc.clone(), delay_ms.clone());
+        let backend = Backend::start("jwks", move |_| {
+            let (status, body) = d.lock().unwrap().clone();
+            Reply::status(status)
+                .header("content-type", "application/json")
+                .body(body)
+                .delay(Duration::from_millis(ms.load(Ordering::SeqCst)))
+        });
+        Jwks {
+            backend,
+            doc,
+            delay_ms,
+        }
+    }
+
+    fn serve(&self, status: u16, body: impl Into<String>) {
+        *self.doc.lock().unwrap() = (status, body.into());
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/jwks.json", self.backend.addr)
+    }
+
+    fn fetches(&self) -> usize {
+        self.backend.hits()
+    }
+}
+
+/// Poll `f` until it returns `Some`, for at most `timeout`.
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    timeout: Duration,
+    mut f: impl FnMut() -> F,
+) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_rotation_with_rate_limited_refresh() {
+    let keys = Keys::new();
+    let jwks = Jwks::start(json!({ "keys": [Keys::jwk_of(&keys.rsa2, "k1")] }));
+    let p = Arc::new(provider(&format!(
+        "algorithms = [\"RS256\"]\njwks_url = \"{}\"\njwks_min_refresh = \"1s\"\njwks_refresh = \"1h\"",
+        jwks.url()
+    )));
+    let c = claims(json!({}));
+    let k1 = Keys::sign_by(&keys.rsa2, "k1", &c);
+    let k2 = Keys::sign_by(&keys.rsa3, "k2", &c);
+
+    // Nothing fetched at compile time; the first token fetches, and waits for the keys.
+    assert_eq!(jwks.fetches(), 0);
+    assert_eq!(
+        p.verify(&k1).await.unwrap().subject.as_deref(),
+        Some("user-7")
+    );
+    assert_eq!(jwks.fetches(), 1);
+
+    // The IdP rotates to k2. Within jwks_min_refresh of the last fetch, k2 is not fetched.
+    jwks.serve(
+        200,
+        json!({ "keys": [Keys::jwk_of(&keys.rsa3, "k2")] }).to_string(),
+    );
+    let rotated = Instant::now();
+    assert_eq!(p.verify(&k2).await.err(), Some(JwtError::UnknownKey));
+    assert_eq!(jwks.fetches(), 1, "rate-limited");
+    // Once the interval has passed, the next unknown kid fetches again and k2 verifies.
+    let verified = eventually(Duration::from_secs(10), || async {
+        p.verify(&k2).await.ok()
+    })
+    .await;
+    assert!(verified.is_some(), "the rotated key verifies");
+    assert_eq!(jwks.fetches(), 2, "one fetch per interval");
+    assert!(rotated.elapsed() < Duration::from_secs(3));
+    // k1 left the key set: its token is no longer accepted, even though it was cached.
+    assert_eq!(p.verify(&k1).await.err(), Some(JwtError::UnknownKey));
+
+    // A burst of unknown kids while the JWKS answers slowly: they all wait for one fetch.
+    let last = Instant::now();
+    jwks.delay_ms.store(300, Ordering::SeqCst);
+    let before = jwks.fetches();
+    // Signed first: signing is slow enough in a debug build to spread the burst.
+    let tokens: Vec<String> = (0..50)
+        .map(|i| Keys::sign_by(&keys.rsa3, &format!("unknown-{i}"), &c))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1100).saturating_sub(last.elapsed())).await;
+    let burst = Instant::now();
+    let tasks: Vec<_> = tokens
+        .into_iter()
+        .map(|token| {
+            let p = p.clone();
+            tokio::spawn(async move { p.verify(&token).await.err() })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), Some(JwtError::UnknownKey));
+    }
+    let fetches = jwks.fetches() - before;
+    let took = burst.elapsed();
+    if took < Duration::from_secs(1) {
+        assert_eq!(fetches, 1, "50 concurrent misses, one fetch");
+    } else {
+        // A very loaded machine: still never more than one fetch per interval.
+        assert!(
+            fetches as u64 <= 1 + took.as_secs(),
+            "{fetches} fetches in {took:?}"
+        );
+    }
+    // ... and the known key still verifies meanwhile.
+    assert!(p.verify(&k2).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_failures_keep_the_previous_keys() {
+    let keys = Keys::new();
+    let jwks = Jwks::start(json!({ "keys": [keys.jwk("k1")] }));
+    let p = provider(&format!(
+        "algorithms = [\"RS256\"]\njwks_url = \"{}\"\njwks_min_refresh = \"1s\"\njwks_refresh = \"1h\"\ncache_entries = 0",
+        jwks.url()
+    ));
+    let c = claims(json!({}));
+    let k1 = keys.sign_rsa2("k1", &c);
+    assert!(p.verify(&k1).await.is_ok());
+    let big = format!(
+        "{{\"keys\": [], \"pad\": \"{}\"}}",
+        "x".repeat(1024 * 1024 + 1)
+    );
+    for (status, body) in [
+        (500, "oops".to_string()),
+        (200, "not json".to_string()),
+        (200, big),
+    ] {
+        jwks.serve(status, body);
+        let before = jwks.fetches();
+        // An unknown kid forces a fetch once the interval has passed.
+        let fetched = eventually(Duration::from_secs(5), || async {
+            let _ = p.verify(&keys.sign_rsa2("nope", &c)).await;
+            (jwks.fetches() > before).then_some(())
+        })
+        .await;
+        assert!(fetched.is_some(), "status {status}: fetched");
+        assert!(p.verify(&k1).await.is_ok(), "status {status}: keys kept");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresher_fetches_at_start_retries_and_stops_on_shutdown() {
+    use pingora::services::background::BackgroundService;
+    let keys = Keys::new();
+    let jwks = Jwks::start(json!({}));
+    jwks.serve(503, "starting");
+    let p = Arc::new(provider(&format!(
+        "algorithms = [\"RS256\"]\njwks_url = \"{}\"\njwks_min_refresh = \"1s\"\njwks_refresh = \"1h\"",
+        jwks.url()
+    )));
+    let refresher = p.refresher().expect("a JWKS URL has a refresher");
+    let (stop, watch) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move { refresher.start(watch).await });
+    let first = eventually(Duration::from_secs(5), || async {
+        (jwks.fetches() >= 1).then_some(())
+    })
+    .await;
+    assert!(first.is_some(), "fetched at start");
+    // The first fetch failed: the refresher tries again after jwks_min_refresh, not 1h.
+    jwks.serve(200, json!({ "keys": [keys.jwk("k1")] }).to_string());
+    let second = eventually(Duration::from_secs(5), || async {
+        (jwks.fetches() >= 2).then_some(())
+    })
+    .await;
+    assert!(second.is_some(), "retried");
+    assert!(p
+        .verify(&keys.sign_rsa2("k1", &claims(json!({}))))
+        .await
+        .is_ok());
+    assert_eq!(jwks.fetches(), 2, "the key was there: no extra fetch");
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(2), task)
+        .await
+        .expect("the refresher stops on shutdown")
+        .unwrap();
+
+    let no_url = provider(&format!(
+        "algorithms = [\"HS256\"]\nsecret_file = \"{}\"",
+        keys.path("secret")
+    ));
+    assert!(Arc::new(no_url).refresher().is_none());
+}
+
+#[tokio::test]
+async fn cache_serves_the_same_identity_and_never_past_exp() {
+    let keys = Keys::new();
+    let p = provider(&format!(
+        "algorithms = [\"HS256\"]\nsecret_file = \"{}\"\nleeway = \"0s\"\ncache_entries = 100",
+        keys.path("secret")
+    ));
+    let long = sign(&keys, Algorithm::HS256, &claims(json!({})));
+    let first = p.verify(&long).await.unwrap();
+    for _ in 0..3 {
+        let again = p.verify(&long).await.unwrap();
+        assert_eq!(again.subject, first.subject);
+        assert_eq!(again.roles, first.roles);
+        assert_eq!(again.headers, first.headers);
+    }
+    // A different token for the same subject is verified on its own (a tampered copy of a
+    // cached token is not a hit).
+    assert_eq!(
+        p.verify(&tampered(&long)).await.err(),
+        Some(JwtError::BadSignature)
+    );
+
+    let short = sign(&keys, Algorithm::HS256, &claims(json!({"exp": now() + 1})));
+    assert!(p.verify(&short).await.is_ok());
+    assert!(p.verify(&short).await.is_ok(), "from cache");
+    let refused = eventually(Duration::from_secs(5), || async {
+        p.verify(&short).await.err()
+    })
+    .await;
+    assert_eq!(
+        refused,
+        Some(JwtError::Expired),
+        "an expired token is not served from cache"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Through the gateway.
 
 fn gateway(keys: &Keys, backend: &Backend, jwks: &Backend) -> Gateway {
     Gateway::start(&format!(
@@ -217,7 +978,7 @@ auth = ["jwt:jwks"]
     ))
 }
 
-fn jwks_server(doc: Arc<Mutex<serde_json::Value>>) -> Backend {
+fn jwks_server(doc: Arc<Mutex<Value>>) -> Backend {
     Backend::start("jwks", move |_| {
         Reply::status(200)
             .header("content-type", "application/json")
@@ -245,7 +1006,7 @@ fn call(gw: &Gateway, path: &str, token: Option<&str>) -> (u16, String, Option<S
 }
 
 #[test]
-fn jwt_table() {
+fn gateway_jwt_table() {
     let keys = Keys::new();
     let app = Backend::echo("app");
     let jwks = jwks_server(Arc::new(Mutex::new(serde_json::json!({ "keys": [] }))));
@@ -386,7 +1147,7 @@ fn jwt_table() {
                 &claims(serde_json::json!({"iss": null})),
             )),
             401,
-            "malformed_token",
+            "missing_claim",
         ),
         (
             "wrong audience",
@@ -430,7 +1191,7 @@ fn jwt_table() {
                 &claims(serde_json::json!({"exp": null})),
             )),
             401,
-            "malformed_token",
+            "missing_claim",
         ),
         (
             "string exp",
