@@ -1,4 +1,4 @@
-//! Configuration in three layers: what the user writes ([`file`](self::file)), what it must mean
+//! Configuration in three layers: what the user writes ([`file`](mod@file)), what it must mean
 //! ([`validate`]), and the runtime form the proxy reads ([`compile`]).
 //!
 //! [`load`] runs the first two and reports every problem at once, each naming the file, the
