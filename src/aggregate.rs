@@ -125,10 +125,7 @@ async fn fetch(
         .select(&[], &[])
         .ok_or_else(|| "no healthy target".to_string())?;
     let addr = target.target().addr;
-    let mut peer = HttpPeer::new(addr, false, String::new());
-    peer.options.connection_timeout = Some(group.connect_timeout);
-    peer.options.total_connection_timeout = Some(group.connect_timeout);
-    peer.options.read_timeout = Some(group.read_timeout);
+    let peer = group.peer(addr);
     let outcome = exchange(connector, &peer, path, fwd).await;
     match &outcome {
         Ok((status, _)) => target.record_status(*status),

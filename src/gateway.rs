@@ -389,7 +389,7 @@ impl ProxyHttp for Gateway {
                 format!("upstream {}: {why}", group.name),
             );
         };
-        let mut peer = HttpPeer::new(guard.target().addr, false, String::new());
+        let mut peer = group.peer(guard.target().addr);
         peer.options.connection_timeout = Some(action.connect_timeout);
         peer.options.total_connection_timeout = Some(action.connect_timeout);
         peer.options.read_timeout = Some(action.read_timeout);

@@ -59,6 +59,15 @@ pub fn load_certificate(cert_path: &str, key_path: &str) -> Result<Certificate, 
     })
 }
 
+impl Certificate {
+    /// As Pingora's client certificate type (leaf first, then the chain).
+    pub fn into_cert_key(self) -> pingora::utils::tls::CertKey {
+        let mut certs = vec![self.leaf];
+        certs.extend(self.chain);
+        pingora::utils::tls::CertKey::new(certs, self.key)
+    }
+}
+
 /// Certificates by server name.
 pub struct CertStore {
     default: Arc<Certificate>,

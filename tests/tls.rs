@@ -211,3 +211,97 @@ fn bad_certificates_are_config_errors() {
     let (code, out) = check_config(&config(&pki.path("a.crt"), &pki.path("a.key")));
     assert_eq!(code, 0, "{out}");
 }
+
+/// A TLS upstream: another real gateway with a TLS listener answering directly.
+fn tls_upstream(pki: &Pki) -> Gateway {
+    let config = format!(
+        r#"
+[server]
+threads = 1
+pid_file = "{{dir}}/tollgate.pid"
+upgrade_sock = "{{dir}}/upgrade.sock"
+
+[[listeners]]
+address = "{{listen}}"
+[listeners.tls]
+certificates = [{{ cert = "{a}", key = "{ak}", names = ["a.test"] }}]
+
+[admin]
+address = "{{admin}}"
+
+[access_log]
+target = "off"
+
+[[routes]]
+name = "hello"
+[routes.respond]
+status = 200
+headers = {{ "x-served-by" = "tls-upstream" }}
+body = "secure hello"
+"#,
+        a = pki.path("a.crt"),
+        ak = pki.path("a.key"),
+    );
+    Gateway::start_full(&config).unwrap()
+}
+
+fn proxy_to(upstream: &Gateway, tls_section: &str) -> Gateway {
+    Gateway::start(&format!(
+        r#"
+[upstreams.secure]
+targets = [{{ address = "{}" }}]
+connect_timeout = "2s"
+{tls_section}
+
+[[routes]]
+name = "secure"
+upstream = "secure"
+retries = 0
+"#,
+        upstream.addr
+    ))
+}
+
+#[test]
+fn upstream_tls_verifies_against_the_configured_ca() {
+    let pki = Pki::new(&[("a", &["a.test"]), ("b", &["b.test"])]);
+    let other = Pki::new(&[("x", &["x.test"])]);
+    let upstream = tls_upstream(&pki);
+
+    let trusted = proxy_to(
+        &upstream,
+        &format!(
+            "[upstreams.secure.tls]\nsni = \"a.test\"\nca_file = \"{}\"",
+            pki.path("ca.crt")
+        ),
+    );
+    let r = client().get(trusted.url("/x")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-served-by"], "tls-upstream");
+    assert_eq!(r.text().unwrap(), "secure hello");
+
+    // A CA that did not sign the upstream's certificate: the handshake fails, 502.
+    let untrusted = proxy_to(
+        &upstream,
+        &format!(
+            "[upstreams.secure.tls]\nsni = \"a.test\"\nca_file = \"{}\"",
+            other.path("ca.crt")
+        ),
+    );
+    let r = client().get(untrusted.url("/x")).send().unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(r.json::<serde_json::Value>().unwrap()["request_id"].is_string());
+
+    // The right CA but the wrong name: refused as well.
+    let wrong_name = proxy_to(
+        &upstream,
+        &format!(
+            "[upstreams.secure.tls]\nsni = \"b.test\"\nca_file = \"{}\"",
+            pki.path("ca.crt")
+        ),
+    );
+    assert_eq!(
+        client().get(wrong_name.url("/x")).send().unwrap().status(),
+        502
+    );
+}

@@ -27,7 +27,7 @@ use crate::upstream::breaker::BreakerSettings;
 use crate::upstream::dns::{Discovery, TargetSpec};
 use crate::upstream::health::{HealthCheckSpec, Kind};
 use crate::upstream::select::{Policy, Selector};
-use crate::upstream::{GroupSettings, HashOn, RetryBudget, UpstreamGroup};
+use crate::upstream::{GroupSettings, HashOn, RetryBudget, UpstreamGroup, UpstreamTls};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use pingora::lb::{Backends, LoadBalancer};
@@ -309,7 +309,13 @@ fn compile_upstream(
         fallback,
         retry_budget,
         dns_refresh,
+        tls,
+        h2,
     } = up;
+    let upstream_tls = tls
+        .as_ref()
+        .map(|t| compile_upstream_tls(&format!("upstreams.{name}.tls"), t))
+        .transpose()?;
     let at = format!("upstreams.{name}");
     let fail = |msg: String| Problem::new(&at, msg);
     let breaker = circuit_breaker.as_ref().map(|b| BreakerSettings {
@@ -343,7 +349,7 @@ fn compile_upstream(
     let spec = health_check.as_ref().map(health_spec);
     if let Some(spec) = &spec {
         let hc = spec
-            .build()
+            .build(upstream_tls.as_ref())
             .map_err(|e| fail(format!("health check: {e}")))?;
         view.set_health_check(hc);
     }
@@ -374,8 +380,70 @@ fn compile_upstream(
             resolves_names,
             fallback,
             retry_budget: RetryBudget::new(retry_budget.ratio, retry_budget.min_per_second),
+            tls: upstream_tls,
+            h2: *h2,
         },
     ))
+}
+
+/// Load `[upstreams.NAME.tls]`: the CA bundle and the client certificate.
+pub fn compile_upstream_tls(at: &str, t: &UpstreamTlsSection) -> Result<UpstreamTls, Problem> {
+    let UpstreamTlsSection {
+        sni,
+        ca_file,
+        verify,
+        client_cert,
+        client_key,
+    } = t;
+    let ca = match ca_file {
+        None => None,
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                Problem::new(format!("{at}.ca_file"), format!("cannot read {path}: {e}"))
+            })?;
+            let certs = openssl::x509::X509::stack_from_pem(&pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    Problem::new(
+                        format!("{at}.ca_file"),
+                        format!("{path} is not a PEM certificate bundle"),
+                    )
+                })?;
+            Some(Arc::new(certs.into_boxed_slice()))
+        }
+    };
+    let client = match (client_cert, client_key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => {
+            let loaded = crate::tls::load_certificate(cert, key).map_err(|(key_side, msg)| {
+                Problem::new(
+                    format!(
+                        "{at}.{}",
+                        if key_side {
+                            "client_key"
+                        } else {
+                            "client_cert"
+                        }
+                    ),
+                    msg,
+                )
+            })?;
+            Some(Arc::new(loaded.into_cert_key()))
+        }
+        _ => {
+            return Err(Problem::new(
+                at,
+                "set both client_cert and client_key, or neither",
+            ))
+        }
+    };
+    Ok(UpstreamTls {
+        sni: sni.clone().unwrap_or_default(),
+        ca,
+        verify: *verify,
+        client,
+    })
 }
 
 fn compile_aggregate(

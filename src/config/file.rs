@@ -247,6 +247,33 @@ pub struct UpstreamSection {
     /// How often `NAME:PORT` targets are re-resolved.
     #[serde(default = "defaults::dns_refresh")]
     pub dns_refresh: HumanDuration,
+    /// Connect to the targets over TLS.
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsSection>,
+    /// Speak HTTP/2 to the targets (ALPN over TLS, prior knowledge without).
+    #[serde(default)]
+    pub h2: bool,
+}
+
+/// `[upstreams.NAME.tls]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSection {
+    /// Server name sent and verified; defaults to none (then only the CA chain is checked
+    /// when `verify_hostname` is off) - set it.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// PEM bundle of CAs trusted for the targets (default: the system's).
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// Verify the target's certificate chain and name. Turn off only for testing.
+    #[serde(default = "defaults::enabled")]
+    pub verify: bool,
+    /// Client certificate (PEM chain) and key for mutual TLS.
+    #[serde(default)]
+    pub client_cert: Option<String>,
+    #[serde(default)]
+    pub client_key: Option<String>,
 }
 
 /// `[upstreams.NAME.circuit_breaker]`.

@@ -266,6 +266,11 @@ impl Validator {
         if let Some(hc) = &up.health_check {
             self.health_check(&format!("{at}.health_check"), hc);
         }
+        if let Some(t) = &up.tls {
+            if let Err(p) = super::compile::compile_upstream_tls(&format!("{at}.tls"), t) {
+                self.problems.push(p);
+            }
+        }
         if let Some(cb) = &up.circuit_breaker {
             if cb.consecutive_failures == 0 {
                 self.problem(

@@ -28,8 +28,11 @@ pub enum Kind {
 }
 
 impl HealthCheckSpec {
-    /// The Pingora health check this spec describes.
-    pub fn build(&self) -> Result<Box<dyn HealthCheck + Send + Sync>> {
+    /// The Pingora health check this spec describes; HTTP checks use the group's TLS.
+    pub fn build(
+        &self,
+        tls: Option<&super::UpstreamTls>,
+    ) -> Result<Box<dyn HealthCheck + Send + Sync>> {
         match &self.kind {
             Kind::Tcp => {
                 let mut hc = TcpHealthCheck::new();
@@ -44,7 +47,13 @@ impl HealthCheckSpec {
                 host,
                 expected_status,
             } => {
-                let mut hc = HttpHealthCheck::new(host, false);
+                let mut hc = HttpHealthCheck::new(host, tls.is_some());
+                if let Some(tls) = tls {
+                    if !tls.sni.is_empty() {
+                        hc.peer_template.sni = tls.sni.clone();
+                    }
+                    tls.configure(&mut hc.peer_template, false);
+                }
                 hc.consecutive_success = self.rise;
                 hc.consecutive_failure = self.fall;
                 let mut req = RequestHeader::build("GET", path.as_bytes(), None)?;

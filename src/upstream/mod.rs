@@ -169,6 +169,10 @@ pub struct UpstreamGroup {
     /// Answered when no target is available.
     pub fallback: Option<crate::route::DirectResponse>,
     pub retry_budget: RetryBudget,
+    /// TLS to the targets, if any.
+    pub tls: Option<UpstreamTls>,
+    /// HTTP/2 to the targets.
+    pub h2: bool,
     /// Steps a selection may take before giving up.
     max_steps: usize,
 }
@@ -183,6 +187,30 @@ pub struct GroupSettings {
     pub resolves_names: bool,
     pub fallback: Option<crate::route::DirectResponse>,
     pub retry_budget: RetryBudget,
+    pub tls: Option<UpstreamTls>,
+    pub h2: bool,
+}
+
+/// Compiled `[upstreams.NAME.tls]`.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    pub sni: String,
+    pub ca: Option<Arc<Box<[openssl::x509::X509]>>>,
+    pub verify: bool,
+    pub client: Option<Arc<pingora::utils::tls::CertKey>>,
+}
+
+impl UpstreamTls {
+    /// Apply to a peer about to be connected.
+    pub fn configure(&self, peer: &mut pingora::upstreams::peer::HttpPeer, h2: bool) {
+        peer.options.verify_cert = self.verify;
+        peer.options.verify_hostname = self.verify;
+        peer.options.ca = self.ca.clone();
+        peer.client_cert_key = self.client.clone();
+        if h2 {
+            peer.options.alpn = pingora::protocols::ALPN::H2H1;
+        }
+    }
 }
 
 /// Health of one target as reported by `/health` and the metrics.
@@ -205,6 +233,8 @@ impl UpstreamGroup {
             resolves_names,
             fallback,
             retry_budget,
+            tls,
+            h2,
         } = settings;
         let mut group = UpstreamGroup {
             name: name.into(),
@@ -217,10 +247,30 @@ impl UpstreamGroup {
             resolves_names,
             fallback,
             retry_budget,
+            tls,
+            h2,
             max_steps: 0,
         };
         group.max_steps = group.steps_now();
         group
+    }
+
+    /// A peer for one of this group's targets, with its TLS and protocol settings.
+    pub fn peer(&self, addr: SocketAddr) -> pingora::upstreams::peer::HttpPeer {
+        let sni = self
+            .tls
+            .as_ref()
+            .map_or_else(String::new, |t| t.sni.clone());
+        let mut peer = pingora::upstreams::peer::HttpPeer::new(addr, self.tls.is_some(), sni);
+        peer.options.connection_timeout = Some(self.connect_timeout);
+        peer.options.total_connection_timeout = Some(self.connect_timeout);
+        peer.options.read_timeout = Some(self.read_timeout);
+        match &self.tls {
+            Some(tls) => tls.configure(&mut peer, self.h2),
+            None if self.h2 => peer.options.set_http_version(2, 2),
+            None => {}
+        }
+        peer
     }
 
     /// Whether the group's `LoadBalancer` must run as a background service (health checks
