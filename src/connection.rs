@@ -168,9 +168,13 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         self.inner.process_new(stream, shutdown).await
     }
 
-    async fn cleanup(&self) {
-        self.inner.cleanup().await
-    }
+    /// Called when the service stops listening (shutdown or socket handoff). Deliberately
+    /// not forwarded: Pingora's proxy would then drop every idle keep-alive connection at
+    /// once, racing clients that are sending their next request on it (a reset they cannot
+    /// retry safely). Instead those connections stay open through the grace period; their
+    /// next request is answered with `Connection: close` (the gateway's drain flag), and
+    /// whatever is still idle when the grace period ends closes with the process.
+    async fn cleanup(&self) {}
 }
 
 /// Where the stream is in the HTTP/1 exchange.

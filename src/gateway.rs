@@ -27,6 +27,7 @@ use pingora::upstreams::peer::Peer;
 use pingora::RetryType;
 use prometheus::IntGauge;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -39,6 +40,25 @@ pub struct Gateway {
     pub policy: GatewayPolicy,
     /// Pooled upstream connections for aggregation parts.
     pub connector: Connector,
+    /// Set once the server starts shutting down or handing over to a new instance: responses
+    /// then say `Connection: close`, so keep-alive clients move to the new instance between
+    /// requests instead of having an idle connection closed under them.
+    pub draining: Arc<AtomicBool>,
+}
+
+/// Flips [`Gateway::draining`] when the server's shutdown begins (a background service).
+pub struct DrainWatch(pub Arc<AtomicBool>);
+
+#[async_trait]
+impl pingora::services::background::BackgroundService for DrainWatch {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 /// Per-request state.
@@ -186,6 +206,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        if self.draining.load(Ordering::Acquire) {
+            session.set_keepalive(None);
+        }
         ctx._inflight = Some(GaugeGuard::new(&self.metrics.inflight));
         ctx.request_id = forward::request_id(session.req_header());
         session.set_read_timeout(Some(self.policy.body_timeout));

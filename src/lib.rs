@@ -98,6 +98,10 @@ pub fn build_server(compiled: Compiled, mode: StartMode) -> Server {
     server.bootstrap();
 
     let upstreams = gateway.upstreams.clone();
+    server.add_service(GenBackgroundService::new(
+        "drain watch".into(),
+        Arc::new(gateway::DrainWatch(gateway.draining.clone())),
+    ));
     for refresher in gateway
         .policy
         .jwt_providers

@@ -204,6 +204,7 @@ pub fn compile(file: &ConfigFile) -> Result<Compiled, Vec<Problem>> {
             access_log,
             policy,
             connector: pingora::connectors::http::Connector::new(None),
+            draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         },
         server_conf: server_conf(server),
         listeners: listeners
