@@ -107,17 +107,7 @@ fn header_transforms(c: &mut Criterion) {
     c.bench_function("header_transform/request_5_edits", |b| {
         b.iter(|| {
             let mut req = base.clone();
-            let snapshot = req.headers.clone();
-            let cell = std::cell::RefCell::new(&mut req);
-            t.apply(
-                &snapshot,
-                |n| {
-                    cell.borrow_mut().remove_header(n);
-                },
-                |n, v| cell.borrow_mut().insert_header(n, v).map(|_| ()),
-                |n, v| cell.borrow_mut().append_header(n, v).map(|_| ()),
-            )
-            .unwrap();
+            t.apply(&mut req).unwrap();
             black_box(req)
         })
     });

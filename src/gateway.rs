@@ -508,18 +508,7 @@ impl ProxyHttp for Gateway {
         }
         if let Some(route) = ctx.route.clone() {
             let t = &route.transform;
-            if !t.request.is_empty() {
-                let snapshot = upstream.headers.clone();
-                let cell = std::cell::RefCell::new(&mut *upstream);
-                t.request.apply(
-                    &snapshot,
-                    |n| {
-                        cell.borrow_mut().remove_header(n);
-                    },
-                    |n, v| cell.borrow_mut().insert_header(n, v).map(|_| ()),
-                    |n, v| cell.borrow_mut().append_header(n, v).map(|_| ()),
-                )?;
-            }
+            t.request.apply(upstream)?;
             if !t.json_request.is_empty()
                 && JsonRename::applies_to(upstream.headers.get(http::header::CONTENT_TYPE))
             {
@@ -558,18 +547,7 @@ impl ProxyHttp for Gateway {
                     resp.insert_header(name.clone(), value.clone())?;
                 }
             }
-            if !t.response.is_empty() {
-                let snapshot = resp.headers.clone();
-                let cell = std::cell::RefCell::new(&mut *resp);
-                t.response.apply(
-                    &snapshot,
-                    |n| {
-                        cell.borrow_mut().remove_header(n);
-                    },
-                    |n, v| cell.borrow_mut().insert_header(n, v).map(|_| ()),
-                    |n, v| cell.borrow_mut().append_header(n, v).map(|_| ()),
-                )?;
-            }
+            t.response.apply(resp)?;
             let has_body = session.req_header().method != http::Method::HEAD
                 && !matches!(resp.status.as_u16(), 204 | 304);
             if has_body
