@@ -1,7 +1,8 @@
 //! The JSON access log: one line per request, formatted on the worker and written by a
-//! background service so that a slow disk or terminal never stalls request handling. When the
-//! writer falls behind by more than the configured buffer, lines are dropped and counted
-//! (`access_log_dropped_total`) instead of blocking.
+//! background service every 50 ms, so that a slow disk or terminal never stalls request
+//! handling and no request pays for waking the writer. When the writer falls behind by more
+//! than the configured buffer, lines are dropped and counted (`access_log_dropped_total`)
+//! instead of blocking.
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -13,6 +14,9 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use tokio::sync::mpsc;
+
+/// How often queued lines are written out.
+const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Where lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,20 +114,23 @@ impl BackgroundService for AccessLogWriter {
             }
         };
         let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-        let mut batch = Vec::with_capacity(256);
+        let mut batch = Vec::with_capacity(1024);
+        // The writer wakes on a timer and drains whatever queued up, instead of waiting on
+        // the channel: a waiting receiver would be woken (a cross-thread wake-up) for every
+        // request, which cost about a quarter of the gateway's CPU per request when measured.
+        let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                n = rx.recv_many(&mut batch, 256) => {
-                    if n == 0 {
-                        break;
-                    }
-                    write_batch(&mut out, &mut batch);
-                    // Flush once the queue is drained, so lines appear promptly when idle.
-                    if rx.is_empty() {
-                        let _ = out.flush();
-                    }
-                }
+                _ = tick.tick() => {}
                 _ = shutdown.changed() => break,
+            }
+            while let Ok(line) = rx.try_recv() {
+                batch.push(line);
+            }
+            if !batch.is_empty() {
+                write_batch(&mut out, &mut batch);
+                let _ = out.flush();
             }
         }
         while let Ok(line) = rx.try_recv() {
