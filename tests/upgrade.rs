@@ -195,3 +195,38 @@ upstream = "slow"
     assert!(body.contains("\"backend\":\"slow\""));
     assert_eq!(gw.wait_exit(Duration::from_secs(15)), Some(0));
 }
+
+#[test]
+fn sigint_exits_at_once() {
+    let slow = Backend::start("slow", |r| {
+        common::backend::echo_reply("slow", r).delay(Duration::from_secs(5))
+    });
+    let preamble = PREAMBLE.replace("grace_period = \"1s\"", "grace_period = \"30s\"");
+    let mut gw = Gateway::start_full(&format!(
+        r#"{preamble}
+[upstreams.slow]
+targets = [{{ address = "{}" }}]
+[[routes]]
+name = "slow"
+upstream = "slow"
+"#,
+        slow.addr
+    ))
+    .unwrap();
+    let url = gw.url("/slow");
+    let request =
+        std::thread::spawn(move || client().get(&url).send().map(|r| r.status().as_u16()));
+    wait_for(Duration::from_secs(10), || (slow.hits() == 1).then_some(())).unwrap();
+    let started = std::time::Instant::now();
+    gw.signal("INT");
+    assert!(gw.wait_exit(Duration::from_secs(10)).is_some(), "exited");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "no 30 s grace period on SIGINT: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        request.join().unwrap().is_err(),
+        "the in-flight request is cut, not drained"
+    );
+}
