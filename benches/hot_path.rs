@@ -1,5 +1,6 @@
 //! Criterion benches of per-request hot functions: route matching at 10, 100 and 1,000
-//! routes, header transforms, forwarding-header preparation pieces and access-log formatting.
+//! routes, header transforms, forwarding-header preparation pieces, access-log formatting and
+//! cache-key building.
 #![allow(clippy::unwrap_used)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -31,6 +32,7 @@ fn table(n: usize) -> RouteTable {
             }),
             policy: Default::default(),
             transform: Default::default(),
+            cache: None,
             order: i,
         })
         .collect();
@@ -132,6 +134,7 @@ fn access_log(c: &mut Criterion) {
                 upstream_ms: Some(1.29),
                 bytes_in: 0,
                 bytes_out: 270,
+                cache: Some("HIT"),
                 error: None,
             };
             black_box(e.to_line())
@@ -139,5 +142,29 @@ fn access_log(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, route_matching, header_transforms, access_log);
+fn cache_key(c: &mut Criterion) {
+    use pingora::cache::key::CacheHashKey;
+    let req = pingora::http::RequestHeader::build("GET", b"/api/users/42?fields=name,email", None)
+        .unwrap();
+    // The key as Pingora uses it: built, then hashed for the storage lookup.
+    c.bench_function("cache/key_build_and_hash", |b| {
+        b.iter(|| {
+            let key = tollgate::cache::key(
+                black_box("api"),
+                black_box(&req),
+                Some("api.example.com"),
+                None,
+            );
+            black_box(key.combined_bin())
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    route_matching,
+    header_transforms,
+    access_log,
+    cache_key
+);
 criterion_main!(benches);

@@ -1,9 +1,11 @@
-//! The admin listener (loopback by default): `GET /health` and `GET /metrics`.
+//! The admin listener (loopback by default): `GET /health`, `GET /metrics` and
+//! `POST /cache/purge`.
 //!
 //! `/health` answers 200 when every upstream group has at least one healthy target and 503
 //! otherwise, with per-group and per-target detail. Everything it reports comes from the
 //! compiled gateway's shared state; it owns none of its own.
 
+use crate::cache::{Purge, ResponseCache};
 use crate::observe::metrics::Metrics;
 use crate::upstream::UpstreamGroup;
 use async_trait::async_trait;
@@ -16,9 +18,28 @@ use std::sync::Arc;
 pub struct Admin {
     pub upstreams: Vec<Arc<UpstreamGroup>>,
     pub metrics: Arc<Metrics>,
+    pub cache: Option<Arc<ResponseCache>>,
 }
 
 impl Admin {
+    /// `POST /cache/purge?host=H&path=/p?q` or `?prefix=/p`: drop matching cache entries.
+    fn purge(&self, query: Option<&str>) -> (StatusCode, serde_json::Value) {
+        let Some(cache) = &self.cache else {
+            return (
+                StatusCode::NOT_FOUND,
+                json!({"error": "no route caches responses"}),
+            );
+        };
+        match Purge::from_query(query.unwrap_or("")) {
+            Ok(purge) => {
+                let purged = cache.purge(&purge);
+                log::info!("cache purge {purge:?}: {purged} entries removed");
+                (StatusCode::OK, json!({ "purged": purged }))
+            }
+            Err(e) => (StatusCode::BAD_REQUEST, json!({ "error": e })),
+        }
+    }
+
     /// The `/health` document and whether the gateway is fully serviceable.
     pub fn health(&self) -> (bool, serde_json::Value) {
         let mut all_ok = true;
@@ -83,6 +104,17 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
         let get = req.method == http::Method::GET || req.method == http::Method::HEAD;
+        if req.uri.path() == "/cache/purge" {
+            let (status, doc) = if req.method == http::Method::POST {
+                self.purge(req.uri.query())
+            } else {
+                (
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    json!({"error": "method not allowed; use POST"}),
+                )
+            };
+            return response(status, "application/json", doc.to_string().into_bytes());
+        }
         match (get, req.uri.path()) {
             (true, "/health") => {
                 let (ok, doc) = self.health();
@@ -96,7 +128,7 @@ impl ServeHttp for Admin {
             (true, "/metrics") => response(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
-                self.metrics.render(&self.upstreams),
+                self.metrics.render(&self.upstreams, self.cache.as_deref()),
             ),
             (false, "/health" | "/metrics") => response(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -106,7 +138,7 @@ impl ServeHttp for Admin {
             _ => response(
                 StatusCode::NOT_FOUND,
                 "application/json",
-                br#"{"error":"not found; try /health or /metrics"}"#.to_vec(),
+                br#"{"error":"not found; try /health, /metrics or POST /cache/purge"}"#.to_vec(),
             ),
         }
     }

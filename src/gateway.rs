@@ -3,6 +3,7 @@
 //! forwarding headers, errors, observability).
 
 use crate::aggregate::Forwarded;
+use crate::cache::{self, Lookup, ResponseCache, Verdict};
 use crate::error::{self, Reject, X_REQUEST_ID};
 use crate::forward;
 use crate::observe::access_log::{AccessLog, Entry};
@@ -20,6 +21,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::HeaderName;
 use http::{HeaderValue, StatusCode};
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable};
 use pingora::connectors::http::Connector;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -30,6 +33,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+
+const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 /// The compiled gateway: everything a request reads, built once from the configuration.
 pub struct Gateway {
@@ -44,6 +49,8 @@ pub struct Gateway {
     /// then say `Connection: close`, so keep-alive clients move to the new instance between
     /// requests instead of having an idle connection closed under them.
     pub draining: Arc<AtomicBool>,
+    /// The response cache, when some route caches.
+    pub cache: Option<Arc<ResponseCache>>,
 }
 
 /// Flips [`Gateway::draining`] when the server's shutdown begins (a background service).
@@ -81,6 +88,10 @@ pub struct Ctx {
     /// Bodies being collected for a JSON rename.
     request_json: Option<BodyBuffer>,
     response_json: Option<BodyBuffer>,
+    /// The consumer a per-consumer cache entry belongs to.
+    cache_consumer: Option<String>,
+    /// What the cache did, on caching routes.
+    cache_verdict: Option<Verdict>,
 }
 
 /// Upstream-side state, filled once a route proxies.
@@ -202,6 +213,8 @@ impl ProxyHttp for Gateway {
             body_bytes: 0,
             request_json: None,
             response_json: None,
+            cache_consumer: None,
+            cache_verdict: None,
         }
     }
 
@@ -363,6 +376,57 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        let Some(cache) = &self.cache else {
+            return Ok(());
+        };
+        let Some(rc) = ctx.route.as_ref().and_then(|r| r.cache.as_ref()) else {
+            return Ok(());
+        };
+        let req = session.req_header();
+        let authenticated =
+            ctx.identity.is_some() || req.headers.contains_key(http::header::AUTHORIZATION);
+        let principal = ctx.identity.as_ref().and_then(|i| i.principal());
+        if let Lookup::Use(consumer) = rc.lookup(&req.method, authenticated, principal) {
+            ctx.cache_consumer = consumer;
+            cache.enable(session);
+        }
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+        let route = ctx.route.as_ref().map_or(NO_ROUTE, |r| &*r.name);
+        let req = session.req_header();
+        Ok(cache::key(
+            route,
+            req,
+            forward::host(req),
+            ctx.cache_consumer.as_deref(),
+        ))
+    }
+
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<RespCacheable> {
+        let rc = ctx.route.as_ref().and_then(|r| r.cache.as_ref());
+        Ok(match (rc, &self.cache) {
+            (Some(rc), Some(cache)) => rc.response_meta(resp, cache.max_object()),
+            _ => RespCacheable::Uncacheable(NoCacheReason::NeverEnabled),
+        })
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut Ctx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        cache::variance(meta, req)
     }
 
     async fn request_body_filter(
@@ -562,6 +626,12 @@ impl ProxyHttp for Gateway {
             }
         }
         resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
+        if ctx.route.as_ref().is_some_and(|r| r.cache.is_some()) {
+            ctx.cache_verdict = Verdict::of(session.cache.phase());
+            if let Some(v) = ctx.cache_verdict {
+                resp.insert_header(X_CACHE, v.header())?;
+            }
+        }
         for (name, value) in &ctx.response_headers {
             resp.append_header(name.clone(), value.clone())?;
         }
@@ -648,6 +718,11 @@ impl ProxyHttp for Gateway {
         m.duration
             .with_label_values(&[route_name])
             .observe(elapsed.as_secs_f64());
+        if let Some(v) = ctx.cache_verdict {
+            m.cache_requests
+                .with_label_values(&[route_name, v.label()])
+                .inc();
+        }
         let upstream_elapsed = ctx.upstream.sent_at.map(|t| t.elapsed());
         let group = self.proxy_of(ctx.route.as_ref()).map(|(_, g)| g);
         if let (Some(d), Some(g)) = (upstream_elapsed, group) {
@@ -670,6 +745,7 @@ impl ProxyHttp for Gateway {
                 upstream_ms: upstream_elapsed.map(|d| d.as_secs_f64() * 1e3),
                 bytes_in: session.body_bytes_read(),
                 bytes_out: session.body_bytes_sent(),
+                cache: ctx.cache_verdict.map(Verdict::header),
                 error: e.map(|e| e.etype().as_str().to_string()),
             });
         }

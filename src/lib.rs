@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod aggregate;
+pub mod cache;
 pub mod config;
 pub mod connection;
 pub mod demo;
@@ -114,6 +115,7 @@ pub fn build_server(compiled: Compiled, mode: StartMode) -> Server {
         ));
     }
     let metrics = gateway.metrics.clone();
+    let cache = gateway.cache.clone();
     for group in upstreams.iter().filter(|g| g.needs_background()) {
         let name = format!("upstream {}", group.name);
         server.add_service(GenBackgroundService::new(name, group.lb.clone()));
@@ -155,7 +157,14 @@ pub fn build_server(compiled: Compiled, mode: StartMode) -> Server {
     server.add_service(proxy);
 
     if let Some(addr) = admin {
-        let mut svc = Service::new("admin".into(), admin::Admin { upstreams, metrics });
+        let mut svc = Service::new(
+            "admin".into(),
+            admin::Admin {
+                upstreams,
+                metrics,
+                cache,
+            },
+        );
         svc.add_tcp(&addr);
         server.add_service(svc);
     }

@@ -164,6 +164,8 @@ pub struct Route {
     pub action: RouteAction,
     pub policy: crate::policy::RoutePolicy,
     pub transform: RouteTransform,
+    /// Response caching, when the route has `[routes.cache]`.
+    pub cache: Option<crate::cache::RouteCache>,
     /// Position in the config file, the last tie-breaker.
     pub order: usize,
 }
@@ -314,6 +316,7 @@ mod tests {
             }),
             policy: Default::default(),
             transform: Default::default(),
+            cache: None,
             order,
         }
     }

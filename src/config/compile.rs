@@ -6,6 +6,7 @@
 use super::file::*;
 use super::Problem;
 use crate::aggregate::{Aggregate, Part};
+use crate::cache::{ResponseCache, RouteCache, Sharing};
 use crate::connection::ConnectionLimits;
 use crate::gateway::Gateway;
 use crate::observe::access_log::{self, AccessLogWriter};
@@ -34,6 +35,7 @@ use pingora::lb::{Backends, LoadBalancer};
 use pingora::server::configuration::ServerConf;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A listener to open: its address, and TLS settings when it terminates TLS.
 pub struct Listener {
@@ -120,6 +122,7 @@ pub fn compile(file: &ConfigFile) -> Result<Compiled, Vec<Problem>> {
         rate_limit,
         security_headers,
         resolver,
+        cache,
     } = file;
     let hosts_file = resolver.hosts_file.as_ref().map(std::path::PathBuf::from);
     let mut problems = Vec::new();
@@ -204,6 +207,13 @@ pub fn compile(file: &ConfigFile) -> Result<Compiled, Vec<Problem>> {
             access_log,
             policy,
             connector: pingora::connectors::http::Connector::new(None),
+            cache: routes.iter().any(|r| r.cache.is_some()).then(|| {
+                Arc::new(ResponseCache::new(
+                    cache.max_size.0 as usize,
+                    cache.max_object_size.0 as usize,
+                    cache.lock_timeout.0,
+                ))
+            }),
             draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         },
         server_conf: server_conf(server),
@@ -567,6 +577,7 @@ fn compile_route(order: usize, r: &RouteSection, cx: &RouteContext<'_>) -> Resul
         security_headers,
         json_rename_request,
         json_rename_response,
+        cache,
     } = r;
     let at = format!("routes[{order}]");
     let fail = |msg: String| Problem::new(&at, msg);
@@ -701,6 +712,16 @@ fn compile_route(order: usize, r: &RouteSection, cx: &RouteContext<'_>) -> Resul
         action,
         policy,
         transform,
+        cache: cache.as_ref().map(|c| RouteCache {
+            ttl: c.ttl.0,
+            authenticated: match c.authenticated.as_str() {
+                "shared" => Sharing::Shared,
+                "per_consumer" => Sharing::PerConsumer,
+                _ => Sharing::Bypass,
+            },
+            stale_while_revalidate: c.stale_while_revalidate.map_or(Duration::ZERO, |d| d.0),
+            stale_if_error: c.stale_if_error.map_or(Duration::ZERO, |d| d.0),
+        }),
         order,
     })
 }

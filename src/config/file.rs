@@ -39,6 +39,53 @@ pub struct ConfigFile {
     pub security_headers: SecurityHeadersSection,
     #[serde(default)]
     pub resolver: ResolverSection,
+    #[serde(default)]
+    pub cache: CacheSection,
+}
+
+/// `[cache]`: the response cache shared by the routes that have a `[routes.cache]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    /// Most bytes held (bodies, headers and keys); least recently used entries go first.
+    #[serde(default = "defaults::cache_max_size")]
+    pub max_size: HumanSize,
+    /// Largest response body stored; larger responses pass through uncached.
+    #[serde(default = "defaults::cache_max_object_size")]
+    pub max_object_size: HumanSize,
+    /// How long requests for a key being fetched wait for that fetch before going upstream
+    /// themselves.
+    #[serde(default = "defaults::cache_lock_timeout")]
+    pub lock_timeout: HumanDuration,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        CacheSection {
+            max_size: defaults::cache_max_size(),
+            max_object_size: defaults::cache_max_object_size(),
+            lock_timeout: defaults::cache_lock_timeout(),
+        }
+    }
+}
+
+/// `[routes.cache]`: cache this route's GET and HEAD responses.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCacheSection {
+    /// Freshness of responses that carry no `max-age`, `s-maxage` or `Expires`.
+    pub ttl: HumanDuration,
+    /// Requests with credentials: `"bypass"` (default), `"shared"` (one entry for every
+    /// caller) or `"per_consumer"` (entries keyed by the authenticated consumer).
+    #[serde(default = "defaults::cache_authenticated")]
+    pub authenticated: String,
+    /// Serve a stale entry while one request refreshes it (a response's own
+    /// `stale-while-revalidate` wins).
+    #[serde(default)]
+    pub stale_while_revalidate: Option<HumanDuration>,
+    /// Serve a stale entry when the upstream fails (a response's own `stale-if-error` wins).
+    #[serde(default)]
+    pub stale_if_error: Option<HumanDuration>,
 }
 
 /// `[resolver]`: how `NAME:PORT` targets are resolved.
@@ -457,6 +504,9 @@ pub struct RouteSection {
     /// Rename top-level JSON fields of response bodies.
     #[serde(default)]
     pub json_rename_response: BTreeMap<String, String>,
+    /// Cache GET/HEAD responses (proxied routes only).
+    #[serde(default)]
+    pub cache: Option<RouteCacheSection>,
 }
 
 /// `[routes.aggregate]`.
@@ -902,6 +952,18 @@ pub mod defaults {
     }
     pub fn header_timeout() -> HumanDuration {
         HumanDuration(Duration::from_secs(10))
+    }
+    pub fn cache_max_size() -> HumanSize {
+        HumanSize(64 * 1024 * 1024)
+    }
+    pub fn cache_max_object_size() -> HumanSize {
+        HumanSize(1024 * 1024)
+    }
+    pub fn cache_lock_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(5))
+    }
+    pub fn cache_authenticated() -> String {
+        "bypass".to_string()
     }
     pub fn body_timeout() -> HumanDuration {
         HumanDuration(Duration::from_secs(30))

@@ -33,7 +33,9 @@ pub fn validate(file: &ConfigFile) -> Vec<Problem> {
         rate_limit,
         security_headers,
         resolver,
+        cache,
     } = file;
+    v.cache(cache);
     if let Some(path) = &resolver.hosts_file {
         if path.is_empty() {
             v.problem("resolver.hosts_file", "must not be empty");
@@ -391,6 +393,9 @@ impl Validator {
         if let Some(agg) = &r.aggregate {
             self.aggregate(&format!("{at}.aggregate"), agg, upstreams);
         }
+        if let Some(c) = &r.cache {
+            self.route_cache(&format!("{at}.cache"), c, r);
+        }
         match (&r.upstream, &r.respond) {
             (Some(_), Some(_)) | (None, None) => {}
             (Some(name), None) => {
@@ -417,6 +422,47 @@ impl Validator {
                 }
                 self.respond(&format!("{at}.respond"), resp);
             }
+        }
+    }
+
+    fn cache(&mut self, c: &CacheSection) {
+        if c.max_size.0 == 0 {
+            self.problem("cache.max_size", "must be greater than zero");
+        }
+        if c.max_object_size.0 == 0 || c.max_object_size.0 > c.max_size.0 {
+            self.problem(
+                "cache.max_object_size",
+                format!(
+                    "must be greater than zero and at most cache.max_size ({} bytes)",
+                    c.max_size.0
+                ),
+            );
+        }
+        if c.lock_timeout.0.is_zero() {
+            self.problem("cache.lock_timeout", "must be greater than zero");
+        }
+    }
+
+    fn route_cache(&mut self, at: &str, c: &RouteCacheSection, r: &RouteSection) {
+        if r.upstream.is_none() {
+            self.problem(at, "caching applies only to routes with an upstream");
+        }
+        if c.ttl.0.is_zero() {
+            self.problem(format!("{at}.ttl"), "must be greater than zero");
+        }
+        match c.authenticated.as_str() {
+            "bypass" | "shared" => {}
+            "per_consumer" if r.auth.is_empty() => self.problem(
+                format!("{at}.authenticated"),
+                "per_consumer needs the route to authenticate (set auth)",
+            ),
+            "per_consumer" => {}
+            other => self.problem(
+                format!("{at}.authenticated"),
+                format!(
+                    "invalid value {other:?}; write \"bypass\", \"shared\" or \"per_consumer\""
+                ),
+            ),
         }
     }
 

@@ -40,6 +40,9 @@ pub struct Entry<'a> {
     pub upstream_ms: Option<f64>,
     pub bytes_in: usize,
     pub bytes_out: usize,
+    /// `HIT`, `MISS`, `BYPASS` or `STALE` on caching routes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }

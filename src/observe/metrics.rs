@@ -1,6 +1,7 @@
 //! The gateway's Prometheus metrics, owned by the compiled runtime (never a global registry,
 //! so several gateways can live in one process and an upgrade starts clean).
 
+use crate::cache::ResponseCache;
 use crate::upstream::UpstreamGroup;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -32,6 +33,10 @@ pub struct Metrics {
     pub retries_skipped: IntCounterVec,
     pub circuit_state: IntGaugeVec,
     pub rate_limit_redis_errors: IntCounter,
+    pub cache_requests: IntCounterVec,
+    cache_size: IntGauge,
+    cache_entries: IntGauge,
+    cache_evictions: IntCounter,
 }
 
 impl Metrics {
@@ -113,6 +118,26 @@ impl Metrics {
             "rate_limit_redis_errors_total",
             "Redis rate-limit calls that failed or timed out (the failure policy then applied)",
         )?;
+        let cache_requests = IntCounterVec::new(
+            Opts::new(
+                "cache_requests_total",
+                "Requests on caching routes, by route and result (hit, miss, bypass, stale)",
+            ),
+            &["route", "result"],
+        )?;
+        let cache_size = IntGauge::new(
+            "cache_size_bytes",
+            "Bytes held by the response cache (bodies, headers, keys)",
+        )?;
+        let cache_entries = IntGauge::new("cache_entries", "Responses held by the cache")?;
+        let cache_evictions = IntCounter::new(
+            "cache_evictions_total",
+            "Cached responses evicted to stay within cache.max_size",
+        )?;
+        registry.register(Box::new(cache_requests.clone()))?;
+        registry.register(Box::new(cache_size.clone()))?;
+        registry.register(Box::new(cache_entries.clone()))?;
+        registry.register(Box::new(cache_evictions.clone()))?;
         registry.register(Box::new(rate_limit_redis_errors.clone()))?;
         registry.register(Box::new(retries_skipped.clone()))?;
         registry.register(Box::new(circuit_state.clone()))?;
@@ -143,11 +168,31 @@ impl Metrics {
             retries_skipped,
             circuit_state,
             rate_limit_redis_errors,
+            cache_requests,
+            cache_size,
+            cache_entries,
+            cache_evictions,
         })
     }
 
     /// The Prometheus text exposition, with target health refreshed from the health checks.
-    pub fn render(&self, upstreams: &[Arc<UpstreamGroup>]) -> Vec<u8> {
+    pub fn render(
+        &self,
+        upstreams: &[Arc<UpstreamGroup>],
+        cache: Option<&ResponseCache>,
+    ) -> Vec<u8> {
+        if let Some(cache) = cache {
+            let (bytes, entries) = cache.usage();
+            self.cache_size
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            self.cache_entries
+                .set(i64::try_from(entries).unwrap_or(i64::MAX));
+            let evicted = cache.evicted() as u64;
+            let counted = self.cache_evictions.get();
+            if evicted > counted {
+                self.cache_evictions.inc_by(evicted - counted);
+            }
+        }
         for group in upstreams {
             for t in group.health() {
                 self.target_healthy

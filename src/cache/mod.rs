@@ -1,0 +1,427 @@
+//! Response caching through `pingora-cache`'s proxy hooks.
+//!
+//! What is Tollgate's: which requests may use the cache (per route; authenticated ones only
+//! when the route says shared or per consumer), the key (route, method, host, path and query,
+//! consumer), which responses are stored and for how long (`Cache-Control`, `Expires`, the
+//! route's TTL), `Vary`, the `X-Cache` verdict and purges. What is Pingora's: lookups, the
+//! stampede lock, serving hits (ranges, conditional requests, `HEAD`), revalidation and
+//! serving stale. Storage is [`store::MemoryStore`], bounded by Pingora's LRU eviction
+//! manager.
+
+pub mod store;
+
+use http::header::{CONTENT_LENGTH, SET_COOKIE, VARY};
+use http::Method;
+use pingora::cache::cache_control::{CacheControl, InterpretCacheControl};
+use pingora::cache::eviction::{lru, EvictionManager};
+use pingora::cache::filters::calculate_expires_header_time;
+use pingora::cache::key::HashBinary;
+use pingora::cache::lock::CacheLock;
+use pingora::cache::{CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, NoCacheReason};
+use pingora::cache::{RespCacheable, VarianceBuilder};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use std::time::{Duration, SystemTime};
+use store::MemoryStore;
+
+/// Statuses stored without explicit freshness (RFC 9110 §15.1 "heuristically cacheable").
+const CACHEABLE_STATUS: &[u16] = &[200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
+
+/// Eviction shards. Pingora's sharded LRU evicts from the longer of two random shards, so
+/// with several shards a small cache can evict the entry it just admitted; one shard gives
+/// exact least-recently-used order behind one short lock per hit, like nginx's keys zone.
+const SHARDS: usize = 1;
+
+/// The gateway's response cache: storage, eviction and the stampede lock, shared by every
+/// route that caches.
+pub struct ResponseCache {
+    storage: &'static MemoryStore,
+    eviction: &'static lru::Manager<SHARDS>,
+    lock: &'static CacheLock,
+    lock_timeout: Duration,
+    max_object: usize,
+}
+
+impl ResponseCache {
+    /// `max_size` bounds the bytes held (bodies, headers, keys); `max_object` is the largest
+    /// body stored; a request waits at most `lock_timeout` for another to fetch its key.
+    pub fn new(max_size: usize, max_object: usize, lock_timeout: Duration) -> Self {
+        // pingora-cache borrows its storage, eviction manager and lock for 'static; a
+        // gateway builds one cache at start-up, so leaking them once is the intended use.
+        ResponseCache {
+            storage: Box::leak(Box::new(MemoryStore::new(max_object))),
+            eviction: Box::leak(Box::new(lru::Manager::with_capacity(max_size, 256))),
+            lock: Box::leak(CacheLock::new_boxed(lock_timeout)),
+            lock_timeout,
+            max_object,
+        }
+    }
+
+    /// Turn the cache on for this request (before the key callback runs).
+    pub fn enable(&self, session: &mut Session) {
+        let mut overrides = CacheOptionOverrides::default();
+        overrides.wait_timeout = Some(self.lock_timeout);
+        session.cache.enable(
+            self.storage,
+            Some(self.eviction),
+            None,
+            Some(self.lock),
+            Some(overrides),
+        );
+    }
+
+    /// Remove the entries `purge` selects; returns how many.
+    pub fn purge(&self, purge: &Purge) -> usize {
+        self.storage
+            .purge_where(self.eviction, |primary| purge.matches(primary))
+    }
+
+    /// Bytes and entries held, as the eviction manager counts them.
+    pub fn usage(&self) -> (usize, usize) {
+        (self.eviction.total_size(), self.eviction.total_items())
+    }
+
+    /// Entries evicted to stay within `max_size`.
+    pub fn evicted(&self) -> usize {
+        self.eviction.evicted_items()
+    }
+
+    pub fn max_object(&self) -> usize {
+        self.max_object
+    }
+}
+
+/// Who may share a cached response to an authenticated request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// Authenticated requests bypass the cache (the default).
+    Bypass,
+    /// One entry serves every caller of the route (responses that do not depend on who asks).
+    Shared,
+    /// Each consumer (JWT subject or API-key consumer) has its own entries.
+    PerConsumer,
+}
+
+/// A route's `[routes.cache]`, compiled.
+#[derive(Debug, Clone)]
+pub struct RouteCache {
+    /// Freshness when the response carries no `max-age`, `s-maxage` or `Expires`.
+    pub ttl: Duration,
+    pub authenticated: Sharing,
+    /// Serve a stale entry while one request refreshes it (unless the response says otherwise).
+    pub stale_while_revalidate: Duration,
+    /// Serve a stale entry when the upstream fails (unless the response says otherwise).
+    pub stale_if_error: Duration,
+}
+
+/// How a request uses the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Bypass,
+    /// Look up and store; `Some(consumer)` keys the entry to that consumer.
+    Use(Option<String>),
+}
+
+impl RouteCache {
+    /// Whether and how the request uses the cache. `authenticated`: the request carried an
+    /// identity or an `Authorization` header; `principal`: who it identified.
+    pub fn lookup(&self, method: &Method, authenticated: bool, principal: Option<&str>) -> Lookup {
+        if method != Method::GET && method != Method::HEAD {
+            return Lookup::Bypass;
+        }
+        if !authenticated {
+            return Lookup::Use(None);
+        }
+        match (self.authenticated, principal) {
+            (Sharing::Shared, _) => Lookup::Use(None),
+            (Sharing::PerConsumer, Some(p)) => Lookup::Use(Some(p.to_string())),
+            _ => Lookup::Bypass,
+        }
+    }
+
+    /// Whether `resp` may be stored, and its metadata if so.
+    pub fn response_meta(&self, resp: &ResponseHeader, max_object: usize) -> RespCacheable {
+        use RespCacheable::Uncacheable;
+        if !CACHEABLE_STATUS.contains(&resp.status.as_u16()) {
+            return Uncacheable(NoCacheReason::OriginNotCache);
+        }
+        // A shared cache must not hand one caller's cookie to another.
+        if resp.headers.contains_key(SET_COOKIE) {
+            return Uncacheable(NoCacheReason::Custom("set-cookie"));
+        }
+        if vary_names(resp).any(|n| n == "*") {
+            return Uncacheable(NoCacheReason::Custom("vary-star"));
+        }
+        let length = resp
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if length.is_some_and(|n| n > max_object) {
+            return Uncacheable(NoCacheReason::ResponseTooLarge);
+        }
+        let cc = CacheControl::from_resp_headers(resp);
+        if cc.as_ref().is_some_and(|c| c.no_store() || c.private()) {
+            return Uncacheable(NoCacheReason::OriginNotCache);
+        }
+        let now = SystemTime::now();
+        // `no-cache` reads as a zero lifetime: stored, but revalidated before every use.
+        let fresh_until = match cc.as_ref().and_then(|c| c.fresh_duration()) {
+            Some(d) if d.is_zero() => now.checked_sub(Duration::from_secs(1)),
+            Some(d) => now.checked_add(d),
+            None => calculate_expires_header_time(resp).or_else(|| now.checked_add(self.ttl)),
+        };
+        let Some(fresh_until) = fresh_until else {
+            return Uncacheable(NoCacheReason::OriginNotCache);
+        };
+        let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        let swr = cc
+            .as_ref()
+            .and_then(|c| c.serve_stale_while_revalidate_duration())
+            .unwrap_or(self.stale_while_revalidate);
+        let sie = cc
+            .as_ref()
+            .and_then(|c| c.serve_stale_if_error_duration())
+            .unwrap_or(self.stale_if_error);
+        let mut header = resp.clone();
+        if let Some(c) = &cc {
+            c.strip_private_headers(&mut header);
+        }
+        RespCacheable::Cacheable(CacheMeta::new(
+            fresh_until,
+            now,
+            secs(swr),
+            secs(sie),
+            header,
+        ))
+    }
+}
+
+/// The primary key: route, method (`HEAD` shares `GET`'s entries, as Pingora fetches `GET`
+/// for both), host without port, path and query, consumer. Newline-separated: none of the
+/// parts can contain one.
+pub fn key(
+    route: &str,
+    req: &RequestHeader,
+    host: Option<&str>,
+    consumer: Option<&str>,
+) -> CacheKey {
+    let method = if req.method == Method::HEAD {
+        "GET"
+    } else {
+        req.method.as_str()
+    };
+    let host = host.map_or(String::new(), |h| strip_port(h).to_ascii_lowercase());
+    let path = req
+        .uri
+        .path_and_query()
+        .map_or(req.uri.path(), |pq| pq.as_str());
+    let primary = format!(
+        "{route}\n{method}\n{host}\n{path}\n{}",
+        consumer.unwrap_or("")
+    );
+    CacheKey::new(primary, "")
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host
+            .split_once(']')
+            .map_or(host, |(h, _)| &host[..h.len() + 1]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+fn vary_names(resp: &ResponseHeader) -> impl Iterator<Item = String> + '_ {
+    resp.headers
+        .get_all(VARY)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+}
+
+/// The variance of a stored response for this request: the request's values of the headers
+/// the response's `Vary` names. `None` when the response does not vary.
+pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+    let mut builder = VarianceBuilder::new();
+    for name in vary_names(meta.response_header()) {
+        let mut value = Vec::new();
+        for (i, v) in req.headers.get_all(name.as_str()).iter().enumerate() {
+            if i > 0 {
+                value.push(b',');
+            }
+            value.extend_from_slice(v.as_bytes());
+        }
+        builder.add_owned_name_value(name, value);
+    }
+    builder.finalize()
+}
+
+/// What the cache did for a request: the `X-Cache` header and the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Hit,
+    Miss,
+    Bypass,
+    Stale,
+}
+
+impl Verdict {
+    /// The verdict for a request on a caching route, from Pingora's cache phase.
+    pub fn of(phase: CachePhase) -> Option<Verdict> {
+        match phase {
+            CachePhase::Hit | CachePhase::Revalidated => Some(Verdict::Hit),
+            CachePhase::Stale | CachePhase::StaleUpdating => Some(Verdict::Stale),
+            CachePhase::Miss | CachePhase::Expired => Some(Verdict::Miss),
+            CachePhase::Disabled(_) | CachePhase::Bypass | CachePhase::RevalidatedNoCache(_) => {
+                Some(Verdict::Bypass)
+            }
+            CachePhase::Uninit | CachePhase::CacheKey => None,
+        }
+    }
+
+    pub fn header(self) -> &'static str {
+        match self {
+            Verdict::Hit => "HIT",
+            Verdict::Miss => "MISS",
+            Verdict::Bypass => "BYPASS",
+            Verdict::Stale => "STALE",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Hit => "hit",
+            Verdict::Miss => "miss",
+            Verdict::Bypass => "bypass",
+            Verdict::Stale => "stale",
+        }
+    }
+}
+
+/// A purge request: entries of one host (or any), one exact path and query or every path
+/// under a prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Purge {
+    pub host: Option<String>,
+    pub path: PurgePath,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PurgePath {
+    /// Path and query, exactly as requested.
+    Exact(String),
+    /// Every path starting with this.
+    Prefix(String),
+}
+
+impl Purge {
+    /// Parse the admin query string: `host=H` (optional) and exactly one of `path=/p?q` or
+    /// `prefix=/p`.
+    pub fn from_query(query: &str) -> Result<Purge, String> {
+        let mut host = None;
+        let mut path = None;
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            let v = v.into_owned();
+            let slot_was_empty = match &*k {
+                "host" => host.replace(strip_port(&v).to_ascii_lowercase()).is_none(),
+                "path" => path.replace(PurgePath::Exact(v)).is_none(),
+                "prefix" => path.replace(PurgePath::Prefix(v)).is_none(),
+                other => return Err(format!("unknown parameter {other:?}")),
+            };
+            if !slot_was_empty {
+                return Err(format!("parameter {k:?} given twice (or path with prefix)"));
+            }
+        }
+        let path = path.ok_or("give path=/exact/path?query or prefix=/path/prefix")?;
+        let p = match &path {
+            PurgePath::Exact(p) | PurgePath::Prefix(p) => p,
+        };
+        if !p.starts_with('/') {
+            return Err(format!("path {p:?} must start with /"));
+        }
+        Ok(Purge { host, path })
+    }
+
+    fn matches(&self, primary: &str) -> bool {
+        let mut parts = primary.split('\n').skip(2);
+        let (Some(host), Some(path)) = (parts.next(), parts.next()) else {
+            return false;
+        };
+        if self.host.as_deref().is_some_and(|h| h != host) {
+            return false;
+        }
+        match &self.path {
+            PurgePath::Exact(p) => path == p,
+            PurgePath::Prefix(p) => path.starts_with(p.as_str()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, uri: &str) -> RequestHeader {
+        RequestHeader::build(method, uri.as_bytes(), None).unwrap()
+    }
+
+    #[test]
+    fn key_has_host_path_query_and_consumer() {
+        let a = key("r", &req("GET", "/a?x=1"), Some("Example.COM:8080"), None);
+        assert_eq!(a.primary_key_str(), Some("r\nGET\nexample.com\n/a?x=1\n"));
+        let head = key("r", &req("HEAD", "/a?x=1"), Some("example.com"), None);
+        assert_eq!(head.primary_key_str(), a.primary_key_str());
+        let other_host = key("r", &req("GET", "/a?x=1"), Some("other.com"), None);
+        assert_ne!(other_host.primary_key_str(), a.primary_key_str());
+        let alice = key(
+            "r",
+            &req("GET", "/a?x=1"),
+            Some("example.com"),
+            Some("alice"),
+        );
+        assert_eq!(
+            alice.primary_key_str(),
+            Some("r\nGET\nexample.com\n/a?x=1\nalice")
+        );
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+    }
+
+    #[test]
+    fn purge_matches_host_and_path() {
+        let exact = Purge::from_query("host=example.com&path=%2Fa%3Fx%3D1").unwrap();
+        assert!(exact.matches("r\nGET\nexample.com\n/a?x=1\n"));
+        assert!(!exact.matches("r\nGET\nexample.com\n/a\n"));
+        assert!(!exact.matches("r\nGET\nother.com\n/a?x=1\n"));
+        let prefix = Purge::from_query("prefix=/a").unwrap();
+        assert!(prefix.matches("r\nGET\nany.com\n/a/b\nbob"));
+        assert!(!prefix.matches("r\nGET\nany.com\n/b\n"));
+        assert!(Purge::from_query("").is_err());
+        assert!(Purge::from_query("path=/a&prefix=/b").is_err());
+        assert!(Purge::from_query("path=a").is_err());
+        assert!(Purge::from_query("bogus=1&path=/a").is_err());
+    }
+
+    #[test]
+    fn lookup_respects_sharing() {
+        let mut rc = RouteCache {
+            ttl: Duration::from_secs(1),
+            authenticated: Sharing::Bypass,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+        };
+        assert_eq!(rc.lookup(&Method::GET, false, None), Lookup::Use(None));
+        assert_eq!(rc.lookup(&Method::POST, false, None), Lookup::Bypass);
+        assert_eq!(rc.lookup(&Method::GET, true, Some("a")), Lookup::Bypass);
+        rc.authenticated = Sharing::Shared;
+        assert_eq!(rc.lookup(&Method::GET, true, Some("a")), Lookup::Use(None));
+        rc.authenticated = Sharing::PerConsumer;
+        assert_eq!(
+            rc.lookup(&Method::HEAD, true, Some("a")),
+            Lookup::Use(Some("a".into()))
+        );
+        assert_eq!(rc.lookup(&Method::GET, true, None), Lookup::Bypass);
+    }
+}
