@@ -33,6 +33,7 @@ fn table(n: usize) -> RouteTable {
             policy: Default::default(),
             transform: Default::default(),
             cache: None,
+            stats: Default::default(),
             order: i,
         })
         .collect();

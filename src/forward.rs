@@ -4,7 +4,7 @@
 
 use crate::error::X_REQUEST_ID;
 use http::header::{self, HeaderName};
-use http::{HeaderValue, Method};
+use http::HeaderValue;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use std::net::IpAddr;
@@ -78,38 +78,26 @@ pub fn content_length(req: &RequestHeader) -> Option<u64> {
         .ok()
 }
 
-/// A bounded label for the request method.
-pub fn method_label(m: &Method) -> &'static str {
-    match *m {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::CONNECT => "CONNECT",
-        Method::TRACE => "TRACE",
-        _ => "OTHER",
+/// The hop-by-hop headers present in `headers`, including those the `Connection` header
+/// names; `Upgrade` is kept when `keep_upgrade`. Allocates nothing when there are none.
+fn hop_by_hop(headers: &http::HeaderMap, keep_upgrade: bool) -> Vec<HeaderName> {
+    let mut found: Vec<HeaderName> = HOP_BY_HOP
+        .iter()
+        .filter(|n| headers.contains_key(*n))
+        .cloned()
+        .collect();
+    if !keep_upgrade && headers.contains_key(header::UPGRADE) {
+        found.push(header::UPGRADE);
     }
-}
-
-/// Remove hop-by-hop headers, including those the `Connection` header names.
-fn remove_hop_by_hop(headers: &http::HeaderMap, keep_upgrade: bool) -> Vec<HeaderName> {
-    let listed: Vec<HeaderName> = headers
+    let listed = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
-        .collect();
-    let mut removed = listed;
-    removed.extend(HOP_BY_HOP.iter().cloned());
-    if !keep_upgrade {
-        removed.push(header::UPGRADE);
-    }
-    removed
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE) && headers.contains_key(n));
+    found.extend(listed);
+    found
 }
 
 /// Set the forwarding headers on the upstream request and strip hop-by-hop ones.
@@ -121,7 +109,7 @@ pub fn prepare_upstream_request(
     request_id: &HeaderValue,
 ) -> Result<()> {
     let upgrade = session.is_upgrade_req();
-    for name in remove_hop_by_hop(&upstream.headers, upgrade) {
+    for name in hop_by_hop(&upstream.headers, upgrade) {
         upstream.remove_header(&name);
     }
     if upgrade {
@@ -160,8 +148,14 @@ pub fn prepare_upstream_request(
     }
     let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
     upstream.insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
-    if let Some(h) = host(session.req_header()) {
-        let h = HeaderValue::from_str(h).or_err(ErrorType::HTTPStatus(400), "invalid host")?;
+    let req = session.req_header();
+    let host_value = match req.uri.authority() {
+        Some(a) => Some(
+            HeaderValue::from_str(a.as_str()).or_err(ErrorType::HTTPStatus(400), "invalid host")?,
+        ),
+        None => req.headers.get(header::HOST).cloned(),
+    };
+    if let Some(h) = host_value {
         upstream.insert_header(X_FORWARDED_HOST, h)?;
     }
     upstream.insert_header(X_REQUEST_ID, request_id.clone())?;
@@ -171,7 +165,7 @@ pub fn prepare_upstream_request(
 /// Strip hop-by-hop headers from an upstream response (Pingora sets its own framing).
 pub fn prepare_response(resp: &mut ResponseHeader) {
     let upgrade = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
-    for name in remove_hop_by_hop(&resp.headers, upgrade) {
+    for name in hop_by_hop(&resp.headers, upgrade) {
         if upgrade && name == header::CONNECTION {
             continue;
         }
@@ -208,8 +202,13 @@ mod tests {
             header::CONNECTION,
             "keep-alive, X-Secret-Hop".parse().unwrap(),
         );
-        let removed = remove_hop_by_hop(&h, false);
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        let removed = hop_by_hop(&h, false);
         assert!(removed.contains(&HeaderName::from_static("x-secret-hop")));
         assert!(removed.contains(&header::UPGRADE));
+        assert!(removed.contains(&header::CONNECTION));
+        assert!(!hop_by_hop(&h, true).contains(&header::UPGRADE));
+        assert!(hop_by_hop(&http::HeaderMap::new(), false).is_empty());
     }
 }

@@ -166,6 +166,8 @@ pub struct Route {
     pub transform: RouteTransform,
     /// Response caching, when the route has `[routes.cache]`.
     pub cache: Option<crate::cache::RouteCache>,
+    /// Metric handles of this route.
+    pub stats: crate::observe::metrics::RouteStats,
     /// Position in the config file, the last tie-breaker.
     pub order: usize,
 }
@@ -317,6 +319,7 @@ mod tests {
             policy: Default::default(),
             transform: Default::default(),
             cache: None,
+            stats: Default::default(),
             order,
         }
     }

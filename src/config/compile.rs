@@ -722,6 +722,7 @@ fn compile_route(order: usize, r: &RouteSection, cx: &RouteContext<'_>) -> Resul
             stale_while_revalidate: c.stale_while_revalidate.map_or(Duration::ZERO, |d| d.0),
             stale_if_error: c.stale_if_error.map_or(Duration::ZERO, |d| d.0),
         }),
+        stats: Default::default(),
         order,
     })
 }

@@ -4,10 +4,53 @@
 use crate::cache::ResponseCache;
 use crate::upstream::UpstreamGroup;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// The `method` label values; anything else is `OTHER`.
+const METHODS: [http::Method; 9] = [
+    http::Method::GET,
+    http::Method::POST,
+    http::Method::PUT,
+    http::Method::DELETE,
+    http::Method::PATCH,
+    http::Method::HEAD,
+    http::Method::OPTIONS,
+    http::Method::CONNECT,
+    http::Method::TRACE,
+];
+
+/// A bounded label for the request method.
+pub fn method_label(m: &http::Method) -> &'static str {
+    METHODS
+        .iter()
+        .position(|k| k == m)
+        .map_or("OTHER", |i| METHODS[i].as_str())
+}
+
+/// A route's metric handles, resolved on first use: the common requests skip the label
+/// hashing and registry lock of `with_label_values`.
+#[derive(Default)]
+pub struct RouteStats {
+    duration: OnceLock<Histogram>,
+    upstream_duration: OnceLock<Histogram>,
+    /// `requests_total` with status 200, by index in [`METHODS`].
+    ok: [OnceLock<IntCounter>; METHODS.len()],
+}
+
+/// What [`Metrics::record`] counts for one request.
+pub struct Served<'a> {
+    pub route: &'a str,
+    pub stats: Option<&'a RouteStats>,
+    pub method: &'a http::Method,
+    pub status: http::StatusCode,
+    pub elapsed: Duration,
+    /// The upstream group and the time from sending upstream to the end of the response.
+    pub upstream: Option<(&'a str, Duration)>,
+}
 
 /// Request duration buckets, in seconds: 0.5 ms to 30 s.
 const DURATION_BUCKETS: &[f64] = &[
@@ -173,6 +216,45 @@ impl Metrics {
             cache_entries,
             cache_evictions,
         })
+    }
+
+    /// Count one answered request: `requests_total`, `request_duration_seconds` and
+    /// `upstream_duration_seconds`.
+    pub fn record(&self, o: &Served<'_>) {
+        let method = METHODS.iter().position(|m| m == o.method);
+        match (o.stats, method) {
+            (Some(stats), Some(i)) if o.status == http::StatusCode::OK => stats.ok[i]
+                .get_or_init(|| {
+                    self.requests
+                        .with_label_values(&[o.route, METHODS[i].as_str(), "200"])
+                })
+                .inc(),
+            _ => self
+                .requests
+                .with_label_values(&[o.route, method_label(o.method), o.status.as_str()])
+                .inc(),
+        }
+        let secs = o.elapsed.as_secs_f64();
+        match o.stats {
+            Some(s) => s
+                .duration
+                .get_or_init(|| self.duration.with_label_values(&[o.route]))
+                .observe(secs),
+            None => self.duration.with_label_values(&[o.route]).observe(secs),
+        }
+        if let Some((group, d)) = o.upstream {
+            let secs = d.as_secs_f64();
+            match o.stats {
+                Some(s) => s
+                    .upstream_duration
+                    .get_or_init(|| self.upstream_duration.with_label_values(&[group]))
+                    .observe(secs),
+                None => self
+                    .upstream_duration
+                    .with_label_values(&[group])
+                    .observe(secs),
+            }
+        }
     }
 
     /// The Prometheus text exposition, with target health refreshed from the health checks.
