@@ -148,14 +148,8 @@ pub fn prepare_upstream_request(
     }
     let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
     upstream.insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
-    let req = session.req_header();
-    let host_value = match req.uri.authority() {
-        Some(a) => Some(
-            HeaderValue::from_str(a.as_str()).or_err(ErrorType::HTTPStatus(400), "invalid host")?,
-        ),
-        None => req.headers.get(header::HOST).cloned(),
-    };
-    if let Some(h) = host_value {
+    if let Some(h) = host(session.req_header()) {
+        let h = HeaderValue::from_str(h).or_err(ErrorType::HTTPStatus(400), "invalid host")?;
         upstream.insert_header(X_FORWARDED_HOST, h)?;
     }
     upstream.insert_header(X_REQUEST_ID, request_id.clone())?;

@@ -722,12 +722,8 @@ impl ProxyHttp for Gateway {
             status,
             elapsed,
             upstream: group.zip(upstream_elapsed),
+            cache: ctx.cache_verdict,
         });
-        if let Some(v) = ctx.cache_verdict {
-            m.cache_requests
-                .with_label_values(&[route_name, v.label()])
-                .inc();
-        }
         if let Some(log) = &self.access_log {
             let target = ctx.upstream.target.as_ref().map(|t| &*t.target().label);
             log.log(&Entry {

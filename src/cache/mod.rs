@@ -39,7 +39,6 @@ pub struct ResponseCache {
     eviction: &'static lru::Manager<SHARDS>,
     lock: &'static CacheLock,
     lock_timeout: Duration,
-    max_object: usize,
 }
 
 impl ResponseCache {
@@ -53,7 +52,6 @@ impl ResponseCache {
             eviction: Box::leak(Box::new(lru::Manager::with_capacity(max_size, 256))),
             lock: Box::leak(CacheLock::new_boxed(lock_timeout)),
             lock_timeout,
-            max_object,
         }
     }
 
@@ -86,8 +84,9 @@ impl ResponseCache {
         self.eviction.evicted_items()
     }
 
+    /// Largest body stored, in bytes.
     pub fn max_object(&self) -> usize {
-        self.max_object
+        self.storage.max_object()
     }
 }
 
@@ -269,6 +268,8 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    pub const ALL: [Verdict; 4] = [Verdict::Hit, Verdict::Miss, Verdict::Bypass, Verdict::Stale];
+
     /// The verdict for a request on a caching route, from Pingora's cache phase.
     pub fn of(phase: CachePhase) -> Option<Verdict> {
         match phase {

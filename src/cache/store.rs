@@ -95,14 +95,9 @@ impl MemoryStore {
         removed.len()
     }
 
-    /// Number of entries held.
-    pub fn len(&self) -> usize {
-        self.read().len()
-    }
-
-    /// Whether nothing is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Largest body stored, in bytes.
+    pub fn max_object(&self) -> usize {
+        self.max_object
     }
 }
 

@@ -1,7 +1,7 @@
 //! The gateway's Prometheus metrics, owned by the compiled runtime (never a global registry,
 //! so several gateways can live in one process and an upgrade starts clean).
 
-use crate::cache::ResponseCache;
+use crate::cache::{ResponseCache, Verdict};
 use crate::upstream::UpstreamGroup;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -23,14 +23,6 @@ const METHODS: [http::Method; 9] = [
     http::Method::TRACE,
 ];
 
-/// A bounded label for the request method.
-pub fn method_label(m: &http::Method) -> &'static str {
-    METHODS
-        .iter()
-        .position(|k| k == m)
-        .map_or("OTHER", |i| METHODS[i].as_str())
-}
-
 /// A route's metric handles, resolved on first use: the common requests skip the label
 /// hashing and registry lock of `with_label_values`.
 #[derive(Default)]
@@ -39,6 +31,8 @@ pub struct RouteStats {
     upstream_duration: OnceLock<Histogram>,
     /// `requests_total` with status 200, by index in [`METHODS`].
     ok: [OnceLock<IntCounter>; METHODS.len()],
+    /// `cache_requests_total`, by [`Verdict`].
+    cache: [OnceLock<IntCounter>; Verdict::ALL.len()],
 }
 
 /// What [`Metrics::record`] counts for one request.
@@ -50,6 +44,20 @@ pub struct Served<'a> {
     pub elapsed: Duration,
     /// The upstream group and the time from sending upstream to the end of the response.
     pub upstream: Option<(&'a str, Duration)>,
+    /// What the cache did, on caching routes.
+    pub cache: Option<Verdict>,
+}
+
+/// The handle in `cell` (resolved from `vec` on first use), or `vec`'s without a cell.
+fn handle<'a, M: prometheus::core::Metric + Clone>(
+    cell: Option<&'a OnceLock<M>>,
+    vec: &prometheus::core::MetricVec<impl prometheus::core::MetricVecBuilder<M = M>>,
+    labels: &[&str],
+) -> std::borrow::Cow<'a, M> {
+    match cell {
+        Some(c) => std::borrow::Cow::Borrowed(c.get_or_init(|| vec.with_label_values(labels))),
+        None => std::borrow::Cow::Owned(vec.with_label_values(labels)),
+    }
 }
 
 /// Request duration buckets, in seconds: 0.5 ms to 30 s.
@@ -76,7 +84,7 @@ pub struct Metrics {
     pub retries_skipped: IntCounterVec,
     pub circuit_state: IntGaugeVec,
     pub rate_limit_redis_errors: IntCounter,
-    pub cache_requests: IntCounterVec,
+    cache_requests: IntCounterVec,
     cache_size: IntGauge,
     cache_entries: IntGauge,
     cache_evictions: IntCounter,
@@ -218,42 +226,38 @@ impl Metrics {
         })
     }
 
-    /// Count one answered request: `requests_total`, `request_duration_seconds` and
-    /// `upstream_duration_seconds`.
+    /// Count one answered request: `requests_total`, `request_duration_seconds`,
+    /// `upstream_duration_seconds` and `cache_requests_total`.
     pub fn record(&self, o: &Served<'_>) {
         let method = METHODS.iter().position(|m| m == o.method);
-        match (o.stats, method) {
-            (Some(stats), Some(i)) if o.status == http::StatusCode::OK => stats.ok[i]
-                .get_or_init(|| {
-                    self.requests
-                        .with_label_values(&[o.route, METHODS[i].as_str(), "200"])
-                })
-                .inc(),
-            _ => self
-                .requests
-                .with_label_values(&[o.route, method_label(o.method), o.status.as_str()])
-                .inc(),
-        }
-        let secs = o.elapsed.as_secs_f64();
-        match o.stats {
-            Some(s) => s
-                .duration
-                .get_or_init(|| self.duration.with_label_values(&[o.route]))
-                .observe(secs),
-            None => self.duration.with_label_values(&[o.route]).observe(secs),
-        }
+        let method_label = method.map_or("OTHER", |i| METHODS[i].as_str());
+        let ok_cell = match (o.stats, method) {
+            (Some(stats), Some(i)) if o.status == http::StatusCode::OK => Some(&stats.ok[i]),
+            _ => None,
+        };
+        handle(
+            ok_cell,
+            &self.requests,
+            &[o.route, method_label, o.status.as_str()],
+        )
+        .inc();
+        handle(o.stats.map(|s| &s.duration), &self.duration, &[o.route])
+            .observe(o.elapsed.as_secs_f64());
         if let Some((group, d)) = o.upstream {
-            let secs = d.as_secs_f64();
-            match o.stats {
-                Some(s) => s
-                    .upstream_duration
-                    .get_or_init(|| self.upstream_duration.with_label_values(&[group]))
-                    .observe(secs),
-                None => self
-                    .upstream_duration
-                    .with_label_values(&[group])
-                    .observe(secs),
-            }
+            handle(
+                o.stats.map(|s| &s.upstream_duration),
+                &self.upstream_duration,
+                &[group],
+            )
+            .observe(d.as_secs_f64());
+        }
+        if let Some(v) = o.cache {
+            handle(
+                o.stats.map(|s| &s.cache[v as usize]),
+                &self.cache_requests,
+                &[o.route, v.label()],
+            )
+            .inc();
         }
     }
 
