@@ -34,6 +34,7 @@ fn table(n: usize) -> RouteTable {
             transform: Default::default(),
             cache: None,
             stats: Default::default(),
+            allow_encoded_slashes: false,
             order: i,
         })
         .collect();
@@ -129,6 +130,8 @@ fn access_log(c: &mut Criterion) {
                 route: "api",
                 method: "GET",
                 path: "/api/users/42",
+                received: None,
+                forwarded: None,
                 status: 200,
                 upstream: Some("10.0.0.5:8080"),
                 duration_ms: 1.86,

@@ -10,6 +10,7 @@
 //! and everything above are left to the gateway.
 
 use async_trait::async_trait;
+use http::StatusCode;
 use pingora::apps::ServerApp;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::TlsRef;
@@ -131,9 +132,22 @@ impl<A> Guarded<A> {
     }
 }
 
-const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 35\r\nconnection: close\r\n\r\n{\"error\":\"too many connections\"}\r\n";
-const HEAD_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: 31\r\nconnection: close\r\n\r\n{\"error\":\"request timed out\"}\r\n";
-const HEAD_TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\ncontent-length: 41\r\nconnection: close\r\n\r\n{\"error\":\"request header too large\"}\r\n\r\n";
+/// A complete JSON error response written below HTTP (no session exists yet), with a fresh
+/// request id, closing the connection.
+fn canned(status: http::StatusCode, message: &str) -> Vec<u8> {
+    let request_id = crate::forward::new_request_id();
+    let id = request_id.to_str().unwrap_or("");
+    let body = crate::error::json_body(message, id);
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\ncache-control: no-store\r\nx-request-id: {id}\r\nconnection: close\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
+}
 
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
@@ -157,8 +171,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                 if !h2 {
                     let mut stream = stream;
                     use tokio::io::AsyncWriteExt;
+                    let busy = canned(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
                     let _ =
-                        tokio::time::timeout(Duration::from_secs(1), stream.write_all(BUSY)).await;
+                        tokio::time::timeout(Duration::from_secs(1), stream.write_all(&busy)).await;
                     let _ = tokio::time::timeout(Duration::from_secs(1), stream.flush()).await;
                 }
                 return None;
@@ -193,8 +208,15 @@ enum Phase {
     Passthrough,
     /// Sending a canned error before closing.
     Rejecting {
-        response: &'static [u8],
+        response: Vec<u8>,
         written: usize,
+    },
+    /// Sending the gateway's JSON error in place of one Pingora wrote with an empty body;
+    /// `reported` is the length of Pingora's, acknowledged once ours is out.
+    Replacing {
+        response: Vec<u8>,
+        written: usize,
+        reported: usize,
     },
     Closed,
 }
@@ -257,7 +279,10 @@ impl GuardedStream {
                 self.phase = Phase::Body;
                 self.deadline = None;
                 if bytes + i + 1 > self.max_header_bytes {
-                    self.reject(HEAD_TOO_LARGE);
+                    self.reject(canned(
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        "request header too large",
+                    ));
                 }
                 return;
             }
@@ -265,7 +290,10 @@ impl GuardedStream {
         bytes += data.len();
         tail = [(last4 >> 16) as u8, (last4 >> 8) as u8, last4 as u8];
         if bytes > self.max_header_bytes {
-            self.reject(HEAD_TOO_LARGE);
+            self.reject(canned(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request header too large",
+            ));
             return;
         }
         if self.deadline.is_none() {
@@ -274,7 +302,7 @@ impl GuardedStream {
         self.phase = Phase::Head { bytes, tail };
     }
 
-    fn reject(&mut self, response: &'static [u8]) {
+    fn reject(&mut self, response: Vec<u8>) {
         self.deadline = None;
         self.phase = Phase::Rejecting {
             response,
@@ -305,6 +333,69 @@ impl GuardedStream {
     }
 }
 
+impl GuardedStream {
+    /// Drive a replacement response; `Ready(Ok(reported))` once all of it is written.
+    fn poll_replace(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        loop {
+            let Phase::Replacing {
+                response,
+                written,
+                reported,
+            } = &mut self.phase
+            else {
+                return Poll::Ready(Err(closed_error()));
+            };
+            if *written >= response.len() {
+                let reported = *reported;
+                self.phase = Phase::Closed;
+                return Poll::Ready(Ok(reported));
+            }
+            match Pin::new(&mut self.inner).poll_write(cx, &response[*written..]) {
+                Poll::Ready(Ok(0)) => {
+                    self.phase = Phase::Closed;
+                    return Poll::Ready(Err(closed_error()));
+                }
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Ready(Err(e)) => {
+                    self.phase = Phase::Closed;
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// The gateway's JSON error for a response Pingora itself wrote with an empty body (its
+/// parser's 400 for a malformed head, its 405 for CONNECT), so every error a client gets has
+/// the same shape and a request id. `None` for every other write.
+///
+/// NOTE(pingora-0.9): `pingora-proxy/src/lib.rs` `handle_new_request` answers
+/// `respond_error(400)` / `respond_error(405)` before any hook runs; those responses come from
+/// `pingora-core/src/protocols/http/error_resp.rs` (`Content-Length: 0`,
+/// `Cache-Control: private, no-store`). Recognized by that shape.
+fn json_error_for(data: &[u8]) -> Option<Vec<u8>> {
+    let rest = data.strip_prefix(b"HTTP/1.")?;
+    let code = rest.get(2..5)?;
+    let message = match code {
+        b"400" => "bad request",
+        b"405" => "method not allowed",
+        _ => return None,
+    };
+    let head_end = data.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = data[..head_end].to_ascii_lowercase();
+    let has = |needle: &[u8]| head.windows(needle.len()).any(|w| w == needle);
+    if !has(b"\r\ncontent-length: 0") || !has(b"\r\ncache-control: private, no-store") {
+        return None;
+    }
+    let status = if code == b"400" {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::METHOD_NOT_ALLOWED
+    };
+    Some(canned(status, message))
+}
+
 fn closed_error() -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::TimedOut,
@@ -321,7 +412,9 @@ impl AsyncRead for GuardedStream {
         let this = self.get_mut();
         loop {
             match this.phase {
-                Phase::Rejecting { .. } | Phase::Closed => return this.poll_reject(cx).map(Err),
+                Phase::Rejecting { .. } | Phase::Replacing { .. } | Phase::Closed => {
+                    return this.poll_reject(cx).map(Err)
+                }
                 Phase::Passthrough => return Pin::new(&mut this.inner).poll_read(cx, buf),
                 _ => {}
             }
@@ -339,7 +432,7 @@ impl AsyncRead for GuardedStream {
                 Poll::Pending => {
                     if let Some(deadline) = this.deadline.as_mut() {
                         if deadline.as_mut().poll(cx).is_ready() {
-                            this.reject(HEAD_TIMEOUT);
+                            this.reject(canned(StatusCode::REQUEST_TIMEOUT, "request timed out"));
                             continue;
                         }
                     }
@@ -359,10 +452,27 @@ impl AsyncWrite for GuardedStream {
         let this = self.get_mut();
         match this.phase {
             Phase::Rejecting { .. } | Phase::Closed => return Poll::Ready(Err(closed_error())),
-            // A response is going out: the next bytes read start a new request head.
+            Phase::Replacing { .. } => return this.poll_replace(cx),
+            // A final response is going out: the next bytes read start a new request head.
+            // A 1xx leaves the request (and its body) in progress; after a 101 the bytes
+            // are another protocol's.
             Phase::Body | Phase::Head { .. } => {
-                this.phase = Phase::Idle;
                 this.deadline = None;
+                if let Some(response) = json_error_for(data) {
+                    this.phase = Phase::Replacing {
+                        response,
+                        written: 0,
+                        reported: data.len(),
+                    };
+                    return this.poll_replace(cx);
+                }
+                match data.get(..10) {
+                    Some(b"HTTP/1.1 1") if data.get(9..12) == Some(b"101") => {
+                        this.phase = Phase::Passthrough
+                    }
+                    Some(b"HTTP/1.1 1") => this.phase = Phase::Body,
+                    _ => this.phase = Phase::Idle,
+                }
             }
             _ => {}
         }

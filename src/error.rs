@@ -81,6 +81,8 @@ pub fn classify(e: &Error) -> Option<(StatusCode, &'static str)> {
     use ErrorType::*;
     let status = |code: u16| StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
     match e.etype() {
+        // The gateway's own errors carry the message a client should read.
+        CustomCode(message, code) => Some((status(*code), *message)),
         HTTPStatus(code) => Some((status(*code), message_for(*code))),
         _ => match e.esource() {
             ErrorSource::Upstream => match e.etype() {
@@ -131,6 +133,10 @@ mod tests {
             (up(ErrorType::ReadTimedout), Some(504)),
             (up(ErrorType::ConnectRefused), Some(502)),
             (Error::new(ErrorType::HTTPStatus(503)), Some(503)),
+            (
+                Error::new(ErrorType::new_code("no final answer", 504)),
+                Some(504),
+            ),
         ];
         for (e, want) in cases {
             assert_eq!(classify(&e).map(|(s, _)| s.as_u16()), want, "{e}");

@@ -10,12 +10,13 @@ use crate::observe::access_log::{AccessLog, Entry};
 use crate::observe::metrics::{Metrics, Served, NO_ROUTE};
 use crate::policy::auth::{self, Identity};
 use crate::policy::cors::CorsOutcome;
-use crate::policy::framing;
 use crate::policy::rate_limit::{RateDecision, Subject};
 use crate::policy::GatewayPolicy;
+use crate::policy::{framing, normalize};
 use crate::route::{ProxyAction, Route, RouteAction, RouteTable};
 use crate::transform::{BodyBuffer, JsonRename};
 use crate::upstream::breaker::Outcome;
+use crate::upstream::retry::{self, Attempt, Decision, Failure};
 use crate::upstream::{InflightGuard, UpstreamGroup};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -35,6 +36,23 @@ use std::sync::Arc;
 use std::time::Instant;
 
 const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+/// A rewrite that would leave the route's prefix or is not a valid target.
+const BAD_REWRITE: ErrorType = ErrorType::new_code("path rewrite refused", 400);
+/// The upstream sent more informational responses than `max_informational_responses`.
+const TOO_MANY_1XX: ErrorType =
+    ErrorType::new_code("upstream sent too many informational responses", 502);
+/// The upstream switched protocols on a request that did not ask to upgrade.
+const UNASKED_101: ErrorType = ErrorType::new_code("upstream switched protocols unasked", 502);
+/// The upstream sent 1xx responses past the read timeout without a final one.
+const NO_FINAL_RESPONSE: ErrorType = ErrorType::new_code("upstream timed out", 504);
+/// Every target is unhealthy or has its breaker open.
+const NO_HEALTHY_TARGET: ErrorType = ErrorType::new_code("no healthy upstream target", 503);
+/// Connecting failed on every target that could take the request.
+const ALL_CONNECTS_FAILED: ErrorType =
+    ErrorType::new_code("every candidate target failed to connect", 502);
+/// A 5xx that `retry_on = ["5xx"]` retries on another target.
+const RETRY_5XX: ErrorType = ErrorType::new_code("upstream answered 5xx", 502);
 
 /// The compiled gateway: everything a request reads, built once from the configuration.
 pub struct Gateway {
@@ -92,6 +110,10 @@ pub struct Ctx {
     cache_consumer: Option<String>,
     /// What the cache did, on caching routes.
     cache_verdict: Option<Verdict>,
+    /// The request target as received, when normalization changed it.
+    received_target: Option<String>,
+    /// The path sent upstream, when a rewrite changed it.
+    forwarded_path: Option<String>,
 }
 
 /// Upstream-side state, filled once a route proxies.
@@ -104,6 +126,10 @@ struct Upstream {
     sent_at: Option<Instant>,
     /// No target was available (all unhealthy or their breakers open).
     no_target: bool,
+    /// Informational (1xx) responses relayed so far.
+    informational: usize,
+    /// Why the last attempt failed, when one did.
+    last_failure: Option<Failure>,
 }
 
 /// Increments a gauge now and decrements it when dropped.
@@ -144,6 +170,28 @@ impl Gateway {
             decision = Some(decision.map_or(d, |prev| prev.tighter(d)));
         }
         decision
+    }
+
+    /// Whether to try again after `failure`: the route lists it, sending again is safe
+    /// ([`retry::decide`]), and it fits the route's retries and the group's budget.
+    fn should_retry(&self, session: &Session, ctx: &mut Ctx, failure: Failure) -> bool {
+        ctx.upstream.last_failure = Some(failure);
+        let Some((action, _)) = self.proxy_of(ctx.route.as_ref()) else {
+            return false;
+        };
+        let attempt = Attempt {
+            idempotent: session.req_header().method.is_idempotent(),
+            retry_unsent: action.retry_unsent,
+            body_truncated: session.as_ref().retry_buffer_truncated(),
+        };
+        match retry::decide(action.retry_on, failure, attempt) {
+            Decision::Retry => self.take_retry(ctx),
+            Decision::BodyTooLarge => {
+                self.count_skipped_retry(ctx, "body_too_large");
+                false
+            }
+            Decision::NotListed | Decision::NotIdempotent => false,
+        }
     }
 
     /// Whether another attempt is allowed: within the route's retries and the group's budget.
@@ -220,13 +268,20 @@ impl ProxyHttp for Gateway {
             response_json: None,
             cache_consumer: None,
             cache_verdict: None,
+            received_target: None,
+            forwarded_path: None,
         }
     }
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         if self.draining.load(Ordering::Acquire) {
             session.set_keepalive(None);
+        } else {
+            // Pingora keeps an idle HTTP/1.1 connection forever by default, or as long as the
+            // client's own `Keep-Alive: timeout=` asks.
+            session.set_keepalive(Some(self.policy.keepalive_secs));
         }
+        session.set_pipelining_enabled(true);
         ctx._inflight = Some(GaugeGuard::new(&self.metrics.inflight));
         ctx.request_id = forward::request_id(session.req_header());
         session.set_read_timeout(Some(self.policy.body_timeout));
@@ -253,10 +308,24 @@ impl ProxyHttp for Gateway {
             && session
                 .as_http1()
                 .is_some_and(|h1| framing::raw_has_content_length(&h1.get_headers_raw_bytes()));
-        let req = session.req_header();
-        if let Err(reject) = framing::check(req, self.policy.head, raw_cl) {
+        if let Err(reject) = framing::check(session.req_header(), self.policy.head, raw_cl) {
             return self.reject(session, ctx, reject).await;
         }
+        let local = session.server_addr().and_then(|a| a.as_inet()).copied();
+        let opts = self.policy.normalize_for(local);
+        let key_header = self.policy.api_keys.header.as_ref();
+        let encoded_slash = match normalize::normalize(session.req_header_mut(), opts, key_header) {
+            Ok(n) => {
+                ctx.received_target = n.received;
+                n.encoded_slash
+            }
+            Err(why) => {
+                return self
+                    .reject(session, ctx, Reject::new(StatusCode::BAD_REQUEST, why))
+                    .await
+            }
+        };
+        let req = session.req_header();
         if !self.policy.ip.admits(ctx.client_ip) {
             return self
                 .reject(
@@ -277,6 +346,15 @@ impl ProxyHttp for Gateway {
         };
         let route = route.clone();
         ctx.route = Some(route.clone());
+        if encoded_slash && !route.allow_encoded_slashes {
+            return self
+                .reject(
+                    session,
+                    ctx,
+                    Reject::new(StatusCode::BAD_REQUEST, "encoded slash in path"),
+                )
+                .await;
+        }
         let policy = &route.policy;
         if !policy.ip.admits(ctx.client_ip) {
             return self
@@ -468,18 +546,24 @@ impl ProxyHttp for Gateway {
         if ctx.upstream.attempts == 0 {
             group.retry_budget.note_request();
         }
-        let Some(guard) = group.select(key, &ctx.upstream.tried) else {
+        // A retry goes to another target; after a timeout, reset or 5xx the same one may
+        // take it when no other can (a target that refused a connection is never retried).
+        let selected =
+            group
+                .select(key, &ctx.upstream.tried)
+                .or_else(|| match ctx.upstream.last_failure {
+                    Some(Failure::Connect) | None => None,
+                    Some(_) => group.select(key, &[]),
+                });
+        let Some(guard) = selected else {
             ctx.upstream.target = None;
             ctx.upstream.no_target = ctx.upstream.tried.is_empty();
-            let (code, why) = if ctx.upstream.tried.is_empty() {
-                (503, "no healthy target")
+            let etype = if ctx.upstream.tried.is_empty() {
+                NO_HEALTHY_TARGET
             } else {
-                (502, "every candidate target failed to connect")
+                ALL_CONNECTS_FAILED
             };
-            return Error::e_explain(
-                ErrorType::HTTPStatus(code),
-                format!("upstream {}: {why}", group.name),
-            );
+            return Error::e_explain(etype, format!("upstream {}", group.name));
         };
         let mut peer = group.peer(guard.target().addr);
         peer.options.connection_timeout = Some(action.connect_timeout);
@@ -504,11 +588,8 @@ impl ProxyHttp for Gateway {
         if let Some(addr) = peer.address().as_inet() {
             ctx.upstream.tried.push(*addr);
         }
-        let unsent_ok = self
-            .proxy_of(ctx.route.as_ref())
-            .is_some_and(|(a, _)| a.retry_unsent);
-        let eligible = session.req_header().method.is_idempotent() || unsent_ok;
-        e.set_retry(eligible && self.take_retry(ctx));
+        let retry = self.should_retry(session, ctx, Failure::Connect);
+        e.set_retry(retry);
         e
     }
 
@@ -521,6 +602,10 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        if e.etype() == &RETRY_5XX {
+            // Decided (and counted) when the 5xx arrived.
+            return e;
+        }
         let idempotent = session.req_header().method.is_idempotent();
         let truncated = session.as_ref().retry_buffer_truncated();
         // A pooled connection the upstream had already closed: Pingora's own retry rule,
@@ -537,21 +622,48 @@ impl ProxyHttp for Gateway {
         if let Some(addr) = peer.address().as_inet() {
             ctx.upstream.tried.push(*addr);
         }
-        if idempotent && truncated {
-            self.count_skipped_retry(ctx, "body_too_large");
-        }
-        e.set_retry(idempotent && !truncated && self.take_retry(ctx));
+        let retry = self.should_retry(session, ctx, Failure::of(&e));
+        e.set_retry(retry);
         e
     }
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        let status = resp.status;
+        if status == StatusCode::SWITCHING_PROTOCOLS && !session.is_upgrade_req() {
+            return Error::e_explain(UNASKED_101, "101 on a request without Upgrade");
+        }
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            // Pingora relays every 1xx and restarts the read timeout on each: bound both.
+            ctx.upstream.informational += 1;
+            if ctx.upstream.informational > self.policy.max_informational {
+                return Error::e_explain(TOO_MANY_1XX, format!("{status}"));
+            }
+            let read_timeout = self
+                .proxy_of(ctx.route.as_ref())
+                .map(|(a, _)| a.read_timeout);
+            let waited = ctx.upstream.sent_at.map(|t| t.elapsed());
+            if let (Some(limit), Some(waited)) = (read_timeout, waited) {
+                if waited >= limit {
+                    return Error::e_explain(NO_FINAL_RESPONSE, "1xx past the read timeout");
+                }
+            }
+            return Ok(());
+        }
         if let Some(t) = ctx.upstream.target.as_mut() {
-            t.record_status(resp.status.as_u16());
+            t.record_status(status.as_u16());
+        }
+        if status.is_server_error() && self.should_retry(session, ctx, Failure::Status5xx) {
+            if let Some(addr) = ctx.upstream.target.as_ref().map(|t| t.target().addr) {
+                ctx.upstream.tried.push(addr);
+            }
+            let mut e = Error::explain(RETRY_5XX, format!("{status}, retrying"));
+            e.set_retry(true);
+            return Err(e);
         }
         Ok(())
     }
@@ -564,12 +676,17 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         if let Some((action, _)) = self.proxy_of(ctx.route.as_ref()) {
             let uri = &session.req_header().uri;
-            if let Some(new_path) = action.rewrite.apply(uri.path(), uri.query()) {
-                let uri = new_path.parse::<http::Uri>().or_err(
-                    ErrorType::HTTPStatus(400),
-                    "rewritten path is not a valid URI",
-                )?;
-                upstream.set_uri(uri);
+            let merge = self.policy.normalize.merge_slashes;
+            match action.rewrite.apply(uri.path(), uri.query(), merge) {
+                Ok(None) => {}
+                Ok(Some(new_path)) => {
+                    let uri = new_path
+                        .parse::<http::Uri>()
+                        .or_err(BAD_REWRITE, "rewritten path is not a valid URI")?;
+                    ctx.forwarded_path = Some(uri.path().to_string());
+                    upstream.set_uri(uri);
+                }
+                Err(why) => return Error::e_explain(BAD_REWRITE, why),
             }
         }
         for name in &self.policy.strip_headers {
@@ -608,6 +725,10 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if resp.status.is_informational() && resp.status != StatusCode::SWITCHING_PROTOCOLS {
+            // Relayed as the upstream sent it (Pingora strips hop-by-hop framing).
+            return Ok(());
+        }
         forward::prepare_response(resp);
         if let Some(route) = ctx.route.clone() {
             let t = &route.transform;
@@ -691,7 +812,11 @@ impl ProxyHttp for Gateway {
         // The connection is not reused after a proxy failure: say so, so that clients do not
         // send their next request into a closing connection.
         session.set_keepalive(None);
-        if session.response_written().is_none() {
+        // Nothing final was sent yet: no header, or only informational ones.
+        let final_sent = session.response_written().is_some_and(|r| {
+            !r.status.is_informational() || r.status == StatusCode::SWITCHING_PROTOCOLS
+        });
+        if !final_sent {
             let reject = Reject::new(status, message);
             if let Err(write_err) = error::respond_error(session, &reject, &ctx.request_id).await {
                 log::debug!("could not send error response: {write_err}");
@@ -733,6 +858,8 @@ impl ProxyHttp for Gateway {
                 route: route_name,
                 method: req.method.as_str(),
                 path: req.uri.path(),
+                received: ctx.received_target.as_deref(),
+                forwarded: ctx.forwarded_path.as_deref(),
                 status: status.as_u16(),
                 upstream: target,
                 duration_ms: elapsed.as_secs_f64() * 1e3,

@@ -88,6 +88,7 @@ pub fn build_server(compiled: Compiled, mode: StartMode) -> Server {
         demo,
         connection_limits,
         client_read_buffer,
+        h2_idle_timeout,
     } = compiled;
     server_conf.daemon = mode.daemon;
     let opt = Opt {
@@ -132,10 +133,11 @@ pub fn build_server(compiled: Compiled, mode: StartMode) -> Server {
         metrics.connections.clone(),
         metrics.connections_refused.clone(),
     );
-    let proxy = Guarded::new(
-        pingora::proxy::http_proxy(&server.configuration, gateway),
-        tracker,
-    );
+    let mut http = pingora::proxy::http_proxy(&server.configuration, gateway);
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2_idle_timeout = Some(h2_idle_timeout);
+    http.server_options = Some(options);
+    let proxy = Guarded::new(http, tracker);
     let mut proxy = Service::new("tollgate".into(), proxy);
     let buffers = L4BufferSettings::new(client_read_buffer, DEFAULT_L4_WRITE_BUFFER_SIZE);
     for listener in listeners {

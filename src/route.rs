@@ -76,50 +76,57 @@ pub enum PathRewrite {
 }
 
 impl PathRewrite {
-    /// The upstream path and query for `path_and_query`, or `None` when it is unchanged.
-    pub fn apply(&self, path: &str, query: Option<&str>) -> Option<String> {
-        let (len, with) = match self {
-            PathRewrite::None => return None,
+    /// The upstream path and query for a canonical `path`, or `None` when it is unchanged.
+    /// The result is canonical again (dot segments of a regex replacement resolved), and a
+    /// rewrite that would climb above `/` is refused.
+    pub fn apply(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        merge_slashes: bool,
+    ) -> Result<Option<String>, &'static str> {
+        let rewritten = match self {
+            PathRewrite::None => return Ok(None),
             PathRewrite::Regex { re, with } => {
                 if !re.is_match(path) {
-                    return None;
+                    return Ok(None);
                 }
                 let mut out = re.replace(path, with.as_str()).into_owned();
                 if !out.starts_with('/') {
                     out.insert(0, '/');
                 }
-                if let Some(q) = query {
-                    out.push('?');
-                    out.push_str(q);
+                out
+            }
+            PathRewrite::Prefix { len, with } => {
+                let rest = path.get(*len..).unwrap_or("");
+                let mut out = String::with_capacity(with.len() + rest.len() + 1);
+                out.push_str(with);
+                if rest.is_empty() {
+                    if out.is_empty() {
+                        out.push('/');
+                    }
+                } else if out.ends_with('/') && rest.starts_with('/') {
+                    out.push_str(&rest[1..]);
+                } else {
+                    if !rest.starts_with('/') && !out.ends_with('/') {
+                        out.push('/');
+                    }
+                    out.push_str(rest);
                 }
-                return Some(out);
+                if !out.starts_with('/') {
+                    out.insert(0, '/');
+                }
+                out
             }
-            PathRewrite::Prefix { len, with } => (len, with),
         };
-        let rest = path.get(*len..).unwrap_or("");
-        let mut out =
-            String::with_capacity(with.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
-        out.push_str(with);
-        if rest.is_empty() {
-            if out.is_empty() {
-                out.push('/');
-            }
-        } else if out.ends_with('/') && rest.starts_with('/') {
-            out.push_str(&rest[1..]);
-        } else {
-            if !rest.starts_with('/') && !out.ends_with('/') {
-                out.push('/');
-            }
-            out.push_str(rest);
-        }
-        if !out.starts_with('/') {
-            out.insert(0, '/');
-        }
+        let canonical =
+            crate::policy::normalize::canonical_path(rewritten.as_bytes(), merge_slashes)?;
+        let mut out = canonical.path.into_owned();
         if let Some(q) = query {
             out.push('?');
             out.push_str(q);
         }
-        Some(out)
+        Ok(Some(out))
     }
 }
 
@@ -145,6 +152,8 @@ pub struct ProxyAction {
     pub retries: usize,
     /// Retry non-idempotent requests too when connecting failed.
     pub retry_unsent: bool,
+    /// The failures retried on another target.
+    pub retry_on: crate::upstream::retry::RetryOn,
 }
 
 #[derive(Debug)]
@@ -168,6 +177,8 @@ pub struct Route {
     pub cache: Option<crate::cache::RouteCache>,
     /// Metric handles of this route.
     pub stats: crate::observe::metrics::RouteStats,
+    /// `%2F` and `%5C` in the path are accepted (and passed on encoded).
+    pub allow_encoded_slashes: bool,
     /// Position in the config file, the last tie-breaker.
     pub order: usize,
 }
@@ -320,6 +331,7 @@ mod tests {
             transform: Default::default(),
             cache: None,
             stats: Default::default(),
+            allow_encoded_slashes: false,
             order,
         }
     }
@@ -407,17 +419,35 @@ mod tests {
             (&swap, "/api", None, "/v2"),
         ];
         for (rw, path, q, want) in cases {
-            assert_eq!(rw.apply(path, q).as_deref(), Some(want), "{path}");
+            assert_eq!(
+                rw.apply(path, q, true).unwrap().as_deref(),
+                Some(want),
+                "{path}"
+            );
         }
-        assert_eq!(PathRewrite::None.apply("/a", None), None);
+        assert_eq!(PathRewrite::None.apply("/a", None, true), Ok(None));
         let re = PathRewrite::Regex {
             re: regex::Regex::new(r"^/users/(?P<id>\d+)$").unwrap(),
             with: "/v2/accounts/${id}".into(),
         };
         assert_eq!(
-            re.apply("/users/42", Some("a=1")).as_deref(),
+            re.apply("/users/42", Some("a=1"), true).unwrap().as_deref(),
             Some("/v2/accounts/42?a=1")
         );
-        assert_eq!(re.apply("/users/x", None), None);
+        assert_eq!(re.apply("/users/x", None, true), Ok(None));
+        // A replacement cannot take the path above the root or keep dot segments.
+        let up = PathRewrite::Regex {
+            re: regex::Regex::new(r"^/u/(.*)$").unwrap(),
+            with: "/../$1".into(),
+        };
+        assert!(up.apply("/u/x", None, true).is_err());
+        let dots = PathRewrite::Regex {
+            re: regex::Regex::new(r"^/u/(.*)$").unwrap(),
+            with: "/a/./b/../$1".into(),
+        };
+        assert_eq!(
+            dots.apply("/u/x", None, true).unwrap().as_deref(),
+            Some("/a/x")
+        );
     }
 }

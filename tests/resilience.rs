@@ -123,6 +123,7 @@ name = "app"
 path_prefix = "/"
 upstream = "app"
 retries = 1
+retry_on = ["connect", "reset"]
 "#,
         reset.addr, ok.addr
     ));

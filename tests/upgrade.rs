@@ -230,3 +230,35 @@ upstream = "slow"
         "the in-flight request is cut, not drained"
     );
 }
+
+/// After SIGQUIT the old instance exited about 8 s later with a 3 s grace period and a 2 s
+/// shutdown timeout: Pingora's 5 s handoff wait came on top of the grace period.
+#[test]
+fn old_instance_exits_within_grace_period_plus_shutdown_timeout() {
+    let text = config("v1")
+        .replace("grace_period = \"2s\"", "grace_period = \"3s\"")
+        .replace(
+            "graceful_shutdown_timeout = \"1s\"",
+            "graceful_shutdown_timeout = \"2s\"",
+        );
+    let mut old = Gateway::start_full(&text).unwrap();
+    // A keep-alive client holds a connection open through the handoff.
+    let keepalive = client();
+    assert_eq!(keepalive.get(old.url("/")).send().unwrap().status(), 200);
+    let mut new = start_new_instance(&old, &config("v2"));
+    wait_for(Duration::from_secs(10), || {
+        old.dir.path().join("upgrade.sock").exists().then_some(())
+    })
+    .expect("the new instance waits for the sockets");
+    let started = std::time::Instant::now();
+    old.signal("QUIT");
+    let code = old.wait_exit(Duration::from_secs(15));
+    let took = started.elapsed();
+    let _ = new.kill();
+    let _ = new.wait();
+    assert_eq!(code, Some(0));
+    assert!(
+        took <= Duration::from_secs(3 + 2 + 1),
+        "the old instance took {took:?} to exit"
+    );
+}

@@ -61,6 +61,8 @@ pub struct Compiled {
     pub connection_limits: ConnectionLimits,
     /// Read buffer size of each client connection.
     pub client_read_buffer: usize,
+    /// Idle HTTP/2 client connections (no open stream) close after this.
+    pub h2_idle_timeout: std::time::Duration,
 }
 
 /// Parse `hash_on`: `"header:NAME"`, `"cookie:NAME"` or `"client_ip"`.
@@ -144,13 +146,18 @@ pub fn compile(file: &ConfigFile) -> Result<Compiled, Vec<Problem>> {
     };
     let metrics =
         Arc::new(Metrics::new().map_err(|e| vec![Problem::new("", format!("metrics: {e}"))])?);
-    let policy = compile_policy(
+    let mut policy = compile_policy(
         limits,
         auth,
         consumers,
         rate_limit,
         metrics.rate_limit_redis_errors.clone(),
     )?;
+
+    policy.listener_underscores = listeners
+        .iter()
+        .filter_map(|l| Some((l.address.parse().ok()?, l.underscore_headers?)))
+        .collect();
 
     let mut groups = Vec::new();
     let mut group_index = BTreeMap::new();
@@ -229,6 +236,7 @@ pub fn compile(file: &ConfigFile) -> Result<Compiled, Vec<Problem>> {
             .map(|d| (d.name.clone(), d.address.clone()))
             .collect(),
         client_read_buffer: server.client_read_buffer.0 as usize,
+        h2_idle_timeout: limits.h2_idle_timeout.0,
         connection_limits: ConnectionLimits {
             header_timeout: limits.header_timeout.0,
             max_header_bytes: limits.max_header_bytes.0 as usize,
@@ -239,7 +247,11 @@ pub fn compile(file: &ConfigFile) -> Result<Compiled, Vec<Problem>> {
 }
 
 fn compile_listener(i: usize, l: &ListenerSection) -> Result<Listener, Vec<Problem>> {
-    let ListenerSection { address, tls } = l;
+    let ListenerSection {
+        address,
+        tls,
+        underscore_headers: _,
+    } = l;
     let tls = match tls {
         None => None,
         Some(TlsSection {
@@ -562,6 +574,8 @@ fn compile_route(order: usize, r: &RouteSection, cx: &RouteContext<'_>) -> Resul
         read_timeout,
         retries,
         retry_unsent,
+        retry_on,
+        allow_encoded_slashes,
         respond,
         aggregate,
         auth,
@@ -640,6 +654,7 @@ fn compile_route(order: usize, r: &RouteSection, cx: &RouteContext<'_>) -> Resul
                 read_timeout: read_timeout.unwrap_or(group.read_timeout).0,
                 retries: *retries,
                 retry_unsent: *retry_unsent,
+                retry_on: crate::upstream::retry::RetryOn::of(retry_on),
             })
         }
         (None, Some(resp)) => RouteAction::Respond(direct_response(resp).map_err(fail)?),
@@ -723,6 +738,7 @@ fn compile_route(order: usize, r: &RouteSection, cx: &RouteContext<'_>) -> Resul
             stale_if_error: c.stale_if_error.map_or(Duration::ZERO, |d| d.0),
         }),
         stats: Default::default(),
+        allow_encoded_slashes: *allow_encoded_slashes,
         order,
     })
 }
@@ -758,6 +774,11 @@ fn compile_policy(
         trusted_proxies,
         ip_allow,
         ip_deny,
+        merge_slashes,
+        underscore_headers,
+        keepalive_timeout,
+        h2_idle_timeout: _,
+        max_informational_responses,
     } = limits;
     let AuthSection {
         jwt,
@@ -871,6 +892,13 @@ fn compile_policy(
         strip_headers: strip,
         rate_store,
         jwt_providers,
+        normalize: crate::policy::normalize::Options {
+            merge_slashes: *merge_slashes,
+            underscores: *underscore_headers,
+        },
+        listener_underscores: Vec::new(),
+        keepalive_secs: keepalive_timeout.0.as_secs().max(1),
+        max_informational: *max_informational_responses,
     })
 }
 

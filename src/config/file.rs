@@ -197,6 +197,33 @@ pub struct ListenerSection {
     pub address: String,
     #[serde(default)]
     pub tls: Option<TlsSection>,
+    /// Overrides `limits.underscore_headers` for this listener.
+    #[serde(default)]
+    pub underscore_headers: Option<UnderscoreHeaders>,
+}
+
+/// A failure that `retry_on` lists.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryCondition {
+    Connect,
+    Timeout,
+    Reset,
+    #[serde(rename = "5xx")]
+    Status5xx,
+}
+
+/// What to do with request header names that contain `_`.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UnderscoreHeaders {
+    /// Remove them before anything reads the request (nginx and Envoy do this).
+    #[default]
+    Drop,
+    /// Refuse the request with 400.
+    Reject,
+    /// Keep them.
+    Allow,
 }
 
 /// `[listeners.tls]`: TLS termination.
@@ -448,14 +475,22 @@ pub struct RouteSection {
     /// Overrides the upstream group's read timeout.
     #[serde(default)]
     pub read_timeout: Option<HumanDuration>,
-    /// Extra attempts on another target when connecting fails or the upstream fails before
-    /// answering (idempotent methods only).
+    /// Extra attempts on another target, for the failures in `retry_on` (idempotent
+    /// methods only, unless `retry_unsent` and the request never left the gateway).
     #[serde(default = "defaults::retries")]
     pub retries: usize,
     /// Also retry non-idempotent requests when connecting failed (the request never left
     /// the gateway).
     #[serde(default)]
     pub retry_unsent: bool,
+    /// Which failures are retried: `"connect"` (no connection), `"timeout"` (no answer
+    /// within the read timeout), `"reset"` (connection closed before an answer), `"5xx"`.
+    #[serde(default = "defaults::retry_on")]
+    pub retry_on: Vec<RetryCondition>,
+    /// Accept `%2F` and `%5C` in the path and pass them on encoded (refused with 400
+    /// otherwise). Only for upstreams that do not decode them into separators.
+    #[serde(default)]
+    pub allow_encoded_slashes: bool,
     /// Answer directly, without an upstream.
     #[serde(default)]
     pub respond: Option<RespondSection>,
@@ -587,6 +622,23 @@ pub struct LimitsSection {
     /// Global CIDR deny list.
     #[serde(default)]
     pub ip_deny: Vec<String>,
+    /// Merge repeated slashes in the path (`/a//b` is `/a/b`) before routing.
+    #[serde(default = "defaults::enabled")]
+    pub merge_slashes: bool,
+    /// Request header names with `_`: `"drop"`, `"reject"` (400) or `"allow"`.
+    #[serde(default)]
+    pub underscore_headers: UnderscoreHeaders,
+    /// How long an idle HTTP/1 client connection is kept open between requests.
+    #[serde(default = "defaults::keepalive_timeout")]
+    pub keepalive_timeout: HumanDuration,
+    /// How long an HTTP/2 client connection with no open stream is kept, including one that
+    /// never completes its first request's headers.
+    #[serde(default = "defaults::h2_idle_timeout")]
+    pub h2_idle_timeout: HumanDuration,
+    /// Informational (1xx) responses relayed per request; an upstream that sends more is a
+    /// 502.
+    #[serde(default = "defaults::max_informational_responses")]
+    pub max_informational_responses: usize,
 }
 
 impl Default for LimitsSection {
@@ -602,6 +654,11 @@ impl Default for LimitsSection {
             trusted_proxies: Vec::new(),
             ip_allow: Vec::new(),
             ip_deny: Vec::new(),
+            merge_slashes: defaults::enabled(),
+            underscore_headers: UnderscoreHeaders::default(),
+            keepalive_timeout: defaults::keepalive_timeout(),
+            h2_idle_timeout: defaults::h2_idle_timeout(),
+            max_informational_responses: defaults::max_informational_responses(),
         }
     }
 }
@@ -919,6 +976,18 @@ pub mod defaults {
     }
     pub fn retries() -> usize {
         1
+    }
+    pub fn retry_on() -> Vec<super::RetryCondition> {
+        vec![super::RetryCondition::Connect]
+    }
+    pub fn keepalive_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(60))
+    }
+    pub fn h2_idle_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(60))
+    }
+    pub fn max_informational_responses() -> usize {
+        10
     }
     pub fn respond_status() -> u16 {
         200

@@ -327,6 +327,19 @@ impl Validator {
         }
     }
 
+    /// A path in the config must be in the canonical form requests are matched in, or it
+    /// could never match (or, as a rewrite, leave its prefix).
+    fn canonical(&mut self, at: &str, path: &str) {
+        match crate::policy::normalize::canonical_path(path.as_bytes(), true) {
+            Ok(c) if c.path == path => {}
+            Ok(c) => self.problem(
+                at,
+                format!("write the path in canonical form: {:?}", c.path),
+            ),
+            Err(why) => self.problem(at, format!("invalid path: {why}")),
+        }
+    }
+
     fn route(&mut self, at: &str, r: &RouteSection, upstreams: &BTreeMap<String, UpstreamSection>) {
         if r.name.is_empty() {
             self.problem(format!("{at}.name"), "must not be empty");
@@ -347,6 +360,8 @@ impl Validator {
             (None, Some(p)) if !p.starts_with('/') => {
                 self.problem(format!("{at}.path"), "must start with '/'")
             }
+            (Some(p), None) => self.canonical(&format!("{at}.path_prefix"), p),
+            (None, Some(p)) => self.canonical(&format!("{at}.path"), p),
             _ => {}
         }
         for (i, m) in r.methods.iter().enumerate() {
@@ -537,6 +552,8 @@ impl Validator {
         if let Some(p) = &r.rewrite_prefix {
             if !p.starts_with('/') {
                 self.problem(format!("{at}.rewrite_prefix"), "must start with '/'");
+            } else {
+                self.canonical(&format!("{at}.rewrite_prefix"), p);
             }
             if r.path_prefix.is_none() && r.path.is_none() {
                 self.problem(format!("{at}.rewrite_prefix"), "needs path_prefix or path");
@@ -570,6 +587,12 @@ impl Validator {
         }
         if l.header_timeout.0.is_zero() {
             self.problem("limits.header_timeout", "must be greater than zero");
+        }
+        if l.keepalive_timeout.0 < std::time::Duration::from_secs(1) {
+            self.problem("limits.keepalive_timeout", "must be at least 1s");
+        }
+        if l.h2_idle_timeout.0.is_zero() {
+            self.problem("limits.h2_idle_timeout", "must be greater than zero");
         }
         if l.body_timeout.0.is_zero() {
             self.problem("limits.body_timeout", "must be greater than zero");

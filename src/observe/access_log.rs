@@ -33,7 +33,14 @@ pub struct Entry<'a> {
     pub client_ip: Option<IpAddr>,
     pub route: &'a str,
     pub method: &'a str,
+    /// The canonical path: what routing and policy saw.
     pub path: &'a str,
+    /// The request target as the client sent it, when normalization changed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub received: Option<&'a str>,
+    /// The path sent upstream, when a strip or rewrite changed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forwarded: Option<&'a str>,
     pub status: u16,
     pub upstream: Option<&'a str>,
     pub duration_ms: f64,

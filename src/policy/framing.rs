@@ -68,6 +68,11 @@ pub fn check(req: &RequestHeader, limits: HeadLimits, raw_cl: bool) -> Result<()
         }
     }
     if has_te {
+        if te.iter().nth(1).is_some() {
+            // RFC 9112 allows a list split over lines; a repeated line is how one parser is
+            // told "chunked" and another "something else".
+            return bad("repeated Transfer-Encoding");
+        }
         if req.version == Version::HTTP_10 {
             return bad("Transfer-Encoding in an HTTP/1.0 request");
         }
@@ -148,6 +153,14 @@ mod tests {
                 Some(400),
             ),
             (&[("host", "a"), ("x-big", &big)], Some(431)),
+            (
+                &[
+                    ("host", "a"),
+                    ("transfer-encoding", "chunked"),
+                    ("transfer-encoding", "chunked"),
+                ],
+                Some(400),
+            ),
         ];
         for (headers, want) in cases {
             let got = check(&req(headers), LIMITS, false)

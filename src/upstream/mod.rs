@@ -8,6 +8,7 @@
 pub mod breaker;
 pub mod dns;
 pub mod health;
+pub mod retry;
 pub mod select;
 
 use breaker::{Breaker, BreakerSettings, Outcome, Permit};
