@@ -61,6 +61,36 @@ fn broken_configs_name_the_file_the_key_and_the_problem() {
             "unknown field `threadz`, expected one of `threads`",
         ),
         (
+            "CORS header name that is not one (reported at the field)",
+            route("upstream = \"users\"\n[routes.cors]\nallow_origins = [\"https://a.test\"]\nallow_headers = [\" \"]"),
+            "routes[0].cors.allow_headers[0]",
+            "invalid header name \" \"",
+        ),
+        (
+            "unknown retry condition",
+            route("upstream = \"users\"\nretry_on = [\"sometimes\"]"),
+            "routes[0].retry_on[0]",
+            "unknown variant `sometimes`",
+        ),
+        (
+            "path prefix that requests can never match",
+            route("upstream = \"users\"\npath_prefix = \"/a/../b\""),
+            "routes[0].path_prefix",
+            "write the path in canonical form: \"/b\"",
+        ),
+        (
+            "rewrite prefix with a dot segment",
+            route("upstream = \"users\"\npath_prefix = \"/a\"\nrewrite_prefix = \"/x/..\""),
+            "routes[0].rewrite_prefix",
+            "canonical form",
+        ),
+        (
+            "unknown underscore policy",
+            format!("[limits]\nunderscore_headers = \"ignore\"\n{BASE}"),
+            "limits.underscore_headers",
+            "unknown variant `ignore`, expected one of `drop`, `reject`, `allow`",
+        ),
+        (
             "undefined upstream",
             route("upstream = \"billing\""),
             "routes[0].upstream",

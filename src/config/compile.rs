@@ -691,7 +691,7 @@ fn compile_route(order: usize, r: &RouteSection, cx: &RouteContext<'_>) -> Resul
                 )
             })
             .transpose()
-            .map_err(fail)?,
+            .map_err(|(_, message)| fail(message))?,
         rate_limits: if rate_limits.is_empty() {
             None
         } else {

@@ -707,7 +707,12 @@ impl Validator {
                 c.allow_credentials,
                 c.max_age.map(|d| d.0),
             ) {
-                self.problem(format!("{at}.cors"), e);
+                let (field, message) = e;
+                let path = match field.as_str() {
+                    "" => format!("{at}.cors"),
+                    f => format!("{at}.cors.{f}"),
+                };
+                self.problem(path, message);
             }
         }
         for (key, e) in [

@@ -36,6 +36,8 @@ pub enum CorsOutcome {
 const VARY_ORIGIN: HeaderValue = HeaderValue::from_static("Origin");
 
 impl CorsPolicy {
+    /// The policy, or the field (relative to the `cors` section, e.g. `allow_headers[0]`)
+    /// that is wrong and why.
     pub fn new(
         origins: &[String],
         methods: &[String],
@@ -43,41 +45,51 @@ impl CorsPolicy {
         expose: &[String],
         credentials: bool,
         max_age: Option<std::time::Duration>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, (String, String)> {
         let any_origin = origins.iter().any(|o| o == "*");
         if any_origin && credentials {
-            return Err("allow_credentials cannot be combined with allow_origins = [\"*\"]; list the origins".into());
+            return Err((
+                "allow_credentials".into(),
+                "cannot be combined with allow_origins = [\"*\"]; list the origins".into(),
+            ));
         }
+        let at = |field: &str, i: usize| format!("{field}[{i}]");
         let origins = origins
             .iter()
-            .filter(|o| *o != "*")
-            .map(|o| {
+            .enumerate()
+            .filter(|(_, o)| *o != "*")
+            .map(|(i, o)| {
                 HeaderValue::from_str(o.trim_end_matches('/'))
-                    .map_err(|_| format!("invalid origin {o:?}"))
+                    .map_err(|_| (at("allow_origins", i), format!("invalid origin {o:?}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let methods = methods
             .iter()
-            .map(|m| Method::from_bytes(m.as_bytes()).map_err(|_| format!("invalid method {m:?}")))
+            .enumerate()
+            .map(|(i, m)| {
+                Method::from_bytes(m.as_bytes())
+                    .map_err(|_| (at("allow_methods", i), format!("invalid method {m:?}")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let headers = headers
             .iter()
-            .map(|h| {
+            .enumerate()
+            .map(|(i, h)| {
                 HeaderName::from_bytes(h.as_bytes())
-                    .map_err(|_| format!("invalid header name {h:?}"))
+                    .map_err(|_| (at("allow_headers", i), format!("invalid header name {h:?}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        for e in expose {
+        for (i, e) in expose.iter().enumerate() {
             HeaderName::from_bytes(e.as_bytes())
-                .map_err(|_| format!("invalid header name {e:?}"))?;
+                .map_err(|_| (at("expose_headers", i), format!("invalid header name {e:?}")))?;
         }
-        let join = |items: Vec<&str>| -> Result<Option<HeaderValue>, String> {
+        let join = |items: Vec<&str>| -> Result<Option<HeaderValue>, (String, String)> {
             if items.is_empty() {
                 return Ok(None);
             }
             HeaderValue::from_str(&items.join(", "))
                 .map(Some)
-                .map_err(|e| e.to_string())
+                .map_err(|e| (String::new(), e.to_string()))
         };
         Ok(CorsPolicy {
             any_origin,
