@@ -160,7 +160,7 @@ fn broken_configs_name_the_file_the_key_and_the_problem() {
                  [upstreams.u.health_check]\nunhealthy_threshold = 0",
             ),
             "upstreams.u.health_check.unhealthy_threshold",
-            "must be at least 1",
+            "must be between 1 and 100, got 0",
         ),
         (
             "both upstream and respond",

@@ -62,7 +62,10 @@ fn every_config_field_is_in_docs_configuration() {
 fn readme_links_resolve() {
     let readme = read("README.md");
     let link = regex::Regex::new(r"\]\((docs/[^)#]+)").unwrap();
-    let links: Vec<String> = link.captures_iter(&readme).map(|c| c[1].to_string()).collect();
+    let links: Vec<String> = link
+        .captures_iter(&readme)
+        .map(|c| c[1].to_string())
+        .collect();
     assert!(links.len() >= 4, "{links:?}");
     for l in links {
         assert!(

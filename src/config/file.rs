@@ -905,8 +905,11 @@ pub mod defaults {
     use super::{HumanDuration, HumanSize};
     use std::time::Duration;
 
+    /// The number of CPUs, within `server.threads`' range.
     pub fn threads() -> usize {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(crate::config::bounds::MAX_THREADS)
     }
     pub fn work_stealing() -> bool {
         true

@@ -2,8 +2,10 @@
 //! ([`validate`]), and the runtime form the proxy reads ([`compile`]).
 //!
 //! [`load`] runs the first two and reports every problem at once, each naming the file, the
-//! key path and what is wrong. The runtime form is built by [`compile::compile`].
+//! key path and what is wrong. The runtime form is built by [`compile::compile`]. The range
+//! of every number is in one table, [`bounds`] (documented in `docs/configuration-ranges.md`).
 
+pub mod bounds;
 pub mod compile;
 pub mod file;
 pub mod validate;

@@ -1,20 +1,18 @@
 //! Checks that a parsed configuration means something runnable, collecting every problem
 //! (not just the first) with its key path. Compilation relies on these checks.
 
+use super::bounds::{self, Limit, Range};
 use super::file::*;
 use super::Problem;
 use crate::policy::cors::CorsPolicy;
 use crate::policy::ip::parse_net;
 use crate::policy::jwt::JwtProvider;
 use crate::policy::rate_limit::{RateLimitStore, RateLimits};
-use http::{HeaderName, HeaderValue, Method, StatusCode};
+use http::{HeaderName, HeaderValue, Method};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 
-/// Most retries a route may ask for; more only multiplies load during an outage.
-pub const MAX_RETRIES: usize = 10;
-/// Largest weight of one target.
-pub const MAX_WEIGHT: usize = 1000;
+pub use super::bounds::{MAX_RETRIES, MAX_WEIGHT};
 
 /// Every problem found in `file`; empty when it is valid.
 pub fn validate(file: &ConfigFile) -> Vec<Problem> {
@@ -101,13 +99,33 @@ impl Validator {
         self.problems.push(Problem::new(path, message));
     }
 
+    /// Check one number against its range (see `bounds.rs`); whether it is in range.
+    fn range(&mut self, range: &Range, at: impl AsRef<str>, value: impl Into<Limit>) -> bool {
+        range.check(at.as_ref(), value, &mut self.problems)
+    }
+
     fn server(&mut self, s: &ServerSection) {
-        if s.threads == 0 {
-            self.problem("server.threads", "must be at least 1");
-        }
-        if s.client_read_buffer.0 < 1024 || s.client_read_buffer.0 > 1024 * 1024 {
-            self.problem("server.client_read_buffer", "must be between 1KiB and 1MiB");
-        }
+        self.range(&bounds::SERVER_THREADS, "server.threads", s.threads);
+        self.range(
+            &bounds::SERVER_GRACE_PERIOD,
+            "server.grace_period",
+            s.grace_period,
+        );
+        self.range(
+            &bounds::SERVER_GRACEFUL_SHUTDOWN_TIMEOUT,
+            "server.graceful_shutdown_timeout",
+            s.graceful_shutdown_timeout,
+        );
+        self.range(
+            &bounds::SERVER_UPSTREAM_KEEPALIVE_POOL_SIZE,
+            "server.upstream_keepalive_pool_size",
+            s.upstream_keepalive_pool_size,
+        );
+        self.range(
+            &bounds::SERVER_CLIENT_READ_BUFFER,
+            "server.client_read_buffer",
+            s.client_read_buffer,
+        );
         if s.pid_file.is_empty() {
             self.problem("server.pid_file", "must not be empty");
         }
@@ -182,9 +200,11 @@ impl Validator {
                 }
             }
         }
-        if a.buffer_lines == 0 {
-            self.problem("access_log.buffer_lines", "must be at least 1");
-        }
+        self.range(
+            &bounds::ACCESS_LOG_BUFFER_LINES,
+            "access_log.buffer_lines",
+            a.buffer_lines,
+        );
     }
 
     fn listen_address(&mut self, path: &str, address: &str) {
@@ -233,12 +253,7 @@ impl Validator {
                 }
                 Err(e) => self.problem(format!("{path}.address"), e),
             }
-            if t.weight == 0 || t.weight > MAX_WEIGHT {
-                self.problem(
-                    format!("{path}.weight"),
-                    format!("must be between 1 and {MAX_WEIGHT}, got {}", t.weight),
-                );
-            }
+            self.range(&bounds::TARGET_WEIGHT, format!("{path}.weight"), t.weight);
         }
         match (up.policy, &up.hash_on) {
             (BalancePolicy::ConsistentHash, None) => self.problem(
@@ -256,15 +271,21 @@ impl Validator {
             ),
             (_, None) => {}
         }
-        if up.connect_timeout.0.is_zero() {
-            self.problem(format!("{at}.connect_timeout"), "must be greater than zero");
-        }
-        if up.dns_refresh.0 < std::time::Duration::from_secs(1) {
-            self.problem(format!("{at}.dns_refresh"), "must be at least 1s");
-        }
-        if up.read_timeout.0.is_zero() {
-            self.problem(format!("{at}.read_timeout"), "must be greater than zero");
-        }
+        self.range(
+            &bounds::CONNECT_TIMEOUT,
+            format!("{at}.connect_timeout"),
+            up.connect_timeout,
+        );
+        self.range(
+            &bounds::READ_TIMEOUT,
+            format!("{at}.read_timeout"),
+            up.read_timeout,
+        );
+        self.range(
+            &bounds::DNS_REFRESH,
+            format!("{at}.dns_refresh"),
+            up.dns_refresh,
+        );
         if let Some(hc) = &up.health_check {
             self.health_check(&format!("{at}.health_check"), hc);
         }
@@ -274,52 +295,58 @@ impl Validator {
             }
         }
         if let Some(cb) = &up.circuit_breaker {
-            if cb.consecutive_failures == 0 {
-                self.problem(
-                    format!("{at}.circuit_breaker.consecutive_failures"),
-                    "must be at least 1",
-                );
-            }
-            if cb.cooldown.0.is_zero() {
-                self.problem(
-                    format!("{at}.circuit_breaker.cooldown"),
-                    "must be greater than zero",
-                );
-            }
+            self.range(
+                &bounds::BREAKER_CONSECUTIVE_FAILURES,
+                format!("{at}.circuit_breaker.consecutive_failures"),
+                cb.consecutive_failures,
+            );
+            self.range(
+                &bounds::BREAKER_COOLDOWN,
+                format!("{at}.circuit_breaker.cooldown"),
+                cb.cooldown,
+            );
         }
         if let Some(f) = &up.fallback {
             self.respond(&format!("{at}.fallback"), f);
         }
-        if !(0.0..=10.0).contains(&up.retry_budget.ratio) {
-            self.problem(
-                format!("{at}.retry_budget.ratio"),
-                "must be between 0 and 10",
-            );
-        }
+        self.range(
+            &bounds::RETRY_BUDGET_RATIO,
+            format!("{at}.retry_budget.ratio"),
+            up.retry_budget.ratio,
+        );
+        self.range(
+            &bounds::RETRY_BUDGET_MIN_PER_SECOND,
+            format!("{at}.retry_budget.min_per_second"),
+            up.retry_budget.min_per_second,
+        );
     }
 
     fn health_check(&mut self, at: &str, hc: &HealthCheckSection) {
-        if hc.interval.0.is_zero() {
-            self.problem(format!("{at}.interval"), "must be greater than zero");
-        }
-        if hc.timeout.0.is_zero() {
-            self.problem(format!("{at}.timeout"), "must be greater than zero");
-        }
-        if hc.healthy_threshold == 0 {
-            self.problem(format!("{at}.healthy_threshold"), "must be at least 1");
-        }
-        if hc.unhealthy_threshold == 0 {
-            self.problem(format!("{at}.unhealthy_threshold"), "must be at least 1");
-        }
+        self.range(
+            &bounds::HEALTH_INTERVAL,
+            format!("{at}.interval"),
+            hc.interval,
+        );
+        self.range(&bounds::HEALTH_TIMEOUT, format!("{at}.timeout"), hc.timeout);
+        self.range(
+            &bounds::HEALTH_THRESHOLD,
+            format!("{at}.healthy_threshold"),
+            hc.healthy_threshold,
+        );
+        self.range(
+            &bounds::HEALTH_THRESHOLD,
+            format!("{at}.unhealthy_threshold"),
+            hc.unhealthy_threshold,
+        );
+        // Checked for TCP checks too, which ignore it: every number has its range.
+        self.range(
+            &bounds::HEALTH_EXPECTED_STATUS,
+            format!("{at}.expected_status"),
+            hc.expected_status,
+        );
         if hc.kind == HealthCheckKind::Http {
             if !hc.path.starts_with('/') {
                 self.problem(format!("{at}.path"), "must start with '/'");
-            }
-            if StatusCode::from_u16(hc.expected_status).is_err() {
-                self.problem(
-                    format!("{at}.expected_status"),
-                    format!("{} is not an HTTP status code", hc.expected_status),
-                );
             }
             if HeaderValue::from_str(&hc.host).is_err() {
                 self.problem(format!("{at}.host"), "is not a valid Host header value");
@@ -378,19 +405,15 @@ impl Validator {
         for (name, value) in &r.headers {
             self.header(&format!("{at}.headers.{name}"), name, value);
         }
-        if r.retries > MAX_RETRIES {
-            self.problem(
-                format!("{at}.retries"),
-                format!("must be at most {MAX_RETRIES}, got {}", r.retries),
-            );
+        self.range(&bounds::ROUTE_RETRIES, format!("{at}.retries"), r.retries);
+        if let Some(d) = r.connect_timeout {
+            self.range(&bounds::CONNECT_TIMEOUT, format!("{at}.connect_timeout"), d);
         }
-        for (key, d) in [
-            ("connect_timeout", &r.connect_timeout),
-            ("read_timeout", &r.read_timeout),
-        ] {
-            if d.is_some_and(|d| d.0.is_zero()) {
-                self.problem(format!("{at}.{key}"), "must be greater than zero");
-            }
+        if let Some(d) = r.read_timeout {
+            self.range(&bounds::READ_TIMEOUT, format!("{at}.read_timeout"), d);
+        }
+        if let Some(s) = r.max_body_size {
+            self.range(&bounds::MAX_BODY_SIZE, format!("{at}.max_body_size"), s);
         }
         let actions = [
             r.upstream.is_some(),
@@ -441,29 +464,41 @@ impl Validator {
     }
 
     fn cache(&mut self, c: &CacheSection) {
-        if c.max_size.0 == 0 {
-            self.problem("cache.max_size", "must be greater than zero");
-        }
-        if c.max_object_size.0 == 0 || c.max_object_size.0 > c.max_size.0 {
+        let max_size = self.range(&bounds::CACHE_MAX_SIZE, "cache.max_size", c.max_size);
+        let max_object = self.range(
+            &bounds::CACHE_MAX_OBJECT_SIZE,
+            "cache.max_object_size",
+            c.max_object_size,
+        );
+        if max_size && max_object && c.max_object_size.0 > c.max_size.0 {
             self.problem(
                 "cache.max_object_size",
                 format!(
-                    "must be greater than zero and at most cache.max_size ({} bytes)",
-                    c.max_size.0
+                    "must be at most cache.max_size ({}), got {}",
+                    Limit::from(c.max_size),
+                    Limit::from(c.max_object_size)
                 ),
             );
         }
-        if c.lock_timeout.0.is_zero() {
-            self.problem("cache.lock_timeout", "must be greater than zero");
-        }
+        self.range(
+            &bounds::CACHE_LOCK_TIMEOUT,
+            "cache.lock_timeout",
+            c.lock_timeout,
+        );
     }
 
     fn route_cache(&mut self, at: &str, c: &RouteCacheSection, r: &RouteSection) {
         if r.upstream.is_none() {
             self.problem(at, "caching applies only to routes with an upstream");
         }
-        if c.ttl.0.is_zero() {
-            self.problem(format!("{at}.ttl"), "must be greater than zero");
+        self.range(&bounds::CACHE_TTL, format!("{at}.ttl"), c.ttl);
+        for (key, d) in [
+            ("stale_while_revalidate", c.stale_while_revalidate),
+            ("stale_if_error", c.stale_if_error),
+        ] {
+            if let Some(d) = d {
+                self.range(&bounds::CACHE_STALE, format!("{at}.{key}"), d);
+            }
         }
         match c.authenticated.as_str() {
             "bypass" | "shared" => {}
@@ -521,19 +556,16 @@ impl Validator {
             if !p.path.starts_with('/') {
                 self.problem(format!("{pat}.path"), "must start with '/'");
             }
-            if p.timeout.0.is_zero() {
-                self.problem(format!("{pat}.timeout"), "must be greater than zero");
-            }
+            self.range(
+                &bounds::AGGREGATE_PART_TIMEOUT,
+                format!("{pat}.timeout"),
+                p.timeout,
+            );
         }
     }
 
     fn respond(&mut self, at: &str, resp: &RespondSection) {
-        if StatusCode::from_u16(resp.status).is_err() || resp.status < 200 {
-            self.problem(
-                format!("{at}.status"),
-                format!("{} is not a final HTTP status code (200-599)", resp.status),
-            );
-        }
+        self.range(&bounds::RESPOND_STATUS, format!("{at}.status"), resp.status);
         for (name, value) in &resp.headers {
             self.header(&format!("{at}.headers.{name}"), name, value);
         }
@@ -576,27 +608,56 @@ impl Validator {
     }
 
     fn limits(&mut self, l: &LimitsSection) {
-        if l.max_headers == 0 {
-            self.problem("limits.max_headers", "must be at least 1");
-        }
-        if l.max_header_bytes.0 < 1024 {
-            self.problem("limits.max_header_bytes", "must be at least 1KiB");
-        }
-        if l.max_body_size.0 == 0 {
-            self.problem("limits.max_body_size", "must be greater than zero");
-        }
-        if l.header_timeout.0.is_zero() {
-            self.problem("limits.header_timeout", "must be greater than zero");
-        }
-        if l.keepalive_timeout.0 < std::time::Duration::from_secs(1) {
-            self.problem("limits.keepalive_timeout", "must be at least 1s");
-        }
-        if l.h2_idle_timeout.0.is_zero() {
-            self.problem("limits.h2_idle_timeout", "must be greater than zero");
-        }
-        if l.body_timeout.0.is_zero() {
-            self.problem("limits.body_timeout", "must be greater than zero");
-        }
+        self.range(
+            &bounds::LIMITS_MAX_HEADER_BYTES,
+            "limits.max_header_bytes",
+            l.max_header_bytes,
+        );
+        self.range(
+            &bounds::LIMITS_MAX_HEADERS,
+            "limits.max_headers",
+            l.max_headers,
+        );
+        self.range(
+            &bounds::MAX_BODY_SIZE,
+            "limits.max_body_size",
+            l.max_body_size,
+        );
+        self.range(
+            &bounds::LIMITS_HEADER_TIMEOUT,
+            "limits.header_timeout",
+            l.header_timeout,
+        );
+        self.range(
+            &bounds::LIMITS_BODY_TIMEOUT,
+            "limits.body_timeout",
+            l.body_timeout,
+        );
+        self.range(
+            &bounds::LIMITS_MAX_CONNECTIONS,
+            "limits.max_connections",
+            l.max_connections,
+        );
+        self.range(
+            &bounds::LIMITS_MAX_CONNECTIONS,
+            "limits.max_connections_per_ip",
+            l.max_connections_per_ip,
+        );
+        self.range(
+            &bounds::LIMITS_KEEPALIVE_TIMEOUT,
+            "limits.keepalive_timeout",
+            l.keepalive_timeout,
+        );
+        self.range(
+            &bounds::LIMITS_H2_IDLE_TIMEOUT,
+            "limits.h2_idle_timeout",
+            l.h2_idle_timeout,
+        );
+        self.range(
+            &bounds::LIMITS_MAX_INFORMATIONAL,
+            "limits.max_informational_responses",
+            l.max_informational_responses,
+        );
         self.cidrs("limits.trusted_proxies", &l.trusted_proxies);
         self.cidrs("limits.ip_allow", &l.ip_allow);
         self.cidrs("limits.ip_deny", &l.ip_deny);
@@ -699,6 +760,9 @@ impl Validator {
         self.cidrs(&format!("{at}.ip_allow"), &r.ip_allow);
         self.cidrs(&format!("{at}.ip_deny"), &r.ip_deny);
         if let Some(c) = &r.cors {
+            if let Some(d) = c.max_age {
+                self.range(&bounds::CORS_MAX_AGE, format!("{at}.cors.max_age"), d);
+            }
             if let Err(e) = CorsPolicy::new(
                 &c.allow_origins,
                 &c.allow_methods,
@@ -744,9 +808,6 @@ impl Validator {
                     "applies only to proxied routes",
                 );
             }
-        }
-        if r.max_body_size.is_some_and(|s| s.0 == 0) {
-            self.problem(format!("{at}.max_body_size"), "must be greater than zero");
         }
     }
 

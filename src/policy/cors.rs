@@ -80,8 +80,12 @@ impl CorsPolicy {
             })
             .collect::<Result<Vec<_>, _>>()?;
         for (i, e) in expose.iter().enumerate() {
-            HeaderName::from_bytes(e.as_bytes())
-                .map_err(|_| (at("expose_headers", i), format!("invalid header name {e:?}")))?;
+            HeaderName::from_bytes(e.as_bytes()).map_err(|_| {
+                (
+                    at("expose_headers", i),
+                    format!("invalid header name {e:?}"),
+                )
+            })?;
         }
         let join = |items: Vec<&str>| -> Result<Option<HeaderValue>, (String, String)> {
             if items.is_empty() {
@@ -208,6 +212,7 @@ mod tests {
             credentials,
             Some(std::time::Duration::from_secs(600)),
         )
+        .map_err(|(_, message)| message)
     }
 
     fn req(pairs: &[(&str, &str)]) -> HeaderMap {

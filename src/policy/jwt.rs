@@ -39,7 +39,7 @@ mod keys;
 pub use jwks::JwksRefresher;
 
 use crate::config::file::JwtSection;
-use crate::config::Problem;
+use crate::config::{bounds, Problem};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use claims::{ClaimMap, ClaimPath};
@@ -60,10 +60,6 @@ pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 pub const CACHE_TTL_MAX: Duration = Duration::from_secs(60);
 /// Most keys one token is tried against.
 pub const MAX_KEYS_TRIED: usize = 8;
-/// Largest `leeway` accepted: more means clocks that need fixing, not tolerating.
-const MAX_LEEWAY: Duration = Duration::from_secs(300);
-/// Largest `cache_entries` accepted.
-const MAX_CACHE_ENTRIES: usize = 1_000_000;
 
 /// Headers a claim may never set: framing, hop-by-hop, routing and credentials.
 const RESERVED_HEADERS: &[&str] = &[
@@ -334,23 +330,24 @@ impl JwtProvider {
                 problem(&mut p, "jwks_url", msg);
             }
         }
-        if jwks_min_refresh.0 < Duration::from_secs(1) {
-            problem(&mut p, "jwks_min_refresh", "must be at least 1s".into());
-        }
-        if jwks_refresh.0 < jwks_min_refresh.0 {
+        // Ranges in `config/bounds.rs`; the order of the two is checked only when both are
+        // in range.
+        let min_ok = bounds::JWT_JWKS_MIN_REFRESH.check(
+            &format!("{at}.jwks_min_refresh"),
+            *jwks_min_refresh,
+            &mut p,
+        );
+        let refresh_ok =
+            bounds::JWT_JWKS_REFRESH.check(&format!("{at}.jwks_refresh"), *jwks_refresh, &mut p);
+        if min_ok && refresh_ok && jwks_refresh.0 < jwks_min_refresh.0 {
             problem(
                 &mut p,
                 "jwks_refresh",
                 format!("must not be shorter than jwks_min_refresh ({jwks_min_refresh})"),
             );
         }
-        if leeway.0 > MAX_LEEWAY {
-            problem(
-                &mut p,
-                "leeway",
-                "must be at most 5m; larger clock skew needs fixing (NTP), not tolerating".into(),
-            );
-        }
+        // More clock skew than the range allows needs fixing (NTP), not tolerating.
+        bounds::JWT_LEEWAY.check(&format!("{at}.leeway"), *leeway, &mut p);
         if issuer.as_deref() == Some("") {
             problem(
                 &mut p,
@@ -403,13 +400,7 @@ impl JwtProvider {
                 "claim names must not be empty".into(),
             );
         }
-        if *cache_entries > MAX_CACHE_ENTRIES {
-            problem(
-                &mut p,
-                "cache_entries",
-                format!("must be at most {MAX_CACHE_ENTRIES}"),
-            );
-        }
+        bounds::JWT_CACHE_ENTRIES.check(&format!("{at}.cache_entries"), *cache_entries, &mut p);
         p
     }
 

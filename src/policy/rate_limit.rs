@@ -18,7 +18,7 @@
 use crate::config::file::{
     RateLimitBackend, RateLimitBackendSection, RateLimitSection, RedisFailurePolicy,
 };
-use crate::config::Problem;
+use crate::config::{bounds, Problem};
 use http::{HeaderName, HeaderValue};
 use pingora_limits::rate::Rate;
 use std::collections::HashMap;
@@ -32,7 +32,6 @@ const HASHES: usize = 4;
 const SLOTS: usize = 4096;
 /// How long Redis is skipped after a failure.
 const REDIS_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// Who a request counts against.
 #[derive(Debug, Clone, Copy)]
@@ -180,12 +179,7 @@ impl RateLimitStore {
                 }
             }
         }
-        if section.redis_timeout.0.is_zero() || section.redis_timeout.0 > Duration::from_secs(5) {
-            p.push(Problem::new(
-                "rate_limit.redis_timeout",
-                "must be between 1ms and 5s",
-            ));
-        }
+        bounds::REDIS_TIMEOUT.check("rate_limit.redis_timeout", section.redis_timeout, &mut p);
         p
     }
 
@@ -250,18 +244,8 @@ impl RateLimits {
         let mut p = Vec::new();
         let mut seen = Vec::new();
         for (i, s) in sections.iter().enumerate() {
-            if s.limit == 0 {
-                p.push(Problem::new(
-                    format!("{at}[{i}].limit"),
-                    "must be at least 1",
-                ));
-            }
-            if s.window.0 < Duration::from_secs(1) || s.window.0 > MAX_WINDOW {
-                p.push(Problem::new(
-                    format!("{at}[{i}].window"),
-                    "must be between 1s and 24h",
-                ));
-            }
+            bounds::RATE_LIMIT_LIMIT.check(&format!("{at}[{i}].limit"), s.limit, &mut p);
+            bounds::RATE_LIMIT_WINDOW.check(&format!("{at}[{i}].window"), s.window, &mut p);
             match KeySpec::parse(&s.key) {
                 Ok(k) => {
                     if seen.contains(&(k, s.window.0)) {
