@@ -8,34 +8,21 @@ use http::{HeaderMap, Method};
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use tollgate::observe::access_log::Entry;
-use tollgate::route::{DirectResponse, HostPattern, PathMatch, Route, RouteAction, RouteTable};
+use tollgate::route::{HostPattern, PathMatch, Route, RouteTable};
 use tollgate::transform::HeaderTransform;
 
 fn table(n: usize) -> RouteTable {
     let routes = (0..n)
-        .map(|i| Route {
-            name: format!("r{i}").into(),
-            hosts: if i % 3 == 0 {
+        .map(|i| {
+            let hosts = if i % 3 == 0 {
                 vec![HostPattern::Exact(format!("svc{}.example.com", i % 10))]
             } else if i % 3 == 1 {
                 vec![HostPattern::Suffix(format!(".zone{}.example.com", i % 7))]
             } else {
                 vec![]
-            },
-            path: PathMatch::Prefix(format!("/api/v{}/resource{}", i % 4, i)),
-            methods: vec![],
-            headers: vec![],
-            action: RouteAction::Respond(DirectResponse {
-                status: http::StatusCode::OK,
-                headers: vec![],
-                body: bytes::Bytes::new(),
-            }),
-            policy: Default::default(),
-            transform: Default::default(),
-            cache: None,
-            stats: Default::default(),
-            allow_encoded_slashes: false,
-            order: i,
+            };
+            let path = PathMatch::Prefix(format!("/api/v{}/resource{}", i % 4, i));
+            Route::direct(&format!("r{i}"), hosts, path, i)
         })
         .collect();
     RouteTable::new(routes)

@@ -1,30 +1,55 @@
-//! The admin listener (loopback by default): `GET /health`, `GET /metrics` and
-//! `POST /cache/purge`.
+//! The admin listener (loopback by default): `GET /health`, `GET /metrics`,
+//! `POST /cache/purge` and `POST /config/reload`.
 //!
 //! `/health` answers 200 when every upstream group has at least one healthy target and 503
-//! otherwise, with per-group and per-target detail. Everything it reports comes from the
-//! compiled gateway's shared state; it owns none of its own.
+//! otherwise, with per-group and per-target detail and the serving configuration's
+//! generation. Everything it reports comes from the serving generation; it owns none of its
+//! own state.
 
-use crate::cache::{Purge, ResponseCache};
-use crate::observe::metrics::Metrics;
-use crate::upstream::UpstreamGroup;
+use crate::cache::Purge;
+use crate::reload::{Current, ReloadHandle};
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
-use std::sync::Arc;
 
-pub struct Admin {
-    pub upstreams: Vec<Arc<UpstreamGroup>>,
-    pub metrics: Arc<Metrics>,
-    pub cache: Option<Arc<ResponseCache>>,
+pub(crate) struct Admin {
+    pub current: Current,
+    pub reload: ReloadHandle,
 }
 
 impl Admin {
+    /// `POST /config/reload`: 200 with the new generation, or 400 with every problem (the
+    /// running configuration keeps serving).
+    async fn reload(&self) -> (StatusCode, serde_json::Value) {
+        match self.reload.reload().await {
+            Ok(r) => (
+                StatusCode::OK,
+                json!({"status": "reloaded", "generation": r.generation, "sha256": r.sha256}),
+            ),
+            Err(e) => {
+                let problems: Vec<_> = e
+                    .problems
+                    .iter()
+                    .map(|p| json!({"key": p.path, "problem": p.message}))
+                    .collect();
+                (
+                    StatusCode::BAD_REQUEST,
+                    json!({
+                        "error": "configuration refused; the running one keeps serving",
+                        "file": e.file.display().to_string(),
+                        "problems": problems,
+                    }),
+                )
+            }
+        }
+    }
+
     /// `POST /cache/purge?host=H&path=/p?q` or `?prefix=/p`: drop matching cache entries.
     fn purge(&self, query: Option<&str>) -> (StatusCode, serde_json::Value) {
-        let Some(cache) = &self.cache else {
+        let gw = self.current.load();
+        let Some(cache) = &gw.cache else {
             return (
                 StatusCode::NOT_FOUND,
                 json!({"error": "no route caches responses"}),
@@ -42,8 +67,9 @@ impl Admin {
 
     /// The `/health` document and whether the gateway is fully serviceable.
     pub fn health(&self) -> (bool, serde_json::Value) {
+        let gw = self.current.load();
         let mut all_ok = true;
-        let groups: serde_json::Map<String, serde_json::Value> = self
+        let groups: serde_json::Map<String, serde_json::Value> = gw
             .upstreams
             .iter()
             .map(|g| {
@@ -77,9 +103,15 @@ impl Admin {
                 )
             })
             .collect();
+        let g = &gw.generation;
         let doc = json!({
             "status": if all_ok { "ok" } else { "degraded" },
             "version": env!("CARGO_PKG_VERSION"),
+            "config": {
+                "generation": g.number,
+                "sha256": g.sha256,
+                "loaded_at": humantime::format_rfc3339_seconds(g.loaded_at).to_string(),
+            },
             "upstreams": groups,
         });
         (all_ok, doc)
@@ -115,6 +147,17 @@ impl ServeHttp for Admin {
             };
             return response(status, "application/json", doc.to_string().into_bytes());
         }
+        if req.uri.path() == "/config/reload" {
+            let (status, doc) = if req.method == http::Method::POST {
+                self.reload().await
+            } else {
+                (
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    json!({"error": "method not allowed; use POST"}),
+                )
+            };
+            return response(status, "application/json", doc.to_string().into_bytes());
+        }
         match (get, req.uri.path()) {
             (true, "/health") => {
                 let (ok, doc) = self.health();
@@ -125,11 +168,14 @@ impl ServeHttp for Admin {
                 };
                 response(status, "application/json", doc.to_string().into_bytes())
             }
-            (true, "/metrics") => response(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                self.metrics.render(&self.upstreams, self.cache.as_deref()),
-            ),
+            (true, "/metrics") => {
+                let gw = self.current.load();
+                response(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    gw.metrics.render(&gw.upstreams, gw.cache.as_deref()),
+                )
+            }
             (false, "/health" | "/metrics") => response(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "application/json",
@@ -138,7 +184,7 @@ impl ServeHttp for Admin {
             _ => response(
                 StatusCode::NOT_FOUND,
                 "application/json",
-                br#"{"error":"not found; try /health, /metrics or POST /cache/purge"}"#.to_vec(),
+                br#"{"error":"not found; try /health, /metrics, POST /cache/purge or POST /config/reload"}"#.to_vec(),
             ),
         }
     }

@@ -24,21 +24,48 @@ const MAX_PART_BODY: usize = 4 * 1024 * 1024;
 const POOL_IDLE: Duration = Duration::from_secs(60);
 
 /// One upstream call of an aggregate.
-#[derive(Debug)]
-pub struct Part {
+pub(crate) struct Part {
     pub name: String,
-    /// Index into the gateway's upstream groups.
-    pub upstream: usize,
+    pub upstream: Arc<UpstreamGroup>,
     /// Path and query, with `$1` / `${name}` expanded from the route's `capture`.
     pub path: String,
     pub timeout: Duration,
 }
 
 /// A compiled `[routes.aggregate]`.
-#[derive(Debug)]
-pub struct Aggregate {
+pub(crate) struct Aggregate {
     pub capture: Option<Regex>,
     pub parts: Vec<Part>,
+}
+
+impl std::fmt::Debug for Aggregate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Aggregate")
+            .field(
+                "parts",
+                &self.parts.iter().map(|p| &p.name).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// Expand each path template with the captures of `capture` over `client_path`.
+fn expand<'a>(
+    capture: Option<&Regex>,
+    templates: impl Iterator<Item = &'a str>,
+    client_path: &str,
+) -> Vec<String> {
+    let caps = capture.and_then(|re| re.captures(client_path));
+    templates
+        .map(|t| match &caps {
+            Some(c) => {
+                let mut out = String::new();
+                c.expand(t, &mut out);
+                out
+            }
+            None => t.to_string(),
+        })
+        .collect()
 }
 
 /// What every part request carries from the client request.
@@ -49,44 +76,86 @@ pub struct Forwarded<'a> {
 }
 
 impl Aggregate {
+    /// `[routes.aggregate]`; part upstreams are looked up in `groups`.
+    pub(crate) fn from_config(
+        at: &str,
+        agg: &crate::config::file::AggregateSection,
+        groups: &crate::build::refs::Groups,
+        problems: &mut Vec<crate::config::Problem>,
+    ) -> Option<Aggregate> {
+        use crate::config::{bounds, Problem};
+        let crate::config::file::AggregateSection { capture, parts } = agg;
+        let before = problems.len();
+        let capture = capture.as_deref().and_then(|c| match Regex::new(c) {
+            Ok(re) => Some(re),
+            Err(e) => {
+                problems.push(Problem::new(
+                    format!("{at}.capture"),
+                    format!("invalid regex: {e}"),
+                ));
+                None
+            }
+        });
+        if parts.is_empty() {
+            problems.push(Problem::new(
+                format!("{at}.parts"),
+                "must list at least one part",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut built = Vec::with_capacity(parts.len());
+        for (i, p) in parts.iter().enumerate() {
+            let crate::config::file::AggregatePartSection {
+                name,
+                upstream,
+                path,
+                timeout,
+            } = p;
+            let pat = format!("{at}.parts[{i}]");
+            if name.is_empty() || name == "errors" || !names.insert(name.as_str()) {
+                problems.push(Problem::new(
+                    format!("{pat}.name"),
+                    format!(
+                        "part names must be unique, non-empty and not \"errors\"; got {name:?}"
+                    ),
+                ));
+            }
+            if !path.starts_with('/') {
+                problems.push(Problem::new(format!("{pat}.path"), "must start with '/'"));
+            }
+            bounds::AGGREGATE_PART_TIMEOUT.check(&format!("{pat}.timeout"), *timeout, problems);
+            if let Some(group) = groups.get(&format!("{pat}.upstream"), upstream, problems) {
+                built.push(Part {
+                    name: name.clone(),
+                    upstream: group,
+                    path: path.clone(),
+                    timeout: timeout.0,
+                });
+            }
+        }
+        (problems.len() == before).then_some(Aggregate {
+            capture,
+            parts: built,
+        })
+    }
+
     /// The part paths for a client path (captures expanded).
     pub fn part_paths(&self, client_path: &str) -> Vec<String> {
-        let caps = self
-            .capture
-            .as_ref()
-            .and_then(|re| re.captures(client_path));
-        self.parts
-            .iter()
-            .map(|p| match &caps {
-                Some(c) => {
-                    let mut out = String::new();
-                    c.expand(&p.path, &mut out);
-                    out
-                }
-                None => p.path.clone(),
-            })
-            .collect()
+        expand(
+            self.capture.as_ref(),
+            self.parts.iter().map(|p| p.path.as_str()),
+            client_path,
+        )
     }
 
     /// Call every part in parallel and merge the answers.
-    pub async fn run(
-        &self,
-        upstreams: &[Arc<UpstreamGroup>],
-        connector: &Connector,
-        fwd: &Forwarded<'_>,
-    ) -> (StatusCode, Bytes) {
+    pub async fn run(&self, connector: &Connector, fwd: &Forwarded<'_>) -> (StatusCode, Bytes) {
         let paths = self.part_paths(fwd.path);
         let calls = self.parts.iter().zip(paths).map(|(part, path)| async move {
-            let result = match upstreams.get(part.upstream) {
-                Some(group) => {
-                    match tokio::time::timeout(part.timeout, fetch(group, connector, &path, fwd))
-                        .await
-                    {
-                        Ok(r) => r,
-                        Err(_) => Err(format!("timed out after {}ms", part.timeout.as_millis())),
-                    }
-                }
-                None => Err("upstream missing".to_string()),
+            let fetched = fetch(&part.upstream, connector, &path, fwd);
+            let result = match tokio::time::timeout(part.timeout, fetched).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("timed out after {}ms", part.timeout.as_millis())),
             };
             (part.name.as_str(), result)
         });
@@ -183,26 +252,15 @@ mod tests {
 
     #[test]
     fn captures_expand_into_part_paths() {
-        let agg = Aggregate {
-            capture: Some(Regex::new(r"^/dashboard/(?P<user>[^/]+)$").unwrap()),
-            parts: vec![
-                Part {
-                    name: "profile".into(),
-                    upstream: 0,
-                    path: "/users/${user}".into(),
-                    timeout: Duration::from_secs(1),
-                },
-                Part {
-                    name: "orders".into(),
-                    upstream: 0,
-                    path: "/orders?user=$1".into(),
-                    timeout: Duration::from_secs(1),
-                },
-            ],
-        };
+        let capture = Regex::new(r"^/dashboard/(?P<user>[^/]+)$").unwrap();
+        let templates = ["/users/${user}", "/orders?user=$1"];
         assert_eq!(
-            agg.part_paths("/dashboard/ada"),
+            expand(Some(&capture), templates.into_iter(), "/dashboard/ada"),
             ["/users/ada", "/orders?user=ada"]
+        );
+        assert_eq!(
+            expand(None, templates.into_iter(), "/dashboard/ada"),
+            templates
         );
     }
 }

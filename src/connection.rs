@@ -43,7 +43,8 @@ pub struct ConnectionLimits {
 
 /// Open-connection accounting shared by every listener of one gateway.
 pub struct ConnectionTracker {
-    limits: ConnectionLimits,
+    /// Replaced by a reload; each new connection reads the current limits.
+    limits: arc_swap::ArcSwap<ConnectionLimits>,
     total: Mutex<(usize, HashMap<IpAddr, usize>)>,
     gauge: IntGauge,
     refused: IntCounter,
@@ -52,18 +53,23 @@ pub struct ConnectionTracker {
 impl ConnectionTracker {
     pub fn new(limits: ConnectionLimits, gauge: IntGauge, refused: IntCounter) -> Arc<Self> {
         Arc::new(ConnectionTracker {
-            limits,
+            limits: arc_swap::ArcSwap::from_pointee(limits),
             total: Mutex::new((0, HashMap::new())),
             gauge,
             refused,
         })
     }
 
+    /// Limits for the connections accepted from now on.
+    pub(crate) fn set_limits(&self, limits: ConnectionLimits) {
+        self.limits.store(Arc::new(limits));
+    }
+
     /// Take a connection slot for `ip`, or `None` when a cap is reached.
     fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Option<Slot> {
         let mut guard = self.total.lock().unwrap_or_else(|p| p.into_inner());
         let (total, per_ip) = &mut *guard;
-        let l = &self.limits;
+        let l = self.limits.load();
         if l.max_connections > 0 && *total >= l.max_connections {
             self.refused.inc();
             return None;
@@ -178,7 +184,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                 }
                 return None;
             };
-            Box::new(GuardedStream::new(stream, slot, &self.tracker.limits, h2))
+            let limits = self.tracker.limits.load();
+            Box::new(GuardedStream::new(stream, slot, &limits, h2))
         };
         self.inner.process_new(stream, shutdown).await
     }

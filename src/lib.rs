@@ -1,32 +1,38 @@
 //! Tollgate: an edge API gateway on Cloudflare's Pingora.
 //!
-//! [`config`] reads and compiles `tollgate.toml`; [`build_server`] turns the compiled form into
-//! a Pingora [`Server`] with the proxy, admin, demo and background services registered, so the
+//! [`config`] reads `tollgate.toml`; [`load`] builds it into a runtime (or reports every
+//! problem in it) with the one assembler, `build`; [`build_server`] turns that into a Pingora
+//! [`Server`] with the proxy, admin, demo, reload and background services registered, so the
 //! binary and in-process tests start exactly the same thing.
 
-pub mod admin;
-pub mod aggregate;
+// Crate-private unless a bench, a test or `main` needs the module.
+pub(crate) mod admin;
+pub(crate) mod aggregate;
+pub(crate) mod build;
 pub mod cache;
 pub mod config;
-pub mod connection;
-pub mod demo;
-pub mod error;
+pub(crate) mod connection;
+pub(crate) mod demo;
+pub(crate) mod error;
 pub mod forward;
-pub mod gateway;
+pub(crate) mod gateway;
 pub mod observe;
 pub mod policy;
+pub(crate) mod proxy;
+pub(crate) mod reload;
 pub mod route;
-pub mod tls;
+pub(crate) mod tls;
 pub mod transform;
-pub mod upstream;
+pub(crate) mod upstream;
 
-use config::compile::Compiled;
+use build::{Runtime, Shared};
 use connection::{ConnectionTracker, Guarded};
 use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::server::configuration::Opt;
 use pingora::server::Server;
 use pingora::services::background::GenBackgroundService;
 use pingora::services::listening::Service;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// How the process was started, from the command line.
@@ -47,19 +53,12 @@ pub struct StartMode {
 /// the service's task, and the process lives on without that listener (pingora-core 0.9,
 /// `listeners/l4.rs` `bind_tcp` and `services/listening.rs` `start_service`). Not needed
 /// with `-u`, where the sockets come from the running instance.
-pub fn check_listen_addresses(compiled: &Compiled) -> Vec<config::Problem> {
-    let listeners = compiled.listeners.iter().enumerate();
-    let admin = compiled.admin.iter();
-    let demo = compiled.demo.iter().enumerate();
-    let addresses = listeners
-        .map(|(i, l)| (format!("listeners[{i}].address"), &l.address))
-        .chain(admin.map(|a| ("admin.address".to_string(), a)))
-        .chain(demo.map(|(i, (_, a))| (format!("demo[{i}].address"), a)));
+pub fn check_listen_addresses(file: &config::ConfigFile) -> Vec<config::Problem> {
     let mut problems = Vec::new();
-    for (path, addr) in addresses {
+    for (path, addr) in build::refs::listen_addresses(file) {
         let mut tries = 0;
         let bound = loop {
-            match std::net::TcpListener::bind(addr.as_str()) {
+            match std::net::TcpListener::bind(addr) {
                 Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 4 => {
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -77,19 +76,60 @@ pub fn check_listen_addresses(compiled: &Compiled) -> Vec<config::Problem> {
     problems
 }
 
-/// A server with every Tollgate service registered, ready for `run`.
-pub fn build_server(compiled: Compiled, mode: StartMode) -> Server {
-    let Compiled {
-        gateway,
-        mut server_conf,
-        listeners,
-        admin,
+/// A configuration file, loaded and built: what `tollgate -t` checks and a start runs.
+pub struct Assembled {
+    pub file: config::ConfigFile,
+    runtime: Runtime,
+    shared: Shared,
+    access_log_writer: Option<observe::access_log::AccessLogWriter>,
+}
+
+/// Load and build `path`, reporting every problem in it.
+pub fn load(path: &std::path::Path) -> Result<Assembled, config::ConfigError> {
+    let (file, sha256) = config::load(path)?;
+    let fail = |problems| config::ConfigError {
+        file: path.to_path_buf(),
+        problems,
+    };
+    // The process-wide parts come from the plan, which `build` checks with the rest.
+    let mut ignored = Vec::new();
+    let plan = build::server::plan(&file, &mut ignored);
+    let (shared, access_log_writer) = Shared::new(&plan).map_err(fail)?;
+    let runtime = build::build(&file, &sha256, &shared, None).map_err(fail)?;
+    Ok(Assembled {
+        file,
+        runtime,
+        shared,
         access_log_writer,
+    })
+}
+
+/// A server with every Tollgate service registered, ready for `run`. `config_path` is the
+/// file a reload reads.
+pub fn build_server(assembled: Assembled, config_path: PathBuf, mode: StartMode) -> Server {
+    let Assembled {
+        file: _,
+        runtime,
+        shared,
+        access_log_writer,
+    } = assembled;
+    let Runtime {
+        gateway,
+        plan,
+        background,
+    } = runtime;
+    let shared = Arc::new(shared);
+    let build::ServerPlan {
+        conf: mut server_conf,
+        listeners,
+        admin: admin_address,
         demo,
         connection_limits,
         client_read_buffer,
         h2_idle_timeout,
-    } = compiled;
+        access_log: _,
+        restart_keys,
+    } = plan;
     server_conf.daemon = mode.daemon;
     let opt = Opt {
         upgrade: mode.upgrade,
@@ -99,28 +139,10 @@ pub fn build_server(compiled: Compiled, mode: StartMode) -> Server {
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
 
-    let upstreams = gateway.upstreams.clone();
     server.add_service(GenBackgroundService::new(
         "drain watch".into(),
-        Arc::new(gateway::DrainWatch(gateway.draining.clone())),
+        Arc::new(gateway::DrainWatch(shared.draining.clone())),
     ));
-    for refresher in gateway
-        .policy
-        .jwt_providers
-        .iter()
-        .filter_map(|p| p.refresher())
-    {
-        server.add_service(GenBackgroundService::new(
-            "jwks refresh".into(),
-            Arc::new(refresher),
-        ));
-    }
-    let metrics = gateway.metrics.clone();
-    let cache = gateway.cache.clone();
-    for group in upstreams.iter().filter(|g| g.needs_background()) {
-        let name = format!("upstream {}", group.name);
-        server.add_service(GenBackgroundService::new(name, group.lb.clone()));
-    }
     if let Some(writer) = access_log_writer {
         server.add_service(GenBackgroundService::new(
             "access log".into(),
@@ -130,27 +152,39 @@ pub fn build_server(compiled: Compiled, mode: StartMode) -> Server {
 
     let tracker = ConnectionTracker::new(
         connection_limits,
-        metrics.connections.clone(),
-        metrics.connections_refused.clone(),
+        shared.metrics.connections.clone(),
+        shared.metrics.connections_refused.clone(),
     );
-    let mut http = pingora::proxy::http_proxy(&server.configuration, gateway);
+    let cert_slots: Vec<Option<tls::CertSlot>> = gateway
+        .listener_certs
+        .iter()
+        .map(|c| {
+            c.as_ref()
+                .map(|c| Arc::new(arc_swap::ArcSwap::new(c.clone())))
+        })
+        .collect();
+    let current: reload::Current = Arc::new(arc_swap::ArcSwap::from_pointee(gateway));
+    let mut http = pingora::proxy::http_proxy(
+        &server.configuration,
+        proxy::Proxy {
+            current: current.clone(),
+        },
+    );
     let mut options = pingora::apps::HttpServerOptions::default();
     options.h2_idle_timeout = Some(h2_idle_timeout);
     http.server_options = Some(options);
-    let proxy = Guarded::new(http, tracker);
+    let proxy = Guarded::new(http, tracker.clone());
     let mut proxy = Service::new("tollgate".into(), proxy);
     let buffers = L4BufferSettings::new(client_read_buffer, DEFAULT_L4_WRITE_BUFFER_SIZE);
-    for listener in listeners {
+    for (listener, slot) in listeners.iter().zip(&cert_slots) {
         let mut config = ListenerConfig::tcp(listener.address.as_str()).l4_buffer(buffers);
-        if let Some(tls) = listener.tls {
-            match tls::settings(tls.certs, tls.tls13_only, tls.h2) {
+        if let (Some(tls), Some(slot)) = (&listener.tls, slot) {
+            // Built and checked by `tollgate -t`; only OpenSSL itself can refuse here.
+            match tls::settings(slot.clone(), tls.min_version, tls.h2) {
                 Ok(settings) => config = config.tls(settings),
                 Err(e) => {
-                    log::error!(
-                        "TLS listener {}: {e}; not listening there",
-                        listener.address
-                    );
-                    continue;
+                    log::error!("TLS listener {}: {e}", listener.address);
+                    std::process::exit(1);
                 }
             }
         }
@@ -158,13 +192,30 @@ pub fn build_server(compiled: Compiled, mode: StartMode) -> Server {
     }
     server.add_service(proxy);
 
-    if let Some(addr) = admin {
+    let reloader = reload::Reloader::new(
+        config_path,
+        shared,
+        current.clone(),
+        restart_keys,
+        cert_slots,
+        tracker,
+        background,
+    );
+    if let Err(e) = reloader.listen_for_sighup() {
+        log::error!("cannot handle SIGHUP: {e}; reload with POST /config/reload instead");
+    }
+    let reload_handle = reloader.handle();
+    server.add_service(GenBackgroundService::new(
+        "configuration".into(),
+        Arc::new(reload::ReloadService(reloader)),
+    ));
+
+    if let Some(addr) = admin_address {
         let mut svc = Service::new(
             "admin".into(),
             admin::Admin {
-                upstreams,
-                metrics,
-                cache,
+                current,
+                reload: reload_handle,
             },
         );
         svc.add_tcp(&addr);

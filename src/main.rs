@@ -1,4 +1,5 @@
-//! `tollgate`: parse the command line, load and compile the configuration, run the server.
+//! `tollgate`: parse the command line, load and build the configuration, run the server (or
+//! check the configuration, or signal a running server).
 
 use clap::Parser;
 use std::path::PathBuf;
@@ -27,25 +28,36 @@ struct Cli {
     /// Take over the listening sockets of a running instance (zero-downtime upgrade).
     #[arg(short = 'u', long = "upgrade")]
     upgrade: bool,
+    /// Send a signal to the running instance (its pid from the configured pid file):
+    /// `reload` re-reads the configuration in place.
+    #[arg(short = 's', long = "signal", value_name = "SIGNAL")]
+    signal: Option<Signal>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Signal {
+    /// SIGHUP: reload the configuration in place.
+    Reload,
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    let file = match tollgate::config::load(&cli.config) {
-        Ok(file) => file,
+    if let Some(Signal::Reload) = cli.signal {
+        return match send_reload(&cli.config) {
+            Ok(pid) => {
+                println!("sent SIGHUP to {pid}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", cli.config.display());
+                ExitCode::from(1)
+            }
+        };
+    }
+    let assembled = match tollgate::load(&cli.config) {
+        Ok(a) => a,
         Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(1);
-        }
-    };
-    let compiled = match tollgate::config::compile::compile(&file) {
-        Ok(c) => c,
-        Err(problems) => {
-            let e = tollgate::config::ConfigError {
-                file: cli.config.clone(),
-                problems,
-            };
             eprintln!("{e}");
             return ExitCode::from(1);
         }
@@ -55,7 +67,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if !cli.upgrade {
-        let problems = tollgate::check_listen_addresses(&compiled);
+        let problems = tollgate::check_listen_addresses(&assembled.file);
         if !problems.is_empty() {
             let e = tollgate::config::ConfigError {
                 file: cli.config.clone(),
@@ -69,7 +81,45 @@ fn main() -> ExitCode {
         daemon: cli.daemon,
         upgrade: cli.upgrade,
     };
-    let server = tollgate::build_server(compiled, mode);
+    // Pingora writes the pid file only when it daemonizes; `-s reload` needs it either way.
+    let pid_file = (!cli.daemon).then(|| assembled.file.server.pid_file.clone());
+    if let Some(path) = &pid_file {
+        if let Err(e) = std::fs::write(path, format!("{}\n", std::process::id())) {
+            eprintln!(
+                "{}: server.pid_file: cannot write {path}: {e}",
+                cli.config.display()
+            );
+            return ExitCode::from(1);
+        }
+    }
+    let config = std::fs::canonicalize(&cli.config).unwrap_or(cli.config);
+    let server = tollgate::build_server(assembled, config, mode);
     server.run(pingora::server::RunArgs::default());
+    // After an upgrade the file names the new instance: leave it alone then.
+    if let Some(path) = pid_file {
+        let ours = std::fs::read_to_string(&path)
+            .is_ok_and(|t| t.trim() == std::process::id().to_string());
+        if ours {
+            let _ = std::fs::remove_file(path);
+        }
+    }
     ExitCode::SUCCESS
+}
+
+/// `-s reload`: SIGHUP to the pid in the configuration's pid file, as nginx's `-s reload`.
+fn send_reload(config: &std::path::Path) -> Result<i32, String> {
+    let (file, _) = tollgate::config::load(config).map_err(|e| e.to_string())?;
+    let pid_file = &file.server.pid_file;
+    let text = std::fs::read_to_string(pid_file)
+        .map_err(|e| format!("cannot read the pid file {pid_file}: {e}; is tollgate running?"))?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("the pid file {pid_file} holds no pid"))?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .map_err(|e| format!("cannot signal process {pid}: {e}"))?;
+    Ok(pid)
 }

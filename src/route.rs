@@ -5,8 +5,13 @@
 //! prefix beats a shorter one, a route with methods or headers beats one without, and config
 //! order breaks the remaining ties. What a route does once matched is left to the gateway.
 
+use crate::config::file::{RespondSection, RouteSection};
+use crate::config::{bounds, Problem};
+use crate::transform::{HeaderTransform, JsonRename};
+use crate::upstream::UpstreamGroup;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,26 +47,74 @@ impl PathMatch {
     }
 }
 
-/// A host pattern as written in `hosts`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostPattern {
-    /// Lower-case host name.
-    Exact(String),
-    /// `*.example.com` stored as `.example.com`: matches any name ending in it.
-    Suffix(String),
-}
+pub use crate::config::types::HostPattern;
 
 /// A fixed response served without an upstream.
 #[derive(Debug)]
-pub struct DirectResponse {
+pub(crate) struct DirectResponse {
     pub status: StatusCode,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub body: Bytes,
 }
 
+impl DirectResponse {
+    /// `[routes.respond]` or `[upstreams.NAME.fallback]`, problems under `at`.
+    pub(crate) fn from_config(
+        at: &str,
+        r: &RespondSection,
+        problems: &mut Vec<Problem>,
+    ) -> Option<DirectResponse> {
+        let RespondSection {
+            status,
+            headers,
+            body,
+        } = r;
+        let before = problems.len();
+        bounds::RESPOND_STATUS.check(&format!("{at}.status"), *status, problems);
+        let headers = header_pairs(&format!("{at}.headers"), headers, problems);
+        let status = StatusCode::from_u16(*status).ok();
+        match status {
+            Some(status) if problems.len() == before => Some(DirectResponse {
+                status,
+                headers,
+                body: Bytes::from(body.clone()),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Header name/value pairs from a table, each problem at `at.NAME`.
+pub(crate) fn header_pairs(
+    at: &str,
+    map: &BTreeMap<String, String>,
+    problems: &mut Vec<Problem>,
+) -> Vec<(HeaderName, HeaderValue)> {
+    map.iter()
+        .filter_map(|(k, v)| {
+            let name = HeaderName::from_bytes(k.as_bytes());
+            let value = HeaderValue::from_str(v);
+            match (name, value) {
+                (Ok(n), Ok(v)) => Some((n, v)),
+                (Err(_), _) => {
+                    problems.push(Problem::new(
+                        format!("{at}.{k}"),
+                        format!("invalid header name {k:?}"),
+                    ));
+                    None
+                }
+                (_, Err(_)) => {
+                    problems.push(Problem::new(format!("{at}.{k}"), "invalid header value"));
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
 /// How the request path changes before it goes upstream.
 #[derive(Debug, Clone)]
-pub enum PathRewrite {
+pub(crate) enum PathRewrite {
     None,
     /// Replace the first `len` bytes of the path (the matched prefix) with `with`.
     Prefix {
@@ -132,7 +185,7 @@ impl PathRewrite {
 
 /// A route's transforms, compiled.
 #[derive(Debug, Default)]
-pub struct RouteTransform {
+pub(crate) struct RouteTransform {
     pub request: crate::transform::HeaderTransform,
     pub response: crate::transform::HeaderTransform,
     /// Security headers added to responses that lack them.
@@ -142,10 +195,8 @@ pub struct RouteTransform {
 }
 
 /// Where a proxied route sends its requests.
-#[derive(Debug)]
-pub struct ProxyAction {
-    /// Index into the gateway's upstream groups.
-    pub upstream: usize,
+pub(crate) struct ProxyAction {
+    pub upstream: Arc<UpstreamGroup>,
     pub rewrite: PathRewrite,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
@@ -156,8 +207,7 @@ pub struct ProxyAction {
     pub retry_on: crate::upstream::retry::RetryOn,
 }
 
-#[derive(Debug)]
-pub enum RouteAction {
+pub(crate) enum RouteAction {
     Proxy(ProxyAction),
     Respond(DirectResponse),
     Aggregate(crate::aggregate::Aggregate),
@@ -165,22 +215,118 @@ pub enum RouteAction {
 
 /// A compiled route.
 pub struct Route {
-    pub name: Arc<str>,
-    pub hosts: Vec<HostPattern>,
-    pub path: PathMatch,
-    pub methods: Vec<Method>,
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    pub action: RouteAction,
-    pub policy: crate::policy::RoutePolicy,
-    pub transform: RouteTransform,
+    pub(crate) name: Arc<str>,
+    pub(crate) hosts: Vec<HostPattern>,
+    pub(crate) path: PathMatch,
+    pub(crate) methods: Vec<Method>,
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+    pub(crate) action: RouteAction,
+    pub(crate) policy: crate::policy::RoutePolicy,
+    pub(crate) transform: RouteTransform,
     /// Response caching, when the route has `[routes.cache]`.
-    pub cache: Option<crate::cache::RouteCache>,
+    pub(crate) cache: Option<crate::cache::RouteCache>,
     /// Metric handles of this route.
-    pub stats: crate::observe::metrics::RouteStats,
+    pub(crate) stats: crate::observe::metrics::RouteStats,
     /// `%2F` and `%5C` in the path are accepted (and passed on encoded).
-    pub allow_encoded_slashes: bool,
+    pub(crate) allow_encoded_slashes: bool,
     /// Position in the config file, the last tie-breaker.
-    pub order: usize,
+    pub(crate) order: usize,
+}
+
+/// What a route is built against: the rest of the generation being assembled.
+pub(crate) struct RouteContext<'a> {
+    pub groups: &'a crate::build::refs::Groups,
+    pub jwt: &'a crate::build::refs::Providers,
+    /// Whether any consumer (API key) is configured.
+    pub has_consumers: bool,
+    pub rate_store: &'a Arc<crate::policy::rate_limit::RateLimitStore>,
+    pub default_max_body: u64,
+    /// The gateway-wide security headers (`[security_headers]`).
+    pub security: &'a [(HeaderName, HeaderValue)],
+}
+
+/// The rewrite of a proxied route: strip or replace the matched prefix, or a regex.
+fn path_rewrite(
+    at: &str,
+    r: &RouteSection,
+    path_match: &PathMatch,
+    problems: &mut Vec<Problem>,
+) -> PathRewrite {
+    let matched_len = match path_match {
+        PathMatch::Prefix(p) | PathMatch::Exact(p) => p.trim_end_matches('/').len(),
+        PathMatch::Any => 0,
+    };
+    match (r.strip_prefix, &r.rewrite_prefix, &r.rewrite_regex) {
+        (strip, with, Some(rx)) => {
+            if strip || with.is_some() {
+                problems.push(Problem::new(
+                    format!("{at}.rewrite_regex"),
+                    "set either rewrite_regex or strip_prefix/rewrite_prefix, not both",
+                ));
+            }
+            match regex::Regex::new(&rx.pattern) {
+                Ok(re) => PathRewrite::Regex {
+                    re,
+                    with: rx.replace.clone(),
+                },
+                Err(e) => {
+                    problems.push(Problem::new(
+                        format!("{at}.rewrite_regex.pattern"),
+                        format!("invalid regex: {e}"),
+                    ));
+                    PathRewrite::None
+                }
+            }
+        }
+        (true, Some(_), None) => {
+            problems.push(Problem::new(
+                format!("{at}.rewrite_prefix"),
+                "set either strip_prefix or rewrite_prefix, not both",
+            ));
+            PathRewrite::None
+        }
+        (true, None, None) => {
+            if r.path_prefix.is_none() {
+                problems.push(Problem::new(
+                    format!("{at}.strip_prefix"),
+                    "needs path_prefix",
+                ));
+            }
+            PathRewrite::Prefix {
+                len: matched_len,
+                with: String::new(),
+            }
+        }
+        (false, Some(with), None) => {
+            let key = format!("{at}.rewrite_prefix");
+            canonical(&key, with, problems);
+            if matches!(path_match, PathMatch::Any) {
+                problems.push(Problem::new(key, "needs path_prefix or path"));
+            }
+            PathRewrite::Prefix {
+                len: matched_len,
+                with: with.clone(),
+            }
+        }
+        (false, None, None) => PathRewrite::None,
+    }
+}
+
+/// A path in the config must be in the canonical form requests are matched in, or it
+/// could never match (or, as a rewrite, leave its prefix).
+fn canonical(at: &str, path: &str, problems: &mut Vec<Problem>) {
+    if !path.starts_with('/') {
+        problems.push(Problem::new(at, "must start with '/'"));
+        return;
+    }
+    match crate::policy::normalize::canonical_path(path.as_bytes(), true) {
+        Ok(c) if c.path == path => {}
+        Ok(c) => problems.push(Problem::new(
+            at,
+            format!("write the path in canonical form: {:?}", c.path),
+        )),
+        Err(why) => problems.push(Problem::new(at, format!("invalid path: {why}"))),
+    }
 }
 
 impl std::fmt::Debug for Route {
@@ -193,6 +339,248 @@ impl std::fmt::Debug for Route {
 }
 
 impl Route {
+    /// A route that answers 200 with an empty body, for benches of matching.
+    pub fn direct(name: &str, hosts: Vec<HostPattern>, path: PathMatch, order: usize) -> Route {
+        Route {
+            name: name.into(),
+            hosts,
+            path,
+            methods: vec![],
+            headers: vec![],
+            action: RouteAction::Respond(DirectResponse {
+                status: StatusCode::OK,
+                headers: vec![],
+                body: Bytes::new(),
+            }),
+            policy: Default::default(),
+            transform: Default::default(),
+            cache: None,
+            stats: Default::default(),
+            allow_encoded_slashes: false,
+            order,
+        }
+    }
+
+    /// The route's name (the `route` label of metrics and logs).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `routes[order]`, built in one pass: every field of the section is read here and every
+    /// problem collected under `routes[order]`.
+    pub(crate) fn from_config(
+        order: usize,
+        r: &RouteSection,
+        cx: &RouteContext<'_>,
+        problems: &mut Vec<Problem>,
+    ) -> Option<Route> {
+        let RouteSection {
+            name,
+            hosts,
+            path_prefix,
+            path,
+            methods,
+            headers,
+            upstream,
+            strip_prefix,
+            rewrite_prefix,
+            connect_timeout,
+            read_timeout,
+            retries,
+            retry_unsent,
+            retry_on,
+            allow_encoded_slashes,
+            respond,
+            aggregate,
+            auth,
+            roles,
+            rate_limits,
+            ip_allow,
+            ip_deny,
+            cors,
+            max_body_size,
+            request_headers,
+            response_headers,
+            rewrite_regex,
+            security_headers,
+            json_rename_request,
+            json_rename_response,
+            cache,
+        } = r;
+        let at = format!("routes[{order}]");
+        let before = problems.len();
+        let path_match = match (path_prefix, path) {
+            (Some(_), Some(_)) => {
+                problems.push(Problem::new(
+                    format!("{at}.path"),
+                    "set either path (exact) or path_prefix, not both",
+                ));
+                PathMatch::Any
+            }
+            (Some(p), None) => {
+                canonical(&format!("{at}.path_prefix"), p, problems);
+                PathMatch::Prefix(p.clone())
+            }
+            (None, Some(p)) => {
+                canonical(&format!("{at}.path"), p, problems);
+                PathMatch::Exact(p.clone())
+            }
+            (None, None) => PathMatch::Any,
+        };
+        let methods = methods
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| {
+                let valid = !m.is_empty() && m.to_ascii_uppercase() == *m;
+                match Method::from_bytes(m.as_bytes()) {
+                    Ok(method) if valid => Some(method),
+                    _ => {
+                        problems.push(Problem::new(
+                            format!("{at}.methods[{i}]"),
+                            format!("invalid method {m:?}; write it upper-case, e.g. \"GET\""),
+                        ));
+                        None
+                    }
+                }
+            })
+            .collect();
+        let headers = header_pairs(&format!("{at}.headers"), headers, problems);
+        bounds::ROUTE_RETRIES.check(&format!("{at}.retries"), *retries, problems);
+        for (key, d) in [
+            ("connect_timeout", connect_timeout),
+            ("read_timeout", read_timeout),
+        ] {
+            if let Some(d) = d {
+                let range = if key == "connect_timeout" {
+                    &bounds::CONNECT_TIMEOUT
+                } else {
+                    &bounds::READ_TIMEOUT
+                };
+                range.check(&format!("{at}.{key}"), *d, problems);
+            }
+        }
+        let proxied = upstream.is_some();
+        if !proxied {
+            if *strip_prefix || rewrite_prefix.is_some() {
+                problems.push(Problem::new(
+                    &at,
+                    "strip_prefix and rewrite_prefix apply only to proxied routes",
+                ));
+            }
+            if rewrite_regex.is_some() {
+                problems.push(Problem::new(
+                    format!("{at}.rewrite_regex"),
+                    "applies only to proxied routes",
+                ));
+            }
+        }
+        let action = match (upstream, respond, aggregate) {
+            (Some(up), None, None) => {
+                let rewrite = path_rewrite(&at, r, &path_match, problems);
+                cx.groups
+                    .get(&format!("{at}.upstream"), up, problems)
+                    .map(|group| {
+                        RouteAction::Proxy(ProxyAction {
+                            rewrite,
+                            connect_timeout: connect_timeout.map_or(group.connect_timeout, |d| d.0),
+                            read_timeout: read_timeout.map_or(group.read_timeout, |d| d.0),
+                            retries: *retries,
+                            retry_unsent: *retry_unsent,
+                            retry_on: crate::upstream::retry::RetryOn::of(retry_on),
+                            upstream: group,
+                        })
+                    })
+            }
+            (None, Some(resp), None) => {
+                DirectResponse::from_config(&format!("{at}.respond"), resp, problems)
+                    .map(RouteAction::Respond)
+            }
+            (None, None, Some(agg)) => crate::aggregate::Aggregate::from_config(
+                &format!("{at}.aggregate"),
+                agg,
+                cx.groups,
+                problems,
+            )
+            .map(RouteAction::Aggregate),
+            (None, None, None) => {
+                problems.push(Problem::new(
+                    &at,
+                    "needs an upstream to proxy to, a [respond] section or an [aggregate] section",
+                ));
+                None
+            }
+            _ => {
+                problems.push(Problem::new(
+                    &at,
+                    "set only one of upstream, [respond] and [aggregate]",
+                ));
+                None
+            }
+        };
+        let policy = crate::policy::RoutePolicy::from_config(
+            &at,
+            crate::policy::RoutePolicySection {
+                name,
+                auth,
+                roles,
+                rate_limits,
+                ip_allow,
+                ip_deny,
+                cors: cors.as_ref(),
+                max_body_size: *max_body_size,
+            },
+            cx,
+            problems,
+        );
+        let transform = RouteTransform {
+            request: HeaderTransform::from_config(
+                &format!("{at}.request_headers"),
+                request_headers,
+                problems,
+            )
+            .unwrap_or_default(),
+            response: HeaderTransform::from_config(
+                &format!("{at}.response_headers"),
+                response_headers,
+                problems,
+            )
+            .unwrap_or_default(),
+            security: match security_headers {
+                Some(false) => Vec::new(),
+                Some(true) if cx.security.is_empty() => crate::transform::security_headers(None),
+                _ => cx.security.to_vec(),
+            },
+            json_request: JsonRename::of(json_rename_request),
+            json_response: JsonRename::of(json_rename_response),
+        };
+        let cache = cache.as_ref().and_then(|c| {
+            crate::cache::RouteCache::from_config(
+                &format!("{at}.cache"),
+                c,
+                proxied,
+                !auth.is_empty(),
+                problems,
+            )
+        });
+        if problems.len() > before {
+            return None;
+        }
+        Some(Route {
+            name: name.as_str().into(),
+            hosts: hosts.clone(),
+            path: path_match,
+            methods,
+            headers,
+            action: action?,
+            policy: policy?,
+            transform,
+            cache,
+            stats: Default::default(),
+            allow_encoded_slashes: *allow_encoded_slashes,
+            order,
+        })
+    }
+
     fn matches_rest(&self, path: &str, method: &Method, headers: &HeaderMap) -> bool {
         self.path.matches(path)
             && (self.methods.is_empty() || self.methods.contains(method))
@@ -316,24 +704,7 @@ mod tests {
     use super::*;
 
     fn route(name: &str, hosts: &[HostPattern], path: PathMatch, order: usize) -> Route {
-        Route {
-            name: name.into(),
-            hosts: hosts.to_vec(),
-            path,
-            methods: vec![],
-            headers: vec![],
-            action: RouteAction::Respond(DirectResponse {
-                status: StatusCode::OK,
-                headers: vec![],
-                body: Bytes::new(),
-            }),
-            policy: Default::default(),
-            transform: Default::default(),
-            cache: None,
-            stats: Default::default(),
-            allow_encoded_slashes: false,
-            order,
-        }
+        Route::direct(name, hosts.to_vec(), path, order)
     }
 
     fn find<'a>(t: &'a RouteTable, host: &str, path: &str) -> Option<&'a str> {

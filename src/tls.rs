@@ -6,9 +6,14 @@
 //! Backend: Pingora's OpenSSL one (Debian's libssl). Pingora labels its rustls backend highly
 //! experimental, and the asynchronous per-connection certificate callback used here for SNI
 //! exists only for OpenSSL/BoringSSL. Certificates are read when the configuration is
-//! compiled, so `tollgate -t` reports unreadable or mismatched files, and an upgrade (`-u`)
-//! picks up renewed certificates.
+//! built, so `tollgate -t` reports unreadable or mismatched files; a reload re-reads them
+//! and swaps the listener's store in place, so renewed certificates are served without a
+//! restart.
 
+use crate::config::file::{CertificateSection, TlsSection};
+use crate::config::types::{HostPattern, TlsVersion};
+use crate::config::Problem;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use openssl::pkey::{PKey, Private};
 use openssl::ssl::{NameType, SslRef, SslVersion};
@@ -68,6 +73,62 @@ impl Certificate {
     }
 }
 
+/// A compiled `[listeners.tls]`.
+pub(crate) struct TlsListener {
+    pub certs: Arc<CertStore>,
+    pub min_version: TlsVersion,
+    pub h2: bool,
+}
+
+impl TlsListener {
+    /// `[listeners.tls]`: every certificate read and checked against its key now.
+    pub(crate) fn from_config(
+        at: &str,
+        t: &TlsSection,
+        problems: &mut Vec<Problem>,
+    ) -> Option<TlsListener> {
+        let TlsSection {
+            certificates,
+            min_version,
+            h2,
+        } = t;
+        let before = problems.len();
+        let mut certs = Vec::new();
+        for (j, c) in certificates.iter().enumerate() {
+            let CertificateSection { cert, key, names } = c;
+            match load_certificate(cert, key) {
+                Ok(loaded) => certs.push((loaded, names.clone())),
+                Err((key_side, msg)) => {
+                    let field = if key_side { "key" } else { "cert" };
+                    problems.push(Problem::new(format!("{at}.certificates[{j}].{field}"), msg));
+                }
+            }
+        }
+        if certificates.is_empty() {
+            problems.push(Problem::new(
+                format!("{at}.certificates"),
+                "list at least one certificate",
+            ));
+        }
+        if problems.len() > before {
+            return None;
+        }
+        let listener = CertStore::new(certs).map(|store| TlsListener {
+            certs: Arc::new(store),
+            min_version: *min_version,
+            h2: *h2,
+        })?;
+        // The settings the listener will be opened with, built once now so that nothing
+        // can fail when the server starts.
+        let slot = Arc::new(ArcSwap::new(listener.certs.clone()));
+        if let Err(e) = settings(slot, listener.min_version, listener.h2) {
+            problems.push(Problem::new(at, format!("TLS settings: {e}")));
+            return None;
+        }
+        Some(listener)
+    }
+}
+
 /// Certificates by server name.
 pub struct CertStore {
     default: Arc<Certificate>,
@@ -78,7 +139,7 @@ pub struct CertStore {
 
 impl CertStore {
     /// `certs[0]` is the default; each comes with the names it serves.
-    pub fn new(certs: Vec<(Certificate, Vec<String>)>) -> Option<Self> {
+    pub(crate) fn new(certs: Vec<(Certificate, Vec<HostPattern>)>) -> Option<Self> {
         let mut exact = HashMap::new();
         let mut wildcard = Vec::new();
         let mut default = None;
@@ -86,10 +147,9 @@ impl CertStore {
             let cert = Arc::new(cert);
             default.get_or_insert_with(|| cert.clone());
             for name in names {
-                let name = name.to_ascii_lowercase();
-                match name.strip_prefix('*') {
-                    Some(suffix) => wildcard.push((suffix.to_string(), cert.clone())),
-                    None => {
+                match name {
+                    HostPattern::Suffix(suffix) => wildcard.push((suffix, cert.clone())),
+                    HostPattern::Exact(name) => {
                         exact.insert(name, cert.clone());
                     }
                 }
@@ -118,12 +178,19 @@ impl CertStore {
     }
 }
 
-struct SniCallback(Arc<CertStore>);
+/// The certificates a listener serves now; a reload stores new ones.
+pub(crate) type CertSlot = Arc<ArcSwap<CertStore>>;
+
+struct SniCallback(CertSlot);
 
 #[async_trait]
 impl TlsAccept for SniCallback {
     async fn certificate_callback(&self, ssl: &mut SslRef) {
-        let cert = self.0.select(ssl.servername(NameType::HOST_NAME)).clone();
+        let cert = self
+            .0
+            .load()
+            .select(ssl.servername(NameType::HOST_NAME))
+            .clone();
         let outcome = pingora::tls::ext::ssl_use_certificate(ssl, &cert.leaf)
             .and_then(|_| pingora::tls::ext::ssl_use_private_key(ssl, &cert.key))
             .and_then(|_| {
@@ -137,13 +204,16 @@ impl TlsAccept for SniCallback {
     }
 }
 
-/// Pingora TLS settings for a listener.
-pub fn settings(store: Arc<CertStore>, tls13_only: bool, h2: bool) -> pingora::Result<TlsSettings> {
-    let mut settings = TlsSettings::with_callbacks(Box::new(SniCallback(store)))?;
-    let min = if tls13_only {
-        SslVersion::TLS1_3
-    } else {
-        SslVersion::TLS1_2
+/// Pingora TLS settings for a listener whose certificates are read from `slot`.
+pub(crate) fn settings(
+    slot: CertSlot,
+    min_version: TlsVersion,
+    h2: bool,
+) -> pingora::Result<TlsSettings> {
+    let mut settings = TlsSettings::with_callbacks(Box::new(SniCallback(slot)))?;
+    let min = match min_version {
+        TlsVersion::V1_3 => SslVersion::TLS1_3,
+        TlsVersion::V1_2 => SslVersion::TLS1_2,
     };
     let tls_err = |e: openssl::error::ErrorStack| {
         pingora::Error::because(

@@ -19,6 +19,23 @@ pub struct HeaderTransform {
 }
 
 impl HeaderTransform {
+    /// `[routes.request_headers]` / `[routes.response_headers]`, problems at `at`.
+    pub(crate) fn from_config(
+        at: &str,
+        e: &crate::config::file::HeaderEditsSection,
+        problems: &mut Vec<crate::config::Problem>,
+    ) -> Option<HeaderTransform> {
+        let crate::config::file::HeaderEditsSection {
+            set,
+            append,
+            remove,
+            rename,
+        } = e;
+        Self::compile(set, append, remove, rename)
+            .map_err(|msg| problems.push(crate::config::Problem::new(at, msg)))
+            .ok()
+    }
+
     pub fn compile(
         set: &BTreeMap<String, String>,
         append: &BTreeMap<String, String>,
@@ -144,6 +161,13 @@ pub struct JsonRename {
 }
 
 impl JsonRename {
+    /// `json_rename_request` / `json_rename_response`: old name to new name.
+    pub(crate) fn of(map: &BTreeMap<String, String>) -> JsonRename {
+        JsonRename {
+            fields: map.iter().map(|(a, b)| (a.clone(), b.clone())).collect(),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.fields.is_empty()
     }

@@ -482,7 +482,6 @@ path = "/b"
 status = 200
 [routes.cache]
 ttl = "1s"
-authenticated = "everyone"
 "#,
     );
     assert_eq!(code, 1, "{out}");
@@ -492,8 +491,16 @@ authenticated = "everyone"
         "routes[0].cache.authenticated",
         "per_consumer needs",
         "routes[1].cache: caching applies only to routes with an upstream",
-        "routes[1].cache.authenticated",
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
     }
+    // A value that is not one of the choices is refused as the file is read.
+    let (code, out) = check_config(
+        "[[listeners]]\naddress = \"127.0.0.1:18080\"\n[upstreams.app]\ntargets = [{ address = \"127.0.0.1:1\" }]\n[[routes]]\nname = \"a\"\nupstream = \"app\"\n[routes.cache]\nttl = \"1s\"\nauthenticated = \"everyone\"\n",
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("routes[0].cache.authenticated: unknown variant `everyone`"),
+        "{out}"
+    );
 }

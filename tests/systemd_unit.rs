@@ -23,15 +23,14 @@ fn unit_verifies_and_is_hardened() {
     ] {
         assert!(unit.contains(line), "missing {line}");
     }
-    // The reload validates first, then hands the sockets over.
+    // The reload validates first, then reloads in place.
     let reload: Vec<&str> = unit
         .lines()
         .filter(|l| l.starts_with("ExecReload="))
         .collect();
-    assert_eq!(reload.len(), 3);
+    assert_eq!(reload.len(), 2);
     assert!(reload[0].contains(" -t "));
-    assert!(reload[1].contains("kill -QUIT $MAINPID"));
-    assert!(reload[2].contains(" -u -d "));
+    assert!(reload[1].contains(" -s reload "));
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tollgate.service");

@@ -39,6 +39,16 @@ pub struct ResponseCache {
     eviction: &'static lru::Manager<SHARDS>,
     lock: &'static CacheLock,
     lock_timeout: Duration,
+    /// The `[cache]` section it was built from.
+    identity: String,
+}
+
+/// A cache no generation uses any more gives its entries back (pingora-cache holds the
+/// storage for 'static, so only the small shells stay).
+impl Drop for ResponseCache {
+    fn drop(&mut self) {
+        self.storage.purge_where(self.eviction, |_| true);
+    }
 }
 
 impl ResponseCache {
@@ -52,7 +62,51 @@ impl ResponseCache {
             eviction: Box::leak(Box::new(lru::Manager::with_capacity(max_size, 256))),
             lock: Box::leak(CacheLock::new_boxed(lock_timeout)),
             lock_timeout,
+            identity: String::new(),
         }
+    }
+
+    /// `[cache]`, when some route caches. The running generation's cache is kept (entries
+    /// and all) when the section is unchanged.
+    pub(crate) fn from_config(
+        section: &crate::config::file::CacheSection,
+        previous: Option<&std::sync::Arc<ResponseCache>>,
+        problems: &mut Vec<crate::config::Problem>,
+    ) -> Option<std::sync::Arc<ResponseCache>> {
+        use crate::config::{bounds, Problem};
+        let crate::config::file::CacheSection {
+            max_size,
+            max_object_size,
+            lock_timeout,
+        } = section;
+        let before = problems.len();
+        let size_ok = bounds::CACHE_MAX_SIZE.check("cache.max_size", *max_size, problems);
+        let object_ok = bounds::CACHE_MAX_OBJECT_SIZE.check(
+            "cache.max_object_size",
+            *max_object_size,
+            problems,
+        );
+        if size_ok && object_ok && max_object_size.0 > max_size.0 {
+            problems.push(Problem::new(
+                "cache.max_object_size",
+                format!("must be at most cache.max_size ({} bytes)", max_size.0),
+            ));
+        }
+        bounds::CACHE_LOCK_TIMEOUT.check("cache.lock_timeout", *lock_timeout, problems);
+        if problems.len() > before {
+            return None;
+        }
+        let identity = format!("{section:?}");
+        if let Some(prev) = previous.filter(|p| p.identity == identity) {
+            return Some(prev.clone());
+        }
+        let mut cache = ResponseCache::new(
+            max_size.0 as usize,
+            max_object_size.0 as usize,
+            lock_timeout.0,
+        );
+        cache.identity = identity;
+        Some(std::sync::Arc::new(cache))
     }
 
     /// Turn the cache on for this request (before the key callback runs).
@@ -90,16 +144,9 @@ impl ResponseCache {
     }
 }
 
-/// Who may share a cached response to an authenticated request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sharing {
-    /// Authenticated requests bypass the cache (the default).
-    Bypass,
-    /// One entry serves every caller of the route (responses that do not depend on who asks).
-    Shared,
-    /// Each consumer (JWT subject or API-key consumer) has its own entries.
-    PerConsumer,
-}
+/// Who may share a cached response to an authenticated request: bypass (the default),
+/// shared by every caller, or per consumer.
+pub(crate) use crate::config::types::CacheSharing as Sharing;
 
 /// A route's `[routes.cache]`, compiled.
 #[derive(Debug, Clone)]
@@ -122,6 +169,51 @@ pub enum Lookup {
 }
 
 impl RouteCache {
+    /// `[routes.cache]`; `proxied` and `authenticates` say what the route does.
+    pub(crate) fn from_config(
+        at: &str,
+        c: &crate::config::file::RouteCacheSection,
+        proxied: bool,
+        authenticates: bool,
+        problems: &mut Vec<crate::config::Problem>,
+    ) -> Option<RouteCache> {
+        use crate::config::{bounds, Problem};
+        let crate::config::file::RouteCacheSection {
+            ttl,
+            authenticated,
+            stale_while_revalidate,
+            stale_if_error,
+        } = c;
+        let before = problems.len();
+        if !proxied {
+            problems.push(Problem::new(
+                at,
+                "caching applies only to routes with an upstream",
+            ));
+        }
+        bounds::CACHE_TTL.check(&format!("{at}.ttl"), *ttl, problems);
+        for (key, d) in [
+            ("stale_while_revalidate", stale_while_revalidate),
+            ("stale_if_error", stale_if_error),
+        ] {
+            if let Some(d) = d {
+                bounds::CACHE_STALE.check(&format!("{at}.{key}"), *d, problems);
+            }
+        }
+        if *authenticated == Sharing::PerConsumer && !authenticates {
+            problems.push(Problem::new(
+                format!("{at}.authenticated"),
+                "per_consumer needs the route to authenticate (set auth)",
+            ));
+        }
+        (problems.len() == before).then(|| RouteCache {
+            ttl: ttl.0,
+            authenticated: *authenticated,
+            stale_while_revalidate: stale_while_revalidate.map_or(Duration::ZERO, |d| d.0),
+            stale_if_error: stale_if_error.map_or(Duration::ZERO, |d| d.0),
+        })
+    }
+
     /// Whether and how the request uses the cache. `authenticated`: the request carried an
     /// identity or an `Authorization` header; `principal`: who it identified.
     pub fn lookup(&self, method: &Method, authenticated: bool, principal: Option<&str>) -> Lookup {

@@ -4,6 +4,9 @@
 //! [`defaults`] so that `Default` impls and serde agree. Nothing here is validated beyond its
 //! type; `validate.rs` checks meaning and `compile.rs` builds the runtime form.
 
+use super::types::{
+    AuthRef, CacheSharing, HashOn, HostPattern, JwtAlgorithm, LogTarget, RateKey, TlsVersion,
+};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -77,8 +80,8 @@ pub struct RouteCacheSection {
     pub ttl: HumanDuration,
     /// Requests with credentials: `"bypass"` (default), `"shared"` (one entry for every
     /// caller) or `"per_consumer"` (entries keyed by the authenticated consumer).
-    #[serde(default = "defaults::cache_authenticated")]
-    pub authenticated: String,
+    #[serde(default)]
+    pub authenticated: CacheSharing,
     /// Serve a stale entry while one request refreshes it (a response's own
     /// `stale-while-revalidate` wins).
     #[serde(default)]
@@ -233,8 +236,8 @@ pub struct TlsSection {
     /// Certificates, chosen by SNI; the first is the default for unknown or absent names.
     pub certificates: Vec<CertificateSection>,
     /// `"1.2"` (TLS 1.2 and 1.3) or `"1.3"` (1.3 only).
-    #[serde(default = "defaults::tls_min_version")]
-    pub min_version: String,
+    #[serde(default)]
+    pub min_version: TlsVersion,
     /// Offer HTTP/2 by ALPN.
     #[serde(default = "defaults::enabled")]
     pub h2: bool,
@@ -250,7 +253,7 @@ pub struct CertificateSection {
     pub key: String,
     /// Server names it serves (exact or `*.example.com`).
     #[serde(default)]
-    pub names: Vec<String>,
+    pub names: Vec<HostPattern>,
 }
 
 /// `[admin]`: the operator listener serving `/health` and `/metrics`.
@@ -278,7 +281,7 @@ impl Default for AdminSection {
 pub struct AccessLogSection {
     /// `"stdout"`, `"off"`, or a file path (appended to).
     #[serde(default = "defaults::access_log_target")]
-    pub target: String,
+    pub target: LogTarget,
     /// Lines queued for the writer before new ones are dropped (and counted).
     #[serde(default = "defaults::access_log_buffer")]
     pub buffer_lines: usize,
@@ -301,7 +304,7 @@ pub struct UpstreamSection {
     pub policy: BalancePolicy,
     /// For `consistent_hash`: `"header:NAME"`, `"cookie:NAME"` or `"client_ip"`.
     #[serde(default)]
-    pub hash_on: Option<String>,
+    pub hash_on: Option<HashOn>,
     pub targets: Vec<TargetSection>,
     #[serde(default)]
     pub health_check: Option<HealthCheckSection>,
@@ -447,7 +450,7 @@ pub struct RouteSection {
     pub name: String,
     /// Exact host names or `*.suffix` wildcards; empty matches any host.
     #[serde(default)]
-    pub hosts: Vec<String>,
+    pub hosts: Vec<HostPattern>,
     /// Matches this path and everything below it (segment-aware: `/api` does not match `/apix`).
     #[serde(default)]
     pub path_prefix: Option<String>,
@@ -501,7 +504,7 @@ pub struct RouteSection {
     /// Accepted authentication methods: `"jwt:PROVIDER"` or `"api_key"`; any one suffices.
     /// Empty: the route is public.
     #[serde(default)]
-    pub auth: Vec<String>,
+    pub auth: Vec<AuthRef>,
     /// Roles of which the caller needs at least one (any-of). Needs `auth`.
     #[serde(default)]
     pub roles: Vec<String>,
@@ -693,7 +696,7 @@ impl Default for AuthSection {
 #[serde(deny_unknown_fields)]
 pub struct JwtSection {
     /// Accepted algorithms, pinned: `HS256`, `RS256`, `PS256`, `ES256`, `EdDSA`, ...
-    pub algorithms: Vec<String>,
+    pub algorithms: Vec<JwtAlgorithm>,
     /// HS*: the secret is read from this environment variable...
     #[serde(default)]
     pub secret_env: Option<String>,
@@ -787,7 +790,7 @@ pub struct RateLimitSection {
     pub window: HumanDuration,
     /// What is counted separately, `+`-joined: `consumer`, `ip`, `route` (default `ip`).
     #[serde(default = "defaults::rate_key")]
-    pub key: String,
+    pub key: RateKey,
 }
 
 /// `[rate_limit]`: where counters live.
@@ -932,17 +935,14 @@ pub mod defaults {
     pub fn client_read_buffer() -> HumanSize {
         HumanSize(16 * 1024)
     }
-    pub fn tls_min_version() -> String {
-        "1.2".into()
-    }
     pub fn admin_address() -> String {
         "127.0.0.1:9090".into()
     }
     pub fn enabled() -> bool {
         true
     }
-    pub fn access_log_target() -> String {
-        "stdout".into()
+    pub fn access_log_target() -> super::LogTarget {
+        super::LogTarget::Stdout
     }
     pub fn access_log_buffer() -> usize {
         16 * 1024
@@ -1034,9 +1034,6 @@ pub mod defaults {
     pub fn cache_lock_timeout() -> HumanDuration {
         HumanDuration(Duration::from_secs(5))
     }
-    pub fn cache_authenticated() -> String {
-        "bypass".to_string()
-    }
     pub fn body_timeout() -> HumanDuration {
         HumanDuration(Duration::from_secs(30))
     }
@@ -1078,8 +1075,8 @@ pub mod defaults {
     pub fn consumer_header() -> String {
         "X-Consumer".into()
     }
-    pub fn rate_key() -> String {
-        "ip".into()
+    pub fn rate_key() -> super::RateKey {
+        super::RateKey::IP
     }
     pub fn redis_timeout() -> HumanDuration {
         HumanDuration(Duration::from_millis(50))

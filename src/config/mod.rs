@@ -1,14 +1,12 @@
-//! Configuration in three layers: what the user writes ([`file`](mod@file)), what it must mean
-//! ([`validate`]), and the runtime form the proxy reads ([`compile`]).
-//!
-//! [`load`] runs the first two and reports every problem at once, each naming the file, the
-//! key path and what is wrong. The runtime form is built by [`compile::compile`]. The range
-//! of every number is in one table, [`bounds`] (documented in `docs/configuration-ranges.md`).
+//! Configuration: what the user writes, and nothing else of the crate. [`file`] is the serde
+//! model of `tollgate.toml`, [`types`] the strings that mean something (parsed as the file is
+//! read), [`bounds`] the allowed range of every number, and [`Problem`] what is wrong and
+//! where. [`load`] reads and parses a file, reporting a type error with its key path; what
+//! the values mean is checked where the runtime is built (`crate::build`), in one pass.
 
 pub mod bounds;
-pub mod compile;
 pub mod file;
-pub mod validate;
+pub mod types;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -57,8 +55,9 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Read, parse and validate a configuration file.
-pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
+/// Read and parse a configuration file; also returns the SHA-256 of its text (hex), which
+/// names the generation built from it.
+pub fn load(path: &Path) -> Result<(ConfigFile, String), ConfigError> {
     let fail = |problems| ConfigError {
         file: path.to_path_buf(),
         problems,
@@ -66,12 +65,8 @@ pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| fail(vec![Problem::new("", format!("cannot read file: {e}"))]))?;
     let file = parse(&text).map_err(|p| fail(vec![p]))?;
-    let problems = validate::validate(&file);
-    if problems.is_empty() {
-        Ok(file)
-    } else {
-        Err(fail(problems))
-    }
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes());
+    Ok((file, hex::encode(digest)))
 }
 
 /// Parse TOML text into the file model, locating type errors by key path.

@@ -2,17 +2,17 @@
 //! sequence of calls into the modules that own the concern (routing, upstream selection,
 //! forwarding headers, errors, observability).
 
-use crate::aggregate::Forwarded;
+mod request;
+
+use request::Step;
+
 use crate::cache::{self, Lookup, ResponseCache, Verdict};
 use crate::error::{self, Reject, X_REQUEST_ID};
 use crate::forward;
 use crate::observe::access_log::{AccessLog, Entry};
 use crate::observe::metrics::{Metrics, Served, NO_ROUTE};
-use crate::policy::auth::{self, Identity};
-use crate::policy::cors::CorsOutcome;
-use crate::policy::rate_limit::{RateDecision, Subject};
+use crate::policy::auth::Identity;
 use crate::policy::GatewayPolicy;
-use crate::policy::{framing, normalize};
 use crate::route::{ProxyAction, Route, RouteAction, RouteTable};
 use crate::transform::{BodyBuffer, JsonRename};
 use crate::upstream::breaker::Outcome;
@@ -54,21 +54,47 @@ const ALL_CONNECTS_FAILED: ErrorType =
 /// A 5xx that `retry_on = ["5xx"]` retries on another target.
 const RETRY_5XX: ErrorType = ErrorType::new_code("upstream answered 5xx", 502);
 
-/// The compiled gateway: everything a request reads, built once from the configuration.
+/// One generation of the gateway: everything a request reads, built from one configuration
+/// file. A reload builds the next one beside it; every request runs start to end on the
+/// generation it began with.
 pub struct Gateway {
-    pub routes: RouteTable,
-    pub upstreams: Vec<Arc<UpstreamGroup>>,
-    pub metrics: Arc<Metrics>,
-    pub access_log: Option<AccessLog>,
-    pub policy: GatewayPolicy,
+    pub(crate) routes: RouteTable,
+    pub(crate) upstreams: Vec<Arc<UpstreamGroup>>,
+    pub(crate) groups: crate::build::refs::Groups,
+    pub(crate) providers: crate::build::refs::Providers,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) access_log: Option<AccessLog>,
+    pub(crate) policy: GatewayPolicy,
     /// Pooled upstream connections for aggregation parts.
-    pub connector: Connector,
+    pub(crate) connector: Arc<Connector>,
     /// Set once the server starts shutting down or handing over to a new instance: responses
     /// then say `Connection: close`, so keep-alive clients move to the new instance between
     /// requests instead of having an idle connection closed under them.
-    pub draining: Arc<AtomicBool>,
+    pub(crate) draining: Arc<AtomicBool>,
     /// The response cache, when some route caches.
-    pub cache: Option<Arc<ResponseCache>>,
+    pub(crate) cache: Option<Arc<ResponseCache>>,
+    pub(crate) generation: Generation,
+    /// Each listener's certificates (TLS listeners only), swapped in by a reload.
+    pub(crate) listener_certs: Vec<Option<Arc<crate::tls::CertStore>>>,
+    pub(crate) connection_limits: crate::connection::ConnectionLimits,
+}
+
+/// Which configuration a generation was built from, and when.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// 1 for the configuration the process started with, one more per successful reload.
+    pub number: u64,
+    /// SHA-256 of the file's text, hex.
+    pub sha256: String,
+    pub loaded_at: std::time::SystemTime,
+}
+
+/// The proxy action and upstream group of a matched route, if it proxies.
+fn proxy_of(route: Option<&Arc<Route>>) -> Option<(&ProxyAction, &Arc<UpstreamGroup>)> {
+    let RouteAction::Proxy(action) = &route?.action else {
+        return None;
+    };
+    Some((action, &action.upstream))
 }
 
 /// Flips [`Gateway::draining`] when the server's shutdown begins (a background service).
@@ -114,6 +140,8 @@ pub struct Ctx {
     received_target: Option<String>,
     /// The path sent upstream, when a rewrite changed it.
     forwarded_path: Option<String>,
+    /// The path holds `%2F` or `%5C` (allowed only on routes that accept them).
+    encoded_slash: bool,
 }
 
 /// Upstream-side state, filled once a route proxies.
@@ -149,34 +177,11 @@ impl Drop for GaugeGuard {
 }
 
 impl Gateway {
-    /// Count the request against the route's and the consumer's windows.
-    async fn check_rate_limits(&self, route: &Route, ctx: &Ctx) -> Option<RateDecision> {
-        let subject = Subject {
-            route: &route.name,
-            consumer: ctx.identity.as_ref().and_then(|i| i.principal()),
-            client_ip: ctx.client_ip,
-        };
-        let mut decision = match &route.policy.rate_limits {
-            Some(limits) => Some(limits.check(&subject).await),
-            None => None,
-        };
-        let consumer_limits = ctx
-            .identity
-            .as_ref()
-            .and_then(|i| i.consumer.as_ref())
-            .and_then(|c| c.rate_limits.as_ref());
-        if let Some(limits) = consumer_limits {
-            let d = limits.check(&subject).await;
-            decision = Some(decision.map_or(d, |prev| prev.tighter(d)));
-        }
-        decision
-    }
-
     /// Whether to try again after `failure`: the route lists it, sending again is safe
     /// ([`retry::decide`]), and it fits the route's retries and the group's budget.
     fn should_retry(&self, session: &Session, ctx: &mut Ctx, failure: Failure) -> bool {
         ctx.upstream.last_failure = Some(failure);
-        let Some((action, _)) = self.proxy_of(ctx.route.as_ref()) else {
+        let Some((action, _)) = proxy_of(ctx.route.as_ref()) else {
             return false;
         };
         let attempt = Attempt {
@@ -196,7 +201,7 @@ impl Gateway {
 
     /// Whether another attempt is allowed: within the route's retries and the group's budget.
     fn take_retry(&self, ctx: &Ctx) -> bool {
-        let Some((action, group)) = self.proxy_of(ctx.route.as_ref()) else {
+        let Some((action, group)) = proxy_of(ctx.route.as_ref()) else {
             return false;
         };
         if ctx.upstream.attempts > action.retries {
@@ -222,17 +227,6 @@ impl Gateway {
             .with_label_values(&[route, reason])
             .inc();
         log::info!("request {:?}: retry skipped ({reason})", ctx.request_id);
-    }
-
-    /// The proxy action and upstream group of a matched route, if it proxies.
-    fn proxy_of<'a>(
-        &'a self,
-        route: Option<&'a Arc<Route>>,
-    ) -> Option<(&'a ProxyAction, &'a Arc<UpstreamGroup>)> {
-        let RouteAction::Proxy(action) = &route?.action else {
-            return None;
-        };
-        Some((action, self.upstreams.get(action.upstream)?))
     }
 
     async fn reject(&self, session: &mut Session, ctx: &mut Ctx, reject: Reject) -> Result<bool> {
@@ -270,6 +264,7 @@ impl ProxyHttp for Gateway {
             cache_verdict: None,
             received_target: None,
             forwarded_path: None,
+            encoded_slash: false,
         }
     }
 
@@ -300,165 +295,21 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    /// The policy chain ([`request::admit`]), then refuse, answer, or go on to proxy.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let raw_cl = session
-            .req_header()
-            .headers
-            .contains_key(http::header::TRANSFER_ENCODING)
-            && session
-                .as_http1()
-                .is_some_and(|h1| framing::raw_has_content_length(&h1.get_headers_raw_bytes()));
-        if let Err(reject) = framing::check(session.req_header(), self.policy.head, raw_cl) {
-            return self.reject(session, ctx, reject).await;
-        }
-        let local = session.server_addr().and_then(|a| a.as_inet()).copied();
-        let opts = self.policy.normalize_for(local);
-        let key_header = self.policy.api_keys.header.as_ref();
-        let encoded_slash = match normalize::normalize(session.req_header_mut(), opts, key_header) {
-            Ok(n) => {
-                ctx.received_target = n.received;
-                n.encoded_slash
-            }
-            Err(why) => {
-                return self
-                    .reject(session, ctx, Reject::new(StatusCode::BAD_REQUEST, why))
-                    .await
-            }
-        };
-        let req = session.req_header();
-        if !self.policy.ip.admits(ctx.client_ip) {
-            return self
-                .reject(
-                    session,
-                    ctx,
-                    Reject::new(StatusCode::FORBIDDEN, "forbidden"),
-                )
-                .await;
-        }
-        let host = forward::host(req);
-        let Some(route) = self
-            .routes
-            .find(host, req.uri.path(), &req.method, &req.headers)
-        else {
-            return self
-                .reject(session, ctx, Reject::new(StatusCode::NOT_FOUND, "no route"))
-                .await;
-        };
-        let route = route.clone();
-        ctx.route = Some(route.clone());
-        if encoded_slash && !route.allow_encoded_slashes {
-            return self
-                .reject(
-                    session,
-                    ctx,
-                    Reject::new(StatusCode::BAD_REQUEST, "encoded slash in path"),
-                )
-                .await;
-        }
-        let policy = &route.policy;
-        if !policy.ip.admits(ctx.client_ip) {
-            return self
-                .reject(
-                    session,
-                    ctx,
-                    Reject::new(StatusCode::FORBIDDEN, "forbidden"),
-                )
-                .await;
-        }
-        if let Some(cors) = &policy.cors {
-            match cors.evaluate(&req.method, &req.headers) {
-                Ok(CorsOutcome::None) => {}
-                Ok(CorsOutcome::Actual(h)) => ctx.response_headers.extend(h),
-                Ok(CorsOutcome::Preflight(h)) => {
-                    ctx.answered = Some(StatusCode::NO_CONTENT);
-                    error::respond(
-                        session,
-                        StatusCode::NO_CONTENT,
-                        &h,
-                        Bytes::new(),
-                        &ctx.request_id,
-                    )
-                    .await?;
-                    return Ok(true);
-                }
-                Err(reject) => return self.reject(session, ctx, reject).await,
-            }
-        }
-        if forward::content_length(req).is_some_and(|n| n > policy.max_body) {
-            return self
-                .reject(
-                    session,
-                    ctx,
-                    Reject::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
-                )
-                .await;
-        }
-        match auth::authenticate(&policy.auth, &req.headers, &self.policy.api_keys).await {
-            Ok(identity) => ctx.identity = identity,
-            Err(failure) => {
-                self.metrics
-                    .auth_failures
-                    .with_label_values(&[&*route.name, failure.reason()])
-                    .inc();
-                return self
-                    .reject(session, ctx, failure.reject(&policy.auth))
-                    .await;
-            }
-        }
-        if let Some(decision) = self.check_rate_limits(&route, ctx).await {
-            ctx.response_headers.extend(decision.headers());
-            if !decision.allowed {
-                self.metrics
-                    .rate_limited
-                    .with_label_values(&[&*route.name])
-                    .inc();
-                let mut reject = Reject::new(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
-                reject.headers = std::mem::take(&mut ctx.response_headers);
-                return self.reject(session, ctx, reject).await;
-            }
-        }
-        if let RouteAction::Aggregate(agg) = &route.action {
-            let mut headers: Vec<(HeaderName, HeaderValue)> = ctx
-                .identity
-                .as_ref()
-                .map_or_else(Vec::new, |i| i.headers.clone());
-            headers.push((X_REQUEST_ID, ctx.request_id.clone()));
-            if let Some(ip) = ctx.client_ip {
-                if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
-                    headers.push((HeaderName::from_static("x-forwarded-for"), v));
-                }
-            }
-            let req = session.req_header();
-            let fwd = Forwarded {
-                path: req.uri.path(),
-                host: forward::host(req),
+        match request::admit(self, session, ctx).await {
+            Step::Next => Ok(false),
+            Step::Reject(reject) => self.reject(session, ctx, reject).await,
+            Step::Answer {
+                status,
                 headers,
-            };
-            let (status, body) = agg.run(&self.upstreams, &self.connector, &fwd).await;
-            ctx.answered = Some(status);
-            let mut headers = vec![(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )];
-            headers.extend(ctx.response_headers.iter().cloned());
-            error::respond(session, status, &headers, body, &ctx.request_id).await?;
-            return Ok(true);
+                body,
+            } => {
+                ctx.answered = Some(status);
+                error::respond(session, status, &headers, body, &ctx.request_id).await?;
+                Ok(true)
+            }
         }
-        if let RouteAction::Respond(direct) = &route.action {
-            ctx.answered = Some(direct.status);
-            let mut headers = direct.headers.clone();
-            headers.extend(ctx.response_headers.iter().cloned());
-            error::respond(
-                session,
-                direct.status,
-                &headers,
-                direct.body.clone(),
-                &ctx.request_id,
-            )
-            .await?;
-            return Ok(true);
-        }
-        Ok(false)
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
@@ -538,7 +389,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let Some((action, group)) = self.proxy_of(ctx.route.as_ref()) else {
+        let Some((action, group)) = proxy_of(ctx.route.as_ref()) else {
             return Error::e_explain(ErrorType::HTTPStatus(500), "route has no upstream");
         };
         let mut key_buf = [0u8; 16];
@@ -643,9 +494,7 @@ impl ProxyHttp for Gateway {
             if ctx.upstream.informational > self.policy.max_informational {
                 return Error::e_explain(TOO_MANY_1XX, format!("{status}"));
             }
-            let read_timeout = self
-                .proxy_of(ctx.route.as_ref())
-                .map(|(a, _)| a.read_timeout);
+            let read_timeout = proxy_of(ctx.route.as_ref()).map(|(a, _)| a.read_timeout);
             let waited = ctx.upstream.sent_at.map(|t| t.elapsed());
             if let (Some(limit), Some(waited)) = (read_timeout, waited) {
                 if waited >= limit {
@@ -674,7 +523,7 @@ impl ProxyHttp for Gateway {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some((action, _)) = self.proxy_of(ctx.route.as_ref()) {
+        if let Some((action, _)) = proxy_of(ctx.route.as_ref()) {
             let uri = &session.req_header().uri;
             let merge = self.policy.normalize.merge_slashes;
             match action.rewrite.apply(uri.path(), uri.query(), merge) {
@@ -780,9 +629,7 @@ impl ProxyHttp for Gateway {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         if ctx.upstream.no_target && session.response_written().is_none() {
             session.set_keepalive(None);
-            let fallback = self
-                .proxy_of(ctx.route.as_ref())
-                .and_then(|(_, g)| g.fallback.as_ref());
+            let fallback = proxy_of(ctx.route.as_ref()).and_then(|(_, g)| g.fallback.as_ref());
             if let Some(f) = fallback {
                 ctx.answered = Some(f.status);
                 if let Err(write_err) = error::respond(
@@ -839,7 +686,7 @@ impl ProxyHttp for Gateway {
         let elapsed = ctx.start.elapsed();
         let m = &self.metrics;
         let upstream_elapsed = ctx.upstream.sent_at.map(|t| t.elapsed());
-        let group = self.proxy_of(ctx.route.as_ref()).map(|(_, g)| &*g.name);
+        let group = proxy_of(ctx.route.as_ref()).map(|(_, g)| &*g.name);
         m.record(&Served {
             route: route_name,
             stats: ctx.route.as_ref().map(|r| &r.stats),

@@ -11,19 +11,14 @@ use prometheus::IntCounter;
 use serde::Serialize;
 use std::io::Write;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::Mutex;
 use tokio::sync::mpsc;
 
 /// How often queued lines are written out.
 const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Where lines go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    Stdout,
-    File(PathBuf),
-}
+/// Where lines go (`off` never reaches the writer).
+pub(crate) use crate::config::types::LogTarget as Target;
 
 /// One request, as logged.
 #[derive(Debug, Serialize)]
@@ -64,6 +59,7 @@ impl Entry<'_> {
 }
 
 /// The worker side: cheap to call, never blocks.
+#[derive(Clone)]
 pub struct AccessLog {
     tx: mpsc::Sender<String>,
     dropped: IntCounter,
@@ -98,7 +94,7 @@ pub fn channel(target: Target, buffer: usize, dropped: IntCounter) -> (AccessLog
 impl AccessLogWriter {
     fn open(&self) -> std::io::Result<Box<dyn Write + Send>> {
         Ok(match &self.target {
-            Target::Stdout => Box::new(std::io::stdout()),
+            Target::Stdout | Target::Off => Box::new(std::io::stdout()),
             Target::File(path) => Box::new(
                 std::fs::OpenOptions::new()
                     .create(true)

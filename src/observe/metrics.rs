@@ -88,6 +88,12 @@ pub struct Metrics {
     cache_size: IntGauge,
     cache_entries: IntGauge,
     cache_evictions: IntCounter,
+    /// `tollgate_config_reloads_total{result="ok"|"error"}`.
+    pub config_reloads: IntCounterVec,
+    /// `tollgate_config_generation`: the number of the generation serving.
+    pub config_generation: IntGauge,
+    /// `tollgate_config_last_reload_success_timestamp_seconds`.
+    pub config_last_success: prometheus::Gauge,
 }
 
 impl Metrics {
@@ -203,6 +209,27 @@ impl Metrics {
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(access_log_dropped.clone()))?;
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "tollgate_config_reloads_total",
+                "Configuration reloads, by result",
+            ),
+            &["result"],
+        )?;
+        let config_generation = IntGauge::new(
+            "tollgate_config_generation",
+            "Generation of the configuration serving (1 at start, +1 per reload)",
+        )?;
+        let config_last_success = prometheus::Gauge::new(
+            "tollgate_config_last_reload_success_timestamp_seconds",
+            "When the serving configuration was loaded, in seconds since the epoch",
+        )?;
+        registry.register(Box::new(config_reloads.clone()))?;
+        registry.register(Box::new(config_generation.clone()))?;
+        registry.register(Box::new(config_last_success.clone()))?;
+        for result in ["ok", "error"] {
+            config_reloads.with_label_values(&[result]);
+        }
         Ok(Metrics {
             registry,
             requests,
@@ -223,6 +250,9 @@ impl Metrics {
             cache_size,
             cache_entries,
             cache_evictions,
+            config_reloads,
+            config_generation,
+            config_last_success,
         })
     }
 
@@ -262,7 +292,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with target health refreshed from the health checks.
-    pub fn render(
+    pub(crate) fn render(
         &self,
         upstreams: &[Arc<UpstreamGroup>],
         cache: Option<&ResponseCache>,
@@ -279,6 +309,9 @@ impl Metrics {
                 self.cache_evictions.inc_by(evicted - counted);
             }
         }
+        // Only the groups and targets of the serving generation are reported.
+        self.target_healthy.reset();
+        self.circuit_state.reset();
         for group in upstreams {
             for t in group.health() {
                 self.target_healthy

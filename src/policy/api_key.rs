@@ -5,9 +5,12 @@
 //! about the digest of the guess, never about a stored key, and the final comparison is
 //! constant-time.
 
-use crate::policy::rate_limit::RateLimits;
+use crate::config::file::ConsumerSection;
+use crate::config::Problem;
+use crate::policy::rate_limit::{RateLimitStore, RateLimits};
 use http::{HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
@@ -44,6 +47,90 @@ pub fn digest(key: &[u8]) -> [u8; 32] {
 }
 
 impl ApiKeys {
+    /// Every `[consumers.NAME]`, its keys hashed; problems under `consumers.NAME`.
+    pub(crate) fn from_config(
+        header: HeaderName,
+        consumer_header: &HeaderName,
+        consumers: &BTreeMap<String, ConsumerSection>,
+        rate_store: &Arc<RateLimitStore>,
+        problems: &mut Vec<Problem>,
+    ) -> ApiKeys {
+        let mut api_keys = ApiKeys::new(header);
+        for (name, c) in consumers {
+            let ConsumerSection {
+                keys,
+                key_hashes,
+                roles,
+                rate_limits,
+            } = c;
+            let at = format!("consumers.{name}");
+            if keys.is_empty() && key_hashes.is_empty() {
+                problems.push(Problem::new(
+                    &at,
+                    "needs at least one entry in keys or key_hashes",
+                ));
+            }
+            let mut headers = vec![];
+            match HeaderValue::from_str(name) {
+                Ok(v) => headers.push((consumer_header.clone(), v)),
+                Err(_) => problems.push(Problem::new(
+                    &at,
+                    "consumer names must be valid header values",
+                )),
+            }
+            if !roles.is_empty() {
+                match HeaderValue::from_str(&roles.join(",")) {
+                    Ok(v) => headers.push((HeaderName::from_static("x-user-roles"), v)),
+                    Err(_) => problems.push(Problem::new(
+                        format!("{at}.roles"),
+                        "roles must be valid header values",
+                    )),
+                }
+            }
+            let limits = RateLimits::from_config(
+                &format!("{at}.rate_limits"),
+                name,
+                rate_limits,
+                rate_store,
+                problems,
+            );
+            let consumer = Arc::new(Consumer {
+                name: name.as_str().into(),
+                roles: roles.clone(),
+                headers,
+                rate_limits: limits,
+            });
+            let plain = keys.iter().enumerate().map(|(i, k)| {
+                let at = format!("{at}.keys[{i}]");
+                if k.len() < 16 {
+                    Err((at, "API keys must be at least 16 characters".to_string()))
+                } else {
+                    Ok((at, digest(k.as_bytes())))
+                }
+            });
+            let hashed = key_hashes.iter().enumerate().map(|(i, h)| {
+                let at = format!("{at}.key_hashes[{i}]");
+                parse_key_hash(h)
+                    .map(|d| (at.clone(), d))
+                    .map_err(|e| (at, e))
+            });
+            for d in plain.chain(hashed) {
+                match d {
+                    Ok((key_at, d)) => {
+                        if !api_keys.insert(d, consumer.clone()) {
+                            problems.push(Problem::new(
+                                key_at,
+                                "this key already belongs to another consumer",
+                            ));
+                        }
+                    }
+                    Err((key_at, e)) => problems.push(Problem::new(key_at, e)),
+                }
+            }
+        }
+        api_keys
+    }
+
     pub fn new(header: HeaderName) -> Self {
         ApiKeys {
             header: Some(header),

@@ -36,6 +36,46 @@ pub enum CorsOutcome {
 const VARY_ORIGIN: HeaderValue = HeaderValue::from_static("Origin");
 
 impl CorsPolicy {
+    /// `[routes.cors]`, problems at the field under `at` (`routes[N].cors`).
+    pub(crate) fn from_config(
+        at: &str,
+        c: &crate::config::file::CorsSection,
+        problems: &mut Vec<crate::config::Problem>,
+    ) -> Option<CorsPolicy> {
+        let crate::config::file::CorsSection {
+            allow_origins,
+            allow_methods,
+            allow_headers,
+            expose_headers,
+            allow_credentials,
+            max_age,
+        } = c;
+        let before = problems.len();
+        if let Some(m) = max_age {
+            crate::config::bounds::CORS_MAX_AGE.check(&format!("{at}.max_age"), *m, problems);
+        }
+        let built = Self::new(
+            allow_origins,
+            allow_methods,
+            allow_headers,
+            expose_headers,
+            *allow_credentials,
+            max_age.map(|d| d.0),
+        );
+        match built {
+            Ok(p) if problems.len() == before => Some(p),
+            Ok(_) => None,
+            Err((field, message)) => {
+                let path = match field.as_str() {
+                    "" => at.to_string(),
+                    f => format!("{at}.{f}"),
+                };
+                problems.push(crate::config::Problem::new(path, message));
+                None
+            }
+        }
+    }
+
     /// The policy, or the field (relative to the `cors` section, e.g. `allow_headers[0]`)
     /// that is wrong and why.
     pub fn new(

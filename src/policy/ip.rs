@@ -12,6 +12,24 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("invalid CIDR {s:?}; write e.g. \"10.0.0.0/8\" or \"2001:db8::/32\""))
 }
 
+/// Parse every CIDR of a list, each problem at `at[i]`.
+pub(crate) fn nets(
+    at: &str,
+    list: &[String],
+    problems: &mut Vec<crate::config::Problem>,
+) -> Vec<IpNet> {
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, s)| match parse_net(s) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                problems.push(crate::config::Problem::new(format!("{at}[{i}]"), e));
+                None
+            }
+        })
+        .collect()
+}
+
 /// A compiled allow/deny pair.
 #[derive(Debug, Clone, Default)]
 pub struct IpRules {

@@ -39,6 +39,7 @@ mod keys;
 pub use jwks::JwksRefresher;
 
 use crate::config::file::JwtSection;
+use crate::config::types::JwtAlgorithm;
 use crate::config::{bounds, Problem};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -162,24 +163,21 @@ pub struct JwtProvider {
     claims: ClaimMap,
     mapped_headers: Vec<HeaderName>,
     cache: Option<MemoryCache<String, Arc<CachedToken>>>,
+    /// The section it was built from, to keep it across reloads that do not change it.
+    identity: String,
 }
 
-fn parse_algorithms(at: &str, names: &[String], p: &mut Vec<Problem>) -> Vec<Algorithm> {
-    let mut algs: Vec<Algorithm> = Vec::with_capacity(names.len());
-    for (i, n) in names.iter().enumerate() {
-        match Algorithm::from_str(n) {
-            Ok(a) if algs.contains(&a) => p.push(Problem::new(
+/// The listed algorithms, each once; a repeated one is a problem.
+fn distinct_algorithms(at: &str, listed: &[JwtAlgorithm], p: &mut Vec<Problem>) -> Vec<Algorithm> {
+    let mut algs: Vec<Algorithm> = Vec::with_capacity(listed.len());
+    for (i, JwtAlgorithm(a)) in listed.iter().enumerate() {
+        if algs.contains(a) {
+            p.push(Problem::new(
                 format!("{at}.algorithms[{i}]"),
-                format!("{n} is listed twice"),
-            )),
-            Ok(a) => algs.push(a),
-            Err(_) => p.push(Problem::new(
-                format!("{at}.algorithms[{i}]"),
-                format!(
-                    "unknown algorithm {n:?}; use HS256/384/512, RS256/384/512, \
-                     PS256/384/512, ES256/384 or EdDSA"
-                ),
-            )),
+                format!("{a:?} is listed twice"),
+            ));
+        } else {
+            algs.push(*a);
         }
     }
     algs
@@ -240,11 +238,9 @@ fn jwks_url_problem(url: &str) -> Option<String> {
 }
 
 impl JwtProvider {
-    /// Problems in a provider's section, located under `at` (e.g. `auth.jwt.main`). Checks
-    /// what the section says without reading files or the environment; [`compile`] does that.
-    ///
-    /// [`compile`]: JwtProvider::compile
-    pub fn validate(at: &str, s: &JwtSection) -> Vec<Problem> {
+    /// Problems in what a provider's section says (`at` is e.g. `auth.jwt.main`), before
+    /// any file or variable is read; `algs` are its algorithms, each once.
+    fn check_section(at: &str, s: &JwtSection, algs: &[Algorithm]) -> Vec<Problem> {
         let JwtSection {
             algorithms,
             secret_env,
@@ -267,7 +263,6 @@ impl JwtProvider {
         let problem = |p: &mut Vec<Problem>, key: &str, msg: String| {
             p.push(Problem::new(format!("{at}.{key}"), msg));
         };
-        let algs = parse_algorithms(at, algorithms, &mut p);
         if algorithms.is_empty() {
             problem(
                 &mut p,
@@ -291,10 +286,8 @@ impl JwtProvider {
                 "name the environment variable holding the secret".into(),
             );
         }
-        for (i, name) in algorithms.iter().enumerate() {
-            let Ok(alg) = Algorithm::from_str(name) else {
-                continue;
-            };
+        for (i, JwtAlgorithm(alg)) in algorithms.iter().enumerate() {
+            let name = format!("{alg:?}");
             let hmac = alg.family() == AlgorithmFamily::Hmac;
             if hmac && !has_secret {
                 problem(
@@ -408,7 +401,9 @@ impl JwtProvider {
     /// problem found is returned, each naming the key and the file or variable concerned. The
     /// JWKS URL is not fetched here (see the module doc): register [`JwtProvider::refresher`].
     pub fn compile(name: &str, s: &JwtSection, at: &str) -> Result<Self, Vec<Problem>> {
-        let problems = Self::validate(at, s);
+        let mut problems = Vec::new();
+        let algorithms_checked = distinct_algorithms(at, &s.algorithms, &mut problems);
+        problems.extend(Self::check_section(at, s, &algorithms_checked));
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -430,8 +425,9 @@ impl JwtProvider {
             claim_headers,
             cache_entries,
         } = s;
+        let _ = algorithms;
+        let algorithms = algorithms_checked;
         let mut p = Vec::new();
-        let algorithms = parse_algorithms(at, algorithms, &mut p);
         let mut fixed = KeySet::default();
 
         if let Some(var) = secret_env {
@@ -592,7 +588,19 @@ impl JwtProvider {
             mapped_headers: claims.header_names(),
             claims,
             cache: (*cache_entries > 0).then(|| MemoryCache::new(*cache_entries)),
+            identity: String::new(),
         })
+    }
+
+    /// What the provider was built from (see [`JwtProvider::set_identity`]).
+    pub(crate) fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// Record what the provider was built from, so that a reload with the same section
+    /// keeps this provider, its fetched keys and its verified-token cache.
+    pub(crate) fn set_identity(&mut self, identity: String) {
+        self.identity = identity;
     }
 
     /// Header names this provider sets upstream; always stripped from client requests.
@@ -953,8 +961,8 @@ mod tests {
     fn validation_locates_every_problem() {
         let rows: &[(&str, &[&str])] = &[
             (
-                "algorithms = [\"RS256\", \"HS256\", \"XX1\"]",
-                &["auth.jwt.m.algorithms[2]", "auth.jwt.m.algorithms[0]", "auth.jwt.m.algorithms[1]"],
+                "algorithms = [\"RS256\", \"HS256\"]",
+                &["auth.jwt.m.algorithms[0]", "auth.jwt.m.algorithms[1]"],
             ),
             ("algorithms = []", &["auth.jwt.m.algorithms"]),
             (
@@ -1010,7 +1018,10 @@ mod tests {
             ),
         ];
         for (text, want) in rows {
-            let got = JwtProvider::validate("auth.jwt.m", &section(text));
+            let s = section(text);
+            let mut got = Vec::new();
+            let algs = distinct_algorithms("auth.jwt.m", &s.algorithms, &mut got);
+            got.extend(JwtProvider::check_section("auth.jwt.m", &s, &algs));
             assert_eq!(paths(&got), *want, "{text}: {got:?}");
         }
     }

@@ -50,8 +50,28 @@ pub struct CanonicalPath<'a> {
 }
 
 /// Bytes kept as they are in a path: unreserved, sub-delims, `:`, `@` and `/`.
+const PATH_CHARS: [bool; 256] = table(b"-._~!$&'()*+,;=:@/");
+/// Bytes kept as they are in a query: the path's, `?` and `%`.
+const QUERY_CHARS: [bool; 256] = table(b"-._~!$&'()*+,;=:@/?%");
+
+/// A byte table of the ASCII letters and digits and `extra`.
+const fn table(extra: &[u8]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        t[extra[i] as usize] = true;
+        i += 1;
+    }
+    t
+}
+
 fn is_path_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b)
+    PATH_CHARS[usize::from(b)]
 }
 
 fn is_unreserved(b: u8) -> bool {
@@ -186,14 +206,14 @@ pub fn canonical_path(raw: &[u8], merge_slashes: bool) -> Result<CanonicalPath<'
 /// A query kept as sent, except that control characters are refused and bytes a URI may not
 /// hold raw are escaped.
 fn canonical_query(raw: &[u8]) -> Result<Cow<'_, str>, &'static str> {
-    let plain = |b: u8| is_path_char(b) || b == b'?' || b == b'%';
-    if raw.iter().any(|b| is_control(*b)) {
-        return Err("control character in query");
-    }
+    let plain = |b: u8| QUERY_CHARS[usize::from(b)];
     if raw.iter().all(|b| plain(*b)) {
         return std::str::from_utf8(raw)
             .map(Cow::Borrowed)
             .map_err(|_| "invalid query");
+    }
+    if raw.iter().any(|b| is_control(*b)) {
+        return Err("control character in query");
     }
     let mut out = Vec::with_capacity(raw.len() + 8);
     for b in raw {
@@ -208,8 +228,37 @@ fn canonical_query(raw: &[u8]) -> Result<Cow<'_, str>, &'static str> {
         .map_err(|_| "invalid query")
 }
 
+/// Whether `host` is canonical already: lower-case labels of `a-z 0-9 - _`, no empty label,
+/// no trailing dot, an optional port of digits. One pass, no allocation: most requests.
+fn host_already_canonical(host: &[u8]) -> bool {
+    let (name, port) = match host.iter().position(|b| *b == b':') {
+        Some(i) => (&host[..i], &host[i + 1..]),
+        None => (host, &b""[..]),
+    };
+    let mut label = 0usize;
+    for &b in name {
+        match b {
+            b'.' if label == 0 => return false,
+            b'.' => label = 0,
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => {
+                label += 1;
+                if label > 63 {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+    let port_ok = host.len() == name.len()
+        || (!port.is_empty() && port.len() <= 4 && port.iter().all(u8::is_ascii_digit));
+    label > 0 && name.len() <= 253 && port_ok
+}
+
 /// The canonical host (with its port, if any), or why it is refused.
 pub fn canonical_host(host: &str) -> Result<Cow<'_, str>, &'static str> {
+    if host_already_canonical(host.as_bytes()) {
+        return Ok(Cow::Borrowed(host));
+    }
     const BAD: &str = "invalid Host";
     let (name, port) = if let Some(rest) = host.strip_prefix('[') {
         let (ip, after) = rest.split_once(']').ok_or(BAD)?;
@@ -283,15 +332,16 @@ pub fn normalize(
     // The target as sent: origin-form bytes, or the parsed path of an absolute-form or
     // HTTP/2 target (whose raw bytes carry the scheme and authority first).
     let raw = req.raw_path();
-    if raw.iter().any(|b| is_control(*b)) {
-        return Err("control character in request target");
-    }
+    // Origin-form bytes are checked byte by byte below; other forms here.
     let (raw_path, raw_query) = if raw.first() == Some(&b'/') || raw == b"*" {
         match raw.iter().position(|b| *b == b'?') {
             Some(q) => (&raw[..q], Some(&raw[q + 1..])),
             None => (raw, None),
         }
     } else {
+        if raw.iter().any(|b| is_control(*b)) {
+            return Err("control character in request target");
+        }
         let uri = &req.uri;
         (uri.path().as_bytes(), uri.query().map(|q| q.as_bytes()))
     };
@@ -346,37 +396,40 @@ pub fn normalize(
     Ok(out)
 }
 
-/// Refuse repeated credentials and handle underscored names.
+/// Refuse repeated credentials and handle underscored names, in one pass over the headers.
 fn check_headers(
     req: &mut RequestHeader,
     underscores: Underscores,
     api_key_header: Option<&HeaderName>,
 ) -> Result<(), &'static str> {
-    let headers = &req.headers;
-    let repeated = |name: &HeaderName| {
-        let mut all = headers.get_all(name).iter();
-        all.next().is_some() && all.next().is_some()
-    };
-    if repeated(&AUTHORIZATION) {
+    let (mut authorization, mut api_key, mut underscored) = (0, 0, false);
+    for name in req.headers.iter().map(|(name, _)| name) {
+        if *name == AUTHORIZATION {
+            authorization += 1;
+        } else if api_key_header == Some(name) {
+            api_key += 1;
+        } else if !underscored && name.as_str().as_bytes().contains(&b'_') {
+            underscored = true;
+        }
+    }
+    if authorization > 1 {
         return Err("repeated Authorization header");
     }
-    if api_key_header.is_some_and(repeated) {
+    if api_key > 1 {
         return Err("repeated API key header");
     }
-    if underscores == Underscores::Allow {
-        return Ok(());
-    }
-    let mut underscored = headers
-        .keys()
-        .filter(|n| n.as_str().as_bytes().contains(&b'_'))
-        .peekable();
-    if underscored.peek().is_none() {
+    if !underscored || underscores == Underscores::Allow {
         return Ok(());
     }
     if underscores == Underscores::Reject {
         return Err("header name with an underscore");
     }
-    let names: Vec<HeaderName> = underscored.cloned().collect();
+    let names: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|n| n.as_str().as_bytes().contains(&b'_'))
+        .cloned()
+        .collect();
     for name in &names {
         req.remove_header(name);
     }

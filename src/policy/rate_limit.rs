@@ -18,6 +18,7 @@
 use crate::config::file::{
     RateLimitBackend, RateLimitBackendSection, RateLimitSection, RedisFailurePolicy,
 };
+use crate::config::types::RateKey;
 use crate::config::{bounds, Problem};
 use http::{HeaderName, HeaderValue};
 use pingora_limits::rate::Rate;
@@ -84,43 +85,17 @@ impl RateDecision {
     }
 }
 
-/// What a window's counter is kept per.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct KeySpec {
-    ip: bool,
-    consumer: bool,
-    route: bool,
-}
-
-impl KeySpec {
-    fn parse(s: &str) -> Result<Self, String> {
-        let mut k = KeySpec::default();
-        for part in s.split('+').map(str::trim) {
-            match part {
-                "ip" => k.ip = true,
-                "consumer" => k.consumer = true,
-                "route" => k.route = true,
-                _ => {
-                    return Err(format!(
-                    "invalid key part {part:?}; join \"ip\", \"consumer\" and \"route\" with '+'"
-                ))
-                }
-            }
-        }
-        Ok(k)
-    }
-
-    /// The counter key parts for a subject. A consumer-keyed window falls back to the client
-    /// IP for anonymous requests, so they cannot share one unlimited bucket.
-    fn parts<'a>(&self, s: &Subject<'a>) -> (Option<IpAddr>, Option<&'a str>) {
-        let consumer = if self.consumer { s.consumer } else { None };
-        let ip = if self.ip || (self.consumer && consumer.is_none()) {
-            s.client_ip
-        } else {
-            None
-        };
-        (ip, consumer)
-    }
+/// The counter key parts of a subject for a window keyed by `key`. A consumer-keyed window
+/// falls back to the client IP for anonymous requests, so they cannot share one unlimited
+/// bucket.
+fn key_parts<'a>(key: &RateKey, s: &Subject<'a>) -> (Option<IpAddr>, Option<&'a str>) {
+    let consumer = if key.consumer { s.consumer } else { None };
+    let ip = if key.ip || (key.consumer && consumer.is_none()) {
+        s.client_ip
+    } else {
+        None
+    };
+    (ip, consumer)
 }
 
 /// Where counters live: this process, or Redis with a failure policy. One per gateway.
@@ -130,6 +105,8 @@ pub struct RateLimitStore {
     redis: Option<RedisStore>,
     /// Redis calls that failed or timed out (`rate_limit_redis_errors_total`).
     redis_errors: prometheus::IntCounter,
+    /// The `[rate_limit]` section this store was built from.
+    identity: String,
 }
 
 struct RedisStore {
@@ -161,56 +138,66 @@ return counts
 "#;
 
 impl RateLimitStore {
-    pub fn validate(section: &RateLimitBackendSection) -> Vec<Problem> {
-        let mut p = Vec::new();
-        if section.backend == RateLimitBackend::Redis {
-            match section.redis_url.as_deref() {
-                None => p.push(Problem::new(
-                    "rate_limit.redis_url",
-                    "backend = \"redis\" needs redis_url",
-                )),
-                Some(url) => {
-                    if redis::Client::open(url).is_err() {
-                        p.push(Problem::new(
-                            "rate_limit.redis_url",
-                            format!("invalid Redis URL {url:?}; write redis://HOST:PORT/DB"),
-                        ));
-                    }
-                }
-            }
-        }
-        bounds::REDIS_TIMEOUT.check("rate_limit.redis_timeout", section.redis_timeout, &mut p);
-        p
-    }
-
-    pub fn compile(
+    /// `[rate_limit]`, in one pass. With the running generation's store, local counters
+    /// are always kept (windows whose definition is unchanged keep counting), and the Redis
+    /// client and its connection too when the section is unchanged.
+    pub(crate) fn from_config(
         section: &RateLimitBackendSection,
+        previous: Option<&Arc<RateLimitStore>>,
         redis_errors: prometheus::IntCounter,
-    ) -> Result<Arc<Self>, Vec<Problem>> {
+        problems: &mut Vec<Problem>,
+    ) -> Option<Arc<Self>> {
         let RateLimitBackendSection {
             backend,
             redis_url,
             redis_timeout,
             on_redis_error,
         } = section;
+        let before = problems.len();
+        bounds::REDIS_TIMEOUT.check("rate_limit.redis_timeout", *redis_timeout, problems);
+        let identity = format!("{section:?}");
+        if let Some(prev) = previous.filter(|p| p.identity == identity) {
+            return (problems.len() == before).then(|| prev.clone());
+        }
         let redis = match (backend, redis_url) {
-            (RateLimitBackend::Redis, Some(url)) => Some(RedisStore {
-                client: redis::Client::open(url.as_str())
-                    .map_err(|e| vec![Problem::new("rate_limit.redis_url", e.to_string())])?,
-                conn: tokio::sync::OnceCell::new(),
-                timeout: redis_timeout.0,
-                on_error: *on_redis_error,
-                script: redis::Script::new(SCRIPT),
-                down_until_ms: AtomicU64::new(0),
-                epoch: Instant::now(),
-            }),
-            _ => None,
+            (RateLimitBackend::Local, _) => None,
+            (RateLimitBackend::Redis, None) => {
+                problems.push(Problem::new(
+                    "rate_limit.redis_url",
+                    "backend = \"redis\" needs redis_url",
+                ));
+                None
+            }
+            (RateLimitBackend::Redis, Some(url)) => match redis::Client::open(url.as_str()) {
+                Ok(client) => Some(RedisStore {
+                    client,
+                    conn: tokio::sync::OnceCell::new(),
+                    timeout: redis_timeout.0,
+                    on_error: *on_redis_error,
+                    script: redis::Script::new(SCRIPT),
+                    down_until_ms: AtomicU64::new(0),
+                    epoch: Instant::now(),
+                }),
+                Err(_) => {
+                    problems.push(Problem::new(
+                        "rate_limit.redis_url",
+                        format!("invalid Redis URL {url:?}; write redis://HOST:PORT/DB"),
+                    ));
+                    None
+                }
+            },
         };
-        Ok(Arc::new(RateLimitStore {
-            rates: Mutex::new(HashMap::new()),
-            redis,
-            redis_errors,
-        }))
+        let rates = previous.map_or_else(HashMap::new, |p| {
+            p.rates.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        });
+        (problems.len() == before).then(|| {
+            Arc::new(RateLimitStore {
+                rates: Mutex::new(rates),
+                redis,
+                redis_errors,
+                identity,
+            })
+        })
     }
 
     fn rate(&self, window: Duration) -> Arc<Rate> {
@@ -225,7 +212,7 @@ impl RateLimitStore {
 struct Window {
     limit: u64,
     window: Duration,
-    key: KeySpec,
+    key: RateKey,
     rate: Arc<Rate>,
     /// Distinguishes windows of different scopes sharing one estimator.
     salt: u64,
@@ -239,54 +226,50 @@ pub struct RateLimits {
 }
 
 impl RateLimits {
-    /// Problems in a list of windows, located under `at` (e.g. `routes[2].rate_limits`).
-    pub fn validate(at: &str, sections: &[RateLimitSection]) -> Vec<Problem> {
-        let mut p = Vec::new();
-        let mut seen = Vec::new();
-        for (i, s) in sections.iter().enumerate() {
-            bounds::RATE_LIMIT_LIMIT.check(&format!("{at}[{i}].limit"), s.limit, &mut p);
-            bounds::RATE_LIMIT_WINDOW.check(&format!("{at}[{i}].window"), s.window, &mut p);
-            match KeySpec::parse(&s.key) {
-                Ok(k) => {
-                    if seen.contains(&(k, s.window.0)) {
-                        p.push(Problem::new(
-                            format!("{at}[{i}]"),
-                            "duplicate window for the same key",
-                        ));
-                    }
-                    seen.push((k, s.window.0));
-                }
-                Err(e) => p.push(Problem::new(format!("{at}[{i}].key"), e)),
-            }
-        }
-        p
-    }
-
-    /// `scope` names what owns the windows (route or consumer name) in counter keys.
-    pub fn compile(
+    /// A list of windows (`routes[N].rate_limits`, `consumers.NAME.rate_limits`), problems
+    /// under `at`; `None` when the list is empty or wrong. `scope` (route or consumer name)
+    /// and each window's definition identify its counters, so a window that is unchanged
+    /// across a reload keeps counting and a changed one starts afresh.
+    pub(crate) fn from_config(
+        at: &str,
         scope: &str,
         sections: &[RateLimitSection],
         store: &Arc<RateLimitStore>,
-    ) -> Result<Self, Vec<Problem>> {
-        let windows = sections
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let RateLimitSection { limit, window, key } = s;
-                let key = KeySpec::parse(key)
-                    .map_err(|e| vec![Problem::new(format!("rate_limits[{i}].key"), e)])?;
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                (scope, i).hash(&mut h);
-                Ok(Window {
-                    limit: *limit,
-                    window: window.0,
-                    key,
-                    rate: store.rate(window.0),
-                    salt: h.finish(),
-                })
-            })
-            .collect::<Result<_, Vec<Problem>>>()?;
-        Ok(RateLimits {
+        problems: &mut Vec<Problem>,
+    ) -> Option<Self> {
+        let before = problems.len();
+        let mut windows: Vec<Window> = Vec::with_capacity(sections.len());
+        for (i, s) in sections.iter().enumerate() {
+            let RateLimitSection { limit, window, key } = s;
+            bounds::RATE_LIMIT_LIMIT.check(&format!("{at}[{i}].limit"), *limit, problems);
+            let window_ok =
+                bounds::RATE_LIMIT_WINDOW.check(&format!("{at}[{i}].window"), *window, problems);
+            if windows
+                .iter()
+                .any(|w| w.key == *key && w.window == window.0)
+            {
+                problems.push(Problem::new(
+                    format!("{at}[{i}]"),
+                    "duplicate window for the same key",
+                ));
+            }
+            if !window_ok {
+                continue;
+            }
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (scope, limit, window.0, key).hash(&mut h);
+            windows.push(Window {
+                limit: *limit,
+                window: window.0,
+                key: *key,
+                rate: store.rate(window.0),
+                salt: h.finish(),
+            });
+        }
+        if windows.is_empty() || problems.len() > before {
+            return None;
+        }
+        Some(RateLimits {
             scope: scope.to_string(),
             windows,
             store: store.clone(),
@@ -324,7 +307,7 @@ impl RateLimits {
         w: &Window,
         subject: &Subject<'a>,
     ) -> (u64, Option<IpAddr>, Option<&'a str>) {
-        let (ip, consumer) = w.key.parts(subject);
+        let (ip, consumer) = key_parts(&w.key, subject);
         (w.salt, ip, consumer)
     }
 
@@ -405,7 +388,7 @@ impl RateLimits {
         let mut invocation = redis.script.prepare_invoke();
         for w in &self.windows {
             let window_ms = w.window.as_millis() as u64;
-            let (ip, consumer) = w.key.parts(subject);
+            let (ip, consumer) = key_parts(&w.key, subject);
             let tag = format!(
                 "{}|{}|{}|{}",
                 self.scope,
@@ -414,7 +397,8 @@ impl RateLimits {
                 consumer.unwrap_or("")
             );
             invocation.key(format!(
-                "tollgate:{{{tag}}}:w{window_ms}:{}",
+                "tollgate:{{{tag}}}:w{window_ms}l{}:{}",
+                w.limit,
                 wall_ms / window_ms.max(1)
             ));
         }
@@ -474,16 +458,19 @@ mod tests {
 
     fn limits(windows: &[(u64, u64, &str)]) -> RateLimits {
         let counter = prometheus::IntCounter::new("e", "e").unwrap();
-        let store = RateLimitStore::compile(&RateLimitBackendSection::default(), counter).unwrap();
+        let mut p = Vec::new();
+        let store =
+            RateLimitStore::from_config(&RateLimitBackendSection::default(), None, counter, &mut p)
+                .unwrap();
         let sections: Vec<RateLimitSection> = windows
             .iter()
             .map(|(limit, secs, key)| RateLimitSection {
                 limit: *limit,
                 window: HumanDuration(Duration::from_secs(*secs)),
-                key: key.to_string(),
+                key: RateKey::try_from(key.to_string()).unwrap(),
             })
             .collect();
-        RateLimits::compile("r", &sections, &store).unwrap()
+        RateLimits::from_config("rate_limits", "r", &sections, &store, &mut p).unwrap()
     }
 
     fn subject(ip: &str) -> Subject<'static> {
@@ -565,24 +552,60 @@ mod tests {
     }
 
     #[test]
-    fn validation_messages() {
-        let s = |limit, secs, key: &str| RateLimitSection {
+    fn every_problem_is_located() {
+        let s = |limit, ms, key: &str| RateLimitSection {
             limit,
-            window: HumanDuration(Duration::from_millis(secs)),
-            key: key.into(),
+            window: HumanDuration(Duration::from_millis(ms)),
+            key: RateKey::try_from(key.to_string()).unwrap(),
         };
-        let p = RateLimits::validate(
+        let counter = prometheus::IntCounter::new("e", "e").unwrap();
+        let mut p = Vec::new();
+        let store =
+            RateLimitStore::from_config(&RateLimitBackendSection::default(), None, counter, &mut p)
+                .unwrap();
+        let built = RateLimits::from_config(
             "routes[0].rate_limits",
-            &[s(0, 1000, "ip"), s(1, 10, "ip"), s(1, 1000, "ip+user")],
+            "r",
+            &[s(0, 1000, "ip"), s(1, 10, "ip"), s(2, 1000, "ip")],
+            &store,
+            &mut p,
         );
+        assert!(built.is_none());
         let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(
             paths,
             [
                 "routes[0].rate_limits[0].limit",
                 "routes[0].rate_limits[1].window",
-                "routes[0].rate_limits[2].key"
+                "routes[0].rate_limits[2]"
             ]
         );
+    }
+
+    /// A reload builds new windows over the same store: an unchanged window keeps its
+    /// count, a changed one starts afresh.
+    #[test]
+    fn unchanged_windows_keep_counting_across_a_rebuild() {
+        let counter = prometheus::IntCounter::new("e", "e").unwrap();
+        let mut p = Vec::new();
+        let section = RateLimitBackendSection::default();
+        let store = RateLimitStore::from_config(&section, None, counter.clone(), &mut p).unwrap();
+        let window = |limit| RateLimitSection {
+            limit,
+            window: HumanDuration(Duration::from_secs(60)),
+            key: RateKey::IP,
+        };
+        let first = RateLimits::from_config("x", "r", &[window(2)], &store, &mut p).unwrap();
+        let s = subject("10.9.9.9");
+        assert!(first.check_local(&s).allowed);
+        assert!(first.check_local(&s).allowed);
+        assert!(!first.check_local(&s).allowed);
+        let again = RateLimitStore::from_config(&section, Some(&store), counter, &mut p).unwrap();
+        assert!(Arc::ptr_eq(&again, &store));
+        let same = RateLimits::from_config("x", "r", &[window(2)], &again, &mut p).unwrap();
+        assert!(!same.check_local(&s).allowed, "still limited");
+        let changed = RateLimits::from_config("x", "r", &[window(3)], &again, &mut p).unwrap();
+        assert!(changed.check_local(&s).allowed, "a new limit starts afresh");
+        assert!(p.is_empty(), "{p:?}");
     }
 }

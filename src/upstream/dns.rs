@@ -95,6 +95,13 @@ impl Discovery {
         }
     }
 
+    /// Start from the states of a previous group's targets, so that the addresses that stay
+    /// keep their in-flight counts and breakers.
+    pub(crate) fn keep_states(&self, states: Vec<Arc<TargetState>>) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known.states.extend(states.into_iter().map(|s| (s.addr, s)));
+    }
+
     /// Whether any target needs resolving (and so periodic re-resolution).
     pub fn has_names(&self) -> bool {
         self.targets.iter().any(TargetSpec::is_name)

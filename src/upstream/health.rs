@@ -1,8 +1,10 @@
 //! Active health checks, built on Pingora's `HttpHealthCheck` and `TcpHealthCheck` with
 //! rise/fall thresholds (Pingora flips on a single result by default; we default to HAProxy's
-//! rise 2 / fall 3 so targets do not flap). They run in the `LoadBalancer`'s background
-//! service, registered with the server in `lib.rs`.
+//! rise 2 / fall 3 so targets do not flap). They run as the generation's background work
+//! (Pingora's `HealthCheckService` over the group's health registry).
 
+use crate::config::file::{HealthCheckKind, HealthCheckSection};
+use crate::config::{bounds, Problem};
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::prelude::*;
 use std::time::Duration;
@@ -28,8 +30,70 @@ pub enum Kind {
 }
 
 impl HealthCheckSpec {
+    /// `[upstreams.NAME.health_check]`, checked and built in one pass.
+    pub(crate) fn from_config(
+        at: &str,
+        hc: &HealthCheckSection,
+        problems: &mut Vec<Problem>,
+    ) -> Option<HealthCheckSpec> {
+        let HealthCheckSection {
+            kind,
+            path,
+            host,
+            expected_status,
+            interval,
+            timeout,
+            healthy_threshold,
+            unhealthy_threshold,
+        } = hc;
+        let before = problems.len();
+        bounds::HEALTH_INTERVAL.check(&format!("{at}.interval"), *interval, problems);
+        bounds::HEALTH_TIMEOUT.check(&format!("{at}.timeout"), *timeout, problems);
+        bounds::HEALTH_THRESHOLD.check(
+            &format!("{at}.healthy_threshold"),
+            *healthy_threshold,
+            problems,
+        );
+        bounds::HEALTH_THRESHOLD.check(
+            &format!("{at}.unhealthy_threshold"),
+            *unhealthy_threshold,
+            problems,
+        );
+        let kind = match kind {
+            HealthCheckKind::Tcp => Kind::Tcp,
+            HealthCheckKind::Http => {
+                if !path.starts_with('/') {
+                    problems.push(Problem::new(format!("{at}.path"), "must start with '/'"));
+                }
+                bounds::HEALTH_EXPECTED_STATUS.check(
+                    &format!("{at}.expected_status"),
+                    *expected_status,
+                    problems,
+                );
+                if http::HeaderValue::from_str(host).is_err() {
+                    problems.push(Problem::new(
+                        format!("{at}.host"),
+                        "is not a valid Host header value",
+                    ));
+                }
+                Kind::Http {
+                    path: path.clone(),
+                    host: host.clone(),
+                    expected_status: *expected_status,
+                }
+            }
+        };
+        (problems.len() == before).then_some(HealthCheckSpec {
+            kind,
+            interval: interval.0,
+            timeout: timeout.0,
+            rise: *healthy_threshold,
+            fall: *unhealthy_threshold,
+        })
+    }
+
     /// The Pingora health check this spec describes; HTTP checks use the group's TLS.
-    pub fn build(
+    pub(crate) fn build(
         &self,
         tls: Option<&super::UpstreamTls>,
     ) -> Result<Box<dyn HealthCheck + Send + Sync>> {

@@ -11,21 +11,23 @@ pub mod health;
 pub mod retry;
 pub mod select;
 
+use crate::config::file::{
+    BalancePolicy, CircuitBreakerSection, RetryBudgetSection, UpstreamSection, UpstreamTlsSection,
+};
+use crate::config::{bounds, Problem};
 use breaker::{Breaker, BreakerSettings, Outcome, Permit};
-use pingora::lb::{Backend, LoadBalancer};
+use dns::{Discovery, TargetSpec};
+use health::HealthCheckSpec;
+use pingora::lb::{Backend, Backends, HealthCheckService, HealthRegistry, LoadBalancer};
+use pingora::services::background::BackgroundService;
 use select::{Policy, Selector};
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// What a consistent-hash group hashes on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HashOn {
-    Header(http::HeaderName),
-    Cookie(String),
-    ClientIp,
-}
+pub(crate) use crate::config::types::HashOn;
 
 /// State shared by every request that uses one target, attached to its `Backend`.
 #[derive(Debug)]
@@ -156,7 +158,7 @@ impl RetryBudget {
 }
 
 /// A compiled upstream group.
-pub struct UpstreamGroup {
+pub(crate) struct UpstreamGroup {
     pub name: Arc<str>,
     pub policy: Policy,
     pub hash_on: Option<HashOn>,
@@ -176,25 +178,18 @@ pub struct UpstreamGroup {
     pub h2: bool,
     /// Steps a selection may take before giving up.
     max_steps: usize,
-}
-
-/// Everything about a group but its targets.
-pub struct GroupSettings {
-    pub policy: Policy,
-    pub hash_on: Option<HashOn>,
-    pub connect_timeout: Duration,
-    pub read_timeout: Duration,
-    pub health_checked: bool,
-    pub resolves_names: bool,
-    pub fallback: Option<crate::route::DirectResponse>,
-    pub retry_budget: RetryBudget,
-    pub tls: Option<UpstreamTls>,
-    pub h2: bool,
+    /// Health of every target, shared with the next generation's group of the same name
+    /// when its health check is unchanged, so a reload keeps what the checks learned.
+    registry: Arc<HealthRegistry>,
+    /// The health check and TLS sections this registry's checks were built from.
+    health_identity: String,
+    health: Option<HealthCheckSpec>,
+    breaker: Option<BreakerSettings>,
 }
 
 /// Compiled `[upstreams.NAME.tls]`.
 #[derive(Clone)]
-pub struct UpstreamTls {
+pub(crate) struct UpstreamTls {
     pub sni: String,
     pub ca: Option<Arc<Box<[openssl::x509::X509]>>>,
     pub verify: bool,
@@ -202,6 +197,67 @@ pub struct UpstreamTls {
 }
 
 impl UpstreamTls {
+    /// Load `[upstreams.NAME.tls]`: the CA bundle and the client certificate.
+    pub(crate) fn from_config(
+        at: &str,
+        t: &UpstreamTlsSection,
+        problems: &mut Vec<Problem>,
+    ) -> Option<UpstreamTls> {
+        let UpstreamTlsSection {
+            sni,
+            ca_file,
+            verify,
+            client_cert,
+            client_key,
+        } = t;
+        let before = problems.len();
+        let ca = ca_file.as_ref().and_then(|path| {
+            let loaded = std::fs::read(path)
+                .map_err(|e| format!("cannot read {path}: {e}"))
+                .and_then(|pem| {
+                    openssl::x509::X509::stack_from_pem(&pem)
+                        .ok()
+                        .filter(|c| !c.is_empty())
+                        .ok_or_else(|| format!("{path} is not a PEM certificate bundle"))
+                });
+            match loaded {
+                Ok(certs) => Some(Arc::new(certs.into_boxed_slice())),
+                Err(e) => {
+                    problems.push(Problem::new(format!("{at}.ca_file"), e));
+                    None
+                }
+            }
+        });
+        let client = match (client_cert, client_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => match crate::tls::load_certificate(cert, key) {
+                Ok(loaded) => Some(Arc::new(loaded.into_cert_key())),
+                Err((key_side, msg)) => {
+                    let field = if key_side {
+                        "client_key"
+                    } else {
+                        "client_cert"
+                    };
+                    problems.push(Problem::new(format!("{at}.{field}"), msg));
+                    None
+                }
+            },
+            _ => {
+                problems.push(Problem::new(
+                    at,
+                    "set both client_cert and client_key, or neither",
+                ));
+                None
+            }
+        };
+        (problems.len() == before).then(|| UpstreamTls {
+            sni: sni.clone().unwrap_or_default(),
+            ca,
+            verify: *verify,
+            client,
+        })
+    }
+
     /// Apply to a peer about to be connected.
     pub fn configure(&self, peer: &mut pingora::upstreams::peer::HttpPeer, h2: bool) {
         peer.options.verify_cert = self.verify;
@@ -224,36 +280,220 @@ pub struct TargetHealth {
 }
 
 impl UpstreamGroup {
-    pub fn new(name: &str, lb: LoadBalancer<Selector>, settings: GroupSettings) -> Self {
-        let GroupSettings {
+    /// Build `[upstreams.NAME]` in one pass, collecting every problem under `upstreams.NAME`.
+    /// `previous` is the same-named group of the running generation: targets that stay keep
+    /// their in-flight counts and breakers (when the breaker settings are unchanged) and
+    /// their health (when the health check is unchanged).
+    pub(crate) fn from_config(
+        name: &str,
+        section: &UpstreamSection,
+        hosts_file: Option<std::path::PathBuf>,
+        previous: Option<&UpstreamGroup>,
+        problems: &mut Vec<Problem>,
+    ) -> Option<UpstreamGroup> {
+        let UpstreamSection {
             policy,
             hash_on,
+            targets,
+            health_check,
             connect_timeout,
             read_timeout,
-            health_checked,
-            resolves_names,
+            circuit_breaker,
             fallback,
             retry_budget,
+            dns_refresh,
             tls,
             h2,
-        } = settings;
+        } = section;
+        let at = format!("upstreams.{name}");
+        let before = problems.len();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            problems.push(Problem::new(
+                &at,
+                "upstream names may use only letters, digits, '-', '_' and '.'",
+            ));
+        }
+        if targets.is_empty() {
+            problems.push(Problem::new(
+                format!("{at}.targets"),
+                "must list at least one target",
+            ));
+        }
+        let mut seen = HashSet::new();
+        let mut specs = Vec::with_capacity(targets.len());
+        for (i, t) in targets.iter().enumerate() {
+            let path = format!("{at}.targets[{i}]");
+            bounds::TARGET_WEIGHT.check(&format!("{path}.weight"), t.weight, problems);
+            match TargetSpec::parse(&t.address, t.weight) {
+                Ok(spec) => {
+                    if !seen.insert((spec.host.clone(), spec.port)) {
+                        problems.push(Problem::new(
+                            format!("{path}.address"),
+                            format!("duplicate target {}", t.address),
+                        ));
+                    }
+                    specs.push(spec);
+                }
+                Err(e) => problems.push(Problem::new(format!("{path}.address"), e)),
+            }
+        }
+        let policy = match policy {
+            BalancePolicy::RoundRobin => Policy::RoundRobin,
+            BalancePolicy::LeastConnections => Policy::LeastConnections,
+            BalancePolicy::ConsistentHash => Policy::ConsistentHash,
+        };
+        match (policy, hash_on) {
+            (Policy::ConsistentHash, None) => problems.push(Problem::new(
+                format!("{at}.hash_on"),
+                "consistent_hash needs hash_on: \"header:NAME\", \"cookie:NAME\" or \"client_ip\"",
+            )),
+            (Policy::ConsistentHash, Some(_)) | (_, None) => {}
+            (_, Some(_)) => problems.push(Problem::new(
+                format!("{at}.hash_on"),
+                "only used with policy = \"consistent_hash\"",
+            )),
+        }
+        bounds::CONNECT_TIMEOUT.check(&format!("{at}.connect_timeout"), *connect_timeout, problems);
+        bounds::READ_TIMEOUT.check(&format!("{at}.read_timeout"), *read_timeout, problems);
+        bounds::DNS_REFRESH.check(&format!("{at}.dns_refresh"), *dns_refresh, problems);
+        let upstream_tls = tls
+            .as_ref()
+            .and_then(|t| UpstreamTls::from_config(&format!("{at}.tls"), t, problems));
+        let health = health_check.as_ref().and_then(|hc| {
+            HealthCheckSpec::from_config(&format!("{at}.health_check"), hc, problems)
+        });
+        let breaker = circuit_breaker.as_ref().map(|b| {
+            let CircuitBreakerSection {
+                consecutive_failures,
+                cooldown,
+                on_5xx,
+            } = b;
+            let cb = format!("{at}.circuit_breaker");
+            bounds::BREAKER_CONSECUTIVE_FAILURES.check(
+                &format!("{cb}.consecutive_failures"),
+                *consecutive_failures,
+                problems,
+            );
+            bounds::BREAKER_COOLDOWN.check(&format!("{cb}.cooldown"), *cooldown, problems);
+            BreakerSettings {
+                failures: *consecutive_failures,
+                cooldown: cooldown.0,
+                on_5xx: *on_5xx,
+            }
+        });
+        let fallback = fallback.as_ref().and_then(|f| {
+            crate::route::DirectResponse::from_config(&format!("{at}.fallback"), f, problems)
+        });
+        let RetryBudgetSection {
+            ratio,
+            min_per_second,
+        } = retry_budget;
+        bounds::RETRY_BUDGET_RATIO.check(&format!("{at}.retry_budget.ratio"), *ratio, problems);
+        bounds::RETRY_BUDGET_MIN_PER_SECOND.check(
+            &format!("{at}.retry_budget.min_per_second"),
+            *min_per_second,
+            problems,
+        );
+        if problems.len() > before {
+            return None;
+        }
+
+        let discovery = Discovery::new(specs, hosts_file, breaker);
+        if let Some(prev) = previous.filter(|p| p.breaker == breaker) {
+            discovery.keep_states(prev.target_states());
+        }
+        let resolves_names = discovery.has_names();
+        // Health is shared with the previous generation when nothing that decides it changed.
+        let health_identity = format!("{health_check:?} {tls:?}");
+        let reused = previous
+            .filter(|p| p.health_identity == health_identity)
+            .map(|p| p.registry.clone());
+        let registry = match reused {
+            Some(r) => r,
+            None => {
+                let r = Arc::new(HealthRegistry::new());
+                if let Some(spec) = &health {
+                    match spec.build(upstream_tls.as_ref()) {
+                        Ok(hc) => r.set_health_check(hc),
+                        Err(e) => {
+                            problems.push(Problem::new(
+                                format!("{at}.health_check"),
+                                format!("cannot build the health check: {e}"),
+                            ));
+                            return None;
+                        }
+                    }
+                }
+                r
+            }
+        };
+        let view = Backends::new_with_health_registry(Box::new(discovery), registry.clone());
+        let mut lb = LoadBalancer::<Selector>::from_backends_with_config(view, Some(policy));
+        // The first resolution; a throwaway runtime drives it once.
+        let first = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| rt.block_on(lb.update()).map_err(|e| e.to_string()));
+        if let Err(e) = first {
+            problems.push(Problem::new(&at, format!("building targets: {e}")));
+            return None;
+        }
+        if resolves_names {
+            lb.update_frequency = Some(dns_refresh.0);
+        }
         let mut group = UpstreamGroup {
             name: name.into(),
             policy,
-            hash_on,
+            hash_on: hash_on.clone(),
             lb: Arc::new(lb),
-            connect_timeout,
-            read_timeout,
-            health_checked,
+            connect_timeout: connect_timeout.0,
+            read_timeout: read_timeout.0,
+            health_checked: health.is_some(),
             resolves_names,
             fallback,
-            retry_budget,
-            tls,
-            h2,
+            retry_budget: RetryBudget::new(*ratio, *min_per_second),
+            tls: upstream_tls,
+            h2: *h2,
             max_steps: 0,
+            registry,
+            health_identity,
+            health,
+            breaker,
         };
         group.max_steps = group.steps_now();
-        group
+        Some(group)
+    }
+
+    /// The periodic work this group needs while its generation serves: health checks and
+    /// DNS re-resolution.
+    pub(crate) fn background(&self) -> Vec<(String, Arc<dyn BackgroundService + Send + Sync>)> {
+        let mut work: Vec<(String, Arc<dyn BackgroundService + Send + Sync>)> = Vec::new();
+        if let Some(spec) = &self.health {
+            let mut hc = HealthCheckService::new(self.registry.clone());
+            hc.health_check_frequency = Some(spec.interval);
+            hc.parallel_health_check = true;
+            work.push((format!("health checks of {}", self.name), Arc::new(hc)));
+        }
+        if self.resolves_names {
+            work.push((format!("targets of {}", self.name), self.lb.clone()));
+        }
+        work
+    }
+
+    /// The state of every current target, by address.
+    fn target_states(&self) -> Vec<Arc<TargetState>> {
+        self.lb
+            .backends()
+            .get_backend()
+            .iter()
+            .filter_map(state_of)
+            .cloned()
+            .collect()
     }
 
     /// A peer for one of this group's targets, with its TLS and protocol settings.
@@ -272,12 +512,6 @@ impl UpstreamGroup {
             None => {}
         }
         peer
-    }
-
-    /// Whether the group's `LoadBalancer` must run as a background service (health checks
-    /// or DNS re-resolution).
-    pub fn needs_background(&self) -> bool {
-        self.health_checked || self.resolves_names
     }
 
     /// Pick a healthy target, not in `exclude`, whose breaker admits a request. `key` feeds
@@ -375,11 +609,6 @@ impl UpstreamGroup {
 
 fn state_of(b: &Backend) -> Option<&Arc<TargetState>> {
     b.ext.get::<Arc<TargetState>>()
-}
-
-/// Build the `Backend` for a target, carrying its [`TargetState`].
-pub fn backend(addr: SocketAddr, weight: usize, breaker: Option<BreakerSettings>) -> Backend {
-    backend_with_state(addr, weight, Arc::new(TargetState::new(addr, breaker)))
 }
 
 /// Build the `Backend` for a target whose state already exists (kept across re-resolution).

@@ -37,17 +37,6 @@ impl Failure {
             _ => Failure::Other,
         }
     }
-
-    /// The word for it in `retry_on`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Failure::Connect => "connect",
-            Failure::Timeout => "timeout",
-            Failure::Reset => "reset",
-            Failure::Status5xx => "5xx",
-            Failure::Other => "other",
-        }
-    }
 }
 
 /// The failures a route retries: a small set of [`Failure`]s.
@@ -56,8 +45,9 @@ pub struct RetryOn(u8);
 
 impl RetryOn {
     pub const NONE: RetryOn = RetryOn(0);
-    /// Only what never reached an upstream.
-    pub const CONNECT: RetryOn = RetryOn(1);
+    /// Only what never reached an upstream (the default `retry_on`).
+    #[cfg(test)]
+    const CONNECT: RetryOn = RetryOn(1);
 
     fn bit(f: Failure) -> u8 {
         match f {

@@ -111,12 +111,9 @@ impl WeightedTable {
     }
 
     /// Steps a full search needs to see every target at least once.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.sequence.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.sequence.is_empty()
     }
 }
 

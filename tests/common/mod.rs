@@ -117,6 +117,49 @@ impl Gateway {
         Ok(())
     }
 
+    /// Replace the config file with [`PREAMBLE`] followed by `body` (placeholders
+    /// substituted as at start), for a reload.
+    pub fn rewrite_config(&self, body: &str) {
+        self.rewrite_config_full(&format!("{PREAMBLE}\n{body}"));
+    }
+
+    /// Replace the config file with `config` (placeholders substituted as at start).
+    pub fn rewrite_config_full(&self, config: &str) {
+        let text = config
+            .replace("{dir}", &self.dir.path().display().to_string())
+            .replace("{listen}", &self.addr.to_string())
+            .replace("{admin}", &self.admin.to_string());
+        std::fs::write(&self.config_path, text).unwrap();
+    }
+
+    /// `POST /config/reload`: the status and the JSON answer.
+    pub fn reload(&self) -> (u16, serde_json::Value) {
+        let r = client()
+            .post(self.admin_url("/config/reload"))
+            .send()
+            .expect("POST /config/reload");
+        let status = r.status().as_u16();
+        (status, r.json().expect("JSON answer"))
+    }
+
+    /// The Prometheus text of the admin listener.
+    pub fn metrics(&self) -> String {
+        client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .and_then(|r| r.text())
+            .expect("GET /metrics")
+    }
+
+    /// The `/health` document.
+    pub fn health(&self) -> serde_json::Value {
+        client()
+            .get(self.admin_url("/health"))
+            .send()
+            .and_then(|r| r.json())
+            .expect("GET /health")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

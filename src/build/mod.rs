@@ -1,0 +1,304 @@
+//! The one assembler: a parsed [`ConfigFile`] becomes a complete generation of the runtime
+//! (routes, upstream groups, policies, cache, the listeners' TLS settings and the list of
+//! background work), or every problem in the file, each with its key path. `tollgate -t`
+//! runs exactly this and binds nothing, so nothing can fail after it said yes; a start and
+//! a reload run it too.
+//!
+//! Each feature builds its own runtime value from its section in one pass
+//! (`from_config`); [`refs`] resolves names between sections; [`server`] is the process
+//! side. With a `previous` generation, state is carried over by identity: health, breakers
+//! and in-flight counts per target (group name and address), rate-limit windows whose
+//! definition did not change, the response cache, JWT providers (and their key caches)
+//! whose section did not change, the Redis connection.
+
+pub(crate) mod refs;
+pub mod server;
+
+use crate::config::file::{ConfigFile, SecurityHeadersSection};
+use crate::config::Problem;
+use crate::gateway::{Gateway, Generation};
+use crate::observe::access_log::{self, AccessLog, AccessLogWriter};
+use crate::observe::metrics::Metrics;
+use crate::policy::jwt::JwtProvider;
+use crate::policy::rate_limit::RateLimitStore;
+use crate::policy::GatewayPolicy;
+use crate::route::{Route, RouteContext, RouteTable};
+use crate::upstream::UpstreamGroup;
+use http::HeaderValue;
+use pingora::services::background::BackgroundService;
+use refs::{Groups, Providers};
+pub use server::ServerPlan;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// Periodic work of one generation, started when it begins serving and stopped when it
+/// retires: health checks, DNS re-resolution, JWKS refreshes.
+pub type Background = (String, Arc<dyn BackgroundService + Send + Sync>);
+
+/// What lives as long as the process, across generations.
+pub struct Shared {
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) draining: Arc<AtomicBool>,
+    /// Pooled connections of aggregation parts.
+    pub(crate) connector: Arc<pingora::connectors::http::Connector>,
+    pub(crate) access_log: Option<AccessLog>,
+}
+
+impl Shared {
+    /// The process-wide parts, from the first configuration's plan: metrics and the access
+    /// log (whose writer the server runs).
+    pub fn new(plan: &ServerPlan) -> Result<(Shared, Option<AccessLogWriter>), Vec<Problem>> {
+        let metrics =
+            Metrics::new().map_err(|e| vec![Problem::new("", format!("metrics: {e}"))])?;
+        let (access_log, writer) = match &plan.access_log {
+            None => (None, None),
+            Some((target, buffer)) => {
+                let (log, writer) = access_log::channel(
+                    target.clone(),
+                    *buffer,
+                    metrics.access_log_dropped.clone(),
+                );
+                (Some(log), Some(writer))
+            }
+        };
+        Ok((
+            Shared {
+                metrics: Arc::new(metrics),
+                draining: Arc::new(AtomicBool::new(false)),
+                connector: Arc::new(pingora::connectors::http::Connector::new(None)),
+                access_log,
+            },
+            writer,
+        ))
+    }
+}
+
+/// One built configuration.
+pub struct Runtime {
+    pub gateway: Gateway,
+    pub plan: ServerPlan,
+    pub background: Vec<Background>,
+}
+
+/// Build `file` (whose text has SHA-256 `sha256`) into a runtime, carrying state over from
+/// `previous` when given; every problem in the file is reported at once.
+pub fn build(
+    file: &ConfigFile,
+    sha256: &str,
+    shared: &Shared,
+    previous: Option<&Gateway>,
+) -> Result<Runtime, Vec<Problem>> {
+    let ConfigFile {
+        server: _,
+        listeners: _,
+        admin: _,
+        access_log: _,
+        upstreams,
+        routes,
+        demo: _,
+        limits,
+        auth,
+        consumers,
+        rate_limit,
+        security_headers,
+        resolver,
+        cache,
+    } = file;
+    let mut problems = Vec::new();
+    refs::duplicates(file, &mut problems);
+    let plan = server::plan(file, &mut problems);
+    let security = security(security_headers, &mut problems);
+
+    let mut providers = Providers::new("JWT provider", auth.jwt.keys().cloned());
+    for (name, section) in &auth.jwt {
+        let at = format!("auth.jwt.{name}");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            problems.push(Problem::new(
+                &at,
+                "provider names may use only letters, digits, '-', '_' and '.'",
+            ));
+        }
+        // An unchanged provider keeps its verified-token cache and fetched keys.
+        let identity = format!("{section:?}");
+        let reused = previous
+            .and_then(|g| g.providers.find(name))
+            .filter(|p| p.identity() == identity);
+        match reused {
+            Some(p) => providers.insert(name, p.clone()),
+            None => match JwtProvider::compile(name, section, &at) {
+                Ok(mut p) => {
+                    p.set_identity(identity);
+                    providers.insert(name, Arc::new(p));
+                }
+                Err(p) => problems.extend(p),
+            },
+        }
+    }
+    let rate_store = RateLimitStore::from_config(
+        rate_limit,
+        previous.map(|g| &g.policy.rate_store),
+        shared.metrics.rate_limit_redis_errors.clone(),
+        &mut problems,
+    );
+
+    let hosts_file = resolver.hosts_file.as_ref().map(std::path::PathBuf::from);
+    if resolver.hosts_file.as_deref() == Some("") {
+        problems.push(Problem::new("resolver.hosts_file", "must not be empty"));
+    }
+    let mut groups = Groups::new("upstream", upstreams.keys().cloned());
+    for (name, section) in upstreams {
+        let prev = previous.and_then(|g| g.groups.find(name)).map(Arc::as_ref);
+        if let Some(g) =
+            UpstreamGroup::from_config(name, section, hosts_file.clone(), prev, &mut problems)
+        {
+            groups.insert(name, Arc::new(g));
+        }
+    }
+
+    let Some(rate_store) = rate_store else {
+        return Err(problems);
+    };
+    let mut policy = GatewayPolicy::from_config(
+        limits,
+        auth,
+        consumers,
+        &rate_store,
+        &providers,
+        &mut problems,
+    );
+    if let Some(policy) = policy.as_mut() {
+        policy.listener_underscores = plan
+            .listeners
+            .iter()
+            .filter_map(|l| Some((l.address.parse().ok()?, l.underscores?)))
+            .collect();
+    }
+    let cx = RouteContext {
+        groups: &groups,
+        jwt: &providers,
+        has_consumers: !consumers.is_empty(),
+        rate_store: &rate_store,
+        default_max_body: limits.max_body_size.0,
+        security: &security,
+    };
+    let built_routes: Vec<Route> = routes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| Route::from_config(i, r, &cx, &mut problems))
+        .collect();
+    let caches = routes.iter().any(|r| r.cache.is_some());
+    let response_cache = if caches {
+        crate::cache::ResponseCache::from_config(
+            cache,
+            previous.and_then(|g| g.cache.as_ref()),
+            &mut problems,
+        )
+    } else {
+        None
+    };
+    let (Some(policy), true) = (policy, problems.is_empty()) else {
+        return Err(problems);
+    };
+
+    let mut background: Vec<Background> = groups.all().flat_map(|g| g.background()).collect();
+    for p in providers.all() {
+        if let Some(refresher) = p.refresher() {
+            background.push((format!("JWKS refresh of {}", p.name), Arc::new(refresher)));
+        }
+    }
+    let gateway = Gateway {
+        routes: RouteTable::new(built_routes),
+        upstreams: groups.all().cloned().collect(),
+        groups,
+        providers,
+        metrics: shared.metrics.clone(),
+        access_log: shared.access_log.clone(),
+        policy,
+        connector: shared.connector.clone(),
+        draining: shared.draining.clone(),
+        cache: response_cache,
+        generation: Generation {
+            number: previous.map_or(1, |g| g.generation.number + 1),
+            sha256: sha256.to_string(),
+            loaded_at: std::time::SystemTime::now(),
+        },
+        listener_certs: plan
+            .listeners
+            .iter()
+            .map(|l| l.tls.as_ref().map(|t| t.certs.clone()))
+            .collect(),
+        connection_limits: plan.connection_limits.clone(),
+    };
+    Ok(Runtime {
+        gateway,
+        plan,
+        background,
+    })
+}
+
+/// `[security_headers]`: the defaults added to responses that lack them.
+fn security(
+    s: &SecurityHeadersSection,
+    problems: &mut Vec<Problem>,
+) -> Vec<(http::HeaderName, HeaderValue)> {
+    let SecurityHeadersSection { enabled, hsts } = s;
+    let hsts = hsts.as_deref().and_then(|h| {
+        HeaderValue::from_str(h)
+            .map_err(|_| {
+                problems.push(Problem::new(
+                    "security_headers.hsts",
+                    "invalid header value",
+                ))
+            })
+            .ok()
+    });
+    if *enabled {
+        crate::transform::security_headers(hsts.as_ref())
+    } else {
+        Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_in_range() {
+        // Every optional section present, every numeric key left to its default.
+        let text = r#"
+[[listeners]]
+address = "127.0.0.1:1"
+[upstreams.u]
+targets = [{ address = "127.0.0.1:2" }]
+[upstreams.u.health_check]
+[upstreams.u.circuit_breaker]
+[upstreams.u.fallback]
+[auth.jwt.j]
+algorithms = ["RS256"]
+jwks_url = "https://idp.example/jwks"
+[[routes]]
+name = "r"
+upstream = "u"
+[routes.cache]
+ttl = "1s"
+[[routes]]
+name = "a"
+[routes.aggregate]
+parts = [{ name = "p", upstream = "u", path = "/" }]
+[[routes]]
+name = "d"
+[routes.respond]
+"#;
+        let file = crate::config::parse(text).unwrap();
+        let mut ignored = Vec::new();
+        let plan = server::plan(&file, &mut ignored);
+        let (shared, _) = Shared::new(&plan).unwrap();
+        let built = build(&file, "", &shared, None);
+        assert!(built.is_ok(), "{:?}", built.err());
+    }
+}

@@ -1,0 +1,295 @@
+//! Typed scalars: configuration strings that mean something, parsed when the file is read
+//! (`#[serde(try_from = "String")]`), so a bad value is reported with its key path before
+//! anything is built and nothing downstream parses the string again.
+
+use serde::Deserialize;
+use std::fmt;
+use std::path::PathBuf;
+
+/// An authentication method a route accepts: `"api_key"` or `"jwt:PROVIDER"`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub enum AuthRef {
+    ApiKey,
+    Jwt(String),
+}
+
+impl TryFrom<String> for AuthRef {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.split_once(':') {
+            None if s == "api_key" => Ok(AuthRef::ApiKey),
+            Some(("jwt", p)) if !p.is_empty() => Ok(AuthRef::Jwt(p.to_string())),
+            _ => Err(format!(
+                "unknown auth method {s:?}; use \"api_key\" or \"jwt:PROVIDER\""
+            )),
+        }
+    }
+}
+
+impl fmt::Display for AuthRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthRef::ApiKey => write!(f, "api_key"),
+            AuthRef::Jwt(p) => write!(f, "jwt:{p}"),
+        }
+    }
+}
+
+/// What a rate-limit window is counted per: `ip`, `consumer`, `route`, joined with `+`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct RateKey {
+    pub ip: bool,
+    pub consumer: bool,
+    pub route: bool,
+}
+
+impl TryFrom<String> for RateKey {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let mut k = RateKey::default();
+        for part in s.split('+').map(str::trim) {
+            match part {
+                "ip" => k.ip = true,
+                "consumer" => k.consumer = true,
+                "route" => k.route = true,
+                _ => return Err(format!(
+                    "invalid key part {part:?}; join \"ip\", \"consumer\" and \"route\" with '+'"
+                )),
+            }
+        }
+        Ok(k)
+    }
+}
+
+impl RateKey {
+    /// Counted per client IP (the default).
+    pub const IP: RateKey = RateKey {
+        ip: true,
+        consumer: false,
+        route: false,
+    };
+}
+
+/// What a consistent-hash group hashes on: `"header:NAME"`, `"cookie:NAME"`, `"client_ip"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum HashOn {
+    Header(http::HeaderName),
+    Cookie(String),
+    ClientIp,
+}
+
+impl TryFrom<String> for HashOn {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s == "client_ip" {
+            return Ok(HashOn::ClientIp);
+        }
+        match s.split_once(':') {
+            Some(("header", name)) => http::HeaderName::from_bytes(name.trim().as_bytes())
+                .map(HashOn::Header)
+                .map_err(|_| format!("invalid header name {name:?}")),
+            Some(("cookie", name)) if !name.trim().is_empty() => {
+                Ok(HashOn::Cookie(name.trim().to_string()))
+            }
+            _ => Err(format!(
+                "invalid hash_on {s:?}; write \"header:NAME\", \"cookie:NAME\" or \"client_ip\""
+            )),
+        }
+    }
+}
+
+/// The lowest TLS version a listener accepts: `"1.2"` (1.2 and 1.3) or `"1.3"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum TlsVersion {
+    #[default]
+    V1_2,
+    V1_3,
+}
+
+impl TryFrom<String> for TlsVersion {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "1.2" => Ok(TlsVersion::V1_2),
+            "1.3" => Ok(TlsVersion::V1_3),
+            _ => Err(format!(
+                "invalid TLS version {s:?}; write \"1.2\" or \"1.3\""
+            )),
+        }
+    }
+}
+
+/// Where access-log lines go: `"stdout"`, `"off"`, or a file path (appended to).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum LogTarget {
+    Stdout,
+    Off,
+    File(PathBuf),
+}
+
+impl TryFrom<String> for LogTarget {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "stdout" => Ok(LogTarget::Stdout),
+            "off" => Ok(LogTarget::Off),
+            "" => Err("must be \"stdout\", \"off\" or a file path".into()),
+            path => Ok(LogTarget::File(path.into())),
+        }
+    }
+}
+
+/// How a caching route treats requests with credentials.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheSharing {
+    /// Neither served from nor stored in the cache.
+    #[default]
+    Bypass,
+    /// One entry for every caller.
+    Shared,
+    /// Entries keyed by the authenticated consumer.
+    PerConsumer,
+}
+
+/// A JWT signature algorithm, as in the token header: `HS256`, `RS256`, `EdDSA`, ...
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct JwtAlgorithm(pub jsonwebtoken::Algorithm);
+
+impl TryFrom<String> for JwtAlgorithm {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse::<jsonwebtoken::Algorithm>()
+            .map(JwtAlgorithm)
+            .map_err(|_| {
+                format!(
+                    "unknown algorithm {s:?}; use HS256/384/512, RS256/384/512, \
+                     PS256/384/512, ES256/384 or EdDSA"
+                )
+            })
+    }
+}
+
+/// A host pattern: an exact name (or IP) or a `*.suffix` wildcard, lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub enum HostPattern {
+    /// Lower-case host name.
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`: matches any name ending in it.
+    Suffix(String),
+}
+
+impl TryFrom<String> for HostPattern {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let lower = s.trim_end_matches('.').to_ascii_lowercase();
+        let valid_name = |n: &str| {
+            !n.is_empty()
+                && n.split('.').all(|label| {
+                    !label.is_empty()
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                })
+        };
+        if let Some(suffix) = lower.strip_prefix("*.") {
+            if valid_name(suffix) {
+                return Ok(HostPattern::Suffix(format!(".{suffix}")));
+            }
+        } else if valid_name(&lower) || lower.parse::<std::net::IpAddr>().is_ok() {
+            return Ok(HostPattern::Exact(lower));
+        }
+        Err(format!(
+            "invalid host {s:?}; write a name like \"api.example.com\" or a wildcard like \"*.example.com\""
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each typed scalar refuses a bad value at parse time, with the key path.
+    #[test]
+    fn bad_values_are_refused_with_their_key_path() {
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Doc {
+            auth: Vec<AuthRef>,
+            key: RateKey,
+            hash_on: HashOn,
+            min_version: TlsVersion,
+            target: LogTarget,
+            authenticated: CacheSharing,
+            algorithms: Vec<JwtAlgorithm>,
+            hosts: Vec<HostPattern>,
+        }
+        let good = r#"
+auth = ["api_key", "jwt:main"]
+key = "ip+consumer"
+hash_on = "header:X-User"
+min_version = "1.3"
+target = "/var/log/tollgate/access.log"
+authenticated = "per_consumer"
+algorithms = ["RS256", "EdDSA"]
+hosts = ["API.example.com", "*.example.org"]
+"#;
+        let doc: Doc = toml::from_str(good).unwrap();
+        assert_eq!(doc.auth[1], AuthRef::Jwt("main".into()));
+        assert!(doc.key.ip && doc.key.consumer && !doc.key.route);
+        assert_eq!(doc.hosts[0], HostPattern::Exact("api.example.com".into()));
+        let cases = [
+            (
+                "auth = [\"api_key\", \"oauth\"]",
+                "auth[1]",
+                "unknown auth method",
+            ),
+            ("key = \"ip+user\"", "key", "invalid key part \"user\""),
+            ("hash_on = \"body\"", "hash_on", "invalid hash_on"),
+            (
+                "min_version = \"1.1\"",
+                "min_version",
+                "invalid TLS version",
+            ),
+            ("target = \"\"", "target", "must be \"stdout\""),
+            (
+                "authenticated = \"everyone\"",
+                "authenticated",
+                "unknown variant",
+            ),
+            (
+                "algorithms = [\"RS256\", \"none\"]",
+                "algorithms[1]",
+                "unknown algorithm",
+            ),
+            ("hosts = [\"a b\"]", "hosts[0]", "invalid host"),
+        ];
+        for (line, path, fragment) in cases {
+            let key = line.split(' ').next().unwrap();
+            let text: String = good
+                .lines()
+                .map(|l| {
+                    if l.starts_with(&format!("{key} ")) {
+                        line
+                    } else {
+                        l
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            let err = serde_path_to_error::deserialize::<_, Doc>(
+                toml::Deserializer::parse(&text).unwrap(),
+            )
+            .unwrap_err();
+            assert_eq!(err.path().to_string(), path, "{line}");
+            assert!(err.inner().to_string().contains(fragment), "{line}: {err}");
+        }
+    }
+}
