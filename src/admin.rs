@@ -7,6 +7,7 @@
 //! own state.
 
 use crate::cache::Purge;
+use crate::observe::metrics::TargetSample;
 use crate::reload::{Current, ReloadHandle};
 use async_trait::async_trait;
 use http::{Response, StatusCode};
@@ -170,10 +171,22 @@ impl ServeHttp for Admin {
             }
             (true, "/metrics") => {
                 let gw = self.current.load();
+                let health: Vec<_> = gw.upstreams.iter().map(|g| (g, g.health())).collect();
+                let samples: Vec<TargetSample<'_>> = health
+                    .iter()
+                    .flat_map(|(g, targets)| {
+                        targets.iter().map(|t| TargetSample {
+                            group: &g.name,
+                            target: &t.target.label,
+                            healthy: t.healthy,
+                            circuit: t.circuit.map(|c| c as i64),
+                        })
+                    })
+                    .collect();
                 response(
                     StatusCode::OK,
                     "text/plain; version=0.0.4",
-                    gw.metrics.render(&gw.upstreams, gw.cache.as_deref()),
+                    gw.metrics.render(&samples, gw.cache.as_deref()),
                 )
             }
             (false, "/health" | "/metrics") => response(

@@ -80,7 +80,7 @@ impl Aggregate {
     pub(crate) fn from_config(
         at: &str,
         agg: &crate::config::file::AggregateSection,
-        groups: &crate::build::refs::Groups,
+        groups: &crate::upstream::Groups,
         problems: &mut Vec<crate::config::Problem>,
     ) -> Option<Aggregate> {
         use crate::config::{bounds, Problem};

@@ -138,6 +138,32 @@ impl<A> Guarded<A> {
     }
 }
 
+/// Where in `data` the blank line ending a request head ends (`\r\n\r\n` or `\n\n`), with
+/// `tail` the three bytes read before `data`. Only the line feeds are looked at (memchr), so
+/// a head costs a few instructions per line rather than per byte.
+fn head_end(tail: [u8; 3], data: &[u8]) -> Option<usize> {
+    let at = |j: usize, back: usize| -> u8 {
+        match j.checked_sub(back) {
+            Some(k) => data[k],
+            None => tail[3 + j - back],
+        }
+    };
+    memchr::memchr_iter(b'\n', data).find(|&i| {
+        let p1 = at(i, 1);
+        p1 == b'\n' || (p1 == b'\r' && at(i, 2) == b'\n' && at(i, 3) == b'\r')
+    })
+}
+
+/// The last three bytes of `tail` followed by `data`.
+fn last_three(tail: [u8; 3], data: &[u8]) -> [u8; 3] {
+    match data.len() {
+        0 => tail,
+        1 => [tail[1], tail[2], data[0]],
+        2 => [tail[2], data[0], data[1]],
+        n => [data[n - 3], data[n - 2], data[n - 1]],
+    }
+}
+
 /// A complete JSON error response written below HTTP (no session exists yet), with a fresh
 /// request id, closing the connection.
 fn canned(status: http::StatusCode, message: &str) -> Vec<u8> {
@@ -275,27 +301,19 @@ impl GuardedStream {
             Phase::Head { bytes, tail } => (bytes, tail),
             _ => return,
         };
-        // Find the blank line ending the head, across read boundaries: `last4` holds the
-        // last four bytes seen, oldest in the high byte.
-        const CRLFCRLF: u32 = u32::from_be_bytes(*b"\r\n\r\n");
-        const LFLF: u32 = u16::from_be_bytes(*b"\n\n") as u32;
-        let mut last4 = u32::from_be_bytes([0, tail[0], tail[1], tail[2]]);
-        for (i, b) in data.iter().enumerate() {
-            last4 = (last4 << 8) | u32::from(*b);
-            if last4 == CRLFCRLF || last4 & 0xffff == LFLF {
-                self.phase = Phase::Body;
-                self.deadline = None;
-                if bytes + i + 1 > self.max_header_bytes {
-                    self.reject(canned(
-                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                        "request header too large",
-                    ));
-                }
-                return;
+        if let Some(i) = head_end(tail, data) {
+            self.phase = Phase::Body;
+            self.deadline = None;
+            if bytes + i + 1 > self.max_header_bytes {
+                self.reject(canned(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "request header too large",
+                ));
             }
+            return;
         }
         bytes += data.len();
-        tail = [(last4 >> 16) as u8, (last4 >> 8) as u8, last4 as u8];
+        tail = last_three(tail, data);
         if bytes > self.max_header_bytes {
             self.reject(canned(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -554,5 +572,33 @@ impl GetSocketDigest for GuardedStream {
 impl Peek for GuardedStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
         self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The end of a head is found wherever the reads split it.
+    #[test]
+    fn head_end_across_every_split() {
+        for head in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\n\r\nBODY"[..],
+            b"GET / HTTP/1.1\nHost: a\n\nBODY",
+        ] {
+            let end = head.len() - 4;
+            for split in 0..=head.len() {
+                let (first, second) = head.split_at(split);
+                let found = match head_end([0; 3], first) {
+                    Some(i) => i + 1,
+                    None => split + head_end(last_three([0; 3], first), second).unwrap() + 1,
+                };
+                assert_eq!(found, end, "split at {split}");
+            }
+        }
+        assert_eq!(head_end([0; 3], b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
+        // Split in three: the tail carries across reads shorter than three bytes.
+        let t = last_three(last_three([0; 3], b"a\r\n"), b"\r");
+        assert_eq!(head_end(t, b"\nX"), Some(0));
     }
 }

@@ -1,13 +1,80 @@
-//! The gateway's own responses: JSON errors carrying the request id, fixed direct responses,
-//! and the mapping from Pingora errors to the status a client sees. Nothing here echoes
+//! The gateway's own responses: JSON errors carrying the request id, fixed direct responses
+//! (`[routes.respond]`, `[upstreams.NAME.fallback]`), and the mapping from Pingora errors to
+//! the status a client sees. Nothing here echoes
 //! secrets or internals; messages are fixed strings chosen by the caller.
 
+use crate::config::file::RespondSection;
+use crate::config::Problem;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use pingora::prelude::*;
 use pingora::proxy::Session;
+use std::collections::BTreeMap;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A fixed response served without an upstream.
+#[derive(Debug)]
+pub(crate) struct DirectResponse {
+    pub status: StatusCode,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+}
+
+impl DirectResponse {
+    /// `[routes.respond]` or `[upstreams.NAME.fallback]`, problems under `at`.
+    pub(crate) fn from_config(
+        at: &str,
+        r: &RespondSection,
+        problems: &mut Vec<Problem>,
+    ) -> Option<DirectResponse> {
+        let RespondSection {
+            status,
+            headers,
+            body,
+        } = r;
+        let before = problems.len();
+        crate::config::bounds::RESPOND_STATUS.check(&format!("{at}.status"), *status, problems);
+        let headers = header_pairs(&format!("{at}.headers"), headers, problems);
+        let status = StatusCode::from_u16(*status).ok();
+        match status {
+            Some(status) if problems.len() == before => Some(DirectResponse {
+                status,
+                headers,
+                body: Bytes::from(body.clone()),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Header name/value pairs from a table, each problem at `at.NAME`.
+pub(crate) fn header_pairs(
+    at: &str,
+    map: &BTreeMap<String, String>,
+    problems: &mut Vec<Problem>,
+) -> Vec<(HeaderName, HeaderValue)> {
+    map.iter()
+        .filter_map(|(k, v)| {
+            let name = HeaderName::from_bytes(k.as_bytes());
+            let value = HeaderValue::from_str(v);
+            match (name, value) {
+                (Ok(n), Ok(v)) => Some((n, v)),
+                (Err(_), _) => {
+                    problems.push(Problem::new(
+                        format!("{at}.{k}"),
+                        format!("invalid header name {k:?}"),
+                    ));
+                    None
+                }
+                (_, Err(_)) => {
+                    problems.push(Problem::new(format!("{at}.{k}"), "invalid header value"));
+                    None
+                }
+            }
+        })
+        .collect()
+}
 
 /// A response the gateway answers itself instead of proxying.
 #[derive(Debug)]

@@ -8,7 +8,7 @@
 // Crate-private unless a bench, a test or `main` needs the module.
 pub(crate) mod admin;
 pub(crate) mod aggregate;
-pub(crate) mod build;
+pub(crate) mod assemble;
 pub mod cache;
 pub mod config;
 pub(crate) mod connection;
@@ -16,6 +16,7 @@ pub(crate) mod demo;
 pub(crate) mod error;
 pub mod forward;
 pub(crate) mod gateway;
+pub(crate) mod names;
 pub mod observe;
 pub mod policy;
 pub(crate) mod proxy;
@@ -25,7 +26,7 @@ pub(crate) mod tls;
 pub mod transform;
 pub(crate) mod upstream;
 
-use build::{Runtime, Shared};
+use assemble::{Runtime, Shared};
 use connection::{ConnectionTracker, Guarded};
 use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::server::configuration::Opt;
@@ -55,7 +56,7 @@ pub struct StartMode {
 /// with `-u`, where the sockets come from the running instance.
 pub fn check_listen_addresses(file: &config::ConfigFile) -> Vec<config::Problem> {
     let mut problems = Vec::new();
-    for (path, addr) in build::refs::listen_addresses(file) {
+    for (path, addr) in assemble::refs::listen_addresses(file) {
         let mut tries = 0;
         let bound = loop {
             match std::net::TcpListener::bind(addr) {
@@ -93,9 +94,9 @@ pub fn load(path: &std::path::Path) -> Result<Assembled, config::ConfigError> {
     };
     // The process-wide parts come from the plan, which `build` checks with the rest.
     let mut ignored = Vec::new();
-    let plan = build::server::plan(&file, &mut ignored);
+    let plan = assemble::server::plan(&file, &mut ignored);
     let (shared, access_log_writer) = Shared::new(&plan).map_err(fail)?;
-    let runtime = build::build(&file, &sha256, &shared, None).map_err(fail)?;
+    let runtime = assemble::build(&file, &sha256, &shared, None).map_err(fail)?;
     Ok(Assembled {
         file,
         runtime,
@@ -119,7 +120,7 @@ pub fn build_server(assembled: Assembled, config_path: PathBuf, mode: StartMode)
         background,
     } = runtime;
     let shared = Arc::new(shared);
-    let build::ServerPlan {
+    let assemble::ServerPlan {
         conf: mut server_conf,
         listeners,
         admin: admin_address,

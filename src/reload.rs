@@ -6,10 +6,10 @@
 //! each generation's periodic work (health checks, DNS, JWKS refresh): the new generation's
 //! work starts before the swap and the old one's stops right after it. Requests in flight
 //! finish on the generation they started with; open connections are not touched. What a new
-//! generation keeps from the old one is decided in `crate::build`. Keys only a new process can
-//! apply (`build::server`'s restart keys) make the reload fail, naming them.
+//! generation keeps from the old one is decided in `crate::assemble`. Keys only a new process can
+//! apply (`assemble::server`'s restart keys) make the reload fail, naming them.
 
-use crate::build::{self, Background, Shared};
+use crate::assemble::{self, Background, Shared};
 use crate::config::{self, ConfigError, Problem};
 use crate::connection::ConnectionTracker;
 use crate::gateway::Gateway;
@@ -146,9 +146,11 @@ impl Reloader {
         // Building reads files and resolves targets, with a runtime of its own.
         let built = tokio::task::spawn_blocking(move || {
             let (file, sha256) = config::load(&path)?;
-            build::build(&file, &sha256, &shared, Some(&previous)).map_err(|problems| ConfigError {
-                file: path.clone(),
-                problems,
+            assemble::build(&file, &sha256, &shared, Some(&previous)).map_err(|problems| {
+                ConfigError {
+                    file: path.clone(),
+                    problems,
+                }
             })
         })
         .await
@@ -158,7 +160,7 @@ impl Reloader {
         })??;
         let changed = {
             let keys = Self::lock(&self.restart_keys);
-            build::server::changed_restart_keys(&keys, &built.plan.restart_keys)
+            assemble::server::changed_restart_keys(&keys, &built.plan.restart_keys)
         };
         if !changed.is_empty() {
             return Err(ConfigError {
@@ -174,7 +176,7 @@ impl Reloader {
                     .collect(),
             });
         }
-        let build::Runtime {
+        let assemble::Runtime {
             gateway,
             plan,
             background,

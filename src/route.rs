@@ -5,13 +5,12 @@
 //! prefix beats a shorter one, a route with methods or headers beats one without, and config
 //! order breaks the remaining ties. What a route does once matched is left to the gateway.
 
-use crate::config::file::{RespondSection, RouteSection};
+use crate::config::file::RouteSection;
 use crate::config::{bounds, Problem};
 use crate::transform::{HeaderTransform, JsonRename};
 use crate::upstream::UpstreamGroup;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,68 +48,7 @@ impl PathMatch {
 
 pub use crate::config::types::HostPattern;
 
-/// A fixed response served without an upstream.
-#[derive(Debug)]
-pub(crate) struct DirectResponse {
-    pub status: StatusCode,
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    pub body: Bytes,
-}
-
-impl DirectResponse {
-    /// `[routes.respond]` or `[upstreams.NAME.fallback]`, problems under `at`.
-    pub(crate) fn from_config(
-        at: &str,
-        r: &RespondSection,
-        problems: &mut Vec<Problem>,
-    ) -> Option<DirectResponse> {
-        let RespondSection {
-            status,
-            headers,
-            body,
-        } = r;
-        let before = problems.len();
-        bounds::RESPOND_STATUS.check(&format!("{at}.status"), *status, problems);
-        let headers = header_pairs(&format!("{at}.headers"), headers, problems);
-        let status = StatusCode::from_u16(*status).ok();
-        match status {
-            Some(status) if problems.len() == before => Some(DirectResponse {
-                status,
-                headers,
-                body: Bytes::from(body.clone()),
-            }),
-            _ => None,
-        }
-    }
-}
-
-/// Header name/value pairs from a table, each problem at `at.NAME`.
-pub(crate) fn header_pairs(
-    at: &str,
-    map: &BTreeMap<String, String>,
-    problems: &mut Vec<Problem>,
-) -> Vec<(HeaderName, HeaderValue)> {
-    map.iter()
-        .filter_map(|(k, v)| {
-            let name = HeaderName::from_bytes(k.as_bytes());
-            let value = HeaderValue::from_str(v);
-            match (name, value) {
-                (Ok(n), Ok(v)) => Some((n, v)),
-                (Err(_), _) => {
-                    problems.push(Problem::new(
-                        format!("{at}.{k}"),
-                        format!("invalid header name {k:?}"),
-                    ));
-                    None
-                }
-                (_, Err(_)) => {
-                    problems.push(Problem::new(format!("{at}.{k}"), "invalid header value"));
-                    None
-                }
-            }
-        })
-        .collect()
-}
+pub(crate) use crate::error::{header_pairs, DirectResponse};
 
 /// How the request path changes before it goes upstream.
 #[derive(Debug, Clone)]
@@ -235,12 +173,8 @@ pub struct Route {
 
 /// What a route is built against: the rest of the generation being assembled.
 pub(crate) struct RouteContext<'a> {
-    pub groups: &'a crate::build::refs::Groups,
-    pub jwt: &'a crate::build::refs::Providers,
-    /// Whether any consumer (API key) is configured.
-    pub has_consumers: bool,
-    pub rate_store: &'a Arc<crate::policy::rate_limit::RateLimitStore>,
-    pub default_max_body: u64,
+    pub groups: &'a crate::upstream::Groups,
+    pub policy: crate::policy::PolicyContext<'a>,
     /// The gateway-wide security headers (`[security_headers]`).
     pub security: &'a [(HeaderName, HeaderValue)],
 }
@@ -529,7 +463,7 @@ impl Route {
                 cors: cors.as_ref(),
                 max_body_size: *max_body_size,
             },
-            cx,
+            &cx.policy,
             problems,
         );
         let transform = RouteTransform {

@@ -20,7 +20,7 @@
 //! and a [`Range::check`] call in validation; the tests here (and `tests/config_bounds.rs`)
 //! fail until they agree.
 
-use super::file::{HumanDuration, HumanSize};
+use super::types::{HumanDuration, HumanSize};
 use super::Problem;
 use std::cmp::Ordering;
 use std::fmt;
@@ -237,7 +237,7 @@ pub const MAX_WEIGHT: usize = 1000;
 pub const PINGORA_MAX_HEADERS: u64 = 256;
 
 /// Most worker threads per service.
-pub const MAX_THREADS: usize = 1024;
+pub use super::types::MAX_THREADS;
 
 // [server]
 pub const SERVER_THREADS: Range = int(1, MAX_THREADS as u64, &["server.threads"]);

@@ -7,10 +7,9 @@
 use super::types::{
     AuthRef, CacheSharing, HashOn, HostPattern, JwtAlgorithm, LogTarget, RateKey, TlsVersion,
 };
+pub use super::types::{HumanDuration, HumanSize};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::fmt;
-use std::time::Duration;
 
 /// The whole configuration file.
 #[derive(Debug, Deserialize)]
@@ -856,53 +855,6 @@ pub struct CorsSection {
     pub max_age: Option<HumanDuration>,
 }
 
-/// A size written as `"32KiB"`, `"10MB"`, `"1048576"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "SizeText")]
-pub struct HumanSize(pub u64);
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum SizeText {
-    Number(u64),
-    Text(String),
-}
-
-impl TryFrom<SizeText> for HumanSize {
-    type Error = String;
-    fn try_from(s: SizeText) -> Result<Self, Self::Error> {
-        match s {
-            SizeText::Number(n) => Ok(HumanSize(n)),
-            SizeText::Text(t) => t
-                .parse::<bytesize::ByteSize>()
-                .map(|b| HumanSize(b.as_u64()))
-                .map_err(|e| format!("invalid size {t:?} ({e}); write e.g. \"64KiB\", \"10MB\"")),
-        }
-    }
-}
-
-/// A duration written as `"250ms"`, `"5s"`, `"1m 30s"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub struct HumanDuration(pub Duration);
-
-impl TryFrom<String> for HumanDuration {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        humantime::parse_duration(&s)
-            .map(HumanDuration)
-            .map_err(|e| {
-                format!("invalid duration {s:?} ({e}); write e.g. \"500ms\", \"5s\", \"2m\"")
-            })
-    }
-}
-
-impl fmt::Display for HumanDuration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_duration(self.0))
-    }
-}
-
 /// The defaults, each in one place.
 pub mod defaults {
     use super::{HumanDuration, HumanSize};
@@ -912,7 +864,7 @@ pub mod defaults {
     pub fn threads() -> usize {
         std::thread::available_parallelism()
             .map_or(1, |n| n.get())
-            .min(crate::config::bounds::MAX_THREADS)
+            .min(super::super::types::MAX_THREADS)
     }
     pub fn work_stealing() -> bool {
         true

@@ -2,7 +2,7 @@
 //! model of `tollgate.toml`, [`types`] the strings that mean something (parsed as the file is
 //! read), [`bounds`] the allowed range of every number, and [`Problem`] what is wrong and
 //! where. [`load`] reads and parses a file, reporting a type error with its key path; what
-//! the values mean is checked where the runtime is built (`crate::build`), in one pass.
+//! the values mean is checked where the runtime is built (`crate::assemble`), in one pass.
 
 pub mod bounds;
 pub mod file;

@@ -5,6 +5,57 @@
 use serde::Deserialize;
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// Most worker threads (`server.threads`; the default, one per CPU, is capped here too).
+pub const MAX_THREADS: usize = 1024;
+
+/// A size written as `"32KiB"`, `"10MB"`, `"1048576"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "SizeText")]
+pub struct HumanSize(pub u64);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeText {
+    Number(u64),
+    Text(String),
+}
+
+impl TryFrom<SizeText> for HumanSize {
+    type Error = String;
+    fn try_from(s: SizeText) -> Result<Self, Self::Error> {
+        match s {
+            SizeText::Number(n) => Ok(HumanSize(n)),
+            SizeText::Text(t) => t
+                .parse::<bytesize::ByteSize>()
+                .map(|b| HumanSize(b.as_u64()))
+                .map_err(|e| format!("invalid size {t:?} ({e}); write e.g. \"64KiB\", \"10MB\"")),
+        }
+    }
+}
+
+/// A duration written as `"250ms"`, `"5s"`, `"1m 30s"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct HumanDuration(pub Duration);
+
+impl TryFrom<String> for HumanDuration {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        humantime::parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(|e| {
+                format!("invalid duration {s:?} ({e}); write e.g. \"500ms\", \"5s\", \"2m\"")
+            })
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
 
 /// An authentication method a route accepts: `"api_key"` or `"jwt:PROVIDER"`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
@@ -54,9 +105,11 @@ impl TryFrom<String> for RateKey {
                 "ip" => k.ip = true,
                 "consumer" => k.consumer = true,
                 "route" => k.route = true,
-                _ => return Err(format!(
+                _ => {
+                    return Err(format!(
                     "invalid key part {part:?}; join \"ip\", \"consumer\" and \"route\" with '+'"
-                )),
+                ))
+                }
             }
         }
         Ok(k)

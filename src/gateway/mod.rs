@@ -60,8 +60,8 @@ const RETRY_5XX: ErrorType = ErrorType::new_code("upstream answered 5xx", 502);
 pub struct Gateway {
     pub(crate) routes: RouteTable,
     pub(crate) upstreams: Vec<Arc<UpstreamGroup>>,
-    pub(crate) groups: crate::build::refs::Groups,
-    pub(crate) providers: crate::build::refs::Providers,
+    pub(crate) groups: crate::upstream::Groups,
+    pub(crate) providers: crate::policy::jwt::Providers,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) access_log: Option<AccessLog>,
     pub(crate) policy: GatewayPolicy,

@@ -2,12 +2,11 @@
 //! so several gateways can live in one process and an upgrade starts clean).
 
 use crate::cache::{ResponseCache, Verdict};
-use crate::upstream::UpstreamGroup;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// The `method` label values; anything else is `OTHER`.
@@ -64,6 +63,15 @@ fn handle<'a, M: prometheus::core::Metric + Clone>(
 const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
+
+/// One target's health, as `/metrics` reports it.
+pub(crate) struct TargetSample<'a> {
+    pub group: &'a str,
+    pub target: &'a str,
+    pub healthy: bool,
+    /// `circuit_state`: 0 closed, 1 open, 2 half-open; `None` without a breaker.
+    pub circuit: Option<i64>,
+}
 
 /// Route label used for requests that matched no route.
 pub const NO_ROUTE: &str = "-";
@@ -294,7 +302,7 @@ impl Metrics {
     /// The Prometheus text exposition, with target health refreshed from the health checks.
     pub(crate) fn render(
         &self,
-        upstreams: &[Arc<UpstreamGroup>],
+        targets: &[TargetSample<'_>],
         cache: Option<&ResponseCache>,
     ) -> Vec<u8> {
         if let Some(cache) = cache {
@@ -312,16 +320,14 @@ impl Metrics {
         // Only the groups and targets of the serving generation are reported.
         self.target_healthy.reset();
         self.circuit_state.reset();
-        for group in upstreams {
-            for t in group.health() {
-                self.target_healthy
-                    .with_label_values(&[&*group.name, &*t.target.label])
-                    .set(i64::from(t.healthy));
-                if let Some(state) = t.circuit {
-                    self.circuit_state
-                        .with_label_values(&[&*group.name, &*t.target.label])
-                        .set(state as i64);
-                }
+        for t in targets {
+            self.target_healthy
+                .with_label_values(&[t.group, t.target])
+                .set(i64::from(t.healthy));
+            if let Some(state) = t.circuit {
+                self.circuit_state
+                    .with_label_values(&[t.group, t.target])
+                    .set(state);
             }
         }
         let mut out = Vec::with_capacity(8 * 1024);

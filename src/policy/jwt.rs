@@ -167,6 +167,9 @@ pub struct JwtProvider {
     identity: String,
 }
 
+/// The JWT providers of a generation, by name.
+pub(crate) type Providers = crate::names::Named<JwtProvider>;
+
 /// The listed algorithms, each once; a repeated one is a problem.
 fn distinct_algorithms(at: &str, listed: &[JwtAlgorithm], p: &mut Vec<Problem>) -> Vec<Algorithm> {
     let mut algs: Vec<Algorithm> = Vec::with_capacity(listed.len());

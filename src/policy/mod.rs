@@ -34,6 +34,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What a route's policy is built against.
+pub(crate) struct PolicyContext<'a> {
+    pub jwt: &'a jwt::Providers,
+    /// Whether any consumer (API key) is configured.
+    pub has_consumers: bool,
+    pub rate_store: &'a Arc<rate_limit::RateLimitStore>,
+    pub default_max_body: u64,
+}
+
 /// The policy keys of one `[[routes]]` entry.
 pub(crate) struct RoutePolicySection<'a> {
     pub name: &'a str,
@@ -62,7 +71,7 @@ impl RoutePolicy {
     pub(crate) fn from_config(
         at: &str,
         s: RoutePolicySection<'_>,
-        cx: &crate::route::RouteContext<'_>,
+        cx: &PolicyContext<'_>,
         problems: &mut Vec<Problem>,
     ) -> Option<RoutePolicy> {
         let RoutePolicySection {
@@ -159,7 +168,7 @@ impl GatewayPolicy {
         auth: &AuthSection,
         consumers: &BTreeMap<String, ConsumerSection>,
         rate_store: &Arc<rate_limit::RateLimitStore>,
-        providers: &crate::build::refs::Providers,
+        providers: &jwt::Providers,
         problems: &mut Vec<Problem>,
     ) -> Option<GatewayPolicy> {
         let LimitsSection {

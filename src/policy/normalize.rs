@@ -249,8 +249,11 @@ fn host_already_canonical(host: &[u8]) -> bool {
             _ => return false,
         }
     }
+    // Five digits compare as numbers do when compared as text.
     let port_ok = host.len() == name.len()
-        || (!port.is_empty() && port.len() <= 4 && port.iter().all(u8::is_ascii_digit));
+        || (!port.is_empty()
+            && port.iter().all(u8::is_ascii_digit)
+            && (port.len() < 5 || (port.len() == 5 && port <= &b"65535"[..])));
     label > 0 && name.len() <= 253 && port_ok
 }
 
@@ -538,6 +541,9 @@ mod tests {
             ("[::1]", Some("[::1]")),
             ("[::G]", None),
             ("[::1]x", None),
+            ("127.0.0.1:18480", Some("127.0.0.1:18480")),
+            ("a:65535", Some("a:65535")),
+            ("a:65536", None),
             ("under_score.internal", Some("under_score.internal")),
             ("", None),
         ];

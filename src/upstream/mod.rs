@@ -157,6 +157,9 @@ impl RetryBudget {
     }
 }
 
+/// The upstream groups of a generation, by name.
+pub(crate) type Groups = crate::names::Named<UpstreamGroup>;
+
 /// A compiled upstream group.
 pub(crate) struct UpstreamGroup {
     pub name: Arc<str>,
@@ -170,7 +173,7 @@ pub(crate) struct UpstreamGroup {
     /// Whether targets are re-resolved from DNS names.
     pub resolves_names: bool,
     /// Answered when no target is available.
-    pub fallback: Option<crate::route::DirectResponse>,
+    pub fallback: Option<crate::error::DirectResponse>,
     pub retry_budget: RetryBudget,
     /// TLS to the targets, if any.
     pub tls: Option<UpstreamTls>,
@@ -386,7 +389,7 @@ impl UpstreamGroup {
             }
         });
         let fallback = fallback.as_ref().and_then(|f| {
-            crate::route::DirectResponse::from_config(&format!("{at}.fallback"), f, problems)
+            crate::error::DirectResponse::from_config(&format!("{at}.fallback"), f, problems)
         });
         let RetryBudgetSection {
             ratio,

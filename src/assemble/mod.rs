@@ -20,13 +20,14 @@ use crate::gateway::{Gateway, Generation};
 use crate::observe::access_log::{self, AccessLog, AccessLogWriter};
 use crate::observe::metrics::Metrics;
 use crate::policy::jwt::JwtProvider;
+use crate::policy::jwt::Providers;
 use crate::policy::rate_limit::RateLimitStore;
 use crate::policy::GatewayPolicy;
 use crate::route::{Route, RouteContext, RouteTable};
+use crate::upstream::Groups;
 use crate::upstream::UpstreamGroup;
 use http::HeaderValue;
 use pingora::services::background::BackgroundService;
-use refs::{Groups, Providers};
 pub use server::ServerPlan;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -179,10 +180,12 @@ pub fn build(
     }
     let cx = RouteContext {
         groups: &groups,
-        jwt: &providers,
-        has_consumers: !consumers.is_empty(),
-        rate_store: &rate_store,
-        default_max_body: limits.max_body_size.0,
+        policy: crate::policy::PolicyContext {
+            jwt: &providers,
+            has_consumers: !consumers.is_empty(),
+            rate_store: &rate_store,
+            default_max_body: limits.max_body_size.0,
+        },
         security: &security,
     };
     let built_routes: Vec<Route> = routes

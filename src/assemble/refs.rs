@@ -1,70 +1,12 @@
-//! Cross-references between sections: names that must exist (an upstream a route proxies
-//! to, a JWT provider it accepts) and names or addresses that must be unique. Everything
-//! else about a section is checked where it is built, in one pass.
+//! Cross-references between sections: names and addresses that must be unique. Names that
+//! must exist (an upstream a route proxies to, a JWT provider it accepts) are resolved
+//! through [`crate::names::Named`] where they are used. Everything else about a section is
+//! checked where it is built, in one pass.
 
 use crate::config::file::ConfigFile;
 use crate::config::Problem;
-use crate::policy::jwt::JwtProvider;
-use crate::upstream::UpstreamGroup;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
-
-/// Named things of one kind, as built; `configured` also holds the names whose section had
-/// problems, so a reference to them is not reported a second time as undefined.
-pub(crate) struct Named<T> {
-    kind: &'static str,
-    built: BTreeMap<String, Arc<T>>,
-    configured: BTreeSet<String>,
-}
-
-/// The upstream groups of a generation, by name.
-pub(crate) type Groups = Named<UpstreamGroup>;
-/// The JWT providers of a generation, by name.
-pub(crate) type Providers = Named<JwtProvider>;
-
-impl<T> Named<T> {
-    pub(crate) fn new(kind: &'static str, configured: impl IntoIterator<Item = String>) -> Self {
-        Named {
-            kind,
-            built: BTreeMap::new(),
-            configured: configured.into_iter().collect(),
-        }
-    }
-
-    pub(crate) fn insert(&mut self, name: &str, value: Arc<T>) {
-        self.built.insert(name.to_string(), value);
-    }
-
-    /// The built `name`, or a problem at `at` when no section defines it.
-    pub(crate) fn get(&self, at: &str, name: &str, problems: &mut Vec<Problem>) -> Option<Arc<T>> {
-        if let Some(v) = self.built.get(name) {
-            return Some(v.clone());
-        }
-        if !self.configured.contains(name) {
-            let defined: Vec<&str> = self.configured.iter().map(String::as_str).collect();
-            let defined = if defined.is_empty() {
-                "none".to_string()
-            } else {
-                defined.join(", ")
-            };
-            problems.push(Problem::new(
-                at,
-                format!("{} {name:?} is not defined; defined: {defined}", self.kind),
-            ));
-        }
-        None
-    }
-
-    /// The built one named `name`, if any (no problem when missing).
-    pub(crate) fn find(&self, name: &str) -> Option<&Arc<T>> {
-        self.built.get(name)
-    }
-
-    pub(crate) fn all(&self) -> impl Iterator<Item = &Arc<T>> {
-        self.built.values()
-    }
-}
 
 /// Names and addresses that must be unique: route names, demo names, and every address the
 /// process listens on (listeners, admin, demo backends).
