@@ -1,6 +1,6 @@
 //! Criterion benches of per-request hot functions: route matching at 10, 100 and 1,000
-//! routes, header transforms, forwarding-header preparation pieces, access-log formatting and
-//! cache-key building.
+//! routes, header transforms, forwarding-header preparation pieces, access-log formatting,
+//! cache-key building and request normalization.
 #![allow(clippy::unwrap_used)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -151,11 +151,30 @@ fn cache_key(c: &mut Criterion) {
     });
 }
 
+fn normalization(c: &mut Criterion) {
+    use tollgate::policy::normalize::{canonical_host, canonical_path};
+    c.bench_function("normalize/path_already_canonical", |b| {
+        b.iter(|| {
+            canonical_path(black_box(b"/api/v1/users/42/orders"), true).map(|p| p.encoded_slash)
+        })
+    });
+    c.bench_function("normalize/path_dots_and_escapes", |b| {
+        b.iter(|| {
+            canonical_path(black_box(b"/api/v1/../v2/%75sers//42/./orders"), true)
+                .map(|p| p.path.len())
+        })
+    });
+    c.bench_function("normalize/host_already_canonical", |b| {
+        b.iter(|| canonical_host(black_box("api.example.com:8443")).map(|h| h.len()))
+    });
+}
+
 criterion_group!(
     benches,
     route_matching,
     header_transforms,
     access_log,
-    cache_key
+    cache_key,
+    normalization
 );
 criterion_main!(benches);

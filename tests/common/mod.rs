@@ -23,8 +23,13 @@ pub fn free_port() -> u16 {
         .expect("binding an ephemeral loopback port")
 }
 
+/// The binary under test: this build's, or `TOLLGATE_TEST_BIN` (to measure a release
+/// build with the same tests, e.g. the reload latency printed by `tests/reload.rs`).
 pub fn tollgate_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_tollgate")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("TOLLGATE_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tollgate").into())
+    })
 }
 
 /// A running gateway process.
