@@ -6,6 +6,20 @@ use crate::config::Problem;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+/// Problem unless `name` is a usable configured name: letters, digits, `-`, `_` and `.`.
+pub(crate) fn check_name(at: &str, kind: &str, name: &str, problems: &mut Vec<Problem>) {
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !valid {
+        problems.push(Problem::new(
+            at,
+            format!("{kind} names may use only letters, digits, '-', '_' and '.'"),
+        ));
+    }
+}
+
 /// Named things of one kind, as built; `configured` also holds the names whose section had
 /// problems, so a reference to them is not reported a second time as undefined.
 pub(crate) struct Named<T> {

@@ -113,16 +113,7 @@ pub fn build(
     let mut providers = Providers::new("JWT provider", auth.jwt.keys().cloned());
     for (name, section) in &auth.jwt {
         let at = format!("auth.jwt.{name}");
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            problems.push(Problem::new(
-                &at,
-                "provider names may use only letters, digits, '-', '_' and '.'",
-            ));
-        }
+        crate::names::check_name(&at, "provider", name, &mut problems);
         // An unchanged provider keeps its verified-token cache and fetched keys.
         let identity = format!("{section:?}");
         let reused = previous

@@ -310,16 +310,7 @@ impl UpstreamGroup {
         } = section;
         let at = format!("upstreams.{name}");
         let before = problems.len();
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            problems.push(Problem::new(
-                &at,
-                "upstream names may use only letters, digits, '-', '_' and '.'",
-            ));
-        }
+        crate::names::check_name(&at, "upstream", name, problems);
         if targets.is_empty() {
             problems.push(Problem::new(
                 format!("{at}.targets"),
