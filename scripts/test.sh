@@ -10,6 +10,7 @@ PATH="$PATH:$HOME/.local/bin:$(python3 -c 'import sysconfig; print(sysconfig.get
 export PATH
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps
 cargo test --locked --all-targets
 for conf in conf/*.toml; do
   ./target/debug/tollgate -t -c "$conf"

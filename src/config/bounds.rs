@@ -12,12 +12,11 @@
 //! (more than 256 request headers). The ends are chosen so that nothing in that list can
 //! happen, and so that an operator never needs more.
 //!
-//! The checks run in `validate.rs`, and for the sections whose validation lives with their
-//! policy (`[auth.jwt.NAME]`, rate limits, `[rate_limit]`) in that policy's `validate`, which
-//! `validate.rs` calls; either way with the constants of this table.
+//! The checks run where each section is built (the features' `from_config`, called by the
+//! assembler), with the constants of this table.
 //!
 //! A new numeric key gets a `pub const` here, an entry in [`RANGES`], a row in the document
-//! and a [`Range::check`] call in validation; the tests here (and `tests/config_bounds.rs`)
+//! and a [`Range::check`] call where its section is built; the tests here (and `tests/config_bounds.rs`)
 //! fail until they agree.
 
 use super::types::{HumanDuration, HumanSize};

@@ -1,8 +1,9 @@
 //! What the user writes: the serde model of `tollgate.toml`.
 //!
 //! Every struct rejects unknown keys, and every default lives in one named function in
-//! [`defaults`] so that `Default` impls and serde agree. Nothing here is validated beyond its
-//! type; `validate.rs` checks meaning and `compile.rs` builds the runtime form.
+//! [`defaults`] so that `Default` impls and serde agree. Nothing here is checked beyond its
+//! type (strings that mean something are the typed values of [`super::types`]); what the
+//! values mean is checked where each feature builds its runtime form (`crate::assemble`).
 
 use super::types::{
     AuthRef, CacheSharing, HashOn, HostPattern, JwtAlgorithm, LogTarget, RateKey, TlsVersion,

@@ -1,4 +1,4 @@
-//! Configuration: what the user writes, and nothing else of the crate. [`file`] is the serde
+//! Configuration: what the user writes, and nothing else of the crate. [`file`](mod@file) is the serde
 //! model of `tollgate.toml`, [`types`] the strings that mean something (parsed as the file is
 //! read), [`bounds`] the allowed range of every number, and [`Problem`] what is wrong and
 //! where. [`load`] reads and parses a file, reporting a type error with its key path; what
