@@ -1,9 +1,11 @@
-//! The admin listener (loopback by default): `GET /health`, `GET /metrics`,
+//! The admin listener (loopback by default): `GET /health`, `/livez`, `/readyz`, `/metrics`,
 //! `POST /cache/purge` and `POST /config/reload`.
 //!
-//! `/health` answers 200 when every upstream group has at least one healthy target and 503
-//! otherwise, with per-group and per-target detail and the serving configuration's
-//! generation. Everything it reports comes from the serving generation; it owns none of its
+//! `/health` answers 200 while some upstream group has a healthy target (`"degraded"` when
+//! others have none) and 503 when none has, with per-group and per-target detail and the
+//! serving configuration's generation; `/livez` and `/readyz` are the probes for
+//! orchestrators: alive while the process serves, ready once the health checks ran their
+//! first round and until a shutdown or handoff begins. Everything it reports comes from the serving generation; it owns none of its
 //! own state.
 
 use crate::cache::Purge;
@@ -14,10 +16,14 @@ use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 pub(crate) struct Admin {
     pub current: Current,
     pub reload: ReloadHandle,
+    /// The first configuration finished starting (health checks ran their first round).
+    pub ready: Arc<AtomicBool>,
 }
 
 impl Admin {
@@ -66,10 +72,30 @@ impl Admin {
         }
     }
 
-    /// The `/health` document and whether the gateway is fully serviceable.
-    pub fn health(&self) -> (bool, serde_json::Value) {
+    /// `/readyz`: whether to send this instance traffic, and why not.
+    fn readiness(&self) -> (StatusCode, serde_json::Value) {
+        let gw = self.current.load();
+        if gw.draining.load(Ordering::Acquire) {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"status": "draining"}),
+            )
+        } else if !self.ready.load(Ordering::Acquire) {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"status": "starting"}),
+            )
+        } else {
+            (StatusCode::OK, json!({"status": "ready"}))
+        }
+    }
+
+    /// The `/health` document and its status: 200 while some upstream group can serve (its
+    /// `"status"` says `"degraded"` when others cannot), 503 when none can.
+    pub fn health(&self) -> (StatusCode, serde_json::Value) {
         let gw = self.current.load();
         let mut all_ok = true;
+        let mut any_ok = gw.upstreams.is_empty();
         let groups: serde_json::Map<String, serde_json::Value> = gw
             .upstreams
             .iter()
@@ -80,6 +106,7 @@ impl Admin {
                 };
                 let healthy = targets.iter().filter(|t| t.healthy && !open(t)).count();
                 all_ok &= healthy > 0;
+                any_ok |= healthy > 0;
                 let detail: Vec<_> = targets
                     .iter()
                     .map(|t| {
@@ -105,8 +132,13 @@ impl Admin {
             })
             .collect();
         let g = &gw.generation;
+        let status = match (all_ok, any_ok) {
+            (true, _) => "ok",
+            (false, true) => "degraded",
+            (false, false) => "down",
+        };
         let doc = json!({
-            "status": if all_ok { "ok" } else { "degraded" },
+            "status": status,
             "version": env!("CARGO_PKG_VERSION"),
             "config": {
                 "generation": g.number,
@@ -115,7 +147,12 @@ impl Admin {
             },
             "upstreams": groups,
         });
-        (all_ok, doc)
+        let code = if any_ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        (code, doc)
     }
 }
 
@@ -161,12 +198,16 @@ impl ServeHttp for Admin {
         }
         match (get, req.uri.path()) {
             (true, "/health") => {
-                let (ok, doc) = self.health();
-                let status = if ok {
-                    StatusCode::OK
-                } else {
-                    StatusCode::SERVICE_UNAVAILABLE
-                };
+                let (status, doc) = self.health();
+                response(status, "application/json", doc.to_string().into_bytes())
+            }
+            (true, "/livez") => response(
+                StatusCode::OK,
+                "application/json",
+                br#"{"status":"alive"}"#.to_vec(),
+            ),
+            (true, "/readyz") => {
+                let (status, doc) = self.readiness();
                 response(status, "application/json", doc.to_string().into_bytes())
             }
             (true, "/metrics") => {
@@ -189,7 +230,7 @@ impl ServeHttp for Admin {
                     gw.metrics.render(&samples, gw.cache.as_deref()),
                 )
             }
-            (false, "/health" | "/metrics") => response(
+            (false, "/health" | "/metrics" | "/livez" | "/readyz") => response(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "application/json",
                 br#"{"error":"method not allowed"}"#.to_vec(),
@@ -197,7 +238,7 @@ impl ServeHttp for Admin {
             _ => response(
                 StatusCode::NOT_FOUND,
                 "application/json",
-                br#"{"error":"not found; try /health, /metrics, POST /cache/purge or POST /config/reload"}"#.to_vec(),
+                br#"{"error":"not found; try /health, /livez, /readyz, /metrics, POST /cache/purge or POST /config/reload"}"#.to_vec(),
             ),
         }
     }

@@ -206,6 +206,7 @@ pub fn build_server(assembled: Assembled, config_path: PathBuf, mode: StartMode)
         log::error!("cannot handle SIGHUP: {e}; reload with POST /config/reload instead");
     }
     let reload_handle = reloader.handle();
+    let ready = reloader.readiness();
     server.add_service(GenBackgroundService::new(
         "configuration".into(),
         Arc::new(reload::ReloadService(reloader)),
@@ -217,6 +218,7 @@ pub fn build_server(assembled: Assembled, config_path: PathBuf, mode: StartMode)
             admin::Admin {
                 current,
                 reload: reload_handle,
+                ready,
             },
         );
         svc.add_tcp(&addr);

@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -74,6 +75,9 @@ pub(crate) struct Reloader {
     first: Mutex<Vec<Background>>,
     requests: Mutex<Option<mpsc::UnboundedReceiver<Request>>>,
     handle: ReloadHandle,
+    /// Set once the first generation's background work is ready (every health check has
+    /// run its first round); `/readyz` waits for it.
+    ready: Arc<AtomicBool>,
 }
 
 impl Reloader {
@@ -98,11 +102,17 @@ impl Reloader {
             first: Mutex::new(first),
             requests: Mutex::new(Some(rx)),
             handle: ReloadHandle(tx),
+            ready: Arc::new(AtomicBool::new(false)),
         })
     }
 
     pub(crate) fn handle(&self) -> ReloadHandle {
         self.handle.clone()
+    }
+
+    /// Whether the serving configuration finished starting (see `/readyz`).
+    pub(crate) fn readiness(&self) -> Arc<AtomicBool> {
+        self.ready.clone()
     }
 
     /// Turn `SIGHUP` into reloads, from a thread of its own (Pingora leaves `SIGHUP` alone,
@@ -121,14 +131,27 @@ impl Reloader {
         Ok(())
     }
 
-    /// Start `work`, returning the switch that stops it.
-    fn start(work: Vec<Background>) -> watch::Sender<bool> {
+    /// Start `work`, returning the switch that stops it; `ready` is set once every service
+    /// said it is ready (a health check after its first round).
+    fn start(work: Vec<Background>, ready: Option<Arc<AtomicBool>>) -> watch::Sender<bool> {
         let (stop, watch) = watch::channel(false);
+        let mut pending = Vec::with_capacity(work.len());
         for (name, service) in work {
             let watch: ShutdownWatch = watch.clone();
+            let (notify, readiness) = watch::channel(false);
+            pending.push(readiness);
             tokio::spawn(async move {
                 log::debug!("starting {name}");
-                service.start(watch).await;
+                let notifier = pingora::services::ServiceReadyNotifier::new(notify);
+                service.start_with_ready_notifier(watch, notifier).await;
+            });
+        }
+        if let Some(ready) = ready {
+            tokio::spawn(async move {
+                for mut r in pending {
+                    let _ = r.wait_for(|v| *v).await;
+                }
+                ready.store(true, Ordering::Release);
             });
         }
         stop
@@ -191,7 +214,7 @@ impl Reloader {
             generation: gateway.generation.number,
             sha256: gateway.generation.sha256.clone(),
         };
-        let stop = Self::start(background);
+        let stop = Self::start(background, None);
         self.current.store(Arc::new(gateway));
         if let Some(old) = Self::lock(&self.running).replace(stop) {
             let _ = old.send(true);
@@ -236,7 +259,7 @@ impl BackgroundService for ReloadService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let r = &self.0;
         let first = std::mem::take(&mut *Reloader::lock(&r.first));
-        *Reloader::lock(&r.running) = Some(Reloader::start(first));
+        *Reloader::lock(&r.running) = Some(Reloader::start(first, Some(r.ready.clone())));
         let generation = r.current.load().generation.number;
         r.shared
             .metrics

@@ -1,5 +1,6 @@
-//! The admin listener and observability: `/health`, `/metrics` values that match the traffic
-//! sent, the JSON access log, and admin paths not leaking onto the proxy listener.
+//! The admin listener and observability: `/health`, the `/livez` and `/readyz` probes,
+//! `/metrics` values that match the traffic sent, the JSON access log, and admin paths not
+//! leaking onto the proxy listener.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -34,8 +35,11 @@ upstream = "checked"
     ))
 }
 
+/// `/health` answered 503 as soon as one group was down, so as a probe it would take every
+/// gateway out because one backend is sick: it stays 200 ("degraded") while another group
+/// serves, and is 503 only when none can.
 #[test]
-fn health_reports_per_target_and_turns_503_when_a_group_is_down() {
+fn health_reports_per_target_and_is_503_only_when_no_group_can_serve() {
     let (a, b) = (Backend::echo("a"), Backend::echo("b"));
     let gw = gateway(&a, &b);
     let c = client();
@@ -54,10 +58,13 @@ fn health_reports_per_target_and_turns_503_when_a_group_is_down() {
     b.set_healthy(false);
     let degraded = wait_for(Duration::from_secs(5), || {
         let r = c.get(gw.admin_url("/health")).send().unwrap();
-        (r.status() == 503).then(|| r.json::<serde_json::Value>().unwrap())
+        let status = r.status();
+        let doc = r.json::<serde_json::Value>().unwrap();
+        (doc["status"] == "degraded").then_some((status, doc))
     })
-    .expect("503 once the checked group has no healthy target");
-    assert_eq!(degraded["status"], "degraded");
+    .expect("degraded once the checked group has no healthy target");
+    let (status, degraded) = degraded;
+    assert_eq!(status, 200, "another group still serves");
     assert_eq!(degraded["upstreams"]["checked"]["status"], "down");
     assert_eq!(degraded["upstreams"]["app"]["status"], "up");
     let metrics = c
@@ -184,4 +191,70 @@ fn admin_paths_and_methods() {
     let r = c.get(gw.url("/metrics")).send().unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.json::<serde_json::Value>().unwrap()["error"], "no route");
+}
+
+#[test]
+fn health_is_503_when_no_group_can_serve() {
+    let checked = Backend::echo("checked");
+    let gw = Gateway::start(&format!(
+        r#"
+[upstreams.checked]
+targets = [{{ address = "{}" }}]
+[upstreams.checked.health_check]
+interval = "100ms"
+timeout = "100ms"
+healthy_threshold = 1
+unhealthy_threshold = 1
+
+[[routes]]
+name = "checked"
+upstream = "checked"
+"#,
+        checked.addr
+    ));
+    checked.set_healthy(false);
+    let down = wait_for(Duration::from_secs(5), || {
+        let r = client().get(gw.admin_url("/health")).send().unwrap();
+        (r.status() == 503).then(|| r.json::<serde_json::Value>().unwrap())
+    })
+    .expect("503 once no group can serve");
+    assert_eq!(down["status"], "down");
+}
+
+/// A target whose health check takes 3 s to fail: `/readyz` says starting until that first
+/// round is done, `/livez` says alive all along.
+#[test]
+fn readyz_waits_for_the_first_health_check_round_and_livez_does_not() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let slow = silent.local_addr().unwrap();
+    let gw = Gateway::start(&format!(
+        r#"
+[upstreams.slow]
+targets = [{{ address = "{slow}" }}]
+[upstreams.slow.health_check]
+interval = "10s"
+timeout = "3s"
+
+[[routes]]
+name = "slow"
+upstream = "slow"
+"#
+    ));
+    let get = |path: &str| {
+        let r = client().get(gw.admin_url(path)).send().unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<serde_json::Value>().unwrap())
+    };
+    assert_eq!(get("/livez"), (200, serde_json::json!({"status": "alive"})));
+    assert_eq!(
+        get("/readyz"),
+        (503, serde_json::json!({"status": "starting"}))
+    );
+    wait_for(Duration::from_secs(10), || {
+        (get("/readyz").0 == 200).then_some(())
+    })
+    .expect("ready after the first round");
+    assert_eq!(get("/readyz").1["status"], "ready");
+    assert_eq!(get("/livez").0, 200);
+    drop(silent);
 }

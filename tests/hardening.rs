@@ -750,3 +750,67 @@ fn h2_connection_idle_or_with_unfinished_headers_is_closed() {
         "h2 connection with an unfinished HEADERS block still open"
     );
 }
+
+/// Parse a raw answer with a real HTTP parser: its status, its headers and the body that
+/// followed the head.
+fn parse_strictly(reply: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    let httparse::Status::Complete(len) = resp.parse(reply).expect("a valid HTTP response") else {
+        panic!("incomplete head: {:?}", String::from_utf8_lossy(reply));
+    };
+    let headers = resp
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
+    (resp.code.unwrap(), headers, reply[len..].to_vec())
+}
+
+/// The connection guard's own 408 and 431 declared a Content-Length one byte longer than
+/// the body (curl exits 18) and carried no request id.
+#[test]
+fn the_guards_own_answers_parse_and_carry_a_request_id() {
+    let backend = Backend::echo("app");
+    let (gw, _s) = review_gateway(
+        &backend,
+        "max_header_bytes = \"1KiB\"\nheader_timeout = \"1s\"",
+    );
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "x".repeat(2000)
+    );
+    let read_all = |bytes: &[u8]| {
+        let mut s = TcpStream::connect(gw.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(bytes).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        out
+    };
+    for (bytes, status) in [
+        (big.into_bytes(), 431),
+        (b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: ".to_vec(), 408),
+    ] {
+        let reply = read_all(&bytes);
+        let (code, headers, body) = parse_strictly(&reply);
+        assert_eq!(code, status);
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("no {name} in {headers:?}"))
+        };
+        assert_eq!(header("content-length"), body.len().to_string(), "{status}");
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["request_id"], header("x-request-id"));
+        assert!(json["error"].is_string());
+    }
+    assert_eq!(backend.hits(), 0);
+}
