@@ -336,7 +336,7 @@ unhealthy_threshold = 1"#,
     let health = c.get(gw.admin_url("/health")).send().unwrap();
     assert_eq!(health.status(), 503);
     let h: serde_json::Value = health.json().unwrap();
-    assert_eq!(h["status"], "degraded");
+    assert_eq!(h["status"], "down", "no group can serve");
     assert_eq!(h["upstreams"]["app"]["status"], "down");
 }
 

@@ -500,7 +500,7 @@ ttl = "1s"
     );
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("routes[0].cache.authenticated: unknown variant `everyone`"),
+        out.contains("routes[0].cache.authenticated: unknown value `everyone`"),
         "{out}"
     );
 }

@@ -58,7 +58,7 @@ fn broken_configs_name_the_file_the_key_and_the_problem() {
             "unknown key",
             format!("[server]\nthreadz = 2\n{LISTENER}"),
             "server.threadz",
-            "unknown field `threadz`, expected one of `threads`",
+            "unknown key `threadz`; did you mean `threads`? (valid: threads, work_stealing,",
         ),
         (
             "CORS header name that is not one (reported at the field)",
@@ -70,7 +70,7 @@ fn broken_configs_name_the_file_the_key_and_the_problem() {
             "unknown retry condition",
             route("upstream = \"users\"\nretry_on = [\"sometimes\"]"),
             "routes[0].retry_on[0]",
-            "unknown variant `sometimes`",
+            "unknown value `sometimes`",
         ),
         (
             "path prefix that requests can never match",
@@ -88,7 +88,7 @@ fn broken_configs_name_the_file_the_key_and_the_problem() {
             "unknown underscore policy",
             format!("[limits]\nunderscore_headers = \"ignore\"\n{BASE}"),
             "limits.underscore_headers",
-            "unknown variant `ignore`, expected one of `drop`, `reject`, `allow`",
+            "unknown value `ignore` (valid: drop, reject, allow)",
         ),
         (
             "undefined upstream",
@@ -151,7 +151,7 @@ fn broken_configs_name_the_file_the_key_and_the_problem() {
             "unknown balancing policy",
             upstream("policy = \"fastest\"\ntargets = [{ address = \"127.0.0.1:2\" }]"),
             "upstreams.u.policy",
-            "unknown variant `fastest`",
+            "unknown value `fastest` (valid: round_robin, least_connections, consistent_hash)",
         ),
         (
             "health check threshold 0",
@@ -208,7 +208,25 @@ fn broken_configs_name_the_file_the_key_and_the_problem() {
             "wrong value type",
             format!("[server]\nthreads = \"two\"\n{LISTENER}"),
             "server.threads",
-            "invalid type: string \"two\"",
+            "expected a whole number, got string \"two\"",
+        ),
+        (
+            "two routes with the same match (the second is unreachable)",
+            format!("{BASE}[[routes]]\nname = \"a\"\npath_prefix = \"/x\"\nupstream = \"users\"\n[[routes]]\nname = \"b\"\npath_prefix = \"/x\"\nupstream = \"orders\""),
+            "routes[1]",
+            "matches exactly what routes[0] (\"a\") matches, so it could never be reached",
+        ),
+        (
+            "a misspelled value",
+            upstream("policy = \"round_robbin\"\ntargets = [{ address = \"127.0.0.1:2\" }]"),
+            "upstreams.u.policy",
+            "unknown value `round_robbin`; did you mean `round_robin`?",
+        ),
+        (
+            "a table where a list of tables belongs",
+            format!("{LISTENER}[routes]\nname = \"a\""),
+            "routes",
+            "write [[routes]] once per entry (an array of tables), not [routes]",
         ),
     ];
     for (what, config, key, fragment) in &cases {

@@ -277,11 +277,13 @@ algorithms = ["RS256"]
 jwks_url = "https://idp.example/jwks"
 [[routes]]
 name = "r"
+path_prefix = "/r"
 upstream = "u"
 [routes.cache]
 ttl = "1s"
 [[routes]]
 name = "a"
+path_prefix = "/a"
 [routes.aggregate]
 parts = [{ name = "p", upstream = "u", path = "/" }]
 [[routes]]

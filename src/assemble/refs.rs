@@ -8,9 +8,33 @@ use crate::config::Problem;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 
-/// Names and addresses that must be unique: route names, demo names, and every address the
-/// process listens on (listeners, admin, demo backends).
+/// Names, matches and addresses that must be unique: route names, what a route matches (a
+/// second route with the same match could never be reached), demo names, and every address
+/// the process listens on (listeners, admin, demo backends).
 pub(crate) fn duplicates(file: &ConfigFile, problems: &mut Vec<Problem>) {
+    let mut matches: HashMap<String, usize> = HashMap::new();
+    for (i, r) in file.routes.iter().enumerate() {
+        let mut hosts: Vec<String> = r.hosts.iter().map(|h| format!("{h:?}")).collect();
+        hosts.sort();
+        let mut methods = r.methods.clone();
+        methods.sort();
+        let key = format!(
+            "{hosts:?} {:?} {:?} {methods:?} {:?}",
+            r.path_prefix, r.path, r.headers
+        );
+        match matches.get(&key) {
+            Some(&first) => problems.push(Problem::new(
+                format!("routes[{i}]"),
+                format!(
+                    "matches exactly what routes[{first}] ({:?}) matches, so it could never be reached; change its hosts, path, methods or headers, or remove it",
+                    file.routes[first].name
+                ),
+            )),
+            None => {
+                matches.insert(key, i);
+            }
+        }
+    }
     let mut names = HashMap::new();
     for (i, route) in file.routes.iter().enumerate() {
         if let Some(first) = names.insert(route.name.as_str(), i) {

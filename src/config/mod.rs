@@ -77,8 +77,76 @@ pub fn parse(text: &str) -> Result<ConfigFile, Problem> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let path = if path == "." { String::new() } else { path };
-        Problem::new(path, inner.message().to_string())
+        let message = in_operator_words(&path, inner.message());
+        Problem::new(path, message)
     })
+}
+
+/// serde's messages, said the way an operator thinks of the file: "unknown key" with the
+/// closest valid one, "a whole number" rather than `usize`, and `[[routes]]` where a table
+/// was written for a list of tables.
+fn in_operator_words(path: &str, message: &str) -> String {
+    let choices = |rest: &str| -> Vec<String> {
+        rest.split(", ")
+            .filter_map(|c| {
+                c.trim()
+                    .strip_prefix('`')?
+                    .strip_suffix('`')
+                    .map(String::from)
+            })
+            .collect()
+    };
+    let suggest = |given: &str, valid: &[String]| {
+        valid
+            .iter()
+            .map(|v| (strsim::jaro_winkler(given, v), v))
+            .filter(|(score, _)| *score >= 0.8)
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, v)| format!("; did you mean `{v}`?"))
+            .unwrap_or_default()
+    };
+    for (prefix, what) in [("unknown field `", "key"), ("unknown variant `", "value")] {
+        let Some(rest) = message.strip_prefix(prefix) else {
+            continue;
+        };
+        let Some((given, rest)) = rest.split_once('`') else {
+            continue;
+        };
+        let valid = rest
+            .strip_prefix(", expected one of ")
+            .or_else(|| rest.strip_prefix(", expected "))
+            .map(choices)
+            .unwrap_or_default();
+        return format!(
+            "unknown {what} `{given}`{}{}",
+            suggest(given, &valid),
+            if valid.is_empty() {
+                String::new()
+            } else {
+                format!(" (valid: {})", valid.join(", "))
+            }
+        );
+    }
+    if let Some(rest) = message.strip_prefix("invalid type: ") {
+        if let Some((got, expected)) = rest.split_once(", expected ") {
+            let expected = match expected {
+                "usize" | "u64" | "u32" | "u16" | "u8" | "i64" | "i32" => "a whole number",
+                "f64" | "f32" => "a number",
+                "a boolean" => "true or false",
+                "a sequence" if got == "map" => {
+                    let key = path.rsplit('.').next().unwrap_or(path);
+                    return format!(
+                        "expected a list; write [[{key}]] once per entry (an array of tables), not [{key}]"
+                    );
+                }
+                "a sequence" => "a list, like [\"a\", \"b\"]",
+                e if e.starts_with("struct ") || e == "a map" => "a table",
+                e => e,
+            };
+            return format!("expected {expected}, got {got}");
+        }
+    }
+    message.to_string()
 }
 
 fn syntax_message(text: &str, e: &toml::de::Error) -> String {
