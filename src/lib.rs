@@ -80,6 +80,8 @@ pub fn check_listen_addresses(file: &config::ConfigFile) -> Vec<config::Problem>
 /// A configuration file, loaded and built: what `tollgate -t` checks and a start runs.
 pub struct Assembled {
     pub file: config::ConfigFile,
+    /// What is valid but probably not meant (see `assemble::refs::warnings`).
+    pub warnings: Vec<config::Problem>,
     runtime: Runtime,
     shared: Shared,
     access_log_writer: Option<observe::access_log::AccessLogWriter>,
@@ -98,6 +100,7 @@ pub fn load(path: &std::path::Path) -> Result<Assembled, config::ConfigError> {
     let (shared, access_log_writer) = Shared::new(&plan).map_err(fail)?;
     let runtime = assemble::build(&file, &sha256, &shared, None).map_err(fail)?;
     Ok(Assembled {
+        warnings: assemble::refs::warnings(&file),
         file,
         runtime,
         shared,
@@ -110,6 +113,7 @@ pub fn load(path: &std::path::Path) -> Result<Assembled, config::ConfigError> {
 pub fn build_server(assembled: Assembled, config_path: PathBuf, mode: StartMode) -> Server {
     let Assembled {
         file: _,
+        warnings: _,
         runtime,
         shared,
         access_log_writer,

@@ -62,6 +62,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    for w in &assembled.warnings {
+        eprintln!(
+            "{}: {}: warning: {}",
+            cli.config.display(),
+            w.path,
+            w.message
+        );
+    }
     if cli.test {
         println!("{}: configuration is valid", cli.config.display());
         return ExitCode::SUCCESS;

@@ -169,6 +169,9 @@ impl Reloader {
         // Building reads files and resolves targets, with a runtime of its own.
         let built = tokio::task::spawn_blocking(move || {
             let (file, sha256) = config::load(&path)?;
+            for w in assemble::refs::warnings(&file) {
+                log::warn!("{}: {}: {}", path.display(), w.path, w.message);
+            }
             assemble::build(&file, &sha256, &shared, Some(&previous)).map_err(|problems| {
                 ConfigError {
                     file: path.clone(),

@@ -411,3 +411,20 @@ fn an_invalid_config_makes_the_server_exit_1() {
         "upstream \"ghost\" is not defined",
     );
 }
+
+/// A CIDR with host bits was accepted silently: `-t` still accepts it, and says what it means.
+#[test]
+fn a_cidr_with_host_bits_is_a_warning() {
+    let (code, out, file, _dir) = check(&format!(
+        "[limits]\nip_allow = [\"203.0.113.5/24\", \"10.0.0.0/8\"]\n{BASE}[[routes]]\nname = \"a\"\nupstream = \"users\"\nip_deny = [\"2001:db8::1/32\"]"
+    ));
+    assert_eq!(code, 0, "{out}");
+    assert_reported(
+        &out,
+        &file,
+        "limits.ip_allow[0]",
+        "warning: 203.0.113.5/24 has host bits set and means 203.0.113.0/24; write that",
+    );
+    assert_reported(&out, &file, "routes[0].ip_deny[0]", "means 2001:db8::/32");
+    assert!(!out.contains("ip_allow[1]"), "{out}");
+}

@@ -76,6 +76,38 @@ pub(crate) fn duplicates(file: &ConfigFile, problems: &mut Vec<Problem>) {
     }
 }
 
+/// What is valid but probably not what was meant: CIDRs with host bits set
+/// (`203.0.113.5/24` means `203.0.113.0/24`). Reported as warnings; nothing is refused.
+pub(crate) fn warnings(file: &ConfigFile) -> Vec<Problem> {
+    let l = &file.limits;
+    let mut lists: Vec<(String, &[String])> = vec![
+        ("limits.trusted_proxies".into(), &l.trusted_proxies),
+        ("limits.ip_allow".into(), &l.ip_allow),
+        ("limits.ip_deny".into(), &l.ip_deny),
+    ];
+    for (i, r) in file.routes.iter().enumerate() {
+        lists.push((format!("routes[{i}].ip_allow"), &r.ip_allow));
+        lists.push((format!("routes[{i}].ip_deny"), &r.ip_deny));
+    }
+    let mut warnings = Vec::new();
+    for (at, list) in lists {
+        for (i, cidr) in list.iter().enumerate() {
+            if let Ok(net) = cidr.parse::<ipnet::IpNet>() {
+                if net != net.trunc() {
+                    warnings.push(Problem::new(
+                        format!("{at}[{i}]"),
+                        format!(
+                            "{cidr} has host bits set and means {}; write that",
+                            net.trunc()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    warnings
+}
+
 /// Every address the process listens on, with its key path.
 pub(crate) fn listen_addresses(file: &ConfigFile) -> Vec<(String, &str)> {
     let listeners = file
