@@ -675,29 +675,9 @@ fn idle_keepalive_connection_is_closed_after_keepalive_timeout() {
 /// A TLS listener offering h2, with a certificate generated here.
 fn h2_gateway(backend: &Backend) -> (Gateway, tempfile::TempDir) {
     let pki = tempfile::tempdir().unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["h2.test".to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let (crt, k) = (pki.path().join("c.crt"), pki.path().join("c.key"));
-    std::fs::write(&crt, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
+    let (crt, k) = self_signed(pki.path(), "h2.test");
     let config = format!(
-        r#"
-[server]
-threads = 2
-pid_file = "{{dir}}/tollgate.pid"
-upgrade_sock = "{{dir}}/upgrade.sock"
-
-[[listeners]]
-address = "{{listen}}"
-[listeners.tls]
-certificates = [{{ cert = "{crt}", key = "{k}" }}]
-
-[admin]
-address = "{{admin}}"
-
+        r#"{}
 [limits]
 h2_idle_timeout = "1s"
 
@@ -708,8 +688,7 @@ targets = [{{ address = "{app}" }}]
 name = "app"
 upstream = "app"
 "#,
-        crt = crt.display(),
-        k = k.display(),
+        tls_preamble(&crt, &k),
         app = backend.addr
     );
     (Gateway::start_full(&config).unwrap(), pki)

@@ -509,18 +509,6 @@ upstream = "stream"
     );
 }
 
-/// A self-signed certificate for `name`, written to `dir`.
-fn cert(dir: &std::path::Path, name: &str) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["tls.test".to_string()]).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    let cert = params.self_signed(&key).unwrap();
-    std::fs::write(dir.join("c.crt"), cert.pem()).unwrap();
-    std::fs::write(dir.join("c.key"), key.serialize_pem()).unwrap();
-}
-
 fn served_common_name(gw: &Gateway) -> String {
     let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).unwrap();
     b.set_verify(openssl::ssl::SslVerifyMode::NONE);
@@ -543,31 +531,14 @@ fn served_common_name(gw: &Gateway) -> String {
 #[test]
 fn a_certificate_replaced_on_disk_is_served_after_a_reload() {
     let pki = tempfile::tempdir().unwrap();
-    cert(pki.path(), "first");
+    let (crt, key) = self_signed(pki.path(), "first");
     let config = format!(
-        r#"
-[server]
-threads = 2
-pid_file = "{{dir}}/tollgate.pid"
-upgrade_sock = "{{dir}}/upgrade.sock"
-
-[[listeners]]
-address = "{{listen}}"
-[listeners.tls]
-certificates = [{{ cert = "{d}/c.crt", key = "{d}/c.key" }}]
-
-[admin]
-address = "{{admin}}"
-
-[[routes]]
-name = "ok"
-respond = {{ status = 200, body = "ok" }}
-"#,
-        d = pki.path().display()
+        "{}\n[[routes]]\nname = \"ok\"\nrespond = {{ status = 200, body = \"ok\" }}\n",
+        tls_preamble(&crt, &key)
     );
     let gw = Gateway::start_full(&config).unwrap();
     assert_eq!(served_common_name(&gw), "first");
-    cert(pki.path(), "renewed");
+    self_signed(pki.path(), "renewed");
     assert_eq!(
         served_common_name(&gw),
         "first",

@@ -61,6 +61,44 @@ address = "{admin}"
 target = "{dir}/access.log"
 "#;
 
+/// A self-signed certificate for `tls.test` and `h2.test` with common name `cn`, written to
+/// `dir` as `c.crt` and `c.key` (replacing what is there).
+pub fn self_signed(dir: &Path, cn: &str) -> (PathBuf, PathBuf) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(vec!["tls.test".to_string(), "h2.test".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    let cert = params.self_signed(&key).unwrap();
+    let (crt, k) = (dir.join("c.crt"), dir.join("c.key"));
+    std::fs::write(&crt, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (crt, k)
+}
+
+/// [`PREAMBLE`] with a TLS listener serving `cert` and `key` (placeholders as there).
+pub fn tls_preamble(cert: &Path, key: &Path) -> String {
+    format!(
+        r#"
+[server]
+threads = 2
+pid_file = "{{dir}}/tollgate.pid"
+upgrade_sock = "{{dir}}/upgrade.sock"
+
+[[listeners]]
+address = "{{listen}}"
+[listeners.tls]
+certificates = [{{ cert = "{}", key = "{}" }}]
+
+[admin]
+address = "{{admin}}"
+"#,
+        cert.display(),
+        key.display()
+    )
+}
+
 impl Gateway {
     /// Start a gateway whose config is [`PREAMBLE`] followed by `body`; panics with the
     /// gateway's stderr if it does not come up.
