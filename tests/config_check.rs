@@ -208,7 +208,7 @@ fn broken_configs_name_the_file_the_key_and_the_problem() {
             "wrong value type",
             format!("[server]\nthreads = \"two\"\n{LISTENER}"),
             "server.threads",
-            "expected a whole number, got string \"two\"",
+            "expected a whole number, got string \"two\" (line 2, column 11)",
         ),
         (
             "two routes with the same match (the second is unreachable)",

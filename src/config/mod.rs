@@ -77,7 +77,11 @@ pub fn parse(text: &str) -> Result<ConfigFile, Problem> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let path = if path == "." { String::new() } else { path };
-        let message = in_operator_words(&path, inner.message());
+        let mut message = in_operator_words(&path, inner.message());
+        if let Some(span) = inner.span() {
+            let (line, column) = line_column(text, span.start);
+            message.push_str(&format!(" (line {line}, column {column})"));
+        }
         Problem::new(path, message)
     })
 }
@@ -149,12 +153,18 @@ fn in_operator_words(path: &str, message: &str) -> String {
     message.to_string()
 }
 
+/// The 1-based line and column of byte `at` in `text`.
+fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let before = &text[..at.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
 fn syntax_message(text: &str, e: &toml::de::Error) -> String {
     match e.span() {
         Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            let (line, column) = line_column(text, span.start);
             format!(
                 "invalid TOML at line {line}, column {column}: {}",
                 e.message()
