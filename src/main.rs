@@ -32,6 +32,14 @@ struct Cli {
     /// `reload` re-reads the configuration in place.
     #[arg(short = 's', long = "signal", value_name = "SIGNAL")]
     signal: Option<Signal>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Print the JSON Schema of the configuration file (kept as docs/tollgate.schema.json).
+    Schema,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -43,6 +51,10 @@ enum Signal {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    if let Some(Command::Schema) = cli.command {
+        print!("{}", tollgate::config::schema());
+        return ExitCode::SUCCESS;
+    }
     if let Some(Signal::Reload) = cli.signal {
         return match send_reload(&cli.config) {
             Ok(pid) => {

@@ -74,3 +74,33 @@ fn readme_links_resolve() {
         );
     }
 }
+
+/// `docs/tollgate.schema.json` is what `tollgate schema` prints for this code.
+#[test]
+fn schema_file_matches_the_code() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("schema")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let kept = read("docs/tollgate.schema.json");
+    assert!(
+        printed == kept,
+        "docs/tollgate.schema.json is stale: run `cargo run -- schema > docs/tollgate.schema.json`"
+    );
+    let schema: serde_json::Value = serde_json::from_str(&kept).unwrap();
+    for section in [
+        "server",
+        "listeners",
+        "routes",
+        "upstreams",
+        "limits",
+        "auth",
+        "cache",
+    ] {
+        assert!(schema["properties"][section].is_object(), "{section}");
+    }
+    // Unknown keys are refused, as the gateway refuses them.
+    assert_eq!(schema["additionalProperties"], false);
+}

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 
 /// The whole configuration file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     #[serde(default)]
@@ -47,7 +47,7 @@ pub struct ConfigFile {
 }
 
 /// `[cache]`: the response cache shared by the routes that have a `[routes.cache]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSection {
     /// Most bytes held (bodies, headers and keys); least recently used entries go first.
@@ -73,7 +73,7 @@ impl Default for CacheSection {
 }
 
 /// `[routes.cache]`: cache this route's GET and HEAD responses.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteCacheSection {
     /// Freshness of responses that carry no `max-age`, `s-maxage` or `Expires`.
@@ -92,7 +92,7 @@ pub struct RouteCacheSection {
 }
 
 /// `[resolver]`: how `NAME:PORT` targets are resolved.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResolverSection {
     /// A hosts file (`IP name...` lines) consulted before the system resolver.
@@ -101,7 +101,7 @@ pub struct ResolverSection {
 }
 
 /// `[security_headers]`: defaults added to every response unless the upstream set them.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecurityHeadersSection {
     /// `X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY`,
@@ -123,7 +123,7 @@ impl Default for SecurityHeadersSection {
 }
 
 /// Header edits for one direction.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderEditsSection {
     /// Replace (or add) these headers.
@@ -140,7 +140,7 @@ pub struct HeaderEditsSection {
 }
 
 /// `rewrite_regex = { pattern = "^/users/(\\d+)$", replace = "/v2/users/$1" }`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegexRewriteSection {
     pub pattern: String,
@@ -148,7 +148,7 @@ pub struct RegexRewriteSection {
 }
 
 /// `[server]`: process-wide settings, turned into Pingora's `ServerConf`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSection {
     #[serde(default = "defaults::threads")]
@@ -194,7 +194,7 @@ impl Default for ServerSection {
 }
 
 /// `[[listeners]]`: an HTTP listener, TLS when it has a `[listeners.tls]` section.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerSection {
     pub address: String,
@@ -206,7 +206,7 @@ pub struct ListenerSection {
 }
 
 /// A failure that `retry_on` lists.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RetryCondition {
     Connect,
@@ -217,7 +217,7 @@ pub enum RetryCondition {
 }
 
 /// What to do with request header names that contain `_`.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum UnderscoreHeaders {
     /// Remove them before anything reads the request (nginx and Envoy do this).
@@ -230,7 +230,7 @@ pub enum UnderscoreHeaders {
 }
 
 /// `[listeners.tls]`: TLS termination.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSection {
     /// Certificates, chosen by SNI; the first is the default for unknown or absent names.
@@ -244,7 +244,7 @@ pub struct TlsSection {
 }
 
 /// One certificate of a TLS listener.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateSection {
     /// PEM certificate chain, leaf first.
@@ -257,7 +257,7 @@ pub struct CertificateSection {
 }
 
 /// `[admin]`: the operator listener serving `/health` and `/metrics`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
     #[serde(default = "defaults::admin_address")]
@@ -276,7 +276,7 @@ impl Default for AdminSection {
 }
 
 /// `[access_log]`: one JSON line per request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLogSection {
     /// `"stdout"`, `"off"`, or a file path (appended to).
@@ -297,7 +297,7 @@ impl Default for AccessLogSection {
 }
 
 /// `[upstreams.NAME]`: a group of interchangeable targets.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
     #[serde(default)]
@@ -333,7 +333,7 @@ pub struct UpstreamSection {
 }
 
 /// `[upstreams.NAME.tls]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTlsSection {
     /// Server name sent and verified; defaults to none (then only the CA chain is checked
@@ -354,7 +354,7 @@ pub struct UpstreamTlsSection {
 }
 
 /// `[upstreams.NAME.circuit_breaker]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakerSection {
     /// Consecutive failures that open the breaker.
@@ -369,7 +369,7 @@ pub struct CircuitBreakerSection {
 }
 
 /// `[upstreams.NAME.retry_budget]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryBudgetSection {
     /// Retries per second may reach this fraction of requests per second...
@@ -389,7 +389,7 @@ impl Default for RetryBudgetSection {
     }
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BalancePolicy {
     #[default]
@@ -399,7 +399,7 @@ pub enum BalancePolicy {
 }
 
 /// One upstream instance.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TargetSection {
     /// `IP:PORT`, or `NAME:PORT` resolved through DNS (every `dns_refresh`).
@@ -409,7 +409,7 @@ pub struct TargetSection {
 }
 
 /// `[upstreams.NAME.health_check]`: active checks run in the background.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckSection {
     #[serde(default)]
@@ -435,7 +435,7 @@ pub struct HealthCheckSection {
     pub unhealthy_threshold: usize,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthCheckKind {
     #[default]
@@ -444,7 +444,7 @@ pub enum HealthCheckKind {
 }
 
 /// `[[routes]]`: what to match and what to do with a match.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSection {
     pub name: String,
@@ -548,7 +548,7 @@ pub struct RouteSection {
 }
 
 /// `[routes.aggregate]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AggregateSection {
     /// Regex over the request path whose captures (`$1`, `${name}`) fill part paths.
@@ -558,7 +558,7 @@ pub struct AggregateSection {
 }
 
 /// `[[routes.aggregate.parts]]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AggregatePartSection {
     /// Key of this part in the merged document.
@@ -571,7 +571,7 @@ pub struct AggregatePartSection {
 }
 
 /// `[routes.respond]`: a fixed response.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RespondSection {
     #[serde(default = "defaults::respond_status")]
@@ -584,7 +584,7 @@ pub struct RespondSection {
 
 /// `[[demo]]`: a built-in backend the binary starts itself, so the example configuration
 /// shows proxying, balancing and health checks with nothing else running.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DemoSection {
     pub name: String,
@@ -592,7 +592,7 @@ pub struct DemoSection {
 }
 
 /// `[limits]`: protection for the listener, applied before routing.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSection {
     /// Largest request head (request line plus headers); more is refused with 431.
@@ -667,7 +667,7 @@ impl Default for LimitsSection {
 }
 
 /// `[auth]`: authentication providers routes refer to.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSection {
     /// Named JWT providers: `[auth.jwt.NAME]`, referred to as `"jwt:NAME"`.
@@ -692,7 +692,7 @@ impl Default for AuthSection {
 }
 
 /// `[auth.jwt.NAME]`: one token issuer and how to verify its tokens.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JwtSection {
     /// Accepted algorithms, pinned: `HS256`, `RS256`, `PS256`, `ES256`, `EdDSA`, ...
@@ -744,7 +744,7 @@ pub struct JwtSection {
 }
 
 /// `[auth.api_key]`: where API keys are read from.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeySection {
     #[serde(default = "defaults::api_key_header")]
@@ -764,7 +764,7 @@ impl Default for ApiKeySection {
 }
 
 /// `[consumers.NAME]`: an API client identified by key.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerSection {
     /// Plain keys (prefer `key_hashes`).
@@ -781,7 +781,7 @@ pub struct ConsumerSection {
 }
 
 /// One rate-limit window.
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSection {
     /// Requests admitted per window.
@@ -794,7 +794,7 @@ pub struct RateLimitSection {
 }
 
 /// `[rate_limit]`: where counters live.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitBackendSection {
     #[serde(default)]
@@ -821,7 +821,7 @@ impl Default for RateLimitBackendSection {
     }
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RateLimitBackend {
     #[default]
@@ -829,7 +829,7 @@ pub enum RateLimitBackend {
     Redis,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RedisFailurePolicy {
     #[default]
@@ -839,7 +839,7 @@ pub enum RedisFailurePolicy {
 }
 
 /// `[routes.cors]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CorsSection {
     /// Exact origins (`https://app.example.com`) or `"*"`.

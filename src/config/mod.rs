@@ -55,6 +55,24 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The JSON Schema of the configuration file (`tollgate schema`), for editors and CI.
+pub fn schema() -> String {
+    let mut schema = schemars::schema_for!(ConfigFile).to_value();
+    // The thread default is this machine's CPU count: say so instead of printing it.
+    if let Some(threads) = schema.pointer_mut("/$defs/ServerSection/properties/threads") {
+        if let Some(t) = threads.as_object_mut() {
+            t.remove("default");
+            t.insert(
+                "description".into(),
+                "Worker threads; default: one per CPU (at most 1024).".into(),
+            );
+        }
+    }
+    let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
 /// Read and parse a configuration file; also returns the SHA-256 of its text (hex), which
 /// names the generation built from it.
 pub fn load(path: &Path) -> Result<(ConfigFile, String), ConfigError> {

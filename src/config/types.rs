@@ -198,7 +198,7 @@ impl TryFrom<String> for LogTarget {
 }
 
 /// How a caching route treats requests with credentials.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CacheSharing {
     /// Neither served from nor stored in the cache.
@@ -344,5 +344,46 @@ hosts = ["API.example.com", "*.example.org"]
             assert_eq!(err.path().to_string(), path, "{line}");
             assert!(err.inner().to_string().contains(fragment), "{line}: {err}");
         }
+    }
+}
+
+/// A JSON Schema for a value written as text: its name and what the text must look like.
+macro_rules! text_schema {
+    ($t:ty, $description:expr) => {
+        impl schemars::JsonSchema for $t {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($t).into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({ "type": "string", "description": $description })
+            }
+        }
+    };
+}
+
+text_schema!(AuthRef, "\"api_key\" or \"jwt:PROVIDER\"");
+text_schema!(RateKey, "\"ip\", \"consumer\", \"route\", joined with '+'");
+text_schema!(HashOn, "\"header:NAME\", \"cookie:NAME\" or \"client_ip\"");
+text_schema!(TlsVersion, "\"1.2\" or \"1.3\"");
+text_schema!(LogTarget, "\"stdout\", \"off\" or a file path");
+text_schema!(
+    JwtAlgorithm,
+    "HS256/384/512, RS256/384/512, PS256/384/512, ES256/384 or EdDSA"
+);
+text_schema!(
+    HostPattern,
+    "a host name or a wildcard like \"*.example.com\""
+);
+text_schema!(HumanDuration, "a duration like \"500ms\", \"5s\", \"2m\"");
+
+impl schemars::JsonSchema for HumanSize {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "HumanSize".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "a size like \"64KiB\", \"10MB\", or a number of bytes",
+            "type": ["string", "integer"]
+        })
     }
 }
