@@ -125,7 +125,7 @@ impl Admin {
                     json!({
                         "status": status,
                         "healthy_targets": healthy,
-                        "health_checked": g.health_checked,
+                        "health_checked": g.health_checked(),
                         "targets": detail,
                     }),
                 )

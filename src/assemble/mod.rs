@@ -154,21 +154,20 @@ pub fn build(
     let Some(rate_store) = rate_store else {
         return Err(problems);
     };
-    let mut policy = GatewayPolicy::from_config(
+    let listener_underscores = plan
+        .listeners
+        .iter()
+        .filter_map(|l| Some((l.address.parse().ok()?, l.underscores?)))
+        .collect();
+    let policy = GatewayPolicy::from_config(
         limits,
         auth,
         consumers,
         &rate_store,
         &providers,
+        listener_underscores,
         &mut problems,
     );
-    if let Some(policy) = policy.as_mut() {
-        policy.listener_underscores = plan
-            .listeners
-            .iter()
-            .filter_map(|l| Some((l.address.parse().ok()?, l.underscores?)))
-            .collect();
-    }
     let cx = RouteContext {
         groups: &groups,
         policy: crate::policy::PolicyContext {

@@ -169,6 +169,7 @@ impl GatewayPolicy {
         consumers: &BTreeMap<String, ConsumerSection>,
         rate_store: &Arc<rate_limit::RateLimitStore>,
         providers: &jwt::Providers,
+        listener_underscores: Vec<(SocketAddr, normalize::Underscores)>,
         problems: &mut Vec<Problem>,
     ) -> Option<GatewayPolicy> {
         let LimitsSection {
@@ -274,7 +275,7 @@ impl GatewayPolicy {
                 merge_slashes: *merge_slashes,
                 underscores: *underscore_headers,
             },
-            listener_underscores: Vec::new(),
+            listener_underscores,
             keepalive_secs: keepalive_timeout.0.as_secs().max(1),
             max_informational: *max_informational_responses,
         })

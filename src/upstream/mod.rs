@@ -168,8 +168,6 @@ pub(crate) struct UpstreamGroup {
     pub lb: Arc<LoadBalancer<Selector>>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
-    /// Whether active health checks run (shown in `/health`).
-    pub health_checked: bool,
     /// Whether targets are re-resolved from DNS names.
     pub resolves_names: bool,
     /// Answered when no target is available.
@@ -447,7 +445,6 @@ impl UpstreamGroup {
             lb: Arc::new(lb),
             connect_timeout: connect_timeout.0,
             read_timeout: read_timeout.0,
-            health_checked: health.is_some(),
             resolves_names,
             fallback,
             retry_budget: RetryBudget::new(*ratio, *min_per_second),
@@ -461,6 +458,11 @@ impl UpstreamGroup {
         };
         group.max_steps = group.steps_now();
         Some(group)
+    }
+
+    /// Whether active health checks run (shown in `/health`).
+    pub(crate) fn health_checked(&self) -> bool {
+        self.health.is_some()
     }
 
     /// The periodic work this group needs while its generation serves: health checks and
