@@ -10,6 +10,7 @@ pub(crate) mod admin;
 pub(crate) mod aggregate;
 pub(crate) mod assemble;
 pub mod cache;
+pub(crate) mod compress;
 pub mod config;
 pub(crate) mod connection;
 pub(crate) mod demo;

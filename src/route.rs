@@ -163,6 +163,8 @@ pub struct Route {
     pub(crate) transform: RouteTransform,
     /// Response caching, when the route has `[routes.cache]`.
     pub(crate) cache: Option<crate::cache::RouteCache>,
+    /// Response compression, when the route has `[routes.compression]`.
+    pub(crate) compression: Option<crate::compress::Compression>,
     /// Metric handles of this route.
     pub(crate) stats: crate::observe::metrics::RouteStats,
     /// `%2F` and `%5C` in the path are accepted (and passed on encoded).
@@ -289,6 +291,7 @@ impl Route {
             policy: Default::default(),
             transform: Default::default(),
             cache: None,
+            compression: None,
             stats: Default::default(),
             allow_encoded_slashes: false,
             order,
@@ -340,6 +343,7 @@ impl Route {
             json_rename_request,
             json_rename_response,
             cache,
+            compression,
         } = r;
         let at = format!("routes[{order}]");
         let before = problems.len();
@@ -496,6 +500,13 @@ impl Route {
                 problems,
             )
         });
+        let compression = compression.as_ref().and_then(|c| {
+            let at = format!("{at}.compression");
+            if !proxied {
+                problems.push(Problem::new(&at, "applies only to proxied routes"));
+            }
+            crate::compress::Compression::from_config(&at, c, problems)
+        });
         if problems.len() > before {
             return None;
         }
@@ -509,6 +520,7 @@ impl Route {
             policy: policy?,
             transform,
             cache,
+            compression,
             stats: Default::default(),
             allow_encoded_slashes: *allow_encoded_slashes,
             order,

@@ -545,6 +545,35 @@ pub struct RouteSection {
     /// Cache GET/HEAD responses (proxied routes only).
     #[serde(default)]
     pub cache: Option<RouteCacheSection>,
+    /// Compress responses for clients that accept it (gzip, brotli, zstd).
+    #[serde(default)]
+    pub compression: Option<CompressionSection>,
+}
+
+/// `[routes.compression]`: compress this route's responses by the client's `Accept-Encoding`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionSection {
+    /// The codings offered, the gateway's preference first (it breaks ties between
+    /// codings the client weighs equally).
+    #[serde(default = "defaults::compression_algorithms")]
+    pub algorithms: Vec<ContentCoding>,
+    /// Responses whose `Content-Length` is below this are sent as they are.
+    #[serde(default = "defaults::compression_min_size")]
+    pub min_size: HumanSize,
+    /// Media types compressed: exact (`application/json`) or a whole family (`text/*`).
+    #[serde(default = "defaults::compression_content_types")]
+    pub content_types: Vec<String>,
+}
+
+/// A content coding the gateway can compress with.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ContentCoding {
+    Gzip,
+    #[serde(rename = "br")]
+    Brotli,
+    Zstd,
 }
 
 /// `[routes.aggregate]`.
@@ -935,6 +964,29 @@ pub mod defaults {
     }
     pub fn retry_on() -> Vec<super::RetryCondition> {
         vec![super::RetryCondition::Connect]
+    }
+    /// zstd and brotli beat gzip at the levels used; gzip is what every client has.
+    pub fn compression_algorithms() -> Vec<super::ContentCoding> {
+        use super::ContentCoding::*;
+        vec![Zstd, Brotli, Gzip]
+    }
+    /// Below this the coding's framing eats most of the gain.
+    pub fn compression_min_size() -> HumanSize {
+        HumanSize(256)
+    }
+    /// Text formats; images, video and archives are compressed already.
+    pub fn compression_content_types() -> Vec<String> {
+        [
+            "text/*",
+            "application/json",
+            "application/javascript",
+            "application/xml",
+            "application/problem+json",
+            "application/x-ndjson",
+            "image/svg+xml",
+        ]
+        .map(String::from)
+        .to_vec()
     }
     pub fn keepalive_timeout() -> HumanDuration {
         HumanDuration(Duration::from_secs(60))

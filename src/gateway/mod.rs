@@ -97,6 +97,15 @@ fn proxy_of(route: Option<&Arc<Route>>) -> Option<(&ProxyAction, &Arc<UpstreamGr
     Some((action, &action.upstream))
 }
 
+/// The body a filter rewrites has no length known in advance: HTTP/1 sends it chunked.
+fn body_length_unknown(session: &Session, resp: &mut ResponseHeader) -> Result<()> {
+    resp.remove_header(&http::header::CONTENT_LENGTH);
+    if resp.version != http::Version::HTTP_2 && !session.is_http2() {
+        resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    }
+    Ok(())
+}
+
 /// Flips [`Gateway::draining`] when the server's shutdown begins (a background service).
 pub struct DrainWatch(pub Arc<AtomicBool>);
 
@@ -142,6 +151,8 @@ pub struct Ctx {
     forwarded_path: Option<String>,
     /// The path holds `%2F` or `%5C` (allowed only on routes that accept them).
     encoded_slash: bool,
+    /// Compresses the response body, when the route and the client agreed on a coding.
+    compressor: Option<crate::compress::Encoder>,
 }
 
 /// Upstream-side state, filled once a route proxies.
@@ -265,6 +276,7 @@ impl ProxyHttp for Gateway {
             received_target: None,
             forwarded_path: None,
             encoded_slash: false,
+            compressor: None,
         }
     }
 
@@ -594,10 +606,14 @@ impl ProxyHttp for Gateway {
                 && JsonRename::applies_to(resp.headers.get(http::header::CONTENT_TYPE))
             {
                 resp.remove_header(&http::header::CONTENT_LENGTH);
-                if resp.version != http::Version::HTTP_2 && !session.is_http2() {
-                    resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
-                }
+                body_length_unknown(session, resp)?;
                 ctx.response_json = Some(BodyBuffer::default());
+            }
+            if let Some(c) = &route.compression {
+                ctx.compressor = c.start(session.req_header(), resp)?;
+                if ctx.compressor.is_some() {
+                    body_length_unknown(session, resp)?;
+                }
             }
         }
         resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
@@ -622,6 +638,9 @@ impl ProxyHttp for Gateway {
     ) -> Result<Option<std::time::Duration>> {
         if let (Some(buffer), Some(route)) = (ctx.response_json.as_mut(), ctx.route.as_ref()) {
             *body = buffer.feed(body.take(), end_of_stream, &route.transform.json_response);
+        }
+        if let Some(encoder) = ctx.compressor.as_mut() {
+            encoder.encode(body, end_of_stream);
         }
         Ok(None)
     }

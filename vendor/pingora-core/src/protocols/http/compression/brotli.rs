@@ -110,6 +110,15 @@ impl Encode for Compressor {
             .or_err(COMPRESSION_ERROR, "while compress Brotli")?;
         // write to vec will never fail.
         if end {
+            // TOLLGATE: finish the stream. A flush alone leaves out the last meta-block, and
+            // strict decoders (the brotli crate's, Python's) report the body as truncated.
+            let writer = std::mem::replace(&mut self.compress, CompressorWriter::new(vec![], 1, 0, 10));
+            let out = writer.into_inner();
+            self.total_out += out.len();
+            self.duration += start.elapsed();
+            return Ok(out.into());
+        } else if !input.is_empty() {
+            // TOLLGATE: flush per chunk so streamed responses are not held back.
             self.compress
                 .flush()
                 .or_err(COMPRESSION_ERROR, "while compress Brotli")?;

@@ -104,6 +104,11 @@ impl Encode for Compressor {
         self.write_all(input).unwrap(); // write to vec, should never fail
         if end {
             self.try_finish().unwrap(); // write to vec, should never fail
+        } else if !input.is_empty() {
+            // TOLLGATE: a sync flush per chunk, so a streamed response (server-sent events,
+            // a slow upstream) reaches the client as it arrives instead of when deflate's
+            // window fills.
+            self.flush().unwrap(); // write to vec, should never fail
         }
         self.total_out += self.compress.get_ref().len();
         self.duration += start.elapsed();

@@ -65,6 +65,12 @@ impl Encode for Compressor {
             compress
                 .do_finish()
                 .or_err(COMPRESSION_ERROR, "while compress zstd")?;
+        } else if !input.is_empty() {
+            // TOLLGATE: flush the block per chunk, as gzip does, so streamed responses are
+            // not held back.
+            compress
+                .flush()
+                .or_err(COMPRESSION_ERROR, "while compress zstd")?;
         }
         self.total_out += compress.get_ref().len();
         self.duration += start.elapsed();
