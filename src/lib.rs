@@ -21,6 +21,7 @@ pub(crate) mod names;
 pub mod observe;
 pub mod policy;
 pub(crate) mod proxy;
+pub(crate) mod proxy_protocol;
 pub(crate) mod reload;
 pub mod route;
 pub(crate) mod tls;
@@ -193,6 +194,12 @@ pub fn build_server(assembled: Assembled, config_path: PathBuf, mode: StartMode)
                     std::process::exit(1);
                 }
             }
+        }
+        if let Some(pp) = &listener.proxy_protocol {
+            let pp = pp
+                .clone()
+                .with_metric(shared.metrics.proxy_protocol_refused.clone());
+            config = config.pre_tls_callback(Arc::new(pp));
         }
         proxy.add_listener(config);
     }

@@ -85,6 +85,11 @@ pub(crate) fn warnings(file: &ConfigFile) -> Vec<Problem> {
         ("limits.ip_allow".into(), &l.ip_allow),
         ("limits.ip_deny".into(), &l.ip_deny),
     ];
+    for (i, l) in file.listeners.iter().enumerate() {
+        if let Some(p) = &l.proxy_protocol {
+            lists.push((format!("listeners[{i}].proxy_protocol.from"), &p.from));
+        }
+    }
     for (i, r) in file.routes.iter().enumerate() {
         lists.push((format!("routes[{i}].ip_allow"), &r.ip_allow));
         lists.push((format!("routes[{i}].ip_deny"), &r.ip_deny));

@@ -20,6 +20,8 @@ pub struct ListenerPlan {
     pub(crate) tls: Option<TlsListener>,
     /// Overrides `limits.underscore_headers` on this listener.
     pub underscores: Option<Underscores>,
+    /// Read the client's address from a PROXY protocol header.
+    pub(crate) proxy_protocol: Option<crate::proxy_protocol::ProxyProtocol>,
 }
 
 /// Everything about the process that one configuration file sets.
@@ -64,6 +66,7 @@ pub(crate) fn plan(file: &ConfigFile, problems: &mut Vec<Problem>) -> ServerPlan
                 address,
                 tls,
                 underscore_headers,
+                proxy_protocol,
             } = l;
             ListenerPlan {
                 address: address.clone(),
@@ -71,6 +74,14 @@ pub(crate) fn plan(file: &ConfigFile, problems: &mut Vec<Problem>) -> ServerPlan
                     TlsListener::from_config(&format!("listeners[{i}].tls"), t, problems)
                 }),
                 underscores: *underscore_headers,
+                proxy_protocol: proxy_protocol.as_ref().and_then(|p| {
+                    crate::proxy_protocol::ProxyProtocol::from_config(
+                        &format!("listeners[{i}].proxy_protocol"),
+                        p,
+                        limits.header_timeout.0,
+                        problems,
+                    )
+                }),
             }
         })
         .collect();
@@ -196,6 +207,10 @@ fn restart_keys(file: &ConfigFile) -> Vec<(String, String)> {
     for (i, l) in file.listeners.iter().enumerate() {
         key(format!("listeners[{i}].address"), l.address.clone());
         key(format!("listeners[{i}].tls"), l.tls.is_some().to_string());
+        key(
+            format!("listeners[{i}].proxy_protocol"),
+            format!("{:?}", l.proxy_protocol),
+        );
         if let Some(t) = &l.tls {
             let v = match t.min_version {
                 TlsVersion::V1_2 => "1.2",

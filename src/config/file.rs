@@ -203,6 +203,24 @@ pub struct ListenerSection {
     /// Overrides `limits.underscore_headers` for this listener.
     #[serde(default)]
     pub underscore_headers: Option<UnderscoreHeaders>,
+    /// Read the client's address from a PROXY protocol header (v1 or v2) sent by the L4
+    /// balancer in front, before TLS.
+    #[serde(default)]
+    pub proxy_protocol: Option<ProxyProtocolSection>,
+}
+
+/// `[listeners.proxy_protocol]`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyProtocolSection {
+    /// The balancers: CIDRs whose connections may carry a header. A header from any other
+    /// peer is never believed.
+    pub from: Vec<String>,
+    /// Refuse connections without a header, and connections from peers outside `from`.
+    /// `false`: serve those as direct clients (their own address), e.g. for health checks
+    /// that bypass the balancer.
+    #[serde(default = "defaults::enabled")]
+    pub required: bool,
 }
 
 /// A failure that `retry_on` lists.

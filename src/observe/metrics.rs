@@ -89,6 +89,9 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub connections_refused: IntCounter,
+    /// `tollgate_proxy_protocol_refused_total{reason}`: connections closed before HTTP on a
+    /// listener with `[listeners.proxy_protocol]`.
+    pub proxy_protocol_refused: IntCounterVec,
     pub retries_skipped: IntCounterVec,
     pub circuit_state: IntGaugeVec,
     pub rate_limit_redis_errors: IntCounter,
@@ -165,6 +168,14 @@ impl Metrics {
             "connections_refused_total",
             "Client connections closed at once because a connection cap was reached",
         )?;
+        let proxy_protocol_refused = IntCounterVec::new(
+            Opts::new(
+                "proxy_protocol_refused_total",
+                "Connections closed on a PROXY protocol listener: untrusted peer, missing, \
+                 malformed or late header",
+            ),
+            &["reason"],
+        )?;
         let retries_skipped = IntCounterVec::new(
             Opts::new(
                 "upstream_retries_skipped_total",
@@ -209,6 +220,7 @@ impl Metrics {
         registry.register(Box::new(auth_failures.clone()))?;
         registry.register(Box::new(rate_limited.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
+        registry.register(Box::new(proxy_protocol_refused.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -251,6 +263,7 @@ impl Metrics {
             auth_failures,
             rate_limited,
             connections_refused,
+            proxy_protocol_refused,
             retries_skipped,
             circuit_state,
             rate_limit_redis_errors,

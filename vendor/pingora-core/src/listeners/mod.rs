@@ -208,6 +208,8 @@ pub struct ListenerConfig {
     l4: ServerAddress,
     tls: Option<TlsSettings>,
     l4_buffer: L4BufferSettings,
+    /// TOLLGATE: a callback for this endpoint alone (see [`ListenerConfig::pre_tls_callback`]).
+    pre_tls: Option<PreTlsCallback>,
 }
 
 impl ListenerConfig {
@@ -217,6 +219,7 @@ impl ListenerConfig {
             l4: ServerAddress::Tcp(addr.into(), None),
             tls: None,
             l4_buffer: L4BufferSettings::default(),
+            pre_tls: None,
         }
     }
 
@@ -227,6 +230,7 @@ impl ListenerConfig {
             l4: ServerAddress::Uds(addr.into(), None),
             tls: None,
             l4_buffer: L4BufferSettings::default(),
+            pre_tls: None,
         }
     }
 
@@ -275,6 +279,14 @@ impl ListenerConfig {
         self.l4_buffer = settings;
         self
     }
+
+    /// TOLLGATE: run `callback` on each accepted connection of this endpoint before anything
+    /// else reads it (before the TLS handshake, and on plain endpoints too), in place of the
+    /// callback set on the whole [`Listeners`]. For the PROXY protocol on some listeners only.
+    pub fn pre_tls_callback(mut self, callback: PreTlsCallback) -> Self {
+        self.pre_tls = Some(callback);
+        self
+    }
 }
 
 #[derive(Clone)]
@@ -315,12 +327,12 @@ pub(crate) struct UninitializedStream {
 impl UninitializedStream {
     pub async fn handshake(mut self) -> Result<Stream> {
         self.l4.set_buffer(self.l4_buffer);
+        // Process pre-TLS data if a callback is configured (e.g., PROXY protocol).
+        // TOLLGATE: on plain endpoints too, where a PROXY header precedes HTTP just the same.
+        if let Some(ref callback) = self.pre_tls_callback {
+            callback.process(&mut self.l4).await?;
+        }
         if let Some(tls) = self.tls {
-            // Process pre-TLS data if a callback is configured (e.g., PROXY protocol)
-            if let Some(ref callback) = self.pre_tls_callback {
-                callback.process(&mut self.l4).await?;
-            }
-
             let tls_stream = tls.tls_handshake(self.l4).await?;
             Ok(Box::new(tls_stream))
         } else {
@@ -450,14 +462,19 @@ impl Listeners {
 
     /// Add the given listener endpoint to `self`.
     pub fn add_listener(&mut self, endpoint: ListenerConfig) {
-        let ListenerConfig { l4, tls, l4_buffer } = endpoint;
+        let ListenerConfig {
+            l4,
+            tls,
+            l4_buffer,
+            pre_tls,
+        } = endpoint;
         self.stacks.push(TransportStackBuilder {
             l4,
             tls,
             l4_buffer,
             #[cfg(feature = "connection_filter")]
             connection_filter: self.connection_filter.clone(),
-            pre_tls_callback: self.pre_tls_callback.clone(),
+            pre_tls_callback: pre_tls.or_else(|| self.pre_tls_callback.clone()),
         });
     }
 
