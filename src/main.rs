@@ -112,7 +112,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    let config = std::fs::canonicalize(&cli.config).unwrap_or(cli.config);
+    // Absolute but not resolved: a Kubernetes ConfigMap volume swaps the symlink behind the
+    // name and deletes the old target, so a reload must read the name again.
+    let config = std::path::absolute(&cli.config).unwrap_or(cli.config);
     let server = tollgate::build_server(assembled, config, mode);
     server.run(pingora::server::RunArgs::default());
     // After an upgrade the file names the new instance: leave it alone then.

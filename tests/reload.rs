@@ -548,3 +548,42 @@ fn a_certificate_replaced_on_disk_is_served_after_a_reload() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(served_common_name(&gw), "renewed");
 }
+
+/// A Kubernetes ConfigMap volume: `tollgate.toml -> ..data/tollgate.toml`, `..data -> ..TS`.
+/// An update writes a new `..TS2`, swaps `..data` atomically and deletes `..TS`.
+fn configmap_update(volume: &std::path::Path, generation: u32, text: &str) {
+    let stamp = volume.join(format!("..2026_12_01_{generation}"));
+    std::fs::create_dir(&stamp).unwrap();
+    std::fs::write(stamp.join("tollgate.toml"), text).unwrap();
+    let tmp = volume.join("..data_tmp");
+    std::os::unix::fs::symlink(stamp.file_name().unwrap(), &tmp).unwrap();
+    let old = std::fs::read_link(volume.join("..data")).ok();
+    std::fs::rename(&tmp, volume.join("..data")).unwrap();
+    if let Some(old) = old {
+        std::fs::remove_dir_all(volume.join(old)).unwrap();
+    }
+}
+
+#[test]
+fn reload_after_a_configmap_update_reads_the_new_file_not_the_deleted_target() {
+    let backend = Backend::echo("app");
+    let config = format!("{PREAMBLE}\n{}", app(&backend, ""));
+    let gw = Gateway::start_written(&config, |dir, text| {
+        let volume = dir.join("config");
+        std::fs::create_dir(&volume)?;
+        configmap_update(&volume, 1, text);
+        let link = volume.join("tollgate.toml");
+        std::os::unix::fs::symlink("..data/tollgate.toml", &link)?;
+        Ok(link)
+    })
+    .unwrap();
+    assert_eq!(status(&gw.url("/b/x")), 404);
+    let text = format!("{PREAMBLE}\n{}", app(&backend, ROUTE_B))
+        .replace("{dir}", &gw.dir.path().display().to_string())
+        .replace("{listen}", &gw.addr.to_string())
+        .replace("{admin}", &gw.admin.to_string());
+    configmap_update(&gw.dir.path().join("config"), 2, &text);
+    let (code, answer) = gw.reload();
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(status(&gw.url("/b/x")), 200);
+}

@@ -109,6 +109,18 @@ impl Gateway {
 
     /// Start a gateway from a complete config (placeholders still substituted).
     pub fn start_full(config: &str) -> Result<Gateway, String> {
+        Self::start_written(config, |dir, text| {
+            let path = dir.join("tollgate.toml");
+            std::fs::write(&path, text).map(|_| path)
+        })
+    }
+
+    /// Start a gateway whose config file `write` puts in the test directory (given the
+    /// substituted text), returning the path to pass to `-c`.
+    pub fn start_written(
+        config: &str,
+        write: impl FnOnce(&Path, &str) -> std::io::Result<PathBuf>,
+    ) -> Result<Gateway, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -116,8 +128,7 @@ impl Gateway {
             .replace("{dir}", &dir.path().display().to_string())
             .replace("{listen}", &addr.to_string())
             .replace("{admin}", &admin.to_string());
-        let config_path = dir.path().join("tollgate.toml");
-        std::fs::write(&config_path, text).map_err(|e| e.to_string())?;
+        let config_path = write(dir.path(), &text).map_err(|e| e.to_string())?;
         let child = Command::new(tollgate_bin())
             .arg("-c")
             .arg(&config_path)
