@@ -15,3 +15,6 @@ cargo test --locked --all-targets
 for conf in conf/*.toml; do
   ./target/debug/tollgate -t -c "$conf"
 done
+# Kubernetes manifests against the API schemas, the Dockerfile by hadolint, and the
+# manifests against the configuration they carry (docs/deploying.md "What CI checks").
+./scripts/validate-deploy.sh

