@@ -32,6 +32,18 @@ pub(crate) struct Part {
     pub timeout: Duration,
 }
 
+impl Part {
+    /// `GROUP PATH within TIMEOUT` (`tollgate explain`).
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "{} {} within {}",
+            self.upstream.name,
+            self.path,
+            humantime::format_duration(self.timeout)
+        )
+    }
+}
+
 /// A compiled `[routes.aggregate]`.
 pub(crate) struct Aggregate {
     pub capture: Option<Regex>,

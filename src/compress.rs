@@ -150,6 +150,29 @@ impl Compression {
         best.map(|(c, _)| c)
     }
 
+    /// The policy and what this client would get (`tollgate explain`).
+    pub(crate) fn describe(&self, coding: Option<ContentCoding>) -> String {
+        let offered: Vec<&str> = self.codings.iter().map(|c| token(*c)).collect();
+        let types: Vec<String> = self
+            .types
+            .iter()
+            .map(|t| match t {
+                MediaRange::Exact(e) => e.clone(),
+                MediaRange::Family(f) => format!("{f}/*"),
+            })
+            .collect();
+        let this = match coding {
+            Some(c) => format!("this client gets {}", token(c)),
+            None => "this client's Accept-Encoding takes none of them: identity".into(),
+        };
+        format!(
+            "offers {} for {} of at least {} bytes; {this}",
+            offered.join(", "),
+            types.join(", "),
+            self.min_size
+        )
+    }
+
     /// Whether this response is one the route compresses: the answer is the same for every
     /// client, so it also decides `Vary: Accept-Encoding`.
     fn eligible(&self, req: &RequestHeader, resp: &ResponseHeader) -> bool {

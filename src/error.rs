@@ -77,7 +77,7 @@ pub(crate) fn header_pairs(
 }
 
 /// A response the gateway answers itself instead of proxying.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Reject {
     pub status: StatusCode,
     pub message: &'static str,

@@ -100,15 +100,38 @@ fn hop_by_hop(headers: &http::HeaderMap, keep_upgrade: bool) -> Vec<HeaderName> 
     found
 }
 
+/// What the forwarding headers are built from: the client's request and connection.
+pub struct Downstream<'a> {
+    pub req: &'a RequestHeader,
+    /// The TCP peer (after a PROXY protocol header, the client it names).
+    pub peer: Option<IpAddr>,
+    pub tls: bool,
+    pub upgrade: bool,
+}
+
+impl<'a> Downstream<'a> {
+    pub fn of(session: &'a Session) -> Downstream<'a> {
+        Downstream {
+            req: session.req_header(),
+            peer: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+            upgrade: session.is_upgrade_req(),
+        }
+    }
+}
+
 /// Set the forwarding headers on the upstream request and strip hop-by-hop ones.
 pub fn prepare_upstream_request(
-    session: &Session,
+    down: &Downstream<'_>,
     upstream: &mut RequestHeader,
     client_ip: Option<IpAddr>,
     peer_trusted: bool,
     request_id: &HeaderValue,
 ) -> Result<()> {
-    let upgrade = session.is_upgrade_req();
+    let upgrade = down.upgrade;
     for name in hop_by_hop(&upstream.headers, upgrade) {
         upstream.remove_header(&name);
     }
@@ -117,13 +140,10 @@ pub fn prepare_upstream_request(
     }
     // A trusted proxy's X-Forwarded-For chain is extended with the peer; anyone else's is
     // replaced by the peer address, the only one we can vouch for.
-    let peer = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip());
+    let peer = down.peer;
     let chain = if peer_trusted {
-        let prior: Vec<&str> = session
-            .req_header()
+        let prior: Vec<&str> = down
+            .req
             .headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
@@ -146,9 +166,8 @@ pub fn prepare_upstream_request(
             upstream.remove_header(&X_FORWARDED_FOR);
         }
     }
-    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-    upstream.insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
-    if let Some(h) = host(session.req_header()) {
+    upstream.insert_header(X_FORWARDED_PROTO, if down.tls { "https" } else { "http" })?;
+    if let Some(h) = host(down.req) {
         let h = HeaderValue::from_str(h).or_err(ErrorType::HTTPStatus(400), "invalid host")?;
         upstream.insert_header(X_FORWARDED_HOST, h)?;
     }

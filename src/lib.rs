@@ -110,6 +110,21 @@ pub fn load(path: &std::path::Path) -> Result<Assembled, config::ConfigError> {
     })
 }
 
+pub use gateway::explain::{Explanation, Query as ExplainQuery};
+
+/// What the gateway built from `assembled` would do with one request (`tollgate explain`),
+/// without any network.
+pub fn explain(assembled: &Assembled, query: &ExplainQuery) -> Result<Explanation, String> {
+    let listeners: Vec<(String, bool)> = assembled
+        .runtime
+        .plan
+        .listeners
+        .iter()
+        .map(|l| (l.address.clone(), l.tls.is_some()))
+        .collect();
+    gateway::explain::explain(&assembled.runtime.gateway, &listeners, query)
+}
+
 /// A server with every Tollgate service registered, ready for `run`. `config_path` is the
 /// file a reload reads.
 pub fn build_server(assembled: Assembled, config_path: PathBuf, mode: StartMode) -> Server {

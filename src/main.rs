@@ -16,6 +16,7 @@ struct Cli {
     #[arg(
         short = 'c',
         long = "config",
+        global = true,
         default_value = "/etc/tollgate/tollgate.toml"
     )]
     config: PathBuf,
@@ -40,6 +41,28 @@ struct Cli {
 enum Command {
     /// Print the JSON Schema of the configuration file (kept as docs/tollgate.schema.json).
     Schema,
+    /// Show what the gateway would do with one request, without any network: the route and
+    /// why others did not match, each policy step, the upstream and the request it would
+    /// get, the response headers added.
+    Explain {
+        /// GET, POST, ...
+        method: String,
+        /// `http://host/path?query`, `https://...`, or `/path` (host from -H 'Host: ...').
+        url: String,
+        /// A request header, `-H 'Name: value'`; repeatable.
+        #[arg(short = 'H', long = "header", value_name = "HEADER")]
+        headers: Vec<String>,
+        /// The client's address as the gateway's TCP peer.
+        #[arg(long, default_value = "127.0.0.1")]
+        client: std::net::IpAddr,
+        /// The listener address the request arrives on (default: the first TLS listener for
+        /// https, else the first plain one).
+        #[arg(long)]
+        listener: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -54,6 +77,44 @@ fn main() -> ExitCode {
     if let Some(Command::Schema) = cli.command {
         print!("{}", tollgate::config::schema());
         return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Explain {
+        method,
+        url,
+        headers,
+        client,
+        listener,
+        json,
+    }) = &cli.command
+    {
+        let assembled = match tollgate::load(&cli.config) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(1);
+            }
+        };
+        let query = tollgate::ExplainQuery {
+            method: method.clone(),
+            url: url.clone(),
+            headers: headers.clone(),
+            client: *client,
+            listener: listener.clone(),
+        };
+        return match tollgate::explain(&assembled, &query) {
+            Ok(e) if *json => {
+                println!("{}", serde_json::to_string_pretty(&e).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Ok(e) => {
+                print!("{e}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tollgate explain: {e}");
+                ExitCode::from(2)
+            }
+        };
     }
     if let Some(Signal::Reload) = cli.signal {
         return match send_reload(&cli.config) {

@@ -527,6 +527,117 @@ impl Route {
         })
     }
 
+    /// What this route matches, in words (`tollgate explain`).
+    pub(crate) fn describe_match(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.hosts.is_empty() {
+            let hosts: Vec<String> = self.hosts.iter().map(host_pattern_text).collect();
+            parts.push(format!("host {}", hosts.join(" or ")));
+        }
+        parts.push(match &self.path {
+            PathMatch::Any => "any path".to_string(),
+            PathMatch::Exact(p) => format!("path {p} exactly"),
+            PathMatch::Prefix(p) => format!("path {p} and below"),
+        });
+        if !self.methods.is_empty() {
+            let m: Vec<&str> = self.methods.iter().map(Method::as_str).collect();
+            parts.push(format!("method {}", m.join(" or ")));
+        }
+        for (name, value) in &self.headers {
+            parts.push(format!("header {name}: {}", value.to_str().unwrap_or("?")));
+        }
+        parts.join(", ")
+    }
+
+    /// Why this route does not take a request (empty: it matches), with the same tests as
+    /// [`RouteTable::find`].
+    pub(crate) fn mismatches(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Vec<String> {
+        let mut why = Vec::new();
+        if !self.hosts.is_empty() {
+            let host = host.map(normalize_host);
+            let hit = host.as_deref().is_some_and(|h| {
+                self.hosts.iter().any(|p| match p {
+                    HostPattern::Exact(e) => h == e,
+                    HostPattern::Suffix(s) => h.len() > s.len() && h.ends_with(s.as_str()),
+                })
+            });
+            if !hit {
+                let hosts: Vec<String> = self.hosts.iter().map(host_pattern_text).collect();
+                why.push(format!(
+                    "host {} is not {}",
+                    host.as_deref().unwrap_or("(none)"),
+                    hosts.join(" or ")
+                ));
+            }
+        }
+        if !self.path.matches(path) {
+            why.push(match &self.path {
+                PathMatch::Exact(p) => format!("path is not exactly {p}"),
+                PathMatch::Prefix(p) => format!("path is not {p} or below it"),
+                PathMatch::Any => unreachable!("any path matches"),
+            });
+        }
+        if !self.methods.is_empty() && !self.methods.contains(method) {
+            let m: Vec<&str> = self.methods.iter().map(Method::as_str).collect();
+            why.push(format!("method {method} is not {}", m.join(" or ")));
+        }
+        for (name, value) in &self.headers {
+            if !headers.get_all(name).iter().any(|v| v == value) {
+                why.push(format!(
+                    "header {name} is not {:?}",
+                    value.to_str().unwrap_or("?")
+                ));
+            }
+        }
+        why
+    }
+
+    /// Why `self` (the route [`RouteTable::find`] chose) wins over `other`, which matches too.
+    pub(crate) fn precedence_over(&self, other: &Route, host: Option<&str>) -> &'static str {
+        let host = host.map(normalize_host);
+        let host_kind = |r: &Route| -> u8 {
+            let Some(h) = host.as_deref() else { return 0 };
+            if r.hosts
+                .iter()
+                .any(|p| matches!(p, HostPattern::Exact(e) if e == h))
+            {
+                2
+            } else if r.hosts.is_empty() {
+                0
+            } else {
+                1
+            }
+        };
+        let (a, b) = (host_kind(self), host_kind(other));
+        if a != b {
+            return if a == 2 {
+                "an exact host beats a wildcard or no host"
+            } else {
+                "a host wildcard beats no host"
+            };
+        }
+        let (ka, la) = self.path.rank();
+        let (kb, lb) = other.path.rank();
+        if ka != kb {
+            return "an exact path beats a prefix";
+        }
+        if la != lb {
+            return "a longer path prefix wins";
+        }
+        if self.methods.is_empty() != other.methods.is_empty()
+            || self.headers.len() != other.headers.len()
+        {
+            return "a route with methods or headers to match beats one without";
+        }
+        "it comes first in the file"
+    }
+
     fn matches_rest(&self, path: &str, method: &Method, headers: &HeaderMap) -> bool {
         self.path.matches(path)
             && (self.methods.is_empty() || self.methods.contains(method))
@@ -623,6 +734,13 @@ impl RouteTable {
             }
         }
         first(&self.any_host)
+    }
+}
+
+fn host_pattern_text(p: &HostPattern) -> String {
+    match p {
+        HostPattern::Exact(h) => h.clone(),
+        HostPattern::Suffix(s) => format!("*{s}"),
     }
 }
 

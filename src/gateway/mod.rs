@@ -2,6 +2,7 @@
 //! sequence of calls into the modules that own the concern (routing, upstream selection,
 //! forwarding headers, errors, observability).
 
+pub(crate) mod explain;
 mod request;
 
 use request::Step;
@@ -98,9 +99,9 @@ fn proxy_of(route: Option<&Arc<Route>>) -> Option<(&ProxyAction, &Arc<UpstreamGr
 }
 
 /// The body a filter rewrites has no length known in advance: HTTP/1 sends it chunked.
-fn body_length_unknown(session: &Session, resp: &mut ResponseHeader) -> Result<()> {
+fn body_length_unknown(h2: bool, resp: &mut ResponseHeader) -> Result<()> {
     resp.remove_header(&http::header::CONTENT_LENGTH);
-    if resp.version != http::Version::HTTP_2 && !session.is_http2() {
+    if !h2 {
         resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
     }
     Ok(())
@@ -240,6 +241,106 @@ impl Gateway {
         log::info!("request {:?}: retry skipped ({reason})", ctx.request_id);
     }
 
+    /// The request the upstream gets: the route's rewrite and header edits, identity
+    /// headers, forwarding headers. `upstream` starts as a copy of the client's request.
+    fn upstream_request(
+        &self,
+        down: &forward::Downstream<'_>,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some((action, _)) = proxy_of(ctx.route.as_ref()) {
+            let uri = &down.req.uri;
+            let merge = self.policy.normalize.merge_slashes;
+            match action.rewrite.apply(uri.path(), uri.query(), merge) {
+                Ok(None) => {}
+                Ok(Some(new_path)) => {
+                    let uri = new_path
+                        .parse::<http::Uri>()
+                        .or_err(BAD_REWRITE, "rewritten path is not a valid URI")?;
+                    ctx.forwarded_path = Some(uri.path().to_string());
+                    upstream.set_uri(uri);
+                }
+                Err(why) => return Error::e_explain(BAD_REWRITE, why),
+            }
+        }
+        for name in &self.policy.strip_headers {
+            upstream.remove_header(name);
+        }
+        if let Some(route) = ctx.route.clone() {
+            let t = &route.transform;
+            t.request.apply(upstream)?;
+            if !t.json_request.is_empty()
+                && JsonRename::applies_to(upstream.headers.get(http::header::CONTENT_TYPE))
+            {
+                // The renamed body has another length: Pingora frames it as chunked.
+                upstream.remove_header(&http::header::CONTENT_LENGTH);
+                ctx.request_json = Some(BodyBuffer::default());
+            }
+        }
+        if let Some(identity) = &ctx.identity {
+            for (name, value) in &identity.headers {
+                upstream.insert_header(name.clone(), value.clone())?;
+            }
+        }
+        forward::prepare_upstream_request(
+            down,
+            upstream,
+            ctx.client_ip,
+            ctx.peer_trusted,
+            &ctx.request_id,
+        )
+    }
+
+    /// Who the client is: the peer, or the address a trusted proxy put in `X-Forwarded-For`.
+    fn identify_client(&self, peer: Option<IpAddr>, req: &RequestHeader, ctx: &mut Ctx) {
+        let trusted = &self.policy.trusted_proxies;
+        ctx.peer_trusted = peer.is_some_and(|p| trusted.trusts(p));
+        ctx.client_ip = if ctx.peer_trusted {
+            let xff = req.headers.get_all("x-forwarded-for");
+            trusted.client_ip(peer, xff.iter().map(|v| v.as_bytes()))
+        } else {
+            peer
+        };
+    }
+
+    /// The route's response edits, security headers, body rewriters and the gateway's own
+    /// headers, on a final response to `req`.
+    fn decorate_response(
+        &self,
+        req: &RequestHeader,
+        h2: bool,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(route) = ctx.route.clone() {
+            let t = &route.transform;
+            for (name, value) in &t.security {
+                if !resp.headers.contains_key(name) {
+                    resp.insert_header(name.clone(), value.clone())?;
+                }
+            }
+            t.response.apply(resp)?;
+            let has_body =
+                req.method != http::Method::HEAD && !matches!(resp.status.as_u16(), 204 | 304);
+            if has_body
+                && !t.json_response.is_empty()
+                && JsonRename::applies_to(resp.headers.get(http::header::CONTENT_TYPE))
+            {
+                body_length_unknown(h2, resp)?;
+                ctx.response_json = Some(BodyBuffer::default());
+            }
+            if let Some(c) = &route.compression {
+                ctx.compressor = c.start(req, resp)?;
+                if ctx.compressor.is_some() {
+                    body_length_unknown(h2, resp)?;
+                }
+            }
+        }
+        resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
+        Ok(())
+    }
+
     async fn reject(&self, session: &mut Session, ctx: &mut Ctx, reject: Reject) -> Result<bool> {
         ctx.answered = Some(reject.status);
         error::respond_error(session, &reject, &ctx.request_id).await?;
@@ -296,20 +397,15 @@ impl ProxyHttp for Gateway {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let trusted = &self.policy.trusted_proxies;
-        ctx.peer_trusted = peer.is_some_and(|p| trusted.trusts(p));
-        ctx.client_ip = if ctx.peer_trusted {
-            let xff = session.req_header().headers.get_all("x-forwarded-for");
-            trusted.client_ip(peer, xff.iter().map(|v| v.as_bytes()))
-        } else {
-            peer
-        };
+        self.identify_client(peer, session.req_header(), ctx);
         Ok(())
     }
 
     /// The policy chain ([`request::admit`]), then refuse, answer, or go on to proxy.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        match request::admit(self, session, ctx).await {
+        let facts = request::Facts::of(session);
+        let req = session.req_header_mut();
+        match request::admit(self, req, facts, ctx, request::Mode::Serve).await {
             Step::Next => Ok(false),
             Step::Reject(reject) => self.reject(session, ctx, reject).await,
             Step::Answer {
@@ -535,47 +631,7 @@ impl ProxyHttp for Gateway {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some((action, _)) = proxy_of(ctx.route.as_ref()) {
-            let uri = &session.req_header().uri;
-            let merge = self.policy.normalize.merge_slashes;
-            match action.rewrite.apply(uri.path(), uri.query(), merge) {
-                Ok(None) => {}
-                Ok(Some(new_path)) => {
-                    let uri = new_path
-                        .parse::<http::Uri>()
-                        .or_err(BAD_REWRITE, "rewritten path is not a valid URI")?;
-                    ctx.forwarded_path = Some(uri.path().to_string());
-                    upstream.set_uri(uri);
-                }
-                Err(why) => return Error::e_explain(BAD_REWRITE, why),
-            }
-        }
-        for name in &self.policy.strip_headers {
-            upstream.remove_header(name);
-        }
-        if let Some(route) = ctx.route.clone() {
-            let t = &route.transform;
-            t.request.apply(upstream)?;
-            if !t.json_request.is_empty()
-                && JsonRename::applies_to(upstream.headers.get(http::header::CONTENT_TYPE))
-            {
-                // The renamed body has another length: Pingora frames it as chunked.
-                upstream.remove_header(&http::header::CONTENT_LENGTH);
-                ctx.request_json = Some(BodyBuffer::default());
-            }
-        }
-        if let Some(identity) = &ctx.identity {
-            for (name, value) in &identity.headers {
-                upstream.insert_header(name.clone(), value.clone())?;
-            }
-        }
-        forward::prepare_upstream_request(
-            session,
-            upstream,
-            ctx.client_ip,
-            ctx.peer_trusted,
-            &ctx.request_id,
-        )?;
+        self.upstream_request(&forward::Downstream::of(session), upstream, ctx)?;
         ctx.upstream.sent_at = Some(Instant::now());
         Ok(())
     }
@@ -591,32 +647,8 @@ impl ProxyHttp for Gateway {
             return Ok(());
         }
         forward::prepare_response(resp);
-        if let Some(route) = ctx.route.clone() {
-            let t = &route.transform;
-            for (name, value) in &t.security {
-                if !resp.headers.contains_key(name) {
-                    resp.insert_header(name.clone(), value.clone())?;
-                }
-            }
-            t.response.apply(resp)?;
-            let has_body = session.req_header().method != http::Method::HEAD
-                && !matches!(resp.status.as_u16(), 204 | 304);
-            if has_body
-                && !t.json_response.is_empty()
-                && JsonRename::applies_to(resp.headers.get(http::header::CONTENT_TYPE))
-            {
-                resp.remove_header(&http::header::CONTENT_LENGTH);
-                body_length_unknown(session, resp)?;
-                ctx.response_json = Some(BodyBuffer::default());
-            }
-            if let Some(c) = &route.compression {
-                ctx.compressor = c.start(session.req_header(), resp)?;
-                if ctx.compressor.is_some() {
-                    body_length_unknown(session, resp)?;
-                }
-            }
-        }
-        resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
+        let h2 = resp.version == http::Version::HTTP_2 || session.is_http2();
+        self.decorate_response(session.req_header(), h2, resp, ctx)?;
         if ctx.route.as_ref().is_some_and(|r| r.cache.is_some()) {
             ctx.cache_verdict = Verdict::of(session.cache.phase());
             if let Some(v) = ctx.cache_verdict {

@@ -14,9 +14,12 @@ use crate::policy::{framing, normalize};
 use crate::route::{Route, RouteAction};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
+use pingora::http::RequestHeader;
 use pingora::proxy::Session;
+use std::net::SocketAddr;
 
 /// What a step decided.
+#[derive(Clone)]
 pub(crate) enum Step {
     /// On to the next step.
     Next,
@@ -30,61 +33,131 @@ pub(crate) enum Step {
     },
 }
 
-/// Return the step's decision unless it is [`Step::Next`].
+/// The chain's steps, by the names `tollgate explain` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepName {
+    Framing,
+    Normalize,
+    GlobalIp,
+    Route,
+    RouteIp,
+    Cors,
+    BodySize,
+    Auth,
+    RateLimit,
+    Answer,
+}
+
+/// Facts about the connection the chain needs besides the request head.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Facts {
+    /// The listener's address (a listener may override header normalization).
+    pub local: Option<SocketAddr>,
+    /// The raw HTTP/1 head carried `Content-Length` beside `Transfer-Encoding` (Pingora
+    /// drops it from the parsed head).
+    pub raw_content_length: bool,
+}
+
+impl Facts {
+    pub(crate) fn of(session: &Session) -> Facts {
+        let req = session.req_header();
+        Facts {
+            local: session.server_addr().and_then(|a| a.as_inet()).copied(),
+            raw_content_length: req.headers.contains_key(http::header::TRANSFER_ENCODING)
+                && session
+                    .as_http1()
+                    .is_some_and(|h1| framing::raw_has_content_length(&h1.get_headers_raw_bytes())),
+        }
+    }
+}
+
+/// How the chain runs: serving a request, or describing what it would do
+/// (`tollgate explain`), which records each step and changes no state: rate limits are not
+/// counted and aggregates are not called.
+pub(crate) enum Mode<'a> {
+    Serve,
+    Explain(&'a mut Vec<(StepName, Step)>),
+}
+
+impl Mode<'_> {
+    fn explaining(&self) -> bool {
+        matches!(self, Mode::Explain(_))
+    }
+}
+
+/// Return the step's decision unless it is [`Step::Next`], recording it when explaining.
 macro_rules! step {
-    ($e:expr) => {
-        match $e {
+    ($mode:expr, $name:expr, $e:expr) => {{
+        let decided = $e;
+        if let Mode::Explain(trace) = &mut $mode {
+            trace.push(($name, decided.clone()));
+        }
+        match decided {
             Step::Next => {}
             other => return other,
         }
-    };
+    }};
 }
 
 /// Run the chain on a request; [`Step::Next`] means proxy it.
-pub(crate) async fn admit(gw: &Gateway, session: &mut Session, ctx: &mut Ctx) -> Step {
+pub(crate) async fn admit(
+    gw: &Gateway,
+    req: &mut RequestHeader,
+    facts: Facts,
+    ctx: &mut Ctx,
+    mut mode: Mode<'_>,
+) -> Step {
+    use StepName::*;
     // Before anything reads the head: a request two parsers could frame differently is
     // refused whatever its route.
-    step!(framing_step(gw, session));
+    step!(mode, Framing, framing_step(gw, req, facts));
     // Everything after sees the one canonical path, host and header set.
-    step!(normalize_step(gw, session, ctx));
+    step!(mode, Normalize, normalize_step(gw, req, facts, ctx));
     // The cheapest refusal, before any routing work.
-    step!(ip_step(&gw.policy.ip, ctx));
+    step!(mode, GlobalIp, ip_step(&gw.policy.ip, ctx));
     // The route decides every policy below.
-    step!(route_step(gw, session, ctx));
+    step!(mode, Route, route_step(gw, req, ctx));
     let Some(route) = ctx.route.clone() else {
         return Step::Reject(Reject::new(StatusCode::NOT_FOUND, "no route"));
     };
-    step!(ip_step(&route.policy.ip, ctx));
+    step!(mode, RouteIp, ip_step(&route.policy.ip, ctx));
     // Preflights carry no credentials, so they are answered before authentication.
-    step!(cors_step(&route, session, ctx));
+    step!(mode, Cors, cors_step(&route, req, ctx));
     // A body announced too large is refused before anyone verifies who sends it.
-    step!(body_size_step(&route, session));
+    step!(mode, BodySize, body_size_step(&route, req));
     // Who is calling, and may they: rate limits below can key on the identity.
-    step!(auth_step(gw, &route, session, ctx).await);
-    step!(rate_limit_step(gw, &route, ctx).await);
+    step!(mode, Auth, auth_step(gw, &route, req, ctx).await);
+    if !mode.explaining() {
+        step!(mode, RateLimit, rate_limit_step(gw, &route, ctx).await);
+    }
     // Routes that answer at the gateway, once every policy admitted the request.
-    answer_step(gw, &route, session, ctx).await
+    let answer = if mode.explaining() && matches!(route.action, RouteAction::Aggregate(_)) {
+        Step::Answer {
+            status: StatusCode::OK,
+            headers: ctx.response_headers.clone(),
+            body: Bytes::new(),
+        }
+    } else {
+        answer_step(gw, &route, req, ctx).await
+    };
+    if let Mode::Explain(trace) = &mut mode {
+        trace.push((Answer, answer.clone()));
+    }
+    answer
 }
 
-fn framing_step(gw: &Gateway, session: &Session) -> Step {
-    let req = session.req_header();
-    // Pingora drops `Content-Length` from the parsed head when `Transfer-Encoding` is also
-    // present; only the raw bytes show the conflict.
-    let raw_cl = req.headers.contains_key(http::header::TRANSFER_ENCODING)
-        && session
-            .as_http1()
-            .is_some_and(|h1| framing::raw_has_content_length(&h1.get_headers_raw_bytes()));
-    match framing::check(req, gw.policy.head, raw_cl) {
+fn framing_step(gw: &Gateway, req: &RequestHeader, facts: Facts) -> Step {
+    match framing::check(req, gw.policy.head, facts.raw_content_length) {
         Ok(()) => Step::Next,
         Err(reject) => Step::Reject(reject),
     }
 }
 
-fn normalize_step(gw: &Gateway, session: &mut Session, ctx: &mut Ctx) -> Step {
-    let local = session.server_addr().and_then(|a| a.as_inet()).copied();
-    let opts = gw.policy.normalize_for(local);
+fn normalize_step(gw: &Gateway, req: &mut RequestHeader, facts: Facts, ctx: &mut Ctx) -> Step {
+    let opts = gw.policy.normalize_for(facts.local);
     let key_header = gw.policy.api_keys.header.as_ref();
-    match normalize::normalize(session.req_header_mut(), opts, key_header) {
+    match normalize::normalize(req, opts, key_header) {
         Ok(n) => {
             ctx.received_target = n.received;
             ctx.encoded_slash = n.encoded_slash;
@@ -102,8 +175,7 @@ fn ip_step(rules: &crate::policy::ip::IpRules, ctx: &Ctx) -> Step {
     }
 }
 
-fn route_step(gw: &Gateway, session: &Session, ctx: &mut Ctx) -> Step {
-    let req = session.req_header();
+fn route_step(gw: &Gateway, req: &RequestHeader, ctx: &mut Ctx) -> Step {
     let host = forward::host(req);
     let Some(route) = gw
         .routes
@@ -121,11 +193,10 @@ fn route_step(gw: &Gateway, session: &Session, ctx: &mut Ctx) -> Step {
     Step::Next
 }
 
-fn cors_step(route: &Route, session: &Session, ctx: &mut Ctx) -> Step {
+fn cors_step(route: &Route, req: &RequestHeader, ctx: &mut Ctx) -> Step {
     let Some(cors) = &route.policy.cors else {
         return Step::Next;
     };
-    let req = session.req_header();
     match cors.evaluate(&req.method, &req.headers) {
         Ok(CorsOutcome::None) => Step::Next,
         Ok(CorsOutcome::Actual(h)) => {
@@ -141,8 +212,8 @@ fn cors_step(route: &Route, session: &Session, ctx: &mut Ctx) -> Step {
     }
 }
 
-fn body_size_step(route: &Route, session: &Session) -> Step {
-    if forward::content_length(session.req_header()).is_some_and(|n| n > route.policy.max_body) {
+fn body_size_step(route: &Route, req: &RequestHeader) -> Step {
+    if forward::content_length(req).is_some_and(|n| n > route.policy.max_body) {
         Step::Reject(Reject::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "request body too large",
@@ -152,9 +223,9 @@ fn body_size_step(route: &Route, session: &Session) -> Step {
     }
 }
 
-async fn auth_step(gw: &Gateway, route: &Route, session: &Session, ctx: &mut Ctx) -> Step {
+async fn auth_step(gw: &Gateway, route: &Route, req: &RequestHeader, ctx: &mut Ctx) -> Step {
     let policy = &route.policy;
-    let headers = &session.req_header().headers;
+    let headers = &req.headers;
     match auth::authenticate(&policy.auth, headers, &gw.policy.api_keys).await {
         Ok(identity) => {
             ctx.identity = identity;
@@ -206,7 +277,7 @@ async fn rate_limit_step(gw: &Gateway, route: &Route, ctx: &mut Ctx) -> Step {
     Step::Reject(reject)
 }
 
-async fn answer_step(gw: &Gateway, route: &Route, session: &Session, ctx: &Ctx) -> Step {
+async fn answer_step(gw: &Gateway, route: &Route, req: &RequestHeader, ctx: &Ctx) -> Step {
     match &route.action {
         RouteAction::Proxy(_) => Step::Next,
         RouteAction::Respond(direct) => {
@@ -229,7 +300,6 @@ async fn answer_step(gw: &Gateway, route: &Route, session: &Session, ctx: &Ctx) 
                     forwarded.push((HeaderName::from_static("x-forwarded-for"), v));
                 }
             }
-            let req = session.req_header();
             let fwd = Forwarded {
                 path: req.uri.path(),
                 host: forward::host(req),

@@ -42,6 +42,22 @@ impl IpRules {
         IpRules { allow, deny }
     }
 
+    /// The lists, in words (`tollgate explain`).
+    pub(crate) fn describe(&self) -> String {
+        let list = |l: &[IpNet]| {
+            l.iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match (self.allow.is_empty(), self.deny.is_empty()) {
+            (true, true) => "no rules".into(),
+            (false, true) => format!("allow {}", list(&self.allow)),
+            (true, false) => format!("deny {}", list(&self.deny)),
+            (false, false) => format!("allow {}; deny {}", list(&self.allow), list(&self.deny)),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.allow.is_empty() && self.deny.is_empty()
     }

@@ -241,6 +241,18 @@ fn jwks_url_problem(url: &str) -> Option<String> {
 }
 
 impl JwtProvider {
+    /// Whether keys come from a JWKS URL.
+    pub(crate) fn has_jwks_url(&self) -> bool {
+        self.jwks.is_some()
+    }
+
+    /// Never fetch the JWKS URL (`tollgate explain`).
+    pub(crate) fn go_offline(&self) {
+        if let Some(j) = &self.jwks {
+            j.go_offline();
+        }
+    }
+
     /// Problems in what a provider's section says (`at` is e.g. `auth.jwt.main`), before
     /// any file or variable is read; `algs` are its algorithms, each once.
     fn check_section(at: &str, s: &JwtSection, algs: &[Algorithm]) -> Vec<Problem> {

@@ -276,6 +276,27 @@ impl RateLimits {
         })
     }
 
+    /// Each window in words, e.g. `100 per 60s by ip+route` (`tollgate explain`).
+    pub(crate) fn describe(&self) -> Vec<String> {
+        self.windows
+            .iter()
+            .map(|w| {
+                let k = w.key;
+                let parts: Vec<&str> = [(k.ip, "ip"), (k.consumer, "consumer"), (k.route, "route")]
+                    .iter()
+                    .filter(|(on, _)| *on)
+                    .map(|(_, n)| *n)
+                    .collect();
+                format!(
+                    "{} per {} by {}",
+                    w.limit,
+                    humantime::format_duration(w.window),
+                    parts.join("+")
+                )
+            })
+            .collect()
+    }
+
     /// Count this request in every window; refused if any window is over its limit.
     pub async fn check(&self, subject: &Subject<'_>) -> RateDecision {
         if let Some(redis) = &self.store.redis {

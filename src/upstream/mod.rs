@@ -281,6 +281,60 @@ pub struct TargetHealth {
 }
 
 impl UpstreamGroup {
+    /// The selection policy, targets and checks, in words (`tollgate explain`).
+    pub(crate) fn describe(&self) -> serde_json::Value {
+        let policy = match self.policy {
+            Policy::RoundRobin => "round_robin".to_string(),
+            Policy::LeastConnections => "least_connections".to_string(),
+            Policy::ConsistentHash => match &self.hash_on {
+                Some(HashOn::Header(h)) => format!("consistent_hash on header {h}"),
+                Some(HashOn::Cookie(c)) => format!("consistent_hash on cookie {c}"),
+                Some(HashOn::ClientIp) | None => "consistent_hash on client_ip".to_string(),
+            },
+        };
+        let targets: Vec<serde_json::Value> = self
+            .lb
+            .backends()
+            .get_backend()
+            .iter()
+            .map(|b| serde_json::json!({"address": b.addr.to_string(), "weight": b.weight}))
+            .collect();
+        let health = self.health.as_ref().map(|h| {
+            let what = match &h.kind {
+                health::Kind::Tcp => "tcp connect".to_string(),
+                health::Kind::Http {
+                    path,
+                    expected_status,
+                    ..
+                } => format!("GET {path} expecting {expected_status}"),
+            };
+            format!(
+                "{what} every {}, out after {} failures, back after {} successes",
+                humantime::format_duration(h.interval),
+                h.fall,
+                h.rise
+            )
+        });
+        let breaker = self.breaker.as_ref().map(|b| {
+            format!(
+                "open after {} consecutive failures{}, for {}",
+                b.failures,
+                if b.on_5xx { " (5xx count)" } else { "" },
+                humantime::format_duration(b.cooldown)
+            )
+        });
+        serde_json::json!({
+            "name": &*self.name,
+            "policy": policy,
+            "targets": targets,
+            "re_resolved_from_dns": self.resolves_names,
+            "tls": self.tls.as_ref().map(|t| t.sni.clone()),
+            "h2": self.h2,
+            "health_check": health,
+            "circuit_breaker": breaker,
+        })
+    }
+
     /// Build `[upstreams.NAME]` in one pass, collecting every problem under `upstreams.NAME`.
     /// `previous` is the same-named group of the running generation: targets that stay keep
     /// their in-flight counts and breakers (when the breaker settings are unchanged) and

@@ -73,6 +73,25 @@ impl RetryOn {
         on
     }
 
+    /// The listed failures, as `retry_on` spells them (`tollgate explain`).
+    pub(crate) fn describe(self) -> String {
+        let names: Vec<&str> = [
+            (Failure::Connect, "connect"),
+            (Failure::Timeout, "timeout"),
+            (Failure::Reset, "reset"),
+            (Failure::Status5xx, "5xx"),
+        ]
+        .iter()
+        .filter(|(f, _)| self.covers(*f))
+        .map(|(_, n)| *n)
+        .collect();
+        if names.is_empty() {
+            "nothing".into()
+        } else {
+            names.join(", ")
+        }
+    }
+
     pub fn covers(self, f: Failure) -> bool {
         self.0 & Self::bit(f) != 0
     }

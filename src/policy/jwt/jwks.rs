@@ -58,6 +58,8 @@ pub(super) struct JwksSource {
     /// When the last fetch started. Held for the whole fetch, so requests missing a `kid`
     /// meanwhile wait for that fetch instead of starting their own.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    /// Never fetch (`tollgate explain`, which works without any network).
+    offline: AtomicBool,
 }
 
 impl JwksSource {
@@ -86,6 +88,7 @@ impl JwksSource {
             refresh,
             min_refresh,
             last_fetch: tokio::sync::Mutex::new(None),
+            offline: AtomicBool::new(false),
         })
     }
 
@@ -172,6 +175,9 @@ impl JwksSource {
     /// A token named a `kid` we do not have: fetch again unless a fetch started within
     /// `jwks_min_refresh`, and wait (at most [`MISS_WAIT`]) for the fetch in progress.
     pub(super) async fn refresh_on_miss(self: &Arc<Self>) {
+        if self.offline.load(Ordering::Relaxed) {
+            return;
+        }
         let wait = async {
             let mut last = self.last_fetch.lock().await;
             if last.is_some_and(|t| t.elapsed() < self.min_refresh) {
@@ -184,6 +190,11 @@ impl JwksSource {
             let _ = tokio::spawn(async move { source.fetch_logged("unknown kid").await }).await;
         };
         let _ = tokio::time::timeout(MISS_WAIT, wait).await;
+    }
+
+    /// Never fetch from now on.
+    pub(super) fn go_offline(&self) {
+        self.offline.store(true, Ordering::Relaxed);
     }
 
     /// A scheduled fetch, counted against the rate limit like any other.
