@@ -79,6 +79,11 @@ impl Compression {
             content_types,
         } = s;
         let before = problems.len();
+        crate::config::bounds::COMPRESSION_MIN_SIZE.check(
+            &format!("{at}.min_size"),
+            *min_size,
+            problems,
+        );
         if algorithms.is_empty() {
             problems.push(Problem::new(
                 format!("{at}.algorithms"),

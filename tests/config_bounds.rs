@@ -138,6 +138,9 @@ stale_if_error = @routes[].cache.stale_if_error@
 allow_origins = ["https://app.example"]
 max_age = @routes[].cors.max_age@
 
+[routes.compression]
+min_size = @routes[].compression.min_size@
+
 [[routes]]
 name = "respond"
 path = "/r"

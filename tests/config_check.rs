@@ -211,6 +211,12 @@ fn broken_configs_name_the_file_the_key_and_the_problem() {
             "expected a whole number, got string \"two\" (line 2, column 11)",
         ),
         (
+            "a duration written as a bare number",
+            format!("[limits]\nheader_timeout = 5\n{LISTENER}"),
+            "limits.header_timeout",
+            "expected a duration like \"5s\", got the number 5; write \"5s\" or \"5ms\" (line 2, column 18)",
+        ),
+        (
             "two routes with the same match (the second is unreachable)",
             format!("{BASE}[[routes]]\nname = \"a\"\npath_prefix = \"/x\"\nupstream = \"users\"\n[[routes]]\nname = \"b\"\npath_prefix = \"/x\"\nupstream = \"orders\""),
             "routes[1]",

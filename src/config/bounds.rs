@@ -330,6 +330,7 @@ pub const CACHE_STALE: Range = time(
     ],
 );
 pub const CORS_MAX_AGE: Range = time(Duration::ZERO, DAY, &["routes[].cors.max_age"]);
+pub const COMPRESSION_MIN_SIZE: Range = size(0, GIB, &["routes[].compression.min_size"]);
 
 // [limits]
 pub const LIMITS_MAX_HEADER_BYTES: Range = size(KIB, 512 * KIB, &["limits.max_header_bytes"]);
@@ -386,6 +387,7 @@ pub const RANGES: &[Range] = &[
     RATE_LIMIT_LIMIT,
     RATE_LIMIT_WINDOW,
     CACHE_TTL,
+    COMPRESSION_MIN_SIZE,
     CACHE_STALE,
     CORS_MAX_AGE,
     LIMITS_MAX_HEADER_BYTES,
@@ -524,6 +526,7 @@ mod tests {
             &["routes[].rate_limits[]", "consumers.*.rate_limits[]"],
         ),
         ("RouteCacheSection", &["routes[].cache"]),
+        ("CompressionSection", &["routes[].compression"]),
         ("CorsSection", &["routes[].cors"]),
         ("LimitsSection", &["limits"]),
         ("JwtSection", &["auth.jwt.*"]),

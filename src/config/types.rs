@@ -36,9 +36,38 @@ impl TryFrom<SizeText> for HumanSize {
 }
 
 /// A duration written as `"250ms"`, `"5s"`, `"1m 30s"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = HumanDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration like \"5s\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<HumanDuration, E> {
+                HumanDuration::try_from(s.to_string()).map_err(E::custom)
+            }
+            // A bare number has no unit: say which string was probably meant.
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<HumanDuration, E> {
+                Err(E::custom(format!(
+                    "expected a duration like \"5s\", got the number {n}; write \"{n}s\" or \"{n}ms\""
+                )))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<HumanDuration, E> {
+                self.visit_i64(n as i64)
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<HumanDuration, E> {
+                Err(E::custom(format!(
+                    "expected a duration like \"5s\", got the number {n}; write e.g. \"{n}s\""
+                )))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
 
 impl TryFrom<String> for HumanDuration {
     type Error = String;
