@@ -72,6 +72,43 @@ impl Admin {
         }
     }
 
+    /// `POST /auth/purge?provider=NAME[&subject=SUB]`: drop the cached decisions of one
+    /// subject, or all of one service's (`provider` omitted: every service's).
+    fn auth_purge(&self, query: Option<&str>) -> (StatusCode, serde_json::Value) {
+        let gw = self.current.load();
+        let (mut provider, mut subject) = (None, None);
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match &*k {
+                "provider" => provider = Some(v.into_owned()),
+                "subject" => subject = Some(v.into_owned()),
+                other => {
+                    return (
+                        StatusCode::BAD_REQUEST,
+                        json!({"error": format!("unknown parameter {other:?}; use provider and subject")}),
+                    )
+                }
+            }
+        }
+        let services: Vec<_> = gw
+            .policy
+            .external
+            .iter()
+            .filter(|s| provider.as_deref().is_none_or(|p| *s.name == *p))
+            .collect();
+        if services.is_empty() {
+            return (
+                StatusCode::NOT_FOUND,
+                json!({"error": "no forward-auth or introspection service by that name"}),
+            );
+        }
+        for s in &services {
+            s.purge(subject.as_deref());
+        }
+        let names: Vec<&str> = services.iter().map(|s| &*s.name).collect();
+        log::info!("auth decision purge: services {names:?}, subject {subject:?}");
+        (StatusCode::OK, json!({"purged": names, "subject": subject}))
+    }
+
     /// `/readyz`: whether to send this instance traffic, and why not.
     fn readiness(&self) -> (StatusCode, serde_json::Value) {
         let gw = self.current.load();
@@ -185,6 +222,17 @@ impl ServeHttp for Admin {
             };
             return response(status, "application/json", doc.to_string().into_bytes());
         }
+        if req.uri.path() == "/auth/purge" {
+            let (status, doc) = if req.method == http::Method::POST {
+                self.auth_purge(req.uri.query())
+            } else {
+                (
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    json!({"error": "method not allowed; use POST"}),
+                )
+            };
+            return response(status, "application/json", doc.to_string().into_bytes());
+        }
         if req.uri.path() == "/config/reload" {
             let (status, doc) = if req.method == http::Method::POST {
                 self.reload().await
@@ -238,7 +286,7 @@ impl ServeHttp for Admin {
             _ => response(
                 StatusCode::NOT_FOUND,
                 "application/json",
-                br#"{"error":"not found; try /health, /livez, /readyz, /metrics, POST /cache/purge or POST /config/reload"}"#.to_vec(),
+                br#"{"error":"not found; try /health, /livez, /readyz, /metrics, POST /cache/purge, POST /auth/purge or POST /config/reload"}"#.to_vec(),
             ),
         }
     }

@@ -7,9 +7,8 @@
 //! routes, and Pingora's pooled HTTP connector. Identity headers and the request id travel to
 //! every part.
 
-use crate::upstream::breaker::Outcome;
 use crate::upstream::UpstreamGroup;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use pingora::connectors::http::Connector;
 use pingora::prelude::*;
@@ -20,8 +19,6 @@ use std::time::Duration;
 
 /// Largest part body read.
 const MAX_PART_BODY: usize = 4 * 1024 * 1024;
-/// How long an idle pooled connection to a part's target is kept.
-const POOL_IDLE: Duration = Duration::from_secs(60);
 
 /// One upstream call of an aggregate.
 pub(crate) struct Part {
@@ -164,11 +161,7 @@ impl Aggregate {
     pub async fn run(&self, connector: &Connector, fwd: &Forwarded<'_>) -> (StatusCode, Bytes) {
         let paths = self.part_paths(fwd.path);
         let calls = self.parts.iter().zip(paths).map(|(part, path)| async move {
-            let fetched = fetch(&part.upstream, connector, &path, fwd);
-            let result = match tokio::time::timeout(part.timeout, fetched).await {
-                Ok(r) => r,
-                Err(_) => Err(format!("timed out after {}ms", part.timeout.as_millis())),
-            };
+            let result = fetch(&part.upstream, connector, &path, fwd, part.timeout).await;
             (part.name.as_str(), result)
         });
         let results = futures::future::join_all(calls).await;
@@ -195,36 +188,14 @@ impl Aggregate {
     }
 }
 
-/// One part: pick a target, send GET, read a JSON body.
+/// One part: send GET to a target of the group, read a JSON body.
 async fn fetch(
     group: &UpstreamGroup,
     connector: &Connector,
     path: &str,
     fwd: &Forwarded<'_>,
+    timeout: Duration,
 ) -> Result<Value, String> {
-    let mut target = group
-        .select(&[], &[])
-        .ok_or_else(|| "no healthy target".to_string())?;
-    let addr = target.target().addr;
-    let peer = group.peer(addr);
-    let outcome = exchange(connector, &peer, path, fwd).await;
-    match &outcome {
-        Ok((status, _)) => target.record_status(*status),
-        Err(_) => target.record(Outcome::Failure),
-    }
-    let (status, body) = outcome?;
-    if !(200..300).contains(&status) {
-        return Err(format!("upstream answered {status}"));
-    }
-    serde_json::from_slice(&body).map_err(|_| "upstream answer is not JSON".to_string())
-}
-
-async fn exchange(
-    connector: &Connector,
-    peer: &HttpPeer,
-    path: &str,
-    fwd: &Forwarded<'_>,
-) -> Result<(u16, Bytes), String> {
     let text = |e: Box<Error>| e.etype().as_str().to_string();
     let mut req =
         RequestHeader::build("GET", path.as_bytes(), Some(fwd.headers.len() + 2)).map_err(text)?;
@@ -237,25 +208,13 @@ async fn exchange(
         req.insert_header(name.clone(), value.clone())
             .map_err(text)?;
     }
-    let (mut session, _reused) = connector.get_http_session(peer).await.map_err(text)?;
-    session
-        .write_request_header(Box::new(req))
-        .await
-        .map_err(text)?;
-    session.finish_request_body().await.map_err(text)?;
-    session.read_response_header().await.map_err(text)?;
-    let status = session.response_header().map_or(0, |r| r.status.as_u16());
-    let mut body = BytesMut::new();
-    while let Some(chunk) = session.read_response_body().await.map_err(text)? {
-        body.extend_from_slice(&chunk);
-        if body.len() > MAX_PART_BODY {
-            return Err("upstream answer too large".to_string());
-        }
+    let (head, body) =
+        crate::subrequest::call(group, connector, req, None, MAX_PART_BODY, timeout).await?;
+    let status = head.status.as_u16();
+    if !(200..300).contains(&status) {
+        return Err(format!("upstream answered {status}"));
     }
-    connector
-        .release_http_session(session, peer, Some(POOL_IDLE))
-        .await;
-    Ok((status, body.freeze()))
+    serde_json::from_slice(&body).map_err(|_| "upstream answer is not JSON".to_string())
 }
 
 #[cfg(test)]

@@ -82,6 +82,9 @@ pub struct Reject {
     pub status: StatusCode,
     pub message: &'static str,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// A body to send instead of the JSON error (an auth service's own denial, where the
+    /// configuration passes it on), with its content type among `headers`.
+    pub body: Option<Bytes>,
 }
 
 impl Reject {
@@ -90,6 +93,7 @@ impl Reject {
             status,
             message,
             headers: Vec::new(),
+            body: None,
         }
     }
 }
@@ -130,12 +134,17 @@ pub async fn respond_error(
     reject: &Reject,
     request_id: &HeaderValue,
 ) -> Result<()> {
-    let body = json_body(reject.message, request_id.to_str().unwrap_or(""));
     let mut headers = reject.headers.clone();
-    headers.push((
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    ));
+    let body = match &reject.body {
+        Some(b) => b.clone(),
+        None => {
+            headers.push((
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ));
+            json_body(reject.message, request_id.to_str().unwrap_or(""))
+        }
+    };
     headers.push((
         http::header::CACHE_CONTROL,
         HeaderValue::from_static("no-store"),

@@ -24,6 +24,7 @@ pub(crate) mod proxy;
 pub(crate) mod proxy_protocol;
 pub(crate) mod reload;
 pub mod route;
+pub(crate) mod subrequest;
 pub(crate) mod tls;
 pub mod transform;
 pub(crate) mod upstream;

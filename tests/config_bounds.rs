@@ -80,6 +80,27 @@ jwks_min_refresh = @auth.jwt.*.jwks_min_refresh@
 leeway = @auth.jwt.*.leeway@
 cache_entries = @auth.jwt.*.cache_entries@
 
+[auth.forward.fa]
+upstream = "app"
+timeout = @auth.forward.*.timeout@
+
+[auth.forward.fa.cache]
+ttl = @auth.forward.*.cache.ttl@
+negative_ttl = @auth.forward.*.cache.negative_ttl@
+max_entries = @auth.forward.*.cache.max_entries@
+
+[auth.introspection.ti]
+upstream = "app"
+path = "/introspect"
+client_id = "gateway"
+client_secret_env = "PATH"
+timeout = @auth.introspection.*.timeout@
+
+[auth.introspection.ti.cache]
+ttl = @auth.introspection.*.cache.ttl@
+negative_ttl = @auth.introspection.*.cache.negative_ttl@
+max_entries = @auth.introspection.*.cache.max_entries@
+
 [consumers.alice]
 keys = ["alice-key-0123456789abcdef"]
 rate_limits = [{ limit = @consumers.*.rate_limits[].limit@, window = @consumers.*.rate_limits[].window@ }]
@@ -174,6 +195,8 @@ fn concrete(pattern: &str) -> String {
         .replacen("routes[]", route, 1)
         .replace("upstreams.*", "upstreams.extreme")
         .replace("auth.jwt.*", "auth.jwt.idp")
+        .replace("auth.forward.*", "auth.forward.fa")
+        .replace("auth.introspection.*", "auth.introspection.ti")
         .replace("consumers.*", "consumers.alice")
         .replace("[]", "[0]")
 }

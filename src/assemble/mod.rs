@@ -19,6 +19,7 @@ use crate::config::Problem;
 use crate::gateway::{Gateway, Generation};
 use crate::observe::access_log::{self, AccessLog, AccessLogWriter};
 use crate::observe::metrics::Metrics;
+use crate::policy::external::ExternalAuth;
 use crate::policy::jwt::JwtProvider;
 use crate::policy::jwt::Providers;
 use crate::policy::rate_limit::RateLimitStore;
@@ -151,6 +152,52 @@ pub fn build(
         }
     }
 
+    let external_cx = crate::policy::external::ExternalContext {
+        groups: &groups,
+        connector: &shared.connector,
+        decisions: &shared.metrics.auth_decisions,
+    };
+    let previous_external = |name: &str, kind: &str| {
+        previous.and_then(|g| {
+            g.policy
+                .external
+                .iter()
+                .find(|s| &*s.name == name && s.kind_name() == kind)
+        })
+    };
+    let mut forward = crate::policy::external::Services::new(
+        "forward-auth service",
+        auth.forward.keys().cloned(),
+    );
+    for (name, section) in &auth.forward {
+        crate::names::check_name(
+            &format!("auth.forward.{name}"),
+            "service",
+            name,
+            &mut problems,
+        );
+        let prev = previous_external(name, "forward");
+        if let Some(s) = ExternalAuth::forward(name, section, &external_cx, prev, &mut problems) {
+            forward.insert(name, s);
+        }
+    }
+    let mut introspection = crate::policy::external::Services::new(
+        "introspection endpoint",
+        auth.introspection.keys().cloned(),
+    );
+    for (name, section) in &auth.introspection {
+        let at = format!("auth.introspection.{name}");
+        crate::names::check_name(&at, "endpoint", name, &mut problems);
+        let prev = previous_external(name, "introspection");
+        if let Some(s) =
+            ExternalAuth::introspection(name, section, &external_cx, prev, &mut problems)
+        {
+            introspection.insert(name, s);
+        }
+    }
+    let external: Vec<Arc<ExternalAuth>> =
+        forward.all().chain(introspection.all()).cloned().collect();
+
     let Some(rate_store) = rate_store else {
         return Err(problems);
     };
@@ -164,7 +211,10 @@ pub fn build(
         auth,
         consumers,
         &rate_store,
-        &providers,
+        crate::policy::AuthServices {
+            jwt: &providers,
+            external,
+        },
         listener_underscores,
         &mut problems,
     );
@@ -172,6 +222,8 @@ pub fn build(
         groups: &groups,
         policy: crate::policy::PolicyContext {
             jwt: &providers,
+            forward: &forward,
+            introspection: &introspection,
             has_consumers: !consumers.is_empty(),
             rate_store: &rate_store,
             default_max_body: limits.max_body_size.0,

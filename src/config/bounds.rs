@@ -330,6 +330,29 @@ pub const CACHE_STALE: Range = time(
     ],
 );
 pub const CORS_MAX_AGE: Range = time(Duration::ZERO, DAY, &["routes[].cors.max_age"]);
+pub const AUTH_TIMEOUT: Range = time(
+    MS,
+    minutes(1),
+    &["auth.forward.*.timeout", "auth.introspection.*.timeout"],
+);
+pub const DECISION_TTL: Range = time(
+    Duration::ZERO,
+    DAY,
+    &[
+        "auth.forward.*.cache.ttl",
+        "auth.forward.*.cache.negative_ttl",
+        "auth.introspection.*.cache.ttl",
+        "auth.introspection.*.cache.negative_ttl",
+    ],
+);
+pub const DECISION_MAX_ENTRIES: Range = int(
+    1,
+    1_000_000,
+    &[
+        "auth.forward.*.cache.max_entries",
+        "auth.introspection.*.cache.max_entries",
+    ],
+);
 pub const COMPRESSION_MIN_SIZE: Range = size(0, GIB, &["routes[].compression.min_size"]);
 
 // [limits]
@@ -388,6 +411,9 @@ pub const RANGES: &[Range] = &[
     RATE_LIMIT_WINDOW,
     CACHE_TTL,
     COMPRESSION_MIN_SIZE,
+    AUTH_TIMEOUT,
+    DECISION_TTL,
+    DECISION_MAX_ENTRIES,
     CACHE_STALE,
     CORS_MAX_AGE,
     LIMITS_MAX_HEADER_BYTES,
@@ -527,6 +553,12 @@ mod tests {
         ),
         ("RouteCacheSection", &["routes[].cache"]),
         ("CompressionSection", &["routes[].compression"]),
+        ("ForwardAuthSection", &["auth.forward.*"]),
+        ("IntrospectionSection", &["auth.introspection.*"]),
+        (
+            "DecisionCacheSection",
+            &["auth.forward.*.cache", "auth.introspection.*.cache"],
+        ),
         ("CorsSection", &["routes[].cors"]),
         ("LimitsSection", &["limits"]),
         ("JwtSection", &["auth.jwt.*"]),

@@ -722,6 +722,14 @@ pub struct AuthSection {
     pub jwt: BTreeMap<String, JwtSection>,
     #[serde(default)]
     pub api_key: ApiKeySection,
+    /// Named auth services the gateway asks: `[auth.forward.NAME]`, referred to as
+    /// `"forward:NAME"`.
+    #[serde(default)]
+    pub forward: BTreeMap<String, ForwardAuthSection>,
+    /// Named OAuth 2.0 introspection endpoints (RFC 7662): `[auth.introspection.NAME]`,
+    /// referred to as `"introspection:NAME"`.
+    #[serde(default)]
+    pub introspection: BTreeMap<String, IntrospectionSection>,
     /// Client-sent headers always removed before the gateway sets its own identity headers,
     /// in addition to every header an auth provider maps.
     #[serde(default = "defaults::identity_headers")]
@@ -733,9 +741,126 @@ impl Default for AuthSection {
         AuthSection {
             jwt: BTreeMap::new(),
             api_key: ApiKeySection::default(),
+            forward: BTreeMap::new(),
+            introspection: BTreeMap::new(),
             strip_headers: defaults::identity_headers(),
         }
     }
+}
+
+/// `[auth.forward.NAME]`: an auth service asked about each request (Traefik's ForwardAuth,
+/// Envoy's ext_authz).
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardAuthSection {
+    /// The upstream group of the auth service (balancing, health checks, breaker, TLS).
+    pub upstream: String,
+    /// Path (and query) of the check on the auth service.
+    #[serde(default = "defaults::forward_auth_path")]
+    pub path: String,
+    /// Method of the check.
+    #[serde(default = "defaults::forward_auth_method")]
+    pub method: String,
+    /// Client request headers copied to the check; the decision is cached by exactly these.
+    #[serde(default = "defaults::forward_auth_copy_headers")]
+    pub copy_headers: Vec<String>,
+    /// Whether the decision depends on the client's method and path (sent as
+    /// `X-Forwarded-Method` and `X-Forwarded-Uri`): then they are part of the cache key.
+    #[serde(default = "defaults::enabled")]
+    pub decision_per_path: bool,
+    /// Headers of a 2xx answer passed to the upstream as identity headers (client-sent
+    /// copies are removed from every request).
+    #[serde(default)]
+    pub identity_headers: Vec<String>,
+    /// The answer header naming the caller: the subject roles, rate limits and purges use.
+    #[serde(default)]
+    pub subject_header: Option<String>,
+    /// The answer header listing the caller's roles, comma-separated.
+    #[serde(default)]
+    pub roles_header: Option<String>,
+    /// Headers of a 401, 403 or 3xx answer passed to the client with its status.
+    #[serde(default = "defaults::forward_auth_client_headers")]
+    pub client_headers: Vec<String>,
+    /// Pass the body of a 401, 403 or 3xx answer to the client (otherwise the gateway's own
+    /// JSON error, so nothing of the auth service leaks).
+    #[serde(default)]
+    pub forward_denial_body: bool,
+    /// How long the check may take.
+    #[serde(default = "defaults::forward_auth_timeout")]
+    pub timeout: HumanDuration,
+    /// When the service fails or answers anything else: `"deny"` (503, the default) or
+    /// `"allow"` (admit without an identity).
+    #[serde(default)]
+    pub on_error: AuthErrorPolicy,
+    /// Cache decisions; absent: ask for every request.
+    #[serde(default)]
+    pub cache: Option<DecisionCacheSection>,
+}
+
+/// `[auth.introspection.NAME]`: opaque bearer tokens checked at an RFC 7662 endpoint.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionSection {
+    /// The upstream group of the authorization server.
+    pub upstream: String,
+    /// Path of the introspection endpoint.
+    pub path: String,
+    /// The gateway's client credentials (HTTP Basic).
+    pub client_id: String,
+    /// The client secret is read from this environment variable...
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    /// ...or from this file (trailing newline trimmed). Never inline.
+    #[serde(default)]
+    pub client_secret_file: Option<String>,
+    /// Required in `aud` (a string or a list), when set.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Required as `iss`, when set.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// The claim holding the caller's roles (a space-separated string or a list).
+    #[serde(default = "defaults::introspection_roles_claim")]
+    pub roles_claim: String,
+    /// Claims passed upstream: claim name to header name.
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+    /// How long the check may take.
+    #[serde(default = "defaults::forward_auth_timeout")]
+    pub timeout: HumanDuration,
+    /// When the server fails: `"deny"` (503, the default) or `"allow"`.
+    #[serde(default)]
+    pub on_error: AuthErrorPolicy,
+    /// Cache decisions; absent: ask for every request.
+    #[serde(default)]
+    pub cache: Option<DecisionCacheSection>,
+}
+
+/// What a route does when its auth service cannot answer.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthErrorPolicy {
+    /// 503: nobody gets in while the service is down.
+    #[default]
+    Deny,
+    /// Admitted without an identity (a route's `roles` still refuse it).
+    Allow,
+}
+
+/// `[auth.forward.NAME.cache]`, `[auth.introspection.NAME.cache]`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionCacheSection {
+    /// Longest life of an admitted decision; shorter when the token's `exp` or the
+    /// answer's `Cache-Control: max-age` says so.
+    #[serde(default = "defaults::decision_ttl")]
+    pub ttl: HumanDuration,
+    /// Life of a refused decision (401/403).
+    #[serde(default = "defaults::decision_negative_ttl")]
+    pub negative_ttl: HumanDuration,
+    /// Decisions kept, least recently used first out.
+    #[serde(default = "defaults::decision_max_entries")]
+    pub max_entries: usize,
 }
 
 /// `[auth.jwt.NAME]`: one token issuer and how to verify its tokens.
@@ -982,6 +1107,33 @@ pub mod defaults {
     }
     pub fn retry_on() -> Vec<super::RetryCondition> {
         vec![super::RetryCondition::Connect]
+    }
+    pub fn forward_auth_path() -> String {
+        "/".into()
+    }
+    pub fn forward_auth_method() -> String {
+        "GET".into()
+    }
+    pub fn forward_auth_copy_headers() -> Vec<String> {
+        vec!["authorization".into(), "cookie".into()]
+    }
+    pub fn forward_auth_client_headers() -> Vec<String> {
+        vec!["www-authenticate".into(), "location".into()]
+    }
+    pub fn forward_auth_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(2))
+    }
+    pub fn introspection_roles_claim() -> String {
+        "scope".into()
+    }
+    pub fn decision_ttl() -> HumanDuration {
+        HumanDuration(Duration::from_secs(60))
+    }
+    pub fn decision_negative_ttl() -> HumanDuration {
+        HumanDuration(Duration::from_secs(5))
+    }
+    pub fn decision_max_entries() -> usize {
+        10_000
     }
     /// zstd and brotli beat gzip at the levels used; gzip is what every client has.
     pub fn compression_algorithms() -> Vec<super::ContentCoding> {

@@ -86,12 +86,17 @@ impl fmt::Display for HumanDuration {
     }
 }
 
-/// An authentication method a route accepts: `"api_key"` or `"jwt:PROVIDER"`.
+/// An authentication method a route accepts: `"api_key"`, `"jwt:PROVIDER"`, `"forward:NAME"`
+/// or `"introspection:NAME"`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(try_from = "String")]
 pub enum AuthRef {
     ApiKey,
     Jwt(String),
+    /// `[auth.forward.NAME]`: ask an auth service.
+    Forward(String),
+    /// `[auth.introspection.NAME]`: RFC 7662 token introspection.
+    Introspection(String),
 }
 
 impl TryFrom<String> for AuthRef {
@@ -100,8 +105,13 @@ impl TryFrom<String> for AuthRef {
         match s.split_once(':') {
             None if s == "api_key" => Ok(AuthRef::ApiKey),
             Some(("jwt", p)) if !p.is_empty() => Ok(AuthRef::Jwt(p.to_string())),
+            Some(("forward", p)) if !p.is_empty() => Ok(AuthRef::Forward(p.to_string())),
+            Some(("introspection", p)) if !p.is_empty() => {
+                Ok(AuthRef::Introspection(p.to_string()))
+            }
             _ => Err(format!(
-                "unknown auth method {s:?}; use \"api_key\" or \"jwt:PROVIDER\""
+                "unknown auth method {s:?}; use \"api_key\", \"jwt:PROVIDER\", \"forward:NAME\" \
+                 or \"introspection:NAME\""
             )),
         }
     }
@@ -112,6 +122,8 @@ impl fmt::Display for AuthRef {
         match self {
             AuthRef::ApiKey => write!(f, "api_key"),
             AuthRef::Jwt(p) => write!(f, "jwt:{p}"),
+            AuthRef::Forward(p) => write!(f, "forward:{p}"),
+            AuthRef::Introspection(p) => write!(f, "introspection:{p}"),
         }
     }
 }

@@ -245,6 +245,33 @@ pub(crate) fn explain(
             detail: detail(gw, *name, step, route.as_deref(), &ctx, &req, &received),
         })
         .collect();
+    // A route that asks an auth service: described, not asked (no network).
+    if let Some(r) = route.as_ref().filter(|r| r.policy.auth.asks_a_service()) {
+        if matches!(decided, Step::Next | Step::Answer { .. }) {
+            let at = steps
+                .iter()
+                .position(|s| s.step == StepName::Answer)
+                .unwrap_or(steps.len());
+            let mut detail = detail(
+                gw,
+                StepName::Auth,
+                &Step::Next,
+                Some(r),
+                &ctx,
+                &req,
+                &received,
+            );
+            detail.push_str(" (the auth service is not asked by explain; shown as admitted)");
+            steps.insert(
+                at,
+                StepReport {
+                    step: StepName::Auth,
+                    result: "described",
+                    detail,
+                },
+            );
+        }
+    }
     // Rate limits are listed after auth, where the chain counts them.
     if let Some(r) = &route {
         if matches!(decided, Step::Next | Step::Answer { .. }) {
@@ -521,6 +548,7 @@ fn detail(
                 .map(|m| match m {
                     AuthMethod::Jwt(p) => format!("jwt:{}", p.name),
                     AuthMethod::ApiKey => "api_key".into(),
+                    AuthMethod::External(s) => format!("{}:{}", s.kind_name(), s.name),
                 })
                 .collect();
             let mut s = format!("accepts {}", methods.join(" or "));

@@ -92,6 +92,9 @@ pub struct Metrics {
     /// `tollgate_proxy_protocol_refused_total{reason}`: connections closed before HTTP on a
     /// listener with `[listeners.proxy_protocol]`.
     pub proxy_protocol_refused: IntCounterVec,
+    /// `auth_decisions_total{provider, result}`: forward-auth and introspection decisions
+    /// (`hit`, `miss`, `coalesced`, `error`).
+    pub auth_decisions: IntCounterVec,
     pub retries_skipped: IntCounterVec,
     pub circuit_state: IntGaugeVec,
     pub rate_limit_redis_errors: IntCounter,
@@ -176,6 +179,14 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let auth_decisions = IntCounterVec::new(
+            Opts::new(
+                "auth_decisions_total",
+                "Forward-auth and introspection decisions: from the cache (hit), a new check \
+                 (miss), another request's check (coalesced), or a failed check (error)",
+            ),
+            &["provider", "result"],
+        )?;
         let retries_skipped = IntCounterVec::new(
             Opts::new(
                 "upstream_retries_skipped_total",
@@ -221,6 +232,7 @@ impl Metrics {
         registry.register(Box::new(rate_limited.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(proxy_protocol_refused.clone()))?;
+        registry.register(Box::new(auth_decisions.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -264,6 +276,7 @@ impl Metrics {
             rate_limited,
             connections_refused,
             proxy_protocol_refused,
+            auth_decisions,
             retries_skipped,
             circuit_state,
             rate_limit_redis_errors,

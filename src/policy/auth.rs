@@ -4,7 +4,9 @@
 //! module only decides.
 
 use super::api_key::{ApiKeys, Consumer};
+use super::external::{AuthRequest, Decision, Denied, ExternalAuth, Verdict};
 use super::jwt::JwtProvider;
+use crate::config::file::AuthErrorPolicy;
 use crate::error::Reject;
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -13,6 +15,8 @@ use std::sync::Arc;
 pub enum AuthMethod {
     Jwt(Arc<JwtProvider>),
     ApiKey,
+    /// Forward auth or token introspection: a service the gateway asks.
+    External(Arc<ExternalAuth>),
 }
 
 /// A route's `auth` and `roles`.
@@ -30,6 +34,13 @@ impl RouteAuth {
 
     fn accepts_bearer(&self) -> bool {
         self.methods.iter().any(|m| matches!(m, AuthMethod::Jwt(_)))
+    }
+
+    /// Whether a service is asked (`tollgate explain` describes those instead).
+    pub(crate) fn asks_a_service(&self) -> bool {
+        self.methods
+            .iter()
+            .any(|m| matches!(m, AuthMethod::External(_)))
     }
 }
 
@@ -56,7 +67,7 @@ impl Identity {
 }
 
 /// Why a request was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum AuthFailure {
     /// No credentials of an accepted kind (401, `invalid_request`).
     Missing,
@@ -64,6 +75,10 @@ pub enum AuthFailure {
     Invalid(&'static str),
     /// Authenticated, but without a required role (403).
     Forbidden,
+    /// An auth service refused, with the status and headers it chose.
+    Denied(Arc<Denied>),
+    /// An auth service could not answer, and it fails closed (503).
+    Unavailable,
 }
 
 impl AuthFailure {
@@ -73,6 +88,8 @@ impl AuthFailure {
             AuthFailure::Missing => "missing_credentials",
             AuthFailure::Invalid(r) => r,
             AuthFailure::Forbidden => "missing_role",
+            AuthFailure::Denied(d) => d.reason,
+            AuthFailure::Unavailable => "auth_unavailable",
         }
     }
 
@@ -90,6 +107,15 @@ impl AuthFailure {
                 "Bearer error=\"invalid_token\"",
             ),
             AuthFailure::Forbidden => return Reject::new(StatusCode::FORBIDDEN, "missing_role"),
+            AuthFailure::Denied(d) => {
+                let mut r = Reject::new(d.status, d.reason);
+                r.headers = d.headers.clone();
+                r.body = d.body.clone();
+                return r;
+            }
+            AuthFailure::Unavailable => {
+                return Reject::new(StatusCode::SERVICE_UNAVAILABLE, "auth_unavailable")
+            }
         };
         let mut r = Reject::new(status, message);
         let challenge = if auth.accepts_bearer() {
@@ -104,7 +130,7 @@ impl AuthFailure {
 }
 
 /// The bearer token of an `Authorization` header, if it carries one.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -113,13 +139,13 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// Authenticate and authorize a request for a route. `Ok(None)`: the route is public.
 pub async fn authenticate(
     auth: &RouteAuth,
-    headers: &HeaderMap,
+    request: &AuthRequest<'_>,
     keys: &ApiKeys,
 ) -> Result<Option<Identity>, AuthFailure> {
     if auth.is_public() {
         return Ok(None);
     }
-    let identity = identify(auth, headers, keys).await?;
+    let identity = identify(auth, request, keys).await?;
     if !auth.roles.is_empty() && !identity.roles.iter().any(|r| auth.roles.contains(r)) {
         return Err(AuthFailure::Forbidden);
     }
@@ -128,9 +154,10 @@ pub async fn authenticate(
 
 async fn identify(
     auth: &RouteAuth,
-    headers: &HeaderMap,
+    request: &AuthRequest<'_>,
     keys: &ApiKeys,
 ) -> Result<Identity, AuthFailure> {
+    let headers = request.headers;
     let token = bearer(headers).filter(|_| auth.accepts_bearer());
     let key = keys
         .header
@@ -171,6 +198,32 @@ async fn identify(
             None => {
                 failure.get_or_insert(AuthFailure::Invalid("invalid_api_key"));
             }
+        }
+    }
+    for m in &auth.methods {
+        let AuthMethod::External(service) = m else {
+            continue;
+        };
+        match service.decide(request).await {
+            Verdict::Decided(Decision::Admit(a)) => {
+                return Ok(Identity {
+                    consumer: None,
+                    subject: a.subject.clone(),
+                    roles: a.roles.clone(),
+                    headers: a.headers.clone(),
+                })
+            }
+            Verdict::Decided(Decision::Deny(d)) => {
+                failure.get_or_insert(AuthFailure::Denied(d));
+            }
+            Verdict::Unavailable if service.on_error == AuthErrorPolicy::Allow => {
+                // Fails open: admitted without an identity (required roles still refuse).
+                return Ok(Identity::default());
+            }
+            Verdict::Unavailable => {
+                failure.get_or_insert(AuthFailure::Unavailable);
+            }
+            Verdict::NoCredentials => {}
         }
     }
     Err(failure.unwrap_or(AuthFailure::Missing))

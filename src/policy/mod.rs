@@ -17,6 +17,7 @@
 pub mod api_key;
 pub mod auth;
 pub mod cors;
+pub mod external;
 pub mod framing;
 pub mod ip;
 pub mod jwt;
@@ -35,8 +36,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// What a route's policy is built against.
+/// The generation's token verifiers and auth services.
+pub(crate) struct AuthServices<'a> {
+    pub jwt: &'a jwt::Providers,
+    pub external: Vec<Arc<external::ExternalAuth>>,
+}
+
 pub(crate) struct PolicyContext<'a> {
     pub jwt: &'a jwt::Providers,
+    pub forward: &'a external::Services,
+    pub introspection: &'a external::Services,
     /// Whether any consumer (API key) is configured.
     pub has_consumers: bool,
     pub rate_store: &'a Arc<rate_limit::RateLimitStore>,
@@ -103,6 +112,16 @@ impl RoutePolicy {
                         methods.push(auth::AuthMethod::Jwt(p));
                     }
                 }
+                AuthRef::Forward(name) => {
+                    if let Some(p) = cx.forward.get(&path, name, problems) {
+                        methods.push(auth::AuthMethod::External(p));
+                    }
+                }
+                AuthRef::Introspection(name) => {
+                    if let Some(p) = cx.introspection.get(&path, name, problems) {
+                        methods.push(auth::AuthMethod::External(p));
+                    }
+                }
             }
         }
         if !roles.is_empty() && auth.is_empty() {
@@ -149,6 +168,8 @@ pub struct GatewayPolicy {
     pub strip_headers: Vec<HeaderName>,
     pub rate_store: Arc<rate_limit::RateLimitStore>,
     pub jwt_providers: Vec<Arc<jwt::JwtProvider>>,
+    /// Forward-auth and introspection services (for purges on the admin listener).
+    pub external: Vec<Arc<external::ExternalAuth>>,
     /// Path and header normalization (the listener may override `underscores`).
     pub normalize: normalize::Options,
     /// Listeners whose `underscore_headers` differs from the global one.
@@ -168,7 +189,7 @@ impl GatewayPolicy {
         auth: &AuthSection,
         consumers: &BTreeMap<String, ConsumerSection>,
         rate_store: &Arc<rate_limit::RateLimitStore>,
-        providers: &jwt::Providers,
+        services: AuthServices<'_>,
         listener_underscores: Vec<(SocketAddr, normalize::Underscores)>,
         problems: &mut Vec<Problem>,
     ) -> Option<GatewayPolicy> {
@@ -191,9 +212,15 @@ impl GatewayPolicy {
         } = limits;
         let AuthSection {
             jwt: _,
+            forward: _,
+            introspection: _,
             api_key,
             strip_headers,
         } = auth;
+        let AuthServices {
+            jwt: providers,
+            external,
+        } = services;
         let before = problems.len();
         bounds::LIMITS_MAX_HEADER_BYTES.check(
             "limits.max_header_bytes",
@@ -247,6 +274,9 @@ impl GatewayPolicy {
         for p in providers.all() {
             strip.extend(p.mapped_headers().iter().cloned());
         }
+        for s in &external {
+            strip.extend(s.mapped_headers());
+        }
         strip.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         strip.dedup();
         let (Some(key_header), Some(consumer_header)) = (key_header, consumer_header) else {
@@ -271,6 +301,7 @@ impl GatewayPolicy {
             strip_headers: strip,
             rate_store: rate_store.clone(),
             jwt_providers: providers.all().cloned().collect(),
+            external,
             normalize: normalize::Options {
                 merge_slashes: *merge_slashes,
                 underscores: *underscore_headers,
