@@ -62,6 +62,15 @@ impl ProxyHttp for Proxy {
         ctx.gw.response_cache_filter(session, resp, &mut ctx.req)
     }
 
+    fn should_serve_stale(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        error: Option<&Error>,
+    ) -> bool {
+        ctx.gw.should_serve_stale(session, &mut ctx.req, error)
+    }
+
     fn cache_vary_filter(
         &self,
         meta: &CacheMeta,

@@ -8,13 +8,13 @@
 //! serving stale. Storage is [`store::MemoryStore`], bounded by Pingora's LRU eviction
 //! manager.
 
+pub(crate) mod freshness;
 pub mod store;
 
 use http::header::{CONTENT_LENGTH, SET_COOKIE, VARY};
 use http::Method;
 use pingora::cache::cache_control::{CacheControl, InterpretCacheControl};
 use pingora::cache::eviction::{lru, EvictionManager};
-use pingora::cache::filters::calculate_expires_header_time;
 use pingora::cache::key::HashBinary;
 use pingora::cache::lock::CacheLock;
 use pingora::cache::{CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, NoCacheReason};
@@ -23,9 +23,6 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use std::time::{Duration, SystemTime};
 use store::MemoryStore;
-
-/// Statuses stored without explicit freshness (RFC 9110 §15.1 "heuristically cacheable").
-const CACHEABLE_STATUS: &[u16] = &[200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
 
 /// Eviction shards. Pingora's sharded LRU evicts from the longer of two random shards, so
 /// with several shards a small cache can evict the entry it just admitted; one shard gives
@@ -39,6 +36,8 @@ pub struct ResponseCache {
     eviction: &'static lru::Manager<SHARDS>,
     lock: &'static CacheLock,
     lock_timeout: Duration,
+    /// Targeted cache-control fields, first wins (RFC 9213).
+    targeted: Vec<http::HeaderName>,
     /// The `[cache]` section it was built from.
     identity: String,
 }
@@ -62,8 +61,66 @@ impl ResponseCache {
             eviction: Box::leak(Box::new(lru::Manager::with_capacity(max_size, 256))),
             lock: Box::leak(CacheLock::new_boxed(lock_timeout)),
             lock_timeout,
+            targeted: vec![freshness::CDN_CACHE_CONTROL],
             identity: String::new(),
         }
+    }
+
+    /// RFC 9111 §4.4: a non-error response to an unsafe method (anything but GET, HEAD,
+    /// OPTIONS and TRACE) invalidates the stored entries of its target URI, and of the
+    /// `Location` and `Content-Location` it names on the same host. Returns entries dropped.
+    pub fn invalidate_after(
+        &self,
+        req: &RequestHeader,
+        host: Option<&str>,
+        resp: &ResponseHeader,
+    ) -> usize {
+        let safe = [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE];
+        if safe.contains(&req.method) || !(200..400).contains(&resp.status.as_u16()) {
+            return 0;
+        }
+        let host = host.map(|h| strip_port(h).to_ascii_lowercase());
+        let mut targets: Vec<String> = req
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .into_iter()
+            .collect();
+        for name in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
+            let Some(uri) = resp
+                .headers
+                .get(&name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<http::Uri>().ok())
+            else {
+                continue;
+            };
+            let same_host = match uri.host() {
+                None => true,
+                Some(h) => host.as_deref() == Some(h.to_ascii_lowercase().as_str()),
+            };
+            if let (true, Some(pq)) = (same_host, uri.path_and_query()) {
+                if pq.as_str().starts_with('/') {
+                    targets.push(pq.as_str().to_string());
+                }
+            }
+        }
+        targets.sort();
+        targets.dedup();
+        targets
+            .into_iter()
+            .map(|path| {
+                self.purge(&Purge {
+                    host: host.clone(),
+                    path: PurgePath::Exact(path),
+                })
+            })
+            .sum()
+    }
+
+    /// The targeted cache-control fields, in order of precedence.
+    pub fn targeted(&self) -> &[http::HeaderName] {
+        &self.targeted
     }
 
     /// `[cache]`, when some route caches. The running generation's cache is kept (entries
@@ -78,6 +135,7 @@ impl ResponseCache {
             max_size,
             max_object_size,
             lock_timeout,
+            targeted_field,
         } = section;
         let before = problems.len();
         let size_ok = bounds::CACHE_MAX_SIZE.check("cache.max_size", *max_size, problems);
@@ -93,6 +151,16 @@ impl ResponseCache {
             ));
         }
         bounds::CACHE_LOCK_TIMEOUT.check("cache.lock_timeout", *lock_timeout, problems);
+        let targeted = match http::HeaderName::from_bytes(targeted_field.as_bytes()) {
+            Ok(h) if h != http::header::CACHE_CONTROL => Some(h),
+            _ => {
+                problems.push(Problem::new(
+                    "cache.targeted_field",
+                    format!("{targeted_field:?} is not a header name other than Cache-Control"),
+                ));
+                None
+            }
+        };
         if problems.len() > before {
             return None;
         }
@@ -106,6 +174,10 @@ impl ResponseCache {
             lock_timeout.0,
         );
         cache.identity = identity;
+        cache.targeted = targeted
+            .into_iter()
+            .chain([freshness::CDN_CACHE_CONTROL])
+            .collect();
         Some(std::sync::Arc::new(cache))
     }
 
@@ -151,8 +223,9 @@ pub(crate) use crate::config::types::CacheSharing as Sharing;
 /// A route's `[routes.cache]`, compiled.
 #[derive(Debug, Clone)]
 pub struct RouteCache {
-    /// Freshness when the response carries no `max-age`, `s-maxage` or `Expires`.
-    pub ttl: Duration,
+    /// Freshness when the response carries no `max-age`, `s-maxage` or `Expires`; `None`:
+    /// only what the origin allows.
+    pub ttl: Option<Duration>,
     pub authenticated: Sharing,
     /// Serve a stale entry while one request refreshes it (unless the response says otherwise).
     pub stale_while_revalidate: Duration,
@@ -191,7 +264,9 @@ impl RouteCache {
                 "caching applies only to routes with an upstream",
             ));
         }
-        bounds::CACHE_TTL.check(&format!("{at}.ttl"), *ttl, problems);
+        if let Some(ttl) = ttl {
+            bounds::CACHE_TTL.check(&format!("{at}.ttl"), *ttl, problems);
+        }
         for (key, d) in [
             ("stale_while_revalidate", stale_while_revalidate),
             ("stale_if_error", stale_if_error),
@@ -207,7 +282,7 @@ impl RouteCache {
             ));
         }
         (problems.len() == before).then(|| RouteCache {
-            ttl: ttl.0,
+            ttl: ttl.map(|t| t.0),
             authenticated: *authenticated,
             stale_while_revalidate: stale_while_revalidate.map_or(Duration::ZERO, |d| d.0),
             stale_if_error: stale_if_error.map_or(Duration::ZERO, |d| d.0),
@@ -230,12 +305,17 @@ impl RouteCache {
         }
     }
 
-    /// Whether `resp` may be stored, and its metadata if so.
-    pub fn response_meta(&self, resp: &ResponseHeader, max_object: usize) -> RespCacheable {
+    /// Whether `resp` may be stored, and its metadata if so (RFC 9111 and 9213, in
+    /// [`freshness`]). `shared_authorized`: the request carried `Authorization` and the
+    /// entry is shared between callers.
+    pub fn response_meta(
+        &self,
+        resp: &ResponseHeader,
+        max_object: usize,
+        shared_authorized: bool,
+        targeted: &[http::HeaderName],
+    ) -> RespCacheable {
         use RespCacheable::Uncacheable;
-        if !CACHEABLE_STATUS.contains(&resp.status.as_u16()) {
-            return Uncacheable(NoCacheReason::OriginNotCache);
-        }
         // A shared cache must not hand one caller's cookie to another.
         if resp.headers.contains_key(SET_COOKIE) {
             return Uncacheable(NoCacheReason::Custom("set-cookie"));
@@ -251,40 +331,35 @@ impl RouteCache {
         if length.is_some_and(|n| n > max_object) {
             return Uncacheable(NoCacheReason::ResponseTooLarge);
         }
-        let cc = CacheControl::from_resp_headers(resp);
-        if cc.as_ref().is_some_and(|c| c.no_store() || c.private()) {
-            return Uncacheable(NoCacheReason::OriginNotCache);
-        }
-        let now = SystemTime::now();
-        // `no-cache` reads as a zero lifetime: stored, but revalidated before every use.
-        let fresh_until = match cc.as_ref().and_then(|c| c.fresh_duration()) {
-            Some(d) if d.is_zero() => now.checked_sub(Duration::from_secs(1)),
-            Some(d) => now.checked_add(d),
-            None => calculate_expires_header_time(resp).or_else(|| now.checked_add(self.ttl)),
+        let rules = freshness::Rules {
+            ttl: self.ttl,
+            shared_authorized,
+            targeted,
         };
-        let Some(fresh_until) = fresh_until else {
-            return Uncacheable(NoCacheReason::OriginNotCache);
-        };
+        let (fresh_until, created, swr, sie) =
+            match freshness::evaluate(resp, &rules, SystemTime::now()) {
+                freshness::Verdict::DontStore(why) => {
+                    return Uncacheable(NoCacheReason::Custom(why))
+                }
+                freshness::Verdict::Store {
+                    fresh_until,
+                    created,
+                    stale_while_revalidate,
+                    stale_if_error,
+                } => (fresh_until, created, stale_while_revalidate, stale_if_error),
+            };
         let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
-        let swr = cc
-            .as_ref()
-            .and_then(|c| c.serve_stale_while_revalidate_duration())
-            .unwrap_or(self.stale_while_revalidate);
-        let sie = cc
-            .as_ref()
-            .and_then(|c| c.serve_stale_if_error_duration())
-            .unwrap_or(self.stale_if_error);
+        let swr = swr.map_or(secs(self.stale_while_revalidate), |s| {
+            u32::try_from(s).unwrap_or(u32::MAX)
+        });
+        let sie = sie.map_or(secs(self.stale_if_error), |s| {
+            u32::try_from(s).unwrap_or(u32::MAX)
+        });
         let mut header = resp.clone();
-        if let Some(c) = &cc {
+        if let Some(c) = CacheControl::from_resp_headers(resp) {
             c.strip_private_headers(&mut header);
         }
-        RespCacheable::Cacheable(CacheMeta::new(
-            fresh_until,
-            now,
-            secs(swr),
-            secs(sie),
-            header,
-        ))
+        RespCacheable::Cacheable(CacheMeta::new(fresh_until, created, swr, sie, header))
     }
 }
 
@@ -500,7 +575,7 @@ mod tests {
     #[test]
     fn lookup_respects_sharing() {
         let mut rc = RouteCache {
-            ttl: Duration::from_secs(1),
+            ttl: Some(Duration::from_secs(1)),
             authenticated: Sharing::Bypass,
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,

@@ -60,6 +60,11 @@ pub struct CacheSection {
     /// themselves.
     #[serde(default = "defaults::cache_lock_timeout")]
     pub lock_timeout: HumanDuration,
+    /// A cache-control field meant for this gateway alone (RFC 9213 syntax): it takes
+    /// precedence over `CDN-Cache-Control`, which takes precedence over `Cache-Control`.
+    /// Both are removed from responses.
+    #[serde(default = "defaults::cache_targeted_field")]
+    pub targeted_field: String,
 }
 
 impl Default for CacheSection {
@@ -68,6 +73,7 @@ impl Default for CacheSection {
             max_size: defaults::cache_max_size(),
             max_object_size: defaults::cache_max_object_size(),
             lock_timeout: defaults::cache_lock_timeout(),
+            targeted_field: defaults::cache_targeted_field(),
         }
     }
 }
@@ -76,8 +82,11 @@ impl Default for CacheSection {
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteCacheSection {
-    /// Freshness of responses that carry no `max-age`, `s-maxage` or `Expires`.
-    pub ttl: HumanDuration,
+    /// Freshness of responses that carry no `max-age`, `s-maxage` or `Expires` (for the
+    /// statuses RFC 9110 calls heuristically cacheable). Absent: only what the origin
+    /// allows is stored.
+    #[serde(default)]
+    pub ttl: Option<HumanDuration>,
     /// Requests with credentials: `"bypass"` (default), `"shared"` (one entry for every
     /// caller) or `"per_consumer"` (entries keyed by the authenticated consumer).
     #[serde(default)]
@@ -1107,6 +1116,9 @@ pub mod defaults {
     }
     pub fn retry_on() -> Vec<super::RetryCondition> {
         vec![super::RetryCondition::Connect]
+    }
+    pub fn cache_targeted_field() -> String {
+        "Tollgate-Cache-Control".into()
     }
     pub fn forward_auth_path() -> String {
         "/".into()

@@ -389,8 +389,11 @@ pub(crate) fn explain(
                 let primary = key.primary_key_str().unwrap_or("").replace('\n', " | ");
                 format!(
                     "looked up, stored on a miss; key [{primary}] plus the headers the response's \
-                     Vary names; ttl {} when the response gives none",
-                    dur(rc.ttl)
+                     Vary names; {}",
+                    rc.ttl.map_or_else(
+                        || "only what the origin allows is stored".to_string(),
+                        |t| format!("ttl {} when the response gives none", dur(t))
+                    )
                 )
             }
         }

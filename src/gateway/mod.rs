@@ -449,15 +449,43 @@ impl ProxyHttp for Gateway {
         ))
     }
 
+    /// Stale entries: inside `stale-while-revalidate` (Pingora asks with no error only
+    /// within an entry's window; one request refreshes it in the background), and on an
+    /// upstream failure within `stale-if-error`.
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Ctx,
+        error: Option<&Error>,
+    ) -> bool {
+        match error {
+            None => ctx.route.as_ref().is_some_and(|r| r.cache.is_some()),
+            Some(e) => e.esource() == &pingora::ErrorSource::Upstream,
+        }
+    }
+
     fn response_cache_filter(
         &self,
-        _session: &Session,
+        session: &Session,
         resp: &ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<RespCacheable> {
         let rc = ctx.route.as_ref().and_then(|r| r.cache.as_ref());
         Ok(match (rc, &self.cache) {
-            (Some(rc), Some(cache)) => rc.response_meta(resp, cache.max_object()),
+            (Some(rc), Some(cache)) => {
+                // Entries keyed per consumer are not shared; `shared` ones are (RFC 9111 §3.5).
+                let shared_authorized = ctx.cache_consumer.is_none()
+                    && session
+                        .req_header()
+                        .headers
+                        .contains_key(http::header::AUTHORIZATION);
+                rc.response_meta(
+                    resp,
+                    cache.max_object(),
+                    shared_authorized,
+                    cache.targeted(),
+                )
+            }
             _ => RespCacheable::Uncacheable(NoCacheReason::NeverEnabled),
         })
     }
@@ -649,7 +677,23 @@ impl ProxyHttp for Gateway {
         forward::prepare_response(resp);
         let h2 = resp.version == http::Version::HTTP_2 || session.is_http2();
         self.decorate_response(session.req_header(), h2, resp, ctx)?;
-        if ctx.route.as_ref().is_some_and(|r| r.cache.is_some()) {
+        if let (true, Some(cache)) = (
+            ctx.route.as_ref().is_some_and(|r| r.cache.is_some()),
+            &self.cache,
+        ) {
+            // Targeted cache-control fields are for this cache, not the client (RFC 9213).
+            for name in cache.targeted() {
+                resp.remove_header(name);
+            }
+            let req = session.req_header();
+            let dropped = cache.invalidate_after(req, forward::host(req), resp);
+            if dropped > 0 {
+                log::debug!(
+                    "{} {}: {dropped} cache entries invalidated",
+                    req.method,
+                    req.uri
+                );
+            }
             ctx.cache_verdict = Verdict::of(session.cache.phase());
             if let Some(v) = ctx.cache_verdict {
                 resp.insert_header(X_CACHE, v.header())?;
