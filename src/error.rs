@@ -165,6 +165,9 @@ pub fn classify(e: &Error) -> Option<(StatusCode, &'static str)> {
                 ConnectTimedout | ReadTimedout | WriteTimedout => {
                     Some((StatusCode::GATEWAY_TIMEOUT, "upstream timed out"))
                 }
+                ConnectionClosed => {
+                    Some((StatusCode::BAD_GATEWAY, "upstream closed the connection"))
+                }
                 _ => Some((StatusCode::BAD_GATEWAY, "upstream unavailable")),
             },
             ErrorSource::Downstream => match e.etype() {

@@ -236,3 +236,59 @@ upstream = "app"
     assert_eq!(status, 503);
     assert_eq!(body, r#"{"error":"app is resting"}"#);
 }
+
+/// The stale-connection bug: when the upstream closed every pooled connection without
+/// answering, Pingora retried each one as "stale" uncounted, so one GET reached the origin up
+/// to 16 times (8 were seen). Now one free retry, then the route's `retries`.
+#[test]
+fn a_get_reaches_an_origin_closing_pooled_connections_at_most_retries_plus_two_times() {
+    let broken = Arc::new(AtomicBool::new(false));
+    let b = broken.clone();
+    let backend = Backend::start("app", move |_| {
+        if b.load(Ordering::SeqCst) {
+            Reply::status(200).cut_after(0)
+        } else {
+            Reply::status(200)
+                .body("ok")
+                .delay(Duration::from_millis(200))
+        }
+    });
+    let gw = Gateway::start(&format!(
+        r#"
+[upstreams.app]
+targets = [{{ address = "{}" }}]
+
+[[routes]]
+name = "app"
+path_prefix = "/"
+upstream = "app"
+retries = 1
+"#,
+        backend.addr
+    ));
+    // Eight concurrent slow requests leave eight idle connections in the pool.
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| assert_eq!(client().get(gw.url("/warm")).send().unwrap().status(), 200));
+        }
+    });
+    broken.store(true, Ordering::SeqCst);
+    let before = backend.hits();
+    let resp = client().get(gw.url("/once")).send().unwrap();
+    let attempts = backend.hits() - before;
+    assert_eq!(resp.status(), 502);
+    assert!(
+        resp.text()
+            .unwrap()
+            .contains("upstream closed the connection"),
+        "the 502 says what happened"
+    );
+    assert!(
+        attempts <= 1 + 2,
+        "one GET reached the origin {attempts} times"
+    );
+    assert!(
+        attempts >= 2,
+        "the free retry on a stale pooled connection is kept"
+    );
+}

@@ -170,6 +170,8 @@ struct Upstream {
     informational: usize,
     /// Why the last attempt failed, when one did.
     last_failure: Option<Failure>,
+    /// The one retry a pooled connection closed by the upstream gets for free was taken.
+    stale_retried: bool,
 }
 
 /// Increments a gauge now and decrements it when dropped.
@@ -595,11 +597,19 @@ impl ProxyHttp for Gateway {
         }
         let idempotent = session.req_header().method.is_idempotent();
         let truncated = session.as_ref().retry_buffer_truncated();
-        // A pooled connection the upstream had already closed: Pingora's own retry rule,
-        // and no fault of the target.
+        // A pooled connection the upstream had already closed: no fault of the target, and
+        // one retry for free. Only one: Pingora would retry every further pooled connection
+        // the upstream closes (up to 16 attempts); after the first they count as resets
+        // against the route's `retries` and the budget.
         let mut stale = e.retry;
         stale.decide_reuse(client_reused);
-        if matches!(e.retry, RetryType::ReusedOnly) && stale.retry() && idempotent && !truncated {
+        if matches!(e.retry, RetryType::ReusedOnly)
+            && stale.retry()
+            && idempotent
+            && !truncated
+            && !ctx.upstream.stale_retried
+        {
+            ctx.upstream.stale_retried = true;
             e.set_retry(true);
             return e;
         }
