@@ -8,6 +8,7 @@
 #
 #   benches/cache-compare.sh                  # REPS=3 DURATION=10 CONNS=64
 #   REPS=1 DURATION=5 benches/cache-compare.sh
+#   TOLLGATE_BEFORE_BIN=/path/to/older/tollgate benches/cache-compare.sh   # adds before-* rows
 #
 # Needs wrk and nginx (apt-get install -y wrk nginx gettext-base). Do not run while
 # something else is compiling.
@@ -34,15 +35,18 @@ trap cleanup EXIT
 
 "$fastback" "127.0.0.1:$BACKEND_PORT" raw >"$RUN_DIR/backend.log" 2>&1 & pids+=($!)
 
-start_tollgate() { # name template
+start_tollgate() { # name template [binary]
+  local bin=${3:-$tollgate}
   export PROXY_PORT=$(free_port)
   envsubst '${WORKERS} ${RUN_DIR} ${PROXY_PORT} ${BACKEND_PORT}' <"$root/benches/conf/$2.toml.in" >"$RUN_DIR/$1.toml"
   sed -i "s/tollgate-$2\./tollgate-$1./" "$RUN_DIR/$1.toml"
-  RUST_LOG=error "$tollgate" -c "$RUN_DIR/$1.toml" >"$RUN_DIR/$1.log" 2>&1 & pids+=($!)
+  RUST_LOG=error "$bin" -c "$RUN_DIR/$1.toml" >"$RUN_DIR/$1.log" 2>&1 & pids+=($!)
   eval "port_$1=$PROXY_PORT pid_$1=$!"
 }
 start_tollgate tg_cache cache
 start_tollgate tg_plain plain
+before=${TOLLGATE_BEFORE_BIN:-}
+[ -z "$before" ] || start_tollgate tg_before cache "$before"
 
 port_nginx=$(free_port)
 # nginx workers drop privileges when started as root: let them write their cache.
@@ -76,11 +80,11 @@ NGINX
 nginx -c "$RUN_DIR/nginx.conf" -e "$RUN_DIR/nginx-error.log" & pids+=($!)
 pid_nginx=$!
 
-for port in $port_tg_cache $port_tg_plain $port_nginx; do
+for port in $port_tg_cache $port_tg_plain $port_nginx ${port_tg_before:-}; do
   for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
 done
 # Warm the cached path and check that HITs are HITs.
-for port in $port_tg_cache $port_nginx; do
+for port in $port_tg_cache $port_nginx ${port_tg_before:-}; do
   curl -s -o /dev/null "http://127.0.0.1:$port/hit"
   curl -s -D - -o /dev/null "http://127.0.0.1:$port/hit" | grep -qi '^x-cache: HIT' ||
     { echo "cache-compare: no HIT from port $port" >&2; exit 1; }
@@ -120,6 +124,10 @@ for rep in $(seq "$REPS"); do
   measure "tollgate-hit" "$pid_tg_cache" "http://127.0.0.1:$port_tg_cache/hit"
   measure "tollgate-miss" "$pid_tg_cache" "http://127.0.0.1:$port_tg_cache/" "$RUN_DIR/miss.lua"
   measure "tollgate-no-cache" "$pid_tg_plain" "http://127.0.0.1:$port_tg_plain/hit"
+  if [ -n "$before" ]; then
+    measure "before-hit" "$pid_tg_before" "http://127.0.0.1:$port_tg_before/hit"
+    measure "before-miss" "$pid_tg_before" "http://127.0.0.1:$port_tg_before/" "$RUN_DIR/miss.lua"
+  fi
   measure "nginx-hit" "$pid_nginx" "http://127.0.0.1:$port_nginx/hit"
 done
 

@@ -78,6 +78,16 @@ fn origin() -> Backend {
             "auth-s-maxage" => reply.header("cache-control", "s-maxage=60"),
             "item" if r.method == "POST" => Reply::status(201).header("location", "/c/other"),
             "item" | "other" => reply.header("cache-control", "max-age=600"),
+            "revalidate" if r.header("if-none-match") == Some("\"v1\"") => Reply::status(304)
+                .header("etag", "\"v1\"")
+                .header("cache-control", "max-age=60")
+                .header("test-header", "new")
+                .header("content-foo", "b"),
+            "revalidate" => reply
+                .header("etag", "\"v1\"")
+                .header("cache-control", "max-age=1")
+                .header("test-header", "old")
+                .header("content-foo", "a"),
             "swr" => reply
                 .header("cache-control", "max-age=1, stale-while-revalidate=30")
                 .delay(if i == 0 {
@@ -329,4 +339,28 @@ fn stale_while_revalidate_serves_stale_at_once_and_refreshes_once() {
     assert!(fresh.body.ends_with("#1"), "{}", fresh.body);
     let calls = o.requests().iter().filter(|r| r.path == "/c/swr").count();
     assert_eq!(calls, 2);
+}
+
+#[test]
+fn a_304_updates_every_stored_header_it_carries() {
+    let o = origin();
+    let gw = start(&o);
+    let first = get(&gw, "/c/revalidate");
+    assert_eq!(first.headers["test-header"], "old");
+    std::thread::sleep(Duration::from_millis(1100));
+    let revalidated = get(&gw, "/c/revalidate");
+    assert_eq!(revalidated.body, first.body, "the stored body is served");
+    assert_eq!(revalidated.headers["test-header"], "new");
+    assert_eq!(revalidated.headers["content-foo"], "b");
+    let hit = get(&gw, "/c/revalidate");
+    assert_eq!(hit.cache, "HIT");
+    assert_eq!(hit.headers["test-header"], "new", "the update was stored");
+    assert_eq!(hit.headers["content-foo"], "b");
+    let calls: Vec<_> = o
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/c/revalidate")
+        .map(|r| r.header("if-none-match").map(str::to_string))
+        .collect();
+    assert_eq!(calls, [None, Some("\"v1\"".to_string())]);
 }
