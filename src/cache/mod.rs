@@ -306,7 +306,7 @@ impl RouteCache {
     }
 
     /// Whether `resp` may be stored, and its metadata if so (RFC 9111 and 9213, in
-    /// [`freshness`]). `shared_authorized`: the request carried `Authorization` and the
+    /// `cache::freshness`). `shared_authorized`: the request carried `Authorization` and the
     /// entry is shared between callers.
     pub fn response_meta(
         &self,
