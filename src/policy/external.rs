@@ -201,6 +201,14 @@ fn counters(v: &IntCounterVec, name: &str) -> [prometheus::IntCounter; 4] {
     ["hit", "miss", "coalesced", "error"].map(|r| v.with_label_values(&[name, r]))
 }
 
+/// The keys both sections have.
+struct Shared<'a> {
+    upstream: &'a str,
+    timeout: &'a crate::config::file::HumanDuration,
+    on_error: AuthErrorPolicy,
+    cache: &'a Option<DecisionCacheSection>,
+}
+
 /// Named auth services of one kind.
 pub(crate) type Services = crate::names::Named<ExternalAuth>;
 
@@ -241,7 +249,6 @@ impl ExternalAuth {
             cache,
         } = s;
         let before = problems.len();
-        let group = cx.groups.get(&format!("{at}.upstream"), upstream, problems);
         let method = match Method::from_bytes(method.as_bytes()) {
             Ok(m) if method.bytes().all(|b| b.is_ascii_uppercase()) => m,
             _ => {
@@ -253,7 +260,6 @@ impl ExternalAuth {
             }
         };
         let path = path_of(&at, path, problems);
-        bounds::AUTH_TIMEOUT.check(&format!("{at}.timeout"), *timeout, problems);
         let kind = Kind::Forward {
             method,
             path,
@@ -269,21 +275,13 @@ impl ExternalAuth {
             client: header_names(&format!("{at}.client_headers"), client_headers, problems),
             pass_body: *forward_denial_body,
         };
-        let cache = cache_of(&at, cache, problems);
-        if problems.len() > before {
-            return None;
-        }
-        Some(Arc::new(ExternalAuth {
-            name: name.into(),
-            kind,
-            group: group?,
-            connector: cx.connector.clone(),
-            timeout: timeout.0,
+        let shared = Shared {
+            upstream,
+            timeout,
             on_error: *on_error,
             cache,
-            counters: counters(cx.decisions, name),
-            identity,
-        }))
+        };
+        Self::finish(name, kind, shared, identity, cx, before, problems)
     }
 
     /// `[auth.introspection.NAME]`.
@@ -314,7 +312,6 @@ impl ExternalAuth {
             cache,
         } = s;
         let before = problems.len();
-        let group = cx.groups.get(&format!("{at}.upstream"), upstream, problems);
         let path = path_of(&at, path, problems);
         let secret = match (client_secret_env, client_secret_file) {
             (Some(var), None) => {
@@ -348,25 +345,52 @@ impl ExternalAuth {
                 )),
             }
         }
-        bounds::AUTH_TIMEOUT.check(&format!("{at}.timeout"), *timeout, problems);
-        let cache = cache_of(&at, cache, problems);
+        let kind = Kind::Introspect {
+            path,
+            basic,
+            audience: audience.clone(),
+            issuer: issuer.clone(),
+            roles_claim: roles_claim.clone(),
+            claims: mapped,
+        };
+        let shared = Shared {
+            upstream,
+            timeout,
+            on_error: *on_error,
+            cache,
+        };
+        Self::finish(name, kind, shared, identity, cx, before, problems)
+    }
+
+    /// What both kinds share: the group, the timeout, the failure policy, the cache.
+    fn finish(
+        name: &str,
+        kind: Kind,
+        s: Shared<'_>,
+        identity: String,
+        cx: &ExternalContext<'_>,
+        before: usize,
+        problems: &mut Vec<Problem>,
+    ) -> Option<Arc<ExternalAuth>> {
+        let at = &match kind {
+            Kind::Forward { .. } => format!("auth.forward.{name}"),
+            Kind::Introspect { .. } => format!("auth.introspection.{name}"),
+        };
+        let group = cx
+            .groups
+            .get(&format!("{at}.upstream"), s.upstream, problems);
+        bounds::AUTH_TIMEOUT.check(&format!("{at}.timeout"), *s.timeout, problems);
+        let cache = cache_of(at, s.cache, problems);
         if problems.len() > before {
             return None;
         }
         Some(Arc::new(ExternalAuth {
             name: name.into(),
-            kind: Kind::Introspect {
-                path,
-                basic,
-                audience: audience.clone(),
-                issuer: issuer.clone(),
-                roles_claim: roles_claim.clone(),
-                claims: mapped,
-            },
+            kind,
             group: group?,
             connector: cx.connector.clone(),
-            timeout: timeout.0,
-            on_error: *on_error,
+            timeout: s.timeout.0,
+            on_error: s.on_error,
             cache,
             counters: counters(cx.decisions, name),
             identity,
