@@ -196,8 +196,14 @@ impl ResponseCache {
 
     /// Remove the entries `purge` selects; returns how many.
     pub fn purge(&self, purge: &Purge) -> usize {
-        self.storage
-            .purge_where(self.eviction, |primary| purge.matches(primary))
+        match (&purge.host, &purge.path) {
+            (Some(host), PurgePath::Exact(path)) => {
+                self.storage.purge_target(self.eviction, host, path)
+            }
+            _ => self
+                .storage
+                .purge_where(self.eviction, |primary| purge.matches(primary)),
+        }
     }
 
     /// Bytes and entries held, as the eviction manager counts them.

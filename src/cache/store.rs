@@ -46,9 +46,50 @@ impl Entry {
     }
 }
 
-/// The store: entries by combined (primary + variance) hash.
+/// Entries by combined (primary + variance) hash, and the hashes of each host and path.
+#[derive(Default)]
+struct Entries {
+    by_hash: HashMap<HashBinary, Arc<Entry>>,
+    /// `host\npath` to the entries stored for it (every route, method, variant and
+    /// consumer), so that invalidating one URL does not scan the store.
+    by_target: HashMap<Box<str>, Vec<HashBinary>>,
+}
+
+/// The host and path of a primary key (`route\nmethod\nhost\npath\nconsumer`).
+fn target_of(primary: &str) -> &str {
+    let mut cut = primary.match_indices('\n').map(|(i, _)| i);
+    match (cut.nth(1), cut.nth(1)) {
+        (Some(a), Some(b)) => &primary[a + 1..b],
+        _ => "",
+    }
+}
+
+impl Entries {
+    fn insert(&mut self, hash: HashBinary, entry: Arc<Entry>) {
+        let target = target_of(&entry.primary);
+        let list = self.by_target.entry(target.into()).or_default();
+        if !list.contains(&hash) {
+            list.push(hash);
+        }
+        self.by_hash.insert(hash, entry);
+    }
+
+    fn remove(&mut self, hash: &HashBinary) -> Option<Arc<Entry>> {
+        let entry = self.by_hash.remove(hash)?;
+        let target = target_of(&entry.primary);
+        if let Some(list) = self.by_target.get_mut(target) {
+            list.retain(|h| h != hash);
+            if list.is_empty() {
+                self.by_target.remove(target);
+            }
+        }
+        Some(entry)
+    }
+}
+
+/// The store.
 pub struct MemoryStore {
-    entries: RwLock<HashMap<HashBinary, Arc<Entry>>>,
+    entries: RwLock<Entries>,
     /// Largest body kept, in bytes.
     max_object: usize,
 }
@@ -56,18 +97,18 @@ pub struct MemoryStore {
 impl MemoryStore {
     pub fn new(max_object: usize) -> Self {
         MemoryStore {
-            entries: RwLock::new(HashMap::new()),
+            entries: RwLock::new(Entries::default()),
             max_object,
         }
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, HashMap<HashBinary, Arc<Entry>>> {
+    fn read(&self) -> RwLockReadGuard<'_, Entries> {
         self.entries
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, HashMap<HashBinary, Arc<Entry>>> {
+    fn write(&self) -> RwLockWriteGuard<'_, Entries> {
         self.entries
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -83,11 +124,31 @@ impl MemoryStore {
         let removed: Vec<Arc<Entry>> = {
             let mut entries = self.write();
             let doomed: Vec<HashBinary> = entries
+                .by_hash
                 .iter()
                 .filter(|(_, e)| matches(&e.primary))
                 .map(|(k, _)| *k)
                 .collect();
             doomed.iter().filter_map(|k| entries.remove(k)).collect()
+        };
+        for entry in &removed {
+            eviction.remove(CacheEntryKeyRef::KeyOnly(&entry.key));
+        }
+        removed.len()
+    }
+
+    /// Remove the entries stored for exactly `host` and `path` (path and query), of every
+    /// route, method, variant and consumer: an index lookup, not a scan.
+    pub fn purge_target(&self, eviction: &dyn EvictionManager, host: &str, path: &str) -> usize {
+        let removed: Vec<Arc<Entry>> = {
+            let mut entries = self.write();
+            let target = format!("{host}\n{path}");
+            let hashes = entries
+                .by_target
+                .get(target.as_str())
+                .cloned()
+                .unwrap_or_default();
+            hashes.iter().filter_map(|h| entries.remove(h)).collect()
         };
         for entry in &removed {
             eviction.remove(CacheEntryKeyRef::KeyOnly(&entry.key));
@@ -220,7 +281,7 @@ impl Storage for MemoryStore {
         key: &CacheKey,
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let Some(entry) = self.read().get(&key.combined_bin()).cloned() else {
+        let Some(entry) = self.read().by_hash.get(&key.combined_bin()).cloned() else {
             return Ok(None);
         };
         let meta = CacheMeta::deserialize(&entry.meta.0, &entry.meta.1)?;
@@ -275,7 +336,7 @@ impl Storage for MemoryStore {
     ) -> Result<bool> {
         let serialized = meta.serialize()?;
         let mut entries = self.write();
-        let Some(entry) = entries.get_mut(&key.combined_bin()) else {
+        let Some(entry) = entries.by_hash.get_mut(&key.combined_bin()) else {
             return Ok(false);
         };
         *entry = Arc::new(Entry {
@@ -289,5 +350,20 @@ impl Storage for MemoryStore {
 
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::target_of;
+
+    #[test]
+    fn target_is_host_and_path_of_the_primary_key() {
+        assert_eq!(
+            target_of("route\nGET\napi.test\n/a?b=1\nalice"),
+            "api.test\n/a?b=1"
+        );
+        assert_eq!(target_of("route\nGET\n\n/a\n"), "\n/a");
+        assert_eq!(target_of("broken"), "");
     }
 }
