@@ -127,6 +127,7 @@ fn access_log(c: &mut Criterion) {
                 bytes_out: 270,
                 cache: Some("HIT"),
                 error: None,
+                upgraded: false,
             };
             black_box(e.to_line())
         })

@@ -143,6 +143,8 @@ pub(crate) struct ProxyAction {
     pub retry_unsent: bool,
     /// The failures retried on another target.
     pub retry_on: crate::upstream::retry::RetryOn,
+    /// Idle time allowed on an upgraded connection.
+    pub websocket_idle: Duration,
 }
 
 pub(crate) enum RouteAction {
@@ -344,6 +346,7 @@ impl Route {
             json_rename_response,
             cache,
             compression,
+            websocket_idle_timeout,
         } = r;
         let at = format!("routes[{order}]");
         let before = problems.len();
@@ -384,6 +387,11 @@ impl Route {
             .collect();
         let headers = header_pairs(&format!("{at}.headers"), headers, problems);
         bounds::ROUTE_RETRIES.check(&format!("{at}.retries"), *retries, problems);
+        bounds::WEBSOCKET_IDLE_TIMEOUT.check(
+            &format!("{at}.websocket_idle_timeout"),
+            *websocket_idle_timeout,
+            problems,
+        );
         for (key, d) in [
             ("connect_timeout", connect_timeout),
             ("read_timeout", read_timeout),
@@ -425,6 +433,7 @@ impl Route {
                             retries: *retries,
                             retry_unsent: *retry_unsent,
                             retry_on: crate::upstream::retry::RetryOn::of(retry_on),
+                            websocket_idle: websocket_idle_timeout.0,
                             upstream: group,
                         })
                     })

@@ -147,6 +147,7 @@ upstream = "extreme"
 connect_timeout = @routes[].connect_timeout@
 read_timeout = @routes[].read_timeout@
 retries = @routes[].retries@
+websocket_idle_timeout = @routes[].websocket_idle_timeout@
 max_body_size = @routes[].max_body_size@
 rate_limits = [{ limit = @routes[].rate_limits[].limit@, window = @routes[].rate_limits[].window@ }]
 

@@ -353,6 +353,7 @@ pub const DECISION_MAX_ENTRIES: Range = int(
         "auth.introspection.*.cache.max_entries",
     ],
 );
+pub const WEBSOCKET_IDLE_TIMEOUT: Range = time(SECOND, DAY, &["routes[].websocket_idle_timeout"]);
 pub const COMPRESSION_MIN_SIZE: Range = size(0, GIB, &["routes[].compression.min_size"]);
 
 // [limits]
@@ -411,6 +412,7 @@ pub const RANGES: &[Range] = &[
     RATE_LIMIT_WINDOW,
     CACHE_TTL,
     COMPRESSION_MIN_SIZE,
+    WEBSOCKET_IDLE_TIMEOUT,
     AUTH_TIMEOUT,
     DECISION_TTL,
     DECISION_MAX_ENTRIES,

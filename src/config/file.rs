@@ -575,6 +575,10 @@ pub struct RouteSection {
     /// Compress responses for clients that accept it (gzip, brotli, zstd).
     #[serde(default)]
     pub compression: Option<CompressionSection>,
+    /// How long an upgraded (WebSocket) connection may stay silent in both directions
+    /// before it is closed; `read_timeout` applies to requests, not to these.
+    #[serde(default = "defaults::websocket_idle_timeout")]
+    pub websocket_idle_timeout: HumanDuration,
 }
 
 /// `[routes.compression]`: compress this route's responses by the client's `Accept-Encoding`.
@@ -1116,6 +1120,9 @@ pub mod defaults {
     }
     pub fn retry_on() -> Vec<super::RetryCondition> {
         vec![super::RetryCondition::Connect]
+    }
+    pub fn websocket_idle_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(300))
     }
     pub fn cache_targeted_field() -> String {
         "Tollgate-Cache-Control".into()

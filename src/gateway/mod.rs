@@ -154,6 +154,8 @@ pub struct Ctx {
     encoded_slash: bool,
     /// Compresses the response body, when the route and the client agreed on a coding.
     compressor: Option<crate::compress::Encoder>,
+    /// Counts this connection in `upgraded_connections` while it is upgraded.
+    upgraded: Option<GaugeGuard>,
 }
 
 /// Upstream-side state, filled once a route proxies.
@@ -380,6 +382,7 @@ impl ProxyHttp for Gateway {
             forwarded_path: None,
             encoded_slash: false,
             compressor: None,
+            upgraded: None,
         }
     }
 
@@ -557,8 +560,16 @@ impl ProxyHttp for Gateway {
         let mut peer = group.peer(guard.target().addr);
         peer.options.connection_timeout = Some(action.connect_timeout);
         peer.options.total_connection_timeout = Some(action.connect_timeout);
-        peer.options.read_timeout = Some(action.read_timeout);
-        peer.options.write_timeout = Some(action.read_timeout);
+        // An upgraded connection is idle between messages, not waiting for an answer: its
+        // own timeout, both ways (the handshake's 101 is read within it too).
+        let idle = if session.is_upgrade_req() {
+            session.set_read_timeout(Some(action.websocket_idle));
+            action.websocket_idle
+        } else {
+            action.read_timeout
+        };
+        peer.options.read_timeout = Some(idle);
+        peer.options.write_timeout = Some(idle);
         ctx.upstream.attempts += 1;
         ctx.upstream.target = Some(guard);
         Ok(Box::new(peer))
@@ -619,7 +630,9 @@ impl ProxyHttp for Gateway {
         if let Some(addr) = peer.address().as_inet() {
             ctx.upstream.tried.push(*addr);
         }
-        let retry = self.should_retry(session, ctx, Failure::of(&e));
+        // An upgrade that reached the upstream is never sent again: the upstream may have
+        // acted on it, and a retried handshake would be a second connection.
+        let retry = !session.is_upgrade_req() && self.should_retry(session, ctx, Failure::of(&e));
         e.set_retry(retry);
         e
     }
@@ -685,6 +698,9 @@ impl ProxyHttp for Gateway {
             return Ok(());
         }
         forward::prepare_response(resp);
+        if resp.status == StatusCode::SWITCHING_PROTOCOLS && session.is_upgrade_req() {
+            ctx.upgraded = Some(GaugeGuard::new(&self.metrics.upgraded));
+        }
         let h2 = resp.version == http::Version::HTTP_2 || session.is_http2();
         self.decorate_response(session.req_header(), h2, resp, ctx)?;
         if let (true, Some(cache)) = (
@@ -820,6 +836,7 @@ impl ProxyHttp for Gateway {
                 bytes_out: session.body_bytes_sent(),
                 cache: ctx.cache_verdict.map(Verdict::header),
                 error: e.map(|e| e.etype().as_str().to_string()),
+                upgraded: ctx.upgraded.is_some(),
             });
         }
     }

@@ -47,6 +47,9 @@ pub struct Entry<'a> {
     pub cache: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The connection was upgraded (WebSocket): duration and bytes cover its whole life.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub upgraded: bool,
 }
 
 impl Entry<'_> {

@@ -92,6 +92,8 @@ pub struct Metrics {
     /// `tollgate_proxy_protocol_refused_total{reason}`: connections closed before HTTP on a
     /// listener with `[listeners.proxy_protocol]`.
     pub proxy_protocol_refused: IntCounterVec,
+    /// `upgraded_connections`: client connections upgraded (WebSocket) and still open.
+    pub upgraded: IntGauge,
     /// `auth_decisions_total{provider, result}`: forward-auth and introspection decisions
     /// (`hit`, `miss`, `coalesced`, `error`).
     pub auth_decisions: IntCounterVec,
@@ -179,6 +181,10 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let upgraded = IntGauge::new(
+            "upgraded_connections",
+            "Client connections upgraded (WebSocket) and still open",
+        )?;
         let auth_decisions = IntCounterVec::new(
             Opts::new(
                 "auth_decisions_total",
@@ -233,6 +239,7 @@ impl Metrics {
         registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(proxy_protocol_refused.clone()))?;
         registry.register(Box::new(auth_decisions.clone()))?;
+        registry.register(Box::new(upgraded.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -277,6 +284,7 @@ impl Metrics {
             connections_refused,
             proxy_protocol_refused,
             auth_decisions,
+            upgraded,
             retries_skipped,
             circuit_state,
             rate_limit_redis_errors,

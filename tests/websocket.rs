@@ -1,0 +1,278 @@
+//! WebSocket through the gateway with a real client and server (tokio-tungstenite): echo both
+//! ways past the route's `read_timeout` under `websocket_idle_timeout`, close codes, the
+//! `upgraded_connections` gauge and the access-log line; the upgrade passing auth and rate
+//! limits like any request; an upstream's refusal reaching the client; never a second
+//! handshake after the first reached the upstream.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+use common::*;
+use futures::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Close codes the echo server received from clients.
+type Received = Arc<std::sync::Mutex<Vec<u16>>>;
+
+/// A WebSocket echo server: every message back; `close-me` makes it close with 4002; the
+/// code of a client's close is recorded and answered.
+fn echo_server(rt: &tokio::runtime::Runtime, received: Received) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        while let Ok((stream, _)) = listener.accept().await {
+            let received = received.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if let Message::Close(frame) = msg {
+                        if let Some(f) = &frame {
+                            received.lock().unwrap().push(u16::from(f.code));
+                        }
+                        let _ = ws.close(frame).await;
+                        break;
+                    }
+                    if msg == Message::text("close-me") {
+                        let _ = ws
+                            .close(Some(CloseFrame {
+                                code: CloseCode::Library(4002),
+                                reason: "server done".into(),
+                            }))
+                            .await;
+                        continue;
+                    }
+                    if ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An upstream that reads the handshake and closes without answering, counting attempts.
+fn closer() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { break };
+            let mut buf = [0u8; 4096];
+            if s.read(&mut buf).is_ok_and(|n| n > 0) {
+                c.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    (addr, count)
+}
+
+struct Setup {
+    rt: tokio::runtime::Runtime,
+    received: Received,
+    gw: Gateway,
+    closer_attempts: Arc<AtomicUsize>,
+    _refuser: Backend,
+}
+
+fn setup() -> Setup {
+    let rt = runtime();
+    let received = Received::default();
+    let ws = echo_server(&rt, received.clone());
+    let (closer_addr, closer_attempts) = closer();
+    let refuser = Backend::start("refuse", |_| Reply::status(400).body("no upgrade here"));
+    let gw = Gateway::start(&format!(
+        r#"
+[consumers.app]
+keys = ["ws-key-0123456789abcdef"]
+
+[upstreams.ws]
+targets = [{{ address = "{ws}" }}]
+read_timeout = "1s"
+
+[upstreams.refuse]
+targets = [{{ address = "{refuse}" }}]
+
+[upstreams.closer]
+targets = [{{ address = "{closer_addr}" }}]
+
+[[routes]]
+name = "ws"
+path_prefix = "/ws"
+upstream = "ws"
+websocket_idle_timeout = "20s"
+
+[[routes]]
+name = "limited"
+path_prefix = "/limited"
+upstream = "ws"
+rate_limits = [{{ limit = 1, window = "60s", key = "ip" }}]
+
+[[routes]]
+name = "private"
+path_prefix = "/private"
+upstream = "ws"
+auth = ["api_key"]
+
+[[routes]]
+name = "refuse"
+path_prefix = "/refuse"
+upstream = "refuse"
+
+[[routes]]
+name = "closer"
+path_prefix = "/closer"
+upstream = "closer"
+retries = 2
+retry_on = ["connect", "reset", "timeout"]
+"#,
+        refuse = refuser.addr,
+    ));
+    Setup {
+        rt,
+        received,
+        gw,
+        closer_attempts,
+        _refuser: refuser,
+    }
+}
+
+fn gauge(gw: &Gateway) -> f64 {
+    metric(&gw.metrics(), "upgraded_connections", &[]).unwrap()
+}
+
+#[test]
+fn echo_outlives_read_timeout_and_close_codes_pass_through() {
+    let s = setup();
+    let url = format!("ws://{}/ws/chat", s.gw.addr);
+    let (mut ws, resp) =
+        s.rt.block_on(tokio_tungstenite::connect_async(&url))
+            .unwrap();
+    assert_eq!(resp.status(), 101);
+    s.rt.block_on(async {
+        ws.send(Message::text("hello")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
+        ws.send(Message::binary(vec![0u8, 1, 2, 255]))
+            .await
+            .unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::binary(vec![0u8, 1, 2, 255])
+        );
+    });
+    assert_eq!(gauge(&s.gw), 1.0);
+    // Silent for longer than the group's read_timeout (1 s): still open.
+    std::thread::sleep(Duration::from_millis(1600));
+    s.rt.block_on(async {
+        ws.send(Message::text("still there")).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::text("still there")
+        );
+        ws.close(Some(CloseFrame {
+            code: CloseCode::Library(4001),
+            reason: "bye".into(),
+        }))
+        .await
+        .unwrap();
+        while let Some(Ok(_)) = ws.next().await {}
+    });
+    // The client's code reached the server.
+    wait_for(Duration::from_secs(5), || {
+        (*s.received.lock().unwrap() == [4001]).then_some(())
+    })
+    .expect("the server got close code 4001");
+    // And a server's code reaches the client.
+    let (mut ws2, _) =
+        s.rt.block_on(tokio_tungstenite::connect_async(&url))
+            .unwrap();
+    s.rt.block_on(async {
+        ws2.send(Message::text("close-me")).await.unwrap();
+        let mut got = None;
+        while let Some(Ok(m)) = ws2.next().await {
+            if let Message::Close(frame) = m {
+                got = frame;
+                break;
+            }
+        }
+        let frame = got.expect("a close frame from the server");
+        assert_eq!(frame.code, CloseCode::Library(4002));
+        assert_eq!(frame.reason.as_str(), "server done");
+    });
+    let entry =
+        s.gw.wait_access_log(|e| e["route"] == "ws" && e["upgraded"] == true);
+    assert_eq!(entry["status"], 101);
+    assert!(entry["bytes_out"].as_u64().unwrap() > 0, "{entry}");
+    assert!(entry["duration_ms"].as_f64().unwrap() >= 1600.0, "{entry}");
+    drop(ws2);
+    wait_for(Duration::from_secs(5), || {
+        (gauge(&s.gw) == 0.0).then_some(())
+    })
+    .expect("gauge back to 0");
+}
+
+#[test]
+fn the_upgrade_passes_auth_and_rate_limits_like_any_request() {
+    let s = setup();
+    let status_of = |path: &str, key: Option<&str>| -> u16 {
+        let mut req = format!("ws://{}{path}", s.gw.addr)
+            .into_client_request()
+            .unwrap();
+        if let Some(k) = key {
+            req.headers_mut().insert("x-api-key", k.parse().unwrap());
+        }
+        match s.rt.block_on(tokio_tungstenite::connect_async(req)) {
+            Ok((_ws, resp)) => resp.status().as_u16(),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+            Err(e) => panic!("{path}: {e}"),
+        }
+    };
+    assert_eq!(status_of("/private/x", None), 401);
+    assert_eq!(
+        status_of("/private/x", Some("ws-key-0123456789abcdef")),
+        101
+    );
+    assert_eq!(
+        status_of("/limited/x", None),
+        101,
+        "one upgrade counts once"
+    );
+    assert_eq!(status_of("/limited/x", None), 429);
+    // The upstream's refusal reaches the client as it is.
+    assert_eq!(status_of("/refuse/x", None), 400);
+}
+
+#[test]
+fn an_upgrade_that_reached_the_upstream_is_never_sent_again() {
+    let s = setup();
+    let url = format!("ws://{}/closer/x", s.gw.addr);
+    let result = s.rt.block_on(tokio_tungstenite::connect_async(&url));
+    match result {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 502)
+        }
+        other => panic!("expected a 502, got {other:?}"),
+    }
+    assert_eq!(s.closer_attempts.load(Ordering::SeqCst), 1);
+}
