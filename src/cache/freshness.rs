@@ -92,6 +92,21 @@ fn parse(headers: &HeaderMap, name: &HeaderName) -> Option<Directives> {
     any.then_some(d)
 }
 
+/// How long a client of the answering service may keep an answer by its `Cache-Control`
+/// (the auth decision cache): `None` no directive about it; `Some(None)` not at all
+/// (`no-store`, `no-cache`, `max-age=0` or a malformed `max-age`); `Some(Some(d))`
+/// at most `d`.
+pub(crate) fn max_age_for_client(headers: &HeaderMap) -> Option<Option<Duration>> {
+    let d = parse(headers, &CACHE_CONTROL)?;
+    if d.no_store || d.no_cache {
+        return Some(None);
+    }
+    match d.max_age? {
+        Ok(0) | Err(()) => Some(None),
+        Ok(s) => Some(Some(Duration::from_secs(s))),
+    }
+}
+
 /// What [`evaluate`] decided.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Verdict {

@@ -545,7 +545,7 @@ impl ExternalAuth {
                 return (Verdict::Unavailable, None);
             }
         };
-        let max_age = cache_control_max_age(&head.headers);
+        let max_age = crate::cache::freshness::max_age_for_client(&head.headers);
         let cache = self.cache.as_ref();
         let cap = |ttl: Option<Duration>, exp: Option<u64>| -> Option<Duration> {
             let mut ttl = ttl?;
@@ -809,28 +809,6 @@ impl DecisionCache {
     }
 }
 
-/// `Cache-Control` of an answer: `None` no directive; `Some(None)` must not be stored
-/// (`no-store`, `no-cache`); `Some(Some(d))` `max-age`.
-fn cache_control_max_age(headers: &HeaderMap) -> Option<Option<Duration>> {
-    let mut out = None;
-    for v in headers.get_all(http::header::CACHE_CONTROL) {
-        let Ok(v) = v.to_str() else { continue };
-        for d in v.split(',').map(str::trim) {
-            let lower = d.to_ascii_lowercase();
-            if lower == "no-store" || lower == "no-cache" {
-                return Some(None);
-            }
-            if let Some(n) = lower.strip_prefix("max-age=") {
-                match n.trim_matches('"').parse::<u64>() {
-                    Ok(0) | Err(_) => return Some(None),
-                    Ok(n) => out = Some(Some(Duration::from_secs(n))),
-                }
-            }
-        }
-    }
-    out
-}
-
 /// Time left until the Unix time `exp`; `None` when it has passed.
 fn until(exp: u64) -> Option<Duration> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?;
@@ -859,25 +837,25 @@ mod tests {
     #[test]
     fn cache_control_decides_how_long_a_decision_lives() {
         let mut h = HeaderMap::new();
-        assert_eq!(cache_control_max_age(&h), None);
+        assert_eq!(crate::cache::freshness::max_age_for_client(&h), None);
         h.insert(
             http::header::CACHE_CONTROL,
             HeaderValue::from_static("private, max-age=30"),
         );
         assert_eq!(
-            cache_control_max_age(&h),
+            crate::cache::freshness::max_age_for_client(&h),
             Some(Some(Duration::from_secs(30)))
         );
         h.insert(
             http::header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
         );
-        assert_eq!(cache_control_max_age(&h), Some(None));
+        assert_eq!(crate::cache::freshness::max_age_for_client(&h), Some(None));
         h.insert(
             http::header::CACHE_CONTROL,
             HeaderValue::from_static("max-age=0"),
         );
-        assert_eq!(cache_control_max_age(&h), Some(None));
+        assert_eq!(crate::cache::freshness::max_age_for_client(&h), Some(None));
     }
 
     #[test]
