@@ -84,7 +84,9 @@ enum Kind {
         path: String,
         copy: Vec<HeaderName>,
         per_path: bool,
-        identity: Vec<HeaderName>,
+        /// The answer headers passed upstream: the listed identity headers, the subject
+        /// header and the roles header.
+        upstream_headers: Vec<HeaderName>,
         subject: Option<HeaderName>,
         roles: Option<HeaderName>,
         client: Vec<HeaderName>,
@@ -197,7 +199,17 @@ fn path_of(at: &str, path: &str, problems: &mut Vec<Problem>) -> String {
     path.to_string()
 }
 
+/// The `result` label of `auth_decisions_total`, indexing [`ExternalAuth::counters`].
+#[derive(Clone, Copy)]
+enum Counted {
+    Hit,
+    Miss,
+    Coalesced,
+    Error,
+}
+
 fn counters(v: &IntCounterVec, name: &str) -> [prometheus::IntCounter; 4] {
+    // In the order of `Counted`.
     ["hit", "miss", "coalesced", "error"].map(|r| v.with_label_values(&[name, r]))
 }
 
@@ -260,18 +272,22 @@ impl ExternalAuth {
             }
         };
         let path = path_of(&at, path, problems);
+        let subject = header_name(&format!("{at}.subject_header"), subject_header, problems);
+        let roles = header_name(&format!("{at}.roles_header"), roles_header, problems);
+        let mut upstream_headers = header_names(
+            &format!("{at}.identity_headers"),
+            identity_headers,
+            problems,
+        );
+        upstream_headers.extend(subject.iter().chain(roles.iter()).cloned());
         let kind = Kind::Forward {
             method,
             path,
             copy: header_names(&format!("{at}.copy_headers"), copy_headers, problems),
             per_path: *decision_per_path,
-            identity: header_names(
-                &format!("{at}.identity_headers"),
-                identity_headers,
-                problems,
-            ),
-            subject: header_name(&format!("{at}.subject_header"), subject_header, problems),
-            roles: header_name(&format!("{at}.roles_header"), roles_header, problems),
+            upstream_headers,
+            subject,
+            roles,
             client: header_names(&format!("{at}.client_headers"), client_headers, problems),
             pass_body: *forward_denial_body,
         };
@@ -401,16 +417,8 @@ impl ExternalAuth {
     pub(crate) fn mapped_headers(&self) -> Vec<HeaderName> {
         match &self.kind {
             Kind::Forward {
-                identity,
-                subject,
-                roles,
-                ..
-            } => identity
-                .iter()
-                .chain(subject.iter())
-                .chain(roles.iter())
-                .cloned()
-                .collect(),
+                upstream_headers, ..
+            } => upstream_headers.clone(),
             Kind::Introspect { claims, .. } => claims.iter().map(|(_, h)| h.clone()).collect(),
         }
     }
@@ -423,14 +431,8 @@ impl ExternalAuth {
         }
     }
 
-    fn count(&self, result: &str) {
-        let i = match result {
-            "hit" => 0,
-            "miss" => 1,
-            "coalesced" => 2,
-            _ => 3,
-        };
-        self.counters[i].inc();
+    fn count(&self, result: Counted) {
+        self.counters[result as usize].inc();
     }
 
     /// Drop the cached decisions of `subject`, or all of them.
@@ -454,11 +456,11 @@ impl ExternalAuth {
             return Verdict::NoCredentials;
         };
         let Some(cache) = &self.cache else {
-            self.count("miss");
+            self.count(Counted::Miss);
             return self.ask(r).await.0;
         };
         if let Some(d) = cache.get(&key) {
-            self.count("hit");
+            self.count(Counted::Hit);
             return Verdict::Decided(d);
         }
         let (cell, first) = {
@@ -472,7 +474,11 @@ impl ExternalAuth {
                 }
             }
         };
-        self.count(if first { "miss" } else { "coalesced" });
+        self.count(if first {
+            Counted::Miss
+        } else {
+            Counted::Coalesced
+        });
         cell.get_or_init(|| async {
             let (verdict, ttl) = self.ask(r).await;
             if let (Verdict::Decided(d), Some(ttl)) = (&verdict, ttl) {
@@ -540,7 +546,7 @@ impl ExternalAuth {
         let (head, body) = match answer {
             Ok(a) => a,
             Err(e) => {
-                self.count("error");
+                self.count(Counted::Error);
                 log::warn!("auth service {}: {e}", self.name);
                 return (Verdict::Unavailable, None);
             }
@@ -559,7 +565,7 @@ impl ExternalAuth {
         };
         match &self.kind {
             Kind::Forward {
-                identity,
+                upstream_headers,
                 subject,
                 roles,
                 client,
@@ -586,10 +592,8 @@ impl ExternalAuth {
                                     .collect()
                             })
                             .unwrap_or_default(),
-                        headers: identity
+                        headers: upstream_headers
                             .iter()
-                            .chain(subject.iter())
-                            .chain(roles.iter())
                             .filter_map(|n| Some((n.clone(), head.headers.get(n)?.clone())))
                             .collect(),
                     };
@@ -626,7 +630,7 @@ impl ExternalAuth {
                     let ttl = cap(cache.map(|c| c.negative_ttl), None);
                     (Verdict::Decided(Decision::Deny(Arc::new(denied))), ttl)
                 } else {
-                    self.count("error");
+                    self.count(Counted::Error);
                     log::warn!("auth service {}: answered {status}", self.name);
                     (Verdict::Unavailable, None)
                 }
@@ -639,12 +643,12 @@ impl ExternalAuth {
                 ..
             } => {
                 if head.status != StatusCode::OK {
-                    self.count("error");
+                    self.count(Counted::Error);
                     log::warn!("introspection {}: answered {}", self.name, head.status);
                     return (Verdict::Unavailable, None);
                 }
                 let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&body) else {
-                    self.count("error");
+                    self.count(Counted::Error);
                     log::warn!("introspection {}: the answer is not JSON", self.name);
                     return (Verdict::Unavailable, None);
                 };
