@@ -127,7 +127,7 @@ fn dur(d: std::time::Duration) -> String {
 }
 
 /// The request head `q` describes, and the listener it arrives on.
-fn request_of(gw: &Gateway, q: &Query) -> Result<(RequestHeader, bool), String> {
+fn request_of(q: &Query) -> Result<(RequestHeader, bool), String> {
     let method = Method::from_bytes(q.method.as_bytes())
         .ok()
         .filter(|m| m.as_str().bytes().all(|b| b.is_ascii_uppercase()))
@@ -175,7 +175,6 @@ fn request_of(gw: &Gateway, q: &Query) -> Result<(RequestHeader, bool), String> 
         req.insert_header(http::header::HOST, v)
             .map_err(|e| e.to_string())?;
     }
-    let _ = gw;
     Ok((req, tls))
 }
 
@@ -186,7 +185,7 @@ pub(crate) fn explain(
     listeners: &[(String, bool)],
     q: &Query,
 ) -> Result<Explanation, String> {
-    let (mut req, tls_url) = request_of(gw, q)?;
+    let (mut req, tls_url) = request_of(q)?;
     let listener = match &q.listener {
         Some(l) => Some(
             listeners
