@@ -128,13 +128,19 @@ pub async fn respond(
     Ok(())
 }
 
-/// Write a JSON error response.
+/// Write the gateway's error response: JSON, or on a gRPC request a trailers-only gRPC
+/// status (HTTP 200), which is what a gRPC client reads.
 pub async fn respond_error(
     session: &mut Session,
     reject: &Reject,
     request_id: &HeaderValue,
 ) -> Result<()> {
     let mut headers = reject.headers.clone();
+    if let Some(flavor) = crate::grpc::Flavor::of(session.req_header()) {
+        let code = crate::grpc::Code::for_gateway_status(reject.status);
+        headers.extend(crate::grpc::status_headers(flavor, code, reject.message));
+        return respond(session, StatusCode::OK, &headers, Bytes::new(), request_id).await;
+    }
     let body = match &reject.body {
         Some(b) => b.clone(),
         None => {

@@ -17,6 +17,8 @@ pub(crate) mod demo;
 pub(crate) mod error;
 pub mod forward;
 pub(crate) mod gateway;
+pub(crate) mod grpc;
+pub(crate) mod grpc_web;
 pub(crate) mod names;
 pub mod observe;
 pub mod policy;
@@ -187,17 +189,24 @@ pub fn build_server(assembled: Assembled, config_path: PathBuf, mode: StartMode)
         })
         .collect();
     let current: reload::Current = Arc::new(arc_swap::ArcSwap::from_pointee(gateway));
-    let mut http = pingora::proxy::http_proxy(
-        &server.configuration,
-        proxy::Proxy {
-            current: current.clone(),
-        },
-    );
-    let mut options = pingora::apps::HttpServerOptions::default();
-    options.h2_idle_timeout = Some(h2_idle_timeout);
-    http.server_options = Some(options);
-    let proxy = Guarded::new(http, tracker.clone());
-    let mut proxy = Service::new("tollgate".into(), proxy);
+    // One service per kind of listener: Pingora reads `h2c` from the application, not from
+    // the listener. The h2c one exists only when a listener asks for it.
+    let app = |h2c: bool| {
+        let mut http = pingora::proxy::http_proxy(
+            &server.configuration,
+            proxy::Proxy {
+                current: current.clone(),
+            },
+        );
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2_idle_timeout = Some(h2_idle_timeout);
+        options.h2c = h2c;
+        http.server_options = Some(options);
+        let name = if h2c { "tollgate h2c" } else { "tollgate" };
+        Service::new(name.into(), Guarded::new(http, tracker.clone()))
+    };
+    let mut proxy = app(false);
+    let mut proxy_h2c = listeners.iter().any(|l| l.h2c).then(|| app(true));
     let buffers = L4BufferSettings::new(client_read_buffer, DEFAULT_L4_WRITE_BUFFER_SIZE);
     for (listener, slot) in listeners.iter().zip(&cert_slots) {
         let mut config = ListenerConfig::tcp(listener.address.as_str()).l4_buffer(buffers);
@@ -217,9 +226,15 @@ pub fn build_server(assembled: Assembled, config_path: PathBuf, mode: StartMode)
                 .with_metric(shared.metrics.proxy_protocol_refused.clone());
             config = config.pre_tls_callback(Arc::new(pp));
         }
-        proxy.add_listener(config);
+        match proxy_h2c.as_mut() {
+            Some(svc) if listener.h2c => svc.add_listener(config),
+            _ => proxy.add_listener(config),
+        }
     }
     server.add_service(proxy);
+    if let Some(svc) = proxy_h2c {
+        server.add_service(svc);
+    }
 
     let reloader = reload::Reloader::new(
         config_path,

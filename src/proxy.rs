@@ -160,6 +160,17 @@ impl ProxyHttp for Proxy {
             .response_body_filter(session, body, end_of_stream, &mut ctx.req)
     }
 
+    async fn response_trailer_filter(
+        &self,
+        session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Bytes>> {
+        ctx.gw
+            .response_trailer_filter(session, trailers, &mut ctx.req)
+            .await
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         ctx.gw.fail_to_proxy(session, e, &mut ctx.req).await
     }

@@ -145,6 +145,8 @@ pub(crate) struct ProxyAction {
     pub retry_on: crate::upstream::retry::RetryOn,
     /// Idle time allowed on an upgraded connection.
     pub websocket_idle: Duration,
+    /// Bridge gRPC-Web requests to gRPC.
+    pub grpc_web: bool,
 }
 
 pub(crate) enum RouteAction {
@@ -347,6 +349,7 @@ impl Route {
             cache,
             compression,
             websocket_idle_timeout,
+            grpc_web,
         } = r;
         let at = format!("routes[{order}]");
         let before = problems.len();
@@ -419,14 +422,29 @@ impl Route {
                     "applies only to proxied routes",
                 ));
             }
+            if *grpc_web {
+                problems.push(Problem::new(
+                    format!("{at}.grpc_web"),
+                    "applies only to proxied routes",
+                ));
+            }
         }
         let action = match (upstream, respond, aggregate) {
             (Some(up), None, None) => {
                 let rewrite = path_rewrite(&at, r, &path_match, problems);
                 cx.groups
                     .get(&format!("{at}.upstream"), up, problems)
-                    .map(|group| {
-                        RouteAction::Proxy(ProxyAction {
+                    .and_then(|group| {
+                        if *grpc_web && !group.h2 {
+                            problems.push(Problem::new(
+                                format!("{at}.grpc_web"),
+                                format!(
+                                    "bridges to gRPC over HTTP/2: set h2 = true on upstream {up:?}"
+                                ),
+                            ));
+                            return None;
+                        }
+                        Some(RouteAction::Proxy(ProxyAction {
                             rewrite,
                             connect_timeout: connect_timeout.map_or(group.connect_timeout, |d| d.0),
                             read_timeout: read_timeout.map_or(group.read_timeout, |d| d.0),
@@ -434,8 +452,9 @@ impl Route {
                             retry_unsent: *retry_unsent,
                             retry_on: crate::upstream::retry::RetryOn::of(retry_on),
                             websocket_idle: websocket_idle_timeout.0,
+                            grpc_web: *grpc_web,
                             upstream: group,
-                        })
+                        }))
                     })
             }
             (None, Some(resp), None) => {

@@ -22,6 +22,8 @@ pub struct ListenerPlan {
     pub underscores: Option<Underscores>,
     /// Read the client's address from a PROXY protocol header.
     pub(crate) proxy_protocol: Option<crate::proxy_protocol::ProxyProtocol>,
+    /// HTTP/2 with prior knowledge beside HTTP/1 (plain listeners only).
+    pub h2c: bool,
 }
 
 /// Everything about the process that one configuration file sets.
@@ -67,8 +69,16 @@ pub(crate) fn plan(file: &ConfigFile, problems: &mut Vec<Problem>) -> ServerPlan
                 tls,
                 underscore_headers,
                 proxy_protocol,
+                h2c,
             } = l;
+            if *h2c && tls.is_some() {
+                problems.push(Problem::new(
+                    format!("listeners[{i}].h2c"),
+                    "is HTTP/2 without TLS; a TLS listener offers HTTP/2 by ALPN (tls.h2)",
+                ));
+            }
             ListenerPlan {
+                h2c: *h2c,
                 address: address.clone(),
                 tls: tls.as_ref().and_then(|t| {
                     TlsListener::from_config(&format!("listeners[{i}].tls"), t, problems)
@@ -207,6 +217,7 @@ fn restart_keys(file: &ConfigFile) -> Vec<(String, String)> {
     for (i, l) in file.listeners.iter().enumerate() {
         key(format!("listeners[{i}].address"), l.address.clone());
         key(format!("listeners[{i}].tls"), l.tls.is_some().to_string());
+        key(format!("listeners[{i}].h2c"), l.h2c.to_string());
         key(
             format!("listeners[{i}].proxy_protocol"),
             format!("{:?}", l.proxy_protocol),

@@ -216,6 +216,10 @@ pub struct ListenerSection {
     /// balancer in front, before TLS.
     #[serde(default)]
     pub proxy_protocol: Option<ProxyProtocolSection>,
+    /// Accept HTTP/2 with prior knowledge (h2c) on this plain listener, beside HTTP/1:
+    /// gRPC clients without TLS speak it.
+    #[serde(default)]
+    pub h2c: bool,
 }
 
 /// `[listeners.proxy_protocol]`.
@@ -444,12 +448,16 @@ pub struct HealthCheckSection {
     /// HTTP only: the path requested.
     #[serde(default = "defaults::health_path")]
     pub path: String,
-    /// HTTP only: the `Host` header sent.
+    /// HTTP and gRPC: the `Host` header (HTTP/2 `:authority`) sent.
     #[serde(default = "defaults::health_host")]
     pub host: String,
     /// HTTP only: the status that counts as healthy.
     #[serde(default = "defaults::health_status")]
     pub expected_status: u16,
+    /// gRPC only: the service asked about in `grpc.health.v1.Health/Check`; empty: the
+    /// server as a whole.
+    #[serde(default)]
+    pub service: String,
     #[serde(default = "defaults::health_interval")]
     pub interval: HumanDuration,
     #[serde(default = "defaults::health_timeout")]
@@ -468,6 +476,9 @@ pub enum HealthCheckKind {
     #[default]
     Http,
     Tcp,
+    /// The standard `grpc.health.v1.Health/Check` over HTTP/2 (the group needs `h2`):
+    /// healthy when it answers `SERVING`.
+    Grpc,
 }
 
 /// `[[routes]]`: what to match and what to do with a match.
@@ -579,6 +590,10 @@ pub struct RouteSection {
     /// before it is closed; `read_timeout` applies to requests, not to these.
     #[serde(default = "defaults::websocket_idle_timeout")]
     pub websocket_idle_timeout: HumanDuration,
+    /// Bridge gRPC-Web (`application/grpc-web`, `application/grpc-web-text`) from browsers
+    /// to the upstream's plain gRPC over HTTP/2 (the group needs `h2`).
+    #[serde(default)]
+    pub grpc_web: bool,
 }
 
 /// `[routes.compression]`: compress this route's responses by the client's `Accept-Encoding`.

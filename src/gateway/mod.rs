@@ -10,6 +10,7 @@ use request::Step;
 use crate::cache::{self, Lookup, ResponseCache, Verdict};
 use crate::error::{self, Reject, X_REQUEST_ID};
 use crate::forward;
+use crate::grpc;
 use crate::observe::access_log::{AccessLog, Entry};
 use crate::observe::metrics::{Metrics, Served, NO_ROUTE};
 use crate::policy::auth::Identity;
@@ -34,7 +35,7 @@ use prometheus::IntGauge;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
@@ -54,6 +55,10 @@ const ALL_CONNECTS_FAILED: ErrorType =
     ErrorType::new_code("every candidate target failed to connect", 502);
 /// A 5xx that `retry_on = ["5xx"]` retries on another target.
 const RETRY_5XX: ErrorType = ErrorType::new_code("upstream answered 5xx", 502);
+/// A gRPC upstream answered `UNAVAILABLE` before any message: tried on another target.
+const RETRY_UNAVAILABLE: ErrorType = ErrorType::new_code("upstream answered UNAVAILABLE", 503);
+/// The client's `grpc-timeout` passed before an upstream could be asked.
+const DEADLINE_PASSED: ErrorType = ErrorType::new_code("deadline exceeded", 504);
 
 /// One generation of the gateway: everything a request reads, built from one configuration
 /// file. A reload builds the next one beside it; every request runs start to end on the
@@ -156,6 +161,36 @@ pub struct Ctx {
     compressor: Option<crate::compress::Encoder>,
     /// Counts this connection in `upgraded_connections` while it is upgraded.
     upgraded: Option<GaugeGuard>,
+    /// The request speaks gRPC.
+    grpc: Option<GrpcCall>,
+    /// A gRPC-Web call bridged to gRPC on this attempt.
+    grpc_web: Option<crate::grpc_web::Bridge>,
+}
+
+/// What the gateway keeps about a gRPC request.
+#[derive(Debug, Clone, Copy)]
+struct GrpcCall {
+    flavor: grpc::Flavor,
+    /// From the client's `grpc-timeout`: the upstream must answer by then.
+    deadline: Option<Instant>,
+}
+
+impl GrpcCall {
+    fn of(req: &RequestHeader, start: Instant) -> Option<GrpcCall> {
+        let flavor = grpc::Flavor::of(req)?;
+        let deadline = req
+            .headers
+            .get(grpc::GRPC_TIMEOUT)
+            .and_then(grpc::parse_timeout)
+            .and_then(|t| start.checked_add(t));
+        Some(GrpcCall { flavor, deadline })
+    }
+
+    /// Time left before the deadline, when there is one.
+    fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
 }
 
 /// Upstream-side state, filled once a route proxies.
@@ -200,12 +235,20 @@ impl Gateway {
         let Some((action, _)) = proxy_of(ctx.route.as_ref()) else {
             return false;
         };
-        let attempt = Attempt {
+        let mut attempt = Attempt {
             idempotent: session.req_header().method.is_idempotent(),
             retry_unsent: action.retry_unsent,
             body_truncated: session.as_ref().retry_buffer_truncated(),
         };
-        match retry::decide(action.retry_on, failure, attempt) {
+        // gRPC's own rule: a call is tried again only when it provably was not processed
+        // (no connection, or `UNAVAILABLE` before any message), whatever `retry_on` says.
+        let on = if ctx.grpc.is_some() {
+            attempt.idempotent = true;
+            retry::RetryOn::GRPC
+        } else {
+            action.retry_on
+        };
+        match retry::decide(on, failure, attempt) {
             Decision::Retry => self.take_retry(ctx),
             Decision::BodyTooLarge => {
                 self.count_skipped_retry(ctx, "body_too_large");
@@ -383,6 +426,8 @@ impl ProxyHttp for Gateway {
             encoded_slash: false,
             compressor: None,
             upgraded: None,
+            grpc: None,
+            grpc_web: None,
         }
     }
 
@@ -397,6 +442,7 @@ impl ProxyHttp for Gateway {
         session.set_pipelining_enabled(true);
         ctx._inflight = Some(GaugeGuard::new(&self.metrics.inflight));
         ctx.request_id = forward::request_id(session.req_header());
+        ctx.grpc = GrpcCall::of(session.req_header(), ctx.start);
         session.set_read_timeout(Some(self.policy.body_timeout));
         let peer = session
             .client_addr()
@@ -514,17 +560,26 @@ impl ProxyHttp for Gateway {
         let Some(route) = ctx.route.as_ref() else {
             return Ok(());
         };
+        // Every refusal here is the client's doing, and marked so: Pingora's HTTP/2 upstream
+        // path takes an unmarked error for a failed upstream write and waits for an answer
+        // the upstream will never send (the body it expects stopped).
         if let Some(chunk) = body.as_ref() {
             ctx.body_bytes += chunk.len() as u64;
             if ctx.body_bytes > route.policy.max_body {
-                return Error::e_explain(
+                return Err(Error::explain(
                     ErrorType::HTTPStatus(413),
                     "request body exceeds max_body_size",
-                );
+                )
+                .into_down());
             }
         }
         if let Some(buffer) = ctx.request_json.as_mut() {
             *body = buffer.feed(body.take(), end_of_stream, &route.transform.json_request);
+        }
+        if let Some(bridge) = ctx.grpc_web.as_mut() {
+            bridge
+                .request_body(body, end_of_stream)
+                .map_err(|e| e.into_down())?;
         }
         Ok(())
     }
@@ -570,6 +625,21 @@ impl ProxyHttp for Gateway {
         };
         peer.options.read_timeout = Some(idle);
         peer.options.write_timeout = Some(idle);
+        // A gRPC deadline bounds every wait of this attempt.
+        if let Some(left) = ctx.grpc.and_then(|g| g.remaining()) {
+            if left.is_zero() {
+                return Error::e_explain(DEADLINE_PASSED, "grpc-timeout");
+            }
+            let o = &mut peer.options;
+            for t in [
+                &mut o.connection_timeout,
+                &mut o.total_connection_timeout,
+                &mut o.read_timeout,
+                &mut o.write_timeout,
+            ] {
+                *t = t.map(|t| t.min(left));
+            }
+        }
         ctx.upstream.attempts += 1;
         ctx.upstream.target = Some(guard);
         Ok(Box::new(peer))
@@ -602,7 +672,7 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if e.etype() == &RETRY_5XX {
+        if e.etype() == &RETRY_5XX || e.etype() == &RETRY_UNAVAILABLE {
             // Decided (and counted) when the 5xx arrived.
             return e;
         }
@@ -665,6 +735,22 @@ impl ProxyHttp for Gateway {
         if let Some(t) = ctx.upstream.target.as_mut() {
             t.record_status(status.as_u16());
         }
+        if ctx.grpc.is_some() {
+            // A trailers-only `UNAVAILABLE`: the upstream did not take the call.
+            let unavailable = resp
+                .headers
+                .get(grpc::GRPC_STATUS)
+                .is_some_and(|v| grpc::Code::parse(v.as_bytes()) == grpc::Code::Unavailable);
+            if unavailable && self.should_retry(session, ctx, Failure::Unavailable) {
+                if let Some(addr) = ctx.upstream.target.as_ref().map(|t| t.target().addr) {
+                    ctx.upstream.tried.push(addr);
+                }
+                let mut e = Error::explain(RETRY_UNAVAILABLE, "UNAVAILABLE, retrying");
+                e.set_retry(true);
+                return Err(e);
+            }
+            return Ok(());
+        }
         if status.is_server_error() && self.should_retry(session, ctx, Failure::Status5xx) {
             if let Some(addr) = ctx.upstream.target.as_ref().map(|t| t.target().addr) {
                 ctx.upstream.tried.push(addr);
@@ -683,6 +769,17 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         self.upstream_request(&forward::Downstream::of(session), upstream, ctx)?;
+        // Every attempt bridges afresh (a retry replays the body from the start).
+        ctx.grpc_web = None;
+        if let (Some(call), Some((action, _))) = (ctx.grpc, proxy_of(ctx.route.as_ref())) {
+            if action.grpc_web {
+                ctx.grpc_web = crate::grpc_web::Bridge::start(call.flavor, upstream)?;
+            }
+        }
+        // The upstream gets the deadline that is left, so it can stop work nobody awaits.
+        if let Some(left) = ctx.grpc.and_then(|g| g.remaining()) {
+            upstream.insert_header(grpc::GRPC_TIMEOUT, grpc::format_timeout(left))?;
+        }
         ctx.upstream.sent_at = Some(Instant::now());
         Ok(())
     }
@@ -698,6 +795,9 @@ impl ProxyHttp for Gateway {
             return Ok(());
         }
         forward::prepare_response(resp);
+        if let Some(bridge) = ctx.grpc_web.as_mut() {
+            bridge.response_header(resp)?;
+        }
         if resp.status == StatusCode::SWITCHING_PROTOCOLS && session.is_upgrade_req() {
             ctx.upgraded = Some(GaugeGuard::new(&self.metrics.upgraded));
         }
@@ -744,7 +844,23 @@ impl ProxyHttp for Gateway {
         if let Some(encoder) = ctx.compressor.as_mut() {
             encoder.encode(body, end_of_stream);
         }
+        if let Some(bridge) = ctx.grpc_web.as_mut() {
+            bridge.response_body(body, end_of_stream);
+        }
         Ok(None)
+    }
+
+    /// A bridged gRPC-Web call ends with its trailers as the last frame of the body.
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Bytes>> {
+        match ctx.grpc_web.as_mut() {
+            Some(bridge) => bridge.trailers(trailers),
+            None => Ok(None),
+        }
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
@@ -788,6 +904,14 @@ impl ProxyHttp for Gateway {
             let reject = Reject::new(status, message);
             if let Err(write_err) = error::respond_error(session, &reject, &ctx.request_id).await {
                 log::debug!("could not send error response: {write_err}");
+            }
+        } else if ctx.grpc.is_some() && session.is_http2() {
+            // A gRPC response already under way still ends with a status the client reads
+            // (a reset stream would reach it as a bare protocol error).
+            let code = grpc::Code::for_gateway_status(status);
+            let trailers = grpc::status_trailers(code, message);
+            if let Err(write_err) = session.write_response_trailers(trailers).await {
+                log::debug!("could not send gRPC trailers: {write_err}");
             }
         }
         FailToProxy {

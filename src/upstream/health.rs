@@ -22,6 +22,10 @@ pub struct HealthCheckSpec {
 #[derive(Debug, Clone)]
 pub enum Kind {
     Tcp,
+    Grpc {
+        service: String,
+        host: String,
+    },
     Http {
         path: String,
         host: String,
@@ -41,6 +45,7 @@ impl HealthCheckSpec {
             path,
             host,
             expected_status,
+            service,
             interval,
             timeout,
             healthy_threshold,
@@ -59,8 +64,18 @@ impl HealthCheckSpec {
             *unhealthy_threshold,
             problems,
         );
+        if *kind != HealthCheckKind::Tcp && http::HeaderValue::from_str(host).is_err() {
+            problems.push(Problem::new(
+                format!("{at}.host"),
+                "is not a valid Host header value",
+            ));
+        }
         let kind = match kind {
             HealthCheckKind::Tcp => Kind::Tcp,
+            HealthCheckKind::Grpc => Kind::Grpc {
+                service: service.clone(),
+                host: host.clone(),
+            },
             HealthCheckKind::Http => {
                 if !path.starts_with('/') {
                     problems.push(Problem::new(format!("{at}.path"), "must start with '/'"));
@@ -70,12 +85,6 @@ impl HealthCheckSpec {
                     *expected_status,
                     problems,
                 );
-                if http::HeaderValue::from_str(host).is_err() {
-                    problems.push(Problem::new(
-                        format!("{at}.host"),
-                        "is not a valid Host header value",
-                    ));
-                }
                 Kind::Http {
                     path: path.clone(),
                     host: host.clone(),
@@ -98,6 +107,9 @@ impl HealthCheckSpec {
         tls: Option<&super::UpstreamTls>,
     ) -> Result<Box<dyn HealthCheck + Send + Sync>> {
         match &self.kind {
+            Kind::Grpc { service, host } => {
+                Ok(Box::new(GrpcHealthCheck::new(self, service, host, tls)?))
+            }
             Kind::Tcp => {
                 let mut hc = TcpHealthCheck::new();
                 hc.consecutive_success = self.rise;
@@ -148,6 +160,144 @@ impl HealthCheckSpec {
                 }));
                 Ok(Box::new(hc))
             }
+        }
+    }
+}
+
+/// `grpc.health.v1.HealthCheckRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckRequest {
+    #[prost(string, tag = "1")]
+    service: String,
+}
+
+/// `grpc.health.v1.HealthCheckResponse`; `status` 1 is `SERVING`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckResponse {
+    #[prost(int32, tag = "1")]
+    status: i32,
+}
+
+const SERVING: i32 = 1;
+
+/// The standard gRPC health check: `grpc.health.v1.Health/Check` over HTTP/2, healthy when
+/// the answer is `SERVING` (any other status, a gRPC error or no answer is a failure).
+struct GrpcHealthCheck {
+    connector: pingora::connectors::http::Connector,
+    peer_template: HttpPeer,
+    req: RequestHeader,
+    body: bytes::Bytes,
+    timeout: Duration,
+    rise: usize,
+    fall: usize,
+}
+
+impl GrpcHealthCheck {
+    fn new(
+        spec: &HealthCheckSpec,
+        service: &str,
+        host: &str,
+        tls: Option<&super::UpstreamTls>,
+    ) -> Result<Self> {
+        let sni = tls.map_or_else(String::new, |t| t.sni.clone());
+        let mut peer = HttpPeer::new("0.0.0.0:1", tls.is_some(), sni);
+        match tls {
+            Some(tls) => {
+                tls.configure(&mut peer, true);
+                peer.options.alpn = pingora::protocols::ALPN::H2;
+            }
+            None => peer.options.set_http_version(2, 2),
+        }
+        let o = &mut peer.options;
+        o.connection_timeout = Some(spec.timeout);
+        o.total_connection_timeout = Some(spec.timeout);
+        o.read_timeout = Some(spec.timeout);
+        o.write_timeout = Some(spec.timeout);
+        let msg = prost::Message::encode_to_vec(&HealthCheckRequest {
+            service: service.to_string(),
+        });
+        let mut req = RequestHeader::build("POST", b"/grpc.health.v1.Health/Check", None)?;
+        req.insert_header("host", host)?;
+        req.insert_header("content-type", "application/grpc")?;
+        req.insert_header("te", "trailers")?;
+        req.insert_header(
+            "user-agent",
+            concat!("tollgate-health/", env!("CARGO_PKG_VERSION")),
+        )?;
+        Ok(GrpcHealthCheck {
+            connector: pingora::connectors::http::Connector::new(None),
+            peer_template: peer,
+            req,
+            body: crate::grpc::frame(&msg),
+            timeout: spec.timeout,
+            rise: spec.rise,
+            fall: spec.fall,
+        })
+    }
+
+    async fn ask(&self, peer: &HttpPeer) -> Result<i32> {
+        use pingora::protocols::http::client::HttpSession;
+        let fail = |why: String| Error::explain(ErrorType::CustomCode("grpc health check", 0), why);
+        let (session, _) = self.connector.get_http_session(peer).await?;
+        let HttpSession::H2(mut h2) = session else {
+            return Err(fail("the target did not speak HTTP/2".into()));
+        };
+        h2.write_request_header(Box::new(self.req.clone()), false)?;
+        h2.write_request_body(self.body.clone(), true).await?;
+        h2.read_response_header().await?;
+        let head = h2
+            .response_header()
+            .cloned()
+            .ok_or_else(|| fail("no response header".into()))?;
+        if head.status != http::StatusCode::OK {
+            return Err(fail(format!("HTTP status {}", head.status)));
+        }
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = h2.read_response_body().await? {
+            body.extend_from_slice(&chunk);
+            if body.len() > 4096 {
+                return Err(fail("answer too large".into()));
+            }
+        }
+        let trailers = h2.read_trailers().await?;
+        let status = trailers
+            .as_ref()
+            .and_then(|t| t.get(crate::grpc::GRPC_STATUS))
+            .or_else(|| head.headers.get(crate::grpc::GRPC_STATUS))
+            .map(|v| crate::grpc::Code::parse(v.as_bytes()));
+        if status != Some(crate::grpc::Code::Ok) {
+            return Err(fail(format!("gRPC status {status:?}")));
+        }
+        let msg = crate::grpc::unframe(&body).ok_or_else(|| fail("malformed answer".into()))?;
+        let resp: HealthCheckResponse =
+            prost::Message::decode(msg).map_err(|e| fail(format!("malformed answer: {e}")))?;
+        Ok(resp.status)
+    }
+}
+
+#[async_trait::async_trait]
+impl HealthCheck for GrpcHealthCheck {
+    async fn check(&self, target: &pingora::lb::Backend) -> Result<()> {
+        let mut peer = self.peer_template.clone();
+        peer._address = target.addr.clone();
+        let status = tokio::time::timeout(self.timeout, self.ask(&peer))
+            .await
+            .map_err(|_| Error::explain(ErrorType::ReadTimedout, "grpc health check"))??;
+        if status == SERVING {
+            Ok(())
+        } else {
+            Error::e_explain(
+                ErrorType::CustomCode("grpc health check", 0),
+                format!("status {status}, not SERVING"),
+            )
+        }
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        if success {
+            self.rise
+        } else {
+            self.fall
         }
     }
 }

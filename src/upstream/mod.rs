@@ -302,6 +302,9 @@ impl UpstreamGroup {
         let health = self.health.as_ref().map(|h| {
             let what = match &h.kind {
                 health::Kind::Tcp => "tcp connect".to_string(),
+                health::Kind::Grpc { service, .. } => {
+                    format!("grpc.health.v1.Health/Check {service:?} expecting SERVING")
+                }
                 health::Kind::Http {
                     path,
                     expected_status,
@@ -448,6 +451,17 @@ impl UpstreamGroup {
             return None;
         }
 
+        if health
+            .as_ref()
+            .is_some_and(|h| matches!(h.kind, health::Kind::Grpc { .. }))
+            && !*h2
+        {
+            problems.push(Problem::new(
+                format!("{at}.health_check.kind"),
+                "\"grpc\" checks speak HTTP/2: set h2 = true on the group",
+            ));
+            return None;
+        }
         let discovery = Discovery::new(specs, hosts_file, breaker);
         if let Some(prev) = previous.filter(|p| p.breaker == breaker) {
             discovery.keep_states(prev.target_states());

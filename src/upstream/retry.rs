@@ -21,6 +21,8 @@ pub enum Failure {
     Reset,
     /// The upstream answered with a 5xx status.
     Status5xx,
+    /// A gRPC upstream answered `UNAVAILABLE` before any message: it did not take the call.
+    Unavailable,
     /// Anything else (a malformed or refused response): never retried.
     Other,
 }
@@ -45,6 +47,8 @@ pub struct RetryOn(u8);
 
 impl RetryOn {
     pub const NONE: RetryOn = RetryOn(0);
+    /// What a gRPC call is retried on: only failures that prove it was not processed.
+    pub const GRPC: RetryOn = RetryOn(1 | 16);
     /// Only what never reached an upstream (the default `retry_on`).
     #[cfg(test)]
     const CONNECT: RetryOn = RetryOn(1);
@@ -55,6 +59,7 @@ impl RetryOn {
             Failure::Timeout => 2,
             Failure::Reset => 4,
             Failure::Status5xx => 8,
+            Failure::Unavailable => 16,
             Failure::Other => 0,
         }
     }
