@@ -117,6 +117,50 @@ impl Code {
         }
     }
 
+    /// The HTTP status a JSON client gets for this code (transcoding), as Google's API
+    /// design guide and Envoy's transcoder map them.
+    pub(crate) fn http_status(self) -> StatusCode {
+        match self {
+            Code::Ok => StatusCode::OK,
+            Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+                StatusCode::BAD_REQUEST
+            }
+            Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+            Code::PermissionDenied => StatusCode::FORBIDDEN,
+            Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+            Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The canonical name (`NOT_FOUND`), for JSON error bodies.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Code::Ok => "OK",
+            Code::Cancelled => "CANCELLED",
+            Code::Unknown => "UNKNOWN",
+            Code::InvalidArgument => "INVALID_ARGUMENT",
+            Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            Code::NotFound => "NOT_FOUND",
+            Code::AlreadyExists => "ALREADY_EXISTS",
+            Code::PermissionDenied => "PERMISSION_DENIED",
+            Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            Code::FailedPrecondition => "FAILED_PRECONDITION",
+            Code::Aborted => "ABORTED",
+            Code::OutOfRange => "OUT_OF_RANGE",
+            Code::Unimplemented => "UNIMPLEMENTED",
+            Code::Internal => "INTERNAL",
+            Code::Unavailable => "UNAVAILABLE",
+            Code::DataLoss => "DATA_LOSS",
+            Code::Unauthenticated => "UNAUTHENTICATED",
+        }
+    }
+
     fn value(self) -> HeaderValue {
         HeaderValue::from(self as u16)
     }
@@ -124,6 +168,13 @@ impl Code {
 
 /// `grpc-message` is percent-encoded: everything outside printable ASCII, and `%`.
 const MESSAGE_ESCAPES: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
+/// A `grpc-message` as text.
+pub(crate) fn message_text(v: &HeaderValue) -> String {
+    percent_encoding::percent_decode(v.as_bytes())
+        .decode_utf8_lossy()
+        .into_owned()
+}
 
 fn message_value(message: &str) -> HeaderValue {
     let encoded = percent_encoding::utf8_percent_encode(message, MESSAGE_ESCAPES).to_string();
@@ -290,6 +341,8 @@ mod tests {
         assert_eq!(c(504), Code::DeadlineExceeded);
         assert_eq!(Code::parse(b"5"), Code::NotFound);
         assert_eq!(Code::parse(b"99"), Code::Unknown);
+        assert_eq!(Code::NotFound.http_status(), StatusCode::NOT_FOUND);
+        assert_eq!(Code::InvalidArgument.http_status(), StatusCode::BAD_REQUEST);
         assert_eq!(
             message_value("50% off\n").to_str().ok(),
             Some("50%25 off%0A")

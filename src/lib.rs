@@ -28,6 +28,7 @@ pub(crate) mod reload;
 pub mod route;
 pub(crate) mod subrequest;
 pub(crate) mod tls;
+pub(crate) mod transcode;
 pub mod transform;
 pub(crate) mod upstream;
 

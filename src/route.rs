@@ -147,6 +147,8 @@ pub(crate) struct ProxyAction {
     pub websocket_idle: Duration,
     /// Bridge gRPC-Web requests to gRPC.
     pub grpc_web: bool,
+    /// Answer HTTP/JSON calls with gRPC calls to the group.
+    pub transcode: Option<Arc<crate::transcode::Transcoder>>,
 }
 
 pub(crate) enum RouteAction {
@@ -350,6 +352,7 @@ impl Route {
             compression,
             websocket_idle_timeout,
             grpc_web,
+            transcode,
         } = r;
         let at = format!("routes[{order}]");
         let before = problems.len();
@@ -422,11 +425,13 @@ impl Route {
                     "applies only to proxied routes",
                 ));
             }
-            if *grpc_web {
-                problems.push(Problem::new(
-                    format!("{at}.grpc_web"),
-                    "applies only to proxied routes",
-                ));
+            for (key, on) in [("grpc_web", *grpc_web), ("transcode", transcode.is_some())] {
+                if on {
+                    problems.push(Problem::new(
+                        format!("{at}.{key}"),
+                        "applies only to proxied routes",
+                    ));
+                }
             }
         }
         let action = match (upstream, respond, aggregate) {
@@ -435,15 +440,27 @@ impl Route {
                 cx.groups
                     .get(&format!("{at}.upstream"), up, problems)
                     .and_then(|group| {
-                        if *grpc_web && !group.h2 {
-                            problems.push(Problem::new(
-                                format!("{at}.grpc_web"),
-                                format!(
-                                    "bridges to gRPC over HTTP/2: set h2 = true on upstream {up:?}"
-                                ),
-                            ));
-                            return None;
+                        for (key, on) in
+                            [("grpc_web", *grpc_web), ("transcode", transcode.is_some())]
+                        {
+                            if on && !group.h2 {
+                                problems.push(Problem::new(
+                                    format!("{at}.{key}"),
+                                    format!(
+                                        "calls gRPC over HTTP/2: set h2 = true on upstream {up:?}"
+                                    ),
+                                ));
+                                return None;
+                            }
                         }
+                        let transcode = match transcode {
+                            Some(t) => Some(Arc::new(crate::transcode::Transcoder::from_config(
+                                &format!("{at}.transcode"),
+                                t,
+                                problems,
+                            )?)),
+                            None => None,
+                        };
                         Some(RouteAction::Proxy(ProxyAction {
                             rewrite,
                             connect_timeout: connect_timeout.map_or(group.connect_timeout, |d| d.0),
@@ -453,6 +470,7 @@ impl Route {
                             retry_on: crate::upstream::retry::RetryOn::of(retry_on),
                             websocket_idle: websocket_idle_timeout.0,
                             grpc_web: *grpc_web,
+                            transcode,
                             upstream: group,
                         }))
                     })

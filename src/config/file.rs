@@ -594,6 +594,40 @@ pub struct RouteSection {
     /// to the upstream's plain gRPC over HTTP/2 (the group needs `h2`).
     #[serde(default)]
     pub grpc_web: bool,
+    /// Answer HTTP/JSON calls by calling the upstream's gRPC methods.
+    #[serde(default)]
+    pub transcode: Option<TranscodeSection>,
+}
+
+/// `[routes.transcode]`: HTTP/JSON to gRPC.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TranscodeSection {
+    /// The services' descriptor set (`protoc --include_imports --descriptor_set_out=FILE`).
+    pub descriptor: String,
+    /// The services whose `google.api.http` rules bind; empty: every service in the set.
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// Bindings for methods without a `google.api.http` rule.
+    #[serde(default)]
+    pub methods: Vec<TranscodeMethodSection>,
+}
+
+/// `[[routes.transcode.methods]]`: one HTTP method and path template to one gRPC method.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TranscodeMethodSection {
+    /// The HTTP method, upper-case.
+    pub method: String,
+    /// A path template: `/v1/shelves/{shelf}/books/{id}`; `{field}` captures one segment,
+    /// `{field=**}` the rest.
+    pub path: String,
+    /// `package.Service/Method`.
+    pub grpc: String,
+    /// Where the JSON body goes: `"*"` the whole request message, a field name that field,
+    /// `""` nowhere (fields come from the path and query).
+    #[serde(default)]
+    pub body: String,
 }
 
 /// `[routes.compression]`: compress this route's responses by the client's `Accept-Encoding`.

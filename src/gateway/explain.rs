@@ -576,7 +576,10 @@ fn detail(
         }
         StepName::RateLimit => String::new(),
         StepName::Answer => match (route.map(|r| &r.action), step) {
-            (Some(RouteAction::Proxy(_)), Step::Next) => "proxied".into(),
+            (Some(RouteAction::Proxy(p)), Step::Next) => match &p.transcode {
+                Some(t) => format!("transcoded to gRPC ({})", t.describe().join(", ")),
+                None => "proxied".into(),
+            },
             (Some(RouteAction::Respond(d)), _) => {
                 format!(
                     "direct response {} ({} bytes)",

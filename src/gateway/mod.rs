@@ -4,6 +4,7 @@
 
 pub(crate) mod explain;
 mod request;
+mod transcoded;
 
 use request::Step;
 
@@ -457,7 +458,16 @@ impl ProxyHttp for Gateway {
         let facts = request::Facts::of(session);
         let req = session.req_header_mut();
         match request::admit(self, req, facts, ctx, request::Mode::Serve).await {
-            Step::Next => Ok(false),
+            Step::Next => {
+                // A transcoding route answers here, with a gRPC call of its own.
+                let route = ctx.route.clone();
+                let transcoding = proxy_of(route.as_ref())
+                    .and_then(|(action, _)| Some((action, action.transcode.as_deref()?)));
+                match transcoding {
+                    Some((action, t)) => self.serve_transcoded(session, ctx, action, t).await,
+                    None => Ok(false),
+                }
+            }
             Step::Reject(reject) => self.reject(session, ctx, reject).await,
             Step::Answer {
                 status,
