@@ -160,6 +160,16 @@ impl ProxyHttp for Proxy {
             .response_body_filter(session, body, end_of_stream, &mut ctx.req)
     }
 
+    fn upstream_response_trailer_filter(
+        &self,
+        session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.gw
+            .upstream_response_trailer_filter(session, trailers, &mut ctx.req)
+    }
+
     async fn response_trailer_filter(
         &self,
         session: &mut Session,

@@ -225,6 +225,11 @@ async fn upstream_statuses_and_trailers_pass_through() {
     let status = stream.message().await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert_eq!(status.message(), "failed mid-stream");
+    // The access log says each call's gRPC status: from the trailers, and trailers-only.
+    gw.wait_access_log(|e| {
+        e["path"] == "/tollgate.test.Echo/ServerStream" && e["grpc_status"] == 9
+    });
+    gw.wait_access_log(|e| e["path"] == "/tollgate.test.Echo/Unary" && e["grpc_status"] == 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,6 +257,8 @@ rate_limits = [{ limit = 1, window = "60s", key = "consumer" }]"#
 
     let status = client.unary(echo("no key")).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let entry = gw.wait_access_log(|e| e["grpc_status"] == 16);
+    assert_eq!(entry["status"], 200, "{entry}");
 
     let keyed = || {
         let mut r = Request::new(echo("keyed"));

@@ -124,6 +124,12 @@ fn grpc_statuses_become_http_statuses_with_the_message() {
     assert_eq!(body["code"], "NOT_FOUND");
     assert_eq!(body["error"], "book 500 not found on shelf x");
     assert!(body["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+    let entry =
+        s.gw.wait_access_log(|e| e["path"] == "/v1/shelves/x/books/500");
+    assert_eq!(
+        (entry["status"].clone(), entry["grpc_status"].clone()),
+        (json!(404), json!(5))
+    );
 
     let (status, body) = json_of(
         client()

@@ -276,3 +276,44 @@ fn an_upgrade_that_reached_the_upstream_is_never_sent_again() {
     }
     assert_eq!(s.closer_attempts.load(Ordering::SeqCst), 1);
 }
+
+#[test]
+fn echo_over_a_tls_listener() {
+    let rt = runtime();
+    let ws = echo_server(&rt, Received::default());
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path(), "tls.test");
+    let gw = Gateway::start_full(&format!(
+        r#"{}
+[upstreams.ws]
+targets = [{{ address = "{ws}" }}]
+
+[[routes]]
+name = "ws"
+path_prefix = "/ws"
+upstream = "ws"
+"#,
+        tls_preamble(&cert, &key)
+    ))
+    .unwrap();
+    // The test certificate is self-signed: trust it for this connection only.
+    let tls = native_tls::TlsConnector::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let url = format!("wss://{}/ws/secure", gw.addr);
+    rt.block_on(async {
+        let (mut ws, resp) = tokio_tungstenite::connect_async_tls_with_config(
+            &url,
+            None,
+            false,
+            Some(tokio_tungstenite::Connector::NativeTls(tls)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), 101);
+        ws.send(Message::text("over tls")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("over tls"));
+        ws.close(None).await.unwrap();
+    });
+}

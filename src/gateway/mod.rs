@@ -166,6 +166,8 @@ pub struct Ctx {
     grpc: Option<GrpcCall>,
     /// A gRPC-Web call bridged to gRPC on this attempt.
     grpc_web: Option<crate::grpc_web::Bridge>,
+    /// The upstream's gRPC status, once its trailers (or a transcoded call) said it.
+    grpc_status: Option<grpc::Code>,
 }
 
 /// What the gateway keeps about a gRPC request.
@@ -429,6 +431,7 @@ impl ProxyHttp for Gateway {
             upgraded: None,
             grpc: None,
             grpc_web: None,
+            grpc_status: None,
         }
     }
 
@@ -860,6 +863,20 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if ctx.grpc.is_some() {
+            if let Some(v) = trailers.get(grpc::GRPC_STATUS) {
+                ctx.grpc_status = Some(grpc::Code::parse(v.as_bytes()));
+            }
+        }
+        Ok(())
+    }
+
     /// A bridged gRPC-Web call ends with its trailers as the last frame of the body.
     async fn response_trailer_filter(
         &self,
@@ -971,6 +988,14 @@ impl ProxyHttp for Gateway {
                 cache: ctx.cache_verdict.map(Verdict::header),
                 error: e.map(|e| e.etype().as_str().to_string()),
                 upgraded: ctx.upgraded.is_some(),
+                grpc_status: ctx
+                    .grpc_status
+                    .or_else(|| {
+                        let head = session.response_written().filter(|_| ctx.grpc.is_some())?;
+                        let v = head.headers.get(grpc::GRPC_STATUS)?;
+                        Some(grpc::Code::parse(v.as_bytes()))
+                    })
+                    .map(|c| c as u8),
             });
         }
     }

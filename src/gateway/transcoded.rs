@@ -176,6 +176,12 @@ impl Gateway {
         ctx.upstream.sent_at = Some(std::time::Instant::now());
         let outcome = exchange(session, ctx, &mut h2, req, call).await;
         match &outcome {
+            Ok(Reply::One(_)) => ctx.grpc_status = Some(Code::Ok),
+            Err(Failed::Status(code, _)) => ctx.grpc_status = Some(*code),
+            // A stream's status was noted as it ended.
+            Ok(Reply::Streamed) | Err(Failed::Gateway(..)) => {}
+        }
+        match &outcome {
             Ok(_) | Err(Failed::Status(..)) => {
                 let unavailable = matches!(outcome, Err(Failed::Status(Code::Unavailable, _)));
                 target.record(if unavailable {
@@ -276,6 +282,7 @@ async fn exchange(
         .or_else(|| status_of(&head.headers));
     let (code, message) = status.unwrap_or((Code::Unknown, "no grpc-status".into()));
     if call.server_streaming {
+        ctx.grpc_status = Some(code);
         if code != Code::Ok && !streamed {
             return Err(Failed::Status(code, message));
         }

@@ -50,6 +50,10 @@ pub struct Entry<'a> {
     /// The connection was upgraded (WebSocket): duration and bytes cover its whole life.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub upgraded: bool,
+    /// A gRPC call's status (from the trailers, or a trailers-only head), and a transcoded
+    /// call's upstream status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u8>,
 }
 
 impl Entry<'_> {
