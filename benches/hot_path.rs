@@ -128,6 +128,7 @@ fn access_log(c: &mut Criterion) {
                 cache: Some("HIT"),
                 error: None,
                 upgraded: false,
+                grpc_status: None,
             };
             black_box(e.to_line())
         })

@@ -300,20 +300,10 @@ async fn answer_step(gw: &Gateway, route: &Route, req: &RequestHeader, ctx: &Ctx
             }
         }
         RouteAction::Aggregate(agg) => {
-            let mut forwarded: Vec<(HeaderName, HeaderValue)> = ctx
-                .identity
-                .as_ref()
-                .map_or_else(Vec::new, |i| i.headers.clone());
-            forwarded.push((X_REQUEST_ID, ctx.request_id.clone()));
-            if let Some(ip) = ctx.client_ip {
-                if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
-                    forwarded.push((HeaderName::from_static("x-forwarded-for"), v));
-                }
-            }
             let fwd = Forwarded {
                 path: req.uri.path(),
                 host: forward::host(req),
-                headers: forwarded,
+                headers: calls_carry(ctx),
             };
             let (status, body) = agg.run(&gw.connector, &fwd).await;
             let mut headers = vec![(
@@ -328,4 +318,20 @@ async fn answer_step(gw: &Gateway, route: &Route, req: &RequestHeader, ctx: &Ctx
             }
         }
     }
+}
+
+/// What every call the gateway makes for a client request carries from it (aggregate parts,
+/// transcoded gRPC calls): the identity headers, the request id and the client's address.
+pub(super) fn calls_carry(ctx: &Ctx) -> Vec<(HeaderName, HeaderValue)> {
+    let mut out: Vec<(HeaderName, HeaderValue)> = ctx
+        .identity
+        .as_ref()
+        .map_or_else(Vec::new, |i| i.headers.clone());
+    out.push((X_REQUEST_ID, ctx.request_id.clone()));
+    if let Some(ip) = ctx.client_ip {
+        if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+            out.push((HeaderName::from_static("x-forwarded-for"), v));
+        }
+    }
+    out
 }

@@ -70,16 +70,7 @@ impl Gateway {
                 return self.transcode_failed(session, ctx, f).await;
             }
         };
-        let mut extra: Vec<(HeaderName, HeaderValue)> = ctx
-            .identity
-            .as_ref()
-            .map_or_else(Vec::new, |i| i.headers.clone());
-        extra.push((X_REQUEST_ID, ctx.request_id.clone()));
-        if let Some(ip) = ctx.client_ip {
-            if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
-                extra.push((HeaderName::from_static("x-forwarded-for"), v));
-            }
-        }
+        let extra = super::request::calls_carry(ctx);
         let authority = crate::forward::host(req).unwrap_or("localhost").to_string();
         match self
             .grpc_exchange(session, ctx, action, &call, &authority, &extra)
