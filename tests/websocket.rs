@@ -317,3 +317,79 @@ upstream = "ws"
         ws.close(None).await.unwrap();
     });
 }
+
+/// An upstream that answers every connection with a 101 at once (before reading the request
+/// to its end), then echoes bytes: the ordering that tore tunnels down (pingora#946).
+fn eager_upgrader() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let _ = s.write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+                );
+                // Skip the request head, then echo.
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let mut buf = [0u8; 1024];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn upgrade_survives_a_101_read_before_the_request_body_end() {
+    use std::io::{Read, Write};
+    let up = eager_upgrader();
+    let gw = Gateway::start(&format!(
+        r#"
+[upstreams.eager]
+targets = [{{ address = "{up}" }}]
+
+[[routes]]
+name = "eager"
+path_prefix = "/"
+upstream = "eager"
+"#
+    ));
+    // Either ordering of the 101 and the request's end is possible on each upgrade; before
+    // the fix, about half of these tunnels closed right after the 101.
+    for i in 0..30 {
+        let mut sock = std::net::TcpStream::connect(gw.addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        sock.write_all(b"GET /chat HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(sock.read(&mut byte).unwrap(), 1, "upgrade {i}: answer");
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"), "upgrade {i}");
+        let msg = format!("tunnel {i}");
+        sock.write_all(msg.as_bytes()).unwrap();
+        let mut got = vec![0u8; msg.len()];
+        sock.read_exact(&mut got)
+            .unwrap_or_else(|e| panic!("upgrade {i}: the tunnel closed after the 101: {e}"));
+        assert_eq!(got, msg.as_bytes());
+    }
+}
