@@ -163,6 +163,7 @@ impl Admin {
                         "status": status,
                         "healthy_targets": healthy,
                         "health_checked": g.health_checked(),
+                        "discovery": g.discovery(),
                         "targets": detail,
                     }),
                 )

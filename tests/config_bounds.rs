@@ -51,6 +51,8 @@ buffer_lines = @access_log.buffer_lines@
 
 [resolver]
 hosts_file = "$HOSTS"
+min_ttl = @resolver.min_ttl@
+max_ttl = @resolver.max_ttl@
 
 [limits]
 max_header_bytes = @limits.max_header_bytes@

@@ -142,12 +142,15 @@ pub fn build(
     if resolver.hosts_file.as_deref() == Some("") {
         problems.push(Problem::new("resolver.hosts_file", "must not be empty"));
     }
+    let resolver = crate::upstream::dns::Resolver::from_config(resolver, &mut problems);
     let mut groups = Groups::new("upstream", upstreams.keys().cloned());
     for (name, section) in upstreams {
         let prev = previous.and_then(|g| g.groups.find(name)).map(Arc::as_ref);
-        if let Some(g) =
-            UpstreamGroup::from_config(name, section, hosts_file.clone(), prev, &mut problems)
-        {
+        let names = crate::upstream::Names {
+            hosts_file: hosts_file.clone(),
+            resolver: resolver.clone(),
+        };
+        if let Some(g) = UpstreamGroup::from_config(name, section, names, prev, &mut problems) {
             groups.insert(name, Arc::new(g));
         }
     }

@@ -263,6 +263,8 @@ pub const READ_TIMEOUT: Range = time(
     &["upstreams.*.read_timeout", "routes[].read_timeout"],
 );
 pub const DNS_REFRESH: Range = time(SECOND, DAY, &["upstreams.*.dns_refresh"]);
+pub const RESOLVER_MIN_TTL: Range = time(Duration::from_millis(100), HOUR, &["resolver.min_ttl"]);
+pub const RESOLVER_MAX_TTL: Range = time(SECOND, DAY, &["resolver.max_ttl"]);
 pub const HEALTH_EXPECTED_STATUS: Range =
     int(200, 599, &["upstreams.*.health_check.expected_status"]);
 pub const HEALTH_INTERVAL: Range = time(
@@ -396,6 +398,8 @@ pub const RANGES: &[Range] = &[
     CONNECT_TIMEOUT,
     READ_TIMEOUT,
     DNS_REFRESH,
+    RESOLVER_MIN_TTL,
+    RESOLVER_MAX_TTL,
     HEALTH_EXPECTED_STATUS,
     HEALTH_INTERVAL,
     HEALTH_TIMEOUT,
@@ -537,6 +541,7 @@ mod tests {
     /// at every prefix.
     const PLACES: &[(&str, &[&str])] = &[
         ("ServerSection", &["server"]),
+        ("ResolverSection", &["resolver"]),
         ("AccessLogSection", &["access_log"]),
         ("UpstreamSection", &["upstreams.*"]),
         ("TargetSection", &["upstreams.*.targets[]"]),

@@ -100,13 +100,33 @@ pub struct RouteCacheSection {
     pub stale_if_error: Option<HumanDuration>,
 }
 
-/// `[resolver]`: how `NAME:PORT` targets are resolved.
-#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+/// `[resolver]`: how `NAME:PORT` targets and SRV names are resolved.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResolverSection {
     /// A hosts file (`IP name...` lines) consulted before the system resolver.
     #[serde(default)]
     pub hosts_file: Option<String>,
+    /// Name servers for SRV lookups (`IP` or `IP:PORT`); empty: `/etc/resolv.conf`.
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+    /// An SRV answer is asked again after its TTL, but never sooner than this.
+    #[serde(default = "defaults::min_ttl")]
+    pub min_ttl: HumanDuration,
+    /// ... and never later than this.
+    #[serde(default = "defaults::max_ttl")]
+    pub max_ttl: HumanDuration,
+}
+
+impl Default for ResolverSection {
+    fn default() -> Self {
+        ResolverSection {
+            hosts_file: None,
+            nameservers: Vec::new(),
+            min_ttl: defaults::min_ttl(),
+            max_ttl: defaults::max_ttl(),
+        }
+    }
 }
 
 /// `[security_headers]`: defaults added to every response unless the upstream set them.
@@ -336,7 +356,18 @@ pub struct UpstreamSection {
     /// For `consistent_hash`: `"header:NAME"`, `"cookie:NAME"` or `"client_ip"`.
     #[serde(default)]
     pub hash_on: Option<HashOn>,
+    /// The targets; or none, with `targets_file`.
+    #[serde(default)]
     pub targets: Vec<TargetSection>,
+    /// Take the targets from this file (JSON or TOML, `address`, `weight`, `metadata`),
+    /// re-read within a second of a change; a broken file keeps the last good targets.
+    #[serde(default)]
+    pub targets_file: Option<String>,
+    /// Take the targets from this DNS SRV name (`_http._tcp.orders.service.consul`):
+    /// address and port from each record, its weight, and its priority (the lowest
+    /// priority with a healthy target takes the traffic).
+    #[serde(default)]
+    pub srv: Option<String>,
     #[serde(default)]
     pub health_check: Option<HealthCheckSection>,
     #[serde(default = "defaults::connect_timeout")]
@@ -1243,6 +1274,12 @@ pub mod defaults {
     }
     pub fn dns_refresh() -> HumanDuration {
         HumanDuration(Duration::from_secs(30))
+    }
+    pub fn min_ttl() -> HumanDuration {
+        HumanDuration(Duration::from_secs(1))
+    }
+    pub fn max_ttl() -> HumanDuration {
+        HumanDuration(Duration::from_secs(300))
     }
     pub fn breaker_failures() -> u32 {
         5

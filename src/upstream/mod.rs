@@ -37,6 +37,8 @@ pub struct TargetState {
     pub label: Arc<str>,
     inflight: AtomicUsize,
     pub breaker: Option<Breaker>,
+    /// SRV priority: the lowest tier with a usable target takes the traffic.
+    priority: std::sync::atomic::AtomicU16,
 }
 
 impl TargetState {
@@ -46,7 +48,16 @@ impl TargetState {
             label: addr.to_string().into(),
             inflight: AtomicUsize::new(0),
             breaker: breaker.map(Breaker::new),
+            priority: std::sync::atomic::AtomicU16::new(0),
         }
+    }
+
+    pub fn priority(&self) -> u16 {
+        self.priority.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_priority(&self, p: u16) {
+        self.priority.store(p, Ordering::Relaxed);
     }
 
     pub fn inflight(&self) -> usize {
@@ -157,6 +168,13 @@ impl RetryBudget {
     }
 }
 
+/// How a generation resolves names: the `[resolver]` hosts file, and the DNS resolver for
+/// SRV names (`None` when `[resolver]` has problems).
+pub(crate) struct Names {
+    pub hosts_file: Option<std::path::PathBuf>,
+    pub resolver: Option<Arc<dns::Resolver>>,
+}
+
 /// The upstream groups of a generation, by name.
 pub(crate) type Groups = crate::names::Named<UpstreamGroup>;
 
@@ -170,6 +188,8 @@ pub(crate) struct UpstreamGroup {
     pub read_timeout: Duration,
     /// Whether targets are re-resolved from DNS names.
     pub resolves_names: bool,
+    /// Targets come in SRV priority tiers.
+    tiered: bool,
     /// Answered when no target is available.
     pub fallback: Option<crate::error::DirectResponse>,
     pub retry_budget: RetryBudget,
@@ -186,6 +206,8 @@ pub(crate) struct UpstreamGroup {
     health_identity: String,
     health: Option<HealthCheckSpec>,
     breaker: Option<BreakerSettings>,
+    /// Where the targets come from and how the last update went.
+    source: Arc<std::sync::Mutex<dns::SourceStatus>>,
 }
 
 /// Compiled `[upstreams.NAME.tls]`.
@@ -345,7 +367,7 @@ impl UpstreamGroup {
     pub(crate) fn from_config(
         name: &str,
         section: &UpstreamSection,
-        hosts_file: Option<std::path::PathBuf>,
+        names: Names,
         previous: Option<&UpstreamGroup>,
         problems: &mut Vec<Problem>,
     ) -> Option<UpstreamGroup> {
@@ -353,6 +375,8 @@ impl UpstreamGroup {
             policy,
             hash_on,
             targets,
+            targets_file,
+            srv,
             health_check,
             connect_timeout,
             read_timeout,
@@ -366,12 +390,48 @@ impl UpstreamGroup {
         let at = format!("upstreams.{name}");
         let before = problems.len();
         crate::names::check_name(&at, "upstream", name, problems);
-        if targets.is_empty() {
-            problems.push(Problem::new(
+        let sources = [!targets.is_empty(), targets_file.is_some(), srv.is_some()];
+        match sources.iter().filter(|s| **s).count() {
+            0 => problems.push(Problem::new(
                 format!("{at}.targets"),
-                "must list at least one target",
-            ));
+                "must list at least one target (or name a targets_file or an srv name)",
+            )),
+            1 => {}
+            _ => problems.push(Problem::new(
+                &at,
+                "set one of targets, targets_file and srv, not both",
+            )),
         }
+        if let Some(name) = srv {
+            let host = name.trim_end_matches('.');
+            if TargetSpec::parse(&format!("{}:1", host.replace('_', "u")), 1).is_err() {
+                problems.push(Problem::new(
+                    format!("{at}.srv"),
+                    format!(
+                        "{name:?} is not a DNS name, e.g. \"_http._tcp.orders.service.consul\""
+                    ),
+                ));
+            }
+        }
+        let from_file = match (targets.is_empty(), targets_file) {
+            (_, None) | (false, Some(_)) => None,
+            (true, Some(path)) => {
+                let path = std::path::PathBuf::from(path);
+                match std::fs::read_to_string(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|text| dns::parse_targets_file(&path, &text))
+                {
+                    Ok(specs) => Some((path, specs)),
+                    Err(e) => {
+                        problems.push(Problem::new(
+                            format!("{at}.targets_file"),
+                            format!("{}: {e}", path.display()),
+                        ));
+                        None
+                    }
+                }
+            }
+        };
         let mut seen = HashSet::new();
         let mut specs = Vec::with_capacity(targets.len());
         for (i, t) in targets.iter().enumerate() {
@@ -462,11 +522,30 @@ impl UpstreamGroup {
             ));
             return None;
         }
-        let discovery = Discovery::new(specs, hosts_file, breaker);
+        let Names {
+            hosts_file,
+            resolver,
+        } = names;
+        let mut discovery = Discovery::new(specs, hosts_file, breaker, dns_refresh.0);
+        if let Some((path, first)) = from_file {
+            discovery = discovery.watching(path, first);
+        }
+        let mut srv_poll = None;
+        if let (Some(name), Some(resolver)) = (srv, &resolver) {
+            srv_poll = Some(
+                resolver
+                    .min_ttl
+                    .clamp(Duration::from_millis(250), Duration::from_secs(5)),
+            );
+            discovery =
+                discovery.asking_srv(name.trim_end_matches('.').to_string(), resolver.clone());
+        }
+        let source = discovery.status.clone();
+        let watches_file = targets_file.is_some();
         if let Some(prev) = previous.filter(|p| p.breaker == breaker) {
             discovery.keep_states(prev.target_states());
         }
-        let resolves_names = discovery.has_names();
+        let resolves_names = discovery.is_dynamic();
         // Health is shared with the previous generation when nothing that decides it changed.
         let health_identity = format!("{health_check:?} {tls:?}");
         let reused = previous
@@ -503,7 +582,12 @@ impl UpstreamGroup {
             problems.push(Problem::new(&at, format!("building targets: {e}")));
             return None;
         }
-        if resolves_names {
+        if let Some(every) = srv_poll {
+            // Each check asks DNS only when the last answer's TTL ran out.
+            lb.update_frequency = Some(every);
+        } else if watches_file {
+            lb.update_frequency = Some(dns::FILE_POLL);
+        } else if resolves_names {
             lb.update_frequency = Some(dns_refresh.0);
         }
         let mut group = UpstreamGroup {
@@ -514,6 +598,7 @@ impl UpstreamGroup {
             connect_timeout: connect_timeout.0,
             read_timeout: read_timeout.0,
             resolves_names,
+            tiered: srv.is_some(),
             fallback,
             retry_budget: RetryBudget::new(*ratio, *min_per_second),
             tls: upstream_tls,
@@ -523,9 +608,26 @@ impl UpstreamGroup {
             health_identity,
             health,
             breaker,
+            source,
         };
         group.max_steps = group.steps_now();
         Some(group)
+    }
+
+    /// Where the targets come from, for `/health`.
+    pub(crate) fn discovery(&self) -> serde_json::Value {
+        let s = self
+            .source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        serde_json::json!({
+            "provider": s.provider,
+            "source": s.source,
+            "updated_at": s.updated.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+            "targets": s.targets,
+            "error": s.error,
+        })
     }
 
     /// Whether active health checks run (shown in `/health`).
@@ -588,13 +690,17 @@ impl UpstreamGroup {
             self.max_steps
         };
         loop {
+            let usable = |s: &TargetState| {
+                !exclude.contains(&s.addr)
+                    && !lost.contains(&s.addr)
+                    && s.breaker.as_ref().is_none_or(Breaker::admits)
+            };
+            // SRV priorities: only the lowest tier that has a usable target.
+            let tier = self.tiered.then(|| self.lowest_tier(&usable)).flatten();
             let backend = self.lb.select_with(key, steps, |b, healthy| {
                 healthy
-                    && state_of(b).is_some_and(|s| {
-                        !exclude.contains(&s.addr)
-                            && !lost.contains(&s.addr)
-                            && s.breaker.as_ref().is_none_or(Breaker::admits)
-                    })
+                    && state_of(b)
+                        .is_some_and(|s| usable(s) && tier.is_none_or(|t| s.priority() == t))
             })?;
             let state = state_of(&backend)?;
             match &state.breaker {
@@ -606,6 +712,19 @@ impl UpstreamGroup {
                 },
             }
         }
+    }
+
+    /// The lowest priority among healthy targets that `usable` admits.
+    fn lowest_tier(&self, usable: &dyn Fn(&TargetState) -> bool) -> Option<u16> {
+        let backends = self.lb.backends();
+        backends
+            .get_backend()
+            .iter()
+            .filter(|b| backends.ready(b))
+            .filter_map(state_of)
+            .filter(|s| usable(s))
+            .map(|s| s.priority())
+            .min()
     }
 
     /// Selection steps for the current target set (DNS answers change it): a full cycle of
