@@ -9,7 +9,7 @@
 //! own state.
 
 use crate::cache::Purge;
-use crate::observe::metrics::TargetSample;
+use crate::observe::metrics::{GroupSample, TargetSample};
 use crate::reload::{Current, ReloadHandle};
 use async_trait::async_trait;
 use http::{Response, StatusCode};
@@ -273,10 +273,25 @@ impl ServeHttp for Admin {
                         })
                     })
                     .collect();
+                let sources: Vec<_> = gw.upstreams.iter().map(|g| (g, g.source())).collect();
+                let groups: Vec<GroupSample<'_>> = sources
+                    .iter()
+                    .map(|(g, s)| GroupSample {
+                        group: &g.name,
+                        provider: s.provider,
+                        targets: s.targets,
+                        updated: s.updated.and_then(|t| {
+                            t.duration_since(std::time::UNIX_EPOCH)
+                                .ok()
+                                .map(|d| d.as_secs_f64())
+                        }),
+                        failing: s.error.is_some(),
+                    })
+                    .collect();
                 response(
                     StatusCode::OK,
                     "text/plain; version=0.0.4",
-                    gw.metrics.render(&samples, gw.cache.as_deref()),
+                    gw.metrics.render(&samples, &groups, gw.cache.as_deref()),
                 )
             }
             (false, "/health" | "/metrics" | "/livez" | "/readyz") => response(

@@ -137,6 +137,20 @@ fn a_broken_targets_file_keeps_the_last_good_set_and_says_so() {
         );
     }
 
+    let m = gw.metrics();
+    assert_eq!(
+        metric(&m, "upstream_discovery_failing", &[("upstream", "app")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "upstream_targets",
+            &[("upstream", "app"), ("provider", "file")]
+        ),
+        Some(1.0)
+    );
+
     // Fixed: applied, and the error clears.
     replace(&file, &toml_of(&b));
     wait_for(Duration::from_secs(5), || {
@@ -145,6 +159,17 @@ fn a_broken_targets_file_keeps_the_last_good_set_and_says_so() {
     .expect("the fixed file applies");
     let h = gw.health();
     assert!(h["upstreams"]["app"]["discovery"]["error"].is_null(), "{h}");
+    let m = gw.metrics();
+    assert_eq!(
+        metric(&m, "upstream_discovery_failing", &[("upstream", "app")]),
+        Some(0.0)
+    );
+    assert!(metric(
+        &m,
+        "upstream_targets_updated_timestamp_seconds",
+        &[("upstream", "app")]
+    )
+    .is_some_and(|t| t > 1.7e9));
     assert!(
         h["upstreams"]["app"]["discovery"]["updated_at"].is_string(),
         "{h}"

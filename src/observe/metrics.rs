@@ -73,6 +73,17 @@ pub(crate) struct TargetSample<'a> {
     pub circuit: Option<i64>,
 }
 
+/// Where one group's targets come from, for the discovery gauges.
+pub(crate) struct GroupSample<'a> {
+    pub group: &'a str,
+    pub provider: &'a str,
+    pub targets: usize,
+    /// When the target set last changed, seconds since the epoch.
+    pub updated: Option<f64>,
+    /// The last read of the source failed (the last good set is serving).
+    pub failing: bool,
+}
+
 /// Route label used for requests that matched no route.
 pub const NO_ROUTE: &str = "-";
 
@@ -99,6 +110,11 @@ pub struct Metrics {
     pub auth_decisions: IntCounterVec,
     pub retries_skipped: IntCounterVec,
     pub circuit_state: IntGaugeVec,
+    /// `upstream_targets{upstream,provider}`, `upstream_targets_updated_timestamp_seconds`,
+    /// `upstream_discovery_failing`: rebuilt at each scrape from the serving generation.
+    discovery_targets: IntGaugeVec,
+    discovery_updated: prometheus::GaugeVec,
+    discovery_failing: IntGaugeVec,
     pub rate_limit_redis_errors: IntCounter,
     cache_requests: IntCounterVec,
     cache_size: IntGauge,
@@ -144,6 +160,27 @@ impl Metrics {
                 "1 when the target passes its health checks",
             ),
             &["upstream", "target"],
+        )?;
+        let discovery_targets = IntGaugeVec::new(
+            Opts::new(
+                "upstream_targets",
+                "Targets of the group, by where they come from (static, dns, file, srv)",
+            ),
+            &["upstream", "provider"],
+        )?;
+        let discovery_updated = prometheus::GaugeVec::new(
+            Opts::new(
+                "upstream_targets_updated_timestamp_seconds",
+                "When the group's target set last changed",
+            ),
+            &["upstream"],
+        )?;
+        let discovery_failing = IntGaugeVec::new(
+            Opts::new(
+                "upstream_discovery_failing",
+                "1 while the group's target source cannot be read (the last good set serves)",
+            ),
+            &["upstream"],
         )?;
         let inflight = IntGauge::new("requests_in_flight", "Requests being handled now")?;
         let connections = IntGauge::new("downstream_connections", "Open client connections")?;
@@ -234,6 +271,9 @@ impl Metrics {
         registry.register(Box::new(rate_limit_redis_errors.clone()))?;
         registry.register(Box::new(retries_skipped.clone()))?;
         registry.register(Box::new(circuit_state.clone()))?;
+        registry.register(Box::new(discovery_targets.clone()))?;
+        registry.register(Box::new(discovery_updated.clone()))?;
+        registry.register(Box::new(discovery_failing.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
         registry.register(Box::new(rate_limited.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
@@ -287,6 +327,9 @@ impl Metrics {
             upgraded,
             retries_skipped,
             circuit_state,
+            discovery_targets,
+            discovery_updated,
+            discovery_failing,
             rate_limit_redis_errors,
             cache_requests,
             cache_size,
@@ -337,6 +380,7 @@ impl Metrics {
     pub(crate) fn render(
         &self,
         targets: &[TargetSample<'_>],
+        groups: &[GroupSample<'_>],
         cache: Option<&ResponseCache>,
     ) -> Vec<u8> {
         if let Some(cache) = cache {
@@ -363,6 +407,20 @@ impl Metrics {
                     .with_label_values(&[t.group, t.target])
                     .set(state);
             }
+        }
+        self.discovery_targets.reset();
+        self.discovery_updated.reset();
+        self.discovery_failing.reset();
+        for g in groups {
+            self.discovery_targets
+                .with_label_values(&[g.group, g.provider])
+                .set(i64::try_from(g.targets).unwrap_or(i64::MAX));
+            if let Some(t) = g.updated {
+                self.discovery_updated.with_label_values(&[g.group]).set(t);
+            }
+            self.discovery_failing
+                .with_label_values(&[g.group])
+                .set(i64::from(g.failing));
         }
         let mut out = Vec::with_capacity(8 * 1024);
         // Encoding into a Vec cannot fail for well-formed metric families.

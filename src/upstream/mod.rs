@@ -614,13 +614,17 @@ impl UpstreamGroup {
         Some(group)
     }
 
-    /// Where the targets come from, for `/health`.
-    pub(crate) fn discovery(&self) -> serde_json::Value {
-        let s = self
-            .source
+    /// Where the targets come from and how the last update went.
+    pub(crate) fn source(&self) -> dns::SourceStatus {
+        self.source
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
+            .clone()
+    }
+
+    /// [`Self::source`] for `/health`.
+    pub(crate) fn discovery(&self) -> serde_json::Value {
+        let s = self.source();
         serde_json::json!({
             "provider": s.provider,
             "source": s.source,
