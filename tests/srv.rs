@@ -20,6 +20,17 @@ struct Dns {
 
 impl Dns {
     fn start(port: u16, ttl: u32, records: &[(&str, u16, u16, u16)]) -> Dns {
+        let hosts: Vec<(&str, &str)> = records.iter().map(|r| (r.0, "127.0.0.1")).collect();
+        Self::start_with(port, ttl, records, &hosts)
+    }
+
+    /// SRV `records` and address records `hosts` (`(name, ip)`).
+    fn start_with(
+        port: u16,
+        ttl: u32,
+        records: &[(&str, u16, u16, u16)],
+        hosts: &[(&str, &str)],
+    ) -> Dns {
         let mut cmd = Command::new(dnsmasq());
         cmd.args([
             "--keep-in-foreground",
@@ -35,7 +46,9 @@ impl Dns {
         .arg(format!("--local-ttl={ttl}"));
         for (host, p, prio, weight) in records {
             cmd.arg(format!("--srv-host={NAME},{host},{p},{prio},{weight}"));
-            cmd.arg(format!("--host-record={host},127.0.0.1"));
+        }
+        for (host, ip) in hosts {
+            cmd.arg(format!("--host-record={host},{ip}"));
         }
         let mut child = cmd
             .stdin(Stdio::null())
@@ -252,6 +265,45 @@ fn srv_record_change_is_picked_up_after_its_ttl_and_dns_down_keeps_the_set() {
     for _ in 0..10 {
         assert_eq!(served_by(&gw, &c).as_deref(), Some("b"));
     }
+}
+
+#[test]
+fn a_names_follow_their_ttl_through_the_configured_name_server() {
+    // Two backends on one port, on two loopback addresses.
+    let a = Backend::echo("a");
+    let port = a.addr.port();
+    let b = Backend::echo_on("b", "127.0.0.2", port);
+    let dns_at = dns_port();
+    let dns = Dns::start_with(dns_at, 1, &[], &[("svc.orders.test", "127.0.0.1")]);
+    // dns_refresh is an hour: only the record's 1 s TTL can move the traffic.
+    let gw = Gateway::start(&format!(
+        r#"
+[resolver]
+nameservers = ["127.0.0.1:{dns_at}"]
+min_ttl = "100ms"
+
+[upstreams.svc]
+targets = [{{ address = "svc.orders.test:{port}" }}]
+dns_refresh = "1h"
+
+[[routes]]
+name = "svc"
+path_prefix = "/"
+upstream = "svc"
+"#
+    ));
+    let c = client();
+    assert_eq!(served_by(&gw, &c).as_deref(), Some("a"));
+    drop(dns);
+    let changed = Instant::now();
+    let _dns = Dns::start_with(dns_at, 1, &[], &[("svc.orders.test", "127.0.0.2")]);
+    let moved = wait_for(Duration::from_secs(10), || {
+        (served_by(&gw, &c).as_deref() == Some("b")).then(|| changed.elapsed())
+    })
+    .expect("the new address applied within its TTL");
+    eprintln!("A record change to traffic moved: {moved:?} (TTL 1s, dns_refresh 1h)");
+    assert!(moved < Duration::from_secs(5), "{moved:?}");
+    drop(b);
 }
 
 #[test]

@@ -107,10 +107,11 @@ pub struct ResolverSection {
     /// A hosts file (`IP name...` lines) consulted before the system resolver.
     #[serde(default)]
     pub hosts_file: Option<String>,
-    /// Name servers for SRV lookups (`IP` or `IP:PORT`); empty: `/etc/resolv.conf`.
+    /// Name servers for `NAME:PORT` targets and SRV names (`IP` or `IP:PORT`); empty:
+    /// `/etc/resolv.conf`.
     #[serde(default)]
     pub nameservers: Vec<String>,
-    /// An SRV answer is asked again after its TTL, but never sooner than this.
+    /// A DNS answer is asked again after its TTL, but never sooner than this.
     #[serde(default = "defaults::min_ttl")]
     pub min_ttl: HumanDuration,
     /// ... and never later than this.
@@ -383,7 +384,8 @@ pub struct UpstreamSection {
     /// Retries may add at most this share of the group's requests (plus a floor).
     #[serde(default)]
     pub retry_budget: RetryBudgetSection,
-    /// How often `NAME:PORT` targets are re-resolved.
+    /// The longest a `NAME:PORT` answer is used before it is asked again (its DNS TTL may
+    /// make that sooner).
     #[serde(default = "defaults::dns_refresh")]
     pub dns_refresh: HumanDuration,
     /// Connect to the targets over TLS.

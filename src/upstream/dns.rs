@@ -87,6 +87,9 @@ pub struct Discovery {
     pub(crate) status: Arc<Mutex<SourceStatus>>,
     /// The targets are an SRV record's.
     srv: Option<SrvSource>,
+    /// Resolves `NAME:PORT` targets (after the hosts file); `None`: the system's
+    /// `getaddrinfo` (when `[resolver]` could not be set up).
+    resolver: Option<Arc<Resolver>>,
 }
 
 /// A DNS SRV name whose records are the targets: priority, weight and port from each.
@@ -254,6 +257,8 @@ impl Resolver {
 struct Known {
     states: HashMap<SocketAddr, Arc<TargetState>>,
     last_good: HashMap<String, Vec<IpAddr>>,
+    /// Until when each name's last answer holds (its TTL, bounded; `dns_refresh` at most).
+    name_until: HashMap<String, std::time::Instant>,
     /// When names were last resolved, and the backends that gave.
     resolved: Option<(std::time::Instant, BTreeSet<Backend>)>,
 }
@@ -362,6 +367,7 @@ impl Discovery {
         hosts_file: Option<PathBuf>,
         breaker: Option<BreakerSettings>,
         dns_refresh: Duration,
+        resolver: Option<Arc<Resolver>>,
     ) -> Self {
         let provider = if targets.iter().any(TargetSpec::is_name) {
             "dns"
@@ -380,6 +386,7 @@ impl Discovery {
             dns_refresh,
             known: Mutex::new(Known::default()),
             srv: None,
+            resolver,
         }
     }
 
@@ -535,19 +542,43 @@ impl Discovery {
         lock(&self.targets).iter().any(TargetSpec::is_name)
     }
 
-    async fn resolve(&self, spec: &TargetSpec) -> Option<Vec<IpAddr>> {
+    /// The addresses of `spec`, and until when they hold: an IP as it is; a name from the
+    /// hosts file (for `dns_refresh`), else from DNS (its TTL, within the resolver's bounds
+    /// and `dns_refresh`). `None` keeps the last good answer.
+    async fn resolve(&self, spec: &TargetSpec) -> Option<(Vec<IpAddr>, std::time::Instant)> {
+        let refresh = std::time::Instant::now() + self.dns_refresh;
         if let Ok(ip) = spec.host.parse::<IpAddr>() {
-            return Some(vec![ip]);
+            return Some((vec![ip], refresh));
         }
         if let Some(path) = &self.hosts_file {
             match tokio::fs::read_to_string(path).await {
                 Ok(text) => {
                     let ips = hosts_lookup(&text, &spec.host);
                     if !ips.is_empty() {
-                        return Some(ips);
+                        return Some((ips, refresh));
                     }
                 }
                 Err(e) => log::warn!("cannot read hosts file {}: {e}", path.display()),
+            }
+        }
+        // Through hickory when it can be set up (no runtime thread blocks, TTLs honoured);
+        // the system's getaddrinfo otherwise (say, a resolv.conf without name servers).
+        if let Some(r) = &self.resolver {
+            match r.build() {
+                Ok(client) => {
+                    return match r.ips(&client, &spec.host).await {
+                        Ok((ips, until)) if !ips.is_empty() => Some((ips, until.min(refresh))),
+                        Ok(_) => {
+                            log::warn!("resolving {}: no address", spec.host);
+                            None
+                        }
+                        Err(e) => {
+                            log::warn!("resolving {}: {e}", spec.host);
+                            None
+                        }
+                    };
+                }
+                Err(e) => log::debug!("DNS resolver unavailable ({e}); using getaddrinfo"),
             }
         }
         let lookup = tokio::net::lookup_host((spec.host.as_str(), spec.port));
@@ -556,7 +587,7 @@ impl Discovery {
                 let mut ips: Vec<IpAddr> = addrs.map(|a| a.ip()).collect();
                 ips.sort();
                 ips.dedup();
-                (!ips.is_empty()).then_some(ips)
+                (!ips.is_empty()).then_some((ips, refresh))
             }
             Ok(Err(e)) => {
                 log::warn!("resolving {}: {e}", spec.host);
@@ -595,27 +626,34 @@ impl ServiceDiscovery for Discovery {
             return Ok((backends, HashMap::new()));
         }
         let changed = self.reread().await;
-        // Names are resolved every `dns_refresh`, not every file check.
+        let targets = lock(&self.targets).clone();
+        // A name is asked again when its last answer expired, not at every check.
+        let now = std::time::Instant::now();
+        let expired = |k: &Known, spec: &TargetSpec| {
+            spec.is_name() && k.name_until.get(&spec.host).is_none_or(|u| now >= *u)
+        };
         if !changed {
-            if let Some((at, backends)) = &lock(&self.known).resolved {
-                if at.elapsed() < self.dns_refresh || !self.has_names() {
+            let known = lock(&self.known);
+            if let Some((_, backends)) = &known.resolved {
+                if !targets.iter().any(|t| expired(&known, t)) {
                     return Ok((backends.clone(), HashMap::new()));
                 }
             }
         }
-        let targets = lock(&self.targets).clone();
         let mut answers = Vec::with_capacity(targets.len());
         for spec in &targets {
-            answers.push(self.resolve(spec).await);
+            let due = changed || expired(&lock(&self.known), spec) || !spec.is_name();
+            answers.push(if due { self.resolve(spec).await } else { None });
         }
         let mut known = lock(&self.known);
         let mut backends = BTreeSet::new();
         let mut live = HashMap::new();
         for (spec, answer) in targets.iter().zip(answers) {
             let ips = match answer {
-                Some(ips) => {
+                Some((ips, until)) => {
                     if spec.is_name() {
                         known.last_good.insert(spec.host.clone(), ips.clone());
+                        known.name_until.insert(spec.host.clone(), until);
                     }
                     ips
                 }

@@ -526,7 +526,8 @@ impl UpstreamGroup {
             hosts_file,
             resolver,
         } = names;
-        let mut discovery = Discovery::new(specs, hosts_file, breaker, dns_refresh.0);
+        let mut discovery =
+            Discovery::new(specs, hosts_file, breaker, dns_refresh.0, resolver.clone());
         if let Some((path, first)) = from_file {
             discovery = discovery.watching(path, first);
         }
@@ -588,7 +589,9 @@ impl UpstreamGroup {
         } else if watches_file {
             lb.update_frequency = Some(dns::FILE_POLL);
         } else if resolves_names {
-            lb.update_frequency = Some(dns_refresh.0);
+            // Each check asks again only the names whose answer expired (TTL, at most
+            // `dns_refresh`).
+            lb.update_frequency = Some(dns_refresh.0.min(Duration::from_secs(1)));
         }
         let mut group = UpstreamGroup {
             name: name.into(),
