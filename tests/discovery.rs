@@ -220,5 +220,5 @@ fn targets_files_that_do_not_parse_fail_the_check() {
         "{PREAMBLE}\n[upstreams.app]\ntargets = [{{ address = \"10.0.0.1:80\" }}]\ntargets_file = \"/x.json\"\n[[routes]]\nname = \"r\"\nupstream = \"app\"\n"
     ));
     assert_ne!(code, 0);
-    assert!(out.contains("not both"), "{out}");
+    assert!(out.contains("not several"), "{out}");
 }

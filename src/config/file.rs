@@ -369,6 +369,9 @@ pub struct UpstreamSection {
     /// priority with a healthy target takes the traffic).
     #[serde(default)]
     pub srv: Option<String>,
+    /// Take the targets from the keys under a prefix in etcd v3, watched.
+    #[serde(default)]
+    pub etcd: Option<EtcdSection>,
     #[serde(default)]
     pub health_check: Option<HealthCheckSection>,
     #[serde(default = "defaults::connect_timeout")]
@@ -394,6 +397,17 @@ pub struct UpstreamSection {
     /// Speak HTTP/2 to the targets (ALPN over TLS, prior knowledge without).
     #[serde(default)]
     pub h2: bool,
+}
+
+/// `[upstreams.NAME.etcd]`: targets registered in etcd, one key per instance with a JSON
+/// value `{"address": "IP:PORT", "weight": 1}`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdSection {
+    /// Client URLs of the etcd cluster, tried in turn: `["http://10.0.0.5:2379"]`.
+    pub endpoints: Vec<String>,
+    /// The key prefix of the service's instances: `"/services/orders/"`.
+    pub prefix: String,
 }
 
 /// `[upstreams.NAME.tls]`.

@@ -90,6 +90,8 @@ pub struct Discovery {
     /// Resolves `NAME:PORT` targets (after the hosts file); `None`: the system's
     /// `getaddrinfo` (when `[resolver]` could not be set up).
     resolver: Option<Arc<Resolver>>,
+    /// The targets are the instances under an etcd prefix.
+    pub(crate) etcd: Option<Arc<super::etcd::EtcdSource>>,
 }
 
 /// A DNS SRV name whose records are the targets: priority, weight and port from each.
@@ -319,6 +321,15 @@ fn one() -> usize {
     1
 }
 
+/// One target as a JSON document (`{"address": ..., "weight": ...}`): an etcd value.
+pub(crate) fn parse_target_value(text: &str) -> Result<TargetSpec, String> {
+    let t: FileTarget = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    if t.weight == 0 || t.weight > 1000 {
+        return Err("weight must be 1 to 1000".into());
+    }
+    TargetSpec::parse(&t.address, t.weight)
+}
+
 /// A targets file: a JSON array of targets or `{"targets": [...]}`; TOML `[[targets]]`.
 #[derive(Debug, serde::Deserialize)]
 #[serde(untagged)]
@@ -387,6 +398,7 @@ impl Discovery {
             known: Mutex::new(Known::default()),
             srv: None,
             resolver,
+            etcd: None,
         }
     }
 
@@ -465,13 +477,53 @@ impl Discovery {
         self
     }
 
-    /// Whether the target set can change while serving (names to re-resolve, a file, SRV).
+    /// Targets from the instances under `prefix` in etcd.
+    pub(crate) fn watching_etcd(
+        mut self,
+        endpoints: Vec<String>,
+        prefix: String,
+    ) -> Result<Self, String> {
+        {
+            let mut status = lock(&self.status);
+            status.provider = "etcd";
+            status.source = Some(format!("{} {prefix}", endpoints.join(",")));
+        }
+        let source = super::etcd::EtcdSource::new(endpoints, prefix, self.status.clone())?;
+        self.etcd = Some(Arc::new(source));
+        Ok(self)
+    }
+
+    /// Whether the target set can change while serving (names to re-resolve, a file, SRV,
+    /// etcd).
     pub fn is_dynamic(&self) -> bool {
-        self.file.is_some() || self.srv.is_some() || self.has_names()
+        self.file.is_some() || self.srv.is_some() || self.etcd.is_some() || self.has_names()
+    }
+
+    /// Take the instances the etcd watch holds (reading the prefix once if it never was:
+    /// at start-up, before the watch runs); `true` when the list changed.
+    async fn take_etcd(&self, etcd: &super::etcd::EtcdSource) -> bool {
+        let (mut specs, mut loaded) = etcd.current();
+        if !loaded {
+            if let Some(first) = etcd.endpoints().first() {
+                if etcd.read(first).await.is_ok() {
+                    (specs, loaded) = etcd.current();
+                }
+            }
+        }
+        if !loaded {
+            return false;
+        }
+        let mut targets = lock(&self.targets);
+        let changed = *targets != specs;
+        *targets = specs;
+        changed
     }
 
     /// Read the targets file again if it changed; `true` when the list changed.
     async fn reread(&self) -> bool {
+        if let Some(etcd) = &self.etcd {
+            return self.take_etcd(etcd).await;
+        }
         let Some(file) = &self.file else {
             return false;
         };

@@ -7,6 +7,7 @@
 
 pub mod breaker;
 pub mod dns;
+pub(crate) mod etcd;
 pub mod health;
 pub mod retry;
 pub mod select;
@@ -208,6 +209,8 @@ pub(crate) struct UpstreamGroup {
     breaker: Option<BreakerSettings>,
     /// Where the targets come from and how the last update went.
     source: Arc<std::sync::Mutex<dns::SourceStatus>>,
+    /// The etcd prefix the targets come from, watched by the generation's background work.
+    etcd: Option<Arc<etcd::EtcdSource>>,
 }
 
 /// Compiled `[upstreams.NAME.tls]`.
@@ -377,6 +380,7 @@ impl UpstreamGroup {
             targets,
             targets_file,
             srv,
+            etcd,
             health_check,
             connect_timeout,
             read_timeout,
@@ -390,17 +394,46 @@ impl UpstreamGroup {
         let at = format!("upstreams.{name}");
         let before = problems.len();
         crate::names::check_name(&at, "upstream", name, problems);
-        let sources = [!targets.is_empty(), targets_file.is_some(), srv.is_some()];
+        let sources = [
+            !targets.is_empty(),
+            targets_file.is_some(),
+            srv.is_some(),
+            etcd.is_some(),
+        ];
         match sources.iter().filter(|s| **s).count() {
             0 => problems.push(Problem::new(
                 format!("{at}.targets"),
-                "must list at least one target (or name a targets_file or an srv name)",
+                "must list at least one target (or name a targets_file, an srv name or an [etcd] prefix)",
             )),
             1 => {}
             _ => problems.push(Problem::new(
                 &at,
-                "set one of targets, targets_file and srv, not both",
+                "set one of targets, targets_file, srv and [etcd], not several",
             )),
+        }
+        if let Some(e) = etcd {
+            if e.endpoints.is_empty() {
+                problems.push(Problem::new(
+                    format!("{at}.etcd.endpoints"),
+                    "must list at least one endpoint, e.g. \"http://127.0.0.1:2379\"",
+                ));
+            }
+            for (i, ep) in e.endpoints.iter().enumerate() {
+                if !(ep.starts_with("http://") || ep.starts_with("https://"))
+                    || ep.parse::<http::Uri>().is_err()
+                {
+                    problems.push(Problem::new(
+                        format!("{at}.etcd.endpoints[{i}]"),
+                        format!("{ep:?} is not an http:// or https:// URL"),
+                    ));
+                }
+            }
+            if e.prefix.is_empty() {
+                problems.push(Problem::new(
+                    format!("{at}.etcd.prefix"),
+                    "must not be empty (it would take every key in etcd)",
+                ));
+            }
         }
         if let Some(name) = srv {
             let host = name.trim_end_matches('.');
@@ -531,6 +564,16 @@ impl UpstreamGroup {
         if let Some((path, first)) = from_file {
             discovery = discovery.watching(path, first);
         }
+        if let Some(e) = etcd.as_ref().filter(|_| problems.len() == before) {
+            match discovery.watching_etcd(e.endpoints.clone(), e.prefix.clone()) {
+                Ok(d) => discovery = d,
+                Err(why) => {
+                    problems.push(Problem::new(format!("{at}.etcd"), why));
+                    return None;
+                }
+            }
+        }
+        let etcd_source = discovery.etcd.clone();
         let mut srv_poll = None;
         if let (Some(name), Some(resolver)) = (srv, &resolver) {
             srv_poll = Some(
@@ -542,7 +585,7 @@ impl UpstreamGroup {
                 discovery.asking_srv(name.trim_end_matches('.').to_string(), resolver.clone());
         }
         let source = discovery.status.clone();
-        let watches_file = targets_file.is_some();
+        let watches_file = targets_file.is_some() || etcd.is_some();
         if let Some(prev) = previous.filter(|p| p.breaker == breaker) {
             discovery.keep_states(prev.target_states());
         }
@@ -612,6 +655,7 @@ impl UpstreamGroup {
             health,
             breaker,
             source,
+            etcd: etcd_source,
         };
         group.max_steps = group.steps_now();
         Some(group)
@@ -654,6 +698,12 @@ impl UpstreamGroup {
         }
         if self.resolves_names {
             work.push((format!("targets of {}", self.name), self.lb.clone()));
+        }
+        if let Some(source) = &self.etcd {
+            work.push((
+                format!("etcd watch of {}", self.name),
+                Arc::new(etcd::EtcdWatch(source.clone())),
+            ));
         }
         work
     }
