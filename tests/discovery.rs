@@ -222,3 +222,59 @@ fn targets_files_that_do_not_parse_fail_the_check() {
     assert_ne!(code, 0);
     assert!(out.contains("not several"), "{out}");
 }
+
+#[test]
+fn new_targets_after_check_serve_only_once_a_check_passed() {
+    let a = Backend::echo("a");
+    let b = Backend::echo("b");
+    b.set_healthy(false);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("targets.json");
+    std::fs::write(&file, targets_json(&[&a])).unwrap();
+    let gw = Gateway::start(&format!(
+        r#"
+[upstreams.app]
+targets_file = "{}"
+[upstreams.app.health_check]
+path = "/healthz"
+interval = "200ms"
+healthy_threshold = 1
+unhealthy_threshold = 1
+new_targets = "after_check"
+
+[[routes]]
+name = "app"
+path_prefix = "/"
+upstream = "app"
+"#,
+        file.display()
+    ));
+    wait_for(Duration::from_secs(5), || {
+        (served_by(&gw).as_deref() == Some("a")).then_some(())
+    })
+    .expect("a serves once checked");
+    // b appears failing its checks: not one request reaches it, even before its first check.
+    replace(&file, &targets_json(&[&a, &b]));
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(800) {
+        assert_eq!(served_by(&gw).as_deref(), Some("a"));
+    }
+    assert_eq!(b.hits(), 0, "an unchecked target got traffic");
+    let h = gw.health();
+    let b_entry = h["upstreams"]["app"]["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["address"] == b.addr.to_string())
+        .cloned()
+        .unwrap();
+    assert_eq!(b_entry["healthy"], false, "{h}");
+    // Its checks pass: it joins.
+    b.set_healthy(true);
+    wait_for(Duration::from_secs(5), || {
+        (0..6)
+            .any(|_| served_by(&gw).as_deref() == Some("b"))
+            .then_some(())
+    })
+    .expect("b joins after a passed check");
+}

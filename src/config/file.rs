@@ -515,6 +515,19 @@ pub struct HealthCheckSection {
     /// Consecutive failures that take a healthy target out (HAProxy's `fall`).
     #[serde(default = "defaults::unhealthy_threshold")]
     pub unhealthy_threshold: usize,
+    /// A target that appears (at start-up, or from discovery): `healthy` serves it until a
+    /// check says otherwise; `after_check` only once one of its checks passed.
+    #[serde(default)]
+    pub new_targets: NewTargets,
+}
+
+/// How a target the health checks have not seen yet is treated.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NewTargets {
+    #[default]
+    Healthy,
+    AfterCheck,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]

@@ -3,7 +3,7 @@
 //! rise 2 / fall 3 so targets do not flap). They run as the generation's background work
 //! (Pingora's `HealthCheckService` over the group's health registry).
 
-use crate::config::file::{HealthCheckKind, HealthCheckSection};
+use crate::config::file::{HealthCheckKind, HealthCheckSection, NewTargets};
 use crate::config::{bounds, Problem};
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::prelude::*;
@@ -17,6 +17,8 @@ pub struct HealthCheckSpec {
     pub timeout: Duration,
     pub rise: usize,
     pub fall: usize,
+    /// Targets serve only once a check of theirs passed.
+    pub check_first: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -50,6 +52,7 @@ impl HealthCheckSpec {
             timeout,
             healthy_threshold,
             unhealthy_threshold,
+            new_targets,
         } = hc;
         let before = problems.len();
         bounds::HEALTH_INTERVAL.check(&format!("{at}.interval"), *interval, problems);
@@ -98,11 +101,19 @@ impl HealthCheckSpec {
             timeout: timeout.0,
             rise: *healthy_threshold,
             fall: *unhealthy_threshold,
+            check_first: *new_targets == NewTargets::AfterCheck,
         })
     }
 
     /// The Pingora health check this spec describes; HTTP checks use the group's TLS.
     pub(crate) fn build(
+        &self,
+        tls: Option<&super::UpstreamTls>,
+    ) -> Result<Box<dyn HealthCheck + Send + Sync>> {
+        Ok(Box::new(Noting(self.build_check(tls)?)))
+    }
+
+    fn build_check(
         &self,
         tls: Option<&super::UpstreamTls>,
     ) -> Result<Box<dyn HealthCheck + Send + Sync>> {
@@ -299,5 +310,34 @@ impl HealthCheck for GrpcHealthCheck {
         } else {
             self.fall
         }
+    }
+}
+
+/// A health check that notes on each target when one of its checks passed
+/// (`new_targets = "after_check"` serves only those).
+struct Noting(Box<dyn HealthCheck + Send + Sync>);
+
+#[async_trait::async_trait]
+impl HealthCheck for Noting {
+    async fn check(&self, target: &pingora::lb::Backend) -> Result<()> {
+        let outcome = self.0.check(target).await;
+        if outcome.is_ok() {
+            if let Some(state) = target.ext.get::<std::sync::Arc<super::TargetState>>() {
+                state.note_check_passed();
+            }
+        }
+        outcome
+    }
+
+    async fn health_status_change(&self, target: &pingora::lb::Backend, healthy: bool) {
+        self.0.health_status_change(target, healthy).await
+    }
+
+    fn backend_summary(&self, target: &pingora::lb::Backend) -> String {
+        self.0.backend_summary(target)
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        self.0.health_threshold(success)
     }
 }

@@ -40,6 +40,8 @@ pub struct TargetState {
     pub breaker: Option<Breaker>,
     /// SRV priority: the lowest tier with a usable target takes the traffic.
     priority: std::sync::atomic::AtomicU16,
+    /// One of this target's health checks passed.
+    checked: std::sync::atomic::AtomicBool,
 }
 
 impl TargetState {
@@ -50,7 +52,16 @@ impl TargetState {
             inflight: AtomicUsize::new(0),
             breaker: breaker.map(Breaker::new),
             priority: std::sync::atomic::AtomicU16::new(0),
+            checked: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    pub(crate) fn note_check_passed(&self) {
+        self.checked.store(true, Ordering::Relaxed);
+    }
+
+    pub fn check_passed(&self) -> bool {
+        self.checked.load(Ordering::Relaxed)
     }
 
     pub fn priority(&self) -> u16 {
@@ -747,8 +758,10 @@ impl UpstreamGroup {
             self.max_steps
         };
         loop {
+            let check_first = self.health.as_ref().is_some_and(|h| h.check_first);
             let usable = |s: &TargetState| {
-                !exclude.contains(&s.addr)
+                (!check_first || s.check_passed())
+                    && !exclude.contains(&s.addr)
                     && !lost.contains(&s.addr)
                     && s.breaker.as_ref().is_none_or(Breaker::admits)
             };
@@ -802,10 +815,11 @@ impl UpstreamGroup {
             .get_backend()
             .iter()
             .filter_map(|b| {
+                let check_first = self.health.as_ref().is_some_and(|h| h.check_first);
                 Some(TargetHealth {
                     target: state_of(b)?.clone(),
                     weight: b.weight,
-                    healthy: backends.ready(b),
+                    healthy: backends.ready(b) && (!check_first || state_of(b)?.check_passed()),
                     circuit: state_of(b)?.breaker.as_ref().map(Breaker::state),
                 })
             })
