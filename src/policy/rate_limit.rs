@@ -223,7 +223,15 @@ pub struct RateLimits {
     scope: String,
     windows: Vec<Window>,
     store: Arc<RateLimitStore>,
+    /// Local checks of one subject run one at a time (its shard's lock), so concurrent
+    /// requests cannot each read the count before the other's increment and both pass the
+    /// limit: a count-min estimate takes a minimum over rows that two racing increments can
+    /// leave at the same value for both.
+    shards: Box<[std::sync::Mutex<()>]>,
 }
+
+/// Lock shards of one list of windows: enough that unrelated subjects rarely wait.
+const LOCAL_SHARDS: usize = 64;
 
 impl RateLimits {
     /// A list of windows (`routes[N].rate_limits`, `consumers.NAME.rate_limits`), problems
@@ -273,6 +281,7 @@ impl RateLimits {
             scope: scope.to_string(),
             windows,
             store: store.clone(),
+            shards: (0..LOCAL_SHARDS).map(|_| std::sync::Mutex::new(())).collect(),
         })
     }
 
@@ -334,6 +343,15 @@ impl RateLimits {
 
     /// Count locally.
     pub fn check_local(&self, subject: &Subject<'_>) -> RateDecision {
+        let shard = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (subject.client_ip, subject.consumer).hash(&mut h);
+            h.finish() as usize % self.shards.len()
+        };
+        let _one_at_a_time = self.shards[shard]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let mut counts = Vec::with_capacity(self.windows.len());
         let mut over = None;
         for (i, w) in self.windows.iter().enumerate() {
