@@ -281,7 +281,9 @@ impl RateLimits {
             scope: scope.to_string(),
             windows,
             store: store.clone(),
-            shards: (0..LOCAL_SHARDS).map(|_| std::sync::Mutex::new(())).collect(),
+            shards: (0..LOCAL_SHARDS)
+                .map(|_| std::sync::Mutex::new(()))
+                .collect(),
         })
     }
 
@@ -349,9 +351,7 @@ impl RateLimits {
             (subject.client_ip, subject.consumer).hash(&mut h);
             h.finish() as usize % self.shards.len()
         };
-        let _one_at_a_time = self.shards[shard]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = self.shards[shard].lock().unwrap_or_else(|p| p.into_inner());
         let mut counts = Vec::with_capacity(self.windows.len());
         let mut over = None;
         for (i, w) in self.windows.iter().enumerate() {
