@@ -346,10 +346,12 @@ impl RateLimits {
     /// Count locally.
     pub fn check_local(&self, subject: &Subject<'_>) -> RateDecision {
         let shard = {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            (subject.client_ip, subject.consumer).hash(&mut h);
-            h.finish() as usize % self.shards.len()
+            use std::hash::BuildHasher;
+            // A fast fixed hash: the shard needs spreading, not resistance to attack (a
+            // subject can only make itself wait).
+            let h = foldhash::fast::FixedState::default()
+                .hash_one((subject.client_ip, subject.consumer));
+            h as usize % self.shards.len()
         };
         let _one_at_a_time = self.shards[shard].lock().unwrap_or_else(|p| p.into_inner());
         let mut counts = Vec::with_capacity(self.windows.len());
