@@ -169,6 +169,11 @@ impl Code {
 /// `grpc-message` is percent-encoded: everything outside printable ASCII, and `%`.
 const MESSAGE_ESCAPES: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
 
+/// The `grpc-status` in `headers` (a trailers-only head, or trailers), when there is one.
+pub(crate) fn status_of(headers: &HeaderMap) -> Option<Code> {
+    headers.get(GRPC_STATUS).map(|v| Code::parse(v.as_bytes()))
+}
+
 /// A `grpc-message` as text.
 pub(crate) fn message_text(v: &HeaderValue) -> String {
     percent_encoding::percent_decode(v.as_bytes())

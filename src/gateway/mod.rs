@@ -104,6 +104,17 @@ fn proxy_of(route: Option<&Arc<Route>>) -> Option<(&ProxyAction, &Arc<UpstreamGr
     Some((action, &action.upstream))
 }
 
+/// An answer the route retries (a 5xx, a gRPC `UNAVAILABLE`): the target is marked tried
+/// and the error asks Pingora for another attempt.
+fn retry_elsewhere(ctx: &mut Ctx, etype: ErrorType, what: String) -> Box<Error> {
+    if let Some(addr) = ctx.upstream.target.as_ref().map(|t| t.target().addr) {
+        ctx.upstream.tried.push(addr);
+    }
+    let mut e = Error::explain(etype, format!("{what}, retrying"));
+    e.set_retry(true);
+    e
+}
+
 /// The body a filter rewrites has no length known in advance: HTTP/1 sends it chunked.
 fn body_length_unknown(h2: bool, resp: &mut ResponseHeader) -> Result<()> {
     resp.remove_header(&http::header::CONTENT_LENGTH);
@@ -750,27 +761,18 @@ impl ProxyHttp for Gateway {
         }
         if ctx.grpc.is_some() {
             // A trailers-only `UNAVAILABLE`: the upstream did not take the call.
-            let unavailable = resp
-                .headers
-                .get(grpc::GRPC_STATUS)
-                .is_some_and(|v| grpc::Code::parse(v.as_bytes()) == grpc::Code::Unavailable);
+            let unavailable = grpc::status_of(&resp.headers) == Some(grpc::Code::Unavailable);
             if unavailable && self.should_retry(session, ctx, Failure::Unavailable) {
-                if let Some(addr) = ctx.upstream.target.as_ref().map(|t| t.target().addr) {
-                    ctx.upstream.tried.push(addr);
-                }
-                let mut e = Error::explain(RETRY_UNAVAILABLE, "UNAVAILABLE, retrying");
-                e.set_retry(true);
-                return Err(e);
+                return Err(retry_elsewhere(
+                    ctx,
+                    RETRY_UNAVAILABLE,
+                    "UNAVAILABLE".into(),
+                ));
             }
             return Ok(());
         }
         if status.is_server_error() && self.should_retry(session, ctx, Failure::Status5xx) {
-            if let Some(addr) = ctx.upstream.target.as_ref().map(|t| t.target().addr) {
-                ctx.upstream.tried.push(addr);
-            }
-            let mut e = Error::explain(RETRY_5XX, format!("{status}, retrying"));
-            e.set_retry(true);
-            return Err(e);
+            return Err(retry_elsewhere(ctx, RETRY_5XX, status.to_string()));
         }
         Ok(())
     }
@@ -870,8 +872,8 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if ctx.grpc.is_some() {
-            if let Some(v) = trailers.get(grpc::GRPC_STATUS) {
-                ctx.grpc_status = Some(grpc::Code::parse(v.as_bytes()));
+            if let Some(code) = grpc::status_of(trailers) {
+                ctx.grpc_status = Some(code);
             }
         }
         Ok(())
@@ -992,8 +994,7 @@ impl ProxyHttp for Gateway {
                     .grpc_status
                     .or_else(|| {
                         let head = session.response_written().filter(|_| ctx.grpc.is_some())?;
-                        let v = head.headers.get(grpc::GRPC_STATUS)?;
-                        Some(grpc::Code::parse(v.as_bytes()))
+                        grpc::status_of(&head.headers)
                     })
                     .map(|c| c as u8),
             });

@@ -142,11 +142,6 @@ impl Gateway {
         o.total_connection_timeout = Some(action.connect_timeout);
         o.read_timeout = Some(action.read_timeout);
         o.write_timeout = Some(action.read_timeout);
-        let transport = |e: Box<Error>| {
-            let (status, message) = error::classify(&e.into_up())
-                .unwrap_or((StatusCode::BAD_GATEWAY, "upstream unavailable"));
-            Failed::Gateway(status, message.into())
-        };
         let (up, _) = match self.connector.get_http_session(&peer).await {
             Ok(s) => s,
             Err(e) => {
@@ -188,11 +183,15 @@ impl Gateway {
             }
             Err(Failed::Gateway(..)) => target.record(Outcome::Failure),
         }
-        outcome.map_err(|f| match f {
-            Failed::Gateway(s, m) if m.is_empty() => Failed::Gateway(s, "upstream failed".into()),
-            f => f,
-        })
+        outcome
     }
+}
+
+/// A failed exchange with the upstream, as the client hears it.
+fn transport(e: Box<Error>) -> Failed {
+    let (status, message) =
+        error::classify(&e.into_up()).unwrap_or((StatusCode::BAD_GATEWAY, "upstream unavailable"));
+    Failed::Gateway(status, message.into())
 }
 
 /// Send the call on `h2` and read the answer.
@@ -203,11 +202,6 @@ async fn exchange(
     req: pingora::http::RequestHeader,
     call: &Call,
 ) -> Result<Reply, Failed> {
-    let transport = |e: Box<Error>| {
-        let (status, message) = error::classify(&e.into_up())
-            .unwrap_or((StatusCode::BAD_GATEWAY, "upstream unavailable"));
-        Failed::Gateway(status, message.into())
-    };
     let malformed = |why: String| {
         log::warn!("transcoding: {why}");
         Failed::Gateway(StatusCode::BAD_GATEWAY, "malformed gRPC reply".into())
@@ -226,12 +220,12 @@ async fn exchange(
         return Err(malformed(format!("HTTP status {}", head.status)));
     }
     let status_of = |h: &http::HeaderMap| {
-        h.get(grpc::GRPC_STATUS).map(|v| {
+        grpc::status_of(h).map(|code| {
             let message = h
                 .get(grpc::GRPC_MESSAGE)
                 .map(grpc::message_text)
                 .unwrap_or_default();
-            (grpc::Code::parse(v.as_bytes()), message)
+            (code, message)
         })
     };
     // Trailers-only: the status is in the head and no message follows.

@@ -265,6 +265,32 @@ struct Known {
     resolved: Option<(std::time::Instant, BTreeSet<Backend>)>,
 }
 
+impl Known {
+    /// The backends for `targets` (address, weight, SRV priority): an address seen before
+    /// keeps its state (in-flight count, breaker, checks); states of addresses gone are
+    /// dropped.
+    fn backends(
+        &mut self,
+        targets: impl IntoIterator<Item = (SocketAddr, usize, u16)>,
+        breaker: Option<BreakerSettings>,
+    ) -> BTreeSet<Backend> {
+        let mut live = HashMap::new();
+        let mut backends = BTreeSet::new();
+        for (addr, weight, priority) in targets {
+            let state = self
+                .states
+                .entry(addr)
+                .or_insert_with(|| Arc::new(TargetState::new(addr, breaker)))
+                .clone();
+            state.set_priority(priority);
+            live.insert(addr, state.clone());
+            backends.insert(super::backend_with_state(addr, weight, state));
+        }
+        self.states = live;
+        backends
+    }
+}
+
 /// Where a group's targets come from, and how the last update went.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SourceStatus {
@@ -324,10 +350,18 @@ fn one() -> usize {
 /// One target as a JSON document (`{"address": ..., "weight": ...}`): an etcd value.
 pub(crate) fn parse_target_value(text: &str) -> Result<TargetSpec, String> {
     let t: FileTarget = serde_json::from_str(text).map_err(|e| e.to_string())?;
-    if t.weight == 0 || t.weight > 1000 {
-        return Err("weight must be 1 to 1000".into());
+    t.spec()
+}
+
+impl FileTarget {
+    /// The target, its weight within the range `targets` have.
+    fn spec(&self) -> Result<TargetSpec, String> {
+        use crate::config::bounds::{MAX_WEIGHT, TARGET_WEIGHT};
+        if !TARGET_WEIGHT.contains(self.weight) {
+            return Err(format!("weight must be 1 to {MAX_WEIGHT}"));
+        }
+        TargetSpec::parse(&self.address, self.weight)
     }
-    TargetSpec::parse(&t.address, t.weight)
 }
 
 /// A targets file: a JSON array of targets or `{"targets": [...]}`; TOML `[[targets]]`.
@@ -356,11 +390,7 @@ pub(crate) fn parse_targets_file(
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::with_capacity(list.len());
     for (i, t) in list.iter().enumerate() {
-        if t.weight == 0 || t.weight > 1000 {
-            return Err(format!("targets[{i}].weight must be 1 to 1000"));
-        }
-        let spec =
-            TargetSpec::parse(&t.address, t.weight).map_err(|e| format!("targets[{i}]: {e}"))?;
+        let spec = t.spec().map_err(|e| format!("targets[{i}]: {e}"))?;
         if !seen.insert((spec.host.clone(), spec.port)) {
             return Err(format!("targets[{i}]: duplicate target {}", t.address));
         }
@@ -431,21 +461,7 @@ impl Discovery {
             Ok((targets, until)) => {
                 *lock(&srv.fresh_until) = Some(until);
                 lock(&self.status).error = None;
-                let mut known = lock(&self.known);
-                let mut live = HashMap::new();
-                let mut backends = BTreeSet::new();
-                for (addr, weight, priority) in targets {
-                    let state = known
-                        .states
-                        .entry(addr)
-                        .or_insert_with(|| Arc::new(TargetState::new(addr, self.breaker)))
-                        .clone();
-                    state.set_priority(priority);
-                    live.insert(addr, state.clone());
-                    backends.insert(super::backend_with_state(addr, weight, state));
-                }
-                known.states = live;
-                Some(backends)
+                Some(lock(&self.known).backends(targets, self.breaker))
             }
             Err(e) => {
                 // Retry soon, not at once: the last good set keeps serving meanwhile.
@@ -698,8 +714,7 @@ impl ServiceDiscovery for Discovery {
             answers.push(if due { self.resolve(spec).await } else { None });
         }
         let mut known = lock(&self.known);
-        let mut backends = BTreeSet::new();
-        let mut live = HashMap::new();
+        let mut addrs = Vec::with_capacity(targets.len());
         for (spec, answer) in targets.iter().zip(answers) {
             let ips = match answer {
                 Some((ips, until)) => {
@@ -711,18 +726,12 @@ impl ServiceDiscovery for Discovery {
                 }
                 None => known.last_good.get(&spec.host).cloned().unwrap_or_default(),
             };
-            for ip in ips {
-                let addr = SocketAddr::new(ip, spec.port);
-                let state = known
-                    .states
-                    .entry(addr)
-                    .or_insert_with(|| Arc::new(TargetState::new(addr, self.breaker)))
-                    .clone();
-                live.insert(addr, state.clone());
-                backends.insert(super::backend_with_state(addr, spec.weight, state));
-            }
+            addrs.extend(
+                ips.into_iter()
+                    .map(|ip| (SocketAddr::new(ip, spec.port), spec.weight, 0)),
+            );
         }
-        known.states = live;
+        let backends = known.backends(addrs, self.breaker);
         drop(known);
         self.note(&backends);
         Ok((backends, HashMap::new()))

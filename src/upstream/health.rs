@@ -273,9 +273,8 @@ impl GrpcHealthCheck {
         let trailers = h2.read_trailers().await?;
         let status = trailers
             .as_ref()
-            .and_then(|t| t.get(crate::grpc::GRPC_STATUS))
-            .or_else(|| head.headers.get(crate::grpc::GRPC_STATUS))
-            .map(|v| crate::grpc::Code::parse(v.as_bytes()));
+            .and_then(crate::grpc::status_of)
+            .or_else(|| crate::grpc::status_of(&head.headers));
         if status != Some(crate::grpc::Code::Ok) {
             return Err(fail(format!("gRPC status {status:?}")));
         }
