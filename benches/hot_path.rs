@@ -108,21 +108,33 @@ fn header_transforms(c: &mut Criterion) {
 }
 
 fn access_log(c: &mut Criterion) {
+    let format = tollgate::observe::access_log::Format::default();
     c.bench_function("access_log/format_line", |b| {
         b.iter(|| {
             let e = Entry {
                 time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
                 request_id: "b2af676db8456bd302b19e736646a004",
+                trace_id: None,
                 client_ip: Some("203.0.113.9".parse().unwrap()),
+                host: Some("api.example.com"),
                 route: "api",
                 method: "GET",
                 path: "/api/users/42",
+                query: Some("fields=name".into()),
                 received: None,
                 forwarded: None,
+                protocol: "HTTP/1.1",
+                tls_version: None,
+                user_agent: Some("curl/8.5.0"),
+                consumer: None,
                 status: 200,
-                upstream: Some("10.0.0.5:8080"),
-                duration_ms: 1.86,
-                upstream_ms: Some(1.29),
+                upstream: Some("api"),
+                target: Some("10.0.0.5:8080"),
+                upstream_status: Some(200),
+                attempts: 1,
+                retries: &[],
+                duration_us: 1860,
+                upstream_us: Some(1290),
                 bytes_in: 0,
                 bytes_out: 270,
                 cache: Some("HIT"),
@@ -130,7 +142,7 @@ fn access_log(c: &mut Criterion) {
                 upgraded: false,
                 grpc_status: None,
             };
-            black_box(e.to_line())
+            black_box(format.line(&e))
         })
     });
 }

@@ -9,7 +9,7 @@
 //! own state.
 
 use crate::cache::Purge;
-use crate::observe::metrics::{GroupSample, TargetSample};
+use crate::observe::metrics::{GroupSample, Scrape, TargetSample};
 use crate::reload::{Current, ReloadHandle};
 use async_trait::async_trait;
 use http::{Response, StatusCode};
@@ -288,10 +288,23 @@ impl ServeHttp for Admin {
                         failing: s.error.is_some(),
                     })
                     .collect();
+                let routes: Vec<&str> = gw.routes.routes().iter().map(|r| r.name()).collect();
+                let certificates: Vec<(&str, i64)> = gw
+                    .listener_certs
+                    .iter()
+                    .flatten()
+                    .flat_map(|store| store.expiries())
+                    .collect();
                 response(
                     StatusCode::OK,
                     "text/plain; version=0.0.4",
-                    gw.metrics.render(&samples, &groups, gw.cache.as_deref()),
+                    gw.metrics.render(&Scrape {
+                        targets: &samples,
+                        groups: &groups,
+                        cache: gw.cache.as_deref(),
+                        routes: &routes,
+                        certificates: &certificates,
+                    }),
                 )
             }
             (false, "/health" | "/metrics" | "/livez" | "/readyz") => response(

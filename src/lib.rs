@@ -90,7 +90,7 @@ pub struct Assembled {
     pub warnings: Vec<config::Problem>,
     runtime: Runtime,
     shared: Shared,
-    access_log_writer: Option<observe::access_log::AccessLogWriter>,
+    writers: assemble::Writers,
 }
 
 /// Load and build `path`, reporting every problem in it.
@@ -103,14 +103,14 @@ pub fn load(path: &std::path::Path) -> Result<Assembled, config::ConfigError> {
     // The process-wide parts come from the plan, which `build` checks with the rest.
     let mut ignored = Vec::new();
     let plan = assemble::server::plan(&file, &mut ignored);
-    let (shared, access_log_writer) = Shared::new(&plan).map_err(fail)?;
+    let (shared, writers) = Shared::new(&plan).map_err(fail)?;
     let runtime = assemble::build(&file, &sha256, &shared, None).map_err(fail)?;
     Ok(Assembled {
         warnings: assemble::refs::warnings(&file),
         file,
         runtime,
         shared,
-        access_log_writer,
+        writers,
     })
 }
 
@@ -137,7 +137,7 @@ pub fn build_server(assembled: Assembled, config_path: PathBuf, mode: StartMode)
         warnings: _,
         runtime,
         shared,
-        access_log_writer,
+        writers,
     } = assembled;
     let Runtime {
         gateway,
@@ -154,6 +154,7 @@ pub fn build_server(assembled: Assembled, config_path: PathBuf, mode: StartMode)
         client_read_buffer,
         h2_idle_timeout,
         access_log: _,
+        tracing: _,
         restart_keys,
     } = plan;
     server_conf.daemon = mode.daemon;
@@ -164,15 +165,42 @@ pub fn build_server(assembled: Assembled, config_path: PathBuf, mode: StartMode)
     };
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
+    log::info!(
+        "tollgate {} (pingora {}, {}) starting: config {} (sha256 {}), listeners {}, admin {}",
+        env!("CARGO_PKG_VERSION"),
+        env!("TOLLGATE_PINGORA_VERSION"),
+        openssl::version::version(),
+        config_path.display(),
+        gateway.generation.sha256,
+        listeners
+            .iter()
+            .map(|l| {
+                let kind = match (&l.tls, l.h2c) {
+                    (Some(_), _) => "tls",
+                    (None, true) => "h2c",
+                    (None, false) => "http",
+                };
+                format!("{} ({kind})", l.address)
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        admin_address.as_deref().unwrap_or("off"),
+    );
 
     server.add_service(GenBackgroundService::new(
         "drain watch".into(),
         Arc::new(gateway::DrainWatch(shared.draining.clone())),
     ));
-    if let Some(writer) = access_log_writer {
+    if let Some(writer) = writers.access_log {
         server.add_service(GenBackgroundService::new(
             "access log".into(),
             Arc::new(writer),
+        ));
+    }
+    if let Some(exporter) = writers.traces {
+        server.add_service(GenBackgroundService::new(
+            "trace export".into(),
+            Arc::new(exporter),
         ));
     }
 

@@ -30,7 +30,7 @@ struct Cli {
     #[arg(short = 'u', long = "upgrade")]
     upgrade: bool,
     /// Send a signal to the running instance (its pid from the configured pid file):
-    /// `reload` re-reads the configuration in place.
+    /// `reload` re-reads the configuration in place, `reopen` reopens the access-log file.
     #[arg(short = 's', long = "signal", value_name = "SIGNAL")]
     signal: Option<Signal>,
     #[command(subcommand)]
@@ -69,10 +69,21 @@ enum Command {
 enum Signal {
     /// SIGHUP: reload the configuration in place.
     Reload,
+    /// SIGUSR1: reopen the access-log file (after logrotate moved it).
+    Reopen,
+}
+
+impl Signal {
+    fn number(self) -> nix::sys::signal::Signal {
+        match self {
+            Signal::Reload => nix::sys::signal::Signal::SIGHUP,
+            Signal::Reopen => nix::sys::signal::Signal::SIGUSR1,
+        }
+    }
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    tollgate::observe::log::init();
     let cli = Cli::parse();
     if let Some(Command::Schema) = cli.command {
         print!("{}", tollgate::config::schema());
@@ -116,10 +127,10 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Some(Signal::Reload) = cli.signal {
-        return match send_reload(&cli.config) {
+    if let Some(signal) = cli.signal {
+        return match send_signal(&cli.config, signal.number()) {
             Ok(pid) => {
-                println!("sent SIGHUP to {pid}");
+                println!("sent {} to {pid}", signal.number());
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -135,6 +146,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    tollgate::observe::log::set_format(assembled.file.log.format);
     for w in &assembled.warnings {
         eprintln!(
             "{}: {}: warning: {}",
@@ -189,8 +201,8 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// `-s reload`: SIGHUP to the pid in the configuration's pid file, as nginx's `-s reload`.
-fn send_reload(config: &std::path::Path) -> Result<i32, String> {
+/// `-s reload|reopen`: a signal to the pid in the configuration's pid file, as nginx's `-s`.
+fn send_signal(config: &std::path::Path, signal: nix::sys::signal::Signal) -> Result<i32, String> {
     let (file, _) = tollgate::config::load(config).map_err(|e| e.to_string())?;
     let pid_file = &file.server.pid_file;
     let text = std::fs::read_to_string(pid_file)
@@ -199,10 +211,7 @@ fn send_reload(config: &std::path::Path) -> Result<i32, String> {
         .trim()
         .parse()
         .map_err(|_| format!("the pid file {pid_file} holds no pid"))?;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .map_err(|e| format!("cannot signal process {pid}: {e}"))?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+        .map_err(|e| format!("cannot signal process {pid}: {e}"))?;
     Ok(pid)
 }

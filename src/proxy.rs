@@ -3,6 +3,7 @@
 //! never sees two configurations; a reload never waits for requests.
 
 use crate::gateway::{Ctx as RequestState, Gateway};
+use crate::observe::log::{within, within_sync};
 use crate::reload::Current;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -42,7 +43,8 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        ctx.gw.request_filter(session, &mut ctx.req).await
+        let id = ctx.req.request_id().clone();
+        within(&id, ctx.gw.request_filter(session, &mut ctx.req)).await
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
@@ -93,7 +95,8 @@ impl ProxyHttp for Proxy {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        ctx.gw.upstream_peer(session, &mut ctx.req).await
+        let id = ctx.req.request_id().clone();
+        within(&id, ctx.gw.upstream_peer(session, &mut ctx.req)).await
     }
 
     fn fail_to_connect(
@@ -103,7 +106,10 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
         e: Box<Error>,
     ) -> Box<Error> {
-        ctx.gw.fail_to_connect(session, peer, &mut ctx.req, e)
+        let id = ctx.req.request_id().clone();
+        within_sync(&id, || {
+            ctx.gw.fail_to_connect(session, peer, &mut ctx.req, e)
+        })
     }
 
     fn error_while_proxy(
@@ -114,8 +120,11 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
-        ctx.gw
-            .error_while_proxy(peer, session, e, &mut ctx.req, client_reused)
+        let id = ctx.req.request_id().clone();
+        within_sync(&id, || {
+            ctx.gw
+                .error_while_proxy(peer, session, e, &mut ctx.req, client_reused)
+        })
     }
 
     async fn upstream_response_filter(
@@ -182,10 +191,27 @@ impl ProxyHttp for Proxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        ctx.gw.fail_to_proxy(session, e, &mut ctx.req).await
+        let id = ctx.req.request_id().clone();
+        within(&id, ctx.gw.fail_to_proxy(session, e, &mut ctx.req)).await
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        ctx.gw.logging(session, e, &mut ctx.req).await
+        let id = ctx.req.request_id().clone();
+        within(&id, ctx.gw.logging(session, e, &mut ctx.req)).await
+    }
+
+    /// What Pingora's own lines about a request ("Fail to proxy: ...") say of it.
+    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
+        let req = session.req_header();
+        format!(
+            "request_id: {}, {} {}, host: {}",
+            ctx.req.request_id().to_str().unwrap_or(""),
+            req.method,
+            req.uri.path(),
+            req.uri
+                .host()
+                .or_else(|| req.headers.get(http::header::HOST)?.to_str().ok())
+                .unwrap_or("")
+        )
     }
 }

@@ -28,6 +28,8 @@ pub struct Certificate {
     leaf: X509,
     chain: Vec<X509>,
     key: PKey<Private>,
+    /// The certificate file: its name in `tollgate_tls_certificate_expiry_timestamp_seconds`.
+    path: String,
 }
 
 /// Load a PEM chain and key, checking that the key belongs to the leaf certificate.
@@ -61,10 +63,18 @@ pub fn load_certificate(cert_path: &str, key_path: &str) -> Result<Certificate, 
         leaf,
         chain: certs,
         key,
+        path: cert_path.to_string(),
     })
 }
 
 impl Certificate {
+    /// The leaf's `notAfter`, in seconds since the epoch.
+    pub(crate) fn not_after(&self) -> Option<i64> {
+        let epoch = openssl::asn1::Asn1Time::from_unix(0).ok()?;
+        let d = epoch.diff(self.leaf.not_after()).ok()?;
+        Some(i64::from(d.days) * 86_400 + i64::from(d.secs))
+    }
+
     /// As Pingora's client certificate type (leaf first, then the chain).
     pub fn into_cert_key(self) -> pingora::utils::tls::CertKey {
         let mut certs = vec![self.leaf];
@@ -131,6 +141,8 @@ impl TlsListener {
 
 /// Certificates by server name.
 pub struct CertStore {
+    /// Every certificate once, in configuration order.
+    all: Vec<Arc<Certificate>>,
     default: Arc<Certificate>,
     exact: HashMap<String, Arc<Certificate>>,
     /// `(".example.com", cert)`, longest suffix first.
@@ -143,9 +155,11 @@ impl CertStore {
         let mut exact = HashMap::new();
         let mut wildcard = Vec::new();
         let mut default = None;
+        let mut all = Vec::new();
         for (cert, names) in certs {
             let cert = Arc::new(cert);
             default.get_or_insert_with(|| cert.clone());
+            all.push(cert.clone());
             for name in names {
                 match name {
                     HostPattern::Suffix(suffix) => wildcard.push((suffix, cert.clone())),
@@ -157,10 +171,18 @@ impl CertStore {
         }
         wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         Some(CertStore {
+            all,
             default: default?,
             exact,
             wildcard,
         })
+    }
+
+    /// Each certificate's file and `notAfter` (seconds since the epoch).
+    pub(crate) fn expiries(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.all
+            .iter()
+            .filter_map(|c| Some((c.path.as_str(), c.not_after()?)))
     }
 
     /// The certificate for an SNI name (or the default).

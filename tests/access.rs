@@ -122,7 +122,7 @@ fn api_keys_map_to_consumers_and_roles() {
     assert_eq!(
         metric(
             &metrics,
-            "auth_failures_total",
+            "tollgate_auth_failures_total",
             &[("route", "keyed"), ("reason", "missing_credentials")]
         ),
         Some(1.0)
@@ -130,7 +130,7 @@ fn api_keys_map_to_consumers_and_roles() {
     assert_eq!(
         metric(
             &metrics,
-            "auth_failures_total",
+            "tollgate_auth_failures_total",
             &[("route", "keyed"), ("reason", "invalid_api_key")]
         ),
         Some(1.0)
@@ -138,7 +138,7 @@ fn api_keys_map_to_consumers_and_roles() {
     assert_eq!(
         metric(
             &metrics,
-            "auth_failures_total",
+            "tollgate_auth_failures_total",
             &[("route", "admin"), ("reason", "missing_role")]
         ),
         Some(1.0)

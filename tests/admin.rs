@@ -76,13 +76,17 @@ fn health_reports_per_target_and_is_503_only_when_no_group_can_serve() {
     assert_eq!(
         metric(
             &metrics,
-            "upstream_target_healthy",
+            "tollgate_upstream_target_healthy",
             &[("upstream", "checked")]
         ),
         Some(0.0)
     );
     assert_eq!(
-        metric(&metrics, "upstream_target_healthy", &[("upstream", "app")]),
+        metric(
+            &metrics,
+            "tollgate_upstream_target_healthy",
+            &[("upstream", "app")]
+        ),
         Some(1.0)
     );
 }
@@ -106,44 +110,58 @@ fn metrics_count_exactly_the_traffic_sent() {
             .unwrap()
             .text()
             .unwrap();
-        let done = metric(&t, "request_duration_seconds_count", &[("route", "-")]) == Some(1.0)
-            && metric(&t, "request_duration_seconds_count", &[("route", "app")]) == Some(4.0);
+        let done = metric(
+            &t,
+            "tollgate_request_duration_seconds_count",
+            &[("route", "-")],
+        ) == Some(1.0)
+            && metric(
+                &t,
+                "tollgate_request_duration_seconds_count",
+                &[("route", "app")],
+            ) == Some(4.0);
         done.then_some(t)
     })
     .expect("all five requests recorded");
     let get = |name: &str, labels: &[(&str, &str)]| metric(&text, name, labels);
     assert_eq!(
         get(
-            "requests_total",
+            "tollgate_requests_total",
             &[("route", "app"), ("method", "GET"), ("status", "200")]
         ),
         Some(3.0)
     );
     assert_eq!(
         get(
-            "requests_total",
+            "tollgate_requests_total",
             &[("route", "app"), ("method", "POST"), ("status", "200")]
         ),
         Some(1.0)
     );
     assert_eq!(
         get(
-            "requests_total",
+            "tollgate_requests_total",
             &[("route", "-"), ("method", "GET"), ("status", "404")]
         ),
         Some(1.0)
     );
     assert_eq!(
-        get("request_duration_seconds_count", &[("route", "app")]),
+        get(
+            "tollgate_request_duration_seconds_count",
+            &[("route", "app")]
+        ),
         Some(4.0)
     );
     assert_eq!(
-        get("upstream_duration_seconds_count", &[("upstream", "app")]),
+        get(
+            "tollgate_upstream_duration_seconds_count",
+            &[("upstream", "app")]
+        ),
         Some(4.0)
     );
-    assert!(get("requests_in_flight", &[]).is_some());
-    assert!(get("downstream_connections", &[]).is_some());
-    assert!(text.contains("# TYPE request_duration_seconds histogram"));
+    assert!(get("tollgate_requests_in_flight", &[]).is_some());
+    assert!(get("tollgate_downstream_connections", &[]).is_some());
+    assert!(text.contains("# TYPE tollgate_request_duration_seconds histogram"));
 }
 
 #[test]
@@ -162,11 +180,23 @@ fn access_log_has_one_json_line_per_request() {
     assert_eq!(line["path"], "/app/orders");
     assert_eq!(line["status"], 200);
     assert_eq!(line["client_ip"], "127.0.0.1");
-    assert_eq!(line["upstream"], a.addr.to_string());
+    assert_eq!(line["upstream"], "app");
+    assert_eq!(line["target"], a.addr.to_string());
+    assert_eq!(line["upstream_status"], 200);
+    assert_eq!(line["attempts"], 1);
+    assert_eq!(line["query"], "x=1");
+    assert_eq!(line["protocol"], "HTTP/1.1");
+    assert_eq!(line["host"], gw.addr.to_string());
+    assert!(
+        line["user_agent"].is_null(),
+        "the test client sends none: {line}"
+    );
     assert_eq!(line["bytes_in"], 5);
     assert!(line["bytes_out"].as_u64().unwrap() > 0);
-    assert!(line["duration_ms"].as_f64().unwrap() > 0.0);
-    assert!(line["upstream_ms"].as_f64().unwrap() > 0.0);
+    assert!(line["duration_us"].as_u64().unwrap() > 0, "{line}");
+    assert!(line["upstream_us"].as_u64().unwrap() > 0, "{line}");
+    assert!(line.get("retries").is_none(), "{line}");
+    assert!(line.get("error").is_none(), "{line}");
     assert!(line["time"].as_str().unwrap().ends_with('Z'));
     assert_eq!(
         gw.access_log()

@@ -411,9 +411,9 @@ fn size_is_bounded_by_eviction() {
         .unwrap()
         .text()
         .unwrap();
-    let size = metric(&text, "cache_size_bytes", &[]).unwrap();
-    let entries = metric(&text, "cache_entries", &[]).unwrap();
-    let evicted = metric(&text, "cache_evictions_total", &[]).unwrap();
+    let size = metric(&text, "tollgate_cache_size_bytes", &[]).unwrap();
+    let entries = metric(&text, "tollgate_cache_entries", &[]).unwrap();
+    let evicted = metric(&text, "tollgate_cache_evictions_total", &[]).unwrap();
     assert!(size <= 64.0 * 1024.0, "cache holds {size} bytes");
     assert!(size > 32.0 * 1024.0, "cache holds {size} bytes");
     assert!((8.0..40.0).contains(&entries), "{entries} entries");
@@ -439,7 +439,7 @@ fn cache_results_are_counted_per_route() {
             .ok()?;
         let bypass = metric(
             &text,
-            "cache_requests_total",
+            "tollgate_cache_requests_total",
             &[("route", "pub"), ("result", "bypass")],
         )?;
         (bypass >= 1.0).then_some(text)
@@ -448,7 +448,7 @@ fn cache_results_are_counted_per_route() {
     let count = |result: &str| {
         metric(
             &text,
-            "cache_requests_total",
+            "tollgate_cache_requests_total",
             &[("route", "pub"), ("result", result)],
         )
     };

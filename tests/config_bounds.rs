@@ -45,6 +45,14 @@ address = "{listen}"
 [admin]
 address = "{admin}"
 
+[tracing]
+endpoint = "http://127.0.0.1:9/v1/traces"
+sample_ratio = @tracing.sample_ratio@
+queue_size = @tracing.queue_size@
+batch_size = @tracing.batch_size@
+flush_interval = @tracing.flush_interval@
+export_timeout = @tracing.export_timeout@
+
 [access_log]
 target = "{dir}/access.log"
 buffer_lines = @access_log.buffer_lines@

@@ -139,13 +139,17 @@ fn a_broken_targets_file_keeps_the_last_good_set_and_says_so() {
 
     let m = gw.metrics();
     assert_eq!(
-        metric(&m, "upstream_discovery_failing", &[("upstream", "app")]),
+        metric(
+            &m,
+            "tollgate_upstream_discovery_failing",
+            &[("upstream", "app")]
+        ),
         Some(1.0)
     );
     assert_eq!(
         metric(
             &m,
-            "upstream_targets",
+            "tollgate_upstream_targets",
             &[("upstream", "app"), ("provider", "file")]
         ),
         Some(1.0)
@@ -161,12 +165,16 @@ fn a_broken_targets_file_keeps_the_last_good_set_and_says_so() {
     assert!(h["upstreams"]["app"]["discovery"]["error"].is_null(), "{h}");
     let m = gw.metrics();
     assert_eq!(
-        metric(&m, "upstream_discovery_failing", &[("upstream", "app")]),
+        metric(
+            &m,
+            "tollgate_upstream_discovery_failing",
+            &[("upstream", "app")]
+        ),
         Some(0.0)
     );
     assert!(metric(
         &m,
-        "upstream_targets_updated_timestamp_seconds",
+        "tollgate_upstream_targets_updated_timestamp_seconds",
         &[("upstream", "app")]
     )
     .is_some_and(|t| t > 1.7e9));

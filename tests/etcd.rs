@@ -200,7 +200,7 @@ fn etcd_stopped_keeps_the_last_set_and_a_restart_resumes_the_watch() {
     assert_eq!(
         metric(
             &gw.metrics(),
-            "upstream_discovery_failing",
+            "tollgate_upstream_discovery_failing",
             &[("upstream", "orders")]
         ),
         Some(1.0)

@@ -217,7 +217,7 @@ fn get(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> reqwest::blocking:
 fn decisions(gw: &Gateway, provider: &str, result: &str) -> f64 {
     metric(
         &gw.metrics(),
-        "auth_decisions_total",
+        "tollgate_auth_decisions_total",
         &[("provider", provider), ("result", result)],
     )
     .unwrap_or(0.0)

@@ -226,7 +226,7 @@ fn connection_caps_per_ip() {
         .unwrap()
         .text()
         .unwrap();
-    assert!(metric(&metrics, "connections_refused_total", &[]).unwrap() >= 1.0);
+    assert!(metric(&metrics, "tollgate_connections_refused_total", &[]).unwrap() >= 1.0);
 }
 
 #[test]

@@ -358,7 +358,7 @@ retries = 1
     assert_eq!(healthy.served(), 6);
     let retries = metric(
         &blocking(|| gw.metrics()),
-        "upstream_retries_total",
+        "tollgate_upstream_retries_total",
         &[("route", "grpc")],
     );
     assert!(retries.unwrap_or(0.0) >= 1.0, "{retries:?}");

@@ -157,7 +157,12 @@ fn connect_failure_retries_get_but_not_post() {
         .unwrap()
         .text()
         .unwrap();
-    let retries = metric(&metrics, "upstream_retries_total", &[("route", "app")]).unwrap();
+    let retries = metric(
+        &metrics,
+        "tollgate_upstream_retries_total",
+        &[("route", "app")],
+    )
+    .unwrap();
     assert!(retries >= 4.0, "GET retries counted: {retries}");
 }
 

@@ -259,7 +259,7 @@ fn required_listener_refuses_missing_malformed_late_and_untrusted() {
         assert_eq!(
             metric(
                 &metrics,
-                "proxy_protocol_refused_total",
+                "tollgate_proxy_protocol_refused_total",
                 &[("reason", reason)]
             ),
             Some(1.0),
@@ -273,7 +273,7 @@ fn required_listener_refuses_missing_malformed_late_and_untrusted() {
     let untrusted = || {
         metric(
             &gw.metrics(),
-            "proxy_protocol_refused_total",
+            "tollgate_proxy_protocol_refused_total",
             &[("reason", "untrusted_peer")],
         )
         .unwrap_or(0.0)

@@ -51,7 +51,11 @@ rate_limits = [{{ limit = 3, window = "60s", key = "ip" }}]
         .text()
         .unwrap();
     assert_eq!(
-        metric(&metrics, "rate_limited_total", &[("route", "limited")]),
+        metric(
+            &metrics,
+            "tollgate_rate_limited_total",
+            &[("route", "limited")]
+        ),
         Some(1.0)
     );
 }
@@ -185,5 +189,5 @@ fn two_gateways_share_one_redis_and_follow_the_failure_policy() {
         .unwrap()
         .text()
         .unwrap();
-    assert!(metric(&metrics, "rate_limit_redis_errors_total", &[]).unwrap() >= 1.0);
+    assert!(metric(&metrics, "tollgate_rate_limit_redis_errors_total", &[]).unwrap() >= 1.0);
 }

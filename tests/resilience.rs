@@ -70,7 +70,7 @@ upstream = "app"
     assert_eq!(
         metric(
             &metrics,
-            "circuit_state",
+            "tollgate_circuit_state",
             &[("target", &a.addr.to_string())]
         ),
         Some(1.0)
@@ -197,7 +197,7 @@ retries = 1
         .unwrap();
     let skipped = metric(
         &metrics,
-        "upstream_retries_skipped_total",
+        "tollgate_upstream_retries_skipped_total",
         &[("route", "app"), ("reason", "budget")],
     )
     .unwrap();

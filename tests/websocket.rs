@@ -1,6 +1,6 @@
 //! WebSocket through the gateway with a real client and server (tokio-tungstenite): echo both
 //! ways past the route's `read_timeout` under `websocket_idle_timeout`, close codes, the
-//! `upgraded_connections` gauge and the access-log line; the upgrade passing auth and rate
+//! `tollgate_upgraded_connections` gauge and the access-log line; the upgrade passing auth and rate
 //! limits like any request; an upstream's refusal reaching the client; never a second
 //! handshake after the first reached the upstream.
 #![allow(clippy::unwrap_used)]
@@ -159,7 +159,7 @@ retry_on = ["connect", "reset", "timeout"]
 }
 
 fn gauge(gw: &Gateway) -> f64 {
-    metric(&gw.metrics(), "upgraded_connections", &[]).unwrap()
+    metric(&gw.metrics(), "tollgate_upgraded_connections", &[]).unwrap()
 }
 
 #[test]
@@ -224,7 +224,10 @@ fn echo_outlives_read_timeout_and_close_codes_pass_through() {
         s.gw.wait_access_log(|e| e["route"] == "ws" && e["upgraded"] == true);
     assert_eq!(entry["status"], 101);
     assert!(entry["bytes_out"].as_u64().unwrap() > 0, "{entry}");
-    assert!(entry["duration_ms"].as_f64().unwrap() >= 1600.0, "{entry}");
+    assert!(
+        entry["duration_us"].as_u64().unwrap() >= 1_600_000,
+        "{entry}"
+    );
     drop(ws2);
     wait_for(Duration::from_secs(5), || {
         (gauge(&s.gw) == 0.0).then_some(())

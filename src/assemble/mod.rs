@@ -19,6 +19,7 @@ use crate::config::Problem;
 use crate::gateway::{Gateway, Generation};
 use crate::observe::access_log::{self, AccessLog, AccessLogWriter};
 use crate::observe::metrics::Metrics;
+use crate::observe::trace::{self, Exporter, Tracer};
 use crate::policy::external::ExternalAuth;
 use crate::policy::jwt::JwtProvider;
 use crate::policy::jwt::Providers;
@@ -44,12 +45,19 @@ pub struct Shared {
     /// Pooled connections of aggregation parts.
     pub(crate) connector: Arc<pingora::connectors::http::Connector>,
     pub(crate) access_log: Option<AccessLog>,
+    pub(crate) tracer: Option<Arc<Tracer>>,
+}
+
+/// The background services of [`Shared`]: the access-log writer and the span exporter.
+pub struct Writers {
+    pub(crate) access_log: Option<AccessLogWriter>,
+    pub(crate) traces: Option<Exporter>,
 }
 
 impl Shared {
-    /// The process-wide parts, from the first configuration's plan: metrics and the access
-    /// log (whose writer the server runs).
-    pub fn new(plan: &ServerPlan) -> Result<(Shared, Option<AccessLogWriter>), Vec<Problem>> {
+    /// The process-wide parts, from the first configuration's plan: metrics, the access
+    /// log and the tracer (whose writer and exporter the server runs).
+    pub fn new(plan: &ServerPlan) -> Result<(Shared, Writers), Vec<Problem>> {
         let metrics =
             Metrics::new().map_err(|e| vec![Problem::new("", format!("metrics: {e}"))])?;
         let (access_log, writer) = match &plan.access_log {
@@ -63,14 +71,26 @@ impl Shared {
                 (Some(log), Some(writer))
             }
         };
+        let (tracer, traces) = match &plan.tracing {
+            None => (None, None),
+            Some(settings) => {
+                let (t, e) =
+                    trace::channel(settings.clone(), metrics.tracing_spans_dropped.clone());
+                (Some(Arc::new(t)), Some(e))
+            }
+        };
         Ok((
             Shared {
                 metrics: Arc::new(metrics),
                 draining: Arc::new(AtomicBool::new(false)),
                 connector: Arc::new(pingora::connectors::http::Connector::new(None)),
                 access_log,
+                tracer,
             },
-            writer,
+            Writers {
+                access_log: writer,
+                traces,
+            },
         ))
     }
 }
@@ -94,7 +114,9 @@ pub fn build(
         server: _,
         listeners: _,
         admin: _,
-        access_log: _,
+        access_log,
+        log: _,
+        tracing: _,
         upstreams,
         routes,
         demo: _,
@@ -108,6 +130,11 @@ pub fn build(
     } = file;
     let mut problems = Vec::new();
     refs::duplicates(file, &mut problems);
+    let access_format = access_log::Format::from_config(
+        access_log.fields.as_deref(),
+        &access_log.redact_query,
+        &mut problems,
+    );
     let plan = server::plan(file, &mut problems);
     let security = security(security_headers, &mut problems);
 
@@ -265,6 +292,8 @@ pub fn build(
         providers,
         metrics: shared.metrics.clone(),
         access_log: shared.access_log.clone(),
+        access_format,
+        tracer: shared.tracer.clone(),
         policy,
         connector: shared.connector.clone(),
         draining: shared.draining.clone(),

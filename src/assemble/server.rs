@@ -12,6 +12,7 @@ use crate::connection::ConnectionLimits;
 use crate::policy::normalize::Underscores;
 use crate::tls::TlsListener;
 use pingora::server::configuration::ServerConf;
+use sha2::Digest;
 use std::time::Duration;
 
 /// A listener to open.
@@ -38,6 +39,8 @@ pub struct ServerPlan {
     /// Idle HTTP/2 client connections (no open stream) close after this.
     pub h2_idle_timeout: Duration,
     pub access_log: Option<(LogTarget, usize)>,
+    /// `[tracing]`, when present.
+    pub(crate) tracing: Option<crate::observe::trace::Settings>,
     /// The value of every key a reload cannot change, as text, by key path.
     pub restart_keys: Vec<(String, String)>,
 }
@@ -49,6 +52,7 @@ pub(crate) fn plan(file: &ConfigFile, problems: &mut Vec<Problem>) -> ServerPlan
         listeners,
         admin,
         access_log,
+        tracing,
         demo,
         limits,
         ..
@@ -99,6 +103,9 @@ pub(crate) fn plan(file: &ConfigFile, problems: &mut Vec<Problem>) -> ServerPlan
     let AccessLogSection {
         target,
         buffer_lines,
+        // The line's shape is reloadable: built with the generation.
+        fields: _,
+        redact_query: _,
     } = access_log;
     bounds::ACCESS_LOG_BUFFER_LINES.check("access_log.buffer_lines", *buffer_lines, problems);
     if let LogTarget::File(path) = target {
@@ -111,8 +118,10 @@ pub(crate) fn plan(file: &ConfigFile, problems: &mut Vec<Problem>) -> ServerPlan
             }
         }
     }
+    let tracing = tracing.as_ref().map(|t| tracing_settings(t, problems));
     let restart_keys = restart_keys(file);
     ServerPlan {
+        tracing,
         conf,
         admin: enabled.then(|| address.clone()),
         demo: demo
@@ -125,6 +134,58 @@ pub(crate) fn plan(file: &ConfigFile, problems: &mut Vec<Problem>) -> ServerPlan
         access_log: (*target != LogTarget::Off).then(|| (target.clone(), *buffer_lines)),
         listeners,
         restart_keys,
+    }
+}
+
+/// `[tracing]`, checked.
+fn tracing_settings(
+    t: &crate::config::file::TracingSection,
+    problems: &mut Vec<Problem>,
+) -> crate::observe::trace::Settings {
+    let crate::config::file::TracingSection {
+        endpoint,
+        sample_ratio,
+        service_name,
+        queue_size,
+        batch_size,
+        flush_interval,
+        export_timeout,
+        headers,
+    } = t;
+    match http::Uri::try_from(endpoint.as_str()) {
+        Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
+        _ => problems.push(Problem::new(
+            "tracing.endpoint",
+            format!("`{endpoint}` is not an http:// or https:// URL (the collector's OTLP/HTTP traces URL, e.g. http://127.0.0.1:4318/v1/traces)"),
+        )),
+    }
+    bounds::TRACING_SAMPLE_RATIO.check("tracing.sample_ratio", *sample_ratio, problems);
+    bounds::TRACING_QUEUE_SIZE.check("tracing.queue_size", *queue_size, problems);
+    bounds::TRACING_BATCH_SIZE.check("tracing.batch_size", *batch_size, problems);
+    bounds::TRACING_FLUSH_INTERVAL.check("tracing.flush_interval", *flush_interval, problems);
+    bounds::TRACING_EXPORT_TIMEOUT.check("tracing.export_timeout", *export_timeout, problems);
+    for (name, value) in headers {
+        let ok = http::HeaderName::try_from(name.as_str()).is_ok()
+            && http::HeaderValue::try_from(value.as_str()).is_ok();
+        if !ok {
+            problems.push(Problem::new(
+                format!("tracing.headers.{name}"),
+                "is not a valid header name and value",
+            ));
+        }
+    }
+    crate::observe::trace::Settings {
+        endpoint: endpoint.clone(),
+        sample_ratio: *sample_ratio,
+        service_name: service_name.clone(),
+        queue_size: *queue_size,
+        batch_size: *batch_size,
+        flush_interval: flush_interval.0,
+        export_timeout: export_timeout.0,
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 
@@ -197,6 +258,27 @@ fn restart_keys(file: &ConfigFile) -> Vec<(String, String)> {
     key("server.pid_file".into(), s.pid_file.clone());
     key("server.upgrade_sock".into(), s.upgrade_sock.clone());
     key("server.error_log".into(), format!("{:?}", s.error_log));
+    key("log.format".into(), format!("{:?}", file.log.format));
+    // The exporter and its queue live as long as the process.
+    // (Header values may be credentials: only their names are compared in the clear.)
+    let tracing = file.tracing.as_ref().map(|t| {
+        let headers: Vec<String> = t
+            .headers
+            .iter()
+            .map(|(k, v)| format!("{k}#{:x}", sha2::Sha256::digest(v.as_bytes())))
+            .collect();
+        format!(
+            "{} {} {} {} {} {} {} {headers:?}",
+            t.endpoint,
+            t.sample_ratio,
+            t.service_name,
+            t.queue_size,
+            t.batch_size,
+            t.flush_interval.0.as_millis(),
+            t.export_timeout.0.as_millis()
+        )
+    });
+    key("tracing".into(), format!("{tracing:?}"));
     key("server.grace_period".into(), s.grace_period.to_string());
     key(
         "server.graceful_shutdown_timeout".into(),

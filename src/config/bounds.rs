@@ -250,6 +250,25 @@ pub const SERVER_CLIENT_READ_BUFFER: Range = size(KIB, MIB, &["server.client_rea
 // [access_log]
 pub const ACCESS_LOG_BUFFER_LINES: Range = int(1, 1_000_000, &["access_log.buffer_lines"]);
 
+// [tracing]
+pub const TRACING_SAMPLE_RATIO: Range = Range {
+    keys: &["tracing.sample_ratio"],
+    min: Limit::Float(0.0),
+    max: Limit::Float(1.0),
+};
+pub const TRACING_QUEUE_SIZE: Range = int(1, 1_000_000, &["tracing.queue_size"]);
+pub const TRACING_BATCH_SIZE: Range = int(1, 10_000, &["tracing.batch_size"]);
+pub const TRACING_FLUSH_INTERVAL: Range = time(
+    Duration::from_millis(10),
+    minutes(1),
+    &["tracing.flush_interval"],
+);
+pub const TRACING_EXPORT_TIMEOUT: Range = time(
+    Duration::from_millis(100),
+    minutes(1),
+    &["tracing.export_timeout"],
+);
+
 // [upstreams.NAME] and the route overrides of its timeouts
 pub const TARGET_WEIGHT: Range = int(1, MAX_WEIGHT as u64, &["upstreams.*.targets[].weight"]);
 pub const CONNECT_TIMEOUT: Range = time(
@@ -394,6 +413,11 @@ pub const RANGES: &[Range] = &[
     SERVER_UPSTREAM_KEEPALIVE_POOL_SIZE,
     SERVER_CLIENT_READ_BUFFER,
     ACCESS_LOG_BUFFER_LINES,
+    TRACING_SAMPLE_RATIO,
+    TRACING_QUEUE_SIZE,
+    TRACING_BATCH_SIZE,
+    TRACING_FLUSH_INTERVAL,
+    TRACING_EXPORT_TIMEOUT,
     TARGET_WEIGHT,
     CONNECT_TIMEOUT,
     READ_TIMEOUT,
@@ -543,6 +567,7 @@ mod tests {
         ("ServerSection", &["server"]),
         ("ResolverSection", &["resolver"]),
         ("AccessLogSection", &["access_log"]),
+        ("TracingSection", &["tracing"]),
         ("UpstreamSection", &["upstreams.*"]),
         ("TargetSection", &["upstreams.*.targets[]"]),
         ("HealthCheckSection", &["upstreams.*.health_check"]),

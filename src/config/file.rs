@@ -6,7 +6,8 @@
 //! values mean is checked where each feature builds its runtime form (`crate::assemble`).
 
 use super::types::{
-    AuthRef, CacheSharing, HashOn, HostPattern, JwtAlgorithm, LogTarget, RateKey, TlsVersion,
+    AuthRef, CacheSharing, HashOn, HostPattern, JwtAlgorithm, LogFormat, LogTarget, RateKey,
+    TlsVersion,
 };
 pub use super::types::{HumanDuration, HumanSize};
 use serde::Deserialize;
@@ -24,6 +25,10 @@ pub struct ConfigFile {
     pub admin: AdminSection,
     #[serde(default)]
     pub access_log: AccessLogSection,
+    #[serde(default)]
+    pub log: LogSection,
+    #[serde(default)]
+    pub tracing: Option<TracingSection>,
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamSection>,
     #[serde(default)]
@@ -327,6 +332,46 @@ impl Default for AdminSection {
     }
 }
 
+/// `[log]`: the diagnostic log (stderr, or `server.error_log`).
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// `"text"` (one line per event) or `"json"` (one JSON object per line).
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// `[tracing]`: W3C trace context and OpenTelemetry spans exported over OTLP/HTTP
+/// (protobuf). Without the section the gateway passes `traceparent` through untouched.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TracingSection {
+    /// The collector's OTLP/HTTP traces URL, e.g. `"http://127.0.0.1:4318/v1/traces"`.
+    pub endpoint: String,
+    /// Share of new traces recorded (0.0 to 1.0); a request that arrives with a
+    /// `traceparent` follows its sampled flag.
+    #[serde(default = "defaults::sample_ratio")]
+    pub sample_ratio: f64,
+    /// `service.name` of the exported spans.
+    #[serde(default = "defaults::service_name")]
+    pub service_name: String,
+    /// Spans waiting for export; when full, new spans are dropped and counted.
+    #[serde(default = "defaults::tracing_queue")]
+    pub queue_size: usize,
+    /// Most spans in one export request.
+    #[serde(default = "defaults::tracing_batch")]
+    pub batch_size: usize,
+    /// How often queued spans are exported.
+    #[serde(default = "defaults::tracing_flush")]
+    pub flush_interval: HumanDuration,
+    /// How long one export request may take.
+    #[serde(default = "defaults::tracing_timeout")]
+    pub export_timeout: HumanDuration,
+    /// Headers sent with each export request (a collector's API key, say).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
 /// `[access_log]`: one JSON line per request.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -337,6 +382,14 @@ pub struct AccessLogSection {
     /// Lines queued for the writer before new ones are dropped (and counted).
     #[serde(default = "defaults::access_log_buffer")]
     pub buffer_lines: usize,
+    /// The fields each line carries (default: all of them), e.g.
+    /// `["time", "request_id", "route", "status", "duration_us"]`.
+    #[serde(default)]
+    pub fields: Option<Vec<String>>,
+    /// Query parameters whose values the `query` field shows as `REDACTED` (names compared
+    /// without case).
+    #[serde(default = "defaults::redact_query")]
+    pub redact_query: Vec<String>,
 }
 
 impl Default for AccessLogSection {
@@ -344,6 +397,8 @@ impl Default for AccessLogSection {
         AccessLogSection {
             target: defaults::access_log_target(),
             buffer_lines: defaults::access_log_buffer(),
+            fields: None,
+            redact_query: defaults::redact_query(),
         }
     }
 }
@@ -1188,6 +1243,44 @@ pub mod defaults {
     pub fn enabled() -> bool {
         true
     }
+    pub fn sample_ratio() -> f64 {
+        1.0
+    }
+
+    pub fn service_name() -> String {
+        "tollgate".into()
+    }
+
+    pub fn tracing_queue() -> usize {
+        4096
+    }
+
+    pub fn tracing_batch() -> usize {
+        512
+    }
+
+    pub fn tracing_flush() -> HumanDuration {
+        HumanDuration(std::time::Duration::from_secs(1))
+    }
+
+    pub fn tracing_timeout() -> HumanDuration {
+        HumanDuration(std::time::Duration::from_secs(5))
+    }
+
+    pub fn redact_query() -> Vec<String> {
+        [
+            "access_token",
+            "api_key",
+            "apikey",
+            "key",
+            "password",
+            "secret",
+            "token",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
     pub fn access_log_target() -> super::LogTarget {
         super::LogTarget::Stdout
     }

@@ -27,6 +27,23 @@ impl Problem {
             message: message.into(),
         }
     }
+
+    /// `given` is not one of `valid`: the message names the closest one.
+    pub fn unknown(path: impl Into<String>, what: &str, given: &str, valid: &[&str]) -> Self {
+        let hint = closest(given, valid.iter().copied())
+            .map(|v| format!("; did you mean `{v}`?"))
+            .unwrap_or_default();
+        Problem::new(path, format!("unknown {what} `{given}`{hint}"))
+    }
+}
+
+/// The valid choice most like `given`, when one is close enough to be a typo.
+fn closest<'v>(given: &str, valid: impl Iterator<Item = &'v str>) -> Option<&'v str> {
+    valid
+        .map(|v| (strsim::jaro_winkler(given, v), v))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, v)| v)
 }
 
 /// Why a configuration file was refused. Displays one line per problem.
@@ -119,12 +136,8 @@ fn in_operator_words(path: &str, message: &str) -> String {
             .collect()
     };
     let suggest = |given: &str, valid: &[String]| {
-        valid
-            .iter()
-            .map(|v| (strsim::jaro_winkler(given, v), v))
-            .filter(|(score, _)| *score >= 0.8)
-            .max_by(|a, b| a.0.total_cmp(&b.0))
-            .map(|(_, v)| format!("; did you mean `{v}`?"))
+        closest(given, valid.iter().map(String::as_str))
+            .map(|v| format!("; did you mean `{v}`?"))
             .unwrap_or_default()
     };
     for (prefix, what) in [("unknown field `", "key"), ("unknown variant `", "value")] {

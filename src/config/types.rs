@@ -217,6 +217,15 @@ impl TryFrom<String> for TlsVersion {
     }
 }
 
+/// The shape of diagnostic-log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
 /// Where access-log lines go: `"stdout"`, `"off"`, or a file path (appended to).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]

@@ -14,6 +14,7 @@ use crate::forward;
 use crate::grpc;
 use crate::observe::access_log::{AccessLog, Entry};
 use crate::observe::metrics::{Metrics, Served, NO_ROUTE};
+use crate::observe::trace::{self, Trace};
 use crate::policy::auth::Identity;
 use crate::policy::GatewayPolicy;
 use crate::route::{ProxyAction, Route, RouteAction, RouteTable};
@@ -71,6 +72,10 @@ pub struct Gateway {
     pub(crate) providers: crate::policy::jwt::Providers,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) access_log: Option<AccessLog>,
+    /// The fields and redactions of its lines.
+    pub(crate) access_format: crate::observe::access_log::Format,
+    /// W3C trace context and spans, with `[tracing]`.
+    pub(crate) tracer: Option<Arc<crate::observe::trace::Tracer>>,
     pub(crate) policy: GatewayPolicy,
     /// Pooled upstream connections for aggregation parts.
     pub(crate) connector: Arc<Connector>,
@@ -113,6 +118,61 @@ fn retry_elsewhere(ctx: &mut Ctx, etype: ErrorType, what: String) -> Box<Error> 
     let mut e = Error::explain(etype, format!("{what}, retrying"));
     e.set_retry(true);
     e
+}
+
+/// A duration in whole microseconds, as the access log gives it.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Why a request failed, in the words a person debugging a 502 needs: which side, what
+/// happened, and the limit that ran out.
+fn error_cause(e: &Error, ctx: &Ctx) -> String {
+    use pingora::ErrorType::*;
+    let action = proxy_of(ctx.route.as_ref()).map(|(a, _)| a);
+    let after = |limit: Option<Duration>| {
+        limit.map_or(String::new(), |d| {
+            format!(" after {}", humantime::format_duration(d))
+        })
+    };
+    let client = matches!(e.esource(), pingora::ErrorSource::Downstream);
+    let answered = ctx.upstream.status.is_some();
+    let gave_up = e.etype() == &ALL_CONNECTS_FAILED || e.etype() == &NO_HEALTHY_TARGET;
+    match e.etype() {
+        _ if ctx.upstream.no_target => "no healthy target".into(),
+        // Out of targets after failed attempts: the last attempt's cause says why.
+        _ if gave_up && ctx.upstream.last_cause.is_some() => {
+            ctx.upstream.last_cause.clone().unwrap_or_default()
+        }
+        ConnectRefused => "connect refused".into(),
+        ConnectTimedout => format!(
+            "connect timeout{}",
+            after(action.map(|a| a.connect_timeout))
+        ),
+        ConnectNoRoute => "no route to upstream".into(),
+        TLSHandshakeFailure => "upstream TLS handshake failed".into(),
+        TLSHandshakeTimedout => "upstream TLS handshake timeout".into(),
+        ConnectError => "connect failed".into(),
+        ReadTimedout | WriteTimedout if client => "client timeout".into(),
+        ConnectionClosed | ReadError | WriteError | H2Error if client => {
+            "client closed connection".into()
+        }
+        ReadTimedout => format!("upstream timeout{}", after(action.map(|a| a.read_timeout))),
+        WriteTimedout => format!(
+            "upstream write timeout{}",
+            after(action.map(|a| a.read_timeout))
+        ),
+        ConnectionClosed | ReadError | WriteError if answered => {
+            "upstream closed mid-response".into()
+        }
+        ConnectionClosed | ReadError | WriteError => "upstream closed before response".into(),
+        H2Error => "upstream HTTP/2 error".into(),
+        InvalidHTTPHeader => "invalid upstream response".into(),
+        other => match &e.context {
+            Some(c) => format!("{}: {c}", other.as_str()),
+            None => other.as_str().into(),
+        },
+    }
 }
 
 /// The body a filter rewrites has no length known in advance: HTTP/1 sends it chunked.
@@ -179,6 +239,15 @@ pub struct Ctx {
     grpc_web: Option<crate::grpc_web::Bridge>,
     /// The upstream's gRPC status, once its trailers (or a transcoded call) said it.
     grpc_status: Option<grpc::Code>,
+    /// The request's trace context and spans, with `[tracing]`.
+    trace: Option<Trace>,
+}
+
+impl Ctx {
+    /// The request's id (`X-Request-Id`, the client's when it sent a safe one).
+    pub(crate) fn request_id(&self) -> &HeaderValue {
+        &self.request_id
+    }
 }
 
 /// What the gateway keeps about a gRPC request.
@@ -223,6 +292,16 @@ struct Upstream {
     last_failure: Option<Failure>,
     /// The one retry a pooled connection closed by the upstream gets for free was taken.
     stale_retried: bool,
+    /// The status of the last upstream response head (not 1xx).
+    status: Option<StatusCode>,
+    /// Why each retry was made, for the access log.
+    retried: Vec<&'static str>,
+    /// Why the next attempt will be made, once a retry is decided.
+    pending_retry: Option<&'static str>,
+    /// The last target chosen (`address:port`).
+    last_target: Option<Arc<str>>,
+    /// What went wrong with the last failed attempt, in words.
+    last_cause: Option<String>,
 }
 
 /// Increments a gauge now and decrements it when dropped.
@@ -263,7 +342,13 @@ impl Gateway {
             action.retry_on
         };
         match retry::decide(on, failure, attempt) {
-            Decision::Retry => self.take_retry(ctx),
+            Decision::Retry => {
+                let retry = self.take_retry(ctx);
+                if retry {
+                    ctx.upstream.pending_retry = Some(failure.label());
+                }
+                retry
+            }
             Decision::BodyTooLarge => {
                 self.count_skipped_retry(ctx, "body_too_large");
                 false
@@ -443,6 +528,7 @@ impl ProxyHttp for Gateway {
             grpc: None,
             grpc_web: None,
             grpc_status: None,
+            trace: None,
         }
     }
 
@@ -457,6 +543,10 @@ impl ProxyHttp for Gateway {
         session.set_pipelining_enabled(true);
         ctx._inflight = Some(GaugeGuard::new(&self.metrics.inflight));
         ctx.request_id = forward::request_id(session.req_header());
+        ctx.trace = self
+            .tracer
+            .as_ref()
+            .map(|t| t.start(&session.req_header().headers));
         ctx.grpc = GrpcCall::of(session.req_header(), ctx.start);
         session.set_read_timeout(Some(self.policy.body_timeout));
         let peer = session
@@ -636,6 +726,13 @@ impl ProxyHttp for Gateway {
             };
             return Error::e_explain(etype, format!("upstream {}", group.name));
         };
+        if let Some(reason) = ctx.upstream.pending_retry.take() {
+            ctx.upstream.retried.push(reason);
+        }
+        ctx.upstream.last_target = Some(guard.target().label.clone());
+        if let Some(t) = ctx.trace.as_mut() {
+            t.call(trace::UPSTREAM, Some(guard.target().label.to_string()));
+        }
         let mut peer = group.peer(guard.target().addr);
         peer.options.connection_timeout = Some(action.connect_timeout);
         peer.options.total_connection_timeout = Some(action.connect_timeout);
@@ -682,6 +779,11 @@ impl ProxyHttp for Gateway {
         if let Some(addr) = peer.address().as_inet() {
             ctx.upstream.tried.push(*addr);
         }
+        let cause = error_cause(&e, ctx);
+        if let Some(t) = ctx.trace.as_mut() {
+            t.call_failed(cause.clone());
+        }
+        ctx.upstream.last_cause = Some(cause);
         let retry = self.should_retry(session, ctx, Failure::Connect);
         e.set_retry(retry);
         e
@@ -695,7 +797,13 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
-        let mut e = e.more_context(format!("Peer: {peer}"));
+        let group = proxy_of(ctx.route.as_ref()).map_or("-", |(_, g)| &*g.name);
+        let mut e = e.more_context(format!("upstream {group}/{}", peer.address()));
+        let cause = error_cause(&e, ctx);
+        if let Some(t) = ctx.trace.as_mut() {
+            t.call_failed(cause.clone());
+        }
+        ctx.upstream.last_cause = Some(cause);
         if e.etype() == &RETRY_5XX || e.etype() == &RETRY_UNAVAILABLE {
             // Decided (and counted) when the 5xx arrived.
             return e;
@@ -715,6 +823,7 @@ impl ProxyHttp for Gateway {
             && !ctx.upstream.stale_retried
         {
             ctx.upstream.stale_retried = true;
+            ctx.upstream.pending_retry = Some("stale_connection");
             e.set_retry(true);
             return e;
         }
@@ -759,6 +868,14 @@ impl ProxyHttp for Gateway {
         if let Some(t) = ctx.upstream.target.as_mut() {
             t.record_status(status.as_u16());
         }
+        ctx.upstream.status = Some(status);
+        if let Some(t) = ctx.trace.as_mut() {
+            t.call_status(status.as_u16());
+        }
+        if let Some((_, group)) = proxy_of(ctx.route.as_ref()) {
+            let stats = ctx.route.as_ref().map(|r| &r.stats);
+            self.metrics.upstream_response(stats, &group.name, status);
+        }
         if ctx.grpc.is_some() {
             // A trailers-only `UNAVAILABLE`: the upstream did not take the call.
             let unavailable = grpc::status_of(&resp.headers) == Some(grpc::Code::Unavailable);
@@ -794,6 +911,15 @@ impl ProxyHttp for Gateway {
         // The upstream gets the deadline that is left, so it can stop work nobody awaits.
         if let Some(left) = ctx.grpc.and_then(|g| g.remaining()) {
             upstream.insert_header(grpc::GRPC_TIMEOUT, grpc::format_timeout(left))?;
+        }
+        if let Some(t) = &ctx.trace {
+            upstream.insert_header(trace::TRACEPARENT, t.current())?;
+            match t.state() {
+                Some(state) => upstream.insert_header(trace::TRACESTATE, state.clone())?,
+                None => {
+                    upstream.remove_header(trace::TRACESTATE);
+                }
+            }
         }
         ctx.upstream.sent_at = Some(Instant::now());
         Ok(())
@@ -961,6 +1087,7 @@ impl ProxyHttp for Gateway {
         let m = &self.metrics;
         let upstream_elapsed = ctx.upstream.sent_at.map(|t| t.elapsed());
         let group = proxy_of(ctx.route.as_ref()).map(|(_, g)| &*g.name);
+        let cause = e.map(|e| error_cause(e, ctx));
         m.record(&Served {
             route: route_name,
             stats: ctx.route.as_ref().map(|r| &r.stats),
@@ -968,36 +1095,98 @@ impl ProxyHttp for Gateway {
             status,
             elapsed,
             upstream: group.zip(upstream_elapsed),
+            bytes_in: session.body_bytes_read() as u64,
+            bytes_out: session.body_bytes_sent() as u64,
             cache: ctx.cache_verdict,
         });
         if let Some(log) = &self.access_log {
-            let target = ctx.upstream.target.as_ref().map(|t| &*t.target().label);
-            log.log(&Entry {
-                time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-                request_id: ctx.request_id.to_str().unwrap_or(""),
-                client_ip: ctx.client_ip,
-                route: route_name,
-                method: req.method.as_str(),
-                path: req.uri.path(),
-                received: ctx.received_target.as_deref(),
-                forwarded: ctx.forwarded_path.as_deref(),
-                status: status.as_u16(),
-                upstream: target,
-                duration_ms: elapsed.as_secs_f64() * 1e3,
-                upstream_ms: upstream_elapsed.map(|d| d.as_secs_f64() * 1e3),
-                bytes_in: session.body_bytes_read(),
-                bytes_out: session.body_bytes_sent(),
-                cache: ctx.cache_verdict.map(Verdict::header),
-                error: e.map(|e| e.etype().as_str().to_string()),
-                upgraded: ctx.upgraded.is_some(),
-                grpc_status: ctx
-                    .grpc_status
-                    .or_else(|| {
-                        let head = session.response_written().filter(|_| ctx.grpc.is_some())?;
-                        grpc::status_of(&head.headers)
-                    })
-                    .map(|c| c as u8),
-            });
+            let header = |name: http::header::HeaderName| {
+                req.headers.get(name).and_then(|v| v.to_str().ok())
+            };
+            let tls_version = session
+                .digest()
+                .and_then(|d| d.ssl_digest.as_ref())
+                .map(|d| &*d.version);
+            let format = &self.access_format;
+            log.log(
+                format,
+                &Entry {
+                    time: humantime::format_rfc3339_millis(std::time::SystemTime::now())
+                        .to_string(),
+                    request_id: ctx.request_id.to_str().unwrap_or(""),
+                    trace_id: ctx.trace.as_ref().map(Trace::trace_id),
+                    client_ip: ctx.client_ip,
+                    host: req.uri.host().or_else(|| header(http::header::HOST)),
+                    method: req.method.as_str(),
+                    path: req.uri.path(),
+                    query: req.uri.query().map(|q| format.query(q)),
+                    received: ctx.received_target.as_deref(),
+                    forwarded: ctx.forwarded_path.as_deref(),
+                    protocol: match req.version {
+                        http::Version::HTTP_10 => "HTTP/1.0",
+                        http::Version::HTTP_2 => "HTTP/2",
+                        _ => "HTTP/1.1",
+                    },
+                    tls_version,
+                    user_agent: header(http::header::USER_AGENT),
+                    route: route_name,
+                    consumer: ctx.identity.as_ref().and_then(|i| i.principal()),
+                    status: status.as_u16(),
+                    upstream: group,
+                    target: ctx.upstream.last_target.as_deref(),
+                    upstream_status: ctx.upstream.status.map(|s| s.as_u16()),
+                    attempts: ctx.upstream.attempts,
+                    retries: &ctx.upstream.retried,
+                    duration_us: micros(elapsed),
+                    upstream_us: upstream_elapsed.map(micros),
+                    bytes_in: session.body_bytes_read(),
+                    bytes_out: session.body_bytes_sent(),
+                    cache: ctx.cache_verdict.map(Verdict::header),
+                    error: cause.clone(),
+                    upgraded: ctx.upgraded.is_some(),
+                    grpc_status: ctx
+                        .grpc_status
+                        .or_else(|| {
+                            let head = session.response_written().filter(|_| ctx.grpc.is_some())?;
+                            grpc::status_of(&head.headers)
+                        })
+                        .map(|c| c as u8),
+                },
+            );
+        }
+        if let (Some(tracer), Some(t)) = (&self.tracer, ctx.trace.take()) {
+            let scheme = if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
+                "https"
+            } else {
+                "http"
+            };
+            tracer.finish(
+                t,
+                &trace::Served {
+                    method: req.method.as_str(),
+                    route: route_name,
+                    path: req.uri.path(),
+                    scheme,
+                    host: req
+                        .uri
+                        .host()
+                        .or_else(|| req.headers.get(http::header::HOST)?.to_str().ok()),
+                    client: ctx.client_ip,
+                    protocol: match req.version {
+                        http::Version::HTTP_10 => "1.0",
+                        http::Version::HTTP_2 => "2",
+                        _ => "1.1",
+                    },
+                    user_agent: req
+                        .headers
+                        .get(http::header::USER_AGENT)
+                        .and_then(|v| v.to_str().ok()),
+                    status: status.as_u16(),
+                    request_id: ctx.request_id.to_str().unwrap_or(""),
+                    upstream: group,
+                    error: cause,
+                },
+            );
         }
     }
 }

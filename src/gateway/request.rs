@@ -7,6 +7,7 @@ use super::{Ctx, Gateway};
 use crate::aggregate::Forwarded;
 use crate::error::{Reject, X_REQUEST_ID};
 use crate::forward;
+use crate::observe::trace;
 use crate::policy::auth;
 use crate::policy::cors::CorsOutcome;
 use crate::policy::rate_limit::{RateDecision, Subject};
@@ -287,7 +288,7 @@ async fn rate_limit_step(gw: &Gateway, route: &Route, ctx: &mut Ctx) -> Step {
     Step::Reject(reject)
 }
 
-async fn answer_step(gw: &Gateway, route: &Route, req: &RequestHeader, ctx: &Ctx) -> Step {
+async fn answer_step(gw: &Gateway, route: &Route, req: &RequestHeader, ctx: &mut Ctx) -> Step {
     match &route.action {
         RouteAction::Proxy(_) => Step::Next,
         RouteAction::Respond(direct) => {
@@ -322,12 +323,22 @@ async fn answer_step(gw: &Gateway, route: &Route, req: &RequestHeader, ctx: &Ctx
 
 /// What every call the gateway makes for a client request carries from it (aggregate parts,
 /// transcoded gRPC calls): the identity headers, the request id and the client's address.
-pub(super) fn calls_carry(ctx: &Ctx) -> Vec<(HeaderName, HeaderValue)> {
+pub(super) fn calls_carry(ctx: &mut Ctx) -> Vec<(HeaderName, HeaderValue)> {
     let mut out: Vec<(HeaderName, HeaderValue)> = ctx
         .identity
         .as_ref()
         .map_or_else(Vec::new, |i| i.headers.clone());
     out.push((X_REQUEST_ID, ctx.request_id.clone()));
+    // One CLIENT span covers the calls; each callee's span is its child.
+    if let Some(t) = ctx.trace.as_mut() {
+        out.push((
+            HeaderName::from_static(trace::TRACEPARENT),
+            t.call(trace::CALLS, None),
+        ));
+        if let Some(state) = t.state() {
+            out.push((HeaderName::from_static(trace::TRACESTATE), state.clone()));
+        }
+    }
     if let Some(ip) = ctx.client_ip {
         if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
             out.push((HeaderName::from_static("x-forwarded-for"), v));

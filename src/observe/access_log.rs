@@ -4,14 +4,17 @@
 //! than the configured buffer, lines are dropped and counted (`access_log_dropped_total`)
 //! instead of blocking.
 
+use crate::config::Problem;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use prometheus::IntCounter;
 use serde::Serialize;
+use std::borrow::Cow;
 use std::io::Write;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 /// How often queued lines are written out.
@@ -20,31 +23,64 @@ const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50)
 /// Where lines go (`off` never reaches the writer).
 pub(crate) use crate::config::types::LogTarget as Target;
 
-/// One request, as logged.
+/// One request, as logged. Every field is named in [`FIELDS`], which
+/// `access_log.fields` chooses from.
 #[derive(Debug, Serialize)]
 pub struct Entry<'a> {
     pub time: String,
     pub request_id: &'a str,
+    /// The W3C trace id, on traced requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     pub client_ip: Option<IpAddr>,
-    pub route: &'a str,
+    /// The `Host` (or HTTP/2 `:authority`) the client asked for.
+    pub host: Option<&'a str>,
     pub method: &'a str,
     /// The canonical path: what routing and policy saw.
     pub path: &'a str,
+    /// The query string, with the values of `access_log.redact_query` parameters hidden.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<Cow<'a, str>>,
     /// The request target as the client sent it, when normalization changed it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub received: Option<&'a str>,
     /// The path sent upstream, when a strip or rewrite changed it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub forwarded: Option<&'a str>,
+    /// `HTTP/1.0`, `HTTP/1.1` or `HTTP/2`.
+    pub protocol: &'static str,
+    /// `TLSv1.3`, `TLSv1.2` on TLS listeners.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_version: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    pub route: &'a str,
+    /// The API-key consumer or the token's subject, on authenticated routes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<&'a str>,
     pub status: u16,
+    /// The upstream group of the route.
     pub upstream: Option<&'a str>,
-    pub duration_ms: f64,
-    pub upstream_ms: Option<f64>,
+    /// The last target tried (`address:port`).
+    pub target: Option<&'a str>,
+    /// The status the upstream answered with (the last attempt's), when it answered.
+    pub upstream_status: Option<u16>,
+    /// Upstream attempts made (0 when none was: refused before proxying, cached, ...).
+    pub attempts: usize,
+    /// Why each retry was made, in order (`connect`, `timeout`, `reset`, `5xx`,
+    /// `unavailable`, `stale_connection`).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub retries: &'a [&'static str],
+    /// Request start to the end of the response, in microseconds.
+    pub duration_us: u64,
+    /// Sending upstream to the end of its response, in microseconds.
+    pub upstream_us: Option<u64>,
     pub bytes_in: usize,
     pub bytes_out: usize,
     /// `HIT`, `MISS`, `BYPASS` or `STALE` on caching routes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<&'static str>,
+    /// Why the request failed, in words (`connect refused`, `upstream timeout after 5s`,
+    /// `upstream closed before response`, `no healthy target`, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// The connection was upgraded (WebSocket): duration and bytes cover its whole life.
@@ -56,10 +92,111 @@ pub struct Entry<'a> {
     pub grpc_status: Option<u8>,
 }
 
-impl Entry<'_> {
-    pub fn to_line(&self) -> String {
-        let mut line =
-            serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+/// The names of [`Entry`]'s fields, in line order.
+pub(crate) const FIELDS: &[&str] = &[
+    "time",
+    "request_id",
+    "trace_id",
+    "client_ip",
+    "host",
+    "method",
+    "path",
+    "query",
+    "received",
+    "forwarded",
+    "protocol",
+    "tls_version",
+    "user_agent",
+    "route",
+    "consumer",
+    "status",
+    "upstream",
+    "target",
+    "upstream_status",
+    "attempts",
+    "retries",
+    "duration_us",
+    "upstream_us",
+    "bytes_in",
+    "bytes_out",
+    "cache",
+    "error",
+    "upgraded",
+    "grpc_status",
+];
+
+/// How lines are shaped (reloadable): which fields, which query values are hidden.
+#[derive(Debug, Default)]
+pub struct Format {
+    /// The fields kept, when `access_log.fields` lists them; all of them otherwise.
+    fields: Option<Vec<&'static str>>,
+    /// Lower-cased parameter names.
+    redact: Vec<String>,
+}
+
+impl Format {
+    /// `[access_log]`'s `fields` and `redact_query`, every unknown field a problem.
+    pub(crate) fn from_config(
+        fields: Option<&[String]>,
+        redact: &[String],
+        problems: &mut Vec<Problem>,
+    ) -> Format {
+        let fields = fields.map(|list| {
+            list.iter()
+                .enumerate()
+                .filter_map(|(i, f)| match FIELDS.iter().find(|k| **k == f) {
+                    Some(k) => Some(*k),
+                    None => {
+                        problems.push(Problem::unknown(
+                            format!("access_log.fields[{i}]"),
+                            "access-log field",
+                            f,
+                            FIELDS,
+                        ));
+                        None
+                    }
+                })
+                .collect()
+        });
+        Format {
+            fields,
+            redact: redact.iter().map(|r| r.to_ascii_lowercase()).collect(),
+        }
+    }
+
+    /// `query` with the values of redacted parameters replaced by `REDACTED`.
+    pub(crate) fn query<'q>(&self, query: &'q str) -> Cow<'q, str> {
+        let hidden = |pair: &str| {
+            let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+            self.redact.iter().any(|r| r.eq_ignore_ascii_case(name))
+        };
+        if !query.split('&').any(hidden) {
+            return Cow::Borrowed(query);
+        }
+        let parts: Vec<Cow<'_, str>> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if hidden(pair) => Cow::Owned(format!("{name}=REDACTED")),
+                _ => Cow::Borrowed(pair),
+            })
+            .collect();
+        Cow::Owned(parts.join("&"))
+    }
+
+    /// The entry as one JSON line.
+    pub fn line(&self, entry: &Entry<'_>) -> String {
+        let text = match &self.fields {
+            None => serde_json::to_string(entry),
+            Some(keep) => serde_json::to_value(entry).and_then(|v| {
+                let mut map = match v {
+                    serde_json::Value::Object(m) => m,
+                    _ => serde_json::Map::new(),
+                };
+                map.retain(|k, _| keep.contains(&k.as_str()));
+                serde_json::to_string(&map)
+            }),
+        };
+        let mut line = text.unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
         line.push('\n');
         line
     }
@@ -73,8 +210,8 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
-    pub fn log(&self, entry: &Entry<'_>) {
-        if self.tx.try_send(entry.to_line()).is_err() {
+    pub(crate) fn log(&self, format: &Format, entry: &Entry<'_>) {
+        if self.tx.try_send(format.line(entry)).is_err() {
             self.dropped.inc();
         }
     }
@@ -84,16 +221,24 @@ impl AccessLog {
 pub struct AccessLogWriter {
     target: Target,
     rx: Mutex<Option<mpsc::Receiver<String>>>,
+    /// Set by `SIGUSR1`: reopen the file (after logrotate moved it away).
+    reopen: Arc<AtomicBool>,
 }
 
 /// A connected logger and its writer.
 pub fn channel(target: Target, buffer: usize, dropped: IntCounter) -> (AccessLog, AccessLogWriter) {
     let (tx, rx) = mpsc::channel(buffer.max(1));
+    // Registered before the server runs: `SIGUSR1`'s default action ends the process.
+    let reopen = Arc::new(AtomicBool::new(false));
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGUSR1, reopen.clone()) {
+        log::error!("cannot handle SIGUSR1 (access-log reopen): {e}");
+    }
     (
         AccessLog { tx, dropped },
         AccessLogWriter {
             target,
             rx: Mutex::new(Some(rx)),
+            reopen,
         },
     )
 }
@@ -144,6 +289,17 @@ impl BackgroundService for AccessLogWriter {
             if !batch.is_empty() {
                 write_batch(&mut out, &mut batch);
                 let _ = out.flush();
+            }
+            // What was queued before the signal went to the old file; what follows goes to
+            // the new one. A file that cannot be opened keeps the old one (lines still land).
+            if self.reopen.swap(false, Ordering::AcqRel) && matches!(self.target, Target::File(_)) {
+                match self.open() {
+                    Ok(new) => {
+                        out = std::io::BufWriter::with_capacity(64 * 1024, new);
+                        log::info!("access log reopened: {:?}", self.target);
+                    }
+                    Err(e) => log::error!("cannot reopen access log {:?}: {e}", self.target),
+                }
             }
         }
         while let Ok(line) = rx.try_recv() {

@@ -1,11 +1,21 @@
 //! The gateway's Prometheus metrics, owned by the compiled runtime (never a global registry,
-//! so several gateways can live in one process and an upgrade starts clean).
+//! so several gateways can live in one process and an upgrade starts clean). Every name
+//! carries the `tollgate_` prefix (the registry adds it), except the `process_*` metrics,
+//! whose names are Prometheus's own convention.
+//!
+//! Label values come from the configuration (route, upstream group, target, certificate
+//! file) or from small fixed sets (method, status code, status class, reason, result): no
+//! label takes a value from the client, so cardinality is bounded by the configuration.
+//! Series of routes, groups and targets the serving generation no longer has are removed at
+//! the next scrape.
 
 use crate::cache::{ResponseCache, Verdict};
+use prometheus::core::{MetricVec, MetricVecBuilder};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -22,12 +32,20 @@ const METHODS: [http::Method; 9] = [
     http::Method::TRACE,
 ];
 
+/// The `status_class` label values, by `status / 100 - 1`.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
 /// A route's metric handles, resolved on first use: the common requests skip the label
 /// hashing and registry lock of `with_label_values`.
 #[derive(Default)]
 pub struct RouteStats {
-    duration: OnceLock<Histogram>,
+    /// `request_duration_seconds`, by status class.
+    duration: [OnceLock<Histogram>; STATUS_CLASSES.len()],
     upstream_duration: OnceLock<Histogram>,
+    /// `upstream_responses_total` with status 200 (a route has one upstream group).
+    upstream_ok: OnceLock<IntCounter>,
+    request_bytes: OnceLock<IntCounter>,
+    response_bytes: OnceLock<IntCounter>,
     /// `requests_total` with status 200, by index in [`METHODS`].
     ok: [OnceLock<IntCounter>; METHODS.len()],
     /// `cache_requests_total`, by [`Verdict`].
@@ -43,6 +61,9 @@ pub struct Served<'a> {
     pub elapsed: Duration,
     /// The upstream group and the time from sending upstream to the end of the response.
     pub upstream: Option<(&'a str, Duration)>,
+    /// Body bytes received from the client and sent to it.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
     /// What the cache did, on caching routes.
     pub cache: Option<Verdict>,
 }
@@ -88,7 +109,19 @@ pub(crate) struct GroupSample<'a> {
 pub const NO_ROUTE: &str = "-";
 
 pub struct Metrics {
+    /// Everything of the gateway's own, named `tollgate_*`.
     registry: Registry,
+    /// `process_*`: CPU, memory, file descriptors, threads, start time.
+    process: Registry,
+    /// `upstream_responses_total{upstream, status}`.
+    upstream_responses: IntCounterVec,
+    /// `request_bytes_total{route}`, `response_bytes_total{route}`: body bytes.
+    request_bytes: IntCounterVec,
+    response_bytes: IntCounterVec,
+    /// `tls_certificate_expiry_timestamp_seconds{name}`, rebuilt at each scrape.
+    cert_expiry: IntGaugeVec,
+    /// `tracing_spans_dropped_total`: spans not exported because the queue was full.
+    pub tracing_spans_dropped: IntCounter,
     pub requests: IntCounterVec,
     pub duration: HistogramVec,
     pub upstream_duration: HistogramVec,
@@ -130,7 +163,61 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> prometheus::Result<Self> {
-        let registry = Registry::new();
+        let registry = Registry::new_custom(Some("tollgate".into()), None)?;
+        let process = Registry::new();
+        #[cfg(target_os = "linux")]
+        process.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "build_info",
+                "Always 1: the version, the Pingora version and the TLS library",
+            ),
+            &["version", "pingora", "tls"],
+        )?;
+        build_info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                env!("TOLLGATE_PINGORA_VERSION"),
+                openssl::version::version(),
+            ])
+            .set(1);
+        registry.register(Box::new(build_info))?;
+        let upstream_responses = IntCounterVec::new(
+            Opts::new(
+                "upstream_responses_total",
+                "Responses from upstream groups, by group and status code (retried attempts included)",
+            ),
+            &["upstream", "status"],
+        )?;
+        let request_bytes = IntCounterVec::new(
+            Opts::new(
+                "request_bytes_total",
+                "Request body bytes received, by route",
+            ),
+            &["route"],
+        )?;
+        let response_bytes = IntCounterVec::new(
+            Opts::new("response_bytes_total", "Response body bytes sent, by route"),
+            &["route"],
+        )?;
+        let cert_expiry = IntGaugeVec::new(
+            Opts::new(
+                "tls_certificate_expiry_timestamp_seconds",
+                "When each served certificate expires (its notAfter), by certificate file",
+            ),
+            &["name"],
+        )?;
+        let tracing_spans_dropped = IntCounter::new(
+            "tracing_spans_dropped_total",
+            "Spans not exported because the export queue was full",
+        )?;
+        registry.register(Box::new(upstream_responses.clone()))?;
+        registry.register(Box::new(request_bytes.clone()))?;
+        registry.register(Box::new(response_bytes.clone()))?;
+        registry.register(Box::new(cert_expiry.clone()))?;
+        registry.register(Box::new(tracing_spans_dropped.clone()))?;
         let requests = IntCounterVec::new(
             Opts::new(
                 "requests_total",
@@ -141,10 +228,10 @@ impl Metrics {
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "request_duration_seconds",
-                "Time from request start to the end of the response, by route",
+                "Time from request start to the end of the response, by route and status class",
             )
             .buckets(DURATION_BUCKETS.to_vec()),
-            &["route"],
+            &["route", "status_class"],
         )?;
         let upstream_duration = HistogramVec::new(
             HistogramOpts::new(
@@ -289,18 +376,15 @@ impl Metrics {
         registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(access_log_dropped.clone()))?;
         let config_reloads = IntCounterVec::new(
-            Opts::new(
-                "tollgate_config_reloads_total",
-                "Configuration reloads, by result",
-            ),
+            Opts::new("config_reloads_total", "Configuration reloads, by result"),
             &["result"],
         )?;
         let config_generation = IntGauge::new(
-            "tollgate_config_generation",
+            "config_generation",
             "Generation of the configuration serving (1 at start, +1 per reload)",
         )?;
         let config_last_success = prometheus::Gauge::new(
-            "tollgate_config_last_reload_success_timestamp_seconds",
+            "config_last_reload_success_timestamp_seconds",
             "When the serving configuration was loaded, in seconds since the epoch",
         )?;
         registry.register(Box::new(config_reloads.clone()))?;
@@ -311,6 +395,12 @@ impl Metrics {
         }
         Ok(Metrics {
             registry,
+            process,
+            upstream_responses,
+            request_bytes,
+            response_bytes,
+            cert_expiry,
+            tracing_spans_dropped,
             requests,
             duration,
             upstream_duration,
@@ -342,7 +432,8 @@ impl Metrics {
     }
 
     /// Count one answered request: `requests_total`, `request_duration_seconds`,
-    /// `upstream_duration_seconds` and `cache_requests_total`.
+    /// `upstream_duration_seconds`, `upstream_responses_total`, the byte counters and
+    /// `cache_requests_total`.
     pub fn record(&self, o: &Served<'_>) {
         let method = METHODS.iter().position(|m| m == o.method);
         let method_label = method.map_or("OTHER", |i| METHODS[i].as_str());
@@ -356,8 +447,29 @@ impl Metrics {
             &[o.route, method_label, o.status.as_str()],
         )
         .inc();
-        handle(o.stats.map(|s| &s.duration), &self.duration, &[o.route])
-            .observe(o.elapsed.as_secs_f64());
+        let class = usize::from(o.status.as_u16() / 100).clamp(1, STATUS_CLASSES.len()) - 1;
+        handle(
+            o.stats.map(|s| &s.duration[class]),
+            &self.duration,
+            &[o.route, STATUS_CLASSES[class]],
+        )
+        .observe(o.elapsed.as_secs_f64());
+        if o.bytes_in > 0 {
+            handle(
+                o.stats.map(|s| &s.request_bytes),
+                &self.request_bytes,
+                &[o.route],
+            )
+            .inc_by(o.bytes_in);
+        }
+        if o.bytes_out > 0 {
+            handle(
+                o.stats.map(|s| &s.response_bytes),
+                &self.response_bytes,
+                &[o.route],
+            )
+            .inc_by(o.bytes_out);
+        }
         if let Some((group, d)) = o.upstream {
             handle(
                 o.stats.map(|s| &s.upstream_duration),
@@ -376,14 +488,27 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition, with target health refreshed from the health checks.
-    pub(crate) fn render(
+    /// Count one response head from an upstream group (each attempt's, retried ones too).
+    pub fn upstream_response(
         &self,
-        targets: &[TargetSample<'_>],
-        groups: &[GroupSample<'_>],
-        cache: Option<&ResponseCache>,
-    ) -> Vec<u8> {
-        if let Some(cache) = cache {
+        stats: Option<&RouteStats>,
+        group: &str,
+        status: http::StatusCode,
+    ) {
+        let cell = stats.filter(|_| status == http::StatusCode::OK);
+        handle(
+            cell.map(|s| &s.upstream_ok),
+            &self.upstream_responses,
+            &[group, status.as_str()],
+        )
+        .inc();
+    }
+
+    /// The Prometheus text exposition, with the gauges of the serving generation (targets,
+    /// groups, certificates, cache) set afresh and the series of routes and groups it no
+    /// longer has removed.
+    pub(crate) fn render(&self, scrape: &Scrape<'_>) -> Vec<u8> {
+        if let Some(cache) = scrape.cache {
             let (bytes, entries) = cache.usage();
             self.cache_size
                 .set(i64::try_from(bytes).unwrap_or(i64::MAX));
@@ -395,10 +520,9 @@ impl Metrics {
                 self.cache_evictions.inc_by(evicted - counted);
             }
         }
-        // Only the groups and targets of the serving generation are reported.
         self.target_healthy.reset();
         self.circuit_state.reset();
-        for t in targets {
+        for t in scrape.targets {
             self.target_healthy
                 .with_label_values(&[t.group, t.target])
                 .set(i64::from(t.healthy));
@@ -411,7 +535,7 @@ impl Metrics {
         self.discovery_targets.reset();
         self.discovery_updated.reset();
         self.discovery_failing.reset();
-        for g in groups {
+        for g in scrape.groups {
             self.discovery_targets
                 .with_label_values(&[g.group, g.provider])
                 .set(i64::try_from(g.targets).unwrap_or(i64::MAX));
@@ -422,11 +546,59 @@ impl Metrics {
                 .with_label_values(&[g.group])
                 .set(i64::from(g.failing));
         }
+        self.cert_expiry.reset();
+        for (name, not_after) in scrape.certificates {
+            self.cert_expiry.with_label_values(&[name]).set(*not_after);
+        }
+        let mut routes: HashSet<&str> = scrape.routes.iter().copied().collect();
+        routes.insert(NO_ROUTE);
+        prune(&self.requests, "route", &routes);
+        prune(&self.duration, "route", &routes);
+        prune(&self.retries, "route", &routes);
+        prune(&self.retries_skipped, "route", &routes);
+        prune(&self.auth_failures, "route", &routes);
+        prune(&self.rate_limited, "route", &routes);
+        prune(&self.cache_requests, "route", &routes);
+        prune(&self.request_bytes, "route", &routes);
+        prune(&self.response_bytes, "route", &routes);
+        let groups: HashSet<&str> = scrape.groups.iter().map(|g| g.group).collect();
+        prune(&self.upstream_duration, "upstream", &groups);
+        prune(&self.upstream_responses, "upstream", &groups);
+
         let mut out = Vec::with_capacity(8 * 1024);
+        let mut families = self.process.gather();
+        families.extend(self.registry.gather());
         // Encoding into a Vec cannot fail for well-formed metric families.
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
             log::error!("encoding metrics failed: {e}");
         }
         out
+    }
+}
+
+/// What a scrape reports from the serving generation.
+pub(crate) struct Scrape<'a> {
+    pub targets: &'a [TargetSample<'a>],
+    pub groups: &'a [GroupSample<'a>],
+    pub cache: Option<&'a ResponseCache>,
+    /// The names of its routes.
+    pub routes: &'a [&'a str],
+    /// Each served certificate's file and `notAfter`, in seconds since the epoch.
+    pub certificates: &'a [(&'a str, i64)],
+}
+
+/// Remove the series of `vec` whose `label` is not in `live`: routes and groups a reload
+/// took away stop being reported.
+fn prune<B: MetricVecBuilder>(vec: &MetricVec<B>, label: &str, live: &HashSet<&str>) {
+    let families = prometheus::core::Collector::collect(vec);
+    for m in families.iter().flat_map(|f| f.get_metric()) {
+        let labels: HashMap<&str, &str> = m
+            .get_label()
+            .iter()
+            .map(|l| (l.name(), l.value()))
+            .collect();
+        if labels.get(label).is_some_and(|v| !live.contains(v)) {
+            let _ = vec.remove(&labels);
+        }
     }
 }

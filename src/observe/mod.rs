@@ -1,5 +1,8 @@
 //! Observability: the Prometheus registry ([`metrics`]) and the JSON access log
-//! ([`access_log`]). Both are fed from the gateway's `logging` hook, once per request.
+//! ([`access_log`]), both fed from the gateway's `logging` hook once per request, and the
+//! diagnostic log ([`log`]).
 
 pub mod access_log;
+pub mod log;
 pub mod metrics;
+pub(crate) mod trace;

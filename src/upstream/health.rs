@@ -108,9 +108,13 @@ impl HealthCheckSpec {
     /// The Pingora health check this spec describes; HTTP checks use the group's TLS.
     pub(crate) fn build(
         &self,
+        group: &str,
         tls: Option<&super::UpstreamTls>,
     ) -> Result<Box<dyn HealthCheck + Send + Sync>> {
-        Ok(Box::new(Noting(self.build_check(tls)?)))
+        Ok(Box::new(Noting {
+            check: self.build_check(tls)?,
+            group: group.into(),
+        }))
     }
 
     fn build_check(
@@ -314,12 +318,16 @@ impl HealthCheck for GrpcHealthCheck {
 
 /// A health check that notes on each target when one of its checks passed
 /// (`new_targets = "after_check"` serves only those).
-struct Noting(Box<dyn HealthCheck + Send + Sync>);
+struct Noting {
+    check: Box<dyn HealthCheck + Send + Sync>,
+    /// The group's name, for the log lines Pingora writes when a target flips.
+    group: Box<str>,
+}
 
 #[async_trait::async_trait]
 impl HealthCheck for Noting {
     async fn check(&self, target: &pingora::lb::Backend) -> Result<()> {
-        let outcome = self.0.check(target).await;
+        let outcome = self.check.check(target).await;
         if outcome.is_ok() {
             if let Some(state) = target.ext.get::<std::sync::Arc<super::TargetState>>() {
                 state.note_check_passed();
@@ -329,14 +337,15 @@ impl HealthCheck for Noting {
     }
 
     async fn health_status_change(&self, target: &pingora::lb::Backend, healthy: bool) {
-        self.0.health_status_change(target, healthy).await
+        self.check.health_status_change(target, healthy).await
     }
 
+    /// `upstream NAME/ADDRESS`, not the `Backend` debug dump Pingora prints by default.
     fn backend_summary(&self, target: &pingora::lb::Backend) -> String {
-        self.0.backend_summary(target)
+        format!("upstream {}/{}", self.group, target.addr)
     }
 
     fn health_threshold(&self, success: bool) -> usize {
-        self.0.health_threshold(success)
+        self.check.health_threshold(success)
     }
 }

@@ -611,7 +611,7 @@ impl UpstreamGroup {
             None => {
                 let r = Arc::new(HealthRegistry::new());
                 if let Some(spec) = &health {
-                    match spec.build(upstream_tls.as_ref()) {
+                    match spec.build(name, upstream_tls.as_ref()) {
                         Ok(hc) => r.set_health_check(hc),
                         Err(e) => {
                             problems.push(Problem::new(

@@ -28,6 +28,18 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// How the access log names a retry made after this failure.
+    pub fn label(self) -> &'static str {
+        match self {
+            Failure::Connect => "connect",
+            Failure::Timeout => "timeout",
+            Failure::Reset => "reset",
+            Failure::Status5xx => "5xx",
+            Failure::Unavailable => "unavailable",
+            Failure::Other => "other",
+        }
+    }
+
     /// The failure an error after connecting stands for.
     pub fn of(e: &Error) -> Failure {
         use ErrorType::*;

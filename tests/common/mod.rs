@@ -121,6 +121,23 @@ impl Gateway {
         config: &str,
         write: impl FnOnce(&Path, &str) -> std::io::Result<PathBuf>,
     ) -> Result<Gateway, String> {
+        Self::start_written_env(config, &[], write)
+    }
+
+    /// [`Gateway::start_full`] with extra environment variables (`RUST_LOG=info`, say).
+    pub fn start_full_env(config: &str, env: &[(&str, &str)]) -> Result<Gateway, String> {
+        Self::start_written_env(config, env, |dir, text| {
+            let path = dir.join("tollgate.toml");
+            std::fs::write(&path, text).map(|_| path)
+        })
+    }
+
+    /// [`Gateway::start_written`] with extra environment variables.
+    pub fn start_written_env(
+        config: &str,
+        env: &[(&str, &str)],
+        write: impl FnOnce(&Path, &str) -> std::io::Result<PathBuf>,
+    ) -> Result<Gateway, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -133,6 +150,7 @@ impl Gateway {
             .arg("-c")
             .arg(&config_path)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::from(
                 std::fs::File::create(dir.path().join("stdout.log")).unwrap(),
             ))
