@@ -731,7 +731,7 @@ impl ProxyHttp for Gateway {
         }
         ctx.upstream.last_target = Some(guard.target().label.clone());
         if let Some(t) = ctx.trace.as_mut() {
-            t.call(trace::UPSTREAM, Some(guard.target().label.to_string()));
+            t.call(trace::UPSTREAM, Some(guard.target().label.clone()));
         }
         let mut peer = group.peer(guard.target().addr);
         peer.options.connection_timeout = Some(action.connect_timeout);
@@ -917,7 +917,7 @@ impl ProxyHttp for Gateway {
             match t.state() {
                 Some(state) => upstream.insert_header(trace::TRACESTATE, state.clone())?,
                 None => {
-                    upstream.remove_header(trace::TRACESTATE);
+                    upstream.remove_header(&trace::TRACESTATE);
                 }
             }
         }

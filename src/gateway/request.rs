@@ -331,12 +331,9 @@ pub(super) fn calls_carry(ctx: &mut Ctx) -> Vec<(HeaderName, HeaderValue)> {
     out.push((X_REQUEST_ID, ctx.request_id.clone()));
     // One CLIENT span covers the calls; each callee's span is its child.
     if let Some(t) = ctx.trace.as_mut() {
-        out.push((
-            HeaderName::from_static(trace::TRACEPARENT),
-            t.call(trace::CALLS, None),
-        ));
+        out.push((trace::TRACEPARENT, t.call(trace::CALLS, None)));
         if let Some(state) = t.state() {
-            out.push((HeaderName::from_static(trace::TRACESTATE), state.clone()));
+            out.push((trace::TRACESTATE, state.clone()));
         }
     }
     if let Some(ip) = ctx.client_ip {

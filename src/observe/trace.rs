@@ -15,7 +15,7 @@
 //! service using that rule agrees on a trace). Unsampled requests still propagate context.
 
 use async_trait::async_trait;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -26,12 +26,12 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use prometheus::IntCounter;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 
-pub(crate) const TRACEPARENT: &str = "traceparent";
-pub(crate) const TRACESTATE: &str = "tracestate";
+pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub(crate) const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The request side: sampling and the queue.
 pub(crate) struct Tracer {
@@ -121,7 +121,7 @@ struct Call {
     name: &'static str,
     start: SystemTime,
     end: Option<SystemTime>,
-    peer: Option<String>,
+    peer: Option<Arc<str>>,
     status: Option<u16>,
     error: Option<String>,
 }
@@ -157,7 +157,7 @@ impl Tracer {
     /// The trace a request belongs to: its parent's, when it sent a valid `traceparent`.
     pub(crate) fn start(&self, headers: &HeaderMap) -> Trace {
         let parent = headers
-            .get(TRACEPARENT)
+            .get(&TRACEPARENT)
             .and_then(|v| parse_traceparent(v.as_bytes()));
         let (trace_id, parent, sampled) = match parent {
             Some((trace, span, sampled)) => (trace, Some(span), sampled),
@@ -173,7 +173,7 @@ impl Tracer {
             parent,
             sampled,
             state: parent
-                .and_then(|_| headers.get(TRACESTATE))
+                .and_then(|_| headers.get(&TRACESTATE))
                 .filter(|v| v.len() <= 512)
                 .cloned(),
             start: SystemTime::now(),
@@ -234,7 +234,7 @@ impl Trace {
 
     /// Begin a CLIENT span (ending the previous one), and return the `traceparent` that
     /// names it as the parent of what the callee does.
-    pub(crate) fn call(&mut self, name: &'static str, peer: Option<String>) -> HeaderValue {
+    pub(crate) fn call(&mut self, name: &'static str, peer: Option<Arc<str>>) -> HeaderValue {
         let now = SystemTime::now();
         if let Some(last) = self.calls.last_mut() {
             last.end.get_or_insert(now);
@@ -277,14 +277,23 @@ impl Trace {
         }
     }
 
+    /// `00-TRACE-SPAN-FLAGS`, written straight into its 55 bytes (this runs for every
+    /// upstream attempt, sampled or not).
     fn traceparent(&self, span: [u8; 8]) -> HeaderValue {
-        let text = format!(
-            "00-{}-{}-{:02x}",
-            hex::encode(self.trace_id),
-            hex::encode(span),
-            u8::from(self.sampled)
-        );
-        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 55];
+        out[..3].copy_from_slice(b"00-");
+        for (i, b) in self.trace_id.iter().chain(span.iter()).enumerate() {
+            // The span's digits start after the trace id's 32 and a dash.
+            let at = 3 + 2 * i + usize::from(i >= 16);
+            out[at] = HEX[usize::from(b >> 4)];
+            out[at + 1] = HEX[usize::from(b & 15)];
+        }
+        out[35] = b'-';
+        out[52] = b'-';
+        out[53] = b'0';
+        out[54] = if self.sampled { b'1' } else { b'0' };
+        HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 }
 
@@ -598,6 +607,33 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn traceparent_is_written_as_parsed() {
+        let t = Trace {
+            trace_id: [
+                0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e,
+                0x47, 0x36,
+            ],
+            span_id: [1; 8],
+            parent: None,
+            sampled: true,
+            state: None,
+            start: SystemTime::now(),
+            calls: Vec::new(),
+        };
+        let v = t.traceparent([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
+        assert_eq!(v, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let (trace, span, sampled) = parse_traceparent(v.as_bytes()).unwrap();
+        assert_eq!(
+            (trace, span, sampled),
+            (
+                t.trace_id,
+                [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7],
+                true
+            )
+        );
     }
 
     #[test]
