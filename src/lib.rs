@@ -24,6 +24,7 @@ pub mod observe;
 pub mod policy;
 pub(crate) mod proxy;
 pub(crate) mod proxy_protocol;
+pub(crate) mod redis_conn;
 pub(crate) mod reload;
 pub mod route;
 pub(crate) mod subrequest;

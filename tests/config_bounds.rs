@@ -76,6 +76,7 @@ max_informational_responses = @limits.max_informational_responses@
 
 [rate_limit]
 redis_timeout = @rate_limit.redis_timeout@
+sync_interval = @rate_limit.sync_interval@
 
 [cache]
 max_size = @cache.max_size@

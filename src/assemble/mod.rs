@@ -161,7 +161,7 @@ pub fn build(
     let rate_store = RateLimitStore::from_config(
         rate_limit,
         previous.map(|g| &g.policy.rate_store),
-        shared.metrics.rate_limit_redis_errors.clone(),
+        shared.metrics.rate_limit_store(),
         &mut problems,
     );
 
@@ -280,6 +280,12 @@ pub fn build(
     };
 
     let mut background: Vec<Background> = groups.all().flat_map(|g| g.background()).collect();
+    if let Some(fleet) = policy.rate_store.fleet() {
+        background.push((
+            "rate-limit sync".into(),
+            Arc::new(crate::policy::fleet::Sync(fleet.clone())),
+        ));
+    }
     for p in providers.all() {
         if let Some(refresher) = p.refresher() {
             background.push((format!("JWKS refresh of {}", p.name), Arc::new(refresher)));

@@ -399,6 +399,11 @@ pub const JWT_CACHE_ENTRIES: Range = int(0, 1_000_000, &["auth.jwt.*.cache_entri
 
 // [rate_limit]
 pub const REDIS_TIMEOUT: Range = time(MS, Duration::from_secs(5), &["rate_limit.redis_timeout"]);
+pub const SYNC_INTERVAL: Range = time(
+    Duration::from_millis(10),
+    Duration::from_secs(10),
+    &["rate_limit.sync_interval"],
+);
 
 // [cache]
 pub const CACHE_MAX_SIZE: Range = size(KIB, 256 * GIB, &["cache.max_size"]);
@@ -459,6 +464,7 @@ pub const RANGES: &[Range] = &[
     JWT_LEEWAY,
     JWT_CACHE_ENTRIES,
     REDIS_TIMEOUT,
+    SYNC_INTERVAL,
     CACHE_MAX_SIZE,
     CACHE_MAX_OBJECT_SIZE,
     CACHE_LOCK_TIMEOUT,

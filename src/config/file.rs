@@ -1148,9 +1148,16 @@ pub struct RateLimitSection {
 pub struct RateLimitBackendSection {
     #[serde(default)]
     pub backend: RateLimitBackend,
-    /// For `backend = "redis"`: `redis://HOST:PORT/DB`.
+    /// For `backend = "redis"` and `"sync"`: `redis://HOST:PORT/DB`.
     #[serde(default)]
     pub redis_url: Option<String>,
+    /// Instead of `redis_url`: seed nodes of a Redis Cluster (`redis://HOST:PORT` each).
+    #[serde(default)]
+    pub redis_cluster: Vec<String>,
+    /// For `backend = "sync"`: how often this instance pushes its counts to Redis and pulls
+    /// the fleet's.
+    #[serde(default = "defaults::sync_interval")]
+    pub sync_interval: HumanDuration,
     /// Longest wait for Redis before the failure policy applies.
     #[serde(default = "defaults::redis_timeout")]
     pub redis_timeout: HumanDuration,
@@ -1164,6 +1171,8 @@ impl Default for RateLimitBackendSection {
         RateLimitBackendSection {
             backend: RateLimitBackend::default(),
             redis_url: None,
+            redis_cluster: Vec::new(),
+            sync_interval: defaults::sync_interval(),
             redis_timeout: defaults::redis_timeout(),
             on_redis_error: RedisFailurePolicy::default(),
         }
@@ -1176,6 +1185,8 @@ pub enum RateLimitBackend {
     #[default]
     Local,
     Redis,
+    /// Counted locally, synchronized with the fleet through Redis every `sync_interval`.
+    Sync,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]
@@ -1243,6 +1254,10 @@ pub mod defaults {
     pub fn enabled() -> bool {
         true
     }
+    pub fn sync_interval() -> HumanDuration {
+        HumanDuration(std::time::Duration::from_millis(100))
+    }
+
     pub fn sample_ratio() -> f64 {
         1.0
     }

@@ -149,6 +149,8 @@ pub struct Metrics {
     discovery_updated: prometheus::GaugeVec,
     discovery_failing: IntGaugeVec,
     pub rate_limit_redis_errors: IntCounter,
+    /// `rate_limit_sync_degraded`, `rate_limit_sync_replicas`, `rate_limit_sync_failures_total`.
+    rate_limit_sync: crate::policy::fleet::FleetMetrics,
     cache_requests: IntCounterVec,
     cache_size: IntGauge,
     cache_entries: IntGauge,
@@ -356,6 +358,23 @@ impl Metrics {
         registry.register(Box::new(cache_entries.clone()))?;
         registry.register(Box::new(cache_evictions.clone()))?;
         registry.register(Box::new(rate_limit_redis_errors.clone()))?;
+        let rate_limit_sync = crate::policy::fleet::FleetMetrics {
+            degraded: IntGauge::new(
+                "rate_limit_sync_degraded",
+                "1 while sync rate limits cannot reach Redis (each instance admits limit / replicas)",
+            )?,
+            replicas: IntGauge::new(
+                "rate_limit_sync_replicas",
+                "Gateway instances with a live heartbeat at the last sync",
+            )?,
+            failures: IntCounter::new(
+                "rate_limit_sync_failures_total",
+                "Rate-limit syncs with Redis that failed or timed out",
+            )?,
+        };
+        registry.register(Box::new(rate_limit_sync.degraded.clone()))?;
+        registry.register(Box::new(rate_limit_sync.replicas.clone()))?;
+        registry.register(Box::new(rate_limit_sync.failures.clone()))?;
         registry.register(Box::new(retries_skipped.clone()))?;
         registry.register(Box::new(circuit_state.clone()))?;
         registry.register(Box::new(discovery_targets.clone()))?;
@@ -421,6 +440,7 @@ impl Metrics {
             discovery_updated,
             discovery_failing,
             rate_limit_redis_errors,
+            rate_limit_sync,
             cache_requests,
             cache_size,
             cache_entries,
@@ -485,6 +505,14 @@ impl Metrics {
                 &[o.route, v.label()],
             )
             .inc();
+        }
+    }
+
+    /// What a rate-limit store counts in.
+    pub(crate) fn rate_limit_store(&self) -> crate::policy::rate_limit::StoreMetrics {
+        crate::policy::rate_limit::StoreMetrics {
+            redis_errors: self.rate_limit_redis_errors.clone(),
+            sync: self.rate_limit_sync.clone(),
         }
     }
 

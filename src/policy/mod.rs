@@ -18,6 +18,7 @@ pub mod api_key;
 pub mod auth;
 pub mod cors;
 pub mod external;
+pub(crate) mod fleet;
 pub mod framing;
 pub mod ip;
 pub mod jwt;

@@ -14,7 +14,11 @@
 //! touches one Redis Cluster slot, and expire after two windows. Every call is bounded by
 //! `redis_timeout`; after a failure Redis is skipped for a second (no timeout per request
 //! while it is down) and the configured policy decides: count locally, admit, or refuse.
+//!
+//! Sync (`backend = "sync"`, [`super::fleet`]): counted locally and exactly, synchronized
+//! with the fleet's totals in Redis every `sync_interval`, with no Redis call per request.
 
+use super::fleet::{self, Fleet, FleetMetrics};
 use crate::config::file::{
     RateLimitBackend, RateLimitBackendSection, RateLimitSection, RedisFailurePolicy,
 };
@@ -98,11 +102,35 @@ fn key_parts<'a>(key: &RateKey, s: &Subject<'a>) -> (Option<IpAddr>, Option<&'a 
     (ip, consumer)
 }
 
+/// The metrics a store counts in.
+#[derive(Clone)]
+pub(crate) struct StoreMetrics {
+    /// `tollgate_rate_limit_redis_errors_total`.
+    pub redis_errors: prometheus::IntCounter,
+    pub sync: FleetMetrics,
+}
+
+impl StoreMetrics {
+    /// Counters registered nowhere (unit tests).
+    #[cfg(test)]
+    pub(crate) fn detached() -> StoreMetrics {
+        StoreMetrics {
+            redis_errors: prometheus::IntCounter::new("e", "e").unwrap(),
+            sync: FleetMetrics {
+                degraded: prometheus::IntGauge::new("d", "d").unwrap(),
+                replicas: prometheus::IntGauge::new("r", "r").unwrap(),
+                failures: prometheus::IntCounter::new("f", "f").unwrap(),
+            },
+        }
+    }
+}
+
 /// Where counters live: this process, or Redis with a failure policy. One per gateway.
 pub struct RateLimitStore {
     /// One estimator per window length.
     rates: Mutex<HashMap<Duration, Arc<Rate>>>,
     redis: Option<RedisStore>,
+    fleet: Option<Arc<Fleet>>,
     /// Redis calls that failed or timed out (`rate_limit_redis_errors_total`).
     redis_errors: prometheus::IntCounter,
     /// The `[rate_limit]` section this store was built from.
@@ -110,8 +138,7 @@ pub struct RateLimitStore {
 }
 
 struct RedisStore {
-    client: redis::Client,
-    conn: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+    client: crate::redis_conn::Client,
     timeout: Duration,
     on_error: RedisFailurePolicy,
     script: redis::Script,
@@ -144,48 +171,63 @@ impl RateLimitStore {
     pub(crate) fn from_config(
         section: &RateLimitBackendSection,
         previous: Option<&Arc<RateLimitStore>>,
-        redis_errors: prometheus::IntCounter,
+        metrics: StoreMetrics,
         problems: &mut Vec<Problem>,
     ) -> Option<Arc<Self>> {
         let RateLimitBackendSection {
             backend,
             redis_url,
+            redis_cluster,
+            sync_interval,
             redis_timeout,
             on_redis_error,
         } = section;
         let before = problems.len();
         bounds::REDIS_TIMEOUT.check("rate_limit.redis_timeout", *redis_timeout, problems);
+        bounds::SYNC_INTERVAL.check("rate_limit.sync_interval", *sync_interval, problems);
         let identity = format!("{section:?}");
         if let Some(prev) = previous.filter(|p| p.identity == identity) {
             return (problems.len() == before).then(|| prev.clone());
         }
-        let redis = match (backend, redis_url) {
-            (RateLimitBackend::Local, _) => None,
-            (RateLimitBackend::Redis, None) => {
-                problems.push(Problem::new(
-                    "rate_limit.redis_url",
-                    "backend = \"redis\" needs redis_url",
-                ));
-                None
+        let client = match backend {
+            RateLimitBackend::Local => None,
+            RateLimitBackend::Redis | RateLimitBackend::Sync => {
+                match crate::redis_conn::Client::new(redis_url.as_deref(), redis_cluster) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        let at = if redis_cluster.is_empty() {
+                            "rate_limit.redis_url"
+                        } else {
+                            "rate_limit.redis_cluster"
+                        };
+                        problems.push(Problem::new(at, format!("backend = {backend:?}: {e}")));
+                        None
+                    }
+                }
             }
-            (RateLimitBackend::Redis, Some(url)) => match redis::Client::open(url.as_str()) {
-                Ok(client) => Some(RedisStore {
+        };
+        let (redis, fleet) = match (backend, client) {
+            (RateLimitBackend::Redis, Some(client)) => (
+                Some(RedisStore {
                     client,
-                    conn: tokio::sync::OnceCell::new(),
                     timeout: redis_timeout.0,
                     on_error: *on_redis_error,
                     script: redis::Script::new(SCRIPT),
                     down_until_ms: AtomicU64::new(0),
                     epoch: Instant::now(),
                 }),
-                Err(_) => {
-                    problems.push(Problem::new(
-                        "rate_limit.redis_url",
-                        format!("invalid Redis URL {url:?}; write redis://HOST:PORT/DB"),
-                    ));
-                    None
-                }
-            },
+                None,
+            ),
+            (RateLimitBackend::Sync, Some(client)) => (
+                None,
+                Some(Arc::new(Fleet::new(
+                    client,
+                    sync_interval.0,
+                    redis_timeout.0,
+                    metrics.sync.clone(),
+                ))),
+            ),
+            _ => (None, None),
         };
         let rates = previous.map_or_else(HashMap::new, |p| {
             p.rates.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -194,10 +236,16 @@ impl RateLimitStore {
             Arc::new(RateLimitStore {
                 rates: Mutex::new(rates),
                 redis,
-                redis_errors,
+                fleet,
+                redis_errors: metrics.redis_errors,
                 identity,
             })
         })
+    }
+
+    /// The `sync` backend's fleet state, whose sync loop each generation runs.
+    pub(crate) fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.fleet.as_ref()
     }
 
     fn rate(&self, window: Duration) -> Arc<Rate> {
@@ -216,11 +264,15 @@ struct Window {
     rate: Arc<Rate>,
     /// Distinguishes windows of different scopes sharing one estimator.
     salt: u64,
+    /// `w{ms}l{limit}k{ip,consumer,route}`: the window's part of its `sync` Redis key.
+    sync_name: String,
 }
 
 /// The windows of one route or one consumer.
 pub struct RateLimits {
     scope: String,
+    /// `{rl:SCOPE}`: the hash tag of the scope's `sync` keys.
+    tag: Arc<str>,
     windows: Vec<Window>,
     store: Arc<RateLimitStore>,
     /// Local checks of one subject run one at a time (its shard's lock), so concurrent
@@ -266,12 +318,18 @@ impl RateLimits {
             }
             let mut h = std::collections::hash_map::DefaultHasher::new();
             (scope, limit, window.0, key).hash(&mut h);
+            let kinds: String = [(key.ip, 'i'), (key.consumer, 'c'), (key.route, 'r')]
+                .iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, c)| *c)
+                .collect();
             windows.push(Window {
                 limit: *limit,
                 window: window.0,
                 key: *key,
                 rate: store.rate(window.0),
                 salt: h.finish(),
+                sync_name: format!("w{}l{limit}k{kinds}", window.0.as_millis()),
             });
         }
         if windows.is_empty() || problems.len() > before {
@@ -279,6 +337,7 @@ impl RateLimits {
         }
         Some(RateLimits {
             scope: scope.to_string(),
+            tag: format!("{{rl:{scope}}}").into(),
             windows,
             store: store.clone(),
             shards: (0..LOCAL_SHARDS)
@@ -310,6 +369,9 @@ impl RateLimits {
 
     /// Count this request in every window; refused if any window is over its limit.
     pub async fn check(&self, subject: &Subject<'_>) -> RateDecision {
+        if let Some(fleet) = &self.store.fleet {
+            return self.check_sync(fleet, subject);
+        }
         if let Some(redis) = &self.store.redis {
             match self.check_redis(redis, subject).await {
                 Ok(d) => return d,
@@ -321,6 +383,56 @@ impl RateLimits {
             }
         }
         self.check_local(subject)
+    }
+
+    /// Count locally against the fleet's totals of the last sync ([`super::fleet`]).
+    fn check_sync(&self, fleet: &Fleet, subject: &Subject<'_>) -> RateDecision {
+        let parts: Vec<_> = self
+            .windows
+            .iter()
+            .map(|w| {
+                let (ip, consumer) = key_parts(&w.key, subject);
+                let route = w.key.route.then_some(subject.route);
+                (w, ip, consumer, route)
+            })
+            .collect();
+        let names: Vec<_> = parts
+            .iter()
+            .map(|(w, ip, consumer, route)| {
+                move || {
+                    format!(
+                        "{}:{}|{}|{}",
+                        w.sync_name,
+                        ip.map(|i| i.to_string()).unwrap_or_default(),
+                        consumer.unwrap_or(""),
+                        route.unwrap_or("")
+                    )
+                }
+            })
+            .collect();
+        let windows: Vec<fleet::Window<'_>> = parts
+            .iter()
+            .zip(&names)
+            .map(|((w, ip, consumer, route), name)| fleet::Window {
+                limit: w.limit,
+                window_ms: w.window.as_millis() as u64,
+                subject: fleet.subject_hash(&(w.salt, ip, consumer, route)),
+                tag: &self.tag,
+                name,
+            })
+            .collect();
+        let checked = fleet.check(&windows);
+        let wall_ms = checked.wall_ms;
+        let reset = |w: &Window| {
+            let window_ms = (w.window.as_millis() as u64).max(1);
+            (window_ms - wall_ms % window_ms).div_ceil(1000).max(1)
+        };
+        let mut d = self.decide(&checked.counts, checked.over, reset);
+        // The limit that applied (a share of it while Redis is away).
+        if let Some(i) = checked.over {
+            d.limit = checked.limits[i];
+        }
+        d
     }
 
     /// A decision made without counting (Redis down with `allow` or `deny`).
@@ -450,13 +562,7 @@ impl RateLimits {
             invocation.arg(w.limit);
         }
         let result = tokio::time::timeout(redis.timeout, async {
-            let conn = redis
-                .conn
-                .get_or_try_init(|| async {
-                    redis::aio::ConnectionManager::new(redis.client.clone()).await
-                })
-                .await?;
-            let mut conn = conn.clone();
+            let mut conn = redis.client.conn().await?;
             invocation.invoke_async::<Vec<i64>>(&mut conn).await
         })
         .await;
@@ -498,7 +604,7 @@ mod tests {
     use crate::config::file::HumanDuration;
 
     fn limits(windows: &[(u64, u64, &str)]) -> RateLimits {
-        let counter = prometheus::IntCounter::new("e", "e").unwrap();
+        let counter = StoreMetrics::detached();
         let mut p = Vec::new();
         let store =
             RateLimitStore::from_config(&RateLimitBackendSection::default(), None, counter, &mut p)
@@ -599,7 +705,7 @@ mod tests {
             window: HumanDuration(Duration::from_millis(ms)),
             key: RateKey::try_from(key.to_string()).unwrap(),
         };
-        let counter = prometheus::IntCounter::new("e", "e").unwrap();
+        let counter = StoreMetrics::detached();
         let mut p = Vec::new();
         let store =
             RateLimitStore::from_config(&RateLimitBackendSection::default(), None, counter, &mut p)
@@ -627,7 +733,7 @@ mod tests {
     /// count, a changed one starts afresh.
     #[test]
     fn unchanged_windows_keep_counting_across_a_rebuild() {
-        let counter = prometheus::IntCounter::new("e", "e").unwrap();
+        let counter = StoreMetrics::detached();
         let mut p = Vec::new();
         let section = RateLimitBackendSection::default();
         let store = RateLimitStore::from_config(&section, None, counter.clone(), &mut p).unwrap();

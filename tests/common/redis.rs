@@ -14,25 +14,13 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Redis {
-        let port = super::free_port();
+        Self::start_with(super::free_port(), &[])
+    }
+
+    /// A server on `port` with extra `redis-server` arguments.
+    pub fn start_with(port: u16, extra: &[&str]) -> Redis {
         let dir = tempfile::tempdir().unwrap();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (scripts/setup.sh installs it)");
+        let child = spawn(port, dir.path(), extra);
         let r = Redis {
             child: Some(child),
             port,
@@ -66,6 +54,42 @@ impl Redis {
     }
 
     /// Stop the server now (SIGKILL by pid) and wait for it.
+    /// Start again on the same port (empty: nothing is saved), after [`Redis::stop`].
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Some(spawn(self.port, self._dir.path(), &[]));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.ping() {
+            assert!(Instant::now() < deadline, "redis-server did not come back");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `redis-cli -p PORT ARGS...`, its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        cli(self.port, args)
+    }
+
+    /// Calls of `command` (lower case, e.g. `incrby`) since start, from `INFO commandstats`.
+    pub fn calls(&self, command: &str) -> u64 {
+        commandstats_calls(&self.cli(&["INFO", "commandstats"]), command)
+    }
+
+    /// Every command call since start.
+    pub fn all_calls(&self) -> u64 {
+        let info = self.cli(&["INFO", "commandstats"]);
+        info.lines()
+            .filter_map(|l| {
+                l.split_once("calls=")?
+                    .1
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -77,5 +101,98 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+fn spawn(port: u16, dir: &std::path::Path, extra: &[&str]) -> Child {
+    Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (scripts/setup.sh installs it)")
+}
+
+pub fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn commandstats_calls(info: &str, command: &str) -> u64 {
+    info.lines()
+        .find(|l| l.starts_with(&format!("cmdstat_{command}:")))
+        .and_then(|l| l.split_once("calls=")?.1.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A Redis Cluster of three masters on loopback (`redis-server --cluster-enabled yes` each,
+/// joined by `redis-cli --cluster create`).
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<Redis> = (0..3)
+            .map(|_| {
+                Redis::start_with(
+                    super::free_port(),
+                    &["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"],
+                )
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli");
+        assert!(
+            out.status.success(),
+            "cluster create: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for n in &nodes {
+            while !n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+                assert!(Instant::now() < deadline, "cluster not ok");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        RedisCluster { nodes }
+    }
+
+    /// The `redis_cluster` list of the configuration.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    /// Calls of `command` over all nodes.
+    pub fn calls(&self, command: &str) -> u64 {
+        self.nodes.iter().map(|n| n.calls(command)).sum()
     }
 }
