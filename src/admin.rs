@@ -65,6 +65,7 @@ impl Admin {
         match Purge::from_query(query.unwrap_or("")) {
             Ok(purge) => {
                 let purged = cache.purge(&purge);
+                cache.announce(query.unwrap_or(""));
                 log::info!("cache purge {purge:?}: {purged} entries removed");
                 (StatusCode::OK, json!({ "purged": purged }))
             }

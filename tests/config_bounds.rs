@@ -82,6 +82,11 @@ sync_interval = @rate_limit.sync_interval@
 max_size = @cache.max_size@
 max_object_size = @cache.max_object_size@
 lock_timeout = @cache.lock_timeout@
+[cache.shared]
+redis = "redis://127.0.0.1:9/0"
+max_object_size = @cache.shared.max_object_size@
+max_ttl = @cache.shared.max_ttl@
+timeout = @cache.shared.timeout@
 
 [auth.jwt.idp]
 algorithms = ["RS256"]

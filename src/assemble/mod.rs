@@ -270,6 +270,7 @@ pub fn build(
         crate::cache::ResponseCache::from_config(
             cache,
             previous.and_then(|g| g.cache.as_ref()),
+            shared.metrics.shared_cache(),
             &mut problems,
         )
     } else {
@@ -280,6 +281,9 @@ pub fn build(
     };
 
     let mut background: Vec<Background> = groups.all().flat_map(|g| g.background()).collect();
+    if let Some(sub) = response_cache.as_ref().and_then(|c| c.subscriber()) {
+        background.push(("cache purge subscriber".into(), sub));
+    }
     if let Some(fleet) = policy.rate_store.fleet() {
         background.push((
             "rate-limit sync".into(),

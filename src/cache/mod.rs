@@ -9,6 +9,7 @@
 //! manager.
 
 pub(crate) mod freshness;
+pub(crate) mod shared;
 pub mod store;
 
 use http::header::{CONTENT_LENGTH, SET_COOKIE, VARY};
@@ -128,6 +129,7 @@ impl ResponseCache {
     pub(crate) fn from_config(
         section: &crate::config::file::CacheSection,
         previous: Option<&std::sync::Arc<ResponseCache>>,
+        metrics: shared::SharedMetrics,
         problems: &mut Vec<crate::config::Problem>,
     ) -> Option<std::sync::Arc<ResponseCache>> {
         use crate::config::{bounds, Problem};
@@ -136,6 +138,7 @@ impl ResponseCache {
             max_object_size,
             lock_timeout,
             targeted_field,
+            shared: shared_section,
         } = section;
         let before = problems.len();
         let size_ok = bounds::CACHE_MAX_SIZE.check("cache.max_size", *max_size, problems);
@@ -161,6 +164,33 @@ impl ResponseCache {
                 None
             }
         };
+        let tier = shared_section.as_ref().and_then(|sh| {
+            let crate::config::file::SharedCacheSection {
+                redis,
+                key_prefix,
+                max_object_size,
+                max_ttl,
+                timeout,
+            } = sh;
+            bounds::SHARED_CACHE_MAX_OBJECT.check(
+                "cache.shared.max_object_size",
+                *max_object_size,
+                problems,
+            );
+            bounds::SHARED_CACHE_MAX_TTL.check("cache.shared.max_ttl", *max_ttl, problems);
+            bounds::SHARED_CACHE_TIMEOUT.check("cache.shared.timeout", *timeout, problems);
+            let settings = shared::Settings {
+                url: redis.clone(),
+                prefix: key_prefix.clone(),
+                max_object: max_object_size.0 as usize,
+                max_ttl: max_ttl.0,
+                timeout: timeout.0,
+                lock_timeout: lock_timeout.0,
+            };
+            shared::SharedTier::new(settings, metrics)
+                .map_err(|e| problems.push(Problem::new("cache.shared.redis", e)))
+                .ok()
+        });
         if problems.len() > before {
             return None;
         }
@@ -174,6 +204,11 @@ impl ResponseCache {
             lock_timeout.0,
         );
         cache.identity = identity;
+        if let Some(tier) = tier {
+            // Like the storage, the tier is borrowed for 'static by pingora-cache's hooks.
+            let tier: &'static shared::SharedTier = Box::leak(Box::new(tier));
+            cache.storage.share(tier, cache.eviction);
+        }
         cache.targeted = targeted
             .into_iter()
             .chain([freshness::CDN_CACHE_CONTROL])
@@ -194,16 +229,40 @@ impl ResponseCache {
         );
     }
 
-    /// Remove the entries `purge` selects; returns how many.
+    /// Remove the entries `purge` selects (and their Redis copies); returns how many were
+    /// in this instance's memory.
     pub fn purge(&self, purge: &Purge) -> usize {
-        match (&purge.host, &purge.path) {
+        let removed = match (&purge.host, &purge.path) {
             (Some(host), PurgePath::Exact(path)) => {
                 self.storage.purge_target(self.eviction, host, path)
             }
             _ => self
                 .storage
                 .purge_where(self.eviction, |primary| purge.matches(primary)),
+        };
+        let n = removed.len();
+        if let Some(tier) = self.storage.shared() {
+            tier.delete(removed.iter().map(hex::encode).collect());
         }
+        n
+    }
+
+    /// A purge of this instance's admin listener, sent to the fleet (`[cache.shared]`):
+    /// every instance applies `query` to its memory and deletes the Redis copies it knew.
+    pub(crate) fn announce(&self, query: &str) {
+        if let Some(tier) = self.storage.shared() {
+            let query = query.to_string();
+            tokio::spawn(async move { tier.publish(&query).await });
+        }
+    }
+
+    /// The purge subscriber, with `[cache.shared]`.
+    pub(crate) fn subscriber(
+        self: &std::sync::Arc<Self>,
+    ) -> Option<std::sync::Arc<dyn pingora::services::background::BackgroundService + Send + Sync>>
+    {
+        self.storage.shared()?;
+        Some(std::sync::Arc::new(PurgeSubscriber(self.clone())))
     }
 
     /// Bytes and entries held, as the eviction manager counts them.
@@ -531,6 +590,30 @@ impl Purge {
             PurgePath::Exact(p) => path == p,
             PurgePath::Prefix(p) => path.starts_with(p.as_str()),
         }
+    }
+}
+
+/// Applies the purges other instances publish.
+struct PurgeSubscriber(std::sync::Arc<ResponseCache>);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for PurgeSubscriber {
+    async fn start(&self, shutdown: pingora::server::ShutdownWatch) {
+        let Some(tier) = self.0.storage.shared() else {
+            return;
+        };
+        let cache = &self.0;
+        tier.subscribe(
+            |query| match Purge::from_query(query) {
+                Ok(p) => {
+                    let n = cache.purge(&p);
+                    log::info!("cache purge from the fleet {p:?}: {n} entries removed");
+                }
+                Err(e) => log::warn!("shared cache: ignored purge {query:?}: {e}"),
+            },
+            shutdown,
+        )
+        .await;
     }
 }
 

@@ -9,6 +9,7 @@
 //! Waiting readers are handled by the cache lock, not here: a miss is written in full before
 //! it becomes visible, so the store never serves a partial body.
 
+use super::shared::{self, Lock, SharedTier};
 use bytes::{Bytes, BytesMut};
 use pingora::cache::eviction::{CacheEntryKey, CacheEntryKeyRef, EvictionManager};
 use pingora::cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
@@ -21,7 +22,8 @@ use pingora::cache::{CacheKey, CacheMeta};
 use pingora::prelude::*;
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Bytes charged per entry on top of its body, meta and key: map slot, `Arc`, LRU node.
 const ENTRY_OVERHEAD: usize = 160;
@@ -92,6 +94,11 @@ pub struct MemoryStore {
     entries: RwLock<Entries>,
     /// Largest body kept, in bytes.
     max_object: usize,
+    /// `[cache.shared]`: Redis behind the memory, and the eviction manager that entries
+    /// copied from Redis are admitted to.
+    shared: OnceLock<(&'static SharedTier, &'static (dyn EvictionManager + Sync))>,
+    /// Keys whose fleet-wide fill lock this instance holds.
+    locked: Mutex<HashSet<HashBinary>>,
 }
 
 impl MemoryStore {
@@ -99,7 +106,74 @@ impl MemoryStore {
         MemoryStore {
             entries: RwLock::new(Entries::default()),
             max_object,
+            shared: OnceLock::new(),
+            locked: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Put Redis behind this store.
+    pub(crate) fn share(
+        &self,
+        tier: &'static SharedTier,
+        eviction: &'static (dyn EvictionManager + Sync),
+    ) {
+        let _ = self.shared.set((tier, eviction));
+    }
+
+    pub(crate) fn shared(&self) -> Option<&'static SharedTier> {
+        self.shared.get().map(|(t, _)| *t)
+    }
+
+    /// The entry of `key` from Redis, copied into memory, or `None` (after taking the
+    /// fill lock, or waiting for the instance holding it).
+    async fn lookup_shared(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        let (tier, eviction) = *self.shared.get()?;
+        let hash = key.combined_bin();
+        let name = hex::encode(hash);
+        let value = match tier.get(&name).await {
+            Some(v) => v,
+            None => match tier.lock(&name).await {
+                Lock::Taken => {
+                    self.locked
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(hash);
+                    return None;
+                }
+                Lock::Held => tier.wait(&name).await?,
+                Lock::Unavailable => return None,
+            },
+        };
+        let (meta, body) = shared::decode(&value)?;
+        let fresh_until = CacheMeta::deserialize(&meta.0, &meta.1).ok()?.fresh_until();
+        let entry = Arc::new(Entry {
+            meta,
+            body,
+            primary: key.primary_key_str().unwrap_or("").into(),
+            key: key.to_compact(),
+        });
+        let weight = entry.weight();
+        self.write().insert(hash, entry.clone());
+        let evicted = eviction.admit(
+            CacheEntryKey::KeyOnly(key.to_compact()),
+            weight,
+            fresh_until,
+        );
+        if !evicted.is_empty() {
+            let mut entries = self.write();
+            for k in evicted {
+                entries.remove(&k.key().combined_bin());
+            }
+        }
+        Some(entry)
+    }
+
+    /// Whether this instance held the fill lock of `hash` (it no longer does).
+    fn take_lock(&self, hash: &HashBinary) -> bool {
+        self.locked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(hash)
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Entries> {
@@ -120,8 +194,8 @@ impl MemoryStore {
         &self,
         eviction: &dyn EvictionManager,
         matches: impl Fn(&str) -> bool,
-    ) -> usize {
-        let removed: Vec<Arc<Entry>> = {
+    ) -> Vec<HashBinary> {
+        let removed: Vec<(HashBinary, Arc<Entry>)> = {
             let mut entries = self.write();
             let doomed: Vec<HashBinary> = entries
                 .by_hash
@@ -129,18 +203,26 @@ impl MemoryStore {
                 .filter(|(_, e)| matches(&e.primary))
                 .map(|(k, _)| *k)
                 .collect();
-            doomed.iter().filter_map(|k| entries.remove(k)).collect()
+            doomed
+                .iter()
+                .filter_map(|k| Some((*k, entries.remove(k)?)))
+                .collect()
         };
-        for entry in &removed {
+        for (_, entry) in &removed {
             eviction.remove(CacheEntryKeyRef::KeyOnly(&entry.key));
         }
-        removed.len()
+        removed.into_iter().map(|(h, _)| h).collect()
     }
 
     /// Remove the entries stored for exactly `host` and `path` (path and query), of every
     /// route, method, variant and consumer: an index lookup, not a scan.
-    pub fn purge_target(&self, eviction: &dyn EvictionManager, host: &str, path: &str) -> usize {
-        let removed: Vec<Arc<Entry>> = {
+    pub fn purge_target(
+        &self,
+        eviction: &dyn EvictionManager,
+        host: &str,
+        path: &str,
+    ) -> Vec<HashBinary> {
+        let removed: Vec<(HashBinary, Arc<Entry>)> = {
             let mut entries = self.write();
             let target = format!("{host}\n{path}");
             let hashes = entries
@@ -148,12 +230,15 @@ impl MemoryStore {
                 .get(target.as_str())
                 .cloned()
                 .unwrap_or_default();
-            hashes.iter().filter_map(|h| entries.remove(h)).collect()
+            hashes
+                .iter()
+                .filter_map(|h| Some((*h, entries.remove(h)?)))
+                .collect()
         };
-        for entry in &removed {
+        for (_, entry) in &removed {
             eviction.remove(CacheEntryKeyRef::KeyOnly(&entry.key));
         }
-        removed.len()
+        removed.into_iter().map(|(h, _)| h).collect()
     }
 
     /// Largest body stored, in bytes.
@@ -230,6 +315,8 @@ struct Miss {
     /// Largest body stored; a longer one is dropped and the response merely passes through.
     limit: usize,
     oversize: bool,
+    /// How long Redis keeps it (`[cache.shared]`).
+    ttl: std::time::Duration,
 }
 
 #[async_trait::async_trait]
@@ -247,7 +334,16 @@ impl HandleMiss for Miss {
     }
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+        let locked = self.store.take_lock(&self.hash);
         if self.oversize {
+            if let Some(tier) = self.store.shared() {
+                tier.put(
+                    hex::encode(self.hash),
+                    Vec::new(),
+                    std::time::Duration::ZERO,
+                    locked,
+                );
+            }
             return Error::e_explain(
                 ErrorType::Custom("response too large"),
                 format!("body exceeds cache.max_object_size ({} bytes)", self.limit),
@@ -260,6 +356,7 @@ impl HandleMiss for Miss {
             primary,
             key,
             body,
+            ttl,
             ..
         } = *self;
         let entry = Entry {
@@ -269,6 +366,19 @@ impl HandleMiss for Miss {
             key,
         };
         let weight = entry.weight();
+        if let Some(tier) = store.shared() {
+            if entry.body.len() <= tier.max_object {
+                let value = shared::encode(&entry.meta, &entry.body);
+                tier.put(hex::encode(hash), value, ttl, locked);
+            } else {
+                tier.put(
+                    hex::encode(hash),
+                    Vec::new(),
+                    std::time::Duration::ZERO,
+                    locked,
+                );
+            }
+        }
         store.write().insert(hash, Arc::new(entry));
         Ok(MissFinishType::Created(weight))
     }
@@ -281,7 +391,11 @@ impl Storage for MemoryStore {
         key: &CacheKey,
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let Some(entry) = self.read().by_hash.get(&key.combined_bin()).cloned() else {
+        let found = self.read().by_hash.get(&key.combined_bin()).cloned();
+        let Some(entry) = (match found {
+            Some(e) => Some(e),
+            None => self.lookup_shared(key).await,
+        }) else {
             return Ok(None);
         };
         let meta = CacheMeta::deserialize(&entry.meta.0, &entry.meta.1)?;
@@ -309,6 +423,7 @@ impl Storage for MemoryStore {
             body: BytesMut::new(),
             limit: self.max_object,
             oversize: false,
+            ttl: shared::ttl_of(meta),
         }))
     }
 
@@ -322,8 +437,17 @@ impl Storage for MemoryStore {
         if matches!(target, PurgeTarget::Exact(CacheEntryKey::Identified { .. })) {
             return Ok(PurgeOutcome::NotFound);
         }
-        match self.write().remove(&target.key().combined_bin()) {
-            Some(_) => Ok(PurgeOutcome::Purged(None)),
+        let hash = target.key().combined_bin();
+        match self.write().remove(&hash) {
+            Some(_) => {
+                // An eviction stays local; any other purge (an invalidation) goes fleet-wide.
+                if let (Some(tier), false) =
+                    (self.shared(), matches!(_purge_type, PurgeType::Eviction))
+                {
+                    tier.delete(vec![hex::encode(hash)]);
+                }
+                Ok(PurgeOutcome::Purged(None))
+            }
             None => Ok(PurgeOutcome::NotFound),
         }
     }

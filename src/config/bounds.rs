@@ -409,6 +409,9 @@ pub const SYNC_INTERVAL: Range = time(
 pub const CACHE_MAX_SIZE: Range = size(KIB, 256 * GIB, &["cache.max_size"]);
 pub const CACHE_MAX_OBJECT_SIZE: Range = size(1, GIB, &["cache.max_object_size"]);
 pub const CACHE_LOCK_TIMEOUT: Range = time(MS, minutes(5), &["cache.lock_timeout"]);
+pub const SHARED_CACHE_MAX_OBJECT: Range = size(KIB, 512 * MIB, &["cache.shared.max_object_size"]);
+pub const SHARED_CACHE_MAX_TTL: Range = time(SECOND, days(30), &["cache.shared.max_ttl"]);
+pub const SHARED_CACHE_TIMEOUT: Range = time(MS, Duration::from_secs(5), &["cache.shared.timeout"]);
 
 /// Every range, in the document's order.
 pub const RANGES: &[Range] = &[
@@ -468,6 +471,9 @@ pub const RANGES: &[Range] = &[
     CACHE_MAX_SIZE,
     CACHE_MAX_OBJECT_SIZE,
     CACHE_LOCK_TIMEOUT,
+    SHARED_CACHE_MAX_OBJECT,
+    SHARED_CACHE_MAX_TTL,
+    SHARED_CACHE_TIMEOUT,
 ];
 
 /// Every (key pattern, range) pair, one per documented row.
@@ -574,6 +580,7 @@ mod tests {
         ("ResolverSection", &["resolver"]),
         ("AccessLogSection", &["access_log"]),
         ("TracingSection", &["tracing"]),
+        ("SharedCacheSection", &["cache.shared"]),
         ("UpstreamSection", &["upstreams.*"]),
         ("TargetSection", &["upstreams.*.targets[]"]),
         ("HealthCheckSection", &["upstreams.*.health_check"]),

@@ -70,6 +70,29 @@ pub struct CacheSection {
     /// Both are removed from responses.
     #[serde(default = "defaults::cache_targeted_field")]
     pub targeted_field: String,
+    /// A second tier in Redis, shared by the fleet (`[cache.shared]`).
+    #[serde(default)]
+    pub shared: Option<SharedCacheSection>,
+}
+
+/// `[cache.shared]`: Redis behind the in-memory cache, with a fleet-wide fill lock and purges.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SharedCacheSection {
+    /// `redis://HOST:PORT/DB`.
+    pub redis: String,
+    /// Prefix of every key (entries, locks, the purge channel).
+    #[serde(default = "defaults::shared_cache_prefix")]
+    pub key_prefix: String,
+    /// Largest body written to Redis.
+    #[serde(default = "defaults::shared_cache_max_object")]
+    pub max_object_size: HumanSize,
+    /// Longest an entry stays in Redis, whatever its freshness.
+    #[serde(default = "defaults::shared_cache_max_ttl")]
+    pub max_ttl: HumanDuration,
+    /// Longest wait for one Redis call; after a failure Redis is skipped for a second.
+    #[serde(default = "defaults::shared_cache_timeout")]
+    pub timeout: HumanDuration,
 }
 
 impl Default for CacheSection {
@@ -79,6 +102,7 @@ impl Default for CacheSection {
             max_object_size: defaults::cache_max_object_size(),
             lock_timeout: defaults::cache_lock_timeout(),
             targeted_field: defaults::cache_targeted_field(),
+            shared: None,
         }
     }
 }
@@ -1254,6 +1278,22 @@ pub mod defaults {
     pub fn enabled() -> bool {
         true
     }
+    pub fn shared_cache_prefix() -> String {
+        "tollgate:cache:".into()
+    }
+
+    pub fn shared_cache_max_object() -> HumanSize {
+        HumanSize(1 << 20)
+    }
+
+    pub fn shared_cache_max_ttl() -> HumanDuration {
+        HumanDuration(std::time::Duration::from_secs(3600))
+    }
+
+    pub fn shared_cache_timeout() -> HumanDuration {
+        HumanDuration(std::time::Duration::from_millis(50))
+    }
+
     pub fn sync_interval() -> HumanDuration {
         HumanDuration(std::time::Duration::from_millis(100))
     }

@@ -149,6 +149,8 @@ pub struct Metrics {
     discovery_updated: prometheus::GaugeVec,
     discovery_failing: IntGaugeVec,
     pub rate_limit_redis_errors: IntCounter,
+    /// `cache_shared_degraded`, `cache_shared_errors_total`.
+    cache_shared: crate::cache::shared::SharedMetrics,
     /// `rate_limit_sync_degraded`, `rate_limit_sync_replicas`, `rate_limit_sync_failures_total`.
     rate_limit_sync: crate::policy::fleet::FleetMetrics,
     cache_requests: IntCounterVec,
@@ -375,6 +377,18 @@ impl Metrics {
         registry.register(Box::new(rate_limit_sync.degraded.clone()))?;
         registry.register(Box::new(rate_limit_sync.replicas.clone()))?;
         registry.register(Box::new(rate_limit_sync.failures.clone()))?;
+        let cache_shared = crate::cache::shared::SharedMetrics {
+            degraded: IntGauge::new(
+                "cache_shared_degraded",
+                "1 while the shared cache cannot reach Redis (the cache is memory-only)",
+            )?,
+            errors: IntCounter::new(
+                "cache_shared_errors_total",
+                "Shared-cache Redis calls that failed or timed out",
+            )?,
+        };
+        registry.register(Box::new(cache_shared.degraded.clone()))?;
+        registry.register(Box::new(cache_shared.errors.clone()))?;
         registry.register(Box::new(retries_skipped.clone()))?;
         registry.register(Box::new(circuit_state.clone()))?;
         registry.register(Box::new(discovery_targets.clone()))?;
@@ -441,6 +455,7 @@ impl Metrics {
             discovery_failing,
             rate_limit_redis_errors,
             rate_limit_sync,
+            cache_shared,
             cache_requests,
             cache_size,
             cache_entries,
@@ -506,6 +521,11 @@ impl Metrics {
             )
             .inc();
         }
+    }
+
+    /// What the shared cache tier counts in.
+    pub(crate) fn shared_cache(&self) -> crate::cache::shared::SharedMetrics {
+        self.cache_shared.clone()
     }
 
     /// What a rate-limit store counts in.
