@@ -33,7 +33,7 @@ trap cleanup EXIT
 "$fastback" "127.0.0.1:$BACKEND_PORT" raw >"$RUN_DIR/backend.log" 2>&1 & pids+=($!)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >"$RUN_DIR/redis.log" 2>&1 & pids+=($!)
 for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
-calls() { redis-cli -p "$REDIS_PORT" info commandstats | sed -n 's/.*calls=\([0-9]*\).*/\1/p' | awk '{s+=$1} END {print s+0}'; }
+calls() { redis-cli -p "$REDIS_PORT" info commandstats | sed -n 's/^cmdstat_[^:]*:calls=\([0-9]*\).*/\1/p' | awk '{s+=$1} END {print s+0}'; }
 
 start() { # name backend limit
   export NAME=$1 RATE_BACKEND=$2 LIMIT=$3 PROXY_PORT=$(free_port) ADMIN_PORT=$(free_port)
