@@ -219,3 +219,30 @@ fn redis_that_stops_answering_leaves_a_memory_cache_that_does_not_wait_on_it() {
     });
     assert!(back.is_some(), "{}", gw.metrics());
 }
+
+#[test]
+fn an_uncacheable_answer_releases_the_fleet_lock_at_once() {
+    let redis = Redis::start();
+    let app = Backend::start("origin", |_| {
+        Reply::status(200)
+            .header("cache-control", "no-store")
+            .body("private")
+    });
+    let body =
+        config(&redis, &app, "200ms").replace("lock_timeout = \"5s\"", "lock_timeout = \"3s\"");
+    let (a, b) = (Gateway::start(&body), Gateway::start(&body));
+    let started = Instant::now();
+    for i in 0..6 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        let (status, verdict, text) = get(gw, "/c/private");
+        assert_eq!((status, text.as_str()), (200, "private"));
+        assert_ne!(verdict, "HIT");
+    }
+    // With the lock left to expire, each request after the first would wait lock_timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "requests waited on a lock nobody would fill: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(app.hits(), 6);
+}

@@ -247,6 +247,17 @@ impl ResponseCache {
         n
     }
 
+    /// The request is over: a fill lock it took but did not use for a stored response
+    /// (the response was uncacheable, or the fetch failed) is released.
+    pub fn finish(&self, session: &Session) {
+        if self.storage.shared().is_none() {
+            return;
+        }
+        if let Some(key) = session.cache.maybe_cache_key() {
+            self.storage.abandon(key);
+        }
+    }
+
     /// A purge of this instance's admin listener, sent to the fleet (`[cache.shared]`):
     /// every instance applies `query` to its memory and deletes the Redis copies it knew.
     pub(crate) fn announce(&self, query: &str) {

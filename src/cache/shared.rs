@@ -10,7 +10,8 @@
 //! - Fleet-wide fill lock: the instance whose lookup misses first takes `PREFIX<hash>:lock`
 //!   (`SET NX PX lock_timeout`) and fetches; the others, on any instance, poll Redis for the
 //!   entry until the lock is gone or `lock_timeout` passes, then serve it (or fetch
-//!   themselves). A fetch that ends uncacheable leaves the lock to expire.
+//!   themselves). A fetch that ends uncacheable or fails releases the lock when its
+//!   request ends.
 //! - Purges on any instance's admin listener are published (`PUBLISH PREFIXpurge`); every
 //!   instance drops its matching memory entries and deletes their Redis copies.
 //! - Redis down: every call is bounded by `timeout`, and after a failure Redis is skipped
@@ -228,6 +229,11 @@ impl SharedTier {
             })
             .await;
         });
+    }
+
+    /// Release the fill lock of `hash` (in the background).
+    pub(crate) fn release(&'static self, hash: String) {
+        self.unlock(hash);
     }
 
     fn unlock(&'static self, hash: String) {

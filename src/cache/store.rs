@@ -168,6 +168,18 @@ impl MemoryStore {
         Some(entry)
     }
 
+    /// The request for `key` ended without storing a response (uncacheable, or failed):
+    /// release its fleet-wide fill lock if it held one, so other instances stop waiting.
+    pub(crate) fn abandon(&self, key: &CacheKey) {
+        let Some(tier) = self.shared() else {
+            return;
+        };
+        let hash = key.combined_bin();
+        if self.take_lock(&hash) {
+            tier.release(hex::encode(hash));
+        }
+    }
+
     /// Whether this instance held the fill lock of `hash` (it no longer does).
     fn take_lock(&self, hash: &HashBinary) -> bool {
         self.locked

@@ -1088,6 +1088,9 @@ impl ProxyHttp for Gateway {
         let upstream_elapsed = ctx.upstream.sent_at.map(|t| t.elapsed());
         let group = proxy_of(ctx.route.as_ref()).map(|(_, g)| &*g.name);
         let cause = e.map(|e| error_cause(e, ctx));
+        if let Some(cache) = &self.cache {
+            cache.finish(session);
+        }
         m.record(&Served {
             route: route_name,
             stats: ctx.route.as_ref().map(|r| &r.stats),
