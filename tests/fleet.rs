@@ -255,3 +255,71 @@ fn sync_settings_are_checked() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("not both"), "{out}");
 }
+
+#[test]
+fn sync_counts_carry_over_a_reload_and_every_window_of_a_route_counts() {
+    away_from_a_window_edge();
+    let redis = Redis::start();
+    let app = Backend::echo("app");
+    let body = |extra: &str| {
+        format!(
+            r#"
+[rate_limit]
+backend = "sync"
+redis_url = "{}"
+sync_interval = "50ms"
+
+[upstreams.app]
+targets = [{{ address = "{}" }}]
+
+[[routes]]
+name = "two"
+path_prefix = "/two"
+upstream = "app"
+rate_limits = [
+  {{ limit = 30, window = "1h", key = "route" }},
+  {{ limit = 1000, window = "1h", key = "ip" }},
+]
+{extra}
+"#,
+            redis.url(),
+            app.addr
+        )
+    };
+    let gw = Gateway::start(&body(""));
+    let c = client();
+    let remaining = |r: &reqwest::blocking::Response| {
+        r.headers()["ratelimit-remaining"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    for i in 0..20 {
+        let r = c.get(gw.url("/two/x")).send().unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(remaining(&r), 30 - (i + 1), "the tightest window speaks");
+    }
+    gw.rewrite_config(&body(
+        "[[routes]]\nname = \"other\"\npath_prefix = \"/other\"\nupstream = \"app\"\n",
+    ));
+    let (status, answer) = gw.reload();
+    assert_eq!(status, 200, "{answer}");
+    let admitted = (0..20)
+        .filter(|_| c.get(gw.url("/two/x")).send().unwrap().status() == 200)
+        .count();
+    assert_eq!(admitted, 10, "the window kept its 20 across the reload");
+    // Both windows were counted in Redis: the route's at 30, the IP's at 30 too (refusals
+    // are not counted in any window).
+    let pushed = wait_for(Duration::from_secs(5), || {
+        let keys = redis.cli(&["--scan", "--pattern", "tollgate:{rl:two}:*"]);
+        let mut counts: Vec<u64> = keys
+            .lines()
+            .filter(|k| !k.is_empty())
+            .filter_map(|k| redis.cli(&["GET", k]).trim().parse().ok())
+            .collect();
+        counts.sort_unstable();
+        (counts == [30, 30]).then_some(counts)
+    });
+    assert!(pushed.is_some());
+}
