@@ -23,7 +23,7 @@ const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50)
 /// Where lines go (`off` never reaches the writer).
 pub(crate) use crate::config::types::LogTarget as Target;
 
-/// One request, as logged. Every field is named in [`FIELDS`], which
+/// One request, as logged. Every field is named in `FIELDS`, which
 /// `access_log.fields` chooses from.
 #[derive(Debug, Serialize)]
 pub struct Entry<'a> {

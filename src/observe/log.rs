@@ -1,6 +1,6 @@
 //! The diagnostic log (stderr, or `server.error_log`): one line per event, as text or as
 //! JSON (`[log] format`). A line written while a request is being handled carries its
-//! request id: the proxy runs each hook that may log inside [`within`], which keeps the id
+//! request id: the proxy runs each hook that may log inside `within`, which keeps the id
 //! in a task-local that follows the request's task across worker threads. Pingora's own
 //! per-request lines ("Fail to proxy: ...") name the request through
 //! `ProxyHttp::request_summary`, which says the id too.

@@ -15,7 +15,7 @@
 //! `redis_timeout`; after a failure Redis is skipped for a second (no timeout per request
 //! while it is down) and the configured policy decides: count locally, admit, or refuse.
 //!
-//! Sync (`backend = "sync"`, [`super::fleet`]): counted locally and exactly, synchronized
+//! Sync (`backend = "sync"`, `policy::fleet`): counted locally and exactly, synchronized
 //! with the fleet's totals in Redis every `sync_interval`, with no Redis call per request.
 
 use super::fleet::{self, Fleet, FleetMetrics};
