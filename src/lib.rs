@@ -192,11 +192,21 @@ pub fn build_server(assembled: Assembled, config_path: PathBuf, mode: StartMode)
         "drain watch".into(),
         Arc::new(gateway::DrainWatch(shared.draining.clone())),
     ));
-    if let Some(writer) = writers.access_log {
-        server.add_service(GenBackgroundService::new(
-            "access log".into(),
-            Arc::new(writer),
-        ));
+    match writers.access_log {
+        Some(writer) => {
+            server.add_service(GenBackgroundService::new(
+                "access log".into(),
+                Arc::new(writer),
+            ));
+        }
+        // Without a log file to reopen, `SIGUSR1` (`-s reopen`) must not end the process,
+        // which is its default action.
+        None => {
+            let ignored = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGUSR1, ignored) {
+                log::error!("cannot handle SIGUSR1: {e}");
+            }
+        }
     }
     if let Some(exporter) = writers.traces {
         server.add_service(GenBackgroundService::new(

@@ -573,3 +573,26 @@ upstream = "app"
     assert!(line.contains(&format!("upstream app/{}", a.addr)), "{line}");
     assert!(!line.contains("Backend {"), "{line}");
 }
+
+#[test]
+fn sigusr1_without_an_access_log_file_does_not_stop_the_gateway() {
+    let a = Backend::echo("a");
+    let gw = Gateway::start_full(&format!(
+        "{}\n{}",
+        PREAMBLE.replace("target = \"{dir}/access.log\"", "target = \"off\""),
+        app_route(&a)
+    ))
+    .unwrap();
+    let out = std::process::Command::new(tollgate_bin())
+        .args(["-c", gw.config_path.to_str().unwrap(), "-s", "reopen"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(client()
+        .get(gw.url("/x"))
+        .send()
+        .unwrap()
+        .status()
+        .is_success());
+}
