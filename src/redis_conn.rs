@@ -54,11 +54,33 @@ enum Kind {
 pub(crate) struct Client {
     kind: Kind,
     conn: tokio::sync::OnceCell<Conn>,
+    timeout: std::time::Duration,
+}
+
+/// A reconnecting connection that gives up quickly: each attempt and each answer bounded
+/// by `timeout`, one retry, at most half a second between attempts. With redis-rs's
+/// defaults (six retries, growing delays, no timeouts) a command sent while Redis is away
+/// waits on the reconnection, and went on waiting for seconds after Redis was back.
+pub(crate) async fn manager(
+    client: &redis::Client,
+    timeout: std::time::Duration,
+) -> redis::RedisResult<ConnectionManager> {
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(timeout)
+        .set_response_timeout(timeout)
+        .set_number_of_retries(1)
+        .set_max_delay(500);
+    ConnectionManager::new_with_config(client.clone(), config).await
 }
 
 impl Client {
-    /// A single server at `url`, or the cluster `nodes` seed; the error says what is wrong.
-    pub(crate) fn new(url: Option<&str>, nodes: &[String]) -> Result<Client, String> {
+    /// A single server at `url`, or the cluster `nodes` seed, each call bounded by
+    /// `timeout`; the error says what is wrong.
+    pub(crate) fn new(
+        url: Option<&str>,
+        nodes: &[String],
+        timeout: std::time::Duration,
+    ) -> Result<Client, String> {
         let kind =
             match (url, nodes) {
                 (Some(_), [_, ..]) => {
@@ -71,15 +93,20 @@ impl Client {
                     format!("invalid Redis URL {url:?}; write redis://HOST:PORT/DB")
                 })?),
                 (None, nodes) => Kind::Cluster(
-                    redis::cluster::ClusterClient::new(
+                    redis::cluster::ClusterClientBuilder::new(
                         nodes.iter().map(String::as_str).collect::<Vec<_>>(),
                     )
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .retries(1)
+                    .build()
                     .map_err(|e| format!("invalid Redis Cluster nodes {nodes:?}: {e}"))?,
                 ),
             };
         Ok(Client {
             kind,
             conn: tokio::sync::OnceCell::new(),
+            timeout,
         })
     }
 
@@ -88,7 +115,7 @@ impl Client {
         self.conn
             .get_or_try_init(|| async {
                 Ok(match &self.kind {
-                    Kind::Single(c) => Conn::Single(ConnectionManager::new(c.clone()).await?),
+                    Kind::Single(c) => Conn::Single(manager(c, self.timeout).await?),
                     Kind::Cluster(c) => Conn::Cluster(c.get_async_connection().await?),
                 })
             })

@@ -74,7 +74,7 @@ fn get_n(gw: &Gateway, path: &str) -> (u16, String, String, String) {
 fn a_response_one_instance_fetched_is_a_hit_on_another_without_the_upstream() {
     let redis = Redis::start();
     let (app, calls) = origin(Duration::ZERO);
-    let body = config(&redis, &app, "200ms");
+    let body = config(&redis, &app, "2s");
     let (a, b) = (Gateway::start(&body), Gateway::start(&body));
     assert_eq!(
         get(&a, "/c/one"),
@@ -101,7 +101,7 @@ fn a_response_one_instance_fetched_is_a_hit_on_another_without_the_upstream() {
 fn fifty_cold_requests_over_three_instances_make_one_upstream_call() {
     let redis = Redis::start();
     let (app, calls) = origin(Duration::from_millis(500));
-    let body = config(&redis, &app, "200ms");
+    let body = config(&redis, &app, "2s");
     let gws: Vec<Gateway> = (0..3).map(|_| Gateway::start(&body)).collect();
     let answers: Vec<(u16, String)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..50)
@@ -132,7 +132,7 @@ fn fifty_cold_requests_over_three_instances_make_one_upstream_call() {
 fn a_purge_on_one_instance_removes_the_entry_from_every_instance_and_redis() {
     let redis = Redis::start();
     let (app, calls) = origin(Duration::ZERO);
-    let body = config(&redis, &app, "200ms");
+    let body = config(&redis, &app, "2s");
     let gws: Vec<Gateway> = (0..3).map(|_| Gateway::start(&body)).collect();
     get(&gws[0], "/c/p");
     let stored = wait_for(Duration::from_secs(5), || {

@@ -108,7 +108,7 @@ impl SharedTier {
         let result = tokio::time::timeout(self.timeout, async {
             let conn = self
                 .conn
-                .get_or_try_init(|| redis::aio::ConnectionManager::new(self.client.clone()))
+                .get_or_try_init(|| crate::redis_conn::manager(&self.client, self.timeout))
                 .await?
                 .clone();
             f(conn).await

@@ -192,7 +192,11 @@ impl RateLimitStore {
         let client = match backend {
             RateLimitBackend::Local => None,
             RateLimitBackend::Redis | RateLimitBackend::Sync => {
-                match crate::redis_conn::Client::new(redis_url.as_deref(), redis_cluster) {
+                let timeout = match backend {
+                    RateLimitBackend::Sync => redis_timeout.0.max(sync_interval.0),
+                    _ => redis_timeout.0,
+                };
+                match crate::redis_conn::Client::new(redis_url.as_deref(), redis_cluster, timeout) {
                     Ok(c) => Some(c),
                     Err(e) => {
                         let at = if redis_cluster.is_empty() {
