@@ -221,10 +221,9 @@ fn sync_mode_makes_no_redis_call_per_request() {
         (calls as f64) <= syncs * 7.0,
         "{calls} commands, {syncs} syncs"
     );
-    assert!(
-        calls < requests / 4,
-        "{calls} commands for {requests} requests"
-    );
+    // Fewer commands than requests even when a loaded machine slows the requests down (the
+    // count follows the syncs, that is the time, not the requests).
+    assert!(calls < requests, "{calls} commands for {requests} requests");
     assert_eq!(redis.calls("evalsha") + redis.calls("eval"), 0);
 }
 
