@@ -228,7 +228,7 @@ fn sync_mode_makes_no_redis_call_per_request() {
 }
 
 #[test]
-fn a_redis_cluster_of_three_masters_holds_the_limit_too() {
+fn a_redis_cluster_of_three_masters_holds_the_limit_and_outlives_a_master_going_away() {
     let cluster = RedisCluster::start();
     let nodes: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
     let app = Backend::echo("app");
@@ -244,6 +244,51 @@ fn a_redis_cluster_of_three_masters_holds_the_limit_too() {
         );
     }
     assert!(cluster.calls("incrby") > 0);
+
+    // One master goes away: its slots are uncovered, the cluster refuses, every instance
+    // falls back to limit / 3; the master comes back and syncing resumes.
+    let mut cluster = cluster;
+    cluster.nodes[0].stop();
+    wake(&gws);
+    for gw in &gws {
+        let degraded = wait_for(Duration::from_secs(20), || {
+            (metric(&gw.metrics(), "tollgate_rate_limit_sync_degraded", &[]) == Some(1.0))
+                .then_some(())
+        });
+        assert!(degraded.is_some(), "{}", gw.stderr());
+    }
+    let per = hammer(&gws, "/fallback/x", 150);
+    for (ok, _) in &per {
+        assert_eq!(*ok, LIMIT / 3, "{per:?}");
+    }
+    cluster.nodes[0].restart();
+    cluster.wait_ok();
+    for gw in &gws {
+        let back = wait_for(Duration::from_secs(30), || {
+            (metric(&gw.metrics(), "tollgate_rate_limit_sync_degraded", &[]) == Some(0.0))
+                .then_some(())
+        });
+        assert!(back.is_some(), "{}", gw.stderr());
+    }
+    let total = wait_for(Duration::from_secs(10), || {
+        let sum: u64 = cluster
+            .nodes
+            .iter()
+            .flat_map(|n| {
+                let keys = n.cli(&["--scan", "--pattern", "tollgate:{rl:fallback}:*"]);
+                keys.lines()
+                    .filter(|k| !k.is_empty())
+                    .filter_map(|k| n.cli(&["GET", k]).trim().parse::<u64>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .sum();
+        (sum == LIMIT).then_some(sum)
+    });
+    assert_eq!(
+        total,
+        Some(LIMIT),
+        "the fallback admissions reached the cluster"
+    );
 }
 
 #[test]

@@ -10,6 +10,8 @@ pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     _dir: tempfile::TempDir,
+    /// The extra arguments it was started with (a restart reuses them).
+    extra: Vec<String>,
 }
 
 impl Redis {
@@ -25,6 +27,7 @@ impl Redis {
             child: Some(child),
             port,
             _dir: dir,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !r.ping() {
@@ -54,10 +57,12 @@ impl Redis {
     }
 
     /// Stop the server now (SIGKILL by pid) and wait for it.
-    /// Start again on the same port (empty: nothing is saved), after [`Redis::stop`].
+    /// Start again on the same port and arguments, after [`Redis::stop`]: empty (nothing
+    /// is saved), except a cluster node's `nodes.conf`, which brings it back into its cluster.
     pub fn restart(&mut self) {
         self.stop();
-        self.child = Some(spawn(self.port, self._dir.path(), &[]));
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        self.child = Some(spawn(self.port, self._dir.path(), &extra));
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.ping() {
             assert!(Instant::now() < deadline, "redis-server did not come back");
@@ -209,6 +214,17 @@ impl RedisCluster {
             .iter()
             .map(|n| format!("redis://127.0.0.1:{}", n.port))
             .collect()
+    }
+
+    /// Wait until every node reports `cluster_state:ok`.
+    pub fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for n in &self.nodes {
+            while !n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+                assert!(Instant::now() < deadline, "cluster not ok");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
     }
 
     /// Calls of `command` over all nodes.
