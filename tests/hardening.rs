@@ -223,7 +223,8 @@ fn merge_slashes_off_keeps_empty_segments() {
 fn access_log_records_the_path_as_received_and_as_forwarded() {
     let backend = Backend::echo("app");
     let (gw, _s) = review_gateway(&backend, "");
-    send(&gw, b"/api/x/%2e%2e/users", "X-Request-ID: log-1\r\n");
+    let r = send(&gw, b"/api/x/%2e%2e/users", "X-Request-ID: log-1\r\n");
+    assert_eq!(r.status, 200, "{}", r.body);
     let line = gw.wait_access_log(|l| l["request_id"] == "log-1");
     assert_eq!(line["path"], "/api/users");
     assert_eq!(line["received"], "/api/x/%2e%2e/users");

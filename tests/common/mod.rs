@@ -263,7 +263,13 @@ impl Gateway {
         wait_for(Duration::from_secs(10), || {
             self.access_log().into_iter().find(|l| pred(l))
         })
-        .unwrap_or_else(|| panic!("no matching access-log line; log: {:?}", self.access_log()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no matching access-log line; log: {:?}; stderr: {}",
+                self.access_log(),
+                self.stderr()
+            )
+        })
     }
 
     /// Send raw bytes on a new connection and return everything read until the server closes
