@@ -260,7 +260,7 @@ impl Gateway {
     /// Poll the access log until `pred` holds for some line (lines are written off the
     /// request path, so they can trail the response slightly).
     pub fn wait_access_log(&self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        wait_for(Duration::from_secs(10), || {
+        wait_for(Duration::from_secs(20), || {
             self.access_log().into_iter().find(|l| pred(l))
         })
         .unwrap_or_else(|| {
