@@ -192,21 +192,20 @@ pub fn build_server(assembled: Assembled, config_path: PathBuf, mode: StartMode)
         "drain watch".into(),
         Arc::new(gateway::DrainWatch(shared.draining.clone())),
     ));
-    match writers.access_log {
-        Some(writer) => {
-            server.add_service(GenBackgroundService::new(
-                "access log".into(),
-                Arc::new(writer),
-            ));
-        }
-        // Without a log file to reopen, `SIGUSR1` (`-s reopen`) must not end the process,
-        // which is its default action.
-        None => {
-            let ignored = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGUSR1, ignored) {
-                log::error!("cannot handle SIGUSR1: {e}");
-            }
-        }
+    // `SIGUSR1` (`-s reopen`) reopens the access-log file; registered before the server runs,
+    // and without a file too, since the signal's default action ends the process.
+    let reopen = writers.access_log.as_ref().map_or_else(
+        || Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        |w| w.reopen_flag(),
+    );
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGUSR1, reopen) {
+        log::error!("cannot handle SIGUSR1 (access-log reopen): {e}");
+    }
+    if let Some(writer) = writers.access_log {
+        server.add_service(GenBackgroundService::new(
+            "access log".into(),
+            Arc::new(writer),
+        ));
     }
     if let Some(exporter) = writers.traces {
         server.add_service(GenBackgroundService::new(

@@ -44,7 +44,7 @@ impl ProxyHttp for Proxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let id = ctx.req.request_id().clone();
-        within(&id, ctx.gw.request_filter(session, &mut ctx.req)).await
+        within(id, ctx.gw.request_filter(session, &mut ctx.req)).await
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
@@ -96,7 +96,7 @@ impl ProxyHttp for Proxy {
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let id = ctx.req.request_id().clone();
-        within(&id, ctx.gw.upstream_peer(session, &mut ctx.req)).await
+        within(id, ctx.gw.upstream_peer(session, &mut ctx.req)).await
     }
 
     fn fail_to_connect(
@@ -107,7 +107,7 @@ impl ProxyHttp for Proxy {
         e: Box<Error>,
     ) -> Box<Error> {
         let id = ctx.req.request_id().clone();
-        within_sync(&id, || {
+        within_sync(id, || {
             ctx.gw.fail_to_connect(session, peer, &mut ctx.req, e)
         })
     }
@@ -121,7 +121,7 @@ impl ProxyHttp for Proxy {
         client_reused: bool,
     ) -> Box<Error> {
         let id = ctx.req.request_id().clone();
-        within_sync(&id, || {
+        within_sync(id, || {
             ctx.gw
                 .error_while_proxy(peer, session, e, &mut ctx.req, client_reused)
         })
@@ -192,12 +192,12 @@ impl ProxyHttp for Proxy {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let id = ctx.req.request_id().clone();
-        within(&id, ctx.gw.fail_to_proxy(session, e, &mut ctx.req)).await
+        within(id, ctx.gw.fail_to_proxy(session, e, &mut ctx.req)).await
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let id = ctx.req.request_id().clone();
-        within(&id, ctx.gw.logging(session, e, &mut ctx.req)).await
+        within(id, ctx.gw.logging(session, e, &mut ctx.req)).await
     }
 
     /// What Pingora's own lines about a request ("Fail to proxy: ...") say of it.
@@ -208,10 +208,7 @@ impl ProxyHttp for Proxy {
             ctx.req.request_id().to_str().unwrap_or(""),
             req.method,
             req.uri.path(),
-            req.uri
-                .host()
-                .or_else(|| req.headers.get(http::header::HOST)?.to_str().ok())
-                .unwrap_or("")
+            crate::forward::host(req).unwrap_or("")
         )
     }
 }

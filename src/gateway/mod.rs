@@ -1102,10 +1102,23 @@ impl ProxyHttp for Gateway {
             bytes_out: session.body_bytes_sent() as u64,
             cache: ctx.cache_verdict,
         });
-        if let Some(log) = &self.access_log {
-            let header = |name: http::header::HeaderName| {
-                req.headers.get(name).and_then(|v| v.to_str().ok())
+        // What the access log and the request span both say of the request, read only when
+        // one of them is on.
+        let (host, user_agent, protocol) = if self.access_log.is_some() || self.tracer.is_some() {
+            let user_agent = req
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok());
+            let protocol = match req.version {
+                http::Version::HTTP_10 => "HTTP/1.0",
+                http::Version::HTTP_2 => "HTTP/2",
+                _ => "HTTP/1.1",
             };
+            (forward::host(req), user_agent, protocol)
+        } else {
+            (None, None, "")
+        };
+        if let Some(log) = &self.access_log {
             let tls_version = session
                 .digest()
                 .and_then(|d| d.ssl_digest.as_ref())
@@ -1119,19 +1132,15 @@ impl ProxyHttp for Gateway {
                     request_id: ctx.request_id.to_str().unwrap_or(""),
                     trace_id: ctx.trace.as_ref().map(Trace::trace_id),
                     client_ip: ctx.client_ip,
-                    host: req.uri.host().or_else(|| header(http::header::HOST)),
+                    host,
                     method: req.method.as_str(),
                     path: req.uri.path(),
                     query: req.uri.query().map(|q| format.query(q)),
                     received: ctx.received_target.as_deref(),
                     forwarded: ctx.forwarded_path.as_deref(),
-                    protocol: match req.version {
-                        http::Version::HTTP_10 => "HTTP/1.0",
-                        http::Version::HTTP_2 => "HTTP/2",
-                        _ => "HTTP/1.1",
-                    },
+                    protocol,
                     tls_version,
-                    user_agent: header(http::header::USER_AGENT),
+                    user_agent,
                     route: route_name,
                     consumer: ctx.identity.as_ref().and_then(|i| i.principal()),
                     status: status.as_u16(),
@@ -1170,20 +1179,10 @@ impl ProxyHttp for Gateway {
                     route: route_name,
                     path: req.uri.path(),
                     scheme,
-                    host: req
-                        .uri
-                        .host()
-                        .or_else(|| req.headers.get(http::header::HOST)?.to_str().ok()),
+                    host,
                     client: ctx.client_ip,
-                    protocol: match req.version {
-                        http::Version::HTTP_10 => "1.0",
-                        http::Version::HTTP_2 => "2",
-                        _ => "1.1",
-                    },
-                    user_agent: req
-                        .headers
-                        .get(http::header::USER_AGENT)
-                        .and_then(|v| v.to_str().ok()),
+                    protocol: protocol.trim_start_matches("HTTP/"),
+                    user_agent,
                     status: status.as_u16(),
                     request_id: ctx.request_id.to_str().unwrap_or(""),
                     upstream: group,

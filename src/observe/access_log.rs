@@ -228,11 +228,7 @@ pub struct AccessLogWriter {
 /// A connected logger and its writer.
 pub fn channel(target: Target, buffer: usize, dropped: IntCounter) -> (AccessLog, AccessLogWriter) {
     let (tx, rx) = mpsc::channel(buffer.max(1));
-    // Registered before the server runs: `SIGUSR1`'s default action ends the process.
     let reopen = Arc::new(AtomicBool::new(false));
-    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGUSR1, reopen.clone()) {
-        log::error!("cannot handle SIGUSR1 (access-log reopen): {e}");
-    }
     (
         AccessLog { tx, dropped },
         AccessLogWriter {
@@ -244,6 +240,11 @@ pub fn channel(target: Target, buffer: usize, dropped: IntCounter) -> (AccessLog
 }
 
 impl AccessLogWriter {
+    /// The flag `SIGUSR1` sets to have the file reopened (the server registers it).
+    pub(crate) fn reopen_flag(&self) -> Arc<AtomicBool> {
+        self.reopen.clone()
+    }
+
     fn open(&self) -> std::io::Result<Box<dyn Write + Send>> {
         Ok(match &self.target {
             Target::Stdout | Target::Off => Box::new(std::io::stdout()),

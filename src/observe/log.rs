@@ -65,11 +65,11 @@ pub fn set_format(format: Format) {
 }
 
 /// Run `f` with `id` as the request id of the lines it logs.
-pub(crate) async fn within<F: std::future::Future>(id: &HeaderValue, f: F) -> F::Output {
-    REQUEST_ID.scope(id.clone(), f).await
+pub(crate) async fn within<F: std::future::Future>(id: HeaderValue, f: F) -> F::Output {
+    REQUEST_ID.scope(id, f).await
 }
 
 /// [`within`], for the synchronous hooks.
-pub(crate) fn within_sync<R>(id: &HeaderValue, f: impl FnOnce() -> R) -> R {
-    REQUEST_ID.sync_scope(id.clone(), f)
+pub(crate) fn within_sync<R>(id: HeaderValue, f: impl FnOnce() -> R) -> R {
+    REQUEST_ID.sync_scope(id, f)
 }
