@@ -133,13 +133,21 @@ impl MemoryStore {
         let value = match tier.get(&name).await {
             Some(v) => v,
             None => match tier.lock(&name).await {
-                Lock::Taken => {
-                    self.locked
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(hash);
-                    return None;
-                }
+                // The instance that filled it may have released its lock between the lookup
+                // and this one: look again before fetching a second time.
+                Lock::Taken => match tier.get(&name).await {
+                    Some(v) => {
+                        tier.release(name.clone());
+                        v
+                    }
+                    None => {
+                        self.locked
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(hash);
+                        return None;
+                    }
+                },
                 Lock::Held => tier.wait(&name).await?,
                 Lock::Unavailable => return None,
             },
