@@ -104,3 +104,53 @@ fn schema_file_matches_the_code() {
     // Unknown keys are refused, as the gateway refuses them.
     assert_eq!(schema["additionalProperties"], false);
 }
+
+/// Every vendored Pingora file carrying a `TOLLGATE:` change is listed under its crate in
+/// `patches/README.md`, so an upgrade knows what to carry.
+#[test]
+fn every_vendored_change_is_listed_in_patches() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let note = read("patches/README.md");
+    let mut unlisted = Vec::new();
+    let mut marked = 0;
+    for krate in std::fs::read_dir(root.join("vendor")).unwrap() {
+        let krate = krate.unwrap().path();
+        if !krate.is_dir() {
+            continue;
+        }
+        let name = krate.file_name().unwrap().to_string_lossy().to_string();
+        let section = note
+            .split("\n## ")
+            .find(|s| s.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("patches/README.md has no section for {name}"));
+        let mut stack = vec![krate.join("src")];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                if !text.contains("TOLLGATE:") {
+                    continue;
+                }
+                marked += 1;
+                let file = path.file_name().unwrap().to_string_lossy().to_string();
+                let relative = path
+                    .strip_prefix(&krate)
+                    .unwrap()
+                    .to_string_lossy()
+                    .to_string();
+                if !section.contains(&relative) && !section.contains(&format!("`{file}`")) {
+                    unlisted.push(format!("vendor/{name}/{relative}"));
+                }
+            }
+        }
+    }
+    assert!(marked >= 10, "found only {marked} marked files");
+    assert!(
+        unlisted.is_empty(),
+        "not in patches/README.md: {unlisted:?}"
+    );
+}
