@@ -573,6 +573,17 @@ impl Peek for GuardedStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
         self.inner.try_peek(buf).await
     }
+
+    /// Between requests Pingora waits here instead of in a session (see `patches/README.md`);
+    /// a canned answer still to send counts as readable, so the next read sends it.
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
+        match self.phase {
+            Phase::Rejecting { .. } | Phase::Replacing { .. } | Phase::Closed => {
+                Poll::Ready(Ok(true))
+            }
+            _ => self.inner.poll_readable(cx),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -246,8 +246,17 @@ pub fn build_server(assembled: Assembled, config_path: PathBuf, mode: StartMode)
     };
     let mut proxy = app(false);
     let mut proxy_h2c = listeners.iter().any(|l| l.h2c).then(|| app(true));
-    let buffers = L4BufferSettings::new(client_read_buffer, DEFAULT_L4_WRITE_BUFFER_SIZE);
+    // A read buffer under TLS lets OpenSSL read a record's header and body in one read. A
+    // plain connection reads straight into the request parser: a buffer there only adds a
+    // copy, and every idle keep-alive connection would hold it.
+    let tls_buffers = L4BufferSettings::new(client_read_buffer, DEFAULT_L4_WRITE_BUFFER_SIZE);
+    let plain_buffers = L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE);
     for (listener, slot) in listeners.iter().zip(&cert_slots) {
+        let buffers = if listener.tls.is_some() {
+            tls_buffers
+        } else {
+            plain_buffers
+        };
         let mut config = ListenerConfig::tcp(listener.address.as_str()).l4_buffer(buffers);
         if let (Some(tls), Some(slot)) = (&listener.tls, slot) {
             // Built and checked by `tollgate -t`; only OpenSSL itself can refuse here.

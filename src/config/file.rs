@@ -230,8 +230,9 @@ pub struct ServerSection {
     pub graceful_shutdown_timeout: HumanDuration,
     #[serde(default = "defaults::upstream_keepalive_pool_size")]
     pub upstream_keepalive_pool_size: usize,
-    /// Read buffer of each client connection. Pingora's default is 64 KiB, held by every
-    /// idle keep-alive connection; a smaller one saves memory per connection.
+    /// Read buffer of each TLS client connection, so OpenSSL reads a record in one read.
+    /// Pingora's default is 64 KiB, held by every connection. Plain connections have none:
+    /// they read straight into the request parser.
     #[serde(default = "defaults::client_read_buffer")]
     pub client_read_buffer: HumanSize,
 }

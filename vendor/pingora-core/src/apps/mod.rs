@@ -257,6 +257,89 @@ pub trait HttpServerApp {
     }
 }
 
+/// TOLLGATE: wait for the next request on a kept-alive HTTP/1 connection before building
+/// its session; `false` when the connection should close (the keep-alive timeout passed, or
+/// the stream failed).
+///
+/// The session's future (about 11 KB for a proxy, allocated per request) and its header
+/// buffer (4 KiB) are dropped while the client is idle, so an idle connection holds only its
+/// stream. Streams that cannot tell when they are readable (`Peek::poll_readable` answers
+/// `false`) go straight to the session, which waits in its read as before. The session then
+/// reads with its own keep-alive timeout, which the bytes already there satisfy at once.
+async fn wait_for_next_request(stream: &mut Stream, keepalive_secs: Option<u64>) -> bool {
+    let readable = std::future::poll_fn(|cx| stream.poll_readable(cx));
+    let ready = match keepalive_secs {
+        // no keep-alive: the session will not wait either
+        None => return true,
+        Some(0) => readable.await,
+        Some(secs) => match pingora_timeout::timeout(Duration::from_secs(secs), readable).await {
+            Ok(ready) => ready,
+            Err(_) => {
+                debug!("keepalive timeout {secs}s reached between requests");
+                return false;
+            }
+        },
+    };
+    match ready {
+        Ok(_) => true,
+        Err(e) => {
+            debug!("connection failed between requests: {e}");
+            false
+        }
+    }
+}
+
+/// The HTTP/2 branch of [`ServerApp::process_new`] (TOLLGATE: moved out unchanged, see
+/// there).
+async fn serve_h2<T>(app: &Arc<T>, stream: Stream, shutdown: &ShutdownWatch)
+where
+    T: HttpServerApp + Send + Sync + 'static,
+{
+    // create a shared connection digest
+    let digest = Arc::new(Digest {
+        ssl_digest: stream.get_ssl_digest(),
+        // TODO: log h2 handshake time
+        timing_digest: stream.get_timing_digest(),
+        proxy_digest: stream.get_proxy_digest(),
+        socket_digest: stream.get_socket_digest(),
+    });
+
+    let h2_options = app.h2_options();
+    let h2_conn = match server::handshake(stream, h2_options).await {
+        Err(e) => {
+            error!("H2 handshake error {e}");
+            return;
+        }
+        Ok(c) => c,
+    };
+
+    // The accept-loop body — including the graceful-shutdown state
+    // machine — lives in `server::accept_downstream_sessions` so that
+    // the same code path is exercised by tests in `protocols::http::v2`.
+    let app = app.clone();
+    let shutdown_for_session = shutdown.clone();
+    let h2_idle_timeout = app.server_options().and_then(|o| o.h2_idle_timeout);
+    server::accept_downstream_sessions(
+        h2_conn,
+        digest,
+        shutdown.clone(),
+        h2_idle_timeout,
+        |h2_stream, guard| {
+            let app = app.clone();
+            let shutdown = shutdown_for_session.clone();
+            pingora_runtime::current_handle().spawn(async move {
+                // hold `guard` for the session's lifetime so the accept
+                // loop's idle timeout sees this connection as busy.
+                let _guard = guard;
+                // Note, `PersistentSettings` not currently relevant for h2
+                app.process_new_http(ServerSession::new_http2(h2_stream), &shutdown)
+                    .await;
+            });
+        },
+    )
+    .await;
+}
+
 #[async_trait]
 impl<T> ServerApp for T
 where
@@ -297,55 +380,20 @@ where
             }
         }
         if h2c || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            // create a shared connection digest
-            let digest = Arc::new(Digest {
-                ssl_digest: stream.get_ssl_digest(),
-                // TODO: log h2 handshake time
-                timing_digest: stream.get_timing_digest(),
-                proxy_digest: stream.get_proxy_digest(),
-                socket_digest: stream.get_socket_digest(),
-            });
-
-            let h2_options = self.h2_options();
-            let h2_conn = match server::handshake(stream, h2_options).await {
-                Err(e) => {
-                    error!("H2 handshake error {e}");
-                    return None;
-                }
-                Ok(c) => c,
-            };
-
-            // The accept-loop body — including the graceful-shutdown state
-            // machine — lives in `server::accept_downstream_sessions` so that
-            // the same code path is exercised by tests in `protocols::http::v2`.
-            let app = self.clone();
-            let shutdown_for_session = shutdown.clone();
-            let h2_idle_timeout = self.server_options().and_then(|o| o.h2_idle_timeout);
-            server::accept_downstream_sessions(
-                h2_conn,
-                digest,
-                shutdown.clone(),
-                h2_idle_timeout,
-                |h2_stream, guard| {
-                    let app = app.clone();
-                    let shutdown = shutdown_for_session.clone();
-                    pingora_runtime::current_handle().spawn(async move {
-                        // hold `guard` for the session's lifetime so the accept
-                        // loop's idle timeout sees this connection as busy.
-                        let _guard = guard;
-                        // Note, `PersistentSettings` not currently relevant for h2
-                        app.process_new_http(ServerSession::new_http2(h2_stream), &shutdown)
-                            .await;
-                    });
-                },
-            )
-            .await;
+            // TOLLGATE: boxed, so that the HTTP/2 handshake and accept loop do not size the
+            // future every HTTP/1 connection holds for its whole life.
+            Box::pin(serve_h2(self, stream, shutdown)).await;
         } else if custom || matches!(stream.selected_alpn_proto(), Some(ALPN::Custom(_))) {
             return self.clone().process_custom_session(stream, shutdown).await;
         } else {
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
+            let shutting_down = *shutdown.borrow();
+            // TOLLGATE: the first request is waited for outside a session too.
+            if !shutting_down && !wait_for_next_request(&mut stream, Some(60)).await {
+                return None;
+            }
             let mut session = ServerSession::new_http1(stream);
-            if *shutdown.borrow() {
+            if shutting_down {
                 // stop downstream from reusing if this service is shutting down soon
                 session.set_keepalive(None);
             } else {
@@ -358,7 +406,14 @@ where
             );
 
             let mut result = self.process_new_http(session, shutdown).await;
-            while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
+            while let Some((mut stream, persistent_settings)) = result.map(|r| r.consume()) {
+                if let Some(settings) = &persistent_settings {
+                    if settings.pipelined_prefix.is_none()
+                        && !wait_for_next_request(&mut stream, settings.keepalive_timeout).await
+                    {
+                        return None;
+                    }
+                }
                 let mut session = ServerSession::new_http1(stream);
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);

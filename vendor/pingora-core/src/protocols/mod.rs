@@ -79,6 +79,20 @@ pub trait Peek {
     async fn try_peek(&mut self, _buf: &mut [u8]) -> std::io::Result<bool> {
         Ok(false)
     }
+
+    /// TOLLGATE: poll until the stream has something to read (data, or the end of the
+    /// stream, or an error), without consuming it.
+    ///
+    /// `Ready(Ok(true))` when a read would not wait; `Ready(Ok(false))` when this stream
+    /// cannot tell (the default), so the caller just reads. The HTTP/1 server waits with it
+    /// between keep-alive requests, before it builds the next session, so an idle
+    /// connection holds only its stream.
+    fn poll_readable(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<bool>> {
+        std::task::Poll::Ready(Ok(false))
+    }
 }
 
 use std::any::Any;

@@ -540,6 +540,12 @@ pub struct Stream {
     write_pending_time: AccumulatedDuration,
     /// Last rx timestamp associated with the last recvmsg call.
     pub rx_ts: Option<SystemTime>,
+    /// TOLLGATE: the write buffer's capacity (`set_buffer`), and whether `poll_readable`
+    /// has released it while the connection idles.
+    write_capacity: usize,
+    write_released: bool,
+    /// TOLLGATE: `poll_readable`'s last peek found nothing (readiness is cleared).
+    peeked_empty: bool,
 }
 
 impl Stream {
@@ -623,12 +629,21 @@ impl Stream {
         }
     }
 
+    /// TOLLGATE: a new write buffer of `capacity` for an (empty) unbuffered-read stream.
+    fn rebuffer_write(&mut self, capacity: usize) {
+        if let Some(stream) = self.stream.take() {
+            self.stream = Some(BufferedStream::with_capacity(0, capacity, stream.into_inner()));
+        }
+    }
+
     /// Set the read and write buffer sizes
     /// It is only set later because of the malloc overhead in critical accept() path
     pub(crate) fn set_buffer(&mut self, buffer: L4BufferSettings) {
         use std::mem;
         // Since the buffers can't be resized in place,
         // we take the raw stream out of them and put it in new buffers with the size we want
+        self.write_capacity = buffer.write_capacity();
+        self.write_released = false;
         let stream = mem::take(&mut self.stream);
         let stream = stream.map(|s| {
             BufferedStream::with_capacity(
@@ -660,6 +675,9 @@ impl From<TcpStream> for Stream {
             read_pending_time: AccumulatedDuration::new(),
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
+            write_capacity: 0,
+            write_released: false,
+            peeked_empty: false,
         }
     }
 }
@@ -683,6 +701,9 @@ impl From<virt::VirtualSocketStream> for Stream {
             read_pending_time: AccumulatedDuration::new(),
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
+            write_capacity: 0,
+            write_released: false,
+            peeked_empty: false,
         }
     }
 }
@@ -707,6 +728,9 @@ impl From<UnixStream> for Stream {
             read_pending_time: AccumulatedDuration::new(),
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
+            write_capacity: 0,
+            write_released: false,
+            peeked_empty: false,
         }
     }
 }
@@ -749,6 +773,53 @@ impl Peek for Stream {
         // rewind regardless of what is read
         self.rewind(buf);
         Ok(true)
+    }
+
+    // TOLLGATE: buffered bytes first, then a one-byte `MSG_PEEK` on TCP. Tokio's readiness
+    // alone cannot tell at first: it stays set after a read that did not drain the socket.
+    // Once a peek found nothing it is cleared, so from then on readiness answers without
+    // another system call (the wait costs no more system calls than the read it replaces).
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        if !self.rewind_read_buf.is_empty() {
+            return Poll::Ready(Ok(true));
+        }
+        let peeked_empty = self.peeked_empty;
+        let Some(stream) = self.stream.as_mut() else {
+            return Poll::Ready(Ok(false));
+        };
+        if let BufferedStream::BufferedRead(reader) = stream {
+            if !reader.buffer().is_empty() {
+                return Poll::Ready(Ok(true));
+            }
+        }
+        let ready = match &stream.get_mut().stream {
+            RawStream::Tcp(tcp) if peeked_empty => tcp.poll_read_ready(cx).map_ok(|_| true),
+            RawStream::Tcp(tcp) => {
+                let mut byte = [0u8; 1];
+                let mut buf = ReadBuf::new(&mut byte);
+                tcp.poll_peek(cx, &mut buf).map_ok(|_| true)
+            }
+            _ => return Poll::Ready(Ok(false)),
+        };
+        self.peeked_empty = ready.is_pending();
+        // While the connection idles, it holds no write buffer either (an empty one, on a
+        // stream without a read buffer, is swapped for none); the next request gets it back.
+        match (&ready, self.write_released) {
+            (Poll::Pending, false) if self.write_capacity > 0 => {
+                if let Some(BufferedStream::UnbufferedRead(writer)) = &self.stream {
+                    if writer.buffer().is_empty() {
+                        self.write_released = true;
+                        self.rebuffer_write(0);
+                    }
+                }
+            }
+            (Poll::Ready(_), true) => {
+                self.write_released = false;
+                self.rebuffer_write(self.write_capacity);
+            }
+            _ => {}
+        }
+        ready
     }
 }
 
