@@ -79,15 +79,18 @@ pub fn content_length(req: &RequestHeader) -> Option<u64> {
 }
 
 /// The hop-by-hop headers present in `headers`, including those the `Connection` header
-/// names; `Upgrade` is kept when `keep_upgrade`. Allocates nothing when there are none.
+/// names; `Upgrade` is kept when `keep_upgrade`. One pass over the names present (a response
+/// carries a handful) rather than a lookup per hop-by-hop name; allocates nothing when there
+/// are none.
 fn hop_by_hop(headers: &http::HeaderMap, keep_upgrade: bool) -> Vec<HeaderName> {
-    let mut found: Vec<HeaderName> = HOP_BY_HOP
-        .iter()
-        .filter(|n| headers.contains_key(*n))
+    let mut found: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| HOP_BY_HOP.contains(n) || (!keep_upgrade && *n == header::UPGRADE))
         .cloned()
         .collect();
-    if !keep_upgrade && headers.contains_key(header::UPGRADE) {
-        found.push(header::UPGRADE);
+    // Only a `Connection` header names more, and it is one of HOP_BY_HOP.
+    if found.is_empty() {
+        return found;
     }
     let listed = headers
         .get_all(header::CONNECTION)
@@ -100,13 +103,42 @@ fn hop_by_hop(headers: &http::HeaderMap, keep_upgrade: bool) -> Vec<HeaderName> 
     found
 }
 
+/// Appends `ip` as text: IPv4 by hand (the per-request common case; `Display` goes through
+/// the formatter), IPv6 through `Display`.
+fn push_ip(out: &mut String, ip: IpAddr) {
+    out.reserve(if ip.is_ipv4() { 15 } else { 39 });
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write;
+            // Writing to a String cannot fail.
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// How many headers [prepare_upstream_request] adds at most, for `RequestHeader::reserve`.
+pub const FORWARDING_HEADERS: usize = 4;
+
 /// What the forwarding headers are built from: the client's request and connection.
 pub struct Downstream<'a> {
     pub req: &'a RequestHeader,
     /// The TCP peer (after a PROXY protocol header, the client it names).
     pub peer: Option<IpAddr>,
     pub tls: bool,
-    pub upgrade: bool,
 }
 
 impl<'a> Downstream<'a> {
@@ -118,12 +150,14 @@ impl<'a> Downstream<'a> {
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip()),
             tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
-            upgrade: session.is_upgrade_req(),
         }
     }
 }
 
-/// Set the forwarding headers on the upstream request and strip hop-by-hop ones.
+/// Set the forwarding headers on the upstream request. Hop-by-hop request headers, those the
+/// `Connection` header names, and upgrade fields other than a WebSocket handshake's are
+/// already gone: Pingora strips them before `upstream_request_filter` runs (its default
+/// `HttpUpstreamRequestPolicy`, which Tollgate keeps).
 pub fn prepare_upstream_request(
     down: &Downstream<'_>,
     upstream: &mut RequestHeader,
@@ -131,48 +165,62 @@ pub fn prepare_upstream_request(
     peer_trusted: bool,
     request_id: &HeaderValue,
 ) -> Result<()> {
-    let upgrade = down.upgrade;
-    for name in hop_by_hop(&upstream.headers, upgrade) {
-        upstream.remove_header(&name);
-    }
-    if upgrade {
-        upstream.insert_header(header::CONNECTION, "upgrade")?;
-    }
     // A trusted proxy's X-Forwarded-For chain is extended with the peer; anyone else's is
     // replaced by the peer address, the only one we can vouch for.
-    let peer = down.peer;
-    let chain = if peer_trusted {
-        let prior: Vec<&str> = down
-            .req
-            .headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        let mut chain = prior.join(", ");
-        if let Some(p) = peer {
+    let mut chain = String::new();
+    if peer_trusted {
+        for prior in down.req.headers.get_all(&X_FORWARDED_FOR) {
+            if let Ok(prior) = prior.to_str() {
+                if !chain.is_empty() {
+                    chain.push_str(", ");
+                }
+                chain.push_str(prior);
+            }
+        }
+        if let Some(p) = down.peer {
             if !chain.is_empty() {
                 chain.push_str(", ");
             }
-            chain.push_str(&p.to_string());
+            push_ip(&mut chain, p);
         }
-        Some(chain)
+    } else if let Some(ip) = down.peer.or(client_ip) {
+        push_ip(&mut chain, ip);
+    }
+    if chain.is_empty() {
+        upstream.remove_header(&X_FORWARDED_FOR);
     } else {
-        peer.or(client_ip).map(|ip| ip.to_string())
-    };
-    match chain {
-        Some(c) if !c.is_empty() => upstream.insert_header(X_FORWARDED_FOR, c)?,
-        _ => {
-            upstream.remove_header(&X_FORWARDED_FOR);
-        }
+        upstream.insert_header(X_FORWARDED_FOR, chain)?;
     }
     upstream.insert_header(X_FORWARDED_PROTO, if down.tls { "https" } else { "http" })?;
-    if let Some(h) = host(down.req) {
-        let h = HeaderValue::from_str(h).or_err(ErrorType::HTTPStatus(400), "invalid host")?;
+    if let Some(h) = forwarded_host(down.req)? {
         upstream.insert_header(X_FORWARDED_HOST, h)?;
     }
     upstream.insert_header(X_REQUEST_ID, request_id.clone())?;
     Ok(())
+}
+
+/// [host] as a header value: the `Host` header itself when that is where it came from.
+fn forwarded_host(req: &RequestHeader) -> Result<Option<HeaderValue>> {
+    if let Some(a) = req.uri.authority() {
+        let h = HeaderValue::from_str(a.as_str());
+        return h
+            .or_err(ErrorType::HTTPStatus(400), "invalid host")
+            .map(Some);
+    }
+    Ok(req
+        .headers
+        .get(header::HOST)
+        .filter(|h| h.to_str().is_ok())
+        .cloned())
+}
+
+/// What Pingora's request sanitizer does before `upstream_request_filter`, for a request that
+/// does not pass through Pingora (`tollgate explain`): strip the hop-by-hop headers, those the
+/// `Connection` header names, and upgrade fields.
+pub fn strip_hop_by_hop_request(req: &mut RequestHeader) {
+    for name in hop_by_hop(&req.headers, false) {
+        req.remove_header(&name);
+    }
 }
 
 /// Strip hop-by-hop headers from an upstream response (Pingora sets its own framing).
@@ -206,6 +254,54 @@ mod tests {
             .all(|b| b.is_ascii_hexdigit()));
         req.insert_header("x-request-id", "a".repeat(129)).unwrap();
         assert_eq!(request_id(&req).len(), 32);
+    }
+
+    #[test]
+    fn push_ip_writes_what_display_writes() {
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "127.0.0.1",
+            "203.0.113.255",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:192.0.2.1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = String::from("x, ");
+            push_ip(&mut out, ip);
+            assert_eq!(out, format!("x, {ip}"));
+        }
+    }
+
+    /// Headers added by their `HeaderName` after a `reserve` keep the value map and Pingora's
+    /// case map in step (its wire writer asserts they are) and are written as named.
+    #[test]
+    fn forwarding_headers_reach_the_wire_after_reserve() {
+        let mut down = RequestHeader::build("GET", b"/a", Some(1)).unwrap();
+        down.insert_header("Host", "shop.example.test").unwrap();
+        let mut up = down.clone();
+        up.reserve(FORWARDING_HEADERS);
+        let d = Downstream {
+            req: &down,
+            peer: Some("192.0.2.7".parse().unwrap()),
+            tls: true,
+        };
+        prepare_upstream_request(&d, &mut up, None, false, &HeaderValue::from_static("id1"))
+            .unwrap();
+        let mut wire = Vec::new();
+        up.header_to_h1_wire(&mut wire);
+        let wire = String::from_utf8(wire).unwrap();
+        for line in [
+            "Host: shop.example.test\r\n",
+            "x-forwarded-for: 192.0.2.7\r\n",
+            "x-forwarded-proto: https\r\n",
+            "x-forwarded-host: shop.example.test\r\n",
+            "x-request-id: id1\r\n",
+        ] {
+            assert!(wire.contains(line), "{line:?} missing from {wire:?}");
+        }
     }
 
     #[test]

@@ -93,6 +93,34 @@ fn forwarded_headers_and_hop_by_hop_removal() {
     assert_eq!(seen.header("x-custom"), Some("passes"));
 }
 
+/// Pingora strips hop-by-hop request headers before Tollgate's filters run, after one pass
+/// over the names present; each one alone, with nothing else hop-by-hop beside it, must still
+/// go.
+#[test]
+fn each_hop_by_hop_request_header_alone_is_stripped() {
+    let b = Backend::echo("app");
+    let gw = Gateway::start(&one_route(&target(&b), ""));
+    for (name, value) in [
+        ("keep-alive", "timeout=5"),
+        ("proxy-connection", "keep-alive"),
+        ("proxy-authorization", "Basic Zm9v"),
+        ("te", "trailers"),
+        ("trailer", "x-checksum"),
+        ("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA"),
+    ] {
+        let r = client()
+            .get(gw.url("/alone"))
+            .header(name, value)
+            .header("x-custom", "passes")
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{name}");
+        let seen = b.last_request();
+        assert_eq!(seen.header(name), None, "{name} reached the upstream");
+        assert_eq!(seen.header("x-custom"), Some("passes"));
+    }
+}
+
 #[test]
 fn upstream_read_timeout_is_504_json() {
     let b = Backend::start("slow", |r| {

@@ -342,11 +342,11 @@ pub(crate) fn explain(
     let mut upstream = None;
     if let (Step::Next, Some((action, group))) = (&decided, proxy_of(route.as_ref())) {
         let mut up = req.clone();
+        forward::strip_hop_by_hop_request(&mut up);
         let down = forward::Downstream {
             req: &req,
             peer: Some(q.client),
             tls,
-            upgrade: false,
         };
         gw.upstream_request(&down, &mut up, &mut ctx)
             .map_err(|e| format!("building the upstream request: {e}"))?;

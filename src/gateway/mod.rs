@@ -395,6 +395,9 @@ impl Gateway {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // One grow of the cloned header maps for everything added below.
+        let identity = ctx.identity.as_ref().map_or(0, |i| i.headers.len());
+        upstream.reserve(forward::FORWARDING_HEADERS + identity);
         if let Some((action, _)) = proxy_of(ctx.route.as_ref()) {
             let uri = &down.req.uri;
             let merge = self.policy.normalize.merge_slashes;
@@ -936,6 +939,11 @@ impl ProxyHttp for Gateway {
             return Ok(());
         }
         forward::prepare_response(resp);
+        // One grow of the parsed map (it has no spare room) for what is added from here on:
+        // X-Request-ID, the route's security headers, the headers policies asked for, and the
+        // two Pingora adds as it writes the head (Date, Connection).
+        let security = ctx.route.as_ref().map_or(0, |r| r.transform.security.len());
+        resp.reserve(3 + security + ctx.response_headers.len());
         if let Some(bridge) = ctx.grpc_web.as_mut() {
             bridge.response_header(resp)?;
         }

@@ -787,6 +787,24 @@ impl JwtProvider {
     }
 }
 
+const DOT: u8 = 1;
+const INVALID: u8 = 2;
+
+/// Each byte's class in a compact JWS: base64url (0), the segment separator, or anything else.
+const SHAPE: [u8; 256] = {
+    let mut t = [INVALID; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() || c == b'-' || c == b'_' {
+            t[b] = 0;
+        }
+        b += 1;
+    }
+    t[b'.' as usize] = DOT;
+    t
+};
+
 /// Size and shape, before any decoding: at most [`MAX_TOKEN_BYTES`], base64url characters in
 /// exactly three segments, the first two non-empty (the signature may be empty, so that
 /// `alg: none` is reported as such).
@@ -794,13 +812,15 @@ fn check_shape(token: &str) -> Result<(), JwtError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(JwtError::TooLarge);
     }
-    let mut dots = 0;
-    for b in token.bytes() {
-        match b {
-            b'.' => dots += 1,
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => {}
-            _ => return Err(JwtError::Malformed),
-        }
+    // One table load per byte, no branch: this runs on every authenticated request.
+    let (mut invalid, mut dots) = (0u8, 0usize);
+    for &b in token.as_bytes() {
+        let class = SHAPE[usize::from(b)];
+        invalid |= class & INVALID;
+        dots += usize::from(class & DOT);
+    }
+    if invalid != 0 {
+        return Err(JwtError::Malformed);
     }
     let mut parts = token.split('.');
     let (Some(h), Some(p)) = (parts.next(), parts.next()) else {
