@@ -36,6 +36,8 @@ use pingora::RetryType;
 use prometheus::IntGauge;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -321,6 +323,35 @@ impl Drop for GaugeGuard {
 }
 
 impl Gateway {
+    /// [`ProxyHttp::request_filter`]'s body.
+    async fn run_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+
+        let facts = request::Facts::of(session);
+        let req = session.req_header_mut();
+        match request::admit(self, req, facts, ctx, request::Mode::Serve).await {
+            Step::Next => {
+                // A transcoding route answers here, with a gRPC call of its own.
+                let route = ctx.route.clone();
+                let transcoding = proxy_of(route.as_ref())
+                    .and_then(|(action, _)| Some((action, action.transcode.as_deref()?)));
+                match transcoding {
+                    Some((action, t)) => self.serve_transcoded(session, ctx, action, t).await,
+                    None => Ok(false),
+                }
+            }
+            Step::Reject(reject) => self.reject(session, ctx, reject).await,
+            Step::Answer {
+                status,
+                headers,
+                body,
+            } => {
+                ctx.answered = Some(status);
+                error::respond(session, status, &headers, body, &ctx.request_id).await?;
+                Ok(true)
+            }
+        }
+    }
+
     /// Whether to try again after `failure`: the route lists it, sending again is safe
     /// ([`retry::decide`]), and it fits the route's retries and the group's budget.
     fn should_retry(&self, session: &Session, ctx: &mut Ctx, failure: Failure) -> bool {
@@ -560,32 +591,21 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// The policy chain ([`request::admit`]), then refuse, answer, or go on to proxy.
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let facts = request::Facts::of(session);
-        let req = session.req_header_mut();
-        match request::admit(self, req, facts, ctx, request::Mode::Serve).await {
-            Step::Next => {
-                // A transcoding route answers here, with a gRPC call of its own.
-                let route = ctx.route.clone();
-                let transcoding = proxy_of(route.as_ref())
-                    .and_then(|(action, _)| Some((action, action.transcode.as_deref()?)));
-                match transcoding {
-                    Some((action, t)) => self.serve_transcoded(session, ctx, action, t).await,
-                    None => Ok(false),
-                }
-            }
-            Step::Reject(reject) => self.reject(session, ctx, reject).await,
-            Step::Answer {
-                status,
-                headers,
-                body,
-            } => {
-                ctx.answered = Some(status);
-                error::respond(session, status, &headers, body, &ctx.request_id).await?;
-                Ok(true)
-            }
-        }
+    /// The policy chain ([`request::admit`]), then refuse, answer, or go on to proxy: written
+    /// out instead of through `async_trait`, whose `Box::pin` copies the chain's whole future
+    /// (several hundred bytes) into its box on every request; this builds it in the box.
+    fn request_filter<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
+        session: &'life1 mut Session,
+        ctx: &'life2 mut Ctx,
+    ) -> Pin<Box<dyn Future<Output = Result<bool>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
+        pingora::proxy::box_in_place(move || self.run_request_filter(session, ctx))
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {

@@ -1602,8 +1602,10 @@ where
 /// Allocating first and writing the future into the uninitialised box lets the compiler build
 /// it there (only the captured arguments are written) instead of building the whole state
 /// machine on the stack and copying all of it, which is what `Box::pin(future)` compiles to.
+/// Public so that a [`ProxyHttp`] implementation can return its own large hook futures the
+/// same way (the trait's `async_trait` methods box with `Box::pin`).
 #[inline(always)]
-fn box_in_place<F: Future, G: FnOnce() -> F>(make: G) -> Pin<Box<F>> {
+pub fn box_in_place<F: Future, G: FnOnce() -> F>(make: G) -> Pin<Box<F>> {
     let mut boxed = Box::<F>::new_uninit();
     boxed.write(make());
     // SAFETY: `write` initialised the value.
