@@ -634,11 +634,16 @@ impl JwtProvider {
 
     /// Verify a bearer token (the part after `Bearer `).
     pub async fn verify(&self, token: &str) -> Result<VerifiedToken, JwtError> {
-        check_shape(token)?;
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(JwtError::TooLarge);
+        }
         let mut generation = self.generation();
+        // A cached token is byte for byte one that passed every check below, its shape
+        // included: the shape is checked on a miss only (180 bytes walked per request).
         if let Some(hit) = self.cached(token, generation) {
             return Ok(hit);
         }
+        check_shape(token)?;
         let header = TokenHeader::parse(token)?;
         let alg = header.alg;
         let validation = self
@@ -1253,6 +1258,21 @@ mod tests {
             assert!(p.cached(&a, 1).is_none(), "another key generation");
             assert!(p.cached(&b, 0).is_none());
             assert_eq!(p.verify(&b).await.unwrap().subject.as_deref(), Some("b"));
+        });
+    }
+
+    #[test]
+    fn with_a_cache_the_shape_is_still_checked_before_verifying() {
+        let (_f, p) = hs_provider("cache_entries = 10");
+        let good = hs(&json!({"sub": "a", "exp": now() + 60}));
+        run(async {
+            assert!(p.verify(&good).await.is_ok());
+            // Cached now; a token that differs by one byte is not, and its shape is checked.
+            let bad = format!("{good}!");
+            assert_eq!(p.verify(&bad).await.err(), Some(JwtError::Malformed));
+            let big = "a".repeat(MAX_TOKEN_BYTES + 1);
+            assert_eq!(p.verify(&big).await.err(), Some(JwtError::TooLarge));
+            assert!(p.verify(&good).await.is_ok());
         });
     }
 
