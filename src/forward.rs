@@ -251,7 +251,8 @@ mod tests {
             .to_str()
             .unwrap()
             .bytes()
-            .all(|b| b.is_ascii_hexdigit()));
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        assert_ne!(new_request_id(), new_request_id());
         req.insert_header("x-request-id", "a".repeat(129)).unwrap();
         assert_eq!(request_id(&req).len(), 32);
     }

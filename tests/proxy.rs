@@ -140,6 +140,49 @@ fn upstream_read_timeout_is_504_json() {
     assert_eq!(body["request_id"], id.as_str());
 }
 
+/// Timers of different lengths registered in the same moments (Pingora's timer wheel
+/// remembers the deadlines a thread registered last, `patches/README.md` pingora-timeout 1):
+/// each request times out on its own route's deadline, not a neighbour's.
+#[test]
+fn read_timeouts_of_different_lengths_each_fire_on_their_own_deadline() {
+    let b = Backend::start("slow", |r| {
+        common::backend::echo_reply("slow", r).delay(Duration::from_millis(800))
+    });
+    let gw = Gateway::start(&format!(
+        r#"
+[upstreams.short]
+targets = [{t}]
+read_timeout = "200ms"
+[upstreams.long]
+targets = [{t}]
+read_timeout = "5s"
+
+[[routes]]
+name = "short"
+path_prefix = "/short"
+upstream = "short"
+retry_on = []
+[[routes]]
+name = "long"
+path_prefix = "/long"
+upstream = "long"
+retry_on = []
+"#,
+        t = target(&b)
+    ));
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let url = gw.url(if i % 2 == 0 { "/short" } else { "/long" });
+            std::thread::spawn(move || (i, client().get(url).send().unwrap().status()))
+        })
+        .collect();
+    for t in threads {
+        let (i, status) = t.join().unwrap();
+        let want = if i % 2 == 0 { 504 } else { 200 };
+        assert_eq!(status, want, "request {i}");
+    }
+}
+
 #[test]
 fn connect_failure_retries_get_but_not_post() {
     let live = Backend::echo("live");
