@@ -767,20 +767,34 @@ impl UpstreamGroup {
             };
             // SRV priorities: only the lowest tier that has a usable target.
             let tier = self.tiered.then(|| self.lowest_tier(&usable)).flatten();
-            let backend = self.lb.select_with(key, steps, |b, healthy| {
-                healthy
-                    && state_of(b)
-                        .is_some_and(|s| usable(s) && tier.is_none_or(|t| s.priority() == t))
-            })?;
-            let state = state_of(&backend)?;
-            match &state.breaker {
-                None => return Some(InflightGuard::new(state.clone(), None)),
+            // The target's state, not a clone of its `Backend` (which copies the map the
+            // state is kept in).
+            let state = self
+                .lb
+                .select_map(
+                    key,
+                    steps,
+                    |b, healthy| {
+                        healthy
+                            && state_of(b).is_some_and(|s| {
+                                usable(s) && tier.is_none_or(|t| s.priority() == t)
+                            })
+                    },
+                    |b| state_of(b).cloned(),
+                )
+                .flatten()?;
+            let permit = match &state.breaker {
+                None => None,
                 Some(b) => match b.try_acquire() {
-                    Some(permit) => return Some(InflightGuard::new(state.clone(), Some(permit))),
+                    Some(permit) => Some(permit),
                     // Another request took the half-open probe first.
-                    None => lost.push(state.addr),
+                    None => {
+                        lost.push(state.addr);
+                        continue;
+                    }
                 },
-            }
+            };
+            return Some(InflightGuard::new(state, permit));
         }
     }
 
