@@ -34,10 +34,10 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::Peer;
 use pingora::RetryType;
 use prometheus::IntGauge;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -325,7 +325,6 @@ impl Drop for GaugeGuard {
 impl Gateway {
     /// [`ProxyHttp::request_filter`]'s body.
     async fn run_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-
         let facts = request::Facts::of(session);
         let req = session.req_header_mut();
         match request::admit(self, req, facts, ctx, request::Mode::Serve).await {
