@@ -13,7 +13,9 @@ fastback=${FASTBACK_BIN:-/tmp/perf-target/release/fastback}
 duration=${DURATION:-8}
 run=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$run"; }
+# The proxies stop before the backend, so streams they are still finishing do not log a
+# refused upstream connect.
+cleanup() { for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null || true; done; rm -rf "$run"; }
 trap cleanup EXIT
 [ -x "$fastback" ] || CARGO_TARGET_DIR=/tmp/perf-target cargo build --release -q --manifest-path "$perf/fastback/Cargo.toml"
 [ -x "$bin" ] || (cd "$root" && cargo build --release --locked)
@@ -67,12 +69,19 @@ name = "all"
 upstream = "be"
 TOML
 RUST_LOG=error "$bin" -c "$run/tollgate.toml" & pids+=($!)
-sleep 1
+for port in 19443 19444; do
+  for _ in $(seq 100); do curl -sk -o /dev/null "https://127.0.0.1:$port/" && break; sleep 0.1; done
+done
 
-h2rate() { awk '/^finished in/ {print $4}' | tr -d ','; }
 for target in nginx:19443 tollgate:19444; do
   name=${target%%:*} port=${target##*:}
-  hs=$(wrk -t1 -c16 -d"${duration}s" -H 'Connection: close' "https://127.0.0.1:$port/" 2>/dev/null | awk '/^Requests\/sec/ {print $2}')
-  tp=$(h2load -D "$duration" -c 32 -m 10 "https://127.0.0.1:$port/" 2>/dev/null | h2rate)
-  printf '%-9s TLS handshakes/s (new connection per request): %-10s  HTTP/2 req/s: %s\n' "$name" "$hs" "$tp"
+  wrk -t1 -c16 -d"${duration}s" -H 'Connection: close' "https://127.0.0.1:$port/" >"$run/wrk.out" 2>&1 || true
+  hs=$(awk '/^Requests\/sec/ {print $2}' "$run/wrk.out")
+  # wrk prints this line only when some request failed or was answered with an error status.
+  hs_err=$(awk '/Non-2xx|Socket errors/ {sub(/^ +/, ""); printf "%s; ", $0}' "$run/wrk.out")
+  h2load -D "$duration" -c 32 -m 10 "https://127.0.0.1:$port/" >"$run/h2load.out" 2>&1 || true
+  tp=$(awk '/^finished in/ {print $4}' "$run/h2load.out" | tr -d ',')
+  tp_failed=$(awk '/^requests:/ {print $(NF-5) + $(NF-3) + $(NF-1)}' "$run/h2load.out")
+  printf '%-9s TLS handshakes/s (new connection per request): %-10s  HTTP/2 req/s: %-10s  h2 failed+errored+timeout: %s  %s\n' \
+    "$name" "$hs" "$tp" "${tp_failed:-?}" "${hs_err:+wrk: $hs_err}"
 done
