@@ -1110,9 +1110,14 @@ impl ProxyHttp for Gateway {
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let req = session.req_header();
         let route_name = ctx.route.as_ref().map_or(NO_ROUTE, |r| &*r.name);
-        let elapsed = ctx.start.elapsed();
+        // One clock read for both durations.
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(ctx.start);
         let m = &self.metrics;
-        let upstream_elapsed = ctx.upstream.sent_at.map(|t| t.elapsed());
+        let upstream_elapsed = ctx
+            .upstream
+            .sent_at
+            .map(|t| now.saturating_duration_since(t));
         let group = proxy_of(ctx.route.as_ref()).map(|(_, g)| &*g.name);
         let cause = e.map(|e| error_cause(e, ctx));
         if let Some(cache) = &self.cache {

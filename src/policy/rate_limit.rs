@@ -62,18 +62,21 @@ const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 impl RateDecision {
     /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`, and `Retry-After` when refused.
-    pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
-        let mut h = Vec::with_capacity(4);
-        h.push((RATELIMIT_LIMIT, HeaderValue::from(self.limit)));
-        h.push((RATELIMIT_REMAINING, HeaderValue::from(self.remaining)));
-        h.push((RATELIMIT_RESET, HeaderValue::from(self.reset_secs)));
-        if !self.allowed {
-            h.push((
+    /// An iterator, so that adding them to a response allocates no list of its own.
+    pub fn headers(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> {
+        let retry_after = (!self.allowed).then(|| {
+            (
                 http::header::RETRY_AFTER,
                 HeaderValue::from(self.reset_secs.max(1)),
-            ));
-        }
-        h
+            )
+        });
+        [
+            (RATELIMIT_LIMIT, HeaderValue::from(self.limit)),
+            (RATELIMIT_REMAINING, HeaderValue::from(self.remaining)),
+            (RATELIMIT_RESET, HeaderValue::from(self.reset_secs)),
+        ]
+        .into_iter()
+        .chain(retry_after)
     }
 
     /// The more restrictive of two decisions (refused beats admitted; then fewer remaining).
@@ -645,8 +648,10 @@ mod tests {
         let d = l.check_local(&s);
         assert!(!d.allowed);
         assert_eq!((d.limit, d.remaining), (3, 0));
-        let h = d.headers();
+        let h: Vec<_> = d.headers().collect();
+        assert_eq!(h.len(), 4);
         assert!(h.iter().any(|(k, _)| k == http::header::RETRY_AFTER));
+        assert_eq!(l.check_local(&subject("10.0.0.9")).headers().count(), 3);
         assert!(d.reset_secs >= 1 && d.reset_secs <= 60);
         // Another key is unaffected.
         assert!(l.check_local(&subject("10.0.0.2")).allowed);
