@@ -173,6 +173,23 @@ fn alpn_h2_serves_http2() {
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     assert_eq!(resp.status(), 200);
     assert_eq!(backend.last_request().path, "/h2");
+    // X-Request-ID goes out never-indexed in HPACK (a new value on every response): each
+    // response on the one connection still carries its own.
+    let ids: Vec<String> = (0..3)
+        .map(|_| {
+            let r = client
+                .get(format!("https://a.test:{}/h2", gw.addr.port()))
+                .send()
+                .unwrap();
+            assert_eq!(r.version(), reqwest::Version::HTTP_2);
+            r.headers()["x-request-id"].to_str().unwrap().to_string()
+        })
+        .collect();
+    assert!(ids.iter().all(|id| id.len() == 32), "{ids:?}");
+    assert!(
+        ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2],
+        "{ids:?}"
+    );
 }
 
 #[test]

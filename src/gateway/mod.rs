@@ -516,7 +516,11 @@ impl Gateway {
                 }
             }
         }
-        resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
+        // Never indexed in HTTP/2's HPACK table: a value that is new on every response only
+        // evicts entries that could be reused (RFC 7541 section 6.2.3). HTTP/1 ignores it.
+        let mut id = ctx.request_id.clone();
+        id.set_sensitive(true);
+        resp.insert_header(X_REQUEST_ID, id)?;
         Ok(())
     }
 
