@@ -7,7 +7,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, Method};
 use std::collections::BTreeMap;
 use std::hint::black_box;
-use tollgate::observe::access_log::Entry;
+use tollgate::observe::access_log::{Entry, Time};
 use tollgate::route::{HostPattern, PathMatch, Route, RouteTable};
 use tollgate::transform::HeaderTransform;
 
@@ -112,7 +112,7 @@ fn access_log(c: &mut Criterion) {
     c.bench_function("access_log/format_line", |b| {
         b.iter(|| {
             let e = Entry {
-                time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                time: Time(std::time::SystemTime::now()),
                 request_id: "b2af676db8456bd302b19e736646a004",
                 trace_id: None,
                 client_ip: Some("203.0.113.9".parse().unwrap()),

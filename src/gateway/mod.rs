@@ -12,7 +12,7 @@ use crate::cache::{self, Lookup, ResponseCache, Verdict};
 use crate::error::{self, Reject, X_REQUEST_ID};
 use crate::forward;
 use crate::grpc;
-use crate::observe::access_log::{AccessLog, Entry};
+use crate::observe::access_log::{AccessLog, Entry, Time};
 use crate::observe::metrics::{Metrics, Served, NO_ROUTE};
 use crate::observe::trace::{self, Trace};
 use crate::policy::auth::Identity;
@@ -1163,8 +1163,7 @@ impl ProxyHttp for Gateway {
             log.log(
                 format,
                 &Entry {
-                    time: humantime::format_rfc3339_millis(std::time::SystemTime::now())
-                        .to_string(),
+                    time: Time(std::time::SystemTime::now()),
                     request_id: ctx.request_id.to_str().unwrap_or(""),
                     trace_id: ctx.trace.as_ref().map(Trace::trace_id),
                     client_ip: ctx.client_ip,
