@@ -127,7 +127,7 @@ pub(crate) struct RouteTransform {
     pub request: crate::transform::HeaderTransform,
     pub response: crate::transform::HeaderTransform,
     /// Security headers added to responses that lack them.
-    pub security: Vec<(HeaderName, HeaderValue)>,
+    pub security: Vec<(pingora::http::SpelledName, HeaderValue)>,
     pub json_request: crate::transform::JsonRename,
     pub json_response: crate::transform::JsonRename,
 }
@@ -184,7 +184,7 @@ pub(crate) struct RouteContext<'a> {
     pub groups: &'a crate::upstream::Groups,
     pub policy: crate::policy::PolicyContext<'a>,
     /// The gateway-wide security headers (`[security_headers]`).
-    pub security: &'a [(HeaderName, HeaderValue)],
+    pub security: &'a [(pingora::http::SpelledName, HeaderValue)],
 }
 
 /// The rewrite of a proxied route: strip or replace the matched prefix, or a regex.

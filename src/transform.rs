@@ -7,6 +7,7 @@
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
+use pingora::http::SpelledName;
 use std::collections::BTreeMap;
 
 /// One direction's header edits, compiled.
@@ -132,23 +133,27 @@ header_edit!(pingora::http::ResponseHeader);
 
 /// The default security headers (on unless a route turns them off); an upstream's own value
 /// wins over the default.
-pub fn security_headers(hsts: Option<&HeaderValue>) -> Vec<(HeaderName, HeaderValue)> {
+/// Each name is held with its spelling, so adding it to a response allocates nothing.
+pub fn security_headers(hsts: Option<&HeaderValue>) -> Vec<(SpelledName, HeaderValue)> {
     let mut h = vec![
         (
-            HeaderName::from_static("x-content-type-options"),
+            SpelledName::from_static("x-content-type-options"),
             HeaderValue::from_static("nosniff"),
         ),
         (
-            HeaderName::from_static("x-frame-options"),
+            SpelledName::from_static("x-frame-options"),
             HeaderValue::from_static("DENY"),
         ),
         (
-            HeaderName::from_static("referrer-policy"),
+            SpelledName::from_static("referrer-policy"),
             HeaderValue::from_static("strict-origin-when-cross-origin"),
         ),
     ];
     if let Some(v) = hsts {
-        h.push((http::header::STRICT_TRANSPORT_SECURITY, v.clone()));
+        h.push((
+            SpelledName::from_static("strict-transport-security"),
+            v.clone(),
+        ));
     }
     h
 }

@@ -331,7 +331,7 @@ pub fn build(
 fn security(
     s: &SecurityHeadersSection,
     problems: &mut Vec<Problem>,
-) -> Vec<(http::HeaderName, HeaderValue)> {
+) -> Vec<(pingora::http::SpelledName, HeaderValue)> {
     let SecurityHeadersSection { enabled, hsts } = s;
     let hsts = hsts.as_deref().and_then(|h| {
         HeaderValue::from_str(h)

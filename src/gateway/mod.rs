@@ -9,7 +9,7 @@ mod transcoded;
 use request::Step;
 
 use crate::cache::{self, Lookup, ResponseCache, Verdict};
-use crate::error::{self, Reject, X_REQUEST_ID};
+use crate::error::{self, Reject};
 use crate::forward;
 use crate::grpc;
 use crate::observe::access_log::{AccessLog, Entry, Time};
@@ -495,8 +495,8 @@ impl Gateway {
         if let Some(route) = ctx.route.clone() {
             let t = &route.transform;
             for (name, value) in &t.security {
-                if !resp.headers.contains_key(name) {
-                    resp.insert_header(name.clone(), value.clone())?;
+                if !resp.headers.contains_key(name.name()) {
+                    resp.insert_header(name, value.clone())?;
                 }
             }
             t.response.apply(resp)?;
@@ -520,7 +520,7 @@ impl Gateway {
         // evicts entries that could be reused (RFC 7541 section 6.2.3). HTTP/1 ignores it.
         let mut id = ctx.request_id.clone();
         id.set_sensitive(true);
-        resp.insert_header(X_REQUEST_ID, id)?;
+        resp.insert_header(&error::X_REQUEST_ID_SPELLED, id)?;
         Ok(())
     }
 

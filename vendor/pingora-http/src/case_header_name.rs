@@ -88,6 +88,48 @@ impl IntoCaseHeaderName for &HeaderName {
     }
 }
 
+/// TOLLGATE: a header name together with its spelling on the wire, made once (a constant, or
+/// when configuration is loaded) and inserted many times. Inserting a `HeaderName` that
+/// `titled_header_name_str` does not list copies the name into a new `Bytes` on every insert:
+/// an allocation and a free per header (`X-Forwarded-For`, `X-Request-ID`, ...). Inserting a
+/// `&SpelledName` clones two `Bytes` instead, which for a static name copies two pointers.
+#[derive(Debug, Clone)]
+pub struct SpelledName {
+    name: HeaderName,
+    case: CaseHeaderName,
+}
+
+impl SpelledName {
+    /// A name written as it goes on the wire; `HeaderName::from_static` rules apply (lower
+    /// case, valid token), and break the build of a constant that breaks them.
+    pub const fn from_static(name: &'static str) -> Self {
+        SpelledName {
+            name: HeaderName::from_static(name),
+            case: CaseHeaderName(Bytes::from_static(name.as_bytes())),
+        }
+    }
+
+    /// `name` spelled as inserting it would spell it.
+    pub fn new(name: HeaderName) -> Self {
+        let case = CaseHeaderName(titled_header_name(&name));
+        SpelledName { name, case }
+    }
+
+    pub fn name(&self) -> &HeaderName {
+        &self.name
+    }
+}
+
+impl IntoCaseHeaderName for &SpelledName {
+    fn into_case_header_name(self) -> CaseHeaderName {
+        self.case.clone()
+    }
+
+    fn into_names(self) -> (CaseHeaderName, Option<HeaderName>) {
+        (self.case.clone(), Some(self.name.clone()))
+    }
+}
+
 impl IntoCaseHeaderName for Bytes {
     fn into_case_header_name(self) -> CaseHeaderName {
         CaseHeaderName(self)
@@ -132,5 +174,12 @@ mod tests {
         assert_eq!("FoO".into_case_header_name().as_slice(), b"FoO");
         assert_eq!("FoO".to_string().into_case_header_name().as_slice(), b"FoO");
         assert_eq!(header::SERVER.into_case_header_name().as_slice(), b"Server");
+        const ID: SpelledName = SpelledName::from_static("x-request-id");
+        assert_eq!((&ID).into_case_header_name().as_slice(), b"x-request-id");
+        assert_eq!(ID.name(), "x-request-id");
+        let server = SpelledName::new(header::SERVER);
+        assert_eq!((&server).into_names().0.as_slice(), b"Server");
+        let custom = SpelledName::new(HeaderName::from_static("x-a"));
+        assert_eq!((&custom).into_names().0.as_slice(), b"x-a");
     }
 }
