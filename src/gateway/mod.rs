@@ -458,7 +458,7 @@ impl Gateway {
             }
         }
         if let Some(identity) = &ctx.identity {
-            for (name, value) in &identity.headers {
+            for (name, value) in identity.headers.iter() {
                 upstream.insert_header(name.clone(), value.clone())?;
             }
         }

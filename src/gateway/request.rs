@@ -327,7 +327,7 @@ pub(super) fn calls_carry(ctx: &mut Ctx) -> Vec<(HeaderName, HeaderValue)> {
     let mut out: Vec<(HeaderName, HeaderValue)> = ctx
         .identity
         .as_ref()
-        .map_or_else(Vec::new, |i| i.headers.clone());
+        .map_or_else(Vec::new, |i| i.headers.to_vec());
     out.push((X_REQUEST_ID, ctx.request_id.clone()));
     // One CLIENT span covers the calls; each callee's span is its child.
     if let Some(t) = ctx.trace.as_mut() {

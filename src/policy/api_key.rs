@@ -18,9 +18,9 @@ use subtle::ConstantTimeEq;
 /// A compiled `[consumers.NAME]`.
 pub struct Consumer {
     pub name: Arc<str>,
-    pub roles: Vec<String>,
+    pub roles: Arc<[String]>,
     /// Identity headers set upstream for this consumer (name, roles).
-    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub headers: Arc<[(HeaderName, HeaderValue)]>,
     pub rate_limits: Option<RateLimits>,
 }
 
@@ -96,8 +96,8 @@ impl ApiKeys {
             );
             let consumer = Arc::new(Consumer {
                 name: name.as_str().into(),
-                roles: roles.clone(),
-                headers,
+                roles: roles.as_slice().into(),
+                headers: headers.into(),
                 rate_limits: limits,
             });
             let plain = keys.iter().enumerate().map(|(i, k)| {
@@ -169,8 +169,8 @@ mod tests {
     fn hashed_and_plain_keys_find_the_consumer() {
         let c = Arc::new(Consumer {
             name: "mobile".into(),
-            roles: vec![],
-            headers: vec![],
+            roles: Arc::from([]),
+            headers: Arc::from([]),
             rate_limits: None,
         });
         let mut keys = ApiKeys::new(HeaderName::from_static("x-api-key"));

@@ -49,10 +49,10 @@ impl RouteAuth {
 pub struct Identity {
     pub consumer: Option<Arc<Consumer>>,
     /// The token's `sub`, for JWT callers.
-    pub subject: Option<String>,
-    pub roles: Vec<String>,
+    pub subject: Option<Arc<str>>,
+    pub roles: Arc<[String]>,
     /// Identity headers to set upstream.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub headers: Arc<[(HeaderName, HeaderValue)]>,
 }
 
 impl Identity {
@@ -208,9 +208,9 @@ async fn identify(
             Verdict::Decided(Decision::Admit(a)) => {
                 return Ok(Identity {
                     consumer: None,
-                    subject: a.subject.clone(),
-                    roles: a.roles.clone(),
-                    headers: a.headers.clone(),
+                    subject: a.subject.as_deref().map(Into::into),
+                    roles: a.roles.as_slice().into(),
+                    headers: a.headers.as_slice().into(),
                 })
             }
             Verdict::Decided(Decision::Deny(d)) => {

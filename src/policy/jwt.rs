@@ -132,14 +132,17 @@ impl std::fmt::Display for JwtError {
 
 /// What a verified token says about the caller.
 #[derive(Debug, Clone, Default)]
+///
+/// Shared, not copied: a token found in the verification cache becomes the request's
+/// identity with three reference-count increments.
 pub struct VerifiedToken {
     /// `sub`, when it is a string that is safe as a header value.
-    pub subject: Option<String>,
+    pub subject: Option<Arc<str>>,
     /// Roles from the roles claim; values unsafe as header values or containing a comma are
     /// dropped.
-    pub roles: Vec<String>,
+    pub roles: Arc<[String]>,
     /// Headers to set upstream (subject, roles, mapped claims).
-    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub headers: Arc<[(HeaderName, HeaderValue)]>,
 }
 
 /// A cache entry: the token it was verified from, the JWKS generation it was verified

@@ -101,9 +101,9 @@ impl ClaimMap {
             }
         }
         VerifiedToken {
-            subject,
-            roles,
-            headers,
+            subject: subject.map(Into::into),
+            roles: roles.into(),
+            headers: headers.into(),
         }
     }
 }
@@ -193,7 +193,7 @@ mod tests {
         ];
         for (claim, claims, want) in rows {
             let t = map(claim, &[]).identity(&claims);
-            assert_eq!(t.roles, want, "{claim} in {claims}");
+            assert_eq!(*t.roles, *want, "{claim} in {claims}");
             let joined = want.join(",");
             assert_eq!(
                 header(&t, "x-user-roles"),
@@ -214,7 +214,7 @@ mod tests {
         }));
         assert_eq!(t.subject, None);
         assert_eq!(header(&t, "x-user-id"), None);
-        assert_eq!(t.roles, ["ok"]);
+        assert_eq!(*t.roles, ["ok"]);
         assert_eq!(header(&t, "x-user-roles"), Some("ok"));
         assert_eq!(header(&t, "x-user-email"), None);
         assert_eq!(header(&t, "x-n"), Some("42"));
