@@ -434,3 +434,13 @@ fn a_cidr_with_host_bits_is_a_warning() {
     assert_reported(&out, &file, "routes[0].ip_deny[0]", "means 2001:db8::/32");
     assert!(!out.contains("ip_allow[1]"), "{out}");
 }
+
+/// `a_valid_config_starts_and_serves` failed when `free_port` gave the listener and the admin
+/// address the same port (the kernel hands a just-released port out again): the gateway
+/// refused the config. 500 ports from one process are all different.
+#[test]
+fn free_port_gave_the_listener_and_admin_the_same_port() {
+    let ports: Vec<u16> = (0..500).map(|_| free_port()).collect();
+    let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+    assert_eq!(distinct.len(), ports.len());
+}

@@ -16,11 +16,26 @@ use std::time::{Duration, Instant};
 pub use backend::{Backend, Recorded, Reply};
 
 /// A loopback port that was free a moment ago.
+///
+/// Never the same port twice in one test process: the kernel may hand a released port out
+/// again at once, and a gateway given the same port for its listener and its admin address
+/// refuses to start (`admin.address ... is already used by listeners[0].address`).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding an ephemeral loopback port")
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("binding an ephemeral loopback port");
+        if HANDED_OUT
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(port)
+        {
+            return port;
+        }
+    }
 }
 
 /// The binary under test: this build's, or `TOLLGATE_TEST_BIN` (to measure a release
