@@ -15,27 +15,39 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)]
 pub use backend::{Backend, Recorded, Reply};
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, for a server the test starts (which binds
+/// it itself).
 ///
-/// Never the same port twice in one test process: the kernel may hand a released port out
-/// again at once, and a gateway given the same port for its listener and its admin address
-/// refuses to start (`admin.address ... is already used by listeners[0].address`).
+/// Never the same port twice in one test process, and taken below the kernel's ephemeral
+/// range (`ip_local_port_range`), so that no socket bound to port 0 and no outgoing
+/// connection can be given it before the server binds it. Handing out ports the kernel
+/// had just released let it give the same one to a gateway's listener and its admin address,
+/// which the gateway refuses (`admin.address ... is already used by listeners[0].address`).
 pub fn free_port() -> u16 {
-    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("binding an ephemeral loopback port");
-        if HANDED_OUT
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(port)
-        {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|low_ephemeral| *low_ephemeral > LOW + 1_000)
+        .unwrap_or(32_768);
+    let span = high - LOW;
+    // Each test process starts somewhere else in the range (they run one after another, but
+    // a gateway of the last one may still be shutting down).
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7_919) % span,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    );
+    for _ in 0..span {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::AcqRel) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
+    panic!("no free loopback port in {LOW}..{high}");
 }
 
 /// The binary under test: this build's, or `TOLLGATE_TEST_BIN` (to measure a release
