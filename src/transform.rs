@@ -133,6 +133,7 @@ header_edit!(pingora::http::ResponseHeader);
 
 /// The default security headers (on unless a route turns them off); an upstream's own value
 /// wins over the default.
+///
 /// Each name is held with its spelling, so adding it to a response allocates nothing.
 pub fn security_headers(hsts: Option<&HeaderValue>) -> Vec<(SpelledName, HeaderValue)> {
     let mut h = vec![

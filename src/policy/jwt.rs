@@ -131,10 +131,10 @@ impl std::fmt::Display for JwtError {
 }
 
 /// What a verified token says about the caller.
-#[derive(Debug, Clone, Default)]
 ///
 /// Shared, not copied: a token found in the verification cache becomes the request's
 /// identity with three reference-count increments.
+#[derive(Debug, Clone, Default)]
 pub struct VerifiedToken {
     /// `sub`, when it is a string that is safe as a header value.
     pub subject: Option<Arc<str>>,
