@@ -12,9 +12,8 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 use std::collections::BTreeMap;
 
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-/// `X-Request-ID` with its spelling: inserted on every request, it then allocates nothing.
-pub(crate) const X_REQUEST_ID_SPELLED: SpelledName = SpelledName::from_static("x-request-id");
+/// `X-Request-ID`, with its spelling: inserted on every request, it then allocates nothing.
+pub const X_REQUEST_ID: SpelledName = SpelledName::from_static("x-request-id");
 
 /// A fixed response served without an upstream.
 #[derive(Debug)]
@@ -119,7 +118,7 @@ pub async fn respond(
     for (name, value) in headers {
         resp.append_header(name.clone(), value.clone())?;
     }
-    resp.insert_header(X_REQUEST_ID, request_id.clone())?;
+    resp.insert_header(&X_REQUEST_ID, request_id.clone())?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     let head_only = session.req_header().method == http::Method::HEAD;
     session

@@ -2,7 +2,7 @@
 //! `X-Forwarded-*` headers, and the removal of hop-by-hop headers (RFC 9110 section 7.6.1).
 //! Route-specific transforms are left to their own modules.
 
-use crate::error::{X_REQUEST_ID, X_REQUEST_ID_SPELLED};
+use crate::error::X_REQUEST_ID;
 use http::header::{self, HeaderName};
 use http::HeaderValue;
 use pingora::http::SpelledName;
@@ -33,7 +33,7 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// The client's `X-Request-ID` when it is sane (1-128 of `A-Za-z0-9-_.:`), else a new one.
 pub fn request_id(req: &RequestHeader) -> HeaderValue {
-    if let Some(v) = req.headers.get(X_REQUEST_ID) {
+    if let Some(v) = req.headers.get(X_REQUEST_ID.name()) {
         let b = v.as_bytes();
         if !b.is_empty()
             && b.len() <= MAX_REQUEST_ID_LEN
@@ -197,7 +197,7 @@ pub fn prepare_upstream_request(
     if let Some(h) = forwarded_host(down.req)? {
         upstream.insert_header(&X_FORWARDED_HOST, h)?;
     }
-    upstream.insert_header(&X_REQUEST_ID_SPELLED, request_id.clone())?;
+    upstream.insert_header(&X_REQUEST_ID, request_id.clone())?;
     Ok(())
 }
 

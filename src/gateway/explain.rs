@@ -416,7 +416,7 @@ pub(crate) fn explain(
                 for (n, v) in headers {
                     let _ = resp.append_header(n.clone(), v.clone());
                 }
-                let _ = resp.insert_header(crate::error::X_REQUEST_ID, ctx.request_id.clone());
+                let _ = resp.insert_header(&crate::error::X_REQUEST_ID, ctx.request_id.clone());
             }
             _ => {
                 gw.decorate_response(&original, false, &mut resp, &mut ctx)

@@ -520,7 +520,7 @@ impl Gateway {
         // evicts entries that could be reused (RFC 7541 section 6.2.3). HTTP/1 ignores it.
         let mut id = ctx.request_id.clone();
         id.set_sensitive(true);
-        resp.insert_header(&error::X_REQUEST_ID_SPELLED, id)?;
+        resp.insert_header(&error::X_REQUEST_ID, id)?;
         Ok(())
     }
 

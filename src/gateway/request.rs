@@ -328,7 +328,7 @@ pub(super) fn calls_carry(ctx: &mut Ctx) -> Vec<(HeaderName, HeaderValue)> {
         .identity
         .as_ref()
         .map_or_else(Vec::new, |i| i.headers.to_vec());
-    out.push((X_REQUEST_ID, ctx.request_id.clone()));
+    out.push((X_REQUEST_ID.name().clone(), ctx.request_id.clone()));
     // One CLIENT span covers the calls; each callee's span is its child.
     if let Some(t) = ctx.trace.as_mut() {
         out.push((trace::TRACEPARENT, t.call(trace::CALLS, None)));

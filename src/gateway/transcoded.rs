@@ -309,7 +309,7 @@ async fn start_stream(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
     if !session.is_http2() {
         resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
     }
-    resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
+    resp.insert_header(&X_REQUEST_ID, ctx.request_id.clone())?;
     for (k, v) in &ctx.response_headers {
         resp.append_header(k.clone(), v.clone())?;
     }

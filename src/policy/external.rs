@@ -758,7 +758,7 @@ impl ExternalAuth {
                 if let Some(ip) = r.client_ip {
                     req.insert_header("x-forwarded-for", ip.to_string())?;
                 }
-                req.insert_header(crate::error::X_REQUEST_ID, r.request_id.clone())?;
+                req.insert_header(&crate::error::X_REQUEST_ID, r.request_id.clone())?;
                 if *method != Method::GET && *method != Method::HEAD {
                     req.insert_header(http::header::CONTENT_LENGTH, "0")?;
                 }
@@ -779,7 +779,7 @@ impl ExternalAuth {
                 )?;
                 req.insert_header(http::header::ACCEPT, "application/json")?;
                 req.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-                req.insert_header(crate::error::X_REQUEST_ID, r.request_id.clone())?;
+                req.insert_header(&crate::error::X_REQUEST_ID, r.request_id.clone())?;
                 Ok((req, Some(Bytes::from(body))))
             }
         }
