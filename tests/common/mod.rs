@@ -27,11 +27,14 @@ pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     const LOW: u32 = 10_000;
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
-        .filter(|low_ephemeral| *low_ephemeral > LOW + 1_000)
-        .unwrap_or(32_768);
+    static HIGH: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let high = *HIGH.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+            .filter(|low_ephemeral| *low_ephemeral > LOW + 1_000)
+            .unwrap_or(32_768)
+    });
     let span = high - LOW;
     // Each test process starts somewhere else in the range (they run one after another, but
     // a gateway of the last one may still be shutting down).
