@@ -158,12 +158,10 @@ mod tests_stream {
         let mut compressor = Compressor::new(11);
         let compressed = compressor.encode(&b"adcdefgabcdefgh\n"[..], true).unwrap();
 
-        assert_eq!(
-            &compressed[..],
-            &[
-                0x85, 0x07, 0x00, 0xf8, 0x45, 0x07, 0x87, 0x3e, 0x10, 0xfb, 0x55, 0x92, 0xec, 0x12,
-                0x09, 0xcc, 0x38, 0xdd, 0x51, 0x1e,
-            ],
-        );
+        // TOLLGATE: the stream is finished at the end (upstream only flushed it, so its bytes
+        // lacked the last meta-block); the whole stream decodes to the input.
+        let mut decompressed = Vec::new();
+        brotli::BrotliDecompress(&mut &compressed[..], &mut decompressed).unwrap();
+        assert_eq!(&decompressed[..], &b"adcdefgabcdefgh\n"[..]);
     }
 }

@@ -271,9 +271,12 @@ impl HttpSession {
 
         loop {
             if parse_existing_buffer {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut resp = httparse::Response::new(&mut headers);
-                let parsed = parse_resp_buffer(&mut resp, &self.response_header_read_buf);
+                // TOLLGATE: uninitialized slots, see `HeaderSlot` (the `patched_http1` parser
+                // does not parse responses).
+                let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+                let mut resp = httparse::Response::new(&mut []);
+                let parsed =
+                    parse_resp_buffer(&mut resp, &self.response_header_read_buf, &mut headers);
                 match parsed {
                     HeaderParseState::Complete(s) => {
                         let total_read = self.response_header_read_buf.len();
@@ -883,16 +886,17 @@ impl HttpSession {
 }
 
 #[inline]
-fn parse_resp_buffer<'buf>(
-    resp: &mut httparse::Response<'_, 'buf>,
+fn parse_resp_buffer<'h, 'buf>(
+    resp: &mut httparse::Response<'h, 'buf>,
     buf: &'buf [u8],
+    headers: &'h mut [std::mem::MaybeUninit<httparse::Header<'buf>>],
 ) -> HeaderParseState {
     let mut parser = httparse::ParserConfig::default();
     parser.allow_spaces_after_header_name_in_responses(true);
     // TOLLGATE: a folded header (obs-fold) is refused, as RFC 9112 section 5.2 allows a
     // proxy, instead of relaying a value that holds CR LF.
     parser.allow_obsolete_multiline_headers_in_responses(false);
-    let res = match parser.parse_response(resp, buf) {
+    let res = match parser.parse_response_with_uninit_headers(resp, buf, headers) {
         Ok(s) => s,
         Err(e) => {
             return HeaderParseState::Invalid(e);
@@ -2186,31 +2190,20 @@ mod tests_stream {
     // Each obs-fold (CRLF + at least one SP/HTAB) in a received header
     // value is replaced with a single SP before the value is interpreted,
     // via `pingora_http::header_value_from_raw`.
+    // TOLLGATE: a folded header (obs-fold) is refused (see `parse_resp_buffer`); upstream
+    // Pingora joined the lines, which is what this test checked.
     #[tokio::test]
     async fn read_obsolete_multiline_headers() {
         init_log();
-        let input = b"HTTP/1.1 200 OK\r\nServer : pingora\r\n Foo: Bar\r\n\r\n";
-        let mock_io = Builder::new().read(&input[..]).build();
-        let mut http_stream = HttpSession::new(Box::new(mock_io));
-        let res = http_stream.read_response().await;
-        assert_eq!(input.len(), res.unwrap());
-
-        assert_eq!(1, http_stream.resp_header().unwrap().headers.len());
-        assert_eq!(
-            http_stream.get_header("Server").unwrap(),
-            "pingora Foo: Bar"
-        );
-
-        let input = b"HTTP/1.1 200 OK\r\nServer : pingora\r\n\t  Fizz: Buzz\r\n\r\n";
-        let mock_io = Builder::new().read(&input[..]).build();
-        let mut http_stream = HttpSession::new(Box::new(mock_io));
-        let res = http_stream.read_response().await;
-        assert_eq!(input.len(), res.unwrap());
-        assert_eq!(1, http_stream.resp_header().unwrap().headers.len());
-        assert_eq!(
-            http_stream.get_header("Server").unwrap(),
-            "pingora Fizz: Buzz"
-        );
+        for input in [
+            &b"HTTP/1.1 200 OK\r\nServer : pingora\r\n Foo: Bar\r\n\r\n"[..],
+            &b"HTTP/1.1 200 OK\r\nServer : pingora\r\n\t  Fizz: Buzz\r\n\r\n"[..],
+        ] {
+            let mock_io = Builder::new().read(input).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            let err = http_stream.read_response().await.unwrap_err();
+            assert_eq!(err.etype(), &pingora_error::ErrorType::InvalidHTTPHeader);
+        }
     }
 
     #[cfg(feature = "patched_http1")]

@@ -331,9 +331,10 @@ impl HttpSession {
 
             // Use loop as GOTO to retry escaped request buffer, not a real loop
             loop {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut req = httparse::Request::new(&mut headers);
-                let parsed = parse_req_buffer(&mut req, &buf);
+                // TOLLGATE: uninitialized slots, see `HeaderSlot`.
+                let mut headers = [EMPTY_SLOT; MAX_HEADERS];
+                let mut req = httparse::Request::new(&mut []);
+                let parsed = parse_req_buffer(&mut req, &buf, &mut headers);
                 match parsed {
                     HeaderParseState::Complete(s) => {
                         self.raw_header = Some(BufRef(0, s));
@@ -1798,23 +1799,33 @@ fn escape_illegal_request_line(buf: &BytesMut) -> Option<BytesMut> {
 }
 
 #[inline]
-fn parse_req_buffer<'buf>(
-    req: &mut httparse::Request<'_, 'buf>,
+fn parse_req_buffer<'h, 'buf>(
+    req: &mut httparse::Request<'h, 'buf>,
     buf: &'buf [u8],
+    headers: &'h mut [HeaderSlot<'buf>],
 ) -> HeaderParseState {
     use httparse::Result;
 
     #[cfg(feature = "patched_http1")]
-    fn parse<'buf>(req: &mut httparse::Request<'_, 'buf>, buf: &'buf [u8]) -> Result<usize> {
+    fn parse<'h, 'buf>(
+        req: &mut httparse::Request<'h, 'buf>,
+        buf: &'buf [u8],
+        headers: &'h mut [HeaderSlot<'buf>],
+    ) -> Result<usize> {
+        *req = httparse::Request::new(headers);
         req.parse_unchecked(buf)
     }
 
     #[cfg(not(feature = "patched_http1"))]
-    fn parse<'buf>(req: &mut httparse::Request<'_, 'buf>, buf: &'buf [u8]) -> Result<usize> {
-        req.parse(buf)
+    fn parse<'h, 'buf>(
+        req: &mut httparse::Request<'h, 'buf>,
+        buf: &'buf [u8],
+        headers: &'h mut [HeaderSlot<'buf>],
+    ) -> Result<usize> {
+        req.parse_with_uninit_headers(buf, headers)
     }
 
-    let res = match parse(req, buf) {
+    let res = match parse(req, buf, headers) {
         Ok(s) => s,
         Err(e) => {
             return HeaderParseState::Invalid(e);
