@@ -3,19 +3,30 @@
 # to the same tiny keep-alive backend (../shared/perf fastback) on this machine.
 #   - handshake rate: wrk over HTTPS with `Connection: close` (a new TLS connection per request)
 #   - HTTP/2 throughput: h2load over 32 connections x 10 streams for DURATION seconds
-# Needs: h2load (nghttp2-client), wrk, nginx, openssl, and the perf helpers built by compare.sh.
+# With ICOUNT=1, each server runs under callgrind instead, as ../shared/perf/icount.sh does
+# (twice, N and then 3N units, difference / 2N; the callgrind files stay in RUN_DIR for
+# ../shared/perf/cgdiff.py), and the script prints user-space instructions
+#   - per HTTP/2 request: h2load, 8 connections x 10 streams, N requests;
+#   - per new TLS connection: N connections of one HTTP/2 request each (h2load, 50 at a time).
+# Needs: h2load (nghttp2-client), wrk, nginx, openssl, valgrind for ICOUNT, and the perf
+# helpers built by compare.sh.
 #   benches/tls-compare.sh              (DURATION=8)
+#   ICOUNT=1 benches/tls-compare.sh     (N=10000 h2 requests, N/20 connections)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 perf=${PERF_DIR:-$root/../shared/perf}
 bin=${TOLLGATE_BIN:-$root/target/release/tollgate}
 fastback=${FASTBACK_BIN:-/tmp/perf-target/release/fastback}
 duration=${DURATION:-8}
-run=$(mktemp -d)
+run=${RUN_DIR:-$(mktemp -d)}
+chmod 755 "$run" # nginx workers write their callgrind files as an unprivileged user
 pids=()
 # The proxies stop before the backend, so streams they are still finishing do not log a
 # refused upstream connect.
-cleanup() { for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null || true; done; rm -rf "$run"; }
+cleanup() {
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null || true; done
+  [ -n "${ICOUNT:-}${RUN_DIR:-}" ] || rm -rf "$run"
+}
 trap cleanup EXIT
 [ -x "$fastback" ] || CARGO_TARGET_DIR=/tmp/perf-target cargo build --release -q --manifest-path "$perf/fastback/Cargo.toml"
 [ -x "$bin" ] || (cd "$root" && cargo build --release --locked)
@@ -44,7 +55,6 @@ http {
   }
 }
 NGINX
-nginx -c "$run/nginx.conf" -g 'daemon off;' & pids+=($!)
 
 cat >"$run/tollgate.toml" <<TOML
 [server]
@@ -68,10 +78,57 @@ targets = [{ address = "127.0.0.1:19301" }]
 name = "all"
 upstream = "be"
 TOML
-RUST_LOG=error "$bin" -c "$run/tollgate.toml" & pids+=($!)
-for port in 19443 19444; do
-  for _ in $(seq 100); do curl -sk -o /dev/null "https://127.0.0.1:$port/" && break; sleep 0.1; done
-done
+# start NAME [WRAPPER...]: the server in the background, its pid in $server, once it answers.
+start() {
+  local name=$1 port
+  shift
+  case "$name" in
+    nginx) port=19443; "$@" nginx -c "$run/nginx.conf" -g 'daemon off;' >"$run/$name.log" 2>&1 & ;;
+    tollgate) port=19444; RUST_LOG=error "$@" "$bin" -c "$run/tollgate.toml" >"$run/$name.log" 2>&1 & ;;
+  esac
+  server=$!
+  pids+=("$server")
+  for _ in $(seq 600); do curl -sk -o /dev/null "https://127.0.0.1:$port/" && return 0; sleep 0.1; done
+  echo "tls-compare: $name did not come up (see $run/$name.log)" >&2
+  return 1
+}
+# stop: SIGINT (a clean exit for both, so callgrind writes its totals), then wait.
+stop() {
+  kill -INT "$server" 2>/dev/null || true
+  for _ in $(seq 300); do kill -0 "$server" 2>/dev/null || break; sleep 0.1; done
+  wait "$server" 2>/dev/null || true
+}
+
+if [ -n "${ICOUNT:-}" ]; then
+  n=${N:-10000}
+  h2() { h2load -n "$1" -c 8 -m 10 "https://127.0.0.1:$port/" >"$run/h2load.out" 2>&1; }
+  conns() { for _ in $(seq $(($1 / 50))); do h2load -n 50 -c 50 "https://127.0.0.1:$port/" >"$run/h2load.out" 2>&1; done; }
+  instructions() { # name load count warm-up -> total instructions of one run
+    local out="$run/cg.$1-$2.$3" f total=0
+    rm -rf "$out"; mkdir -p "$out"; chmod 1777 "$out"
+    start "$1" valgrind --tool=callgrind --trace-children=yes --callgrind-out-file="$out/cg.%p" || return 1
+    "$2" "$4" # warm-up, the same in both runs
+    "$2" "$3"
+    stop
+    grep -q "succeeded, 0 failed, 0 errored" "$run/h2load.out" || { echo "tls-compare: $1 $2 failed: $(grep ^requests: "$run/h2load.out")" >&2; return 1; }
+    for f in "$out"/cg.*; do total=$((total + $(awk '/^(summary|totals):/ {print $2; exit}' "$f"))); done
+    echo "$total"
+  }
+  for target in nginx:19443 tollgate:19444; do
+    name=${target%%:*} port=${target##*:}
+    for load in h2:$n conns:$((n / 20)); do
+      l=${load%%:*} k=${load##*:}
+      t1=$(instructions "$name" "$l" "$k" $((k / 5))) && t3=$(instructions "$name" "$l" $((3 * k)) $((k / 5))) || continue
+      printf '%-9s %-6s %10d instructions per %s\n' "$name" "$l" $(((t3 - t1) / (2 * k))) \
+        "$([ "$l" = h2 ] && echo "HTTP/2 request" || echo "new TLS connection with one request")"
+    done
+  done
+  echo "# callgrind files: $run/cg.NAME-LOAD.COUNT (cgdiff.py DIR.K DIR.3K K)"
+  exit 0
+fi
+
+start nginx
+start tollgate
 
 for target in nginx:19443 tollgate:19444; do
   name=${target%%:*} port=${target##*:}
