@@ -5,6 +5,7 @@
 # proxy, every event per request (benches/cgevents.py: N and 3N runs, difference / 2N).
 # The simulator models this machine's L1 and last-level caches (from CPUID) and a simple
 # branch predictor: its figures repeat like icount's and compare proxies, not absolute cycles.
+# This VM reports a 320 MB last-level cache (valgrind simulates 256 MB): read the L1 events.
 #
 #   benches/cache-profile.sh                          # haproxy-gw tggw pingora tgplain
 #   PROXIES="haproxy-gw tggw" N=10000 benches/cache-profile.sh
