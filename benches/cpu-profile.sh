@@ -49,7 +49,7 @@ for mode in "$@"; do
   wrk -t1 -c64 -d"${secs}s" -H "$jwt" "http://127.0.0.1:$PROXY_PORT/" >"$RUN_DIR/wrk.txt"
   wait "$rec" || true
   t1=$(ticks)
-  kill "$proxy"
+  kill -INT "$proxy" # a fast stop: on SIGTERM Tollgate and Pingora drain for their grace period
   wait "$proxy" 2>/dev/null || true
   reqs=$(awk '/requests in/ { print $1 }' "$RUN_DIR/wrk.txt")
   hz=$(getconf CLK_TCK)

@@ -21,10 +21,14 @@ duration=${DURATION:-8}
 run=${RUN_DIR:-$(mktemp -d)}
 chmod 755 "$run" # nginx workers write their callgrind files as an unprivileged user
 pids=()
+backend=
 # The proxies stop before the backend, so streams they are still finishing do not log a
-# refused upstream connect.
+# refused upstream connect. The proxies get SIGINT: a SIGTERM'd Tollgate drains for its grace
+# period (40 s by default) and outlived the script, still holding its port. The backend gets
+# SIGTERM: a background job of a script ignores SIGINT unless it installs a handler.
 cleanup() {
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null || true; done
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -INT "${pids[i]}" 2>/dev/null || true; done
+  [ -z "$backend" ] || kill "$backend" 2>/dev/null || true
   [ -n "${ICOUNT:-}${RUN_DIR:-}" ] || rm -rf "$run"
 }
 trap cleanup EXIT
@@ -35,7 +39,8 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
   -subj "/CN=bench.test" -addext "subjectAltName=DNS:bench.test" \
   -keyout "$run/key.pem" -out "$run/cert.pem" 2>/dev/null
 
-"$fastback" 127.0.0.1:19301 >/dev/null 2>&1 & pids+=($!)
+"$fastback" 127.0.0.1:19301 >/dev/null 2>&1 &
+backend=$!
 
 cat >"$run/nginx.conf" <<NGINX
 worker_processes 1;
@@ -78,7 +83,14 @@ targets = [{ address = "127.0.0.1:19301" }]
 name = "all"
 upstream = "be"
 TOML
-# start NAME [WRAPPER...]: the server in the background, its pid in $server, once it answers.
+# stop: SIGINT (a clean exit for both, so callgrind writes its totals), then wait.
+stop() {
+  kill -INT "$server" 2>/dev/null || true
+  for _ in $(seq 300); do kill -0 "$server" 2>/dev/null || break; sleep 0.1; done
+  wait "$server" 2>/dev/null || true
+}
+# start NAME [WRAPPER...]: the server in the background, its pid in $server, once it answers
+# (stopped again if it never does: under ICOUNT it runs in a subshell the trap cannot see).
 start() {
   local name=$1 port
   shift
@@ -90,13 +102,8 @@ start() {
   pids+=("$server")
   for _ in $(seq 600); do curl -sk -o /dev/null "https://127.0.0.1:$port/" && return 0; sleep 0.1; done
   echo "tls-compare: $name did not come up (see $run/$name.log)" >&2
+  stop
   return 1
-}
-# stop: SIGINT (a clean exit for both, so callgrind writes its totals), then wait.
-stop() {
-  kill -INT "$server" 2>/dev/null || true
-  for _ in $(seq 300); do kill -0 "$server" 2>/dev/null || break; sleep 0.1; done
-  wait "$server" 2>/dev/null || true
 }
 
 if [ -n "${ICOUNT:-}" ]; then
