@@ -1340,3 +1340,116 @@ fn cached_tokens_never_outlive_exp() {
     );
     assert_eq!(call(&gw, "/short", Some(&token)).1, "token_expired");
 }
+
+/// Regression: a key file replaced behind the same path kept verifying after a reload (and
+/// the new key failed) until a restart, because what survived a reload was decided by the
+/// section's text alone. For each kind of key file: the new key verifies after the reload,
+/// a fresh token signed with the old key is refused.
+#[test]
+fn a_rotated_key_file_keeps_verifying_after_reload() {
+    let keys = Keys::new();
+    let app = Backend::echo("app");
+    let jwks_doc = |rsa: &Rsa<openssl::pkey::Private>, kid: &str| {
+        json!({ "keys": [Keys::jwk_of(rsa, kid)] }).to_string()
+    };
+    std::fs::write(keys.path("jwks.json"), jwks_doc(&keys.rsa2, "old")).unwrap();
+    let gw = Gateway::start(&format!(
+        r#"
+[auth.jwt.hs]
+algorithms = ["HS256"]
+secret_file = "{secret}"
+
+[auth.jwt.pem]
+algorithms = ["RS256"]
+public_key_files = ["{rsa}"]
+
+[auth.jwt.jwks]
+algorithms = ["RS256"]
+jwks_file = "{jwks}"
+
+[upstreams.app]
+targets = [{{ address = "{app}" }}]
+
+[[routes]]
+name = "hs"
+path_prefix = "/hs"
+upstream = "app"
+auth = ["jwt:hs"]
+
+[[routes]]
+name = "pem"
+path_prefix = "/pem"
+upstream = "app"
+auth = ["jwt:pem"]
+
+[[routes]]
+name = "jwks"
+path_prefix = "/jwks"
+upstream = "app"
+auth = ["jwt:jwks"]
+"#,
+        secret = keys.path("secret"),
+        rsa = keys.path("rsa.pem"),
+        jwks = keys.path("jwks.json"),
+        app = app.addr,
+    ));
+    // Each token distinct (its own `jti`), so no verified-token cache can answer for it.
+    let serial = AtomicU64::new(0);
+    let fresh = || claims(json!({ "jti": serial.fetch_add(1, Ordering::Relaxed).to_string() }));
+    const NEW_SECRET: &[u8] = b"rotated-secret-0123456789abcdef0123456789";
+    let hs = |secret: &[u8], c: &Value| {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            c,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
+    };
+    let pem = |rsa: &Rsa<openssl::pkey::Private>, c: &Value| {
+        let key = EncodingKey::from_rsa_pem(&rsa.private_key_to_pem().unwrap()).unwrap();
+        jsonwebtoken::encode(&Header::new(Algorithm::RS256), c, &key).unwrap()
+    };
+    let old_rsa = Rsa::private_key_from_pem(&keys.rsa_private).unwrap();
+    let old = |route: &str, c: &Value| match route {
+        "/hs/x" => hs(SECRET.as_bytes(), c),
+        "/pem/x" => pem(&old_rsa, c),
+        _ => Keys::sign_by(&keys.rsa2, "old", c),
+    };
+    let new = |route: &str, c: &Value| match route {
+        "/hs/x" => hs(NEW_SECRET, c),
+        "/pem/x" => pem(&keys.rsa3, c),
+        _ => Keys::sign_by(&keys.rsa3, "new", c),
+    };
+    let routes = ["/hs/x", "/pem/x", "/jwks/x"];
+    for route in routes {
+        assert_eq!(
+            call(&gw, route, Some(&old(route, &fresh()))).0,
+            200,
+            "{route}"
+        );
+        assert_eq!(
+            call(&gw, route, Some(&new(route, &fresh()))).0,
+            401,
+            "{route}"
+        );
+    }
+
+    std::fs::write(keys.path("secret"), [NEW_SECRET, b"\n"].concat()).unwrap();
+    std::fs::write(keys.path("rsa.pem"), keys.rsa3.public_key_to_pem().unwrap()).unwrap();
+    std::fs::write(keys.path("jwks.json"), jwks_doc(&keys.rsa3, "new")).unwrap();
+    let (status, answer) = gw.reload();
+    assert_eq!(status, 200, "{answer}");
+
+    for route in routes {
+        assert_eq!(
+            call(&gw, route, Some(&new(route, &fresh()))).0,
+            200,
+            "{route}: the new key verifies after the reload"
+        );
+        assert_eq!(
+            call(&gw, route, Some(&old(route, &fresh()))).0,
+            401,
+            "{route}: the old key no longer verifies after the reload"
+        );
+    }
+}

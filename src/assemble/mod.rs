@@ -15,6 +15,7 @@ pub(crate) mod refs;
 pub mod server;
 
 use crate::config::file::{ConfigFile, SecurityHeadersSection};
+use crate::config::fingerprint::{carry, Fingerprint};
 use crate::config::Problem;
 use crate::gateway::{Gateway, Generation};
 use crate::observe::access_log::{self, AccessLog, AccessLogWriter};
@@ -142,16 +143,14 @@ pub fn build(
     for (name, section) in &auth.jwt {
         let at = format!("auth.jwt.{name}");
         crate::names::check_name(&at, "provider", name, &mut problems);
-        // An unchanged provider keeps its verified-token cache and fetched keys.
-        let identity = format!("{section:?}");
-        let reused = previous
-            .and_then(|g| g.providers.find(name))
-            .filter(|p| p.identity() == identity);
-        match reused {
+        // An unchanged provider (section and key files) keeps its verified-token cache and
+        // fetched keys.
+        let fingerprint = Fingerprint::of(section, section.files());
+        match carry(previous.and_then(|g| g.providers.find(name)), fingerprint) {
             Some(p) => providers.insert(name, p.clone()),
             None => match JwtProvider::compile(name, section, &at) {
                 Ok(mut p) => {
-                    p.set_identity(identity);
+                    p.set_fingerprint(fingerprint);
                     providers.insert(name, Arc::new(p));
                 }
                 Err(p) => problems.extend(p),

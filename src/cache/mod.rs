@@ -12,6 +12,7 @@ pub(crate) mod freshness;
 pub(crate) mod shared;
 pub mod store;
 
+use crate::config::fingerprint::{carry, Carried, Fingerprint};
 use http::header::{CONTENT_LENGTH, SET_COOKIE, VARY};
 use http::Method;
 use pingora::cache::cache_control::{CacheControl, InterpretCacheControl};
@@ -39,8 +40,14 @@ pub struct ResponseCache {
     lock_timeout: Duration,
     /// Targeted cache-control fields, first wins (RFC 9213).
     targeted: Vec<http::HeaderName>,
-    /// The `[cache]` section it was built from.
-    identity: String,
+    /// What it was built from: an unchanged `[cache]` keeps the cache and its entries.
+    fingerprint: Fingerprint,
+}
+
+impl Carried for ResponseCache {
+    fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
 }
 
 /// A cache no generation uses any more gives its entries back (pingora-cache holds the
@@ -63,7 +70,7 @@ impl ResponseCache {
             lock: Box::leak(CacheLock::new_boxed(lock_timeout)),
             lock_timeout,
             targeted: vec![freshness::CDN_CACHE_CONTROL],
-            identity: String::new(),
+            fingerprint: Fingerprint::default(),
         }
     }
 
@@ -194,8 +201,8 @@ impl ResponseCache {
         if problems.len() > before {
             return None;
         }
-        let identity = format!("{section:?}");
-        if let Some(prev) = previous.filter(|p| p.identity == identity) {
+        let fingerprint = Fingerprint::of(section, []);
+        if let Some(prev) = carry(previous, fingerprint) {
             return Some(prev.clone());
         }
         let mut cache = ResponseCache::new(
@@ -203,7 +210,7 @@ impl ResponseCache {
             max_object_size.0 as usize,
             lock_timeout.0,
         );
-        cache.identity = identity;
+        cache.fingerprint = fingerprint;
         if let Some(tier) = tier {
             // Like the storage, the tier is borrowed for 'static by pingora-cache's hooks.
             let tier: &'static shared::SharedTier = Box::leak(Box::new(tier));

@@ -1241,6 +1241,121 @@ pub struct CorsSection {
     pub max_age: Option<HumanDuration>,
 }
 
+/// The files a section names, read when the runtime is built from it: a reload that finds
+/// one of them changed builds that part anew (`crate::assemble::carry`).
+impl JwtSection {
+    pub fn files(&self) -> impl Iterator<Item = &str> {
+        let JwtSection {
+            secret_file,
+            public_key_files,
+            jwks_file,
+            ..
+        } = self;
+        secret_file
+            .iter()
+            .chain(public_key_files)
+            .chain(jwks_file)
+            .map(String::as_str)
+    }
+}
+
+impl IntrospectionSection {
+    pub fn files(&self) -> impl Iterator<Item = &str> {
+        self.client_secret_file.iter().map(String::as_str)
+    }
+}
+
+impl UpstreamTlsSection {
+    pub fn files(&self) -> impl Iterator<Item = &str> {
+        let UpstreamTlsSection {
+            ca_file,
+            client_cert,
+            client_key,
+            ..
+        } = self;
+        ca_file
+            .iter()
+            .chain(client_cert)
+            .chain(client_key)
+            .map(String::as_str)
+    }
+}
+
+impl ConfigFile {
+    /// Every file path the configuration holds, to resolve a relative one against the
+    /// configuration file's directory ([`ConfigFile::resolve_paths`]).
+    fn paths_mut(&mut self) -> Vec<&mut String> {
+        let mut paths: Vec<&mut String> = Vec::new();
+        let ServerSection {
+            pid_file,
+            upgrade_sock,
+            error_log,
+            ..
+        } = &mut self.server;
+        paths.extend([pid_file, upgrade_sock]);
+        paths.extend(error_log.as_mut());
+        for l in &mut self.listeners {
+            for c in l.tls.iter_mut().flat_map(|t| &mut t.certificates) {
+                paths.extend([&mut c.cert, &mut c.key]);
+            }
+        }
+        paths.extend(self.resolver.hosts_file.as_mut());
+        for u in self.upstreams.values_mut() {
+            paths.extend(u.targets_file.as_mut());
+            if let Some(t) = &mut u.tls {
+                let UpstreamTlsSection {
+                    ca_file,
+                    client_cert,
+                    client_key,
+                    ..
+                } = t;
+                paths.extend(ca_file.iter_mut().chain(client_cert).chain(client_key));
+            }
+        }
+        for r in &mut self.routes {
+            paths.extend(r.transcode.as_mut().map(|t| &mut t.descriptor));
+        }
+        for j in self.auth.jwt.values_mut() {
+            let JwtSection {
+                secret_file,
+                public_key_files,
+                jwks_file,
+                ..
+            } = j;
+            paths.extend(
+                secret_file
+                    .iter_mut()
+                    .chain(public_key_files)
+                    .chain(jwks_file),
+            );
+        }
+        for i in self.auth.introspection.values_mut() {
+            paths.extend(i.client_secret_file.as_mut());
+        }
+        paths
+    }
+
+    /// Make every relative file path relative to `base`, the directory of the
+    /// configuration file, so `tollgate -c /etc/tollgate/tollgate.toml` reads the same
+    /// files from any working directory.
+    pub fn resolve_paths(&mut self, base: &std::path::Path) {
+        for p in self.paths_mut() {
+            if !p.is_empty() && std::path::Path::new(p.as_str()).is_relative() {
+                *p = base.join(p.as_str()).display().to_string();
+            }
+        }
+        if let AccessLogSection {
+            target: crate::config::types::LogTarget::File(f),
+            ..
+        } = &mut self.access_log
+        {
+            if f.is_relative() {
+                *f = base.join(&*f);
+            }
+        }
+    }
+}
+
 /// The defaults, each in one place.
 pub mod defaults {
     use super::{HumanDuration, HumanSize};

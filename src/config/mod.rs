@@ -6,6 +6,7 @@
 
 pub mod bounds;
 pub mod file;
+pub(crate) mod fingerprint;
 pub mod types;
 
 use std::fmt;
@@ -99,7 +100,13 @@ pub fn load(path: &Path) -> Result<(ConfigFile, String), ConfigError> {
     };
     let text = std::fs::read_to_string(path)
         .map_err(|e| fail(vec![Problem::new("", format!("cannot read file: {e}"))]))?;
-    let file = parse(&text).map_err(|p| fail(vec![p]))?;
+    let mut file = parse(&text).map_err(|p| fail(vec![p]))?;
+    // Relative paths in the file are relative to the file, not to the working directory.
+    let base = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    file.resolve_paths(&base);
     let digest = <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes());
     Ok((file, hex::encode(digest)))
 }

@@ -13,6 +13,7 @@
 use crate::config::file::{
     AuthErrorPolicy, DecisionCacheSection, ForwardAuthSection, IntrospectionSection,
 };
+use crate::config::fingerprint::{carry, Carried, Fingerprint};
 use crate::config::{bounds, Problem};
 use crate::upstream::UpstreamGroup;
 use base64::Engine;
@@ -110,12 +111,19 @@ pub struct ExternalAuth {
     connector: Arc<Connector>,
     timeout: Duration,
     pub on_error: AuthErrorPolicy,
-    cache: Option<DecisionCache>,
+    cache: Option<Arc<DecisionCache>>,
     /// `auth_decisions_total{provider, result}` for `hit`, `miss`, `coalesced`, `error`,
     /// looked up once here rather than per request.
     counters: [prometheus::IntCounter; 4],
-    /// The section it was built from: an unchanged one keeps its cache across reloads.
-    identity: String,
+    /// What it was built from (section and secret file): an unchanged one keeps its
+    /// decision cache across reloads.
+    fingerprint: Fingerprint,
+}
+
+impl Carried for ExternalAuth {
+    fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
 }
 
 struct Cached {
@@ -241,10 +249,7 @@ impl ExternalAuth {
         problems: &mut Vec<Problem>,
     ) -> Option<Arc<ExternalAuth>> {
         let at = format!("auth.forward.{name}");
-        let identity = format!("{s:?}");
-        if let Some(p) = previous.filter(|p| p.identity == identity) {
-            return Some(p.clone());
-        }
+        let fingerprint = Fingerprint::of(s, []);
         let ForwardAuthSection {
             upstream,
             path,
@@ -297,7 +302,15 @@ impl ExternalAuth {
             on_error: *on_error,
             cache,
         };
-        Self::finish(name, kind, shared, identity, cx, before, problems)
+        Self::finish(
+            name,
+            kind,
+            shared,
+            (fingerprint, previous),
+            cx,
+            before,
+            problems,
+        )
     }
 
     /// `[auth.introspection.NAME]`.
@@ -309,10 +322,7 @@ impl ExternalAuth {
         problems: &mut Vec<Problem>,
     ) -> Option<Arc<ExternalAuth>> {
         let at = format!("auth.introspection.{name}");
-        let identity = format!("{s:?}");
-        if let Some(p) = previous.filter(|p| p.identity == identity) {
-            return Some(p.clone());
-        }
+        let fingerprint = Fingerprint::of(s, s.files());
         let IntrospectionSection {
             upstream,
             path,
@@ -375,7 +385,15 @@ impl ExternalAuth {
             on_error: *on_error,
             cache,
         };
-        Self::finish(name, kind, shared, identity, cx, before, problems)
+        Self::finish(
+            name,
+            kind,
+            shared,
+            (fingerprint, previous),
+            cx,
+            before,
+            problems,
+        )
     }
 
     /// What both kinds share: the group, the timeout, the failure policy, the cache.
@@ -383,7 +401,7 @@ impl ExternalAuth {
         name: &str,
         kind: Kind,
         s: Shared<'_>,
-        identity: String,
+        (fingerprint, previous): (Fingerprint, Option<&Arc<ExternalAuth>>),
         cx: &ExternalContext<'_>,
         before: usize,
         problems: &mut Vec<Problem>,
@@ -396,7 +414,13 @@ impl ExternalAuth {
             .groups
             .get(&format!("{at}.upstream"), s.upstream, problems);
         bounds::AUTH_TIMEOUT.check(&format!("{at}.timeout"), *s.timeout, problems);
-        let cache = cache_of(at, s.cache, problems);
+        let cache = cache_of(at, s.cache, problems).map(Arc::new);
+        // The group is always this generation's (its targets may have changed); the
+        // decision cache is kept when nothing it was built from changed.
+        let cache = match carry(previous, fingerprint) {
+            Some(p) => p.cache.clone(),
+            None => cache,
+        };
         if problems.len() > before {
             return None;
         }
@@ -409,7 +433,7 @@ impl ExternalAuth {
             on_error: s.on_error,
             cache,
             counters: counters(cx.decisions, name),
-            identity,
+            fingerprint,
         }))
     }
 

@@ -39,6 +39,7 @@ mod keys;
 pub use jwks::JwksRefresher;
 
 use crate::config::file::JwtSection;
+use crate::config::fingerprint::{Carried, Fingerprint};
 use crate::config::types::JwtAlgorithm;
 use crate::config::{bounds, Problem};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -166,8 +167,15 @@ pub struct JwtProvider {
     claims: ClaimMap,
     mapped_headers: Vec<HeaderName>,
     cache: Option<MemoryCache<String, Arc<CachedToken>>>,
-    /// The section it was built from, to keep it across reloads that do not change it.
-    identity: String,
+    /// What it was built from (section and key files), to keep it across reloads that
+    /// change neither.
+    fingerprint: Fingerprint,
+}
+
+impl Carried for JwtProvider {
+    fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
 }
 
 /// The JWT providers of a generation, by name.
@@ -606,19 +614,14 @@ impl JwtProvider {
             mapped_headers: claims.header_names(),
             claims,
             cache: (*cache_entries > 0).then(|| MemoryCache::new(*cache_entries)),
-            identity: String::new(),
+            fingerprint: Fingerprint::default(),
         })
     }
 
-    /// What the provider was built from (see [`JwtProvider::set_identity`]).
-    pub(crate) fn identity(&self) -> &str {
-        &self.identity
-    }
-
-    /// Record what the provider was built from, so that a reload with the same section
-    /// keeps this provider, its fetched keys and its verified-token cache.
-    pub(crate) fn set_identity(&mut self, identity: String) {
-        self.identity = identity;
+    /// Record what the provider was built from, so that a reload with the same section and
+    /// key files keeps this provider, its fetched keys and its verified-token cache.
+    pub(crate) fn set_fingerprint(&mut self, fingerprint: Fingerprint) {
+        self.fingerprint = fingerprint;
     }
 
     /// Header names this provider sets upstream; always stripped from client requests.

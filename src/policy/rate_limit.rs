@@ -22,6 +22,7 @@ use super::fleet::{self, Fleet, FleetMetrics};
 use crate::config::file::{
     RateLimitBackend, RateLimitBackendSection, RateLimitSection, RedisFailurePolicy,
 };
+use crate::config::fingerprint::{carry, Carried, Fingerprint};
 use crate::config::types::RateKey;
 use crate::config::{bounds, Problem};
 use http::{HeaderName, HeaderValue};
@@ -136,8 +137,14 @@ pub struct RateLimitStore {
     fleet: Option<Arc<Fleet>>,
     /// Redis calls that failed or timed out (`rate_limit_redis_errors_total`).
     redis_errors: prometheus::IntCounter,
-    /// The `[rate_limit]` section this store was built from.
-    identity: String,
+    /// What it was built from: an unchanged `[rate_limit]` keeps the store and its windows.
+    fingerprint: Fingerprint,
+}
+
+impl Carried for RateLimitStore {
+    fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
 }
 
 struct RedisStore {
@@ -188,8 +195,8 @@ impl RateLimitStore {
         let before = problems.len();
         bounds::REDIS_TIMEOUT.check("rate_limit.redis_timeout", *redis_timeout, problems);
         bounds::SYNC_INTERVAL.check("rate_limit.sync_interval", *sync_interval, problems);
-        let identity = format!("{section:?}");
-        if let Some(prev) = previous.filter(|p| p.identity == identity) {
+        let fingerprint = Fingerprint::of(section, []);
+        if let Some(prev) = carry(previous, fingerprint) {
             return (problems.len() == before).then(|| prev.clone());
         }
         let client = match backend {
@@ -245,7 +252,7 @@ impl RateLimitStore {
                 redis,
                 fleet,
                 redis_errors: metrics.redis_errors,
-                identity,
+                fingerprint,
             })
         })
     }

@@ -15,6 +15,7 @@ pub mod select;
 use crate::config::file::{
     BalancePolicy, CircuitBreakerSection, RetryBudgetSection, UpstreamSection, UpstreamTlsSection,
 };
+use crate::config::fingerprint::{carry, Carried, Fingerprint};
 use crate::config::{bounds, Problem};
 use breaker::{Breaker, BreakerSettings, Outcome, Permit};
 use dns::{Discovery, TargetSpec};
@@ -215,13 +216,21 @@ pub(crate) struct UpstreamGroup {
     /// when its health check is unchanged, so a reload keeps what the checks learned.
     registry: Arc<HealthRegistry>,
     /// The health check and TLS sections this registry's checks were built from.
-    health_identity: String,
+    /// What its health check was built from (the check and the TLS section with its files).
+    health_fingerprint: Fingerprint,
     health: Option<HealthCheckSpec>,
     breaker: Option<BreakerSettings>,
     /// Where the targets come from and how the last update went.
     source: Arc<std::sync::Mutex<dns::SourceStatus>>,
     /// The etcd prefix the targets come from, watched by the generation's background work.
     etcd: Option<Arc<etcd::EtcdSource>>,
+}
+
+/// A group carries its health registry over a reload by this fingerprint.
+impl Carried for UpstreamGroup {
+    fn fingerprint(&self) -> Fingerprint {
+        self.health_fingerprint
+    }
 }
 
 /// Compiled `[upstreams.NAME.tls]`.
@@ -602,10 +611,11 @@ impl UpstreamGroup {
         }
         let resolves_names = discovery.is_dynamic();
         // Health is shared with the previous generation when nothing that decides it changed.
-        let health_identity = format!("{health_check:?} {tls:?}");
-        let reused = previous
-            .filter(|p| p.health_identity == health_identity)
-            .map(|p| p.registry.clone());
+        let health_fingerprint = Fingerprint::of(
+            &(health_check, tls),
+            tls.iter().flat_map(UpstreamTlsSection::files),
+        );
+        let reused = carry(previous, health_fingerprint).map(|p| p.registry.clone());
         let registry = match reused {
             Some(r) => r,
             None => {
@@ -662,7 +672,7 @@ impl UpstreamGroup {
             h2: *h2,
             max_steps: 0,
             registry,
-            health_identity,
+            health_fingerprint,
             health,
             breaker,
             source,
