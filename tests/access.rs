@@ -368,3 +368,208 @@ allow_credentials = true
     assert!(out.contains("routes[0].cors"), "{out}");
     assert!(out.contains("allow_credentials"), "{out}");
 }
+
+/// Regression: the gateway's own 401 and 403 (and its other answers on a CORS route)
+/// carried no `Access-Control-Allow-Origin`, no `Vary: Origin` and no security headers, so
+/// a browser app read them as CORS failures.
+#[test]
+fn gateway_made_401_carried_no_cors_headers() {
+    let backend = Backend::echo("app");
+    let dead = free_port();
+    let cors = r#"
+[routes.cors]
+allow_origins = ["https://app.example"]
+allow_credentials = true
+"#;
+    let gw = Gateway::start(&format!(
+        r#"
+[consumers.reader]
+keys = ["reader-key-0123456789"]
+roles = ["reader"]
+
+[upstreams.app]
+targets = [{{ address = "{app}" }}]
+
+[upstreams.dead]
+targets = [{{ address = "127.0.0.1:{dead}" }}]
+
+[[routes]]
+name = "secure"
+path_prefix = "/secure"
+upstream = "app"
+auth = ["api_key"]
+roles = ["admin"]
+max_body_size = "16B"
+{cors}
+[[routes]]
+name = "limited"
+path_prefix = "/limited"
+upstream = "app"
+rate_limits = [{{ limit = 1, window = "1m", key = "ip" }}]
+{cors}
+[[routes]]
+name = "walled"
+path_prefix = "/walled"
+upstream = "app"
+ip_deny = ["127.0.0.0/8"]
+{cors}
+[[routes]]
+name = "down"
+path_prefix = "/down"
+upstream = "dead"
+{cors}
+[[routes]]
+name = "fixed"
+path_prefix = "/fixed"
+respond = {{ status = 503, body = "maintenance" }}
+{cors}"#,
+        app = backend.addr,
+    ));
+    let c = client();
+    let send = |method: reqwest::Method, path: &str, key: Option<&str>, body: &str| {
+        let mut r = c
+            .request(method, gw.url(path))
+            .header("origin", "https://app.example");
+        if let Some(k) = key {
+            r = r.header("x-api-key", k);
+        }
+        if !body.is_empty() {
+            r = r.body(body.to_string());
+        }
+        r.send().unwrap()
+    };
+    let cases = [
+        (reqwest::Method::GET, "/secure/x", None, "", 401),
+        (
+            reqwest::Method::GET,
+            "/secure/x",
+            Some("reader-key-0123456789"),
+            "",
+            403,
+        ),
+        (
+            reqwest::Method::POST,
+            "/secure/x",
+            Some("reader-key-0123456789"),
+            "a body of more than sixteen bytes",
+            413,
+        ),
+        (reqwest::Method::GET, "/walled/x", None, "", 403),
+        (reqwest::Method::GET, "/down/x", None, "", 502),
+        (reqwest::Method::GET, "/fixed", None, "", 503),
+    ];
+    for (method, path, key, body, status) in cases {
+        let r = send(method.clone(), path, key, body);
+        assert_eq!(r.status(), status, "{method} {path}");
+        let h = r.headers();
+        assert_eq!(
+            h.get("access-control-allow-origin")
+                .map(|v| v.to_str().unwrap()),
+            Some("https://app.example"),
+            "{method} {path} {status}: {h:?}"
+        );
+        assert_eq!(h["access-control-allow-credentials"], "true", "{path}");
+        assert!(
+            h.get_all("vary").iter().any(|v| v == "Origin"),
+            "{method} {path} {status}: {h:?}"
+        );
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path} {status}");
+        assert_eq!(h["x-frame-options"], "DENY", "{path} {status}");
+    }
+    // The rate limit's own 429, and a request without Origin still says Vary: Origin.
+    assert_eq!(
+        send(reqwest::Method::GET, "/limited", None, "").status(),
+        200
+    );
+    let limited = send(reqwest::Method::GET, "/limited", None, "");
+    assert_eq!(limited.status(), 429);
+    assert_eq!(
+        limited.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let plain = c.get(gw.url("/fixed")).send().unwrap();
+    assert!(plain
+        .headers()
+        .get_all("vary")
+        .iter()
+        .any(|v| v == "Origin"));
+    assert!(plain.headers().get("access-control-allow-origin").is_none());
+    assert_eq!(
+        backend.hits(),
+        1,
+        "only the first /limited request was proxied"
+    );
+}
+
+/// A real browser (headless Chromium) on a page of the allowed origin reads the gateway's
+/// 401 (status and JSON body) through `fetch(..., {credentials: "include"})`.
+#[test]
+fn a_browser_app_reads_the_gateways_401() {
+    let chromium = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("chromium is installed by scripts/setup.sh");
+    let backend = Backend::echo("app");
+    let gw_port = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(0));
+    let port_for_page = gw_port.clone();
+    let page = Backend::start("page", move |_| {
+        let gw = port_for_page.load(std::sync::atomic::Ordering::Relaxed);
+        Reply::status(200)
+            .header("content-type", "text/html")
+            .body(format!(
+                r#"<!doctype html><html><body><pre id="out">pending</pre><script>
+fetch("http://127.0.0.1:{gw}/secure/x", {{credentials: "include"}})
+  .then(async r => {{ document.getElementById("out").textContent =
+      "status=" + r.status + " body=" + await r.text(); }})
+  .catch(e => {{ document.getElementById("out").textContent = "failed: " + e; }});
+</script></body></html>"#
+            ))
+    });
+    let gw = Gateway::start(&format!(
+        r#"
+[consumers.reader]
+keys = ["reader-key-0123456789"]
+
+[upstreams.app]
+targets = [{{ address = "{app}" }}]
+
+[[routes]]
+name = "secure"
+path_prefix = "/secure"
+upstream = "app"
+auth = ["api_key"]
+[routes.cors]
+allow_origins = ["http://127.0.0.1:{page_port}"]
+allow_credentials = true
+"#,
+        app = backend.addr,
+        page_port = page.addr.port(),
+    ));
+    gw_port.store(gw.addr.port(), std::sync::atomic::Ordering::Relaxed);
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--virtual-time-budget=10000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("http://{}/", page.addr))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("status=401 body={\"error\":"),
+        "the page read: {dom}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dom.contains("request_id"), "{dom}");
+}

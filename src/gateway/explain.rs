@@ -526,8 +526,8 @@ fn detail(
             (None, _) => "no CORS policy".into(),
             (Some(_), Step::Answer { .. }) => "a preflight: answered 204 by the gateway".into(),
             (Some(_), Step::Reject(r)) => format!("{} {}", r.status.as_u16(), r.message),
-            (Some(_), Step::Next) if ctx.response_headers.is_empty() => {
-                "not a cross-origin request (no Origin)".into()
+            (Some(_), Step::Next) if !req.headers.contains_key(http::header::ORIGIN) => {
+                "not a cross-origin request (no Origin): Vary: Origin added".into()
             }
             (Some(_), Step::Next) => "cross-origin request: CORS headers added".into(),
         },

@@ -16,6 +16,7 @@ use crate::observe::access_log::{AccessLog, Entry, Time};
 use crate::observe::metrics::{Metrics, Served, NO_ROUTE};
 use crate::observe::trace::{self, Trace};
 use crate::policy::auth::Identity;
+use crate::policy::cors::CorsOutcome;
 use crate::policy::GatewayPolicy;
 use crate::route::{ProxyAction, Route, RouteAction, RouteTable};
 use crate::transform::{BodyBuffer, JsonRename};
@@ -341,10 +342,11 @@ impl Gateway {
             Step::Reject(reject) => self.reject(session, ctx, reject).await,
             Step::Answer {
                 status,
-                headers,
+                mut headers,
                 body,
             } => {
                 ctx.answered = Some(status);
+                own_answer_headers(session.req_header(), ctx, &mut headers);
                 error::respond(session, status, &headers, body, &ctx.request_id).await?;
                 Ok(true)
             }
@@ -524,10 +526,52 @@ impl Gateway {
         Ok(())
     }
 
-    async fn reject(&self, session: &mut Session, ctx: &mut Ctx, reject: Reject) -> Result<bool> {
+    async fn reject(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        mut reject: Reject,
+    ) -> Result<bool> {
         ctx.answered = Some(reject.status);
+        own_answer_headers(session.req_header(), ctx, &mut reject.headers);
         error::respond_error(session, &reject, &ctx.request_id).await?;
         Ok(true)
+    }
+}
+
+/// What the gateway's own answers on a route (refusals, direct responses, fallbacks, proxy
+/// failures) carry as proxied responses do: the headers the policies asked for (CORS for an
+/// allowed origin with `Vary: Origin`, rate-limit state), CORS even when the refusal came
+/// before the CORS step ran, and the route's security headers. Without them a browser app
+/// reads a 401 as a CORS failure and cannot send its user to log in.
+fn own_answer_headers(
+    req: &RequestHeader,
+    ctx: &mut Ctx,
+    headers: &mut Vec<(HeaderName, HeaderValue)>,
+) {
+    for h in std::mem::take(&mut ctx.response_headers) {
+        if !headers.contains(&h) {
+            headers.push(h);
+        }
+    }
+    let Some(route) = ctx.route.as_ref() else {
+        return;
+    };
+    if let Some(cors) = &route.policy.cors {
+        let said = headers
+            .iter()
+            .any(|(n, v)| n == http::header::VARY && v.as_bytes().eq_ignore_ascii_case(b"origin"));
+        // A preflight (answered or refused) needs nothing more.
+        if !said {
+            if let Ok(CorsOutcome::Actual(h)) = cors.evaluate(&req.method, &req.headers) {
+                headers.extend(h);
+            }
+        }
+    }
+    for (name, value) in &route.transform.security {
+        if !headers.iter().any(|(n, _)| n == name.name()) {
+            headers.push((name.name().clone(), value.clone()));
+        }
     }
 }
 
@@ -1052,22 +1096,19 @@ impl ProxyHttp for Gateway {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         if ctx.upstream.no_target && session.response_written().is_none() {
             session.set_keepalive(None);
-            let fallback = proxy_of(ctx.route.as_ref()).and_then(|(_, g)| g.fallback.as_ref());
-            if let Some(f) = fallback {
-                ctx.answered = Some(f.status);
-                if let Err(write_err) = error::respond(
-                    session,
-                    f.status,
-                    &f.headers,
-                    f.body.clone(),
-                    &ctx.request_id,
-                )
-                .await
+            let fallback = proxy_of(ctx.route.as_ref())
+                .and_then(|(_, g)| g.fallback.as_ref())
+                .map(|f| (f.status, f.headers.clone(), f.body.clone()));
+            if let Some((status, mut headers, body)) = fallback {
+                ctx.answered = Some(status);
+                own_answer_headers(session.req_header(), ctx, &mut headers);
+                if let Err(write_err) =
+                    error::respond(session, status, &headers, body, &ctx.request_id).await
                 {
                     log::debug!("could not send fallback response: {write_err}");
                 }
                 return FailToProxy {
-                    error_code: f.status.as_u16(),
+                    error_code: status.as_u16(),
                     can_reuse_downstream: false,
                 };
             }
@@ -1087,7 +1128,8 @@ impl ProxyHttp for Gateway {
             !r.status.is_informational() || r.status == StatusCode::SWITCHING_PROTOCOLS
         });
         if !final_sent {
-            let reject = Reject::new(status, message);
+            let mut reject = Reject::new(status, message);
+            own_answer_headers(session.req_header(), ctx, &mut reject.headers);
             if let Err(write_err) = error::respond_error(session, &reject, &ctx.request_id).await {
                 log::debug!("could not send error response: {write_err}");
             }

@@ -202,7 +202,6 @@ fn cors_step(route: &Route, req: &RequestHeader, ctx: &mut Ctx) -> Step {
         return Step::Next;
     };
     match cors.evaluate(&req.method, &req.headers) {
-        Ok(CorsOutcome::None) => Step::Next,
         Ok(CorsOutcome::Actual(h)) => {
             ctx.response_headers.extend(h);
             Step::Next

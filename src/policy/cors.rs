@@ -25,8 +25,6 @@ pub struct CorsPolicy {
 /// What a request means to CORS.
 #[derive(Debug)]
 pub enum CorsOutcome {
-    /// No `Origin`, or a same-site request: nothing to add.
-    None,
     /// A preflight the gateway answers itself (204) with these headers.
     Preflight(Vec<(HeaderName, HeaderValue)>),
     /// An actual cross-origin request: add these headers to the response.
@@ -178,7 +176,9 @@ impl CorsPolicy {
     /// Classify a request; a refused preflight is a 403.
     pub fn evaluate(&self, method: &Method, headers: &HeaderMap) -> Result<CorsOutcome, Reject> {
         let Some(origin) = headers.get(header::ORIGIN) else {
-            return Ok(CorsOutcome::None);
+            // Not cross-origin, but a shared cache must not hand this answer (without
+            // `Access-Control-Allow-Origin`) to a cross-origin request: `Vary: Origin`.
+            return Ok(CorsOutcome::Actual(vec![(header::VARY, VARY_ORIGIN)]));
         };
         let refused = || Reject::new(StatusCode::FORBIDDEN, "CORS request not allowed");
         let preflight = *method == Method::OPTIONS
@@ -342,9 +342,9 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(
-            p.evaluate(&Method::GET, &HeaderMap::new()).unwrap(),
-            CorsOutcome::None
-        ));
+        match p.evaluate(&Method::GET, &HeaderMap::new()).unwrap() {
+            CorsOutcome::Actual(h) => assert_eq!(h, vec![(header::VARY, VARY_ORIGIN)]),
+            other => panic!("{other:?}"),
+        }
     }
 }
