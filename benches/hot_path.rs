@@ -138,6 +138,7 @@ fn access_log(c: &mut Criterion) {
                 bytes_in: 0,
                 bytes_out: 270,
                 cache: Some("HIT"),
+                reason: None,
                 error: None,
                 upgraded: false,
                 grpc_status: None,

@@ -169,7 +169,7 @@ fn last_three(tail: [u8; 3], data: &[u8]) -> [u8; 3] {
 fn canned(status: http::StatusCode, message: &str) -> Vec<u8> {
     let request_id = crate::forward::new_request_id();
     let id = request_id.to_str().unwrap_or("");
-    let body = crate::error::json_body(message, id);
+    let body = crate::error::json_body(message, &crate::error::reason_of(message), id);
     let mut out = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\ncache-control: no-store\r\nx-request-id: {id}\r\nconnection: close\r\n\r\n",
         status.as_u16(),

@@ -10,6 +10,7 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use pingora::http::SpelledName;
 use pingora::prelude::*;
 use pingora::proxy::Session;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// `X-Request-ID`, with its spelling: inserted on every request, it then allocates nothing.
@@ -83,6 +84,10 @@ pub(crate) fn header_pairs(
 pub struct Reject {
     pub status: StatusCode,
     pub message: &'static str,
+    /// Why, in the reason vocabulary (`docs/observability.md`): the access log's `reason`,
+    /// the JSON body's `reason`, `tollgate_refusals_total{reason}`, the span's
+    /// `tollgate.reason`.
+    pub reason: Cow<'static, str>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// A body to send instead of the JSON error (an auth service's own denial, where the
     /// configuration passes it on), with its content type among `headers`.
@@ -90,19 +95,45 @@ pub struct Reject {
 }
 
 impl Reject {
+    /// A refusal whose reason is its message's ([`reason_of`]).
     pub fn new(status: StatusCode, message: &'static str) -> Self {
         Reject {
             status,
             message,
+            reason: reason_of(message),
             headers: Vec::new(),
             body: None,
         }
     }
+
+    /// The same refusal with a reason more precise than its message's.
+    pub fn because(mut self, reason: impl Into<Cow<'static, str>>) -> Self {
+        self.reason = reason.into();
+        self
+    }
 }
 
-/// `{"error": message, "request_id": id}`.
-pub fn json_body(message: &str, request_id: &str) -> Bytes {
-    let body = serde_json::json!({ "error": message, "request_id": request_id });
+/// The reason word of a fixed message: the message itself when it is one already
+/// (`token_expired`), else its words in lower case joined by `_` (`request body too large`
+/// is `request_body_too_large`, `path must start with /` is `path_must_start_with`).
+pub fn reason_of(message: &str) -> Cow<'_, str> {
+    if message
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Cow::Borrowed(message);
+    }
+    let words: Vec<String> = message
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    Cow::Owned(words.join("_"))
+}
+
+/// `{"error": message, "reason": reason, "request_id": id}`.
+pub fn json_body(message: &str, reason: &str, request_id: &str) -> Bytes {
+    let body = serde_json::json!({ "error": message, "reason": reason, "request_id": request_id });
     Bytes::from(body.to_string())
 }
 
@@ -150,7 +181,11 @@ pub async fn respond_error(
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             ));
-            json_body(reject.message, request_id.to_str().unwrap_or(""))
+            json_body(
+                reject.message,
+                &reject.reason,
+                request_id.to_str().unwrap_or(""),
+            )
         }
     };
     headers.push((
@@ -231,9 +266,30 @@ mod tests {
     }
 
     #[test]
+    fn reasons_are_words_joined_by_underscores() {
+        for (message, reason) in [
+            ("token_expired", "token_expired"),
+            ("request body too large", "request_body_too_large"),
+            ("path must start with /", "path_must_start_with"),
+            (
+                "both Content-Length and Transfer-Encoding",
+                "both_content_length_and_transfer_encoding",
+            ),
+            (
+                "Transfer-Encoding in an HTTP/1.0 request",
+                "transfer_encoding_in_an_http_1_0_request",
+            ),
+        ] {
+            assert_eq!(reason_of(message), reason);
+        }
+    }
+
+    #[test]
     fn body_is_json_with_request_id() {
-        let v: serde_json::Value = serde_json::from_slice(&json_body("no route", "abc")).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&json_body("no route", "no_route", "abc")).unwrap();
         assert_eq!(v["error"], "no route");
+        assert_eq!(v["reason"], "no_route");
         assert_eq!(v["request_id"], "abc");
     }
 }

@@ -596,3 +596,166 @@ fn sigusr1_without_an_access_log_file_does_not_stop_the_gateway() {
         .status()
         .is_success());
 }
+
+/// Regression: expired, wrong-issuer and malformed tokens, a bad API key and a missing role
+/// gave identical 401/403 access-log lines; a 429 did not say which window refused; a cache
+/// `BYPASS` had no reason. Each now carries its reason word in the access log, the JSON
+/// body and `tollgate_reasons_total`.
+#[test]
+fn the_access_log_could_not_explain_a_refusal() {
+    const SECRET: &[u8] = b"reason-secret-0123456789abcdef0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let backend = Backend::start("app", |r| {
+        let reply = Reply::status(200).body("ok");
+        if r.path.starts_with("/cookie") {
+            reply
+                .header("set-cookie", "s=1")
+                .header("cache-control", "max-age=60")
+        } else {
+            reply.header("cache-control", "max-age=60")
+        }
+    });
+    let gw = Gateway::start(&format!(
+        r#"
+[auth.jwt.main]
+algorithms = ["HS256"]
+secret_file = "{secret}"
+issuer = "tollgate-tests"
+
+[consumers.reader]
+keys = ["reader-key-0123456789"]
+roles = ["reader"]
+
+[upstreams.app]
+targets = [{{ address = "{app}" }}]
+
+[[routes]]
+name = "jwt"
+path_prefix = "/jwt"
+upstream = "app"
+auth = ["jwt:main"]
+
+[[routes]]
+name = "admin"
+path_prefix = "/admin"
+upstream = "app"
+auth = ["api_key"]
+roles = ["admin"]
+
+[[routes]]
+name = "limited"
+path_prefix = "/limited"
+upstream = "app"
+rate_limits = [{{ limit = 1, window = "10s", key = "ip" }}]
+
+[[routes]]
+name = "cached"
+path_prefix = "/"
+upstream = "app"
+[routes.cache]
+"#,
+        secret = secret.display(),
+        app = backend.addr,
+    ));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = |claims: serde_json::Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    };
+    let expired =
+        token(serde_json::json!({ "sub": "u", "iss": "tollgate-tests", "exp": now - 3600 }));
+    let foreign = token(serde_json::json!({ "sub": "u", "iss": "someone-else", "exp": now + 600 }));
+    let bearer = |t: &str| ("authorization", format!("Bearer {t}"));
+    let key = |k: &str| ("x-api-key", k.to_string());
+    type Case<'a> = (&'a str, &'a str, Option<(&'a str, String)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "GET",
+            "/jwt/x",
+            Some(bearer(&expired)),
+            401,
+            "token_expired",
+        ),
+        ("GET", "/jwt/x", Some(bearer(&foreign)), 401, "wrong_issuer"),
+        (
+            "GET",
+            "/jwt/x",
+            Some(bearer("not.a.token")),
+            401,
+            "malformed_token",
+        ),
+        ("GET", "/jwt/x", None, 401, "missing_credentials"),
+        (
+            "GET",
+            "/admin/x",
+            Some(key("wrong-key-0123456789")),
+            401,
+            "invalid_api_key",
+        ),
+        (
+            "GET",
+            "/admin/x",
+            Some(key("reader-key-0123456789")),
+            403,
+            "missing_role",
+        ),
+        ("GET", "/limited", None, 200, ""),
+        ("GET", "/limited", None, 429, "rate_limited:1/10s"),
+        ("POST", "/plain", None, 200, "cache_bypass:method"),
+        ("GET", "/cookie", None, 200, "cache_bypass:set_cookie"),
+        ("GET", "/nowhere/../..%2f", None, 400, ""),
+    ];
+    let c = client();
+    for (i, (method, path, header, status, reason)) in cases.iter().enumerate() {
+        let id = format!("reason-{i}");
+        let mut r = c
+            .request(method.parse().unwrap(), gw.url(path))
+            .header("x-request-id", &id);
+        if let Some((name, value)) = header {
+            r = r.header(*name, value);
+        }
+        let r = r.send().unwrap();
+        assert_eq!(r.status().as_u16(), *status, "{method} {path}");
+        let body = r.text().unwrap();
+        let line = gw.wait_access_log(|l| l["request_id"] == id.as_str());
+        if reason.is_empty() {
+            if *status == 200 {
+                assert!(line.get("reason").is_none(), "{line}");
+            } else {
+                assert!(line["reason"].is_string(), "{method} {path}: {line}");
+            }
+            continue;
+        }
+        assert_eq!(line["reason"], *reason, "{method} {path}: {line}");
+        if *status >= 400 {
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(json["reason"], *reason, "{body}");
+        }
+    }
+    let metrics = gw.metrics();
+    for (route, status, reason) in [
+        ("jwt", "401", "token_expired"),
+        ("admin", "403", "missing_role"),
+        ("limited", "429", "rate_limited:1/10s"),
+        ("cached", "200", "cache_bypass:set_cookie"),
+    ] {
+        assert_eq!(
+            metric(
+                &metrics,
+                "tollgate_reasons_total",
+                &[("route", route), ("status", status), ("reason", reason)]
+            ),
+            Some(1.0),
+            "{route} {reason}"
+        );
+    }
+}

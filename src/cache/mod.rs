@@ -316,10 +316,37 @@ pub struct RouteCache {
     pub stale_if_error: Duration,
 }
 
+const BYPASS_METHOD: &str = "cache_bypass:method";
+const BYPASS_AUTHENTICATED: &str = "cache_bypass:authenticated";
+
+/// The reason of a `BYPASS` decided by the response or the cache (`cache_bypass:set_cookie`,
+/// `cache_bypass:no_store`, `cache_bypass:origin_not_cache`, ...), from Pingora's phase.
+pub fn bypass_reason(phase: CachePhase) -> String {
+    let word = match phase {
+        CachePhase::Disabled(r) | CachePhase::RevalidatedNoCache(r) => match r {
+            NoCacheReason::Custom(why) => crate::error::reason_of(why).into_owned(),
+            other => {
+                // `OriginNotCache` is `origin_not_cache`.
+                let mut w = String::new();
+                for (i, c) in other.as_str().chars().enumerate() {
+                    if c.is_ascii_uppercase() && i > 0 {
+                        w.push('_');
+                    }
+                    w.push(c.to_ascii_lowercase());
+                }
+                w
+            }
+        },
+        _ => "request".into(),
+    };
+    format!("cache_bypass:{word}")
+}
+
 /// How a request uses the cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
-    Bypass,
+    /// Not looked up; the reason (`cache_bypass:method`, `cache_bypass:authenticated`).
+    Bypass(&'static str),
     /// Look up and store; `Some(consumer)` keys the entry to that consumer.
     Use(Option<String>),
 }
@@ -376,7 +403,7 @@ impl RouteCache {
     /// identity or an `Authorization` header; `principal`: who it identified.
     pub fn lookup(&self, method: &Method, authenticated: bool, principal: Option<&str>) -> Lookup {
         if method != Method::GET && method != Method::HEAD {
-            return Lookup::Bypass;
+            return Lookup::Bypass(BYPASS_METHOD);
         }
         if !authenticated {
             return Lookup::Use(None);
@@ -384,7 +411,7 @@ impl RouteCache {
         match (self.authenticated, principal) {
             (Sharing::Shared, _) => Lookup::Use(None),
             (Sharing::PerConsumer, Some(p)) => Lookup::Use(Some(p.to_string())),
-            _ => Lookup::Bypass,
+            _ => Lookup::Bypass(BYPASS_AUTHENTICATED),
         }
     }
 
@@ -688,8 +715,14 @@ mod tests {
             stale_if_error: Duration::ZERO,
         };
         assert_eq!(rc.lookup(&Method::GET, false, None), Lookup::Use(None));
-        assert_eq!(rc.lookup(&Method::POST, false, None), Lookup::Bypass);
-        assert_eq!(rc.lookup(&Method::GET, true, Some("a")), Lookup::Bypass);
+        assert_eq!(
+            rc.lookup(&Method::POST, false, None),
+            Lookup::Bypass(BYPASS_METHOD)
+        );
+        assert_eq!(
+            rc.lookup(&Method::GET, true, Some("a")),
+            Lookup::Bypass(BYPASS_AUTHENTICATED)
+        );
         rc.authenticated = Sharing::Shared;
         assert_eq!(rc.lookup(&Method::GET, true, Some("a")), Lookup::Use(None));
         rc.authenticated = Sharing::PerConsumer;
@@ -697,6 +730,9 @@ mod tests {
             rc.lookup(&Method::HEAD, true, Some("a")),
             Lookup::Use(Some("a".into()))
         );
-        assert_eq!(rc.lookup(&Method::GET, true, None), Lookup::Bypass);
+        assert_eq!(
+            rc.lookup(&Method::GET, true, None),
+            Lookup::Bypass(BYPASS_AUTHENTICATED)
+        );
     }
 }

@@ -374,8 +374,8 @@ pub(crate) fn explain(
             ctx.identity.is_some() || req.headers.contains_key(http::header::AUTHORIZATION);
         let principal = ctx.identity.as_ref().and_then(|i| i.principal());
         match rc.lookup(&req.method, authenticated, principal) {
-            Lookup::Bypass => format!(
-                "bypassed ({}): X-Cache: BYPASS",
+            Lookup::Bypass(reason) => format!(
+                "bypassed ({}): X-Cache: BYPASS, reason {reason}",
                 if matches!(req.method, Method::GET | Method::HEAD) {
                     "an authenticated request on a route that does not share its entries"
                 } else {

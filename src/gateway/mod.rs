@@ -35,6 +35,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::Peer;
 use pingora::RetryType;
 use prometheus::IntGauge;
+use std::borrow::Cow;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -226,6 +227,9 @@ pub struct Ctx {
     cache_consumer: Option<String>,
     /// What the cache did, on caching routes.
     cache_verdict: Option<Verdict>,
+    /// Why the gateway refused, answered itself, failed or bypassed the cache, in the
+    /// reason vocabulary (`docs/observability.md`).
+    reason: Option<Cow<'static, str>>,
     /// The request target as received, when normalization changed it.
     received_target: Option<String>,
     /// The path sent upstream, when a rewrite changed it.
@@ -533,6 +537,7 @@ impl Gateway {
         mut reject: Reject,
     ) -> Result<bool> {
         ctx.answered = Some(reject.status);
+        ctx.reason = Some(reject.reason.clone());
         own_answer_headers(session.req_header(), ctx, &mut reject.headers);
         error::respond_error(session, &reject, &ctx.request_id).await?;
         Ok(true)
@@ -601,6 +606,7 @@ impl ProxyHttp for Gateway {
             response_json: None,
             cache_consumer: None,
             cache_verdict: None,
+            reason: None,
             received_target: None,
             forwarded_path: None,
             encoded_slash: false,
@@ -666,9 +672,12 @@ impl ProxyHttp for Gateway {
         let authenticated =
             ctx.identity.is_some() || req.headers.contains_key(http::header::AUTHORIZATION);
         let principal = ctx.identity.as_ref().and_then(|i| i.principal());
-        if let Lookup::Use(consumer) = rc.lookup(&req.method, authenticated, principal) {
-            ctx.cache_consumer = consumer;
-            cache.enable(session);
+        match rc.lookup(&req.method, authenticated, principal) {
+            Lookup::Use(consumer) => {
+                ctx.cache_consumer = consumer;
+                cache.enable(session);
+            }
+            Lookup::Bypass(why) => ctx.reason = Some(Cow::Borrowed(why)),
         }
         Ok(())
     }
@@ -1101,6 +1110,7 @@ impl ProxyHttp for Gateway {
                 .map(|f| (f.status, f.headers.clone(), f.body.clone()));
             if let Some((status, mut headers, body)) = fallback {
                 ctx.answered = Some(status);
+                ctx.reason = Some(Cow::Borrowed("no_healthy_target_fallback"));
                 own_answer_headers(session.req_header(), ctx, &mut headers);
                 if let Err(write_err) =
                     error::respond(session, status, &headers, body, &ctx.request_id).await
@@ -1120,6 +1130,7 @@ impl ProxyHttp for Gateway {
             };
         };
         ctx.answered = Some(status);
+        ctx.reason = Some(error::reason_of(message));
         // The connection is not reused after a proxy failure: say so, so that clients do not
         // send their next request into a closing connection.
         session.set_keepalive(None);
@@ -1166,8 +1177,14 @@ impl ProxyHttp for Gateway {
             .map(|t| now.saturating_duration_since(t));
         let group = proxy_of(ctx.route.as_ref()).map(|(_, g)| &*g.name);
         let cause = e.map(|e| error_cause(e, ctx));
+        if ctx.reason.is_none() && ctx.cache_verdict == Some(Verdict::Bypass) {
+            ctx.reason = Some(Cow::Owned(cache::bypass_reason(session.cache.phase())));
+        }
         if let Some(cache) = &self.cache {
             cache.finish(session);
+        }
+        if let Some(reason) = &ctx.reason {
+            m.reason(route_name, status, reason);
         }
         m.record(&Served {
             route: route_name,
@@ -1231,6 +1248,7 @@ impl ProxyHttp for Gateway {
                     bytes_in: session.body_bytes_read(),
                     bytes_out: session.body_bytes_sent(),
                     cache: ctx.cache_verdict.map(Verdict::header),
+                    reason: ctx.reason.as_deref(),
                     error: cause.clone(),
                     upgraded: ctx.upgraded.is_some(),
                     grpc_status: ctx
@@ -1263,6 +1281,7 @@ impl ProxyHttp for Gateway {
                     status: status.as_u16(),
                     request_id: ctx.request_id.to_str().unwrap_or(""),
                     upstream: group,
+                    reason: ctx.reason.as_deref(),
                     error: cause,
                 },
             );

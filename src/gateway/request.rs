@@ -175,7 +175,7 @@ fn ip_step(rules: &crate::policy::ip::IpRules, ctx: &Ctx) -> Step {
     if rules.admits(ctx.client_ip) {
         Step::Next
     } else {
-        Step::Reject(Reject::new(StatusCode::FORBIDDEN, "forbidden"))
+        Step::Reject(Reject::new(StatusCode::FORBIDDEN, "forbidden").because("ip_denied"))
     }
 }
 
@@ -282,7 +282,8 @@ async fn rate_limit_step(gw: &Gateway, route: &Route, ctx: &mut Ctx) -> Step {
         .rate_limited
         .with_label_values(&[&*route.name])
         .inc();
-    let mut reject = Reject::new(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+    let mut reject = Reject::new(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded")
+        .because(decision.reason());
     reject.headers = std::mem::take(&mut ctx.response_headers);
     Step::Reject(reject)
 }

@@ -79,6 +79,11 @@ pub struct Entry<'a> {
     /// `HIT`, `MISS`, `BYPASS` or `STALE` on caching routes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<&'static str>,
+    /// Why the gateway refused, answered itself, failed or bypassed the cache, as one word
+    /// of the reason vocabulary (`token_expired`, `rate_limited:5/10s`,
+    /// `cache_bypass:set_cookie`; `docs/observability.md`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
     /// Why the request failed, in words (`connect refused`, `upstream timeout after 5s`,
     /// `upstream closed before response`, `no healthy target`, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -136,6 +141,7 @@ pub(crate) const FIELDS: &[&str] = &[
     "bytes_in",
     "bytes_out",
     "cache",
+    "reason",
     "error",
     "upgraded",
     "grpc_status",
@@ -282,6 +288,9 @@ fn entry_line(e: &Entry<'_>) -> Vec<u8> {
     w.num(k!("bytes_out"), e.bytes_out);
     if let Some(c) = e.cache {
         w.str(k!("cache"), c);
+    }
+    if let Some(r) = e.reason {
+        w.str(k!("reason"), r);
     }
     if let Some(err) = &e.error {
         w.str(k!("error"), err);
@@ -547,6 +556,7 @@ mod tests {
             bytes_in: 7,
             bytes_out: usize::MAX,
             cache: Some("HIT"),
+            reason: Some(text),
             error: Some(format!("{text} failed")),
             upgraded: true,
             grpc_status: Some(14),
@@ -582,6 +592,7 @@ mod tests {
             bytes_in: 0,
             bytes_out: 0,
             cache: None,
+            reason: None,
             error: None,
             upgraded: false,
             grpc_status: None,

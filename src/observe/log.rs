@@ -21,6 +21,10 @@ tokio::task_local! {
 /// Install the logger: level from `RUST_LOG` (default `info`), shape from [`set_format`].
 pub fn init() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        // NOTE(pingora-0.9): pingora-cache/src/meta.rs warns "no header compression
+        // dictionary loaded" at the first cache store. The dictionary only shrinks stored
+        // heads; no operator can act on the line, so that module logs errors only.
+        .filter_module("pingora_cache::meta", log::LevelFilter::Error)
         .format(|out, record| {
             let id = REQUEST_ID
                 .try_with(|id| id.to_str().unwrap_or("").to_owned())

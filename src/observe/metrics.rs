@@ -132,6 +132,9 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     pub auth_failures: IntCounterVec,
     pub rate_limited: IntCounterVec,
+    /// `reasons_total{route, status, reason}`: responses the gateway refused, answered
+    /// itself, failed or did not cache, by reason (`docs/observability.md`).
+    pub reasons: IntCounterVec,
     pub connections_refused: IntCounter,
     /// `tollgate_proxy_protocol_refused_total{reason}`: connections closed before HTTP on a
     /// listener with `[listeners.proxy_protocol]`.
@@ -297,6 +300,13 @@ impl Metrics {
             Opts::new("rate_limited_total", "Requests refused by a rate limit"),
             &["route"],
         )?;
+        let reasons = IntCounterVec::new(
+            Opts::new(
+                "reasons_total",
+                "Responses the gateway refused, answered itself, failed or did not cache, by reason",
+            ),
+            &["route", "status", "reason"],
+        )?;
         let connections_refused = IntCounter::new(
             "connections_refused_total",
             "Client connections closed at once because a connection cap was reached",
@@ -396,6 +406,7 @@ impl Metrics {
         registry.register(Box::new(discovery_failing.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
         registry.register(Box::new(rate_limited.clone()))?;
+        registry.register(Box::new(reasons.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(proxy_protocol_refused.clone()))?;
         registry.register(Box::new(auth_decisions.clone()))?;
@@ -444,6 +455,7 @@ impl Metrics {
             access_log_dropped,
             auth_failures,
             rate_limited,
+            reasons,
             connections_refused,
             proxy_protocol_refused,
             auth_decisions,
@@ -469,6 +481,13 @@ impl Metrics {
     /// Count one answered request: `requests_total`, `request_duration_seconds`,
     /// `upstream_duration_seconds`, `upstream_responses_total`, the byte counters and
     /// `cache_requests_total`.
+    /// Count a response by its reason (`reasons_total`).
+    pub fn reason(&self, route: &str, status: http::StatusCode, reason: &str) {
+        self.reasons
+            .with_label_values(&[route, status.as_str(), reason])
+            .inc();
+    }
+
     pub fn record(&self, o: &Served<'_>) {
         let method = METHODS.iter().position(|m| m == o.method);
         let method_label = method.map_or("OTHER", |i| METHODS[i].as_str());
@@ -606,6 +625,7 @@ impl Metrics {
         prune(&self.retries_skipped, "route", &routes);
         prune(&self.auth_failures, "route", &routes);
         prune(&self.rate_limited, "route", &routes);
+        prune(&self.reasons, "route", &routes);
         prune(&self.cache_requests, "route", &routes);
         prune(&self.request_bytes, "route", &routes);
         prune(&self.response_bytes, "route", &routes);

@@ -139,6 +139,8 @@ pub(crate) struct Served<'a> {
     pub status: u16,
     pub request_id: &'a str,
     pub upstream: Option<&'a str>,
+    /// The reason word (`docs/observability.md`), as `tollgate.reason`.
+    pub reason: Option<&'a str>,
     pub error: Option<String>,
 }
 
@@ -206,6 +208,9 @@ impl Tracer {
         }
         if let Some(u) = served.upstream {
             attributes.push(attr("tollgate.upstream", u));
+        }
+        if let Some(r) = served.reason {
+            attributes.push(attr("tollgate.reason", r));
         }
         let retries = trace.calls.len().saturating_sub(1);
         if retries > 0 {

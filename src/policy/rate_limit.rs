@@ -55,6 +55,8 @@ pub struct RateDecision {
     pub remaining: u64,
     /// Seconds until the window that decided resets.
     pub reset_secs: u64,
+    /// The window that decided; none when no window counted (the store was unreachable).
+    pub window: Option<Duration>,
 }
 
 const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
@@ -81,6 +83,19 @@ impl RateDecision {
     }
 
     /// The more restrictive of two decisions (refused beats admitted; then fewer remaining).
+    /// The reason of a refusal: `rate_limited:LIMIT/WINDOW` (`rate_limited:5/10s`), or
+    /// `rate_limit_store_unavailable` when Redis was down and `on_redis_error = "deny"`.
+    pub fn reason(&self) -> String {
+        match self.window {
+            Some(w) => format!(
+                "rate_limited:{}/{}",
+                self.limit,
+                humantime::format_duration(w)
+            ),
+            None => "rate_limit_store_unavailable".into(),
+        }
+    }
+
     pub fn tighter(self, other: RateDecision) -> RateDecision {
         if self.allowed != other.allowed {
             return if self.allowed { other } else { self };
@@ -457,6 +472,7 @@ impl RateLimits {
             limit: w.map_or(0, |w| w.limit),
             remaining: if allowed { w.map_or(0, |w| w.limit) } else { 0 },
             reset_secs: 1,
+            window: None,
         }
     }
 
@@ -518,6 +534,7 @@ impl RateLimits {
                 limit: w.limit,
                 remaining: 0,
                 reset_secs: reset(w),
+                window: Some(w.window),
             };
         }
         let tightest = self
@@ -531,12 +548,14 @@ impl RateLimits {
                 limit: w.limit,
                 remaining: w.limit.saturating_sub(*c),
                 reset_secs: reset(w),
+                window: Some(w.window),
             },
             None => RateDecision {
                 allowed: true,
                 limit: 0,
                 remaining: 0,
                 reset_secs: 0,
+                window: None,
             },
         }
     }
