@@ -63,6 +63,9 @@ pub struct StartMode {
 /// with `-u`, where the sockets come from the running instance.
 pub fn check_listen_addresses(file: &config::ConfigFile) -> Vec<config::Problem> {
     let mut problems = Vec::new();
+    // Held until every address is tried: two addresses of the file that cannot be bound
+    // together fail here, not later in a retry loop that never ends.
+    let mut held = Vec::new();
     for (path, addr) in assemble::refs::listen_addresses(file) {
         let mut tries = 0;
         let bound = loop {
@@ -74,11 +77,12 @@ pub fn check_listen_addresses(file: &config::ConfigFile) -> Vec<config::Problem>
                 other => break other,
             }
         };
-        if let Err(e) = bound {
-            problems.push(config::Problem::new(
+        match bound {
+            Ok(l) => held.push(l),
+            Err(e) => problems.push(config::Problem::new(
                 path,
                 format!("cannot listen on {addr}: {e}"),
-            ));
+            )),
         }
     }
     problems

@@ -132,12 +132,29 @@ impl Signal {
     }
 }
 
+/// Write `text` to standard output. A reader that went away (`tollgate schema | head`) ends
+/// the output quietly, as for any Unix tool; `print!` would panic with a backtrace.
+fn out(text: &str) -> ExitCode {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tollgate: cannot write to standard output: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tollgate::observe::log::init();
     let cli = Cli::parse();
     if let Some(Command::Schema) = cli.command {
-        print!("{}", tollgate::config::schema());
-        return ExitCode::SUCCESS;
+        return out(&tollgate::config::schema());
     }
     if let Some(Command::Explain {
         method,
@@ -163,14 +180,11 @@ fn main() -> ExitCode {
             listener: listener.clone(),
         };
         return match tollgate::explain(&assembled, &query) {
-            Ok(e) if *json => {
-                println!("{}", serde_json::to_string_pretty(&e).unwrap_or_default());
-                ExitCode::SUCCESS
-            }
-            Ok(e) => {
-                print!("{e}");
-                ExitCode::SUCCESS
-            }
+            Ok(e) if *json => out(&format!(
+                "{}\n",
+                serde_json::to_string_pretty(&e).unwrap_or_default()
+            )),
+            Ok(e) => out(&e.to_string()),
             Err(e) => {
                 eprintln!("tollgate explain: {e}");
                 ExitCode::from(2)
@@ -179,10 +193,7 @@ fn main() -> ExitCode {
     }
     if let Some(signal) = cli.signal {
         return match send_signal(&cli.config, signal.number()) {
-            Ok(pid) => {
-                println!("sent {} to {pid}", signal.number());
-                ExitCode::SUCCESS
-            }
+            Ok(pid) => out(&format!("sent {} to {pid}\n", signal.number())),
             Err(e) => {
                 eprintln!("{}: {e}", cli.config.display());
                 ExitCode::from(1)
@@ -206,8 +217,10 @@ fn main() -> ExitCode {
         );
     }
     if cli.test {
-        println!("{}: configuration is valid", cli.config.display());
-        return ExitCode::SUCCESS;
+        return out(&format!(
+            "{}: configuration is valid\n",
+            cli.config.display()
+        ));
     }
     if !cli.upgrade {
         let problems = tollgate::check_listen_addresses(&assembled.file);

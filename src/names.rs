@@ -53,9 +53,15 @@ impl<T> Named<T> {
             } else {
                 defined.join(", ")
             };
+            let hint = crate::config::closest(name, self.configured.iter().map(String::as_str))
+                .map(|c| format!(" did you mean {c:?}?"))
+                .unwrap_or_default();
             problems.push(Problem::new(
                 at,
-                format!("{} {name:?} is not defined; defined: {defined}", self.kind),
+                format!(
+                    "{} {name:?} is not defined;{hint} defined: {defined}",
+                    self.kind
+                ),
             ));
         }
         None

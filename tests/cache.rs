@@ -504,3 +504,14 @@ ttl = "1s"
         "{out}"
     );
 }
+
+/// Regression: the first cache store logged Pingora's "no header compression dictionary
+/// loaded - use set_compression_dict_content()", which no operator can act on.
+#[test]
+fn first_cache_store_logged_pingoras_compression_dictionary_warning() {
+    let s = setup();
+    assert_eq!(get(&s.gw, "/pub/dict", &[]).1, "MISS");
+    assert_eq!(get(&s.gw, "/pub/dict", &[]).1, "HIT");
+    let stderr = s.gw.stderr();
+    assert!(!stderr.contains("compression dictionary"), "{stderr}");
+}

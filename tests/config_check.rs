@@ -444,3 +444,107 @@ fn free_port_gave_the_listener_and_admin_the_same_port() {
     let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
     assert_eq!(distinct.len(), ports.len());
 }
+
+/// Regression: `0.0.0.0:P` beside `127.0.0.1:P` passed `-t`, then the start retried the
+/// second bind for 30 s while `/readyz` said ready. `-t` now names both keys.
+#[test]
+fn listeners_that_cannot_all_bind_passed_dash_t() {
+    let port = free_port();
+    for (a, b) in [
+        (format!("127.0.0.1:{port}"), format!("0.0.0.0:{port}")),
+        (format!("0.0.0.0:{port}"), format!("127.0.0.1:{port}")),
+        (format!("127.0.0.1:{port}"), format!("127.0.0.1:{port}")),
+    ] {
+        let (code, out, path, _dir) = check(&format!(
+            "[[listeners]]\naddress = \"{a}\"\n[[listeners]]\naddress = \"{b}\"\n"
+        ));
+        assert_eq!(code, 1, "{out}");
+        assert_reported(
+            &out,
+            &path,
+            "listeners[1].address",
+            "collides with listeners[0].address",
+        );
+    }
+    // The admin listener against a proxy listener, too.
+    let (code, out, path, _dir) = check(&format!(
+        "[[listeners]]\naddress = \"0.0.0.0:{port}\"\n[admin]\naddress = \"127.0.0.1:{port}\"\n"
+    ));
+    assert_eq!(code, 1, "{out}");
+    assert_reported(
+        &out,
+        &path,
+        "admin.address",
+        "collides with listeners[0].address",
+    );
+    // Different ports, or different families, are fine.
+    let (code, out, _, _dir) = check(&format!(
+        "[[listeners]]\naddress = \"127.0.0.1:{port}\"\n[[listeners]]\naddress = \"127.0.0.1:{}\"\n[[listeners]]\naddress = \"[::1]:{port}\"\n",
+        free_port()
+    ));
+    assert_eq!(code, 0, "{out}");
+}
+
+/// Regression: relative paths resolved against the working directory, so
+/// `tollgate -t -c /etc/tollgate/tollgate.toml` run from `/` could not find the files beside
+/// the configuration.
+#[test]
+fn relative_paths_resolved_against_the_working_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("jwt.secret"),
+        "relative-secret-0123456789abcdef0123456789",
+    )
+    .unwrap();
+    let path = dir.path().join("tollgate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{LISTENER}[auth.jwt.main]\nalgorithms = [\"HS256\"]\nsecret_file = \"jwt.secret\"\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new(tollgate_bin())
+        .args(["-t", "-c"])
+        .arg(&path)
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Regression: an undefined upstream one letter off was reported without a suggestion.
+#[test]
+fn an_undefined_upstream_one_letter_off_got_no_did_you_mean() {
+    let (code, out, path, _dir) = check(&format!(
+        "{BASE}[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"order\"\n"
+    ));
+    assert_eq!(code, 1, "{out}");
+    assert_reported(
+        &out,
+        &path,
+        "routes[0].upstream",
+        "did you mean \"orders\"?",
+    );
+}
+
+/// Regression: `tollgate schema | head` panicked with a backtrace when the reader left.
+#[test]
+fn schema_piped_into_head_panicked() {
+    let mut child = Command::new(tollgate_bin())
+        .arg("schema")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the schema is written, as `head` does after its lines.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{:?} {stderr}", out.status);
+}

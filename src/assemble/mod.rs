@@ -131,6 +131,7 @@ pub fn build(
     } = file;
     let mut problems = Vec::new();
     refs::duplicates(file, &mut problems);
+    refs::listen_conflicts(file, &mut problems);
     let access_format = access_log::Format::from_config(
         access_log.fields.as_deref(),
         &access_log.redact_query,

@@ -131,3 +131,31 @@ pub(crate) fn listen_addresses(file: &ConfigFile) -> Vec<(String, &str)> {
         .map(|(i, d)| (format!("demo[{i}].address"), d.address.as_str()));
     listeners.chain(admin).chain(demo).collect()
 }
+
+/// Listen addresses that cannot all be bound by one process: the same address twice, or a
+/// wildcard (`0.0.0.0`, `[::]`) and another address of the same family on the same port.
+/// The later one is named, with the earlier one it collides with.
+pub(crate) fn listen_conflicts(file: &ConfigFile, problems: &mut Vec<Problem>) {
+    let parsed: Vec<(String, std::net::SocketAddr)> = listen_addresses(file)
+        .into_iter()
+        .filter_map(|(path, a)| Some((path, a.parse().ok()?)))
+        .collect();
+    for (j, (path, b)) in parsed.iter().enumerate() {
+        let earlier = parsed[..j].iter().find(|(_, a)| {
+            a.port() == b.port()
+                && a.is_ipv4() == b.is_ipv4()
+                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        });
+        if let Some((other, a)) = earlier {
+            let why = if a.ip() == b.ip() {
+                "the same address twice"
+            } else {
+                "a wildcard address covers every address of its family on that port"
+            };
+            problems.push(Problem::new(
+                path,
+                format!("{b} collides with {other} ({a}): {why}; one process cannot bind both"),
+            ));
+        }
+    }
+}

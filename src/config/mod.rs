@@ -39,7 +39,7 @@ impl Problem {
 }
 
 /// The valid choice most like `given`, when one is close enough to be a typo.
-fn closest<'v>(given: &str, valid: impl Iterator<Item = &'v str>) -> Option<&'v str> {
+pub(crate) fn closest<'v>(given: &str, valid: impl Iterator<Item = &'v str>) -> Option<&'v str> {
     valid
         .map(|v| (strsim::jaro_winkler(given, v), v))
         .filter(|(score, _)| *score >= 0.8)
