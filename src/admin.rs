@@ -24,6 +24,8 @@ pub(crate) struct Admin {
     pub reload: ReloadHandle,
     /// The first configuration finished starting (health checks ran their first round).
     pub ready: Arc<AtomicBool>,
+    /// Whether every listener accepts.
+    pub listening: Arc<crate::Listening>,
 }
 
 impl Admin {
@@ -118,10 +120,15 @@ impl Admin {
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"status": "draining"}),
             )
+        } else if !self.listening.all_up() {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"status": "starting", "waiting": "listeners"}),
+            )
         } else if !self.ready.load(Ordering::Acquire) {
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                json!({"status": "starting"}),
+                json!({"status": "starting", "waiting": "health_checks"}),
             )
         } else {
             (StatusCode::OK, json!({"status": "ready"}))

@@ -41,7 +41,10 @@ use pingora::server::Server;
 use pingora::services::background::GenBackgroundService;
 use pingora::services::listening::Service;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
+use tokio::sync::watch;
 
 /// How the process was started, from the command line.
 #[derive(Debug, Default, Clone, Copy)]
@@ -100,16 +103,20 @@ pub struct Assembled {
 
 /// Load and build `path`, reporting every problem in it.
 pub fn load(path: &std::path::Path) -> Result<Assembled, config::ConfigError> {
-    let (file, sha256) = config::load(path)?;
-    let fail = |problems| config::ConfigError {
-        file: path.to_path_buf(),
-        problems,
+    let (file, source) = config::load(path)?;
+    let sha256 = &source.sha256;
+    let fail = |mut problems: Vec<config::Problem>| {
+        source.locate(&mut problems);
+        config::ConfigError {
+            file: path.to_path_buf(),
+            problems,
+        }
     };
     // The process-wide parts come from the plan, which `build` checks with the rest.
     let mut ignored = Vec::new();
     let plan = assemble::server::plan(&file, &mut ignored);
     let (shared, writers) = Shared::new(&plan).map_err(fail)?;
-    let runtime = assemble::build(&file, &sha256, &shared, None).map_err(fail)?;
+    let runtime = assemble::build(&file, sha256, &shared, None).map_err(fail)?;
     Ok(Assembled {
         warnings: assemble::refs::warnings(&file),
         file,
@@ -136,7 +143,131 @@ pub fn explain(assembled: &Assembled, query: &ExplainQuery) -> Result<Explanatio
 
 /// A server with every Tollgate service registered, ready for `run`. `config_path` is the
 /// file a reload reads.
-pub fn build_server(assembled: Assembled, config_path: PathBuf, mode: StartMode) -> Server {
+/// Whether every listening service accepts (`/readyz`), and the first that could not bind.
+pub(crate) struct Listening {
+    expected: usize,
+    up: AtomicUsize,
+    failed: watch::Sender<Option<String>>,
+}
+
+impl Listening {
+    fn new(expected: usize) -> Arc<Listening> {
+        Arc::new(Listening {
+            expected,
+            up: AtomicUsize::new(0),
+            failed: watch::channel(None).0,
+        })
+    }
+
+    /// Every listening service built its listeners and accepts.
+    pub(crate) fn all_up(&self) -> bool {
+        self.up.load(Ordering::Acquire) >= self.expected
+    }
+
+    /// What a listening service reports once its listeners are built, or could not be.
+    fn report(self: &Arc<Self>) -> pingora::services::listening::ListenReport {
+        let this = self.clone();
+        Arc::new(move |built| match built {
+            Ok(()) => {
+                this.up.fetch_add(1, Ordering::AcqRel);
+            }
+            Err(e) => {
+                // The first failure is the one reported.
+                this.failed.send_if_modified(|f| {
+                    let first = f.is_none();
+                    if first {
+                        *f = Some(e);
+                    }
+                    first
+                });
+            }
+        })
+    }
+}
+
+/// The shutdown signals Pingora watches (`SIGQUIT` upgrade, `SIGTERM` graceful, `SIGINT`
+/// fast), and a listener that could not be built: a fast shutdown, so that the start fails
+/// instead of a process that runs without that listener.
+struct Signals(watch::Receiver<Option<String>>);
+
+#[async_trait::async_trait]
+impl pingora::server::ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> pingora::server::ShutdownSignal {
+        use pingora::server::ShutdownSignal;
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut failed = self.0.clone();
+        let (Ok(mut quit), Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::quit()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            log::error!("cannot watch the shutdown signals");
+            return ShutdownSignal::FastShutdown;
+        };
+        tokio::select! {
+            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
+            _ = term.recv() => ShutdownSignal::GracefulTerminate,
+            _ = int.recv() => ShutdownSignal::FastShutdown,
+            _ = failed.wait_for(Option::is_some) => ShutdownSignal::FastShutdown,
+        }
+    }
+}
+
+/// Keeps the admin listener accepting through a graceful shutdown, so that `/readyz`
+/// answers `draining` and `/livez` and `/metrics` answer until the process exits; after a
+/// socket handoff (`SIGQUIT`) it stops with the proxy listeners, so probes reach the new
+/// instance, which shares the socket.
+struct AdminStop {
+    phases: Mutex<Option<tokio::sync::broadcast::Receiver<pingora::server::ExecutionPhase>>>,
+    stop: watch::Sender<bool>,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for AdminStop {
+    async fn start(&self, _shutdown: pingora::server::ShutdownWatch) {
+        use pingora::server::ExecutionPhase as Phase;
+        use tokio::sync::broadcast::error::RecvError;
+        let taken = self.phases.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(mut phases) = taken else {
+            return;
+        };
+        let mut handing_over = false;
+        loop {
+            match phases.recv().await {
+                Ok(Phase::GracefulUpgradeTransferringFds | Phase::GracefulUpgradeCloseTimeout) => {
+                    handing_over = true;
+                }
+                Ok(Phase::ShutdownStarted) if handing_over => break,
+                Ok(Phase::ShutdownRuntimes | Phase::Terminated) | Err(RecvError::Closed) => break,
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+            }
+        }
+        let _ = self.stop.send(true);
+    }
+}
+
+/// A server ready to run: [`build_server`]'s Pingora server and what its listeners report.
+pub struct Prepared {
+    server: Server,
+    listening: Arc<Listening>,
+}
+
+impl Prepared {
+    /// Run until the process is told to stop. `Err` names a listener that could not be
+    /// bound (the start failed; the other services were stopped at once).
+    pub fn run(self) -> Result<(), String> {
+        let signals = Signals(self.listening.failed.subscribe());
+        self.server.run(pingora::server::RunArgs {
+            shutdown_signal: Box::new(signals),
+        });
+        match self.listening.failed.borrow().clone() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+pub fn build_server(assembled: Assembled, config_path: PathBuf, mode: StartMode) -> Prepared {
     let Assembled {
         file: _,
         warnings: _,
@@ -168,8 +299,19 @@ pub fn build_server(assembled: Assembled, config_path: PathBuf, mode: StartMode)
         daemon: mode.daemon,
         ..Opt::default()
     };
+    // A bind that finds its address in use is tried for 3 s (the start already checked every
+    // address); while taking over sockets in an upgrade, until the old instance has let go.
+    let bind_tries = if mode.upgrade {
+        server_conf.grace_period_seconds.unwrap_or(60)
+            + server_conf.graceful_shutdown_timeout_seconds.unwrap_or(5)
+            + 5
+    } else {
+        3
+    };
+    pingora::listeners::set_tcp_bind_tries(bind_tries as usize);
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
+    let admin_phases = server.watch_execution_phase();
     log::info!(
         "tollgate {} (pingora {}, {}) starting: config {} (sha256 {}), listeners {}, admin {}",
         env!("CARGO_PKG_VERSION"),
@@ -232,6 +374,10 @@ pub fn build_server(assembled: Assembled, config_path: PathBuf, mode: StartMode)
         })
         .collect();
     let current: reload::Current = Arc::new(arc_swap::ArcSwap::from_pointee(gateway));
+    let h2c_service = listeners.iter().any(|l| l.h2c);
+    let listening = Listening::new(
+        1 + usize::from(h2c_service) + usize::from(admin_address.is_some()) + demo.len(),
+    );
     // One service per kind of listener: Pingora reads `h2c` from the application, not from
     // the listener. The h2c one exists only when a listener asks for it.
     let app = |h2c: bool| {
@@ -246,10 +392,16 @@ pub fn build_server(assembled: Assembled, config_path: PathBuf, mode: StartMode)
         options.h2c = h2c;
         http.server_options = Some(options);
         let name = if h2c { "tollgate h2c" } else { "tollgate" };
-        Service::new(name.into(), Guarded::new(http, tracker.clone()))
+        let mut svc = Service::new(name.into(), Guarded::new(http, tracker.clone()));
+        svc.set_listen_report(listening.report());
+        // A TLS handshake (and a PROXY protocol header) gets `header_timeout`, read at each
+        // connection so that a reload changes it.
+        let t = tracker.clone();
+        svc.set_handshake_timeout(Arc::new(move || t.header_timeout()));
+        svc
     };
     let mut proxy = app(false);
-    let mut proxy_h2c = listeners.iter().any(|l| l.h2c).then(|| app(true));
+    let mut proxy_h2c = h2c_service.then(|| app(true));
     // A read buffer under TLS lets OpenSSL read a record's header and body in one read. A
     // plain connection reads straight into the request parser: a buffer there only adds a
     // copy, and every idle keep-alive connection would hold it.
@@ -314,15 +466,27 @@ pub fn build_server(assembled: Assembled, config_path: PathBuf, mode: StartMode)
                 current,
                 reload: reload_handle,
                 ready,
+                listening: listening.clone(),
             },
         );
         svc.add_tcp(&addr);
+        svc.set_listen_report(listening.report());
+        let (stop, until) = watch::channel(false);
+        svc.set_accept_until(until);
+        server.add_service(GenBackgroundService::new(
+            "admin drain".into(),
+            Arc::new(AdminStop {
+                phases: Mutex::new(Some(admin_phases)),
+                stop,
+            }),
+        ));
         server.add_service(svc);
     }
     for (name, addr) in demo {
         let mut svc = Service::new(format!("demo {name}"), demo::DemoBackend { name });
         svc.add_tcp(&addr);
+        svc.set_listen_report(listening.report());
         server.add_service(svc);
     }
-    server
+    Prepared { server, listening }
 }

@@ -109,6 +109,10 @@ enum Command {
         /// https, else the first plain one).
         #[arg(long)]
         listener: Option<String>,
+        /// A header of the upstream's 200 response, `-R 'Cache-Control: max-age=60'`,
+        /// for the cache decision; repeatable (default: no caching headers).
+        #[arg(short = 'R', long = "upstream-header", value_name = "HEADER")]
+        upstream_headers: Vec<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -162,6 +166,7 @@ fn main() -> ExitCode {
         headers,
         client,
         listener,
+        upstream_headers,
         json,
     }) = &cli.command
     {
@@ -178,6 +183,7 @@ fn main() -> ExitCode {
             headers: headers.clone(),
             client: *client,
             listener: listener.clone(),
+            upstream_headers: upstream_headers.clone(),
         };
         return match tollgate::explain(&assembled, &query) {
             Ok(e) if *json => out(&format!(
@@ -251,8 +257,7 @@ fn main() -> ExitCode {
     // Absolute but not resolved: a Kubernetes ConfigMap volume swaps the symlink behind the
     // name and deletes the old target, so a reload must read the name again.
     let config = std::path::absolute(&cli.config).unwrap_or(cli.config);
-    let server = tollgate::build_server(assembled, config, mode);
-    server.run(pingora::server::RunArgs::default());
+    let ran = tollgate::build_server(assembled, config.clone(), mode).run();
     // After an upgrade the file names the new instance: leave it alone then.
     if let Some(path) = pid_file {
         let ours = std::fs::read_to_string(&path)
@@ -261,7 +266,13 @@ fn main() -> ExitCode {
             let _ = std::fs::remove_file(path);
         }
     }
-    ExitCode::SUCCESS
+    match ran {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}: cannot listen: {e}", config.display());
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// `-s reload|reopen`: a signal to the pid in the configuration's pid file, as nginx's `-s`.

@@ -278,7 +278,10 @@ upstream = "slow"
     assert_eq!(get("/livez"), (200, serde_json::json!({"status": "alive"})));
     assert_eq!(
         get("/readyz"),
-        (503, serde_json::json!({"status": "starting"}))
+        (
+            503,
+            serde_json::json!({"status": "starting", "waiting": "health_checks"})
+        )
     );
     wait_for(Duration::from_secs(10), || {
         (get("/readyz").0 == 200).then_some(())
@@ -287,4 +290,97 @@ upstream = "slow"
     assert_eq!(get("/readyz").1["status"], "ready");
     assert_eq!(get("/livez").0, 200);
     drop(silent);
+}
+
+/// Regression: on SIGTERM the admin listener closed at once with the proxy listeners, so
+/// during the whole grace period `/readyz` refused connections (never saying `draining`)
+/// and a liveness probe could kill a draining pod. Now the admin listener answers until the
+/// process exits: `/readyz` 503 draining, `/livez` 200, `/metrics` scrapeable, and the
+/// request in flight finishes.
+#[test]
+fn sigterm_closed_the_admin_listener_at_once() {
+    let backend = Backend::start("slow", |_| {
+        Reply::status(200)
+            .body("done")
+            .delay(Duration::from_millis(1500))
+    });
+    let mut gw = Gateway::start_full(&format!(
+        r#"
+[server]
+threads = 2
+pid_file = "{{dir}}/tollgate.pid"
+upgrade_sock = "{{dir}}/upgrade.sock"
+grace_period = "3s"
+graceful_shutdown_timeout = "1s"
+
+[[listeners]]
+address = "{{listen}}"
+
+[admin]
+address = "{{admin}}"
+
+[upstreams.slow]
+targets = [{{ address = "{}" }}]
+
+[[routes]]
+name = "slow"
+upstream = "slow"
+"#,
+        backend.addr
+    ))
+    .unwrap();
+    let url = gw.url("/x");
+    let in_flight = std::thread::spawn(move || {
+        let r = client().get(url).send().unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    });
+    wait_for(Duration::from_secs(5), || {
+        (backend.hits() > 0).then_some(())
+    })
+    .expect("the request reached the upstream");
+    gw.signal("TERM");
+    // Fresh connections, as a kubelet's probes are.
+    let probe = |path: &str| {
+        let fresh = reqwest::blocking::Client::builder()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        fresh
+            .get(gw.admin_url(path))
+            .send()
+            .map(|r| (r.status().as_u16(), r.text().unwrap_or_default()))
+            .map_err(|e| e.to_string())
+    };
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_millis(2000);
+    while std::time::Instant::now() < deadline {
+        seen.push(probe("/readyz"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let livez = probe("/livez");
+    let metrics = probe("/metrics");
+    eprintln!("/readyz during the drain: {seen:?}");
+    // A probe sent before the signal landed may still say ready; from the first `draining`
+    // on, every probe is answered, and says so.
+    let draining: Vec<_> = seen
+        .iter()
+        .skip_while(|r| matches!(r, Ok((200, _))))
+        .collect();
+    assert!(draining.len() >= 10, "{seen:?}");
+    assert!(
+        draining
+            .iter()
+            .all(|r| matches!(r, Ok((503, body)) if body.contains("draining"))),
+        "every probe in the grace period answered 503 draining: {seen:?}"
+    );
+    assert_eq!(livez.as_ref().map(|r| r.0), Ok(200), "{livez:?}");
+    assert!(
+        metrics
+            .as_ref()
+            .is_ok_and(|(s, b)| *s == 200 && b.contains("tollgate_requests_total")),
+        "{metrics:?}"
+    );
+    assert_eq!(in_flight.join().unwrap(), (200, "done".to_string()));
+    assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(0));
 }

@@ -60,6 +60,16 @@ static BIND_LOCKS: LazyLock<flurry::HashMap<String, Arc<tokio::sync::Mutex<()>>>
     LazyLock::new(flurry::HashMap::new);
 
 const TCP_LISTENER_MAX_TRY: usize = 30;
+/// TOLLGATE: how many times (1 s apart) a TCP bind that finds its address in use is tried
+/// (`set_tcp_bind_tries`; default 30).
+static TCP_BIND_TRIES: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(TCP_LISTENER_MAX_TRY);
+
+/// TOLLGATE: set how many times a TCP bind that finds its address in use is tried, 1 s
+/// apart, before the listener fails to build.
+pub fn set_tcp_bind_tries(tries: usize) {
+    TCP_BIND_TRIES.store(tries.max(1), std::sync::atomic::Ordering::Relaxed);
+}
 const TCP_LISTENER_TRY_STEP: Duration = Duration::from_secs(1);
 // TODO: configurable backlog
 const LISTENER_BACKLOG: u32 = 65535;
@@ -266,9 +276,11 @@ async fn bind_tcp(addr: &str, opt: Option<TcpSocketOptions>) -> Result<Listener>
 
         match listener_socket.bind(sock_addr) {
             Ok(()) => {
+                // TOLLGATE: the error names the address (on Linux an address that overlaps
+                // a listening one binds, then fails here).
                 break Ok(listener_socket
                     .listen(LISTENER_BACKLOG)
-                    .or_err(BindError, "bind() failed")?
+                    .or_err_with(BindError, || format!("listen() failed on {addr}"))?
                     .into())
             }
             Err(e) => {
@@ -276,7 +288,7 @@ async fn bind_tcp(addr: &str, opt: Option<TcpSocketOptions>) -> Result<Listener>
                     break Err(e).or_err_with(BindError, || format!("bind() failed on {addr}"));
                 }
                 try_count += 1;
-                if try_count >= TCP_LISTENER_MAX_TRY {
+                if try_count >= TCP_BIND_TRIES.load(std::sync::atomic::Ordering::Relaxed) {
                     break Err(e).or_err_with(BindError, || {
                         format!("bind() failed, after retries, {addr} still in use")
                     });

@@ -91,7 +91,8 @@ pub use crate::protocols::l4::stream::{
 };
 pub use crate::protocols::tls::ALPN;
 use crate::protocols::GetSocketDigest;
-pub use l4::{ServerAddress, TcpSocketOptions};
+// TOLLGATE: `set_tcp_bind_tries`.
+pub use l4::{set_tcp_bind_tries, ServerAddress, TcpSocketOptions};
 
 /// The APIs to customize things like certificate during TLS server side handshake
 #[async_trait]

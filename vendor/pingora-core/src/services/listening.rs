@@ -40,6 +40,14 @@ use std::fs::Permissions;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// TOLLGATE: told once, when a service's listeners were built (`Ok`: every endpoint is
+/// bound and listening) or could not be (`Err`: the error, which names the address).
+pub type ListenReport = Arc<dyn Fn(std::result::Result<(), String>) + Send + Sync>;
+
+/// TOLLGATE: the time a new connection has for its handshake (TLS, the pre-TLS callback),
+/// asked at every connection so that it can follow a configuration reload.
+pub type HandshakeTimeout = Arc<dyn Fn() -> Duration + Send + Sync>;
+
 /// Override the runtime options used to run a listening service.
 pub type RuntimeOptsOverride = Arc<dyn Fn(&RuntimeOpts) -> Option<RuntimeOpts> + Send + Sync>;
 
@@ -53,6 +61,10 @@ pub struct Service<A> {
     runtime_opts_override: Option<RuntimeOptsOverride>,
     #[cfg(feature = "connection_filter")]
     connection_filter: Arc<dyn ConnectionFilter>,
+    // TOLLGATE: see `set_accept_until`, `set_listen_report`, `set_handshake_timeout`.
+    accept_until: Option<ShutdownWatch>,
+    listen_report: Option<ListenReport>,
+    handshake_timeout: Option<HandshakeTimeout>,
 }
 
 impl<A> Service<A> {
@@ -66,6 +78,9 @@ impl<A> Service<A> {
             runtime_opts_override: None,
             #[cfg(feature = "connection_filter")]
             connection_filter: Arc::new(AcceptAllFilter),
+            accept_until: None,
+            listen_report: None,
+            handshake_timeout: None,
         }
     }
 
@@ -80,7 +95,28 @@ impl<A> Service<A> {
             runtime_opts_override: None,
             #[cfg(feature = "connection_filter")]
             connection_filter: Arc::new(AcceptAllFilter),
+            accept_until: None,
+            listen_report: None,
+            handshake_timeout: None,
         }
+    }
+
+    /// TOLLGATE: keep accepting until `until` turns true, instead of stopping at the
+    /// server's shutdown (connections still see the server's shutdown). An admin listener
+    /// uses it to answer health probes (`draining`) for the whole grace period.
+    pub fn set_accept_until(&mut self, until: ShutdownWatch) {
+        self.accept_until = Some(until);
+    }
+
+    /// TOLLGATE: report whether the listeners were built, instead of panicking inside the
+    /// service's task (which left the process running without them).
+    pub fn set_listen_report(&mut self, report: ListenReport) {
+        self.listen_report = Some(report);
+    }
+
+    /// TOLLGATE: the handshake timeout of new connections (default 60 s).
+    pub fn set_handshake_timeout(&mut self, timeout: HandshakeTimeout) {
+        self.handshake_timeout = Some(timeout);
     }
 
     /// Set a runtime options override for this service.
@@ -202,16 +238,18 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
     async fn run_endpoint(
         app_logic: Arc<A>,
         mut stack: TransportStack,
-        mut shutdown: ShutdownWatch,
+        shutdown: ShutdownWatch,
+        mut stop: ShutdownWatch,
+        handshake_timeout: Option<HandshakeTimeout>,
     ) {
-        // the accept loop, until the system is shutting down
+        // the accept loop, until the system is shutting down (TOLLGATE: or until `stop`)
         loop {
             let new_io = tokio::select! { // TODO: consider biased for perf reason?
                 new_io = stack.accept() => new_io,
-                shutdown_signal = shutdown.changed() => {
+                shutdown_signal = stop.changed() => {
                     match shutdown_signal {
                         Ok(()) => {
-                            if !*shutdown.borrow() {
+                            if !*stop.borrow() {
                                 // happen in the initial read
                                 continue;
                             }
@@ -229,11 +267,15 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                 Ok(io) => {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
+                    // TOLLGATE: the handshake timeout can be set (`set_handshake_timeout`).
+                    let limit = handshake_timeout
+                        .as_ref()
+                        .map_or(Duration::from_secs(60), |t| t());
                     current_handle().spawn(async move {
                         let peer_addr = io.peer_addr();
                         // TOLLGATE: the handshake (TLS state, the stream by value) is boxed
                         // so it does not size the task every connection holds for its life.
-                        match timeout(Duration::from_secs(60), Box::pin(io.handshake())).await {
+                        match timeout(limit, Box::pin(io.handshake())).await {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
@@ -248,7 +290,9 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                                 }
                             }
                             Err(_) => {
-                                error!("Downstream handshake timeout");
+                                // TOLLGATE: a client that never finishes its handshake is
+                                // routine at an edge, not an error of the server.
+                                debug!("Downstream handshake timeout");
                             }
                         }
                     });
@@ -285,14 +329,30 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
         listeners_per_fd: usize,
     ) {
         let runtime = current_handle();
-        let endpoints = self
+        let built = self
             .listeners
             .build(
                 #[cfg(unix)]
                 fds,
             )
-            .await
-            .expect("Failed to build listeners");
+            .await;
+        // TOLLGATE: a listen report hears of a failure instead of a panic in this task.
+        let endpoints = match (built, &self.listen_report) {
+            (Ok(e), report) => {
+                if let Some(r) = report {
+                    r(Ok(()));
+                }
+                e
+            }
+            (Err(e), Some(r)) => {
+                error!("{}: {e}", self.name);
+                r(Err(e.to_string()));
+                return;
+            }
+            (Err(e), None) => panic!("Failed to build listeners: {e}"),
+        };
+        let stop = self.accept_until.clone().unwrap_or_else(|| shutdown.clone());
+        let handshake_timeout = self.handshake_timeout.clone();
 
         let app_logic = self
             .app_logic
@@ -305,11 +365,14 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
         endpoints.into_iter().for_each(|endpoint| {
             for _ in 0..listeners_per_fd {
                 let shutdown = shutdown.clone();
+                let stop = stop.clone();
+                let handshake_timeout = handshake_timeout.clone();
                 let my_app_logic = app_logic.clone();
                 let endpoint = endpoint.clone();
 
                 let jh = runtime.spawn(async move {
-                    Self::run_endpoint(my_app_logic, endpoint, shutdown).await;
+                    Self::run_endpoint(my_app_logic, endpoint, shutdown, stop, handshake_timeout)
+                        .await;
                 });
 
                 handlers.push(jh);
