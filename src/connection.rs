@@ -5,9 +5,11 @@
 //! (a client sending one byte every few seconds can hold a connection for minutes). So the
 //! proxy's [`ServerApp`] is wrapped: every accepted stream is wrapped in a [`GuardedStream`]
 //! that watches the bytes of each request head, answers 408 when the head is not complete in
-//! `header_timeout` and 431 when it grows past `max_header_bytes`, then closes. HTTP/2
-//! connections (ALPN `h2` or the h2c preface) pass through untouched. Request bodies, routing
-//! and everything above are left to the gateway.
+//! `header_timeout` and 431 when it grows past `max_header_bytes`, then closes. On HTTP/2
+//! connections (ALPN `h2` or the h2c preface) the frame headers are walked: the client
+//! preface and every header block (HEADERS and CONTINUATION until END_HEADERS) must arrive
+//! within `header_timeout` of their first byte, or the connection is closed. Request bodies,
+//! routing and everything above are left to the gateway.
 
 use async_trait::async_trait;
 use http::StatusCode;
@@ -63,6 +65,11 @@ impl ConnectionTracker {
     /// Limits for the connections accepted from now on.
     pub(crate) fn set_limits(&self, limits: ConnectionLimits) {
         self.limits.store(Arc::new(limits));
+    }
+
+    /// The time a new connection has for its head, and for its TLS handshake.
+    pub(crate) fn header_timeout(&self) -> Duration {
+        self.limits.load().header_timeout
     }
 
     /// Take a connection slot for `ip`, or `None` when a cap is reached.
@@ -237,8 +244,10 @@ enum Phase {
     },
     /// The head is complete; body bytes and the response follow.
     Body,
-    /// HTTP/2: nothing is watched.
+    /// After a 101: another protocol's bytes, nothing is watched.
     Passthrough,
+    /// HTTP/2: the preface and each header block must arrive within `header_timeout`.
+    H2(H2Reader),
     /// Sending a canned error before closing.
     Rejecting {
         response: Vec<u8>,
@@ -252,6 +261,79 @@ enum Phase {
         reported: usize,
     },
     Closed,
+}
+
+/// The client side of an HTTP/2 connection, frame by frame (RFC 9113 §3.4, §4.1): only
+/// where the preface and header blocks (HEADERS 0x1 / CONTINUATION 0x9 until END_HEADERS
+/// 0x4) start and end; payloads are skipped, not read.
+#[derive(Debug)]
+struct H2Reader {
+    /// Bytes of the client preface still to come.
+    preface_left: u8,
+    head: [u8; 9],
+    head_len: u8,
+    payload_left: u32,
+    /// The frame whose payload is being skipped ends a header block.
+    ends_block: bool,
+    /// A header block is open (HEADERS without END_HEADERS, or within its frame).
+    in_block: bool,
+}
+
+impl H2Reader {
+    fn new() -> Self {
+        H2Reader {
+            preface_left: 24,
+            head: [0; 9],
+            head_len: 0,
+            payload_left: 0,
+            ends_block: false,
+            in_block: false,
+        }
+    }
+
+    /// Walk `data`: whether a preface or header block was completed in it, and whether one
+    /// is still open after it.
+    fn feed(&mut self, mut data: &[u8]) -> (bool, bool) {
+        let mut done = false;
+        while !data.is_empty() {
+            if self.preface_left > 0 {
+                let n = data.len().min(usize::from(self.preface_left));
+                self.preface_left -= n as u8;
+                data = &data[n..];
+                done |= self.preface_left == 0;
+                continue;
+            }
+            if self.payload_left > 0 {
+                let n = data.len().min(self.payload_left as usize);
+                self.payload_left -= n as u32;
+                data = &data[n..];
+                if self.payload_left == 0 && self.ends_block {
+                    self.in_block = false;
+                    done = true;
+                }
+                continue;
+            }
+            let have = usize::from(self.head_len);
+            let n = data.len().min(9 - have);
+            self.head[have..have + n].copy_from_slice(&data[..n]);
+            self.head_len += n as u8;
+            data = &data[n..];
+            if self.head_len < 9 {
+                break;
+            }
+            self.head_len = 0;
+            let [l0, l1, l2, kind, flags, ..] = self.head;
+            self.payload_left = u32::from_be_bytes([0, l0, l1, l2]);
+            let header_frame = matches!(kind, 0x1 | 0x9);
+            self.ends_block = header_frame && flags & 0x4 != 0;
+            self.in_block |= header_frame;
+            if self.payload_left == 0 && self.ends_block {
+                self.in_block = false;
+                done = true;
+            }
+        }
+        (done, self.preface_left > 0 || self.in_block)
+    }
 }
 
 /// A client stream watched by [`Guarded`].
@@ -274,10 +356,16 @@ impl std::fmt::Debug for GuardedStream {
 
 impl GuardedStream {
     fn new(inner: Stream, slot: Slot, limits: &ConnectionLimits, h2: bool) -> Self {
+        // An HTTP/2 client sends its preface first (RFC 9113 §3.4): the clock runs from
+        // the handshake.
         GuardedStream {
             inner,
-            phase: if h2 { Phase::Passthrough } else { Phase::Idle },
-            deadline: None,
+            phase: if h2 {
+                Phase::H2(H2Reader::new())
+            } else {
+                Phase::Idle
+            },
+            deadline: h2.then(|| Box::pin(tokio::time::sleep(limits.header_timeout))),
             header_timeout: limits.header_timeout,
             max_header_bytes: limits.max_header_bytes,
             _slot: slot,
@@ -289,15 +377,25 @@ impl GuardedStream {
         if data.is_empty() {
             return;
         }
-        let (mut bytes, mut tail) = match self.phase {
-            Phase::Idle => {
-                // h2c prior knowledge: the connection is HTTP/2 from here on.
-                if data.starts_with(b"PRI * HTTP/2.0") {
-                    self.phase = Phase::Passthrough;
-                    return;
-                }
-                (0usize, [0u8; 3])
+        if let Phase::Idle = self.phase {
+            // h2c prior knowledge: the connection is HTTP/2 from here on.
+            if data.starts_with(b"PRI * HTTP/2.0") {
+                self.phase = Phase::H2(H2Reader::new());
             }
+        }
+        if let Phase::H2(reader) = &mut self.phase {
+            let (done, open) = reader.feed(data);
+            // Each completed block restarts the clock; one left open starts it.
+            if done {
+                self.deadline = None;
+            }
+            if open && self.deadline.is_none() {
+                self.deadline = Some(Box::pin(tokio::time::sleep(self.header_timeout)));
+            }
+            return;
+        }
+        let (mut bytes, mut tail) = match self.phase {
+            Phase::Idle => (0usize, [0u8; 3]),
             Phase::Head { bytes, tail } => (bytes, tail),
             _ => return,
         };
@@ -457,6 +555,16 @@ impl AsyncRead for GuardedStream {
                 Poll::Pending => {
                     if let Some(deadline) = this.deadline.as_mut() {
                         if deadline.as_mut().poll(cx).is_ready() {
+                            if let Phase::H2(_) = this.phase {
+                                // No HTTP/1 answer fits mid-frame: the connection is closed
+                                // (h2 sees a read error and drops it).
+                                this.deadline = None;
+                                this.phase = Phase::Closed;
+                                return Poll::Ready(Err(std::io::Error::new(
+                                    std::io::ErrorKind::TimedOut,
+                                    "HTTP/2 preface or header block not finished within header_timeout",
+                                )));
+                            }
                             this.reject(canned(StatusCode::REQUEST_TIMEOUT, "request timed out"));
                             continue;
                         }
@@ -589,6 +697,37 @@ impl Peek for GuardedStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let len = (payload.len() as u32).to_be_bytes();
+        let mut f = vec![len[1], len[2], len[3], kind, flags, 0, 0, 0, 1];
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// The preface and header blocks are found wherever the reads split them; DATA and
+    /// other frames never hold the clock.
+    #[test]
+    fn h2_header_blocks_across_every_split() {
+        let mut wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        wire.extend(frame(0x4, 0, &[0; 6])); // SETTINGS
+        wire.extend(frame(0x1, 0, &[1; 10])); // HEADERS, no END_HEADERS
+        let open_block = wire.len();
+        wire.extend(frame(0x9, 0x4, &[2; 5])); // CONTINUATION, END_HEADERS
+        wire.extend(frame(0x0, 0x1, &[3; 20])); // DATA
+        let mut r = H2Reader::new();
+        assert_eq!(r.feed(&wire[..open_block]), (true, true));
+        assert_eq!(r.feed(&wire[open_block..]), (true, false));
+        for split in 0..wire.len() {
+            let mut r = H2Reader::new();
+            let (done1, _) = r.feed(&wire[..split]);
+            let (done2, open) = r.feed(&wire[split..]);
+            assert!(done1 || done2, "split at {split}");
+            assert!(!open, "split at {split}: nothing is left open");
+        }
+        let mut r = H2Reader::new();
+        assert_eq!(r.feed(&wire[..10]), (false, true), "half a preface is open");
+    }
 
     /// The end of a head is found wherever the reads split it.
     #[test]

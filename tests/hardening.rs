@@ -794,3 +794,100 @@ fn the_guards_own_answers_parse_and_carry_a_request_id() {
     }
     assert_eq!(backend.hits(), 0);
 }
+
+/// Regression: an HTTP/2 header block left unfinished (HEADERS without END_HEADERS, then
+/// silence), a TLS connection with ALPN h2 that never sent its preface, and a TCP connection
+/// that never sent its ClientHello were held until the 60 s idle or handshake timeout,
+/// where an HTTP/1 half head gets its 408 after `header_timeout`. Each is now closed within
+/// `header_timeout` + 2 s, for 200 such connections at once; an idle HTTP/2 connection
+/// that finished its preface is left to `h2_idle_timeout`.
+#[test]
+fn h2_half_open_heads_waited_for_the_idle_timeout() {
+    let backend = Backend::echo("app");
+    let pki = tempfile::tempdir().unwrap();
+    let (crt, k) = self_signed(pki.path(), "h2.test");
+    let config = format!(
+        r#"{}
+[limits]
+header_timeout = "1s"
+h2_idle_timeout = "30s"
+
+[upstreams.app]
+targets = [{{ address = "{app}" }}]
+
+[[routes]]
+name = "app"
+upstream = "app"
+"#,
+        tls_preamble(&crt, &k),
+        app = backend.addr
+    );
+    let gw = Gateway::start_full(&config).unwrap();
+    let limit = Duration::from_secs(3);
+    let closed = |s: &mut dyn Read| closed_within(&mut ReadRef(s), limit).is_some();
+
+    // Unfinished HEADERS blocks.
+    let mut partial: Vec<_> = (0..200).map(|_| h2_connect(&gw)).collect();
+    for s in &mut partial {
+        s.write_all(b"\x00\x00\x01\x01\x00\x00\x00\x00\x01\x82")
+            .unwrap();
+    }
+    let start = Instant::now();
+    for s in &mut partial {
+        assert!(closed(s), "an unfinished HEADERS block still open");
+    }
+    eprintln!(
+        "200 unfinished header blocks closed {:?} after the last was sent",
+        start.elapsed()
+    );
+
+    // ALPN h2, handshake done, no preface.
+    let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).unwrap();
+    b.set_verify(openssl::ssl::SslVerifyMode::NONE);
+    b.set_alpn_protos(b"\x02h2").unwrap();
+    let tcp = TcpStream::connect(gw.addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut no_preface = b.build().connect("h2.test", tcp).unwrap();
+    assert!(
+        closed(&mut no_preface),
+        "an h2 connection without a preface still open"
+    );
+
+    // TCP connected, no ClientHello.
+    let mut silent = TcpStream::connect(gw.addr).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert!(
+        closed(&mut silent),
+        "a TLS handshake never started still open"
+    );
+
+    // An idle HTTP/2 connection is not a half head: it stays for h2_idle_timeout.
+    let mut idle = h2_connect(&gw);
+    idle.get_ref()
+        .set_read_timeout(Some(Duration::from_millis(2500)))
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let start = Instant::now();
+    loop {
+        match idle.read(&mut buf) {
+            Ok(n) if n > 0 => continue, // the server's SETTINGS and its ACK
+            Ok(_) => panic!(
+                "an idle h2 connection was closed after {:?}",
+                start.elapsed()
+            ),
+            Err(_) => break,
+        }
+    }
+    assert!(start.elapsed() >= Duration::from_secs(2));
+}
+
+/// `&mut dyn Read` as a sized reader.
+struct ReadRef<'a>(&'a mut dyn Read);
+
+impl Read for ReadRef<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}

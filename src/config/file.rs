@@ -853,7 +853,8 @@ pub struct LimitsSection {
     /// Largest request body, by Content-Length or counted while streaming (413).
     #[serde(default = "defaults::max_body_size")]
     pub max_body_size: HumanSize,
-    /// Total time a client gets to send the request head (408).
+    /// Total time a client gets to send the request head (408); also an HTTP/2 preface or
+    /// header block, and the TLS handshake (closed).
     #[serde(default = "defaults::header_timeout")]
     pub header_timeout: HumanDuration,
     /// Longest pause between two reads of the request body (408).
@@ -883,8 +884,8 @@ pub struct LimitsSection {
     /// How long an idle HTTP/1 client connection is kept open between requests.
     #[serde(default = "defaults::keepalive_timeout")]
     pub keepalive_timeout: HumanDuration,
-    /// How long an HTTP/2 client connection with no open stream is kept, including one that
-    /// never completes its first request's headers.
+    /// How long an HTTP/2 client connection with no open stream is kept (an unfinished
+    /// header block is closed sooner, by `header_timeout`).
     #[serde(default = "defaults::h2_idle_timeout")]
     pub h2_idle_timeout: HumanDuration,
     /// Informational (1xx) responses relayed per request; an upstream that sends more is a
