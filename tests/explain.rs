@@ -349,3 +349,125 @@ fn explain_names_the_nearest_routes_and_why_they_lose() {
         "{out:?}"
     );
 }
+
+/// Regression: for a GET with `Authorization` on a route with `authenticated = "shared"`
+/// whose origin sends only `max-age`, `explain` said "stored on a miss" while the gateway
+/// answered `X-Cache: BYPASS` (RFC 9111 §3.5). The cache decision now comes from the
+/// functions the proxy calls, given the upstream's response headers (`-R`): for each
+/// request, explain's verdict and reason equal the live `X-Cache` and the access log's.
+#[test]
+fn explain_said_stored_where_the_gateway_bypassed() {
+    let backend = Backend::start("app", |r| {
+        let p = r.path.split('?').next().unwrap_or("");
+        let reply = common::Reply::status(200).body("x");
+        match p.rsplit('/').next().unwrap_or("") {
+            "max-age" => reply.header("cache-control", "max-age=60"),
+            "public" => reply.header("cache-control", "public, max-age=60"),
+            "nostore" => reply.header("cache-control", "no-store"),
+            "cookie" => reply
+                .header("cache-control", "max-age=60")
+                .header("set-cookie", "s=1"),
+            _ => reply,
+        }
+    });
+    let gw = Gateway::start(&format!(
+        r#"
+[upstreams.app]
+targets = [{{ address = "{}" }}]
+
+[[routes]]
+name = "shared"
+path_prefix = "/shared"
+upstream = "app"
+[routes.cache]
+authenticated = "shared"
+
+[[routes]]
+name = "own"
+path_prefix = "/own"
+upstream = "app"
+[routes.cache]
+"#,
+        backend.addr
+    ));
+    let auth = "Authorization: Bearer some-token";
+    let cases: Vec<(&str, &str, Vec<&str>, Vec<&str>)> = vec![
+        (
+            "GET",
+            "/shared/max-age",
+            vec![auth],
+            vec!["Cache-Control: max-age=60"],
+        ),
+        (
+            "GET",
+            "/shared/public",
+            vec![auth],
+            vec!["Cache-Control: public, max-age=60"],
+        ),
+        (
+            "GET",
+            "/shared/max-age",
+            vec![],
+            vec!["Cache-Control: max-age=60"],
+        ),
+        (
+            "GET",
+            "/shared/nostore",
+            vec![],
+            vec!["Cache-Control: no-store"],
+        ),
+        (
+            "GET",
+            "/shared/cookie",
+            vec![],
+            vec!["Cache-Control: max-age=60", "Set-Cookie: s=1"],
+        ),
+        (
+            "POST",
+            "/shared/max-age",
+            vec!["Content-Length: 0"],
+            vec!["Cache-Control: max-age=60"],
+        ),
+        (
+            "GET",
+            "/own/max-age",
+            vec![auth],
+            vec!["Cache-Control: max-age=60"],
+        ),
+    ];
+    for (i, (method, path, headers, upstream)) in cases.into_iter().enumerate() {
+        let target = format!("{path}?case={i}");
+        let id = format!("explain-cache-{i:02}-0123456789abcdef");
+        let id_header = format!("X-Request-Id: {id}");
+        let mut all = headers.clone();
+        all.push(&id_header);
+        let mut cmd = Command::new(tollgate_bin());
+        cmd.args(["explain", "--json", "-c"])
+            .arg(&gw.config_path)
+            .arg(method)
+            .arg(format!("http://app.test{target}"));
+        for h in &all {
+            cmd.arg("-H").arg(h);
+        }
+        for h in &upstream {
+            cmd.arg("-R").arg(h);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let real = send(&gw, method, "app.test", &target, &all);
+        let what = format!("case {i}: {method} {target} {headers:?} upstream {upstream:?}");
+        let live = real.headers.get("x-cache").map(|v| v[0].clone());
+        assert_eq!(
+            live.as_deref(),
+            e["cache_verdict"].as_str(),
+            "{what}: {e:#}"
+        );
+        let line = gw.wait_access_log(|l| l["request_id"] == id.as_str());
+        assert_eq!(line["reason"], e["cache_reason"], "{what}: {line} {e:#}");
+    }
+}

@@ -342,6 +342,12 @@ pub fn bypass_reason(phase: CachePhase) -> String {
     format!("cache_bypass:{word}")
 }
 
+/// Whether a response is stored for more than the caller who asked, for a request that
+/// carried `Authorization` (RFC 9111 §3.5): entries keyed per consumer are not shared.
+pub fn shared_authorized(consumer: Option<&str>, req: &RequestHeader) -> bool {
+    consumer.is_none() && req.headers.contains_key(http::header::AUTHORIZATION)
+}
+
 /// How a request uses the cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {

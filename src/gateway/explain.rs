@@ -14,6 +14,7 @@ use crate::forward;
 use crate::policy::auth::AuthMethod;
 use crate::route::{Route, RouteAction};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
+use pingora::cache::RespCacheable;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::ProxyHttp;
 use serde::Serialize;
@@ -33,6 +34,9 @@ pub struct Query {
     /// The listener it arrives on; default: the first TLS listener for `https`, else the
     /// first plain one.
     pub listener: Option<String>,
+    /// `Name: value` lines of the upstream's 200 response, for the cache decision (default:
+    /// none).
+    pub upstream_headers: Vec<String>,
 }
 
 /// What the gateway would do.
@@ -47,6 +51,13 @@ pub struct Explanation {
     pub upstream: Option<UpstreamReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<String>,
+    /// The live gateway's `X-Cache` for this request on a miss, given the upstream's
+    /// response: `MISS` (stored) or `BYPASS`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_verdict: Option<&'static str>,
+    /// The reason word of a `BYPASS` (`cache_bypass:...`), as the access log says it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compression: Option<String>,
     /// Headers the gateway adds to the response (the upstream's own come on top).
@@ -127,6 +138,18 @@ fn dur(d: std::time::Duration) -> String {
 }
 
 /// The request head `q` describes, and the listener it arrives on.
+/// A `Name: value` line of the command line.
+fn header_line(line: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let (name, value) = line
+        .split_once(':')
+        .ok_or_else(|| format!("header {line:?}: write it as 'Name: value'"))?;
+    let name = HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|_| format!("invalid header name {:?}", name.trim()))?;
+    let value = HeaderValue::from_str(value.trim())
+        .map_err(|_| format!("invalid value for header {name}"))?;
+    Ok((name, value))
+}
+
 fn request_of(q: &Query) -> Result<(RequestHeader, bool), String> {
     let method = Method::from_bytes(q.method.as_bytes())
         .ok()
@@ -160,13 +183,7 @@ fn request_of(q: &Query) -> Result<(RequestHeader, bool), String> {
         .map_err(|e| format!("invalid request target {target:?}: {e}"))?;
     let mut has_host = false;
     for line in &q.headers {
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| format!("header {line:?}: write it as 'Name: value'"))?;
-        let name = HeaderName::from_bytes(name.trim().as_bytes())
-            .map_err(|_| format!("invalid header name {:?}", name.trim()))?;
-        let value = HeaderValue::from_str(value.trim())
-            .map_err(|_| format!("invalid value for header {name}"))?;
+        let (name, value) = header_line(line)?;
         has_host |= name == http::header::HOST;
         req.append_header(name, value).map_err(|e| e.to_string())?;
     }
@@ -366,37 +383,83 @@ pub(crate) fn explain(
         });
     }
 
-    let cache = route.as_ref().and_then(|r| r.cache.as_ref()).map(|rc| {
-        if !matches!(decided, Step::Next) {
-            return "not consulted: the gateway answers this request itself".to_string();
+    // The cache decision, by the functions the proxy calls: the lookup
+    // (`request_cache_filter`), then the store decision on the upstream's response
+    // (`response_cache_filter`: RFC 9111, with §3.5 for requests with Authorization).
+    let mut upstream_resp =
+        ResponseHeader::build(StatusCode::OK, None).map_err(|e| e.to_string())?;
+    for line in &q.upstream_headers {
+        let (name, value) = header_line(line)?;
+        upstream_resp
+            .append_header(name, value)
+            .map_err(|e| e.to_string())?;
+    }
+    let mut cache_verdict = None;
+    let mut cache_reason = None;
+    let cache = match (route.as_ref().and_then(|r| r.cache.as_ref()), &gw.cache) {
+        (Some(_), _) if !matches!(decided, Step::Next) => {
+            Some("not consulted: the gateway answers this request itself".to_string())
         }
-        let authenticated =
-            ctx.identity.is_some() || req.headers.contains_key(http::header::AUTHORIZATION);
-        let principal = ctx.identity.as_ref().and_then(|i| i.principal());
-        match rc.lookup(&req.method, authenticated, principal) {
-            Lookup::Bypass(reason) => format!(
-                "bypassed ({}): X-Cache: BYPASS, reason {reason}",
-                if matches!(req.method, Method::GET | Method::HEAD) {
-                    "an authenticated request on a route that does not share its entries"
-                } else {
-                    "only GET and HEAD are cached"
+        (Some(rc), Some(store)) => {
+            let authenticated =
+                ctx.identity.is_some() || req.headers.contains_key(http::header::AUTHORIZATION);
+            let principal = ctx.identity.as_ref().and_then(|i| i.principal());
+            Some(match rc.lookup(&req.method, authenticated, principal) {
+                Lookup::Bypass(reason) => {
+                    cache_verdict = Some("BYPASS");
+                    cache_reason = Some(reason.to_string());
+                    format!("not looked up: X-Cache: BYPASS, reason {reason}")
                 }
-            ),
-            Lookup::Use(consumer) => {
-                let name = route.as_ref().map_or("", |r| r.name());
-                let key = crate::cache::key(name, &req, forward::host(&req), consumer.as_deref());
-                let primary = key.primary_key_str().unwrap_or("").replace('\n', " | ");
-                format!(
-                    "looked up, stored on a miss; key [{primary}] plus the headers the response's \
-                     Vary names; {}",
-                    rc.ttl.map_or_else(
-                        || "only what the origin allows is stored".to_string(),
-                        |t| format!("ttl {} when the response gives none", dur(t))
+                Lookup::Use(consumer) => {
+                    let name = route.as_ref().map_or("", |r| r.name());
+                    let key =
+                        crate::cache::key(name, &req, forward::host(&req), consumer.as_deref());
+                    let primary = key.primary_key_str().unwrap_or("").replace('\n', " | ");
+                    let shared = crate::cache::shared_authorized(consumer.as_deref(), &req);
+                    let stored = match rc.response_meta(
+                        &upstream_resp,
+                        store.max_object(),
+                        shared,
+                        store.targeted(),
+                    ) {
+                        RespCacheable::Cacheable(meta) => {
+                            cache_verdict = Some("MISS");
+                            let ttl = meta
+                                .fresh_until()
+                                .duration_since(meta.created())
+                                .unwrap_or_default();
+                            format!("stored for {}", dur(ttl))
+                        }
+                        RespCacheable::Uncacheable(why) => {
+                            cache_verdict = Some("BYPASS");
+                            let reason = crate::cache::bypass_reason(
+                                pingora::cache::CachePhase::Disabled(why),
+                            );
+                            let text = format!("not stored: X-Cache: BYPASS, reason {reason}");
+                            cache_reason = Some(reason);
+                            text
+                        }
+                    };
+                    let given = if q.upstream_headers.is_empty() {
+                        "a 200 without caching headers".to_string()
+                    } else {
+                        format!("a 200 with {}", q.upstream_headers.join("; "))
+                    };
+                    format!(
+                        "looked up; key [{primary}] plus the headers the response's Vary names; \
+                         on a miss, {given} is {stored}{}",
+                        if shared {
+                            " (the request carries Authorization and the entry is shared: \
+                             RFC 9111 §3.5 stores only public, s-maxage or must-revalidate answers)"
+                        } else {
+                            ""
+                        }
                     )
-                )
-            }
+                }
+            })
         }
-    });
+        _ => None,
+    };
 
     let compression = route
         .as_ref()
@@ -473,6 +536,8 @@ pub(crate) fn explain(
         other_routes,
         upstream,
         cache,
+        cache_verdict,
+        cache_reason,
         compression,
         response_headers,
         notes,

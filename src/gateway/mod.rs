@@ -718,11 +718,8 @@ impl ProxyHttp for Gateway {
         Ok(match (rc, &self.cache) {
             (Some(rc), Some(cache)) => {
                 // Entries keyed per consumer are not shared; `shared` ones are (RFC 9111 §3.5).
-                let shared_authorized = ctx.cache_consumer.is_none()
-                    && session
-                        .req_header()
-                        .headers
-                        .contains_key(http::header::AUTHORIZATION);
+                let shared_authorized =
+                    cache::shared_authorized(ctx.cache_consumer.as_deref(), session.req_header());
                 rc.response_meta(
                     resp,
                     cache.max_object(),
