@@ -168,16 +168,19 @@ impl Reloader {
         let previous = self.current.load_full();
         // Building reads files and resolves targets, with a runtime of its own.
         let built = tokio::task::spawn_blocking(move || {
-            let (file, sha256) = config::load(&path)?;
+            let (file, source) = config::load(&path)?;
             for w in assemble::refs::warnings(&file) {
                 log::warn!("{}: {}: {}", path.display(), w.path, w.message);
             }
-            assemble::build(&file, &sha256, &shared, Some(&previous)).map_err(|problems| {
-                ConfigError {
-                    file: path.clone(),
-                    problems,
-                }
-            })
+            assemble::build(&file, &source.sha256, &shared, Some(&previous)).map_err(
+                |mut problems| {
+                    source.locate(&mut problems);
+                    ConfigError {
+                        file: path.clone(),
+                        problems,
+                    }
+                },
+            )
         })
         .await
         .map_err(|e| ConfigError {

@@ -548,3 +548,51 @@ fn schema_piped_into_head_panicked() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(out.status.success(), "{:?} {stderr}", out.status);
 }
+
+/// Regression: `server = []` (and any table written as an array) passed `-t`: serde took
+/// the empty array for a section with every key defaulted.
+#[test]
+fn server_as_an_empty_array_passed_dash_t() {
+    let (code, out, path, _dir) = check(&format!("server = []\n{LISTENER}"));
+    assert_eq!(code, 1, "{out}");
+    assert_reported(
+        &out,
+        &path,
+        "server",
+        "expected a table ([server]), got an array (line 1, column 10)",
+    );
+    let (code, out, path, _dir) = check(&format!(
+        "{BASE}[[routes]]\nname = \"r\"\nupstream = \"users\"\n[[routes.cache]]\n"
+    ));
+    assert_eq!(code, 1, "{out}");
+    assert_reported(
+        &out,
+        &path,
+        "routes[0].cache",
+        "expected a table ([cache]), got an array",
+    );
+}
+
+/// Regression: problems found after parsing (an undefined upstream, a bad CIDR, ...) named
+/// the key but gave no line, unlike parse errors.
+#[test]
+fn problems_found_after_parsing_had_no_line_number() {
+    let config = format!(
+        "{BASE}[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstream = \"users\"\n\n[[routes]]\nname = \"b\"\npath_prefix = \"/b\"\nupstream = \"billing\"\nip_allow = [\"10.0.0.0/8\", \"not-a-cidr\"]\n"
+    );
+    let line_of = |needle: &str| config.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let (code, out, path, _dir) = check(&config);
+    assert_eq!(code, 1, "{out}");
+    assert_reported(
+        &out,
+        &path,
+        "routes[1].upstream",
+        &format!("(route \"b\", line {}, column 12)", line_of("\"billing\"")),
+    );
+    assert_reported(
+        &out,
+        &path,
+        "routes[1].ip_allow[1]",
+        &format!("(route \"b\", line {}, column 27)", line_of("not-a-cidr")),
+    );
+}

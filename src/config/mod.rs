@@ -91,9 +91,130 @@ pub fn schema() -> String {
     text
 }
 
-/// Read and parse a configuration file; also returns the SHA-256 of its text (hex), which
-/// names the generation built from it.
-pub fn load(path: &Path) -> Result<(ConfigFile, String), ConfigError> {
+/// A configuration file as read: its text (to locate problems found after parsing) and the
+/// SHA-256 of it (hex), which names the generation built from it.
+pub struct Source {
+    pub text: String,
+    pub sha256: String,
+}
+
+impl Source {
+    /// Add the line and column of each problem's key (`routes[2].upstream`) to its message,
+    /// as for the problems found while parsing: the key itself, or the nearest enclosing
+    /// one the file writes (a default value has no line of its own).
+    pub fn locate(&self, problems: &mut [Problem]) {
+        let Ok(doc) = toml::de::DeTable::parse(&self.text) else {
+            return;
+        };
+        for p in problems.iter_mut() {
+            if p.path.is_empty() || p.message.contains("(line ") {
+                continue;
+            }
+            // `routes[2]` is also named, as an operator calls it.
+            let route = p
+                .path
+                .strip_prefix("routes[")
+                .and_then(|r| r.split_once(']'))
+                .and_then(|(i, _)| route_name(doc.get_ref(), i.parse().ok()?))
+                .map(|n| format!("route {n:?}, "))
+                .unwrap_or_default();
+            if let Some(at) = span_of(doc.get_ref(), &p.path) {
+                let (line, column) = line_column(&self.text, at);
+                p.message
+                    .push_str(&format!(" ({route}line {line}, column {column})"));
+            }
+        }
+    }
+}
+
+/// The `name` of `routes[i]`, as written.
+fn route_name(root: &toml::de::DeTable<'_>, i: usize) -> Option<String> {
+    use toml::de::DeValue;
+    let (_, routes) = root
+        .iter()
+        .find(|(k, _)| k.get_ref().as_ref() == "routes")?;
+    let DeValue::Array(routes) = routes.get_ref() else {
+        return None;
+    };
+    let DeValue::Table(route) = routes.get(i)?.get_ref() else {
+        return None;
+    };
+    let (_, name) = route.iter().find(|(k, _)| k.get_ref().as_ref() == "name")?;
+    match name.get_ref() {
+        DeValue::String(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Where the value at `path` (`routes[2].cors.allow_origins[0]`, `auth.jwt."my key"`)
+/// starts, or the deepest part of it the file has.
+fn span_of(root: &toml::de::DeTable<'_>, path: &str) -> Option<usize> {
+    use toml::de::DeValue;
+    let mut found = None;
+    let mut table = Some(root);
+    let mut value: Option<&DeValue<'_>> = None;
+    for segment in key_segments(path) {
+        match segment {
+            Segment::Key(name) => {
+                let t = match value {
+                    None => table?,
+                    Some(DeValue::Table(t)) => t,
+                    Some(_) => return found,
+                };
+                let (_, v) = t.iter().find(|(k, _)| k.get_ref().as_ref() == name)?;
+                found = Some(v.span().start);
+                value = Some(v.get_ref());
+                table = None;
+            }
+            Segment::Index(i) => {
+                let Some(DeValue::Array(a)) = value else {
+                    return found;
+                };
+                let Some(v) = a.get(i) else {
+                    return found;
+                };
+                found = Some(v.span().start);
+                value = Some(v.get_ref());
+            }
+        }
+    }
+    found
+}
+
+enum Segment<'p> {
+    Key(&'p str),
+    Index(usize),
+}
+
+/// `routes[2].upstream` as `routes`, `2`, `upstream`; a quoted key is one segment.
+fn key_segments(path: &str) -> Vec<Segment<'_>> {
+    let mut out = Vec::new();
+    let mut rest = path;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('.') {
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix('"') {
+            let end = r.find('"').unwrap_or(r.len());
+            out.push(Segment::Key(&r[..end]));
+            rest = r.get(end + 1..).unwrap_or("");
+        } else if let Some(r) = rest.strip_prefix('[') {
+            let end = r.find(']').unwrap_or(r.len());
+            match r[..end].parse() {
+                Ok(i) => out.push(Segment::Index(i)),
+                Err(_) => break,
+            }
+            rest = r.get(end + 1..).unwrap_or("");
+        } else {
+            let end = rest.find(['.', '[']).unwrap_or(rest.len());
+            out.push(Segment::Key(&rest[..end]));
+            rest = &rest[end..];
+        }
+    }
+    out
+}
+
+/// Read and parse a configuration file, with its [`Source`].
+pub fn load(path: &Path) -> Result<(ConfigFile, Source), ConfigError> {
     let fail = |problems| ConfigError {
         file: path.to_path_buf(),
         problems,
@@ -108,11 +229,89 @@ pub fn load(path: &Path) -> Result<(ConfigFile, String), ConfigError> {
     };
     file.resolve_paths(&base);
     let digest = <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes());
-    Ok((file, hex::encode(digest)))
+    let sha256 = hex::encode(digest);
+    Ok((file, Source { text, sha256 }))
+}
+
+/// A table written as an array (`server = []`, `[[routes.cache]]`), which serde accepts as
+/// a struct with every field defaulted: found by walking the file beside the JSON Schema.
+fn array_for_table(text: &str) -> Option<Problem> {
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let schema = schemars::schema_for!(ConfigFile).to_value();
+    let defs = schema.get("$defs").cloned().unwrap_or_default();
+    let root = toml::de::DeValue::Table(doc.get_ref().clone());
+    let (path, at) = walk_shape(&root, &schema, &defs, String::new())?;
+    let (line, column) = line_column(text, at.unwrap_or(0));
+    let key = path.rsplit('.').next().unwrap_or(&path).to_string();
+    Some(Problem::new(
+        path,
+        format!("expected a table ([{key}]), got an array (line {line}, column {column})"),
+    ))
+}
+
+/// The schema an `anyOf` (an `Option`) or a `$ref` stands for.
+fn resolve<'s>(
+    schema: &'s serde_json::Value,
+    defs: &'s serde_json::Value,
+) -> &'s serde_json::Value {
+    if let Some(r) = schema.get("$ref").and_then(|r| r.as_str()) {
+        let name = r.rsplit('/').next().unwrap_or("");
+        return defs.get(name).map_or(schema, |d| resolve(d, defs));
+    }
+    if let Some(any) = schema.get("anyOf").and_then(|a| a.as_array()) {
+        if let Some(s) = any
+            .iter()
+            .find(|s| s.get("type").and_then(|t| t.as_str()) != Some("null"))
+        {
+            return resolve(s, defs);
+        }
+    }
+    schema
+}
+
+fn walk_shape(
+    value: &toml::de::DeValue<'_>,
+    schema: &serde_json::Value,
+    defs: &serde_json::Value,
+    path: String,
+) -> Option<(String, Option<usize>)> {
+    use toml::de::DeValue;
+    let schema = resolve(schema, defs);
+    let is = |t: &str| schema.get("type").and_then(|v| v.as_str()) == Some(t);
+    match value {
+        DeValue::Array(items) if is("object") => {
+            Some((path, items.first().map(|i| i.span().start)))
+        }
+        DeValue::Array(items) => {
+            let item = schema.get("items")?;
+            items.iter().enumerate().find_map(|(i, v)| {
+                walk_shape(v.get_ref(), item, defs, format!("{path}[{i}]"))
+                    .map(|(p, at)| (p, at.or(Some(v.span().start))))
+            })
+        }
+        DeValue::Table(t) => t.iter().find_map(|(k, v)| {
+            let key = k.get_ref().as_ref();
+            let sub = schema
+                .get("properties")
+                .and_then(|p| p.get(key))
+                .or_else(|| schema.get("additionalProperties").filter(|a| a.is_object()))?;
+            let child = if path.is_empty() {
+                key.to_string()
+            } else {
+                format!("{path}.{key}")
+            };
+            walk_shape(v.get_ref(), sub, defs, child)
+                .map(|(p, at)| (p, at.or(Some(v.span().start))))
+        }),
+        _ => None,
+    }
 }
 
 /// Parse TOML text into the file model, locating type errors by key path.
 pub fn parse(text: &str) -> Result<ConfigFile, Problem> {
+    if let Some(p) = array_for_table(text) {
+        return Err(p);
+    }
     let de =
         toml::Deserializer::parse(text).map_err(|e| Problem::new("", syntax_message(text, &e)))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
