@@ -553,3 +553,26 @@ fn explain_describes_forward_auth_without_asking_the_service() {
     );
     assert_eq!(s.auth.hits(), 0, "explain works without any network");
 }
+
+/// Regression: an introspection `client_secret_file` rewritten behind the same path was not
+/// read by a reload: the service (and its decision cache) built from the old secret was
+/// kept. Now the reload builds it anew: a wrong secret is what the IdP sees at once, and
+/// the right one works again after the next reload.
+#[test]
+fn a_rotated_client_secret_file_was_kept_after_reload() {
+    let s = setup(now() + 3600);
+    let intro = || get(&s.gw, "/intro/x", &[("authorization", "Bearer good")]).status();
+    assert_eq!(intro(), 200);
+    let secret = s.gw.dir.path().join("idp.secret");
+    std::fs::write(&secret, "not-the-secret\n").unwrap();
+    assert_eq!(s.gw.reload().0, 200);
+    let asked = s.idp.hits();
+    assert_ne!(intro(), 200, "the IdP refuses the new (wrong) secret");
+    assert!(
+        s.idp.hits() > asked,
+        "the decision was not served from the old cache"
+    );
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    assert_eq!(s.gw.reload().0, 200);
+    assert_eq!(intro(), 200);
+}

@@ -172,12 +172,26 @@ pub struct RedisCluster {
     pub nodes: Vec<Redis>,
 }
 
+/// A free port whose cluster bus port (10,000 above it) is free too and below the kernel's
+/// ephemeral range: a node whose bus port is taken never answers PING.
+fn cluster_port() -> u16 {
+    loop {
+        let port = super::free_port();
+        let Some(bus) = port.checked_add(10_000).filter(|b| *b < 32_768) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", bus)).is_ok() {
+            return port;
+        }
+    }
+}
+
 impl RedisCluster {
     pub fn start() -> RedisCluster {
         let nodes: Vec<Redis> = (0..3)
             .map(|_| {
                 Redis::start_with(
-                    super::free_port(),
+                    cluster_port(),
                     &["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"],
                 )
             })
