@@ -177,8 +177,10 @@ fn canned(status: http::StatusCode, message: &str) -> Vec<u8> {
     let request_id = crate::forward::new_request_id();
     let id = request_id.to_str().unwrap_or("");
     let body = crate::error::json_body(message, &crate::error::reason_of(message), id);
+    // Every answer carries `Date` (RFC 9110 §6.6.1), these written below HTTP too.
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
     let mut out = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\ncache-control: no-store\r\nx-request-id: {id}\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {} {}\r\ndate: {date}\r\ncontent-type: application/json\r\ncontent-length: {}\r\ncache-control: no-store\r\nx-request-id: {id}\r\nconnection: close\r\n\r\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
         body.len()
@@ -252,13 +254,6 @@ enum Phase {
     Rejecting {
         response: Vec<u8>,
         written: usize,
-    },
-    /// Sending the gateway's JSON error in place of one Pingora wrote with an empty body;
-    /// `reported` is the length of Pingora's, acknowledged once ours is out.
-    Replacing {
-        response: Vec<u8>,
-        written: usize,
-        reported: usize,
     },
     Closed,
 }
@@ -456,69 +451,6 @@ impl GuardedStream {
     }
 }
 
-impl GuardedStream {
-    /// Drive a replacement response; `Ready(Ok(reported))` once all of it is written.
-    fn poll_replace(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        loop {
-            let Phase::Replacing {
-                response,
-                written,
-                reported,
-            } = &mut self.phase
-            else {
-                return Poll::Ready(Err(closed_error()));
-            };
-            if *written >= response.len() {
-                let reported = *reported;
-                self.phase = Phase::Closed;
-                return Poll::Ready(Ok(reported));
-            }
-            match Pin::new(&mut self.inner).poll_write(cx, &response[*written..]) {
-                Poll::Ready(Ok(0)) => {
-                    self.phase = Phase::Closed;
-                    return Poll::Ready(Err(closed_error()));
-                }
-                Poll::Ready(Ok(n)) => *written += n,
-                Poll::Ready(Err(e)) => {
-                    self.phase = Phase::Closed;
-                    return Poll::Ready(Err(e));
-                }
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
-}
-
-/// The gateway's JSON error for a response Pingora itself wrote with an empty body (its
-/// parser's 400 for a malformed head, its 405 for CONNECT), so every error a client gets has
-/// the same shape and a request id. `None` for every other write.
-///
-/// NOTE(pingora-0.9): `pingora-proxy/src/lib.rs` `handle_new_request` answers
-/// `respond_error(400)` / `respond_error(405)` before any hook runs; those responses come from
-/// `pingora-core/src/protocols/http/error_resp.rs` (`Content-Length: 0`,
-/// `Cache-Control: private, no-store`). Recognized by that shape.
-fn json_error_for(data: &[u8]) -> Option<Vec<u8>> {
-    let rest = data.strip_prefix(b"HTTP/1.")?;
-    let code = rest.get(2..5)?;
-    let message = match code {
-        b"400" => "bad request",
-        b"405" => "method not allowed",
-        _ => return None,
-    };
-    let head_end = data.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = data[..head_end].to_ascii_lowercase();
-    let has = |needle: &[u8]| head.windows(needle.len()).any(|w| w == needle);
-    if !has(b"\r\ncontent-length: 0") || !has(b"\r\ncache-control: private, no-store") {
-        return None;
-    }
-    let status = if code == b"400" {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::METHOD_NOT_ALLOWED
-    };
-    Some(canned(status, message))
-}
-
 fn closed_error() -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::TimedOut,
@@ -535,9 +467,7 @@ impl AsyncRead for GuardedStream {
         let this = self.get_mut();
         loop {
             match this.phase {
-                Phase::Rejecting { .. } | Phase::Replacing { .. } | Phase::Closed => {
-                    return this.poll_reject(cx).map(Err)
-                }
+                Phase::Rejecting { .. } | Phase::Closed => return this.poll_reject(cx).map(Err),
                 Phase::Passthrough => return Pin::new(&mut this.inner).poll_read(cx, buf),
                 _ => {}
             }
@@ -585,20 +515,11 @@ impl AsyncWrite for GuardedStream {
         let this = self.get_mut();
         match this.phase {
             Phase::Rejecting { .. } | Phase::Closed => return Poll::Ready(Err(closed_error())),
-            Phase::Replacing { .. } => return this.poll_replace(cx),
             // A final response is going out: the next bytes read start a new request head.
             // A 1xx leaves the request (and its body) in progress; after a 101 the bytes
             // are another protocol's.
             Phase::Body | Phase::Head { .. } => {
                 this.deadline = None;
-                if let Some(response) = json_error_for(data) {
-                    this.phase = Phase::Replacing {
-                        response,
-                        written: 0,
-                        reported: data.len(),
-                    };
-                    return this.poll_replace(cx);
-                }
                 match data.get(..10) {
                     Some(b"HTTP/1.1 1") if data.get(9..12) == Some(b"101") => {
                         this.phase = Phase::Passthrough
@@ -686,9 +607,7 @@ impl Peek for GuardedStream {
     /// a canned answer still to send counts as readable, so the next read sends it.
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
         match self.phase {
-            Phase::Rejecting { .. } | Phase::Replacing { .. } | Phase::Closed => {
-                Poll::Ready(Ok(true))
-            }
+            Phase::Rejecting { .. } | Phase::Closed => Poll::Ready(Ok(true)),
             _ => self.inner.poll_readable(cx),
         }
     }

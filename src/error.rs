@@ -150,7 +150,10 @@ pub async fn respond(
         resp.append_header(name.clone(), value.clone())?;
     }
     resp.insert_header(&X_REQUEST_ID, request_id.clone())?;
-    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    // RFC 9110 §8.6: no Content-Length on a 1xx or 204 (a CORS preflight's answer).
+    if !(status.is_informational() || status == StatusCode::NO_CONTENT) {
+        resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    }
     let head_only = session.req_header().method == http::Method::HEAD;
     session
         .write_response_header(Box::new(resp), head_only || body.is_empty())
@@ -195,6 +198,43 @@ pub async fn respond_error(
     respond(session, reject.status, &headers, body, request_id).await
 }
 
+/// The response to a request Pingora refuses before any hook runs (400 for a head its
+/// parser refuses, 405 for CONNECT): the gateway's JSON error with a fresh request id, like
+/// every other error it answers. Pingora's own is empty, says `Server: Pingora`, and could
+/// only be told from an upstream's identical answer by guessing from its bytes.
+pub(crate) fn early_error(status: u16) -> (ResponseHeader, Bytes) {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    let message = message_for(status.as_u16());
+    let request_id = crate::forward::new_request_id();
+    let body = json_body(
+        message,
+        &reason_of(message),
+        request_id.to_str().unwrap_or(""),
+    );
+    let build = || -> Result<ResponseHeader> {
+        let mut resp = ResponseHeader::build(status, Some(5))?;
+        resp.insert_header(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )?;
+        resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+        resp.insert_header(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        )?;
+        resp.insert_header(&X_REQUEST_ID, request_id.clone())?;
+        Ok(resp)
+    };
+    match build() {
+        Ok(resp) => (resp, body),
+        // Only a status outside 100..=999 fails to build, which `status` is not.
+        Err(_) => (
+            pingora::protocols::http::ServerSession::generate_error(status.as_u16()),
+            Bytes::new(),
+        ),
+    }
+}
+
 /// The status and message a client gets for a proxy failure; `None` when the client is gone.
 pub fn classify(e: &Error) -> Option<(StatusCode, &'static str)> {
     use ErrorType::*;
@@ -230,6 +270,7 @@ fn message_for(code: u16) -> &'static str {
         400 => "bad request",
         404 => "no route",
         408 => "request timed out",
+        405 => "method not allowed",
         413 => "request body too large",
         431 => "request header too large",
         502 => "upstream unavailable",

@@ -285,9 +285,77 @@ pub(crate) fn format_timeout(d: Duration) -> HeaderValue {
     HeaderValue::from_str(&format!("{n}{unit}")).unwrap_or(HeaderValue::from_static("1n"))
 }
 
+/// Where a gRPC request body is in its length-prefixed messages (a flag byte and a 4-byte
+/// big-endian length, then the message): so that a stream is limited per message, as gRPC's
+/// own maximum message size is, and not by the bytes of the whole call.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Messages {
+    /// Bytes of the next prefix read so far.
+    prefix: [u8; 5],
+    prefix_len: u8,
+    /// Bytes of the current message still to come.
+    left: u64,
+}
+
+impl Messages {
+    /// Walk `chunk`; `Err(length)` for the first message longer than `max`.
+    pub(crate) fn feed(&mut self, mut chunk: &[u8], max: u64) -> Result<(), u64> {
+        while !chunk.is_empty() {
+            if self.left > 0 {
+                let n = chunk
+                    .len()
+                    .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+                self.left -= n as u64;
+                chunk = &chunk[n..];
+                continue;
+            }
+            let have = usize::from(self.prefix_len);
+            let n = chunk.len().min(5 - have);
+            self.prefix[have..have + n].copy_from_slice(&chunk[..n]);
+            self.prefix_len += n as u8;
+            chunk = &chunk[n..];
+            if self.prefix_len < 5 {
+                break;
+            }
+            self.prefix_len = 0;
+            let [_, a, b, c, d] = self.prefix;
+            let length = u64::from(u32::from_be_bytes([a, b, c, d]));
+            if length > max {
+                return Err(length);
+            }
+            self.left = length;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_are_limited_one_by_one_wherever_the_chunks_split() {
+        let message = |n: usize| {
+            let mut m = vec![0u8];
+            m.extend((n as u32).to_be_bytes());
+            m.extend(vec![7u8; n]);
+            m
+        };
+        let mut stream = Vec::new();
+        for _ in 0..12 {
+            stream.extend(message(1000));
+        }
+        for split in [1, 3, 5, 999, 1005, 4096] {
+            let mut m = Messages::default();
+            for chunk in stream.chunks(split) {
+                assert_eq!(m.feed(chunk, 1000), Ok(()), "chunks of {split}");
+            }
+        }
+        let mut m = Messages::default();
+        let mut big = message(10);
+        big.extend(message(1001));
+        assert_eq!(m.feed(&big, 1000), Err(1001));
+    }
 
     fn req(ct: &str) -> RequestHeader {
         let mut r = RequestHeader::build("POST", b"/pkg.Svc/Method", None).expect("request");

@@ -32,6 +32,12 @@ impl ProxyHttp for Proxy {
         self.current.load().init_downstream_modules(modules)
     }
 
+    /// A request refused before any hook (a malformed head, CONNECT): the gateway's JSON
+    /// error, not Pingora's empty one.
+    fn early_error_response(&self, status: u16) -> (pingora::http::ResponseHeader, Bytes) {
+        crate::error::early_error(status)
+    }
+
     fn new_ctx(&self) -> Ctx {
         let gw = self.current.load_full();
         let req = gw.new_ctx();

@@ -304,6 +304,8 @@ allow_origins = ["*"]
     assert_eq!(h["access-control-allow-methods"], "GET, PUT");
     assert_eq!(h["access-control-max-age"], "600");
     assert!(h.get_all("vary").iter().any(|v| v == "Origin"));
+    // RFC 9110 §8.6: a 204 carries no Content-Length (httplint flagged `Content-Length: 0`).
+    assert!(h.get("content-length").is_none(), "{h:?}");
     assert_eq!(preflight("https://evil.example", "PUT", None).status(), 403);
     assert_eq!(
         preflight("https://app.example", "DELETE", None).status(),

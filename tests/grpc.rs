@@ -664,10 +664,136 @@ async fn body_over_max_body_size_on_an_h2_upstream_is_refused_not_hung() {
     let server = Server::start(None);
     let gw = h2c_gateway(&grpc_route(&server, "", "max_body_size = \"1KiB\""));
     let mut client = h2c_client(&gw).await;
-    let big = "x".repeat(600);
-    let outbound = futures::stream::iter(vec![echo(&big), echo(&big), echo(&big)]);
+    // One message over the limit (the limit is per message on a gRPC stream).
+    let big = "x".repeat(1100);
+    let outbound = futures::stream::iter(vec![echo("small"), echo(&big), echo("after")]);
     let started = Instant::now();
     let status = client.client_stream(outbound).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// Regression: every gateway-made gRPC error reached grpcio (the C-core client behind Python,
+/// Ruby, PHP, C++ and Objective-C gRPC) as `UNKNOWN` ("Stream removed"), and upstream down
+/// as `CANCELLED`: the gateway sent HEADERS with `grpc-status` but without END_STREAM, then
+/// an empty DATA frame. A Trailers-Only response is one HEADERS frame with END_STREAM; tonic
+/// accepted both. Also: a gRPC client stream was limited by its total bytes, not per
+/// message. Checked through grpcio itself (`tests/conformance/grpcio_client.py`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_made_grpc_errors_reached_grpcio_as_unknown() {
+    let server = Server::start(None);
+    let dead = free_port();
+    let gw = h2c_gateway(&format!(
+        r#"
+[consumers.svc]
+keys = ["svc-key-0123456789ab"]
+
+[upstreams.grpc]
+targets = [{{ address = "{addr}" }}]
+h2 = true
+
+[upstreams.dead]
+targets = [{{ address = "127.0.0.1:{dead}" }}]
+h2 = true
+
+[[routes]]
+name = "grpc"
+path_prefix = "/tollgate.test.Echo"
+upstream = "grpc"
+auth = ["api_key"]
+rate_limits = [{{ limit = 3, window = "60s", key = "consumer" }}]
+max_body_size = "64KiB"
+
+[[routes]]
+name = "stream"
+path = "/tollgate.test.Echo/ClientStream"
+upstream = "grpc"
+max_body_size = "64KiB"
+
+[[routes]]
+name = "dead"
+path_prefix = "/tollgate.test.Dead"
+upstream = "dead"
+"#,
+        addr = server.addr
+    ));
+    let key = serde_json::json!([["x-api-key", "svc-key-0123456789ab"]]);
+    let cases = serde_json::json!([
+        {"name": "ok", "method": "/tollgate.test.Echo/Unary", "metadata": key, "message": "hi"},
+        {"name": "no token", "method": "/tollgate.test.Echo/Unary", "message": "hi"},
+        {"name": "too large", "method": "/tollgate.test.Echo/Unary", "metadata": key, "pad": 100000},
+        {"name": "rate limit", "method": "/tollgate.test.Echo/Unary", "metadata": key, "repeat": 3},
+        {"name": "no route", "method": "/grpc.health.v1.Health/Check"},
+        {"name": "upstream down", "method": "/tollgate.test.Dead/Unary"},
+    ]);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/conformance/grpcio_client.py"
+    );
+    let addr = gw.addr.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(script)
+            .arg(addr)
+            .arg(cases.to_string())
+            .output()
+            .expect("python3 with grpcio (scripts/setup.sh installs it)")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let code = |name: &str| {
+        results
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .map(|r| {
+                (
+                    r["code"].as_str().unwrap().to_string(),
+                    r["details"].as_str().unwrap().to_string(),
+                )
+            })
+            .unwrap()
+    };
+    assert_eq!(code("ok").0, "OK", "{results}");
+    assert_eq!(code("no token").0, "UNAUTHENTICATED", "{results}");
+    assert_eq!(
+        code("too large"),
+        (
+            "RESOURCE_EXHAUSTED".into(),
+            "message larger than max_body_size".into()
+        ),
+        "{results}"
+    );
+    assert_eq!(
+        code("rate limit"),
+        ("RESOURCE_EXHAUSTED".into(), "rate limit exceeded".into()),
+        "{results}"
+    );
+    assert_eq!(code("no route").0, "UNIMPLEMENTED", "{results}");
+    assert_eq!(code("upstream down").0, "UNAVAILABLE", "{results}");
+
+    // A client stream of 12 messages of 32 KiB (384 KiB in all) under a 64 KiB limit per
+    // message passes; the total is no limit.
+    let mut client = h2c_client(&gw).await;
+    let messages: Vec<EchoRequest> = (0..12).map(|_| echo(&"m".repeat(32 * 1024))).collect();
+    let reply = client
+        .client_stream(futures::stream::iter(messages))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.index, 12);
+    // One message over the limit ends the call with RESOURCE_EXHAUSTED.
+    let messages = vec![echo("small"), echo(&"m".repeat(70 * 1024))];
+    let status = client
+        .client_stream(futures::stream::iter(messages))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
 }

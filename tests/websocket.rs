@@ -124,6 +124,12 @@ upstream = "ws"
 websocket_idle_timeout = "20s"
 
 [[routes]]
+name = "small"
+path_prefix = "/small"
+upstream = "ws"
+max_body_size = "64KiB"
+
+[[routes]]
 name = "limited"
 path_prefix = "/limited"
 upstream = "ws"
@@ -395,4 +401,26 @@ upstream = "eager"
             .unwrap_or_else(|e| panic!("upgrade {i}: the tunnel closed after the 101: {e}"));
         assert_eq!(got, msg.as_bytes());
     }
+}
+
+/// Regression: `max_body_size` counted every byte a client sent after the upgrade, so any
+/// WebSocket connection died once its client had sent that much in total (10 MiB by
+/// default), however small its messages, with no close frame. The upgraded connection is
+/// no request body: 20 messages of 16 KiB through a route whose limit is 64 KiB all echo.
+#[test]
+fn websocket_cut_after_max_body_size_bytes_in_total() {
+    let s = setup();
+    let url = format!("ws://{}/small/chat", s.gw.addr);
+    let (mut ws, _) =
+        s.rt.block_on(tokio_tungstenite::connect_async(&url))
+            .unwrap();
+    s.rt.block_on(async {
+        for i in 0..20u8 {
+            let payload = vec![i; 16 * 1024];
+            ws.send(Message::binary(payload.clone())).await.unwrap();
+            let got = ws.next().await.expect("open").expect("a message");
+            assert_eq!(got, Message::binary(payload), "message {i}");
+        }
+        ws.close(None).await.unwrap();
+    });
 }

@@ -263,7 +263,12 @@ struct GrpcCall {
     flavor: grpc::Flavor,
     /// From the client's `grpc-timeout`: the upstream must answer by then.
     deadline: Option<Instant>,
+    /// The request's messages, each limited by `max_body_size`.
+    messages: grpc::Messages,
 }
+
+/// The status message of a gRPC call refused for a message over `max_body_size`.
+const GRPC_MESSAGE_TOO_LARGE: &str = "message larger than max_body_size";
 
 impl GrpcCall {
     fn of(req: &RequestHeader, start: Instant) -> Option<GrpcCall> {
@@ -273,7 +278,11 @@ impl GrpcCall {
             .get(grpc::GRPC_TIMEOUT)
             .and_then(grpc::parse_timeout)
             .and_then(|t| start.checked_add(t));
-        Some(GrpcCall { flavor, deadline })
+        Some(GrpcCall {
+            flavor,
+            deadline,
+            messages: grpc::Messages::default(),
+        })
     }
 
     /// Time left before the deadline, when there is one.
@@ -753,14 +762,31 @@ impl ProxyHttp for Gateway {
         // Every refusal here is the client's doing, and marked so: Pingora's HTTP/2 upstream
         // path takes an unmarked error for a failed upstream write and waits for an answer
         // the upstream will never send (the body it expects stopped).
-        if let Some(chunk) = body.as_ref() {
-            ctx.body_bytes += chunk.len() as u64;
-            if ctx.body_bytes > route.policy.max_body {
-                return Err(Error::explain(
-                    ErrorType::HTTPStatus(413),
-                    "request body exceeds max_body_size",
-                )
-                .into_down());
+        // `max_body_size` bounds a request body; a gRPC stream per message (as gRPC's own
+        // maximum message size does), and bytes after an upgrade (WebSocket) not at all:
+        // they are no request body.
+        if let (Some(chunk), None) = (body.as_ref(), ctx.upgraded.as_ref()) {
+            let max = route.policy.max_body;
+            match (ctx.grpc.as_mut(), ctx.grpc_web.is_none()) {
+                (Some(call), true) => {
+                    if call.messages.feed(chunk, max).is_err() {
+                        return Err(Error::explain(
+                            ErrorType::CustomCode(GRPC_MESSAGE_TOO_LARGE, 413),
+                            "a gRPC message exceeds max_body_size",
+                        )
+                        .into_down());
+                    }
+                }
+                _ => {
+                    ctx.body_bytes += chunk.len() as u64;
+                    if ctx.body_bytes > max {
+                        return Err(Error::explain(
+                            ErrorType::HTTPStatus(413),
+                            "request body exceeds max_body_size",
+                        )
+                        .into_down());
+                    }
+                }
             }
         }
         if let Some(buffer) = ctx.request_json.as_mut() {

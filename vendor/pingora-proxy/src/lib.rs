@@ -353,8 +353,10 @@ where
                         "Fail to proxy: {e}, downstream session type: {}",
                         downstream_session.session_type()
                     );
+                    // TOLLGATE: the proxy's own early error response.
+                    let (resp, body) = self.inner.early_error_response(400);
                     downstream_session
-                        .respond_error(400)
+                        .write_error_response(resp, body)
                         .await
                         .unwrap_or_else(|e| {
                             error!("failed to send error response to downstream: {e}");
@@ -386,8 +388,10 @@ where
             .is_some_and(|opts| opts.allow_connect_method_proxying)
             && downstream_session.req_header().method == Method::CONNECT
         {
+            // TOLLGATE: the proxy's own early error response.
+            let (resp, body) = self.inner.early_error_response(405);
             downstream_session
-                .respond_error(405)
+                .write_error_response(resp, body)
                 .await
                 .unwrap_or_else(|e| {
                     error!("failed to send error response to downstream: {e}");
@@ -734,7 +738,10 @@ impl Session {
         self.downstream_modules_ctx
             .response_header_filter(&mut resp, end_of_stream)
             .await?;
-        self.downstream_session.write_response_header(resp).await
+        // TOLLGATE: `end_of_stream` reaches the session (HTTP/2: HEADERS with END_STREAM).
+        self.downstream_session
+            .write_response_header_end(resp, end_of_stream)
+            .await
     }
 
     /// Similar to `write_response_header()`, this fn will clone the `resp` internally

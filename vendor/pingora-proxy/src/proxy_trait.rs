@@ -708,6 +708,15 @@ pub trait ProxyHttp {
         Ok(())
     }
 
+    /// TOLLGATE: the response to a request refused before any hook runs and before a
+    /// context exists (400 for a head the parser refuses, 405 for CONNECT). The default is
+    /// Pingora's empty-bodied error. A proxy that answers every error in one shape (a body,
+    /// a request id) says so here, instead of recognizing Pingora's bytes afterwards, which
+    /// cannot tell them from an upstream's identical answer.
+    fn early_error_response(&self, status: u16) -> (ResponseHeader, Bytes) {
+        (HttpSession::generate_error(status), Bytes::new())
+    }
+
     /// This callback is invoked every time request related error log needs to be generated
     ///
     /// Users can define what is important to be written about this request via the returned string.

@@ -206,6 +206,22 @@ impl Session {
         }
     }
 
+    /// TOLLGATE: write the response header and, with `end`, end the response with it. On
+    /// HTTP/2 that is one HEADERS frame with END_STREAM, which a gRPC Trailers-Only response
+    /// must be (`write_response_header` sent HEADERS, then an empty DATA frame with
+    /// END_STREAM, which grpcio reports as `UNKNOWN`).
+    pub async fn write_response_header_end(
+        &mut self,
+        resp: Box<ResponseHeader>,
+        end: bool,
+    ) -> Result<()> {
+        match self {
+            Self::H2(s) => s.write_response_header(resp, end),
+            Self::Custom(s) => s.write_response_header(resp, end).await,
+            _ => self.write_response_header(resp).await,
+        }
+    }
+
     /// Similar to `write_response_header()`, this fn will clone the `resp` internally
     pub async fn write_response_header_ref(&mut self, resp: &ResponseHeader) -> Result<()> {
         match self {
