@@ -249,3 +249,296 @@ fn a_stalled_request_body_times_out() {
     // Other clients are still served.
     assert_eq!(client().get(gw.url("/x")).send().unwrap().status(), 200);
 }
+
+/// Regression (from `http_desync_guardian`'s corpus): a request target that is not
+/// origin-form (`abc`, `x/y`, `%00/admin`, `?x=1`, a NUL before the path) was answered 200
+/// with the upstream receiving `GET /`; `*` was taken for any method. Each is a 400 now, and
+/// the upstream sees nothing.
+#[test]
+fn non_origin_form_targets_were_rewritten_to_the_root() {
+    let backend = Backend::echo("app");
+    let gw = gateway(&backend, "");
+    for target in [
+        &b"abc"[..],
+        b"x/y",
+        b"%00/admin",
+        b"?x=1",
+        b"\x00/endpoint",
+        b"*",
+    ] {
+        let mut raw = b"GET ".to_vec();
+        raw.extend_from_slice(target);
+        raw.extend_from_slice(b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let reply = gw.raw(&raw, Duration::from_secs(5));
+        assert_eq!(
+            status_of(&reply),
+            Some(400),
+            "GET {:?}: {reply}",
+            String::from_utf8_lossy(target)
+        );
+    }
+    // A server-wide OPTIONS and absolute-form stay valid.
+    let reply = gw.raw(
+        b"OPTIONS * HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert_ne!(status_of(&reply), Some(400), "{reply}");
+    let reply = gw.raw(
+        b"GET http://a/abs HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert_eq!(status_of(&reply), Some(200), "{reply}");
+    assert!(
+        backend
+            .requests()
+            .iter()
+            .all(|r| r.path != "/" || r.method == "OPTIONS"),
+        "{:?}",
+        backend
+            .requests()
+            .iter()
+            .map(|r| r.path.clone())
+            .collect::<Vec<_>>()
+    );
+}
+
+/// Regression: `Transfer-Encoding: gzip, chunked` was de-chunked and forwarded as
+/// `Transfer-Encoding: chunked` alone: the body stayed gzip-coded but lost its label.
+/// A transfer coding other than chunked is refused with 501 (RFC 9112 §6.1).
+#[test]
+fn gzip_chunked_was_forwarded_without_its_gzip_label() {
+    let backend = Backend::echo("app");
+    let gw = gateway(&backend, "");
+    let reply = gw.raw(
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert_eq!(status_of(&reply), Some(501), "{reply}");
+    assert_eq!(backend.hits(), 0);
+}
+
+/// Regression (httplint): the connection guard's own 408 had no `Date`; a malformed
+/// request pipelined behind a good one got Pingora's default 400 (`Server: Pingora`, no
+/// body, no request id); and an upstream's own empty 400 shaped like Pingora's was replaced
+/// by the gateway's JSON error, its other headers dropped.
+#[test]
+fn pipelined_malformed_request_got_pingoras_default_400() {
+    let backend = Backend::start("app", |r| {
+        if r.path == "/empty400" {
+            Reply::status(400)
+                .header("cache-control", "private, no-store")
+                .header("x-upstream", "mine")
+        } else {
+            Reply::status(200).body("ok")
+        }
+    });
+    let gw = gateway(&backend, "header_timeout = \"1s\"");
+    let reply = gw.raw(
+        b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\nGET /bad HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    let second = reply.split("HTTP/1.1 ").nth(2).unwrap_or_default();
+    assert!(second.starts_with("400"), "{reply}");
+    let lower = second.to_ascii_lowercase();
+    assert!(lower.contains("\r\nx-request-id: "), "{reply}");
+    assert!(lower.contains("\r\ndate: "), "{reply}");
+    assert!(!lower.contains("server: pingora"), "{reply}");
+    assert!(second.contains("\"error\":\"bad request\""), "{reply}");
+
+    // The guard's own 408.
+    let reply = gw.raw(b"GET /slow HTTP/1.1\r\nHost: a\r\n", Duration::from_secs(5));
+    assert_eq!(status_of(&reply), Some(408), "{reply}");
+    assert!(reply.to_ascii_lowercase().contains("\r\ndate: "), "{reply}");
+
+    // The upstream's own empty 400 reaches the client as the upstream sent it.
+    let reply = gw.raw(
+        b"GET /empty400 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert_eq!(status_of(&reply), Some(400), "{reply}");
+    assert!(
+        reply.to_ascii_lowercase().contains("x-upstream: mine"),
+        "{reply}"
+    );
+    assert!(!reply.contains("\"error\""), "{reply}");
+}
+
+/// Send `request` and read one response (its head and a `Content-Length` or chunked body),
+/// or what came before the server closed. The client does not half-close: Pingora takes the
+/// end of a client's stream for a client gone.
+fn one_response(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => reply.extend_from_slice(&buf[..n]),
+        }
+        let text = String::from_utf8_lossy(&reply).to_string();
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let lower = head.to_ascii_lowercase();
+        let length = lower
+            .split("\r\n")
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        let done = match length {
+            Some(n) => body.len() >= n,
+            None if lower.contains("transfer-encoding: chunked") => body.ends_with("0\r\n\r\n"),
+            None => {
+                lower.starts_with("http/1.1 1")
+                    || lower.starts_with("http/1.1 204")
+                    || lower.starts_with("http/1.1 304")
+            }
+        };
+        if done {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// The directory Cargo unpacked a (dev-)dependency into.
+fn dependency_dir(name: &str) -> std::path::PathBuf {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo metadata");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let manifest = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .and_then(|p| p["manifest_path"].as_str())
+        .unwrap_or_else(|| panic!("{name} is a dev-dependency"));
+    std::path::Path::new(manifest)
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// AWS's `http_desync_guardian` corpus (159 requests classified compliant, acceptable,
+/// ambiguous or severe), sent as raw bytes followed by the end of the client's stream:
+/// every severe or ambiguous request is refused (nothing reaches the upstream), and a
+/// compliant or acceptable one is refused only with a reason `docs/observability.md` lists.
+#[test]
+fn http_desync_guardian_corpus() {
+    use base64::Engine;
+    let backend = Backend::echo("app");
+    let gw = gateway(&backend, "header_timeout = \"2s\"");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/conformance/desync_corpus.py"
+    );
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(dependency_dir("http_desync_guardian"))
+        .output()
+        .expect("python3 with PyYAML (scripts/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cases: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cases = cases.as_array().unwrap();
+    assert_eq!(cases.len(), 159, "the corpus of http_desync_guardian 0.1.3");
+    let documented = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/observability.md"
+    ))
+    .unwrap();
+    let mut problems = Vec::new();
+    let mut tally = std::collections::BTreeMap::<(String, String), usize>::new();
+    for case in cases {
+        let (file, name, tier) = (
+            case["file"].as_str().unwrap(),
+            case["name"].as_str().unwrap(),
+            case["tier"].as_str().unwrap(),
+        );
+        let request = base64::engine::general_purpose::STANDARD
+            .decode(case["request"].as_str().unwrap())
+            .unwrap();
+        let hits = backend.hits();
+        let reply = one_response(gw.addr, &request);
+        let status = status_of(&reply);
+        let reached = backend.hits() - hits;
+        let refused = status.is_none_or(|s| s >= 400);
+        let outcome = if refused { "refused" } else { "served" };
+        *tally
+            .entry((tier.to_string(), outcome.to_string()))
+            .or_default() += 1;
+        let what = format!("{file}: {name} ({tier})");
+        match tier {
+            "Severe" => {
+                if !refused || reached > 0 {
+                    problems.push(format!(
+                        "{what}: not refused ({status:?}, {reached} upstream)"
+                    ));
+                }
+            }
+            // Refused, or one request the upstream can only frame one way.
+            "Ambiguous" if refused && reached > 0 => {
+                problems.push(format!(
+                    "{what}: refused after {reached} reached the upstream"
+                ));
+            }
+            "Ambiguous" if !refused => {
+                let seen = backend.last_request();
+                let framing: Vec<&String> = seen
+                    .headers
+                    .keys()
+                    .filter(|n| {
+                        let squashed: String =
+                            n.chars().filter(char::is_ascii_alphanumeric).collect();
+                        squashed == "transferencoding" || squashed == "contentlength"
+                    })
+                    .collect();
+                let unambiguous = framing.len() <= 1
+                    && framing
+                        .iter()
+                        .all(|n| *n == "transfer-encoding" || *n == "content-length")
+                    && !seen
+                        .headers
+                        .get("content-length")
+                        .is_some_and(|v| v.contains(','));
+                if reached != 1 || !unambiguous {
+                    problems.push(format!(
+                        "{what}: served, {reached} upstream requests, framing headers {framing:?}"
+                    ));
+                }
+            }
+            "Ambiguous" => {}
+            _ => {
+                if reached > 1 {
+                    problems.push(format!("{what}: {reached} requests reached the upstream"));
+                }
+                if refused {
+                    let reason = reply
+                        .split_once("\"reason\":\"")
+                        .and_then(|(_, r)| r.split_once('"'))
+                        .map_or("", |(r, _)| r);
+                    eprintln!("{what}: refused, {reason}");
+                    if reason.is_empty() || !documented.contains(&format!("`{reason}`")) {
+                        problems.push(format!(
+                            "{what}: refused without a documented reason: {reply:?}"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("http_desync_guardian corpus through the gateway: {tally:?}");
+    assert!(problems.is_empty(), "{problems:#?}");
+}

@@ -51,6 +51,21 @@ pub fn check(req: &RequestHeader, limits: HeadLimits, raw_cl: bool) -> Result<()
         ));
     }
     let bad = |m| Err(Reject::new(StatusCode::BAD_REQUEST, m));
+    // A name that is a framing header to a lenient parser (`Transfer_Encoding`,
+    // `Transfer---Encoding`, `Content.Length`): forwarded as an ordinary header, an upstream
+    // that folds such names would frame the body differently than the gateway did.
+    // (Names are lower-case; most are ruled out by their length or first byte.)
+    for name in headers.keys() {
+        let n = name.as_str().as_bytes();
+        if n.len() >= 13
+            && matches!(n[0], b't' | b'c')
+            && name != TRANSFER_ENCODING
+            && name != CONTENT_LENGTH
+            && looks_like_framing(name.as_str())
+        {
+            return bad("header name resembling Transfer-Encoding or Content-Length");
+        }
+    }
     let te = headers.get_all(TRANSFER_ENCODING);
     let has_te = te.iter().next().is_some();
     let mut cl = headers.get_all(CONTENT_LENGTH).iter();
@@ -66,6 +81,13 @@ pub fn check(req: &RequestHeader, limits: HeadLimits, raw_cl: bool) -> Result<()
         if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
             return bad("invalid Content-Length");
         }
+    }
+    // A HEAD has no use for a body; an upstream that does not read one would take it for
+    // the next request.
+    if req.method == http::Method::HEAD
+        && (has_te || first_cl.is_some_and(|v| v.as_bytes() != b"0"))
+    {
+        return bad("a body on a HEAD request");
     }
     if has_te {
         if te.iter().nth(1).is_some() {
@@ -86,6 +108,22 @@ pub fn check(req: &RequestHeader, limits: HeadLimits, raw_cl: bool) -> Result<()
         if !last.is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
             return bad("invalid Transfer-Encoding");
         }
+        // A coding before `chunked` (`gzip, chunked`): the body would be de-chunked and sent
+        // on as `chunked` alone, still gzip-coded but no longer labelled. The gateway
+        // decodes no transfer coding but chunked, so it refuses (RFC 9112 §6.1: 501).
+        let codings = te
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .count();
+        if codings > 1 {
+            return Err(Reject::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "transfer coding other than chunked",
+            ));
+        }
     }
     if req.version == Version::HTTP_11 {
         let mut hosts = headers.get_all(HOST).iter();
@@ -97,6 +135,20 @@ pub fn check(req: &RequestHeader, limits: HeadLimits, raw_cl: bool) -> Result<()
         }
     }
     Ok(())
+}
+
+/// Whether `name`, with every byte but letters and digits left out, is a framing header's.
+fn looks_like_framing(name: &str) -> bool {
+    let mut squashed = [0u8; 16];
+    let mut n = 0;
+    for b in name.bytes().filter(u8::is_ascii_alphanumeric) {
+        if n == squashed.len() {
+            return false;
+        }
+        squashed[n] = b.to_ascii_lowercase();
+        n += 1;
+    }
+    matches!(&squashed[..n], b"transferencoding" | b"contentlength")
 }
 
 #[cfg(test)]
@@ -126,7 +178,7 @@ mod tests {
             (&[("host", "a"), ("transfer-encoding", "chunked")], None),
             (
                 &[("host", "a"), ("transfer-encoding", "gzip, chunked")],
-                None,
+                Some(501),
             ),
             (&[], Some(400)),
             (&[("host", "a"), ("host", "b")], Some(400)),

@@ -336,6 +336,10 @@ pub fn normalize(
     // HTTP/2 target (whose raw bytes carry the scheme and authority first).
     let raw = req.raw_path();
     // Origin-form bytes are checked byte by byte below; other forms here.
+    // `*` is the target of a server-wide OPTIONS only (RFC 9112 §3.2.4).
+    if raw == b"*" && req.method != http::Method::OPTIONS {
+        return Err("asterisk-form target on a method other than OPTIONS");
+    }
     let (raw_path, raw_query) = if raw.first() == Some(&b'/') || raw == b"*" {
         match raw.iter().position(|b| *b == b'?') {
             Some(q) => (&raw[..q], Some(&raw[q + 1..])),
@@ -344,6 +348,16 @@ pub fn normalize(
     } else {
         if raw.iter().any(|b| is_control(*b)) {
             return Err("control character in request target");
+        }
+        // Absolute-form carries a scheme; anything else (`abc`, `x/y`, `%00/admin`, `?x=1`)
+        // parses as a bare authority whose path is `/`, and must not become a request for
+        // the root.
+        let absolute = |scheme: &[u8]| {
+            raw.get(..scheme.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+        };
+        if !absolute(b"http://") && !absolute(b"https://") {
+            return Err("request target is not origin-form or absolute-form");
         }
         let uri = &req.uri;
         (uri.path().as_bytes(), uri.query().map(|q| q.as_bytes()))
