@@ -1453,3 +1453,216 @@ auth = ["jwt:jwks"]
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Published vectors: the RFCs' JOSE examples and Wycheproof's signature vectors.
+
+/// The RFCs' JWS examples, written here from RFC 7515 Appendix A, RFC 7520 §4.4 and RFC
+/// 8037 Appendix A.4, through the verifier the gateway uses: each verifies, and its
+/// tampered form (one signature character changed) does not. The two JWT examples also go
+/// through a provider built from their JWK: the signature passes and the 2011 `exp` is
+/// what refuses them (`token_expired`), while the tampered one is `bad_signature`.
+#[tokio::test]
+async fn rfc_jose_examples_verify_and_their_tampered_forms_fail() {
+    use jsonwebtoken::crypto::verify;
+    use jsonwebtoken::DecodingKey;
+    let b64 = |s: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s)
+            .unwrap()
+    };
+    // RFC 7515 A.1 (HS256), A.3 (ES256); RFC 7520 §4.4 (HS256 over a text payload); RFC 8037
+    // A.4 (EdDSA).
+    let a1 = "eyJ0eXAiOiJKV1QiLA0KICJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+    let a1_key =
+        "AyM1SysPpbyDfgZld3umj1qzKObwVMkoqQ-EstJQLr_T-1qS0gZH75aKtMN3Yj0iPS4hcgUuTwjAzZr1Z9CAow";
+    let a3 = "eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.DtEhU3ljbEg8L38VWAfUAqOyKAM6-Xx-F4GawxaepmXFCgfTjDxw5djxLa8ISlSApmWQxfKTUJqPP3-Kg6NU1Q";
+    let (a3_x, a3_y) = (
+        "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+        "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0",
+    );
+    let r7520 = "eyJhbGciOiJIUzI1NiIsImtpZCI6IjAxOGMwYWU1LTRkOWItNDcxYi1iZmQ2LWVlZjMxNGJjNzAzNyJ9.SXTigJlzIGEgZGFuZ2Vyb3VzIGJ1c2luZXNzLCBGcm9kbywgZ29pbmcgb3V0IHlvdXIgZG9vci4gWW91IHN0ZXAgb250byB0aGUgcm9hZCwgYW5kIGlmIHlvdSBkb24ndCBrZWVwIHlvdXIgZmVldCwgdGhlcmXigJlzIG5vIGtub3dpbmcgd2hlcmUgeW91IG1pZ2h0IGJlIHN3ZXB0IG9mZiB0by4.s0h6KThzkfBBBkLspW1h84VsJZFTsPPqMDA7g1Md7p0";
+    let r7520_key = "hJtXIZ2uSN5kbQfbtTNWbpdmhkV8FJG-Onbc6mxCcYg";
+    let r8037 = "eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmc.hgyY0il_MGCjP0JzlnLWG1PPOt7-09PGcvMg3AIbQR6dWbhijcNR4ki4iylGjg5BhVsPt9g7sVvpAr_MuM0KAg";
+    let r8037_x = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+    let cases: Vec<(&str, &str, DecodingKey, Algorithm)> = vec![
+        (
+            "RFC 7515 A.1",
+            a1,
+            DecodingKey::from_secret(&b64(a1_key)),
+            Algorithm::HS256,
+        ),
+        (
+            "RFC 7515 A.3",
+            a3,
+            DecodingKey::from_ec_components(a3_x, a3_y).unwrap(),
+            Algorithm::ES256,
+        ),
+        (
+            "RFC 7520 4.4",
+            r7520,
+            DecodingKey::from_secret(&b64(r7520_key)),
+            Algorithm::HS256,
+        ),
+        (
+            "RFC 8037 A.4",
+            r8037,
+            DecodingKey::from_ed_components(r8037_x).unwrap(),
+            Algorithm::EdDSA,
+        ),
+    ];
+    for (name, token, key, alg) in &cases {
+        let (input, sig) = token.rsplit_once('.').unwrap();
+        assert!(verify(sig, input.as_bytes(), key, *alg).unwrap(), "{name}");
+        let t = tampered(token);
+        let (_, bad) = t.rsplit_once('.').unwrap();
+        assert!(
+            !verify(bad, input.as_bytes(), key, *alg).unwrap_or(false),
+            "{name} tampered"
+        );
+    }
+
+    // The JWT examples through providers: the HMAC key as a secret file, the EC key as a
+    // JWKS file.
+    let dir = tempfile::tempdir().unwrap();
+    let (secret, jwks) = (dir.path().join("secret"), dir.path().join("jwks.json"));
+    std::fs::write(&secret, b64(a1_key)).unwrap();
+    std::fs::write(
+        &jwks,
+        json!({ "keys": [{ "kty": "EC", "crv": "P-256", "x": a3_x, "y": a3_y, "alg": "ES256" }] })
+            .to_string(),
+    )
+    .unwrap();
+    let hs = provider(&format!(
+        "algorithms = [\"HS256\"]\nsecret_file = \"{}\"\n",
+        secret.display()
+    ));
+    let es = provider(&format!(
+        "algorithms = [\"ES256\"]\njwks_file = \"{}\"\n",
+        jwks.display()
+    ));
+    for (name, p, token) in [("RFC 7515 A.1", &hs, a1), ("RFC 7515 A.3", &es, a3)] {
+        assert_eq!(
+            p.verify(token).await.err(),
+            Some(JwtError::Expired),
+            "{name}"
+        );
+        assert_eq!(
+            p.verify(&tampered(token)).await.err(),
+            Some(JwtError::BadSignature),
+            "{name} tampered"
+        );
+    }
+}
+
+/// Wycheproof's signature vectors (the `wycheproof` crate) for every algorithm family the
+/// gateway accepts, through the verifier it uses (jsonwebtoken on RustCrypto): every
+/// `valid` vector verifies and every `invalid` one fails (`acceptable` ones may go either
+/// way). HMAC vectors with truncated tags are left out: a JWS tag is never truncated.
+#[test]
+fn wycheproof_signature_vectors() {
+    use jsonwebtoken::crypto::verify;
+    use jsonwebtoken::DecodingKey;
+    use wycheproof::TestResult;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let mut counts = std::collections::BTreeMap::<&str, (usize, usize)>::new();
+    let mut check = |family: &'static str, result: TestResult, ok: bool, id: String| {
+        let c = counts.entry(family).or_default();
+        match result {
+            TestResult::Valid => assert!(ok, "{family} {id}: a valid vector failed"),
+            TestResult::Invalid => assert!(!ok, "{family} {id}: an invalid vector verified"),
+            TestResult::Acceptable => {}
+        }
+        c.0 += 1;
+        c.1 += usize::from(ok);
+    };
+
+    use wycheproof::ecdsa::{TestName as Ec, TestSet as EcSet};
+    for (name, alg, size) in [
+        (Ec::EcdsaSecp256r1Sha256P1363, Algorithm::ES256, 32usize),
+        (Ec::EcdsaSecp384r1Sha384P1363, Algorithm::ES384, 48),
+    ] {
+        for g in EcSet::load(name).unwrap().test_groups {
+            // Coordinates as fixed-size big-endian octets (RFC 7518 §6.2.1.2).
+            let fixed = |v: &[u8]| {
+                let v = v.strip_prefix(&[0]).unwrap_or(v);
+                let mut out = vec![0u8; size.saturating_sub(v.len())];
+                out.extend_from_slice(v);
+                out
+            };
+            let Ok(key) = DecodingKey::from_ec_components(
+                &b64(&fixed(&g.key.affine_x)),
+                &b64(&fixed(&g.key.affine_y)),
+            ) else {
+                continue;
+            };
+            for t in g.tests {
+                let ok = verify(&b64(&t.sig), &t.msg, &key, alg).unwrap_or(false);
+                check("ECDSA", t.result, ok, format!("{name:?} #{}", t.tc_id));
+            }
+        }
+    }
+
+    use wycheproof::rsa_pkcs1_verify::{TestName as Rsa, TestSet as RsaSet};
+    for (name, alg) in [
+        (Rsa::Rsa2048Sha256, Algorithm::RS256),
+        (Rsa::Rsa3072Sha384, Algorithm::RS384),
+        (Rsa::Rsa4096Sha512, Algorithm::RS512),
+    ] {
+        for g in RsaSet::load(name).unwrap().test_groups {
+            let key = DecodingKey::from_rsa_raw_components(&g.key.n, &g.key.e);
+            for t in g.tests {
+                let ok = verify(&b64(&t.sig), &t.msg, &key, alg).unwrap_or(false);
+                check("RSA PKCS#1", t.result, ok, format!("{name:?} #{}", t.tc_id));
+            }
+        }
+    }
+
+    use wycheproof::rsa_pss_verify::{TestName as Pss, TestSet as PssSet};
+    for g in PssSet::load(Pss::RsaPss2048Sha256Mgf1SaltLen32)
+        .unwrap()
+        .test_groups
+    {
+        let key = DecodingKey::from_rsa_raw_components(&g.key.n, &g.key.e);
+        for t in g.tests {
+            let ok = verify(&b64(&t.sig), &t.msg, &key, Algorithm::PS256).unwrap_or(false);
+            check("RSA-PSS", t.result, ok, format!("#{}", t.tc_id));
+        }
+    }
+
+    use wycheproof::eddsa::{TestName as Ed, TestSet as EdSet};
+    for g in EdSet::load(Ed::Ed25519).unwrap().test_groups {
+        let Ok(key) = DecodingKey::from_ed_components(&b64(&g.key.pk)) else {
+            continue;
+        };
+        for t in g.tests {
+            let ok = verify(&b64(&t.sig), &t.msg, &key, Algorithm::EdDSA).unwrap_or(false);
+            check("EdDSA", t.result, ok, format!("#{}", t.tc_id));
+        }
+    }
+
+    use wycheproof::mac::{TestName as Mac, TestSet as MacSet};
+    for (name, alg, bits) in [
+        (Mac::HmacSha256, Algorithm::HS256, 256),
+        (Mac::HmacSha384, Algorithm::HS384, 384),
+        (Mac::HmacSha512, Algorithm::HS512, 512),
+    ] {
+        for g in MacSet::load(name).unwrap().test_groups {
+            if g.tag_size != bits {
+                continue;
+            }
+            for t in g.tests {
+                let key = DecodingKey::from_secret(&t.key);
+                let ok = verify(&b64(&t.tag), &t.msg, &key, alg).unwrap_or(false);
+                check("HMAC", t.result, ok, format!("{name:?} #{}", t.tc_id));
+            }
+        }
+    }
+    eprintln!("Wycheproof vectors (run, verified): {counts:?}");
+    for family in ["ECDSA", "RSA PKCS#1", "RSA-PSS", "EdDSA", "HMAC"] {
+        assert!(
+            counts.get(family).is_some_and(|c| c.0 > 50),
+            "{family}: {counts:?}"
+        );
+    }
+}
