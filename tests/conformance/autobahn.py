@@ -1,0 +1,34 @@
+#!/usr/bin/env python3
+"""Autobahn's WebSocket test cases, run by kosoku (PyPI, a Python runner of Autobahn's case
+files) against a WebSocket echo server.
+
+Usage: autobahn.py URL [--exclude CASE ...]
+Prints one JSON object {case_id: "<behavior>/<close behavior>"} (Autobahn's verdicts: OK,
+NON-STRICT, INFORMATIONAL, UNIMPLEMENTED, FAILED, ERROR).
+"""
+import asyncio
+import json
+import sys
+
+from kosoku import FailureError, run_fuzzingclient
+
+
+async def run(url, exclude):
+    try:
+        results = await run_fuzzingclient(url, None, exclude or None, concurrency=4)
+    except FailureError as e:
+        results = e.results
+    return {
+        r.case_id: f"{r.behavior.value}/{r.behavior_close.value}" for r in results
+    }
+
+
+def main():
+    url = sys.argv[1]
+    args = sys.argv[2:]
+    exclude = [args[i + 1] for i, a in enumerate(args) if a == "--exclude"]
+    print(json.dumps(asyncio.run(run(url, exclude))))
+
+
+if __name__ == "__main__":
+    main()
