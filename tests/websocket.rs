@@ -438,14 +438,14 @@ fn plain_echo(rt: &tokio::runtime::Runtime) -> SocketAddr {
                     return;
                 };
                 while let Some(Ok(msg)) = ws.next().await {
-                    match msg {
-                        Message::Text(_) | Message::Binary(_) => {
-                            if ws.send(msg).await.is_err() {
-                                break;
-                            }
+                    if msg.is_close() {
+                        break;
+                    }
+                    let echoed = (msg.is_text() || msg.is_binary()).then_some(msg);
+                    if let Some(m) = echoed {
+                        if ws.send(m).await.is_err() {
+                            break;
                         }
-                        Message::Close(_) => break,
-                        _ => {}
                     }
                 }
             });
