@@ -14,6 +14,8 @@ cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps
 cargo test --locked --all-targets
+# The scorecard of the suites written by others (docs/conformance.md), as one table.
+./scripts/conformance.sh
 for conf in conf/*.toml; do
   ./target/debug/tollgate -t -c "$conf"
 done

@@ -526,6 +526,16 @@ expose_headers = ["grpc-status", "grpc-message"]"#,
 
 /// A browser-style gRPC-Web unary call over HTTP/1.1: (status, content type, frames).
 fn grpc_web_call(gw: &Gateway, text: bool, req: &EchoRequest) -> (u16, String, Vec<(u8, Vec<u8>)>) {
+    grpc_web_call_to(gw, "/tollgate.test.Echo/Unary", text, req)
+}
+
+/// [`grpc_web_call`] to any method of the echo service.
+fn grpc_web_call_to(
+    gw: &Gateway,
+    path: &str,
+    text: bool,
+    req: &EchoRequest,
+) -> (u16, String, Vec<(u8, Vec<u8>)>) {
     use base64::Engine;
     use prost::Message;
     let b64 = base64::engine::general_purpose::STANDARD;
@@ -536,7 +546,7 @@ fn grpc_web_call(gw: &Gateway, text: bool, req: &EchoRequest) -> (u16, String, V
         ("application/grpc-web+proto", body)
     };
     let resp = client()
-        .post(gw.url("/tollgate.test.Echo/Unary"))
+        .post(gw.url(path))
         .header("content-type", ct)
         .header("x-grpc-web", "1")
         .header("origin", "https://app.test")
@@ -572,6 +582,37 @@ fn grpc_web_unary_call_in_both_content_types() {
         assert_eq!(reply.message, "from the browser");
         assert_eq!(frames[1].0, 0x80);
         let trailers = String::from_utf8(frames[1].1.clone()).unwrap();
+        assert!(trailers.contains("grpc-status:0"), "{trailers}");
+    }
+}
+
+/// A server stream through the gRPC-Web bridge, in both content types: each message in its
+/// own frame, in order, then the trailer frame.
+#[test]
+fn grpc_web_server_streaming_in_both_content_types() {
+    use prost::Message;
+    let server = Server::start(None);
+    let gw = grpc_web_gateway(&server);
+    for text in [false, true] {
+        let req = EchoRequest {
+            message: "n".into(),
+            count: 3,
+            ..Default::default()
+        };
+        let (status, _, frames) =
+            grpc_web_call_to(&gw, "/tollgate.test.Echo/ServerStream", text, &req);
+        assert_eq!(status, 200);
+        assert_eq!(frames.len(), 4, "three messages and the trailer frame");
+        let messages: Vec<String> = frames[..3]
+            .iter()
+            .map(|(flag, m)| {
+                assert_eq!(*flag, 0);
+                EchoReply::decode(&m[..]).unwrap().message
+            })
+            .collect();
+        assert_eq!(messages, ["n 0", "n 1", "n 2"]);
+        assert_eq!(frames[3].0, 0x80);
+        let trailers = String::from_utf8(frames[3].1.clone()).unwrap();
         assert!(trailers.contains("grpc-status:0"), "{trailers}");
     }
 }
@@ -692,6 +733,24 @@ keys = ["svc-key-0123456789ab"]
 targets = [{{ address = "{addr}" }}]
 h2 = true
 
+[upstreams.slow]
+targets = [{{ address = "{addr}" }}]
+h2 = true
+read_timeout = "300ms"
+
+[[routes]]
+name = "admin"
+path = "/tollgate.test.Echo/Bidi"
+upstream = "grpc"
+auth = ["api_key"]
+roles = ["admin"]
+
+[[routes]]
+name = "slow"
+path_prefix = "/slow"
+strip_prefix = true
+upstream = "slow"
+
 [upstreams.dead]
 targets = [{{ address = "127.0.0.1:{dead}" }}]
 h2 = true
@@ -725,6 +784,9 @@ upstream = "dead"
         {"name": "rate limit", "method": "/tollgate.test.Echo/Unary", "metadata": key, "repeat": 3},
         {"name": "no route", "method": "/grpc.health.v1.Health/Check"},
         {"name": "upstream down", "method": "/tollgate.test.Dead/Unary"},
+        {"name": "missing role", "method": "/tollgate.test.Echo/Bidi", "metadata": key},
+        {"name": "stripped prefix", "method": "/slow/tollgate.test.Echo/Unary", "message": "hi"},
+        {"name": "upstream timeout", "method": "/slow/tollgate.test.Echo/Unary", "delay_ms": 2000},
     ]);
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -778,6 +840,12 @@ upstream = "dead"
     );
     assert_eq!(code("no route").0, "UNIMPLEMENTED", "{results}");
     assert_eq!(code("upstream down").0, "UNAVAILABLE", "{results}");
+    assert_eq!(code("missing role").0, "PERMISSION_DENIED", "{results}");
+    // Regression: a route's strip or rewrite dropped the scheme and authority of an
+    // HTTP/2 request's URI, and the HTTP/2 upstream call failed ("invalid upstream
+    // response", UNKNOWN).
+    assert_eq!(code("stripped prefix").0, "OK", "{results}");
+    assert_eq!(code("upstream timeout").0, "DEADLINE_EXCEEDED", "{results}");
 
     // A client stream of 12 messages of 32 KiB (384 KiB in all) under a 64 KiB limit per
     // message passes; the total is no limit.
@@ -882,6 +950,12 @@ upstream = "interop"
     );
     assert_eq!(via_h2c, direct, "through the gateway over h2c");
     assert_eq!(via_tls, direct, "through the gateway over TLS with ALPN h2");
+    // Regression: a call the client cancelled before any answer was logged as a 500, as
+    // if the gateway or the upstream had failed; it is nginx's 499 and says why.
+    let cancelled = h2c.wait_access_log(|l| {
+        l["path"] == "/grpc.testing.TestService/StreamingInputCall" && l["status"] == 499
+    });
+    assert_eq!(cancelled["reason"], "client_closed_request", "{cancelled}");
     drop(server.stdin.take());
     let _ = server.wait();
 }

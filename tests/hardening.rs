@@ -1043,3 +1043,284 @@ respond = {{ status = 503, body = "down for maintenance", headers = {{ "cache-co
     }
     assert!(problems.is_empty(), "{problems:#?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// HTTP/2 attack shapes (the cases of Pingora's and the h2 crate's CVE fixes), as raw frames
+// on an h2c connection.
+
+/// One HTTP/2 frame (RFC 9113 §4.1).
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = (payload.len() as u32).to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An HPACK literal field without indexing, no Huffman (RFC 7541 §6.2.2); names and values
+/// under 127 bytes.
+fn hpack_literal(name: &str, value: &str) -> Vec<u8> {
+    let mut out = vec![0x00, name.len() as u8];
+    out.extend_from_slice(name.as_bytes());
+    out.push(value.len() as u8);
+    out.extend_from_slice(value.as_bytes());
+    out
+}
+
+fn hpack_request(path: &str) -> Vec<u8> {
+    [
+        hpack_literal(":method", "GET"),
+        hpack_literal(":scheme", "http"),
+        hpack_literal(":path", path),
+        hpack_literal(":authority", "a"),
+    ]
+    .concat()
+}
+
+/// An h2c connection past the preface and the SETTINGS exchange.
+fn h2c_connection(gw: &Gateway) -> TcpStream {
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    s.write_all(&h2_frame(0x4, 0, 0, &[])).unwrap();
+    // The server's SETTINGS, then our ACK.
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).unwrap();
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).unwrap();
+    assert_eq!(head[3], 0x4, "the server's first frame is SETTINGS");
+    s.write_all(&h2_frame(0x4, 0x1, 0, &[])).unwrap();
+    s
+}
+
+/// A frame as read: (type, flags, stream, payload).
+type H2Frame = (u8, u8, u32, Vec<u8>);
+
+/// The frames the server sends until it closes or `limit` passes, and whether it closed.
+fn h2_frames_until_close(s: &mut TcpStream, limit: Duration) -> (Vec<H2Frame>, bool) {
+    let start = Instant::now();
+    let mut bytes = Vec::new();
+    let mut closed = false;
+    let mut buf = [0u8; 65536];
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    while start.elapsed() < limit {
+        match s.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    let mut frames = Vec::new();
+    let mut rest = &bytes[..];
+    while rest.len() >= 9 {
+        let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+        if rest.len() < 9 + len {
+            break;
+        }
+        let stream = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]) & 0x7fff_ffff;
+        frames.push((rest[3], rest[4], stream, rest[9..9 + len].to_vec()));
+        rest = &rest[9 + len..];
+    }
+    (frames, closed)
+}
+
+fn h2c_gateway(backend: &Backend) -> Gateway {
+    Gateway::start_full(&format!(
+        "{}\n[upstreams.app]\ntargets = [{{ address = \"{}\" }}]\n\n[[routes]]\nname = \"app\"\nupstream = \"app\"\n",
+        PREAMBLE.replace("address = \"{listen}\"", "address = \"{listen}\"\nh2c = true"),
+        backend.addr
+    ))
+    .unwrap()
+}
+
+/// Rapid reset (CVE-2023-44487): a client opening streams and resetting them at once. The
+/// connection is ended with GOAWAY (ENHANCE_YOUR_CALM) long before 2,000 streams, and few of
+/// the requests reach the upstream.
+#[test]
+fn h2_rapid_reset_is_ended_with_goaway() {
+    let backend = Backend::echo("app");
+    let gw = h2c_gateway(&backend);
+    let mut s = h2c_connection(&gw);
+    let mut burst = Vec::new();
+    for i in 0..2000u32 {
+        let id = 2 * i + 1;
+        burst.extend(h2_frame(0x1, 0x4 | 0x1, id, &hpack_request("/reset")));
+        burst.extend(h2_frame(0x3, 0, id, &8u32.to_be_bytes())); // RST_STREAM CANCEL
+    }
+    let _ = s.write_all(&burst);
+    let (frames, _) = h2_frames_until_close(&mut s, Duration::from_secs(5));
+    let goaway = frames.iter().find(|f| f.0 == 0x7);
+    let code = goaway.map(|g| u32::from_be_bytes([g.3[4], g.3[5], g.3[6], g.3[7]]));
+    assert_eq!(
+        code,
+        Some(0xb),
+        "GOAWAY ENHANCE_YOUR_CALM: {:?}",
+        frames.iter().map(|f| f.0).collect::<Vec<_>>()
+    );
+    assert!(
+        backend.hits() < 200,
+        "{} requests reached the upstream",
+        backend.hits()
+    );
+}
+
+/// CONTINUATION flood (CVE-2024-27316 and its kin): a header block continued without end.
+/// The connection is closed long before 4 MiB of CONTINUATION frames are accepted, and
+/// nothing reaches the upstream.
+#[test]
+fn h2_continuation_flood_is_cut() {
+    let backend = Backend::echo("app");
+    let gw = h2c_gateway(&backend);
+    let mut s = h2c_connection(&gw);
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(&h2_frame(0x1, 0, 1, &hpack_request("/flood")));
+    let chunk = h2_frame(
+        0x9,
+        0,
+        1,
+        &[hpack_literal("x-flood", &"a".repeat(100)), vec![]]
+            .concat()
+            .repeat(150),
+    );
+    let mut sent = 0usize;
+    let started = Instant::now();
+    while sent < 4 << 20 && started.elapsed() < Duration::from_secs(10) {
+        if s.write_all(&chunk).is_err() {
+            break;
+        }
+        sent += chunk.len();
+    }
+    let (frames, closed) = h2_frames_until_close(&mut s, Duration::from_secs(5));
+    assert!(
+        closed || frames.iter().any(|f| f.0 == 0x7),
+        "still open after {sent} bytes of CONTINUATION"
+    );
+    assert_eq!(backend.hits(), 0);
+}
+
+/// HPACK bomb: one large header put in the dynamic table, then referenced 2,000 times by
+/// one-byte indexes (8 MB decoded from 6 KB on the wire). The request is refused (stream or
+/// connection error, or a 431); nothing reaches the upstream.
+#[test]
+fn h2_hpack_bomb_is_refused() {
+    let backend = Backend::echo("app");
+    let gw = h2c_gateway(&backend);
+    let mut s = h2c_connection(&gw);
+    let mut block = hpack_request("/bomb");
+    // Literal with incremental indexing, new name (RFC 7541 §6.2.1), value of 4,000 bytes:
+    // the length as an HPACK integer with a 7-bit prefix.
+    block.extend([0x40, 0x01, b'x']);
+    let value_len = 4000usize;
+    block.push(0x7f);
+    let mut rest = value_len - 127;
+    while rest >= 128 {
+        block.push((rest % 128) as u8 | 0x80);
+        rest /= 128;
+    }
+    block.push(rest as u8);
+    block.extend(std::iter::repeat_n(b'b', value_len));
+    // The entry is dynamic index 62: 0x80 | 62.
+    block.extend(std::iter::repeat_n(0xbe, 2000));
+    let _ = s.write_all(&h2_frame(0x1, 0x4 | 0x1, 1, &block));
+    let (frames, closed) = h2_frames_until_close(&mut s, Duration::from_secs(5));
+    let refused = closed
+        || frames
+            .iter()
+            .any(|f| f.0 == 0x7 || (f.0 == 0x3 && f.2 == 1) || f.0 == 0x1);
+    assert!(
+        refused,
+        "{:?}",
+        frames.iter().map(|f| f.0).collect::<Vec<_>>()
+    );
+    assert_eq!(backend.hits(), 0, "the bomb reached the upstream");
+}
+
+/// Connection-specific fields in an HTTP/2 request (`Connection`, `Keep-Alive`,
+/// `Transfer-Encoding`, `Upgrade`, `Proxy-Connection`; RFC 9113 §8.2.2) make it malformed:
+/// refused, never forwarded.
+#[test]
+fn h2_connection_nominated_headers_are_refused() {
+    let backend = Backend::echo("app");
+    let gw = h2c_gateway(&backend);
+    for (i, (name, value)) in [
+        ("connection", "keep-alive"),
+        ("keep-alive", "timeout=5"),
+        ("transfer-encoding", "chunked"),
+        ("upgrade", "websocket"),
+        ("proxy-connection", "keep-alive"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut s = h2c_connection(&gw);
+        let block = [
+            hpack_request(&format!("/nominated/{i}")),
+            hpack_literal(name, value),
+        ]
+        .concat();
+        s.write_all(&h2_frame(0x1, 0x4 | 0x1, 1, &block)).unwrap();
+        let (frames, closed) = h2_frames_until_close(&mut s, Duration::from_secs(2));
+        let reset = frames
+            .iter()
+            .any(|f| (f.0 == 0x3 && f.2 == 1) || f.0 == 0x7);
+        assert!(
+            reset || closed,
+            "{name}: {:?}",
+            frames.iter().map(|f| f.0).collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(backend.hits(), 0);
+}
+
+/// Regression (seen with grpcio, which read these as `UNKNOWN`): a gRPC error the gateway
+/// makes is a Trailers-Only response, one HEADERS frame with END_STREAM (RFC 9113 §8.1,
+/// gRPC's PROTOCOL-HTTP2), not HEADERS and then an empty DATA frame. Checked on the wire.
+#[test]
+fn grpc_refusal_was_headers_then_an_empty_data_frame() {
+    let backend = Backend::echo("app");
+    let gw = Gateway::start_full(&format!(
+        "{}\n[upstreams.app]\ntargets = [{{ address = \"{}\" }}]\n\n[[routes]]\nname = \"app\"\nupstream = \"app\"\nauth = [\"api_key\"]\n",
+        PREAMBLE.replace("address = \"{listen}\"", "address = \"{listen}\"\nh2c = true"),
+        backend.addr
+    ))
+    .unwrap();
+    let mut s = h2c_connection(&gw);
+    let block = [
+        hpack_literal(":method", "POST"),
+        hpack_literal(":scheme", "http"),
+        hpack_literal(":path", "/pkg.Service/Method"),
+        hpack_literal(":authority", "a"),
+        hpack_literal("content-type", "application/grpc"),
+        hpack_literal("te", "trailers"),
+    ]
+    .concat();
+    s.write_all(&h2_frame(0x1, 0x4, 1, &block)).unwrap();
+    // One empty message, then the end of the request.
+    s.write_all(&h2_frame(0x0, 0x1, 1, &[0, 0, 0, 0, 0]))
+        .unwrap();
+    let (frames, _) = h2_frames_until_close(&mut s, Duration::from_secs(2));
+    let on_stream: Vec<(u8, u8)> = frames
+        .iter()
+        .filter(|f| f.2 == 1)
+        .map(|f| (f.0, f.1))
+        .collect();
+    assert_eq!(
+        on_stream,
+        [(0x1, 0x4 | 0x1)],
+        "one HEADERS frame with END_HEADERS and END_STREAM, nothing else on the stream"
+    );
+    assert_eq!(backend.hits(), 0);
+}

@@ -449,9 +449,18 @@ impl Gateway {
             match action.rewrite.apply(uri.path(), uri.query(), merge) {
                 Ok(None) => {}
                 Ok(Some(new_path)) => {
-                    let uri = new_path
-                        .parse::<http::Uri>()
-                        .or_err(BAD_REWRITE, "rewritten path is not a valid URI")?;
+                    // An HTTP/2 request's URI carries its scheme and authority, which an
+                    // HTTP/2 upstream needs (`:scheme`, `:authority`): only the path changes.
+                    let uri = match (uri.scheme(), uri.authority()) {
+                        (Some(scheme), Some(authority)) => http::Uri::builder()
+                            .scheme(scheme.clone())
+                            .authority(authority.clone())
+                            .path_and_query(new_path.as_str())
+                            .build()
+                            .ok(),
+                        _ => new_path.parse::<http::Uri>().ok(),
+                    }
+                    .or_err(BAD_REWRITE, "rewritten path is not a valid URI")?;
                     ctx.forwarded_path = Some(uri.path().to_string());
                     upstream.set_uri(uri);
                 }
@@ -1183,11 +1192,30 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        // A client that went away before any answer is logged as nginx does, 499 (client
+        // closed request): a 500 would blame the gateway or the upstream for a cancel.
+        let client_gone = e.is_some_and(|e| {
+            use pingora::ErrorType::*;
+            e.esource() == &pingora::ErrorSource::Downstream
+                && matches!(
+                    e.etype(),
+                    ConnectionClosed | ReadError | WriteError | H2Error
+                )
+        });
+        let unanswered = if client_gone {
+            if ctx.reason.is_none() {
+                ctx.reason = Some(Cow::Borrowed("client_closed_request"));
+            }
+            // nginx's 499, client closed request (a valid code, so no fallback is taken).
+            StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
         let status = session
             .response_written()
             .map(|r| r.status)
             .or(ctx.answered)
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            .unwrap_or(unanswered);
         let req = session.req_header();
         let route_name = ctx.route.as_ref().map_or(NO_ROUTE, |r| &*r.name);
         // One clock read for both durations.

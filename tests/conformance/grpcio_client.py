@@ -6,6 +6,7 @@ checked by a client that did not grow up beside it (tonic accepts what tonic sen
 Usage: grpcio_client.py HOST:PORT CASES_JSON
 Each case: {"name", "method": "/pkg.Service/Method", "metadata": [[k, v], ...],
             "message": "text", "pad": N (bytes of padding in field 15), "timeout": seconds,
+            "delay_ms": N (the server waits this long),
             "repeat": N (calls in a row, the last one reported)}
 Prints one JSON list: [{"name", "code": "OK" | "UNAUTHENTICATED" | ..., "details"}].
 The request is an EchoRequest (field 1: message, field 15, unknown to the server: padding) encoded by hand, so no
@@ -49,6 +50,8 @@ def main():
                 response_deserializer=lambda b: b,
             )
             body = field(1, case.get("message", "").encode())
+            if case.get("delay_ms"):
+                body += varint(2 << 3) + varint(case["delay_ms"])
             if case.get("pad"):
                 body += field(15, b"x" * case["pad"])
             result = None
