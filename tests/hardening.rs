@@ -1292,7 +1292,7 @@ fn h2_connection_nominated_headers_are_refused() {
 fn grpc_refusal_was_headers_then_an_empty_data_frame() {
     let backend = Backend::echo("app");
     let gw = Gateway::start_full(&format!(
-        "{}\n[upstreams.app]\ntargets = [{{ address = \"{}\" }}]\n\n[[routes]]\nname = \"app\"\nupstream = \"app\"\nauth = [\"api_key\"]\n",
+        "{}\n[consumers.c]\nkeys = [\"c-key-0123456789abcdef\"]\n\n[upstreams.app]\ntargets = [{{ address = \"{}\" }}]\n\n[[routes]]\nname = \"app\"\nupstream = \"app\"\nauth = [\"api_key\"]\n",
         PREAMBLE.replace("address = \"{listen}\"", "address = \"{listen}\"\nh2c = true"),
         backend.addr
     ))
