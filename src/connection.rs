@@ -603,6 +603,10 @@ impl Peek for GuardedStream {
         self.inner.try_peek(buf).await
     }
 
+    async fn starts_with(&mut self, prefix: &[u8]) -> std::io::Result<Option<bool>> {
+        self.inner.starts_with(prefix).await
+    }
+
     /// Between requests Pingora waits here instead of in a session (see `patches/README.md`);
     /// a canned answer still to send counts as readable, so the next read sends it.
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {

@@ -1324,3 +1324,19 @@ fn grpc_refusal_was_headers_then_an_empty_data_frame() {
     );
     assert_eq!(backend.hits(), 0);
 }
+
+/// Regression: on an h2c listener Pingora read 24 bytes looking for the HTTP/2 preface
+/// before deciding the protocol, so a complete HTTP/1.0 request shorter than that
+/// (`GET / HTTP/1.0` and its blank line, 18 bytes) was never answered. The check now stops
+/// at the first byte that cannot be the preface.
+#[test]
+fn h2c_listener_never_answered_a_short_http1_request() {
+    let backend = Backend::echo("app");
+    let gw = h2c_gateway(&backend);
+    let reply = gw.raw(b"GET / HTTP/1.0\r\n\r\n", Duration::from_secs(5));
+    assert!(
+        reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200"),
+        "{reply:?}"
+    );
+    assert_eq!(backend.hits(), 1);
+}

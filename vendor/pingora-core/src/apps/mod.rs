@@ -363,20 +363,39 @@ where
         }
         // try to read h2 preface
         else if h2c && !custom {
-            let mut buf = [0u8; H2_PREFACE.len()];
-            let peeked = stream
-                .try_peek(&mut buf)
-                .await
-                .map_err(|e| {
-                    // this error is normal when h1 reuse and close the connection
-                    debug!("Read error while peeking h2c preface {e}");
-                    e
-                })
-                .ok()?;
-            // not all streams support peeking
-            if peeked {
-                // turn off h2c (use h1) if h2 preface doesn't exist
-                h2c = buf == H2_PREFACE;
+            // TOLLGATE: stop at the first byte that cannot be the preface, so an HTTP/1
+            // request shorter than it (`GET / HTTP/1.0` and its blank line) is answered, and
+            // wait at most as long as for a first HTTP/1 request (it waited without bound).
+            let found = pingora_timeout::timeout(
+                Duration::from_secs(60),
+                stream.starts_with(H2_PREFACE),
+            )
+            .await
+            .ok()?
+            .map_err(|e| {
+                // this error is normal when h1 reuse and close the connection
+                debug!("Read error while peeking h2c preface {e}");
+                e
+            })
+            .ok()?;
+            match found {
+                Some(found) => h2c = found,
+                None => {
+                    let mut buf = [0u8; H2_PREFACE.len()];
+                    let peeked = stream
+                        .try_peek(&mut buf)
+                        .await
+                        .map_err(|e| {
+                            debug!("Read error while peeking h2c preface {e}");
+                            e
+                        })
+                        .ok()?;
+                    // not all streams support peeking
+                    if peeked {
+                        // turn off h2c (use h1) if h2 preface doesn't exist
+                        h2c = buf == H2_PREFACE;
+                    }
+                }
             }
         }
         if h2c || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {

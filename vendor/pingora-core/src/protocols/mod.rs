@@ -80,6 +80,15 @@ pub trait Peek {
         Ok(false)
     }
 
+    /// TOLLGATE: whether the stream starts with `prefix`, reading no further than the first
+    /// byte that differs (or the end of the stream) and consuming nothing. `None`: this
+    /// stream cannot tell (the default), and the caller falls back to [`Peek::try_peek`].
+    /// The h2c check uses it, so that an HTTP/1 request shorter than the HTTP/2 preface is
+    /// not left waiting for bytes that never come.
+    async fn starts_with(&mut self, _prefix: &[u8]) -> std::io::Result<Option<bool>> {
+        Ok(None)
+    }
+
     /// TOLLGATE: poll until the stream has something to read (data, or the end of the
     /// stream, or an error), without consuming it.
     ///

@@ -775,6 +775,34 @@ impl Peek for Stream {
         Ok(true)
     }
 
+    // TOLLGATE: see `Peek::starts_with`.
+    async fn starts_with(&mut self, prefix: &[u8]) -> std::io::Result<Option<bool>> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; prefix.len()];
+        let mut n = 0;
+        let matches = loop {
+            if n == prefix.len() {
+                break true;
+            }
+            let read = match self.read(&mut buf[n..]).await {
+                Ok(read) => read,
+                Err(e) => {
+                    self.rewind(&buf[..n]);
+                    return Err(e);
+                }
+            };
+            if read == 0 {
+                break false;
+            }
+            n += read;
+            if buf[..n] != prefix[..n] {
+                break false;
+            }
+        };
+        self.rewind(&buf[..n]);
+        Ok(Some(matches))
+    }
+
     // TOLLGATE: buffered bytes first, then a one-byte `MSG_PEEK` on TCP. Tokio's readiness
     // alone cannot tell at first: it stays set after a read that did not drain the socket.
     // Once a peek found nothing it is cleared, so from then on readiness answers without
