@@ -154,3 +154,30 @@ fn every_vendored_change_is_listed_in_patches() {
         "not in patches/README.md: {unlisted:?}"
     );
 }
+
+/// Every module the README's request-flow table names exists under `src/`: the table drifted
+/// once (it named `gateway.rs` after that file had become `gateway/`).
+#[test]
+fn the_readme_flow_table_names_existing_modules() {
+    let readme = read("README.md");
+    let table = readme
+        .split("## How a request flows")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").find(|block| block.starts_with("| hook")))
+        .expect("the flow table");
+    let mut named = 0;
+    for row in table.lines().skip(2) {
+        let module_column = row.trim_end_matches('|').rsplit('|').next().unwrap_or("");
+        for name in module_column.split('`').skip(1).step_by(2) {
+            named += 1;
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("src")
+                .join(name);
+            assert!(
+                path.exists(),
+                "README flow table names src/{name}, which does not exist"
+            );
+        }
+    }
+    assert!(named > 10, "{named} modules named");
+}

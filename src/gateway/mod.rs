@@ -1,6 +1,7 @@
-//! The one `ProxyHttp` implementation: per-request state ([`Ctx`]) and the hooks, each a short
-//! sequence of calls into the modules that own the concern (routing, upstream selection,
-//! forwarding headers, errors, observability).
+//! The hooks of one configuration generation: per-request state ([`Ctx`]) and each hook's
+//! body, a short sequence of calls into the modules that own the concern (routing, upstream
+//! selection, forwarding headers, errors, observability). `crate::proxy` implements
+//! `ProxyHttp` and hands every hook to the generation the request began on.
 
 pub(crate) mod explain;
 mod request;

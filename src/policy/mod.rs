@@ -4,13 +4,15 @@
 //!    (400/431) before routing;
 //! 2. [`normalize`]: the one canonical path, host and header set that everything after
 //!    sees, or 400;
-//! 3. routing (in `route.rs`), then encoded slashes refused unless the route accepts them;
-//! 4. [`ip`]: client IP (trusting `X-Forwarded-For` only from configured proxies), then the
-//!    global and per-route CIDR allow/deny lists (403);
-//! 5. [`cors`]: preflights answered at the gateway;
-//! 6. body size limit by `Content-Length` (413; chunked bodies are counted while streaming);
-//! 7. [`auth`]: authentication ([`jwt`], [`api_key`]) and role authorization (401/403);
-//! 8. [`rate_limit`]: every window of the route and of the consumer (429).
+//! 3. [`ip`]: the global CIDR allow/deny lists (403) on the client IP (`X-Forwarded-For`
+//!    trusted only from configured proxies), the cheapest refusal, before any routing work;
+//! 4. routing (in `route.rs`), then encoded slashes refused unless the route accepts them;
+//! 5. [`ip`] again: the route's allow/deny lists (403);
+//! 6. [`cors`]: preflights answered at the gateway;
+//! 7. body size limit by `Content-Length` (413; chunked bodies are counted while streaming);
+//! 8. [`auth`]: authentication ([`jwt`], [`api_key`], forward auth and introspection in
+//!    [`external`]) and role authorization (401/403);
+//! 9. [`rate_limit`]: every window of the route and of the consumer (429).
 //!
 //! Each step returns a decision the hook acts on and knows nothing about which hook called it.
 
