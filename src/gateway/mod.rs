@@ -130,6 +130,16 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
+/// The client closed its connection, or reset its stream, before the exchange ended.
+fn client_went_away(e: &Error) -> bool {
+    use pingora::ErrorType::*;
+    e.esource() == &pingora::ErrorSource::Downstream
+        && matches!(
+            e.etype(),
+            ConnectionClosed | ReadError | WriteError | H2Error
+        )
+}
+
 /// Why a request failed, in the words a person debugging a 502 needs: which side, what
 /// happened, and the limit that ran out.
 fn error_cause(e: &Error, ctx: &Ctx) -> String {
@@ -159,9 +169,7 @@ fn error_cause(e: &Error, ctx: &Ctx) -> String {
         TLSHandshakeTimedout => "upstream TLS handshake timeout".into(),
         ConnectError => "connect failed".into(),
         ReadTimedout | WriteTimedout if client => "client timeout".into(),
-        ConnectionClosed | ReadError | WriteError | H2Error if client => {
-            "client closed connection".into()
-        }
+        _ if client_went_away(e) => "client closed connection".into(),
         ReadTimedout => format!("upstream timeout{}", after(action.map(|a| a.read_timeout))),
         WriteTimedout => format!(
             "upstream write timeout{}",
@@ -1162,8 +1170,9 @@ impl ProxyHttp for Gateway {
                 can_reuse_downstream: false,
             };
         };
+        let mut reject = Reject::new(status, message);
         ctx.answered = Some(status);
-        ctx.reason = Some(error::reason_of(message));
+        ctx.reason = Some(reject.reason.clone());
         // The connection is not reused after a proxy failure: say so, so that clients do not
         // send their next request into a closing connection.
         session.set_keepalive(None);
@@ -1172,7 +1181,6 @@ impl ProxyHttp for Gateway {
             !r.status.is_informational() || r.status == StatusCode::SWITCHING_PROTOCOLS
         });
         if !final_sent {
-            let mut reject = Reject::new(status, message);
             own_answer_headers(session.req_header(), ctx, &mut reject.headers);
             if let Err(write_err) = error::respond_error(session, &reject, &ctx.request_id).await {
                 log::debug!("could not send error response: {write_err}");
@@ -1195,15 +1203,7 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         // A client that went away before any answer is logged as nginx does, 499 (client
         // closed request): a 500 would blame the gateway or the upstream for a cancel.
-        let client_gone = e.is_some_and(|e| {
-            use pingora::ErrorType::*;
-            e.esource() == &pingora::ErrorSource::Downstream
-                && matches!(
-                    e.etype(),
-                    ConnectionClosed | ReadError | WriteError | H2Error
-                )
-        });
-        let unanswered = if client_gone {
+        let unanswered = if e.is_some_and(client_went_away) {
             if ctx.reason.is_none() {
                 ctx.reason = Some(Cow::Borrowed("client_closed_request"));
             }

@@ -98,26 +98,21 @@ pub fn check(req: &RequestHeader, limits: HeadLimits, raw_cl: bool) -> Result<()
         if req.version == Version::HTTP_10 {
             return bad("Transfer-Encoding in an HTTP/1.0 request");
         }
-        // The final coding must be chunked, or the body length is unknowable (RFC 9112 6.3).
-        let last = te
+        // The codings, in one pass: how many, and the last.
+        let (codings, last) = te
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            .rfind(|t| !t.is_empty());
+            .filter(|t| !t.is_empty())
+            .fold((0, None), |(n, _), t| (n + 1, Some(t)));
+        // The final coding must be chunked, or the body length is unknowable (RFC 9112 6.3).
         if !last.is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
             return bad("invalid Transfer-Encoding");
         }
         // A coding before `chunked` (`gzip, chunked`): the body would be de-chunked and sent
         // on as `chunked` alone, still gzip-coded but no longer labelled. The gateway
         // decodes no transfer coding but chunked, so it refuses (RFC 9112 §6.1: 501).
-        let codings = te
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .count();
         if codings > 1 {
             return Err(Reject::new(
                 StatusCode::NOT_IMPLEMENTED,
