@@ -115,11 +115,18 @@ impl Source {
                 .path
                 .strip_prefix("routes[")
                 .and_then(|r| r.split_once(']'))
-                .and_then(|(i, _)| route_name(doc.get_ref(), i.parse().ok()?))
-                .map(|n| format!("route {n:?}, "))
+                .and_then(
+                    |(i, _)| match value_at(doc.get_ref(), &format!("routes[{i}].name")) {
+                        Some((v, true)) => match v.get_ref() {
+                            toml::de::DeValue::String(n) => Some(format!("route {n:?}, ")),
+                            _ => None,
+                        },
+                        _ => None,
+                    },
+                )
                 .unwrap_or_default();
-            if let Some(at) = span_of(doc.get_ref(), &p.path) {
-                let (line, column) = line_column(&self.text, at);
+            if let Some((v, _)) = value_at(doc.get_ref(), &p.path) {
+                let (line, column) = line_column(&self.text, v.span().start);
                 p.message
                     .push_str(&format!(" ({route}line {line}, column {column})"));
             }
@@ -127,58 +134,32 @@ impl Source {
     }
 }
 
-/// The `name` of `routes[i]`, as written.
-fn route_name(root: &toml::de::DeTable<'_>, i: usize) -> Option<String> {
+/// The value at `path` (`routes[2].cors.allow_origins[0]`, `auth.jwt."my key"`), or the
+/// deepest part of it the file has; `true` when the whole path was found.
+fn value_at<'d, 'i>(
+    root: &'d toml::de::DeTable<'i>,
+    path: &str,
+) -> Option<(&'d toml::Spanned<toml::de::DeValue<'i>>, bool)> {
     use toml::de::DeValue;
-    let (_, routes) = root
-        .iter()
-        .find(|(k, _)| k.get_ref().as_ref() == "routes")?;
-    let DeValue::Array(routes) = routes.get_ref() else {
-        return None;
-    };
-    let DeValue::Table(route) = routes.get(i)?.get_ref() else {
-        return None;
-    };
-    let (_, name) = route.iter().find(|(k, _)| k.get_ref().as_ref() == "name")?;
-    match name.get_ref() {
-        DeValue::String(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-/// Where the value at `path` (`routes[2].cors.allow_origins[0]`, `auth.jwt."my key"`)
-/// starts, or the deepest part of it the file has.
-fn span_of(root: &toml::de::DeTable<'_>, path: &str) -> Option<usize> {
-    use toml::de::DeValue;
-    let mut found = None;
-    let mut table = Some(root);
-    let mut value: Option<&DeValue<'_>> = None;
+    let mut found: Option<&toml::Spanned<DeValue<'i>>> = None;
     for segment in key_segments(path) {
-        match segment {
-            Segment::Key(name) => {
-                let t = match value {
-                    None => table?,
-                    Some(DeValue::Table(t)) => t,
-                    Some(_) => return found,
-                };
-                let (_, v) = t.iter().find(|(k, _)| k.get_ref().as_ref() == name)?;
-                found = Some(v.span().start);
-                value = Some(v.get_ref());
-                table = None;
-            }
-            Segment::Index(i) => {
-                let Some(DeValue::Array(a)) = value else {
-                    return found;
-                };
-                let Some(v) = a.get(i) else {
-                    return found;
-                };
-                found = Some(v.span().start);
-                value = Some(v.get_ref());
-            }
+        let in_table = |t: &'d toml::de::DeTable<'i>, name: &str| {
+            t.iter()
+                .find(|(k, _)| k.get_ref().as_ref() == name)
+                .map(|(_, v)| v)
+        };
+        let next = match (segment, found.map(|v| v.get_ref())) {
+            (Segment::Key(name), None) => in_table(root, name),
+            (Segment::Key(name), Some(DeValue::Table(t))) => in_table(t, name),
+            (Segment::Index(i), Some(DeValue::Array(a))) => a.get(i),
+            _ => None,
+        };
+        match next {
+            Some(v) => found = Some(v),
+            None => return found.map(|v| (v, false)),
         }
     }
-    found
+    found.map(|v| (v, true))
 }
 
 enum Segment<'p> {
@@ -236,11 +217,12 @@ pub fn load(path: &Path) -> Result<(ConfigFile, Source), ConfigError> {
 /// A table written as an array (`server = []`, `[[routes.cache]]`), which serde accepts as
 /// a struct with every field defaulted: found by walking the file beside the JSON Schema.
 fn array_for_table(text: &str) -> Option<Problem> {
+    // The schema is the same for every file: built once per process.
+    static SCHEMA: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    let schema = SCHEMA.get_or_init(|| schemars::schema_for!(ConfigFile).to_value());
     let doc = toml::de::DeTable::parse(text).ok()?;
-    let schema = schemars::schema_for!(ConfigFile).to_value();
-    let defs = schema.get("$defs").cloned().unwrap_or_default();
-    let root = toml::de::DeValue::Table(doc.get_ref().clone());
-    let (path, at) = walk_shape(&root, &schema, &defs, String::new())?;
+    let defs = schema.get("$defs")?;
+    let (path, at) = walk_table(doc.get_ref(), schema, defs, String::new())?;
     let (line, column) = line_column(text, at.unwrap_or(0));
     let key = path.rsplit('.').next().unwrap_or(&path).to_string();
     Some(Problem::new(
@@ -289,22 +271,31 @@ fn walk_shape(
                     .map(|(p, at)| (p, at.or(Some(v.span().start))))
             })
         }
-        DeValue::Table(t) => t.iter().find_map(|(k, v)| {
-            let key = k.get_ref().as_ref();
-            let sub = schema
-                .get("properties")
-                .and_then(|p| p.get(key))
-                .or_else(|| schema.get("additionalProperties").filter(|a| a.is_object()))?;
-            let child = if path.is_empty() {
-                key.to_string()
-            } else {
-                format!("{path}.{key}")
-            };
-            walk_shape(v.get_ref(), sub, defs, child)
-                .map(|(p, at)| (p, at.or(Some(v.span().start))))
-        }),
+        DeValue::Table(t) => walk_table(t, schema, defs, path),
         _ => None,
     }
+}
+
+/// [`walk_shape`] over the keys of a table whose schema is `schema` (already resolved).
+fn walk_table(
+    t: &toml::de::DeTable<'_>,
+    schema: &serde_json::Value,
+    defs: &serde_json::Value,
+    path: String,
+) -> Option<(String, Option<usize>)> {
+    t.iter().find_map(|(k, v)| {
+        let key = k.get_ref().as_ref();
+        let sub = schema
+            .get("properties")
+            .and_then(|p| p.get(key))
+            .or_else(|| schema.get("additionalProperties").filter(|a| a.is_object()))?;
+        let child = if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        };
+        walk_shape(v.get_ref(), sub, defs, child).map(|(p, at)| (p, at.or(Some(v.span().start))))
+    })
 }
 
 /// Parse TOML text into the file model, locating type errors by key path.
