@@ -66,14 +66,6 @@ fn echo(message: &str) -> EchoRequest {
     }
 }
 
-/// Preamble with an h2c listener (the default listener plus `h2c = true`).
-fn h2c_preamble() -> String {
-    PREAMBLE.replace(
-        "address = \"{listen}\"",
-        "address = \"{listen}\"\nh2c = true",
-    )
-}
-
 fn h2c_gateway(body: &str) -> Gateway {
     Gateway::start_full(&format!("{}\n{body}", h2c_preamble())).unwrap()
 }

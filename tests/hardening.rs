@@ -987,17 +987,8 @@ respond = {{ status = 503, body = "down for maintenance", headers = {{ "cache-co
     ];
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let mut exchanges = Vec::new();
-    // The bytes as sent (a compressed body is no UTF-8).
-    let raw = |request: &[u8]| {
-        let mut s = TcpStream::connect(gw.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(request).unwrap();
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        out
-    };
     for (name, request) in &cases {
-        let response = raw(request.as_bytes());
+        let response = raw_request_bytes(gw.addr, request.as_bytes(), Duration::from_secs(5));
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -1137,13 +1128,18 @@ fn h2_frames_until_close(s: &mut TcpStream, limit: Duration) -> (Vec<H2Frame>, b
     (frames, closed)
 }
 
-fn h2c_gateway(backend: &Backend) -> Gateway {
+/// A gateway with an h2c listener and one route to `backend`, with `route_extra` lines.
+fn h2c_gateway_with(backend: &Backend, top: &str, route_extra: &str) -> Gateway {
     Gateway::start_full(&format!(
-        "{}\n[upstreams.app]\ntargets = [{{ address = \"{}\" }}]\n\n[[routes]]\nname = \"app\"\nupstream = \"app\"\n",
-        PREAMBLE.replace("address = \"{listen}\"", "address = \"{listen}\"\nh2c = true"),
+        "{}\n{top}\n[upstreams.app]\ntargets = [{{ address = \"{}\" }}]\n\n[[routes]]\nname = \"app\"\nupstream = \"app\"\n{route_extra}\n",
+        h2c_preamble(),
         backend.addr
     ))
     .unwrap()
+}
+
+fn h2c_gateway(backend: &Backend) -> Gateway {
+    h2c_gateway_with(backend, "", "")
 }
 
 /// Rapid reset (CVE-2023-44487): a client opening streams and resetting them at once. The
@@ -1291,12 +1287,11 @@ fn h2_connection_nominated_headers_are_refused() {
 #[test]
 fn grpc_refusal_was_headers_then_an_empty_data_frame() {
     let backend = Backend::echo("app");
-    let gw = Gateway::start_full(&format!(
-        "{}\n[consumers.c]\nkeys = [\"c-key-0123456789abcdef\"]\n\n[upstreams.app]\ntargets = [{{ address = \"{}\" }}]\n\n[[routes]]\nname = \"app\"\nupstream = \"app\"\nauth = [\"api_key\"]\n",
-        PREAMBLE.replace("address = \"{listen}\"", "address = \"{listen}\"\nh2c = true"),
-        backend.addr
-    ))
-    .unwrap();
+    let gw = h2c_gateway_with(
+        &backend,
+        "[consumers.c]\nkeys = [\"c-key-0123456789abcdef\"]",
+        "auth = [\"api_key\"]",
+    );
     let mut s = h2c_connection(&gw);
     let block = [
         hpack_literal(":method", "POST"),

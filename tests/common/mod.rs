@@ -91,6 +91,14 @@ address = "{admin}"
 target = "{dir}/access.log"
 "#;
 
+/// [`PREAMBLE`] whose listener also takes HTTP/2 with prior knowledge (`h2c = true`).
+pub fn h2c_preamble() -> String {
+    PREAMBLE.replace(
+        "address = \"{listen}\"",
+        "address = \"{listen}\"\nh2c = true",
+    )
+}
+
 /// A self-signed certificate for `tls.test` and `h2.test` with common name `cn`, written to
 /// `dir` as `c.crt` and `c.key` (replacing what is there).
 pub fn self_signed(dir: &Path, cn: &str) -> (PathBuf, PathBuf) {
@@ -372,6 +380,11 @@ pub fn check_config_file(path: &Path) -> (i32, String) {
 
 /// Send raw bytes and read the reply until close or timeout.
 pub fn raw_request(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> String {
+    String::from_utf8_lossy(&raw_request_bytes(addr, bytes, timeout)).into_owned()
+}
+
+/// [`raw_request`], the answer as the bytes sent (a compressed body is no UTF-8).
+pub fn raw_request_bytes(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> Vec<u8> {
     let mut s = TcpStream::connect(addr).expect("connecting to the gateway");
     s.set_read_timeout(Some(timeout)).unwrap();
     s.write_all(bytes).unwrap();
@@ -383,7 +396,7 @@ pub fn raw_request(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> String 
             Ok(n) => out.extend_from_slice(&buf[..n]),
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 /// Poll `f` every 20 ms until it returns `Some` or `timeout` passes.
