@@ -137,6 +137,25 @@ pub fn json_body(message: &str, reason: &str, request_id: &str) -> Bytes {
     Bytes::from(body.to_string())
 }
 
+/// The head of a response the gateway writes itself: `headers`, the request id and, but on a
+/// 1xx or 204 (RFC 9110 §8.6: a CORS preflight's answer), the body's length.
+fn head(
+    status: StatusCode,
+    headers: &[(HeaderName, HeaderValue)],
+    body_len: usize,
+    request_id: &HeaderValue,
+) -> Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(status, Some(headers.len() + 3))?;
+    for (name, value) in headers {
+        resp.append_header(name.clone(), value.clone())?;
+    }
+    resp.insert_header(&X_REQUEST_ID, request_id.clone())?;
+    if !(status.is_informational() || status == StatusCode::NO_CONTENT) {
+        resp.insert_header(http::header::CONTENT_LENGTH, body_len)?;
+    }
+    Ok(resp)
+}
+
 /// Write a complete response and end it.
 pub async fn respond(
     session: &mut Session,
@@ -145,15 +164,7 @@ pub async fn respond(
     body: Bytes,
     request_id: &HeaderValue,
 ) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(headers.len() + 3))?;
-    for (name, value) in headers {
-        resp.append_header(name.clone(), value.clone())?;
-    }
-    resp.insert_header(&X_REQUEST_ID, request_id.clone())?;
-    // RFC 9110 §8.6: no Content-Length on a 1xx or 204 (a CORS preflight's answer).
-    if !(status.is_informational() || status == StatusCode::NO_CONTENT) {
-        resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-    }
+    let resp = head(status, headers, body.len(), request_id)?;
     let head_only = session.req_header().method == http::Method::HEAD;
     session
         .write_response_header(Box::new(resp), head_only || body.is_empty())
@@ -164,19 +175,13 @@ pub async fn respond(
     Ok(())
 }
 
-/// Write the gateway's error response: JSON, or on a gRPC request a trailers-only gRPC
-/// status (HTTP 200), which is what a gRPC client reads.
-pub async fn respond_error(
-    session: &mut Session,
+/// The body of a refusal (its own, or the JSON error) with the headers that go with it
+/// added to `headers`: `Content-Type` for the JSON error, `Cache-Control: no-store`.
+fn error_body(
     reject: &Reject,
     request_id: &HeaderValue,
-) -> Result<()> {
-    let mut headers = reject.headers.clone();
-    if let Some(flavor) = crate::grpc::Flavor::of(session.req_header()) {
-        let code = crate::grpc::Code::for_gateway_status(reject.status);
-        headers.extend(crate::grpc::status_headers(flavor, code, reject.message));
-        return respond(session, StatusCode::OK, &headers, Bytes::new(), request_id).await;
-    }
+    headers: &mut Vec<(HeaderName, HeaderValue)>,
+) -> Bytes {
     let body = match &reject.body {
         Some(b) => b.clone(),
         None => {
@@ -195,6 +200,23 @@ pub async fn respond_error(
         http::header::CACHE_CONTROL,
         HeaderValue::from_static("no-store"),
     ));
+    body
+}
+
+/// Write the gateway's error response: JSON, or on a gRPC request a trailers-only gRPC
+/// status (HTTP 200), which is what a gRPC client reads.
+pub async fn respond_error(
+    session: &mut Session,
+    reject: &Reject,
+    request_id: &HeaderValue,
+) -> Result<()> {
+    let mut headers = reject.headers.clone();
+    if let Some(flavor) = crate::grpc::Flavor::of(session.req_header()) {
+        let code = crate::grpc::Code::for_gateway_status(reject.status);
+        headers.extend(crate::grpc::status_headers(flavor, code, reject.message));
+        return respond(session, StatusCode::OK, &headers, Bytes::new(), request_id).await;
+    }
+    let body = error_body(reject, request_id, &mut headers);
     respond(session, reject.status, &headers, body, request_id).await
 }
 
@@ -204,28 +226,11 @@ pub async fn respond_error(
 /// only be told from an upstream's identical answer by guessing from its bytes.
 pub(crate) fn early_error(status: u16) -> (ResponseHeader, Bytes) {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-    let message = message_for(status.as_u16());
+    let reject = Reject::new(status, message_for(status.as_u16()));
     let request_id = crate::forward::new_request_id();
-    let body = json_body(
-        message,
-        &reason_of(message),
-        request_id.to_str().unwrap_or(""),
-    );
-    let build = || -> Result<ResponseHeader> {
-        let mut resp = ResponseHeader::build(status, Some(5))?;
-        resp.insert_header(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )?;
-        resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-        resp.insert_header(
-            http::header::CACHE_CONTROL,
-            HeaderValue::from_static("no-store"),
-        )?;
-        resp.insert_header(&X_REQUEST_ID, request_id.clone())?;
-        Ok(resp)
-    };
-    match build() {
+    let mut headers = Vec::with_capacity(2);
+    let body = error_body(&reject, &request_id, &mut headers);
+    match head(status, &headers, body.len(), &request_id) {
         Ok(resp) => (resp, body),
         // Only a status outside 100..=999 fails to build, which `status` is not.
         Err(_) => (
