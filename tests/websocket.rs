@@ -491,8 +491,10 @@ websocket_idle_timeout = "60s"
             .expect("python3 with kosoku (scripts/setup.sh installs it)");
         assert!(
             out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+            "kosoku {}: {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
         );
         serde_json::from_slice::<serde_json::Value>(&out.stdout)
             .unwrap()

@@ -8,6 +8,7 @@ NON-STRICT, INFORMATIONAL, UNIMPLEMENTED, FAILED, ERROR).
 """
 import asyncio
 import json
+import os
 import sys
 
 from kosoku import FailureError, run_fuzzingclient
@@ -27,7 +28,10 @@ def main():
     url = sys.argv[1]
     args = sys.argv[2:]
     exclude = [args[i + 1] for i, a in enumerate(args) if a == "--exclude"]
-    print(json.dumps(asyncio.run(run(url, exclude))))
+    print(json.dumps(asyncio.run(run(url, exclude))), flush=True)
+    # kosoku 0.1.0's native module sometimes aborts (SIGABRT) while the interpreter tears
+    # down, after every result was printed: end without that teardown.
+    os._exit(0)
 
 
 if __name__ == "__main__":
