@@ -6,10 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 failed=0
-# suite, test file, test name, a pattern for the line carrying the figures (or "")
+# suite, module of the integration test crate (tests/it), test name, a pattern for the line
+# carrying the figures (or ""); the test runs as `MODULE::NAME`, matched exactly.
 row() {
   local out status figures=""
-  if out=$(cargo test -q --locked --test "$2" "$3" -- --exact --nocapture 2>&1); then
+  if out=$(cargo test -q --locked --test it "$2::$3" -- --exact --nocapture 2>&1); then
     status=pass
   else
     status=FAIL

@@ -1,0 +1,58 @@
+//! The integration tests: one test crate, with one module per capability (`proxy`,
+//! `reload`, `jwt`, ...) and the harness they share in `common`. One crate makes one test
+//! binary, which links the gateway's dependencies (Pingora and the rest) once, where a crate
+//! per file made one binary per file, each linking all of them.
+//!
+//! Every module's tests run as threads of this one process: nothing here may assume a
+//! process of its own (the environment, the working directory, a port or a file taken
+//! for the whole process).
+//!
+//! Run one module, or one test by its full path:
+//!
+//! ```text
+//! cargo test --test it proxy::
+//! cargo test --test it grpc::grpc_interop_cases_give_the_same_result_through_the_gateway -- --exact
+//! ```
+
+mod common;
+
+mod access;
+mod admin;
+mod aggregate;
+mod balancing;
+mod cache;
+mod cache_rfc;
+mod compression;
+mod config_bounds;
+mod config_check;
+mod discovery;
+mod dns;
+mod docs;
+mod etcd;
+mod explain;
+mod fleet;
+mod forward_auth;
+mod framing;
+mod grpc;
+mod hardening;
+mod jwt;
+mod keepalive;
+mod loadtest;
+mod monitoring;
+mod observability;
+mod proxy;
+mod proxy_protocol;
+mod rate_limit;
+mod reload;
+mod resilience;
+mod routing;
+mod shared_cache;
+mod srv;
+mod sse;
+mod systemd_unit;
+mod tls;
+mod tracing;
+mod transcode;
+mod transform;
+mod upgrade;
+mod websocket;

@@ -1,0 +1,192 @@
+//! Rate limiting through the real gateway: exactly `limit` admitted then 429 with the
+//! RateLimit headers, per-key isolation, several windows, and a fleet of two gateway
+//! processes sharing one real `redis-server`, including what happens when Redis dies.
+#![allow(clippy::unwrap_used)]
+
+use crate::common::redis::Redis;
+use crate::common::*;
+use std::time::{Duration, Instant};
+
+fn header(r: &reqwest::blocking::Response, name: &str) -> String {
+    r.headers()[name].to_str().unwrap().to_string()
+}
+
+#[test]
+fn exactly_limit_then_429_with_headers() {
+    let b = Backend::echo("app");
+    let gw = Gateway::start(&format!(
+        r#"
+[upstreams.app]
+targets = [{{ address = "{}" }}]
+[[routes]]
+name = "limited"
+path_prefix = "/"
+upstream = "app"
+rate_limits = [{{ limit = 3, window = "60s", key = "ip" }}]
+"#,
+        b.addr
+    ));
+    let c = client();
+    for remaining in ["2", "1", "0"] {
+        let r = c.get(gw.url("/x")).send().unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, "ratelimit-limit"), "3");
+        assert_eq!(header(&r, "ratelimit-remaining"), remaining);
+        assert!(header(&r, "ratelimit-reset").parse::<u64>().unwrap() <= 60);
+    }
+    let r = c.get(gw.url("/x")).send().unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(header(&r, "ratelimit-remaining"), "0");
+    let retry: u64 = header(&r, "retry-after").parse().unwrap();
+    assert!((1..=60).contains(&retry));
+    let body: serde_json::Value = r.json().unwrap();
+    assert_eq!(body["error"], "rate limit exceeded");
+    assert!(body["request_id"].is_string());
+    assert_eq!(b.hits(), 3, "refused requests never reach the upstream");
+    let metrics = c
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert_eq!(
+        metric(
+            &metrics,
+            "tollgate_rate_limited_total",
+            &[("route", "limited")]
+        ),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn consumers_are_limited_separately_and_windows_stack() {
+    let b = Backend::echo("app");
+    let gw = Gateway::start(&format!(
+        r#"
+[consumers.alice]
+keys = ["alice-key-0123456789"]
+[consumers.bob]
+keys = ["bob-key-0123456789ab"]
+rate_limits = [{{ limit = 1, window = "60s", key = "consumer" }}]
+
+[upstreams.app]
+targets = [{{ address = "{}" }}]
+[[routes]]
+name = "api"
+path_prefix = "/"
+upstream = "app"
+auth = ["api_key"]
+rate_limits = [{{ limit = 2, window = "1s", key = "consumer" }}, {{ limit = 3, window = "60s", key = "consumer" }}]
+"#,
+        b.addr
+    ));
+    let c = client();
+    let call = |key: &str| {
+        c.get(gw.url("/x"))
+            .header("x-api-key", key)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    // bob's own consumer limit (1/min) is tighter than the route's.
+    assert_eq!(call("bob-key-0123456789ab"), 200);
+    assert_eq!(call("bob-key-0123456789ab"), 429);
+    // alice: 2 per second...
+    assert_eq!(call("alice-key-0123456789"), 200);
+    assert_eq!(call("alice-key-0123456789"), 200);
+    assert_eq!(call("alice-key-0123456789"), 429);
+    // ...and 3 per minute: after the 1s window turns over, one more, then the minute caps.
+    let third = wait_for(Duration::from_secs(5), || {
+        (call("alice-key-0123456789") == 200).then_some(())
+    });
+    assert!(third.is_some());
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(
+        call("alice-key-0123456789"),
+        429,
+        "the 60s window still caps"
+    );
+}
+
+fn fleet_member(b: &Backend, redis_url: &str, on_error: &str) -> Gateway {
+    Gateway::start(&format!(
+        r#"
+[rate_limit]
+backend = "redis"
+redis_url = "{redis_url}"
+redis_timeout = "200ms"
+on_redis_error = "{on_error}"
+
+[upstreams.app]
+targets = [{{ address = "{}" }}]
+[[routes]]
+name = "shared"
+path_prefix = "/"
+upstream = "app"
+rate_limits = [{{ limit = 5, window = "60s", key = "route" }}]
+"#,
+        b.addr
+    ))
+}
+
+#[test]
+fn two_gateways_share_one_redis_and_follow_the_failure_policy() {
+    let mut redis = Redis::start();
+    let b = Backend::echo("app");
+    let one = fleet_member(&b, &redis.url(), "deny");
+    let two = fleet_member(&b, &redis.url(), "allow");
+    let three = fleet_member(&b, &redis.url(), "local");
+    let c = client();
+    let mut admitted = 0;
+    for i in 0..12 {
+        let gw = [&one, &two][i % 2];
+        if c.get(gw.url("/x")).send().unwrap().status() == 200 {
+            admitted += 1;
+        }
+    }
+    assert_eq!(
+        admitted, 5,
+        "the fleet admits the limit in total, not per instance"
+    );
+    assert_eq!(
+        c.get(three.url("/x")).send().unwrap().status(),
+        429,
+        "a third instance sees the shared count"
+    );
+
+    redis.stop();
+    let timed = |gw: &Gateway| {
+        let started = Instant::now();
+        let status = c.get(gw.url("/y")).send().unwrap().status().as_u16();
+        (status, started.elapsed())
+    };
+    let (status, took) = timed(&one);
+    assert_eq!(status, 429, "deny: fail closed");
+    assert!(
+        took < Duration::from_secs(2),
+        "bounded by redis_timeout: {took:?}"
+    );
+    assert_eq!(timed(&two).0, 200, "allow: fail open");
+    // local: counts in this instance with the same limit.
+    let local: Vec<u16> = (0..7).map(|_| timed(&three).0).collect();
+    assert_eq!(local.iter().filter(|s| **s == 200).count(), 5, "{local:?}");
+    // While Redis is down, requests do not each wait for the timeout.
+    let started = Instant::now();
+    for _ in 0..10 {
+        c.get(two.url("/z")).send().unwrap();
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let metrics = c
+        .get(one.admin_url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(metric(&metrics, "tollgate_rate_limit_redis_errors_total", &[]).unwrap() >= 1.0);
+}
