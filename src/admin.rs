@@ -16,8 +16,9 @@ use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use tokio::sync::watch;
 
 pub(crate) struct Admin {
     pub current: Current,
@@ -25,7 +26,7 @@ pub(crate) struct Admin {
     /// The first configuration finished starting (health checks ran their first round).
     pub ready: Arc<AtomicBool>,
     /// Whether every listener accepts.
-    pub listening: Arc<crate::Listening>,
+    pub listening: Arc<Listening>,
 }
 
 impl Admin {
@@ -326,5 +327,47 @@ impl ServeHttp for Admin {
                 br#"{"error":"not found; try /health, /livez, /readyz, /metrics, POST /cache/purge, POST /auth/purge or POST /config/reload"}"#.to_vec(),
             ),
         }
+    }
+}
+
+/// Whether every listening service accepts (`/readyz`), and the first that could not bind.
+pub(crate) struct Listening {
+    expected: usize,
+    up: AtomicUsize,
+    pub(crate) failed: watch::Sender<Option<String>>,
+}
+
+impl Listening {
+    pub(crate) fn new(expected: usize) -> Arc<Listening> {
+        Arc::new(Listening {
+            expected,
+            up: AtomicUsize::new(0),
+            failed: watch::channel(None).0,
+        })
+    }
+
+    /// Every listening service built its listeners and accepts.
+    pub(crate) fn all_up(&self) -> bool {
+        self.up.load(Ordering::Acquire) >= self.expected
+    }
+
+    /// What a listening service reports once its listeners are built, or could not be.
+    pub(crate) fn report(self: &Arc<Self>) -> pingora::services::listening::ListenReport {
+        let this = self.clone();
+        Arc::new(move |built| match built {
+            Ok(()) => {
+                this.up.fetch_add(1, Ordering::AcqRel);
+            }
+            Err(e) => {
+                // The first failure is the one reported.
+                this.failed.send_if_modified(|f| {
+                    let first = f.is_none();
+                    if first {
+                        *f = Some(e);
+                    }
+                    first
+                });
+            }
+        })
     }
 }

@@ -7,6 +7,7 @@
 //! routes, and Pingora's pooled HTTP connector. Identity headers and the request id travel to
 //! every part.
 
+use crate::config::FromConfig;
 use crate::upstream::UpstreamGroup;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -84,9 +85,11 @@ pub struct Forwarded<'a> {
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
-impl Aggregate {
+impl FromConfig<crate::upstream::Groups> for Aggregate {
+    type Section = crate::config::file::AggregateSection;
+
     /// `[routes.aggregate]`; part upstreams are looked up in `groups`.
-    pub(crate) fn from_config(
+    fn from_config(
         at: &str,
         agg: &crate::config::file::AggregateSection,
         groups: &crate::upstream::Groups,
@@ -147,7 +150,9 @@ impl Aggregate {
             parts: built,
         })
     }
+}
 
+impl Aggregate {
     /// The part paths for a client path (captures expanded).
     pub fn part_paths(&self, client_path: &str) -> Vec<String> {
         expand(

@@ -13,6 +13,7 @@
 //! a streamed response is not held back.
 
 use crate::config::file::{CompressionSection, ContentCoding};
+use crate::config::FromConfig;
 use crate::config::Problem;
 use bytes::Bytes;
 use http::header::{
@@ -67,10 +68,13 @@ fn token(c: ContentCoding) -> &'static str {
     }
 }
 
-impl Compression {
-    pub(crate) fn from_config(
+impl FromConfig for Compression {
+    type Section = CompressionSection;
+
+    fn from_config(
         at: &str,
         s: &CompressionSection,
+        _cx: &(),
         problems: &mut Vec<Problem>,
     ) -> Option<Compression> {
         let CompressionSection {
@@ -130,7 +134,9 @@ impl Compression {
             types,
         })
     }
+}
 
+impl Compression {
     /// The coding for a client's `Accept-Encoding`: the highest q among the offered codings
     /// (an unlisted one takes `*`'s q), ties to the route's order. None when the client sent
     /// no `Accept-Encoding` (RFC 9110 allows any coding then, but clients that omit it are
@@ -358,7 +364,8 @@ mod tests {
             content_types: defaults::compression_content_types(),
         };
         let mut problems = Vec::new();
-        Compression::from_config("routes[0].compression", &s, &mut problems).expect("valid section")
+        Compression::from_config("routes[0].compression", &s, &(), &mut problems)
+            .expect("valid section")
     }
 
     fn pick(p: &Compression, ae: &str) -> Option<&'static str> {
@@ -394,7 +401,7 @@ mod tests {
             content_types: vec!["json".into(), "text/*".into()],
         };
         let mut problems = Vec::new();
-        assert!(Compression::from_config("r.compression", &s, &mut problems).is_none());
+        assert!(Compression::from_config("r.compression", &s, &(), &mut problems).is_none());
         let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(
             paths,

@@ -4,17 +4,18 @@
 //! secrets or internals; messages are fixed strings chosen by the caller.
 
 use crate::config::file::RespondSection;
+use crate::config::FromConfig;
 use crate::config::Problem;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
-use pingora::http::SpelledName;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-/// `X-Request-ID`, with its spelling: inserted on every request, it then allocates nothing.
-pub const X_REQUEST_ID: SpelledName = SpelledName::from_static("x-request-id");
+/// `X-Request-ID`: defined in [`crate::forward`] with the functions that read and make request
+/// ids (this module only writes it), so the two import one way; kept at this path.
+pub(crate) use crate::forward::X_REQUEST_ID;
 
 /// A fixed response served without an upstream.
 #[derive(Debug)]
@@ -24,11 +25,14 @@ pub(crate) struct DirectResponse {
     pub body: Bytes,
 }
 
-impl DirectResponse {
+impl FromConfig for DirectResponse {
+    type Section = RespondSection;
+
     /// `[routes.respond]` or `[upstreams.NAME.fallback]`, problems under `at`.
-    pub(crate) fn from_config(
+    fn from_config(
         at: &str,
         r: &RespondSection,
+        _cx: &(),
         problems: &mut Vec<Problem>,
     ) -> Option<DirectResponse> {
         let RespondSection {

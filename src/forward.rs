@@ -2,13 +2,16 @@
 //! `X-Forwarded-*` headers, and the removal of hop-by-hop headers (RFC 9110 section 7.6.1).
 //! Route-specific transforms are left to their own modules.
 
-use crate::error::X_REQUEST_ID;
 use http::header::{self, HeaderName};
 use http::HeaderValue;
 use pingora::http::SpelledName;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use std::net::IpAddr;
+
+/// `X-Request-ID`, with its spelling: inserted on every request, it then allocates nothing.
+/// Here with [`request_id`] and [`new_request_id`]; the `error` module re-exports it.
+pub(crate) const X_REQUEST_ID: SpelledName = SpelledName::from_static("x-request-id");
 
 // With their spelling, so that inserting them on every request allocates nothing.
 const X_FORWARDED_FOR: SpelledName = SpelledName::from_static("x-forwarded-for");

@@ -257,7 +257,8 @@ fn main() -> ExitCode {
     // Absolute but not resolved: a Kubernetes ConfigMap volume swaps the symlink behind the
     // name and deletes the old target, so a reload must read the name again.
     let config = std::path::absolute(&cli.config).unwrap_or(cli.config);
-    let ran = tollgate::build_server(assembled, config.clone(), mode).run();
+    let ran =
+        tollgate::build_server(assembled, config.clone(), mode).and_then(tollgate::Prepared::run);
     // After an upgrade the file names the new instance: leave it alone then.
     if let Some(path) = pid_file {
         let ours = std::fs::read_to_string(&path)

@@ -1,6 +1,8 @@
-//! The `ProxyHttp` Pingora runs: it pins each request to the generation serving when the
-//! request began ([`Gateway`], swapped by a reload) and hands every hook to it. A request
-//! never sees two configurations; a reload never waits for requests.
+//! The one `ProxyHttp` implementation: it pins each request to the generation serving when
+//! the request began ([`Gateway`], swapped by a reload) and hands each hook to one function
+//! of `crate::gateway`, named after what it decides. A request never sees two
+//! configurations; a reload never waits for requests. Hooks not written here keep Pingora's
+//! defaults.
 
 use crate::gateway::{Ctx as RequestState, Gateway};
 use crate::observe::log::{within, within_sync};
@@ -11,6 +13,8 @@ use pingora::cache::key::HashBinary;
 use pingora::cache::{CacheKey, CacheMeta, RespCacheable};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 /// Every request's generation, switched by reloads.
@@ -28,9 +32,10 @@ pub struct Ctx {
 impl ProxyHttp for Proxy {
     type CTX = Ctx;
 
-    fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
-        self.current.load().init_downstream_modules(modules)
-    }
+    /// No downstream modules: Pingora's default is a disabled compression module, whose
+    /// per-request context and filter calls cost CPU for nothing (routes compress
+    /// themselves).
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     /// A request refused before any hook (a malformed head, CONNECT): the gateway's JSON
     /// error, not Pingora's empty one.
@@ -38,73 +43,99 @@ impl ProxyHttp for Proxy {
         crate::error::early_error(status)
     }
 
+    /// The generation serving now, kept for the whole request.
     fn new_ctx(&self) -> Ctx {
-        let gw = self.current.load_full();
-        let req = gw.new_ctx();
-        Ctx { gw, req }
+        Ctx {
+            gw: self.current.load_full(),
+            req: RequestState::default(),
+        }
     }
 
+    /// Keep-alive, read timeout, request id, trace, gRPC deadline, client address.
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        ctx.gw.early_request_filter(session, &mut ctx.req).await
+        ctx.gw.begin(session, &mut ctx.req);
+        Ok(())
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let id = ctx.req.request_id().clone();
-        within(id, ctx.gw.request_filter(session, &mut ctx.req)).await
+    /// Refuse, answer at the gateway, or go on to proxy: the policy chain. Written out
+    /// instead of through `async_trait`, whose `Box::pin` copies the chain's whole future
+    /// (several hundred bytes) into its box on every request; this builds it in the box.
+    fn request_filter<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
+        session: &'life1 mut Session,
+        ctx: &'life2 mut Ctx,
+    ) -> Pin<Box<dyn Future<Output = Result<bool>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
+        pingora::proxy::box_in_place(move || {
+            let id = ctx.req.request_id().clone();
+            within(id, ctx.gw.admit_request(session, &mut ctx.req))
+        })
     }
 
+    /// Whether this request may use the response cache.
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        ctx.gw.request_cache_filter(session, &mut ctx.req)
+        ctx.gw.cache_request(session, &mut ctx.req);
+        Ok(())
     }
 
+    /// The cache entry's key.
     fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
-        ctx.gw.cache_key_callback(session, &mut ctx.req)
+        Ok(ctx.gw.cache_key(session, &ctx.req))
     }
 
+    /// Whether and how long the upstream's answer is stored.
     fn response_cache_filter(
         &self,
         session: &Session,
         resp: &ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<RespCacheable> {
-        ctx.gw.response_cache_filter(session, resp, &mut ctx.req)
+        Ok(ctx.gw.cacheable(session, resp, &ctx.req))
     }
 
+    /// Whether a stale entry may answer (revalidating, or the upstream failed).
     fn should_serve_stale(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         ctx: &mut Ctx,
         error: Option<&Error>,
     ) -> bool {
-        ctx.gw.should_serve_stale(session, &mut ctx.req, error)
+        ctx.gw.serve_stale(&ctx.req, error)
     }
 
+    /// Which variant of a cached entry this request reads (its `Vary` fields).
     fn cache_vary_filter(
         &self,
         meta: &CacheMeta,
-        ctx: &mut Ctx,
+        _ctx: &mut Ctx,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
-        ctx.gw.cache_vary_filter(meta, &mut ctx.req, req)
+        crate::cache::variance(meta, req)
     }
 
+    /// Whether a request body chunk is within `max_body_size`, and its rewrites.
     async fn request_body_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        ctx.gw
-            .request_body_filter(session, body, end_of_stream, &mut ctx.req)
-            .await
+        Gateway::request_body(body, end_of_stream, &mut ctx.req)
     }
 
+    /// Which target takes this attempt, with which timeouts.
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let id = ctx.req.request_id().clone();
-        within(id, ctx.gw.upstream_peer(session, &mut ctx.req)).await
+        within_sync(id, || ctx.gw.choose_peer(session, &mut ctx.req))
     }
 
+    /// Whether a failed connect is retried.
     fn fail_to_connect(
         &self,
         session: &mut Session,
@@ -113,11 +144,10 @@ impl ProxyHttp for Proxy {
         e: Box<Error>,
     ) -> Box<Error> {
         let id = ctx.req.request_id().clone();
-        within_sync(id, || {
-            ctx.gw.fail_to_connect(session, peer, &mut ctx.req, e)
-        })
+        within_sync(id, || ctx.gw.connect_failed(session, peer, &mut ctx.req, e))
     }
 
+    /// Whether a failed exchange is retried.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
@@ -129,81 +159,83 @@ impl ProxyHttp for Proxy {
         let id = ctx.req.request_id().clone();
         within_sync(id, || {
             ctx.gw
-                .error_while_proxy(peer, session, e, &mut ctx.req, client_reused)
+                .proxy_failed(peer, session, e, &mut ctx.req, client_reused)
         })
     }
 
+    /// Whether the upstream's answer head is relayed, refused or retried.
     async fn upstream_response_filter(
         &self,
         session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        ctx.gw
-            .upstream_response_filter(session, resp, &mut ctx.req)
-            .await
+        ctx.gw.upstream_response(session, resp, &mut ctx.req)
     }
 
+    /// What the upstream is sent.
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        ctx.gw
-            .upstream_request_filter(session, upstream, &mut ctx.req)
-            .await
+        ctx.gw.upstream_request(session, upstream, &mut ctx.req)
     }
 
+    /// What the client's response head says.
     async fn response_filter(
         &self,
         session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        ctx.gw.response_filter(session, resp, &mut ctx.req).await
+        ctx.gw.response_head(session, resp, &mut ctx.req)
     }
 
+    /// How each response body chunk is rewritten.
     fn response_body_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
-        ctx.gw
-            .response_body_filter(session, body, end_of_stream, &mut ctx.req)
+        Gateway::response_body(body, end_of_stream, &mut ctx.req);
+        Ok(None)
     }
 
+    /// What the upstream's trailers said (a gRPC status).
     fn upstream_response_trailer_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         trailers: &mut http::HeaderMap,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        ctx.gw
-            .upstream_response_trailer_filter(session, trailers, &mut ctx.req)
+        Gateway::upstream_trailers(trailers, &mut ctx.req);
+        Ok(())
     }
 
+    /// Whether the trailers end the body instead (a bridged gRPC-Web call).
     async fn response_trailer_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         trailers: &mut http::HeaderMap,
         ctx: &mut Ctx,
     ) -> Result<Option<Bytes>> {
-        ctx.gw
-            .response_trailer_filter(session, trailers, &mut ctx.req)
-            .await
+        Gateway::response_trailers(trailers, &mut ctx.req)
     }
 
+    /// What the client gets when proxying failed.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let id = ctx.req.request_id().clone();
-        within(id, ctx.gw.fail_to_proxy(session, e, &mut ctx.req)).await
+        within(id, ctx.gw.proxy_failure(session, e, &mut ctx.req)).await
     }
 
+    /// What the metrics, the access log and the trace say of the request.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let id = ctx.req.request_id().clone();
-        within(id, ctx.gw.logging(session, e, &mut ctx.req)).await
+        within_sync(id, || ctx.gw.finish(session, e, &mut ctx.req))
     }
 
     /// What Pingora's own lines about a request ("Fail to proxy: ...") say of it.

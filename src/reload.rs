@@ -172,15 +172,20 @@ impl Reloader {
             for w in assemble::refs::warnings(&file) {
                 log::warn!("{}: {}: {}", path.display(), w.path, w.message);
             }
-            assemble::build(&file, &source.sha256, &shared, Some(&previous)).map_err(
-                |mut problems| {
-                    source.locate(&mut problems);
-                    ConfigError {
-                        file: path.clone(),
-                        problems,
-                    }
-                },
+            assemble::build(
+                &file,
+                assemble::Planned::of(&file),
+                &source.sha256,
+                &shared,
+                Some(&previous),
             )
+            .map_err(|mut problems| {
+                source.locate(&mut problems);
+                ConfigError {
+                    file: path.clone(),
+                    problems,
+                }
+            })
         })
         .await
         .map_err(|e| ConfigError {

@@ -5,8 +5,8 @@
 //! prefix beats a shorter one, a route with methods or headers beats one without, and config
 //! order breaks the remaining ties. What a route does once matched is left to the gateway.
 
-use crate::config::file::RouteSection;
-use crate::config::{bounds, Problem};
+use crate::config::file::{RegexRewriteSection, RouteSection};
+use crate::config::{bounds, FromConfig, Problem};
 use crate::transform::{HeaderTransform, JsonRename};
 use crate::upstream::UpstreamGroup;
 use bytes::Bytes;
@@ -190,7 +190,7 @@ pub(crate) struct RouteContext<'a> {
 /// The rewrite of a proxied route: strip or replace the matched prefix, or a regex.
 fn path_rewrite(
     at: &str,
-    r: &RouteSection,
+    (strip, with, regex): (bool, &Option<String>, &Option<RegexRewriteSection>),
     path_match: &PathMatch,
     problems: &mut Vec<Problem>,
 ) -> PathRewrite {
@@ -198,7 +198,7 @@ fn path_rewrite(
         PathMatch::Prefix(p) | PathMatch::Exact(p) => p.trim_end_matches('/').len(),
         PathMatch::Any => 0,
     };
-    match (r.strip_prefix, &r.rewrite_prefix, &r.rewrite_regex) {
+    match (strip, with, regex) {
         (strip, with, Some(rx)) => {
             if strip || with.is_some() {
                 problems.push(Problem::new(
@@ -228,7 +228,7 @@ fn path_rewrite(
             PathRewrite::None
         }
         (true, None, None) => {
-            if r.path_prefix.is_none() {
+            if !matches!(path_match, PathMatch::Prefix(_)) {
                 problems.push(Problem::new(
                     format!("{at}.strip_prefix"),
                     "needs path_prefix",
@@ -309,10 +309,29 @@ impl Route {
         &self.name
     }
 
-    /// `routes[order]`, built in one pass: every field of the section is read here and every
-    /// problem collected under `routes[order]`.
-    pub(crate) fn from_config(
-        order: usize,
+    /// The proxy action, when the route proxies.
+    pub(crate) fn proxy(&self) -> Option<&ProxyAction> {
+        match &self.action {
+            RouteAction::Proxy(action) => Some(action),
+            _ => None,
+        }
+    }
+
+    /// Its position in the file, the last tie-breaker (the assembler sets it).
+    pub(crate) fn at_position(mut self, order: usize) -> Route {
+        self.order = order;
+        self
+    }
+}
+
+impl FromConfig<RouteContext<'_>> for Route {
+    type Section = RouteSection;
+
+    /// `routes[N]`, built in one pass: every key of the section is read here or by the
+    /// route's policies ([`crate::policy::RoutePolicy`]), and every problem collected under
+    /// `at`.
+    fn from_config(
+        at: &str,
         r: &RouteSection,
         cx: &RouteContext<'_>,
         problems: &mut Vec<Problem>,
@@ -335,13 +354,6 @@ impl Route {
             allow_encoded_slashes,
             respond,
             aggregate,
-            auth,
-            roles,
-            rate_limits,
-            ip_allow,
-            ip_deny,
-            cors,
-            max_body_size,
             request_headers,
             response_headers,
             rewrite_regex,
@@ -353,8 +365,11 @@ impl Route {
             websocket_idle_timeout,
             grpc_web,
             transcode,
+            // The policy keys (`auth`, `roles`, `rate_limits`, `ip_allow`, `ip_deny`, `cors`,
+            // `max_body_size`...) are read by the policies themselves (`RoutePolicy`).
+            ..
         } = r;
-        let at = format!("routes[{order}]");
+        let at = at.to_string();
         let before = problems.len();
         let path_match = match (path_prefix, path) {
             (Some(_), Some(_)) => {
@@ -436,7 +451,8 @@ impl Route {
         }
         let action = match (upstream, respond, aggregate) {
             (Some(up), None, None) => {
-                let rewrite = path_rewrite(&at, r, &path_match, problems);
+                let keys = (*strip_prefix, rewrite_prefix, rewrite_regex);
+                let rewrite = path_rewrite(&at, keys, &path_match, problems);
                 cx.groups
                     .get(&format!("{at}.upstream"), up, problems)
                     .and_then(|group| {
@@ -457,6 +473,7 @@ impl Route {
                             Some(t) => Some(Arc::new(crate::transcode::Transcoder::from_config(
                                 &format!("{at}.transcode"),
                                 t,
+                                &(),
                                 problems,
                             )?)),
                             None => None,
@@ -476,7 +493,7 @@ impl Route {
                     })
             }
             (None, Some(resp), None) => {
-                DirectResponse::from_config(&format!("{at}.respond"), resp, problems)
+                DirectResponse::from_config(&format!("{at}.respond"), resp, &(), problems)
                     .map(RouteAction::Respond)
             }
             (None, None, Some(agg)) => crate::aggregate::Aggregate::from_config(
@@ -501,31 +518,19 @@ impl Route {
                 None
             }
         };
-        let policy = crate::policy::RoutePolicy::from_config(
-            &at,
-            crate::policy::RoutePolicySection {
-                name,
-                auth,
-                roles,
-                rate_limits,
-                ip_allow,
-                ip_deny,
-                cors: cors.as_ref(),
-                max_body_size: *max_body_size,
-            },
-            &cx.policy,
-            problems,
-        );
+        let policy = crate::policy::RoutePolicy::from_config(&at, r, &cx.policy, problems);
         let transform = RouteTransform {
             request: HeaderTransform::from_config(
                 &format!("{at}.request_headers"),
                 request_headers,
+                &(),
                 problems,
             )
             .unwrap_or_default(),
             response: HeaderTransform::from_config(
                 &format!("{at}.response_headers"),
                 response_headers,
+                &(),
                 problems,
             )
             .unwrap_or_default(),
@@ -538,20 +543,18 @@ impl Route {
             json_response: JsonRename::of(json_rename_response),
         };
         let cache = cache.as_ref().and_then(|c| {
-            crate::cache::RouteCache::from_config(
-                &format!("{at}.cache"),
-                c,
+            let facts = crate::cache::RouteFacts {
                 proxied,
-                !auth.is_empty(),
-                problems,
-            )
+                authenticates: !r.auth.is_empty(),
+            };
+            crate::cache::RouteCache::from_config(&format!("{at}.cache"), c, &facts, problems)
         });
         let compression = compression.as_ref().and_then(|c| {
             let at = format!("{at}.compression");
             if !proxied {
                 problems.push(Problem::new(&at, "applies only to proxied routes"));
             }
-            crate::compress::Compression::from_config(&at, c, problems)
+            crate::compress::Compression::from_config(&at, c, &(), problems)
         });
         if problems.len() > before {
             return None;
@@ -569,10 +572,12 @@ impl Route {
             compression,
             stats: Default::default(),
             allow_encoded_slashes: *allow_encoded_slashes,
-            order,
+            order: 0,
         })
     }
+}
 
+impl Route {
     /// What this route matches, in words (`tollgate explain`).
     pub(crate) fn describe_match(&self) -> String {
         let mut parts = Vec::new();

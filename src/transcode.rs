@@ -11,6 +11,7 @@
 //! a gRPC error status as the matching HTTP status with `{"error", "code", "request_id"}`.
 
 use crate::config::file::{TranscodeMethodSection, TranscodeSection};
+use crate::config::FromConfig;
 use crate::config::Problem;
 use crate::grpc::{self, Code, Frame};
 use bytes::{Bytes, BytesMut};
@@ -196,11 +197,14 @@ impl Refusal {
     }
 }
 
-impl Transcoder {
+impl FromConfig for Transcoder {
+    type Section = TranscodeSection;
+
     /// `[routes.transcode]`, problems at `at`.
-    pub(crate) fn from_config(
+    fn from_config(
         at: &str,
         t: &TranscodeSection,
+        _cx: &(),
         problems: &mut Vec<Problem>,
     ) -> Option<Transcoder> {
         let TranscodeSection {
@@ -270,7 +274,9 @@ impl Transcoder {
         bindings.sort_by_key(|b| std::cmp::Reverse(b.template.specificity()));
         (problems.len() == before).then_some(Transcoder { bindings })
     }
+}
 
+impl Transcoder {
     /// `GET /v1/...` -> `package.Service/Method` lines (`tollgate explain`, docs).
     pub(crate) fn describe(&self) -> Vec<String> {
         self.bindings

@@ -5,6 +5,7 @@
 //! buffer the body only on routes that configure them and only for JSON content; every
 //! other body streams through untouched.
 
+use crate::config::FromConfig;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::SpelledName;
@@ -19,11 +20,14 @@ pub struct HeaderTransform {
     pub append: Vec<(HeaderName, HeaderValue)>,
 }
 
-impl HeaderTransform {
+impl FromConfig for HeaderTransform {
+    type Section = crate::config::file::HeaderEditsSection;
+
     /// `[routes.request_headers]` / `[routes.response_headers]`, problems at `at`.
-    pub(crate) fn from_config(
+    fn from_config(
         at: &str,
         e: &crate::config::file::HeaderEditsSection,
+        _cx: &(),
         problems: &mut Vec<crate::config::Problem>,
     ) -> Option<HeaderTransform> {
         let crate::config::file::HeaderEditsSection {
@@ -36,7 +40,9 @@ impl HeaderTransform {
             .map_err(|msg| problems.push(crate::config::Problem::new(at, msg)))
             .ok()
     }
+}
 
+impl HeaderTransform {
     pub fn compile(
         set: &BTreeMap<String, String>,
         append: &BTreeMap<String, String>,

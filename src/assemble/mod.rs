@@ -16,7 +16,7 @@ pub mod server;
 
 use crate::config::file::{ConfigFile, SecurityHeadersSection};
 use crate::config::fingerprint::{carry, Fingerprint};
-use crate::config::Problem;
+use crate::config::{FromConfig, Problem};
 use crate::gateway::{Gateway, Generation};
 use crate::observe::access_log::{self, AccessLog, AccessLogWriter};
 use crate::observe::metrics::Metrics;
@@ -103,10 +103,27 @@ pub struct Runtime {
     pub background: Vec<Background>,
 }
 
-/// Build `file` (whose text has SHA-256 `sha256`) into a runtime, carrying state over from
-/// `previous` when given; every problem in the file is reported at once.
+/// The server plan of a file and the problems found making it: made once per start, `-t`
+/// or reload (it reads the certificates), then given to [`Shared::new`] and [`build`].
+pub struct Planned {
+    pub plan: ServerPlan,
+    problems: Vec<Problem>,
+}
+
+impl Planned {
+    pub fn of(file: &ConfigFile) -> Planned {
+        let mut problems = Vec::new();
+        let plan = server::plan(file, &mut problems);
+        Planned { plan, problems }
+    }
+}
+
+/// Build `file` (whose text has SHA-256 `sha256`, planned as `planned`) into a runtime,
+/// carrying state over from `previous` when given; every problem in the file is reported at
+/// once.
 pub fn build(
     file: &ConfigFile,
+    planned: Planned,
     sha256: &str,
     shared: &Shared,
     previous: Option<&Gateway>,
@@ -137,7 +154,11 @@ pub fn build(
         &access_log.redact_query,
         &mut problems,
     );
-    let plan = server::plan(file, &mut problems);
+    let Planned {
+        plan,
+        problems: plan_problems,
+    } = planned;
+    problems.extend(plan_problems);
     let security = security(security_headers, &mut problems);
 
     let mut providers = Providers::new("JWT provider", auth.jwt.keys().cloned());
@@ -169,7 +190,7 @@ pub fn build(
     if resolver.hosts_file.as_deref() == Some("") {
         problems.push(Problem::new("resolver.hosts_file", "must not be empty"));
     }
-    let resolver = crate::upstream::dns::Resolver::from_config(resolver, &mut problems);
+    let resolver = crate::upstream::discovery::dns::Resolver::from_config(resolver, &mut problems);
     let mut groups = Groups::new("upstream", upstreams.keys().cloned());
     for (name, section) in upstreams {
         let prev = previous.and_then(|g| g.groups.find(name)).map(Arc::as_ref);
@@ -263,7 +284,10 @@ pub fn build(
     let built_routes: Vec<Route> = routes
         .iter()
         .enumerate()
-        .filter_map(|(i, r)| Route::from_config(i, r, &cx, &mut problems))
+        .filter_map(|(i, r)| {
+            Route::from_config(&format!("routes[{i}]"), r, &cx, &mut problems)
+                .map(|route| route.at_position(i))
+        })
         .collect();
     let caches = routes.iter().any(|r| r.cache.is_some());
     let response_cache = if caches {
@@ -350,6 +374,57 @@ fn security(
     }
 }
 
+/// A configuration file, loaded and built: what `tollgate -t` checks and a start runs.
+pub struct Assembled {
+    pub file: crate::config::ConfigFile,
+    /// What is valid but probably not meant (see `refs::warnings`).
+    pub warnings: Vec<crate::config::Problem>,
+    pub(crate) runtime: Runtime,
+    pub(crate) shared: Shared,
+    pub(crate) writers: Writers,
+}
+
+/// Load and build `path`, reporting every problem in it.
+pub fn load(path: &std::path::Path) -> Result<Assembled, crate::config::ConfigError> {
+    let (file, source) = crate::config::load(path)?;
+    let sha256 = &source.sha256;
+    let fail = |mut problems: Vec<crate::config::Problem>| {
+        source.locate(&mut problems);
+        crate::config::ConfigError {
+            file: path.to_path_buf(),
+            problems,
+        }
+    };
+    // The process-wide parts come from the plan, made once; `build` reports its problems
+    // with the rest.
+    let planned = Planned::of(&file);
+    let (shared, writers) = Shared::new(&planned.plan).map_err(fail)?;
+    let runtime = build(&file, planned, sha256, &shared, None).map_err(fail)?;
+    Ok(Assembled {
+        warnings: refs::warnings(&file),
+        file,
+        runtime,
+        shared,
+        writers,
+    })
+}
+
+/// What the gateway built from `assembled` would do with one request (`tollgate explain`),
+/// without any network.
+pub fn explain(
+    assembled: &Assembled,
+    query: &crate::gateway::explain::Query,
+) -> Result<crate::gateway::explain::Explanation, String> {
+    let listeners: Vec<(String, bool)> = assembled
+        .runtime
+        .plan
+        .listeners
+        .iter()
+        .map(|l| (l.address.clone(), l.tls.is_some()))
+        .collect();
+    crate::gateway::explain::explain(&assembled.runtime.gateway, &listeners, query)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,10 +459,9 @@ name = "d"
 [routes.respond]
 "#;
         let file = crate::config::parse(text).unwrap();
-        let mut ignored = Vec::new();
-        let plan = server::plan(&file, &mut ignored);
-        let (shared, _) = Shared::new(&plan).unwrap();
-        let built = build(&file, "", &shared, None);
+        let planned = Planned::of(&file);
+        let (shared, _) = Shared::new(&planned.plan).unwrap();
+        let built = build(&file, planned, "", &shared, None);
         assert!(built.is_ok(), "{:?}", built.err());
     }
 }

@@ -357,15 +357,28 @@ pub enum Lookup {
     Use(Option<String>),
 }
 
-impl RouteCache {
-    /// `[routes.cache]`; `proxied` and `authenticates` say what the route does.
-    pub(crate) fn from_config(
+/// What a route does, which decides whether and how it may cache.
+pub(crate) struct RouteFacts {
+    /// The route has an upstream.
+    pub proxied: bool,
+    /// The route authenticates its callers.
+    pub authenticates: bool,
+}
+
+impl crate::config::FromConfig<RouteFacts> for RouteCache {
+    type Section = crate::config::file::RouteCacheSection;
+
+    /// `[routes.cache]`, for a route that does what `facts` say.
+    fn from_config(
         at: &str,
         c: &crate::config::file::RouteCacheSection,
-        proxied: bool,
-        authenticates: bool,
+        facts: &RouteFacts,
         problems: &mut Vec<crate::config::Problem>,
     ) -> Option<RouteCache> {
+        let RouteFacts {
+            proxied,
+            authenticates,
+        } = *facts;
         use crate::config::{bounds, Problem};
         let crate::config::file::RouteCacheSection {
             ttl,
@@ -404,7 +417,9 @@ impl RouteCache {
             stale_if_error: stale_if_error.map_or(Duration::ZERO, |d| d.0),
         })
     }
+}
 
+impl RouteCache {
     /// Whether and how the request uses the cache. `authenticated`: the request carried an
     /// identity or an `Authorization` header; `principal`: who it identified.
     pub fn lookup(&self, method: &Method, authenticated: bool, principal: Option<&str>) -> Lookup {

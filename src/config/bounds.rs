@@ -16,7 +16,7 @@
 //! assembler), with the constants of this table.
 //!
 //! A new numeric key gets a `pub const` here, an entry in [`RANGES`], a row in the document
-//! and a [`Range::check`] call where its section is built; the tests here (and `tests/config_bounds.rs`)
+//! and a [`Range::check`] call where its section is built; the tests here (and `tests/it/config_bounds.rs`)
 //! fail until they agree.
 
 use super::types::{HumanDuration, HumanSize};

@@ -38,6 +38,22 @@ impl Problem {
     }
 }
 
+/// The one shape of every builder from configuration: the part of the file at key path
+/// `at` (`routes[2]`, `upstreams.api`), built against `cx` (what else of the generation it
+/// needs; `()` when nothing), every problem collected in `problems` under `at`. `None` when
+/// there was a problem, or when the section asks for nothing (an optional policy absent).
+pub trait FromConfig<Cx: ?Sized = ()>: Sized {
+    /// The part of the file it is built from.
+    type Section: ?Sized;
+
+    fn from_config(
+        at: &str,
+        section: &Self::Section,
+        cx: &Cx,
+        problems: &mut Vec<Problem>,
+    ) -> Option<Self>;
+}
+
 /// The valid choice most like `given`, when one is close enough to be a typo.
 pub(crate) fn closest<'v>(given: &str, valid: impl Iterator<Item = &'v str>) -> Option<&'v str> {
     valid

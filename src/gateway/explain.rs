@@ -2,13 +2,13 @@
 //!
 //! The request runs through the same policy chain as a served one ([`request::admit`] in
 //! [`Mode::Explain`]), then the same upstream-request and response builders
-//! ([`Gateway::upstream_request`], [`Gateway::decorate_response`]); only the steps with side
+//! ([`Gateway::rewrite_request`], [`Gateway::decorate_response`]); only the steps with side
 //! effects are described instead of run: rate limits are listed, not counted, and an
-//! aggregate's calls are listed, not made. `tests/explain.rs` compares the answer with what
+//! aggregate's calls are listed, not made. `tests/it/explain.rs` compares the answer with what
 //! the running gateway does for the same requests.
 
 use super::request::{self, Facts, Mode, Step, StepName};
-use super::{proxy_of, Ctx, Gateway};
+use super::{Ctx, Gateway};
 use crate::cache::Lookup;
 use crate::forward;
 use crate::policy::auth::AuthMethod;
@@ -16,7 +16,6 @@ use crate::route::{Route, RouteAction};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use pingora::cache::RespCacheable;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::proxy::ProxyHttp;
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -228,8 +227,8 @@ pub(crate) fn explain(
     for p in &gw.policy.jwt_providers {
         p.go_offline();
     }
-    let mut ctx = gw.new_ctx();
-    ctx.request_id = forward::request_id(&req);
+    let mut ctx = Ctx::default();
+    ctx.client.request_id = forward::request_id(&req);
     gw.identify_client(Some(q.client), &req, &mut ctx);
     let original = req.clone();
     let mut trace = Vec::new();
@@ -340,7 +339,11 @@ pub(crate) fn explain(
             route: route_name.clone(),
             status: status.as_u16(),
         },
-        Step::Next => match proxy_of(route.as_ref()) {
+        Step::Next => match route
+            .as_deref()
+            .and_then(Route::proxy)
+            .map(|a| (a, &a.upstream))
+        {
             Some((_, group)) => Outcome::Proxy {
                 route: route_name.clone().unwrap_or_default(),
                 group: group.name.to_string(),
@@ -357,7 +360,13 @@ pub(crate) fn explain(
     let other_routes = candidates(gw, route.as_deref(), host.as_deref(), &path, &req);
 
     let mut upstream = None;
-    if let (Step::Next, Some((action, group))) = (&decided, proxy_of(route.as_ref())) {
+    if let (Step::Next, Some((action, group))) = (
+        &decided,
+        route
+            .as_deref()
+            .and_then(Route::proxy)
+            .map(|a| (a, &a.upstream)),
+    ) {
         let mut up = req.clone();
         forward::strip_hop_by_hop_request(&mut up);
         let down = forward::Downstream {
@@ -365,7 +374,7 @@ pub(crate) fn explain(
             peer: Some(q.client),
             tls,
         };
-        gw.upstream_request(&down, &mut up, &mut ctx)
+        gw.rewrite_request(&down, &mut up, &mut ctx)
             .map_err(|e| format!("building the upstream request: {e}"))?;
         let retry_on = action.retry_on.describe();
         upstream = Some(UpstreamReport {
@@ -479,12 +488,13 @@ pub(crate) fn explain(
                 for (n, v) in headers {
                     let _ = resp.append_header(n.clone(), v.clone());
                 }
-                let _ = resp.insert_header(&crate::error::X_REQUEST_ID, ctx.request_id.clone());
+                let _ =
+                    resp.insert_header(&crate::error::X_REQUEST_ID, ctx.client.request_id.clone());
             }
             _ => {
                 gw.decorate_response(&original, false, &mut resp, &mut ctx)
                     .map_err(|e| e.to_string())?;
-                for (n, v) in &ctx.response_headers {
+                for (n, v) in &ctx.reply.headers {
                     let _ = resp.append_header(n.clone(), v.clone());
                 }
             }
@@ -528,7 +538,7 @@ pub(crate) fn explain(
             target: received,
             normalized,
             host,
-            client_ip: ctx.client_ip.map(|ip| ip.to_string()),
+            client_ip: ctx.client.ip.map(|ip| ip.to_string()),
             listener: listener.map(|(a, _)| a),
         },
         outcome,
@@ -557,9 +567,10 @@ fn detail(
         Step::Reject(r) => Some(format!("{} {}", r.status.as_u16(), r.message)),
         _ => None,
     };
-    let client = ctx
-        .client_ip
-        .map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+    let asked = crate::policy::Asked {
+        req,
+        client_ip: ctx.client.ip,
+    };
     match name {
         StepName::Framing => refused
             .unwrap_or_else(|| format!("{} header lines; framing unambiguous", req.headers.len())),
@@ -571,38 +582,15 @@ fn detail(
                 format!("{received} becomes {now}")
             }
         }),
-        StepName::GlobalIp | StepName::RouteIp => {
-            let rules = if name == StepName::GlobalIp {
-                gw.policy.ip.describe()
-            } else {
-                route.map_or_else(String::new, |r| r.policy.ip.describe())
-            };
-            match refused {
-                Some(r) => format!("client {client}: {r} ({rules})"),
-                None => format!("client {client} admitted ({rules})"),
-            }
-        }
+        StepName::GlobalIp => crate::policy::ip::explain(&gw.policy.ip, &asked, step),
         StepName::Route => match (route, refused) {
             (Some(r), None) => format!("`{}` matches: {}", r.name(), r.describe_match()),
             (Some(r), Some(why)) => format!("`{}`: {why}", r.name()),
             (None, why) => why.unwrap_or_else(|| "no route".into()),
         },
-        StepName::Cors => match (route.and_then(|r| r.policy.cors.as_ref()), step) {
-            (None, _) => "no CORS policy".into(),
-            (Some(_), Step::Answer { .. }) => "a preflight: answered 204 by the gateway".into(),
-            (Some(_), Step::Reject(r)) => format!("{} {}", r.status.as_u16(), r.message),
-            (Some(_), Step::Next) if !req.headers.contains_key(http::header::ORIGIN) => {
-                "not a cross-origin request (no Origin): Vary: Origin added".into()
-            }
-            (Some(_), Step::Next) => "cross-origin request: CORS headers added".into(),
-        },
-        StepName::BodySize => {
-            let max = route.map_or(0, |r| r.policy.max_body);
-            refused.unwrap_or_else(|| match forward::content_length(req) {
-                Some(n) => format!("Content-Length {n} within {max} bytes"),
-                None => format!("no Content-Length; a body past {max} bytes is refused (413)"),
-            })
-        }
+        StepName::Check(check) => route
+            .and_then(|r| r.policy.checks.iter().find(|c| c.name() == check))
+            .map_or_else(String::new, |c| c.explain(&asked, step)),
         StepName::Auth => {
             let Some(r) = route else { return String::new() };
             let auth = &r.policy.auth;

@@ -5,11 +5,10 @@
 
 use super::{Ctx, Gateway};
 use crate::aggregate::Forwarded;
-use crate::error::{Reject, X_REQUEST_ID};
+use crate::error::{self, Reject, X_REQUEST_ID};
 use crate::forward;
 use crate::observe::trace;
 use crate::policy::auth;
-use crate::policy::cors::CorsOutcome;
 use crate::policy::rate_limit::{RateDecision, Subject};
 use crate::policy::{framing, normalize};
 use crate::route::{Route, RouteAction};
@@ -17,37 +16,48 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
+use pingora::{Error, ErrorType, Result};
 use std::net::SocketAddr;
 
-/// What a step decided.
-#[derive(Clone)]
-pub(crate) enum Step {
-    /// On to the next step.
-    Next,
-    /// Refuse: the JSON error body with the request id.
-    Reject(Reject),
-    /// Answer here (a CORS preflight, a direct response, an aggregate).
-    Answer {
-        status: StatusCode,
-        headers: Vec<(HeaderName, HeaderValue)>,
-        body: Bytes,
-    },
-}
+/// The status message of a gRPC call refused for a message over `max_body_size`.
+const GRPC_MESSAGE_TOO_LARGE: &str = "message larger than max_body_size";
 
-/// The chain's steps, by the names `tollgate explain` prints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+pub(crate) use crate::policy::Step;
+
+/// The chain's steps, by the names `tollgate explain` prints: the fixed ones, and the
+/// route's checks by their own names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepName {
     Framing,
     Normalize,
     GlobalIp,
     Route,
-    RouteIp,
-    Cors,
-    BodySize,
+    /// One of the route's checks (`RouteCheck::name`).
+    Check(&'static str),
     Auth,
     RateLimit,
     Answer,
+}
+
+impl StepName {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StepName::Framing => "framing",
+            StepName::Normalize => "normalize",
+            StepName::GlobalIp => "global_ip",
+            StepName::Route => "route",
+            StepName::Check(name) => name,
+            StepName::Auth => "auth",
+            StepName::RateLimit => "rate_limit",
+            StepName::Answer => "answer",
+        }
+    }
+}
+
+impl serde::Serialize for StepName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 /// Facts about the connection the chain needs besides the request head.
@@ -122,11 +132,16 @@ pub(crate) async fn admit(
     let Some(route) = ctx.route.clone() else {
         return Step::Reject(Reject::new(StatusCode::NOT_FOUND, "no route"));
     };
-    step!(mode, RouteIp, ip_step(&route.policy.ip, ctx));
-    // Preflights carry no credentials, so they are answered before authentication.
-    step!(mode, Cors, cors_step(&route, req, ctx));
-    // A body announced too large is refused before anyone verifies who sends it.
-    step!(mode, BodySize, body_size_step(&route, req));
+    // The route's checks on the request head, in their registered order (IP rules, CORS,
+    // body size...): before anyone verifies who sends the request.
+    let asked = crate::policy::Asked {
+        req,
+        client_ip: ctx.client.ip,
+    };
+    for check in &route.policy.checks {
+        let decided = check.check(&asked, &mut ctx.reply.headers);
+        step!(mode, Check(check.name()), decided);
+    }
     // Who is calling, and may they: rate limits below can key on the identity. An auth
     // service is not asked by `tollgate explain`, which works without any network.
     if !(mode.explaining() && route.policy.auth.asks_a_service()) {
@@ -139,7 +154,7 @@ pub(crate) async fn admit(
     let answer = if mode.explaining() && matches!(route.action, RouteAction::Aggregate(_)) {
         Step::Answer {
             status: StatusCode::OK,
-            headers: ctx.response_headers.clone(),
+            headers: ctx.reply.headers.clone(),
             body: Bytes::new(),
         }
     } else {
@@ -163,8 +178,8 @@ fn normalize_step(gw: &Gateway, req: &mut RequestHeader, facts: Facts, ctx: &mut
     let key_header = gw.policy.api_keys.header.as_ref();
     match normalize::normalize(req, opts, key_header) {
         Ok(n) => {
-            ctx.received_target = n.received;
-            ctx.encoded_slash = n.encoded_slash;
+            ctx.target.received = n.received;
+            ctx.target.encoded_slash = n.encoded_slash;
             Step::Next
         }
         Err(why) => Step::Reject(Reject::new(StatusCode::BAD_REQUEST, why)),
@@ -172,10 +187,10 @@ fn normalize_step(gw: &Gateway, req: &mut RequestHeader, facts: Facts, ctx: &mut
 }
 
 fn ip_step(rules: &crate::policy::ip::IpRules, ctx: &Ctx) -> Step {
-    if rules.admits(ctx.client_ip) {
+    if rules.admits(ctx.client.ip) {
         Step::Next
     } else {
-        Step::Reject(Reject::new(StatusCode::FORBIDDEN, "forbidden").because("ip_denied"))
+        Step::Reject(crate::policy::ip::refused())
     }
 }
 
@@ -188,42 +203,13 @@ fn route_step(gw: &Gateway, req: &RequestHeader, ctx: &mut Ctx) -> Step {
         return Step::Reject(Reject::new(StatusCode::NOT_FOUND, "no route"));
     };
     ctx.route = Some(route.clone());
-    if ctx.encoded_slash && !route.allow_encoded_slashes {
+    if ctx.target.encoded_slash && !route.allow_encoded_slashes {
         return Step::Reject(Reject::new(
             StatusCode::BAD_REQUEST,
             "encoded slash in path",
         ));
     }
     Step::Next
-}
-
-fn cors_step(route: &Route, req: &RequestHeader, ctx: &mut Ctx) -> Step {
-    let Some(cors) = &route.policy.cors else {
-        return Step::Next;
-    };
-    match cors.evaluate(&req.method, &req.headers) {
-        Ok(CorsOutcome::Actual(h)) => {
-            ctx.response_headers.extend(h);
-            Step::Next
-        }
-        Ok(CorsOutcome::Preflight(headers)) => Step::Answer {
-            status: StatusCode::NO_CONTENT,
-            headers,
-            body: Bytes::new(),
-        },
-        Err(reject) => Step::Reject(reject),
-    }
-}
-
-fn body_size_step(route: &Route, req: &RequestHeader) -> Step {
-    if forward::content_length(req).is_some_and(|n| n > route.policy.max_body) {
-        Step::Reject(Reject::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request body too large",
-        ))
-    } else {
-        Step::Next
-    }
 }
 
 async fn auth_step(gw: &Gateway, route: &Route, req: &RequestHeader, ctx: &mut Ctx) -> Step {
@@ -233,8 +219,8 @@ async fn auth_step(gw: &Gateway, route: &Route, req: &RequestHeader, ctx: &mut C
         uri: &req.uri,
         headers: &req.headers,
         host: forward::host(req),
-        client_ip: ctx.client_ip,
-        request_id: &ctx.request_id,
+        client_ip: ctx.client.ip,
+        request_id: &ctx.client.request_id,
     };
     match auth::authenticate(&policy.auth, &request, &gw.policy.api_keys).await {
         Ok(identity) => {
@@ -256,7 +242,7 @@ async fn rate_limit_step(gw: &Gateway, route: &Route, ctx: &mut Ctx) -> Step {
     let subject = Subject {
         route: &route.name,
         consumer: ctx.identity.as_ref().and_then(|i| i.principal()),
-        client_ip: ctx.client_ip,
+        client_ip: ctx.client.ip,
     };
     let mut decision: Option<RateDecision> = match &route.policy.rate_limits {
         Some(limits) => Some(limits.check(&subject).await),
@@ -274,7 +260,7 @@ async fn rate_limit_step(gw: &Gateway, route: &Route, ctx: &mut Ctx) -> Step {
     let Some(decision) = decision else {
         return Step::Next;
     };
-    ctx.response_headers.extend(decision.headers());
+    ctx.reply.headers.extend(decision.headers());
     if decision.allowed {
         return Step::Next;
     }
@@ -284,7 +270,7 @@ async fn rate_limit_step(gw: &Gateway, route: &Route, ctx: &mut Ctx) -> Step {
         .inc();
     let mut reject = Reject::new(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded")
         .because(decision.reason());
-    reject.headers = std::mem::take(&mut ctx.response_headers);
+    reject.headers = std::mem::take(&mut ctx.reply.headers);
     Step::Reject(reject)
 }
 
@@ -293,7 +279,7 @@ async fn answer_step(gw: &Gateway, route: &Route, req: &RequestHeader, ctx: &mut
         RouteAction::Proxy(_) => Step::Next,
         RouteAction::Respond(direct) => {
             let mut headers = direct.headers.clone();
-            headers.extend(ctx.response_headers.iter().cloned());
+            headers.extend(ctx.reply.headers.iter().cloned());
             Step::Answer {
                 status: direct.status,
                 headers,
@@ -311,7 +297,7 @@ async fn answer_step(gw: &Gateway, route: &Route, req: &RequestHeader, ctx: &mut
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             )];
-            headers.extend(ctx.response_headers.iter().cloned());
+            headers.extend(ctx.reply.headers.iter().cloned());
             Step::Answer {
                 status,
                 headers,
@@ -328,7 +314,7 @@ pub(super) fn calls_carry(ctx: &mut Ctx) -> Vec<(HeaderName, HeaderValue)> {
         .identity
         .as_ref()
         .map_or_else(Vec::new, |i| i.headers.to_vec());
-    out.push((X_REQUEST_ID.name().clone(), ctx.request_id.clone()));
+    out.push((X_REQUEST_ID.name().clone(), ctx.client.request_id.clone()));
     // One CLIENT span covers the calls; each callee's span is its child.
     if let Some(t) = ctx.trace.as_mut() {
         out.push((trace::TRACEPARENT, t.call(trace::CALLS, None)));
@@ -336,10 +322,94 @@ pub(super) fn calls_carry(ctx: &mut Ctx) -> Vec<(HeaderName, HeaderValue)> {
             out.push((trace::TRACESTATE, state.clone()));
         }
     }
-    if let Some(ip) = ctx.client_ip {
+    if let Some(ip) = ctx.client.ip {
         if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
             out.push((HeaderName::from_static("x-forwarded-for"), v));
         }
     }
     out
+}
+
+impl Gateway {
+    /// The policy chain ([`admit`]), then refuse, answer, or go on to proxy (`false`).
+    pub(crate) async fn admit_request(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let facts = Facts::of(session);
+        let req = session.req_header_mut();
+        match admit(self, req, facts, ctx, Mode::Serve).await {
+            Step::Next => {
+                // A transcoding route answers here, with a gRPC call of its own.
+                let route = ctx.route.clone();
+                let transcoding = route
+                    .as_deref()
+                    .and_then(Route::proxy)
+                    .and_then(|action| Some((action, action.transcode.as_deref()?)));
+                match transcoding {
+                    Some((action, t)) => self.serve_transcoded(session, ctx, action, t).await,
+                    None => Ok(false),
+                }
+            }
+            Step::Reject(reject) => self.reject(session, ctx, reject).await,
+            Step::Answer {
+                status,
+                mut headers,
+                body,
+            } => {
+                ctx.reply.answered = Some(status);
+                super::respond::own_answer_headers(session.req_header(), ctx, &mut headers);
+                error::respond(session, status, &headers, body, &ctx.client.request_id).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Each request body chunk: `max_body_size` (per message on gRPC, not at all after an
+    /// upgrade), then the JSON rename and the gRPC-Web bridge.
+    pub(crate) fn request_body(
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(route) = ctx.route.as_ref() else {
+            return Ok(());
+        };
+        // Every refusal here is the client's doing, and marked so: Pingora's HTTP/2 upstream
+        // path takes an unmarked error for a failed upstream write and waits for an answer
+        // the upstream will never send (the body it expects stopped).
+        // `max_body_size` bounds a request body; a gRPC stream per message (as gRPC's own
+        // maximum message size does), and bytes after an upgrade (WebSocket) not at all:
+        // they are no request body.
+        if let (Some(chunk), None) = (body.as_ref(), ctx.reply.upgraded.as_ref()) {
+            let max = route.policy.max_body;
+            match ctx.grpc.as_mut().filter(|call| call.web.is_none()) {
+                Some(call) => {
+                    if call.messages.feed(chunk, max).is_err() {
+                        return Err(Error::explain(
+                            ErrorType::CustomCode(GRPC_MESSAGE_TOO_LARGE, 413),
+                            "a gRPC message exceeds max_body_size",
+                        )
+                        .into_down());
+                    }
+                }
+                None => {
+                    ctx.body.received += chunk.len() as u64;
+                    if ctx.body.received > max {
+                        return Err(Error::explain(
+                            ErrorType::HTTPStatus(413),
+                            "request body exceeds max_body_size",
+                        )
+                        .into_down());
+                    }
+                }
+            }
+        }
+        if let Some(buffer) = ctx.body.request_json.as_mut() {
+            *body = buffer.feed(body.take(), end_of_stream, &route.transform.json_request);
+        }
+        if let Some(bridge) = ctx.bridge() {
+            bridge
+                .request_body(body, end_of_stream)
+                .map_err(|e| e.into_down())?;
+        }
+        Ok(())
+    }
 }

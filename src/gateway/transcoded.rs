@@ -77,13 +77,20 @@ impl Gateway {
             .await
         {
             Ok(Reply::One(json)) => {
-                ctx.answered = Some(StatusCode::OK);
+                ctx.reply.answered = Some(StatusCode::OK);
                 let mut headers = vec![(
                     http::header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
                 )];
-                headers.extend(ctx.response_headers.iter().cloned());
-                error::respond(session, StatusCode::OK, &headers, json, &ctx.request_id).await?;
+                headers.extend(ctx.reply.headers.iter().cloned());
+                error::respond(
+                    session,
+                    StatusCode::OK,
+                    &headers,
+                    json,
+                    &ctx.client.request_id,
+                )
+                .await?;
                 Ok(true)
             }
             Ok(Reply::Streamed) => Ok(true),
@@ -101,7 +108,7 @@ impl Gateway {
             Failed::Gateway(status, m) => (status, Code::for_gateway_status(status), m),
             Failed::Status(code, m) => (code.http_status(), code, m),
         };
-        ctx.answered = Some(status);
+        ctx.reply.answered = Some(status);
         let mut headers = vec![
             (
                 http::header::CONTENT_TYPE,
@@ -112,10 +119,10 @@ impl Gateway {
                 HeaderValue::from_static("no-store"),
             ),
         ];
-        headers.extend(ctx.response_headers.iter().cloned());
-        let id = ctx.request_id.to_str().unwrap_or("");
+        headers.extend(ctx.reply.headers.iter().cloned());
+        let id = ctx.client.request_id.to_str().unwrap_or("");
         let body = error_body(code, &message, id);
-        error::respond(session, status, &headers, body, &ctx.request_id).await?;
+        error::respond(session, status, &headers, body, &ctx.client.request_id).await?;
         Ok(true)
     }
 
@@ -162,8 +169,8 @@ impl Gateway {
         ctx.upstream.sent_at = Some(std::time::Instant::now());
         let outcome = exchange(session, ctx, &mut h2, req, call).await;
         match &outcome {
-            Ok(Reply::One(_)) => ctx.grpc_status = Some(Code::Ok),
-            Err(Failed::Status(code, _)) => ctx.grpc_status = Some(*code),
+            Ok(Reply::One(_)) => ctx.reply.grpc_status = Some(Code::Ok),
+            Err(Failed::Status(code, _)) => ctx.reply.grpc_status = Some(*code),
             // A stream's status was noted as it ended.
             Ok(Reply::Streamed) | Err(Failed::Gateway(..)) => {}
         }
@@ -267,7 +274,7 @@ async fn exchange(
         .or_else(|| status_of(&head.headers));
     let (code, message) = status.unwrap_or((Code::Unknown, "no grpc-status".into()));
     if call.server_streaming {
-        ctx.grpc_status = Some(code);
+        ctx.reply.grpc_status = Some(code);
         if code != Code::Ok && !streamed {
             return Err(Failed::Status(code, message));
         }
@@ -278,7 +285,7 @@ async fn exchange(
         let last = if code == Code::Ok {
             Bytes::new()
         } else {
-            let id = ctx.request_id.to_str().unwrap_or("");
+            let id = ctx.client.request_id.to_str().unwrap_or("");
             let mut line = BytesMut::from(&error_body(code, &message, id)[..]);
             line.extend_from_slice(b"\n");
             line.freeze()
@@ -303,14 +310,14 @@ async fn exchange(
 
 /// The head of an NDJSON stream.
 async fn start_stream(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-    ctx.answered = Some(StatusCode::OK);
+    ctx.reply.answered = Some(StatusCode::OK);
     let mut resp = ResponseHeader::build(StatusCode::OK, Some(4))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/x-ndjson")?;
     if !session.is_http2() {
         resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
     }
-    resp.insert_header(&X_REQUEST_ID, ctx.request_id.clone())?;
-    for (k, v) in &ctx.response_headers {
+    resp.insert_header(&X_REQUEST_ID, ctx.client.request_id.clone())?;
+    for (k, v) in &ctx.reply.headers {
         resp.append_header(k.clone(), v.clone())?;
     }
     session.write_response_header(Box::new(resp), false).await

@@ -6,6 +6,7 @@
 //! constant-time.
 
 use crate::config::file::ConsumerSection;
+use crate::config::FromConfig;
 use crate::config::Problem;
 use crate::policy::rate_limit::{RateLimitStore, RateLimits};
 use http::{HeaderName, HeaderValue};
@@ -87,11 +88,14 @@ impl ApiKeys {
                     )),
                 }
             }
+            let scope = super::rate_limit::Scope {
+                name,
+                store: rate_store,
+            };
             let limits = RateLimits::from_config(
                 &format!("{at}.rate_limits"),
-                name,
-                rate_limits,
-                rate_store,
+                &rate_limits[..],
+                &scope,
                 problems,
             );
             let consumer = Arc::new(Consumer {

@@ -4,12 +4,18 @@
 //! module only decides.
 
 use super::api_key::{ApiKeys, Consumer};
+// `bearer` lives in `external` (which this module builds on), so the two import one way;
+// re-exported so `auth::bearer` stays a path.
+pub(crate) use super::external::bearer;
 use super::external::{AuthRequest, Decision, Denied, ExternalAuth, Verdict};
 use super::jwt::JwtProvider;
-use crate::config::file::AuthErrorPolicy;
+use super::PolicyContext;
+use crate::config::file::{AuthErrorPolicy, RouteSection};
+use crate::config::types::AuthRef;
+use crate::config::{FromConfig, Problem};
 use crate::error::Reject;
-use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::header::WWW_AUTHENTICATE;
+use http::{HeaderName, HeaderValue, StatusCode};
 use std::sync::Arc;
 
 pub enum AuthMethod {
@@ -25,6 +31,61 @@ pub struct RouteAuth {
     pub methods: Vec<AuthMethod>,
     /// Any one of these suffices; empty: any authenticated caller.
     pub roles: Vec<String>,
+}
+
+impl FromConfig<PolicyContext<'_>> for RouteAuth {
+    type Section = RouteSection;
+
+    /// A route's `auth` methods (each a provider, service or API keys the file defines)
+    /// and its `roles`.
+    fn from_config(
+        at: &str,
+        r: &RouteSection,
+        cx: &PolicyContext<'_>,
+        problems: &mut Vec<Problem>,
+    ) -> Option<RouteAuth> {
+        let before = problems.len();
+        let mut methods = Vec::with_capacity(r.auth.len());
+        for (i, m) in r.auth.iter().enumerate() {
+            let path = format!("{at}.auth[{i}]");
+            match m {
+                AuthRef::ApiKey => {
+                    if !cx.has_consumers {
+                        problems.push(Problem::new(
+                            path,
+                            "api_key needs at least one [consumers.NAME] with keys",
+                        ));
+                    }
+                    methods.push(AuthMethod::ApiKey);
+                }
+                AuthRef::Jwt(provider) => {
+                    if let Some(p) = cx.jwt.get(&path, provider, problems) {
+                        methods.push(AuthMethod::Jwt(p));
+                    }
+                }
+                AuthRef::Forward(name) => {
+                    if let Some(p) = cx.forward.get(&path, name, problems) {
+                        methods.push(AuthMethod::External(p));
+                    }
+                }
+                AuthRef::Introspection(name) => {
+                    if let Some(p) = cx.introspection.get(&path, name, problems) {
+                        methods.push(AuthMethod::External(p));
+                    }
+                }
+            }
+        }
+        if !r.roles.is_empty() && r.auth.is_empty() {
+            problems.push(Problem::new(
+                format!("{at}.roles"),
+                "roles need auth methods on the route",
+            ));
+        }
+        (problems.len() == before).then(|| RouteAuth {
+            methods,
+            roles: r.roles.clone(),
+        })
+    }
 }
 
 impl RouteAuth {
@@ -127,13 +188,6 @@ impl AuthFailure {
             .push((WWW_AUTHENTICATE, HeaderValue::from_static(challenge)));
         r
     }
-}
-
-/// The bearer token of an `Authorization` header, if it carries one.
-pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Authenticate and authorize a request for a route. `Ok(None)`: the route is public.

@@ -3,7 +3,11 @@
 //! requests. `*` is never combined with credentials (refused at config validation), and
 //! `Vary: Origin` is always sent when the answer depends on the origin.
 
+use super::{Asked, PolicyContext, RouteCheck, Step};
+use crate::config::file::{CorsSection, RouteSection};
+use crate::config::{FromConfig, Problem};
 use crate::error::Reject;
+use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 
@@ -33,14 +37,73 @@ pub enum CorsOutcome {
 
 const VARY_ORIGIN: HeaderValue = HeaderValue::from_static("Origin");
 
+impl FromConfig<PolicyContext<'_>> for CorsPolicy {
+    type Section = RouteSection;
+
+    /// `[routes.cors]`, problems at the field under `at.cors`; `None` without the section.
+    fn from_config(
+        at: &str,
+        r: &RouteSection,
+        _cx: &PolicyContext<'_>,
+        problems: &mut Vec<Problem>,
+    ) -> Option<CorsPolicy> {
+        Self::from_section(&format!("{at}.cors"), r.cors.as_ref()?, problems)
+    }
+}
+
+impl RouteCheck for CorsPolicy {
+    fn name(&self) -> &'static str {
+        "cors"
+    }
+
+    /// Preflights carry no credentials, so they are answered before authentication.
+    fn check(&self, asked: &Asked<'_>, headers: &mut Vec<(HeaderName, HeaderValue)>) -> Step {
+        match self.evaluate(&asked.req.method, &asked.req.headers) {
+            Ok(CorsOutcome::Actual(h)) => {
+                headers.extend(h);
+                Step::Next
+            }
+            Ok(CorsOutcome::Preflight(headers)) => Step::Answer {
+                status: StatusCode::NO_CONTENT,
+                headers,
+                body: Bytes::new(),
+            },
+            Err(reject) => Step::Reject(reject),
+        }
+    }
+
+    /// A refusal before this check ran (an IP rule) still carries the CORS headers of an
+    /// allowed origin, with `Vary: Origin`: without them a browser app reads a 401 as a
+    /// CORS failure and cannot send its user to log in.
+    fn own_answer(&self, asked: &Asked<'_>, already: &mut Vec<(HeaderName, HeaderValue)>) {
+        let said = already
+            .iter()
+            .any(|(n, v)| n == header::VARY && v.as_bytes().eq_ignore_ascii_case(b"origin"));
+        // A preflight (answered or refused) needs nothing more.
+        if !said {
+            if let Ok(CorsOutcome::Actual(h)) = self.evaluate(&asked.req.method, &asked.req.headers)
+            {
+                already.extend(h);
+            }
+        }
+    }
+
+    fn explain(&self, asked: &Asked<'_>, decided: &Step) -> String {
+        match decided {
+            Step::Answer { .. } => "a preflight: answered 204 by the gateway".into(),
+            Step::Reject(r) => format!("{} {}", r.status.as_u16(), r.message),
+            Step::Next if !asked.req.headers.contains_key(header::ORIGIN) => {
+                "not a cross-origin request (no Origin): Vary: Origin added".into()
+            }
+            Step::Next => "cross-origin request: CORS headers added".into(),
+        }
+    }
+}
+
 impl CorsPolicy {
     /// `[routes.cors]`, problems at the field under `at` (`routes[N].cors`).
-    pub(crate) fn from_config(
-        at: &str,
-        c: &crate::config::file::CorsSection,
-        problems: &mut Vec<crate::config::Problem>,
-    ) -> Option<CorsPolicy> {
-        let crate::config::file::CorsSection {
+    fn from_section(at: &str, c: &CorsSection, problems: &mut Vec<Problem>) -> Option<CorsPolicy> {
+        let CorsSection {
             allow_origins,
             allow_methods,
             allow_headers,
@@ -68,7 +131,7 @@ impl CorsPolicy {
                     "" => at.to_string(),
                     f => format!("{at}.{f}"),
                 };
-                problems.push(crate::config::Problem::new(path, message));
+                problems.push(Problem::new(path, message));
                 None
             }
         }

@@ -33,6 +33,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Largest answer read from an auth service.
 const MAX_ANSWER: usize = 64 * 1024;
 
+/// The bearer token of an `Authorization` header, if it carries one. Here rather than in the
+/// `auth` module (which re-exports it) because `auth` builds on this one: both read the
+/// token, and the imports run one way.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 /// What a check is built from: the client's request.
 pub struct AuthRequest<'a> {
     pub method: &'a Method,
@@ -544,7 +553,7 @@ impl ExternalAuth {
                     h.update(r.uri.path_and_query().map_or("", |p| p.as_str()).as_bytes());
                 }
             }
-            Kind::Introspect { .. } => h.update(super::auth::bearer(r.headers)?.as_bytes()),
+            Kind::Introspect { .. } => h.update(bearer(r.headers)?.as_bytes()),
         }
         Some(h.finalize().into())
     }
@@ -621,7 +630,7 @@ impl ExternalAuth {
                             .filter_map(|n| Some((n.clone(), head.headers.get(n)?.clone())))
                             .collect(),
                     };
-                    let exp = super::auth::bearer(r.headers).and_then(jwt_exp);
+                    let exp = bearer(r.headers).and_then(jwt_exp);
                     let ttl = cap(cache.map(|c| c.ttl), exp);
                     (Verdict::Decided(Decision::Admit(Arc::new(admitted))), ttl)
                 } else if matches!(status.as_u16(), 401 | 403) || status.is_redirection() {
@@ -789,7 +798,7 @@ impl ExternalAuth {
                 Ok((req, None))
             }
             Kind::Introspect { path, basic, .. } => {
-                let token = super::auth::bearer(r.headers).unwrap_or("");
+                let token = bearer(r.headers).unwrap_or("");
                 let body: String = form_urlencoded::Serializer::new(String::new())
                     .append_pair("token", token)
                     .append_pair("token_type_hint", "access_token")

@@ -2,6 +2,11 @@
 //! proxy put in `X-Forwarded-For`) and whether it may pass the global and per-route
 //! allow/deny lists. Deny wins over allow; an empty allow list admits everyone not denied.
 
+use super::{Asked, PolicyContext, RouteCheck, Step};
+use crate::config::file::RouteSection;
+use crate::config::{FromConfig, Problem};
+use crate::error::Reject;
+use http::{HeaderName, HeaderValue, StatusCode};
 use ipnet::IpNet;
 use std::net::IpAddr;
 
@@ -71,6 +76,63 @@ impl IpRules {
             return false;
         }
         self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// The refusal of a client the rules do not admit.
+pub(crate) fn refused() -> Reject {
+    Reject::new(StatusCode::FORBIDDEN, "forbidden").because("ip_denied")
+}
+
+/// What `tollgate explain` says of `rules` for the client of `asked`.
+pub(crate) fn explain(rules: &IpRules, asked: &Asked<'_>, decided: &Step) -> String {
+    let client = asked
+        .client_ip
+        .map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+    let rules = rules.describe();
+    match decided {
+        Step::Reject(r) => format!(
+            "client {client}: {} {} ({rules})",
+            r.status.as_u16(),
+            r.message
+        ),
+        _ => format!("client {client} admitted ({rules})"),
+    }
+}
+
+/// A route's `ip_allow` and `ip_deny` (added to the global lists, checked before routing).
+pub(crate) struct RouteIp(IpRules);
+
+impl FromConfig<PolicyContext<'_>> for RouteIp {
+    type Section = RouteSection;
+
+    fn from_config(
+        at: &str,
+        r: &RouteSection,
+        _cx: &PolicyContext<'_>,
+        problems: &mut Vec<Problem>,
+    ) -> Option<Self> {
+        let allow = nets(&format!("{at}.ip_allow"), &r.ip_allow, problems);
+        let deny = nets(&format!("{at}.ip_deny"), &r.ip_deny, problems);
+        Some(RouteIp(IpRules::new(allow, deny)))
+    }
+}
+
+impl RouteCheck for RouteIp {
+    fn name(&self) -> &'static str {
+        "route_ip"
+    }
+
+    fn check(&self, asked: &Asked<'_>, _headers: &mut Vec<(HeaderName, HeaderValue)>) -> Step {
+        if self.0.admits(asked.client_ip) {
+            Step::Next
+        } else {
+            Step::Reject(refused())
+        }
+    }
+
+    fn explain(&self, asked: &Asked<'_>, decided: &Step) -> String {
+        explain(&self.0, asked, decided)
     }
 }
 

@@ -7,17 +7,28 @@
 //! 3. [`ip`]: the global CIDR allow/deny lists (403) on the client IP (`X-Forwarded-For`
 //!    trusted only from configured proxies), the cheapest refusal, before any routing work;
 //! 4. routing (in `route.rs`), then encoded slashes refused unless the route accepts them;
-//! 5. [`ip`] again: the route's allow/deny lists (403);
-//! 6. [`cors`]: preflights answered at the gateway;
-//! 7. body size limit by `Content-Length` (413; chunked bodies are counted while streaming);
-//! 8. [`auth`]: authentication ([`jwt`], [`api_key`], forward auth and introspection in
+//! 5. the route's checks ([`RouteCheck`]), in the order [`RoutePolicy::from_config`]
+//!    registers them: [`ip`] (the route's allow/deny lists, 403), [`cors`] (preflights
+//!    answered at the gateway), [`body_size`] (`Content-Length` over `max_body_size`, 413;
+//!    chunked bodies are counted while streaming);
+//! 6. [`auth`]: authentication ([`jwt`], [`api_key`], forward auth and introspection in
 //!    [`external`]) and role authorization (401/403);
-//! 9. [`rate_limit`]: every window of the route and of the consumer (429).
+//! 7. [`rate_limit`]: every window of the route and of the consumer (429).
 //!
-//! Each step returns a decision the hook acts on and knows nothing about which hook called it.
+//! Each step returns a [`Step`] the hook acts on and knows nothing about which hook called
+//! it.
+//!
+//! # Adding a route policy
+//!
+//! A policy that decides on the request head is one file here: its builder
+//! ([`FromConfig`] from the route's section, against [`PolicyContext`]), its
+//! [`RouteCheck`], and its unit tests; its key on `RouteSection` (`config/file.rs`, whose
+//! doc comment is the schema's description); one line in [`RoutePolicy::from_config`]; a
+//! row in `docs/configuration.md`.
 
 pub mod api_key;
 pub mod auth;
+pub mod body_size;
 pub mod cors;
 pub mod external;
 pub(crate) mod fleet;
@@ -27,24 +38,66 @@ pub mod jwt;
 pub mod normalize;
 pub mod rate_limit;
 
-use crate::config::file::{
-    AuthSection, ConsumerSection, CorsSection, HumanSize, LimitsSection, RateLimitSection,
-};
-use crate::config::types::AuthRef;
-use crate::config::{bounds, Problem};
-use http::HeaderName;
+use crate::config::file::{AuthSection, ConsumerSection, LimitsSection, RouteSection};
+use crate::config::{bounds, FromConfig, Problem};
+use crate::error::Reject;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+use pingora::http::RequestHeader;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// What a route's policy is built against.
+/// What a step of the chain decided.
+#[derive(Clone)]
+pub(crate) enum Step {
+    /// On to the next step.
+    Next,
+    /// Refuse: the JSON error body with the request id.
+    Reject(Reject),
+    /// Answer here (a CORS preflight, a direct response, an aggregate).
+    Answer {
+        status: StatusCode,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        body: Bytes,
+    },
+}
+
+/// The request as a route's checks see it.
+pub(crate) struct Asked<'a> {
+    pub req: &'a RequestHeader,
+    /// The client: the peer, or the address a trusted proxy named.
+    pub client_ip: Option<IpAddr>,
+}
+
+/// A route policy that decides on the request head alone, after routing and before
+/// authentication. Built with [`FromConfig`] from the route's section, registered in
+/// [`RoutePolicy::from_config`] (which fixes the order the checks run in), described by
+/// `tollgate explain`.
+pub(crate) trait RouteCheck: Send + Sync {
+    /// The step's name in `tollgate explain` (snake_case).
+    fn name(&self) -> &'static str;
+
+    /// Go on, refuse, or answer. `headers` collects what the answer to this request carries
+    /// whatever it is (proxied, or the gateway's own).
+    fn check(&self, asked: &Asked<'_>, headers: &mut Vec<(HeaderName, HeaderValue)>) -> Step;
+
+    /// What a gateway answer carries from this policy when the refusal came before the
+    /// check ran (an IP refusal still carries CORS headers). `already` is what it carries.
+    fn own_answer(&self, _asked: &Asked<'_>, _already: &mut Vec<(HeaderName, HeaderValue)>) {}
+
+    /// What `tollgate explain` says the check did.
+    fn explain(&self, asked: &Asked<'_>, decided: &Step) -> String;
+}
+
 /// The generation's token verifiers and auth services.
 pub(crate) struct AuthServices<'a> {
     pub jwt: &'a jwt::Providers,
     pub external: Vec<Arc<external::ExternalAuth>>,
 }
 
+/// What a route's policy is built against: the rest of the generation being assembled.
 pub(crate) struct PolicyContext<'a> {
     pub jwt: &'a jwt::Providers,
     pub forward: &'a external::Services,
@@ -55,107 +108,58 @@ pub(crate) struct PolicyContext<'a> {
     pub default_max_body: u64,
 }
 
-/// The policy keys of one `[[routes]]` entry.
-pub(crate) struct RoutePolicySection<'a> {
-    pub name: &'a str,
-    pub auth: &'a [AuthRef],
-    pub roles: &'a [String],
-    pub rate_limits: &'a [RateLimitSection],
-    pub ip_allow: &'a [String],
-    pub ip_deny: &'a [String],
-    pub cors: Option<&'a CorsSection>,
-    pub max_body_size: Option<HumanSize>,
-}
-
 /// The policy of one route, compiled.
 #[derive(Default)]
 pub struct RoutePolicy {
+    /// The checks on the request head, in the order they run.
+    pub(crate) checks: Vec<Box<dyn RouteCheck>>,
     pub auth: auth::RouteAuth,
-    pub ip: ip::IpRules,
-    pub cors: Option<cors::CorsPolicy>,
     pub rate_limits: Option<rate_limit::RateLimits>,
-    /// Largest request body.
+    /// Largest request body (also counted while it streams).
     pub max_body: u64,
 }
 
-impl RoutePolicy {
+/// Build `C` from the route's section and add it to `checks` when the route has it.
+fn add<'a, C>(
+    checks: &mut Vec<Box<dyn RouteCheck>>,
+    at: &str,
+    r: &RouteSection,
+    cx: &PolicyContext<'a>,
+    problems: &mut Vec<Problem>,
+) where
+    C: RouteCheck + FromConfig<PolicyContext<'a>, Section = RouteSection> + 'static,
+{
+    if let Some(c) = C::from_config(at, r, cx, problems) {
+        checks.push(Box::new(c));
+    }
+}
+
+impl<'a> FromConfig<PolicyContext<'a>> for RoutePolicy {
+    type Section = RouteSection;
+
     /// A route's policy keys, problems under `at` (`routes[N]`).
-    pub(crate) fn from_config(
+    fn from_config(
         at: &str,
-        s: RoutePolicySection<'_>,
-        cx: &PolicyContext<'_>,
+        r: &RouteSection,
+        cx: &PolicyContext<'a>,
         problems: &mut Vec<Problem>,
     ) -> Option<RoutePolicy> {
-        let RoutePolicySection {
-            name,
-            auth,
-            roles,
-            rate_limits,
-            ip_allow,
-            ip_deny,
-            cors,
-            max_body_size,
-        } = s;
         let before = problems.len();
-        let mut methods = Vec::with_capacity(auth.len());
-        for (i, m) in auth.iter().enumerate() {
-            let path = format!("{at}.auth[{i}]");
-            match m {
-                AuthRef::ApiKey => {
-                    if !cx.has_consumers {
-                        problems.push(Problem::new(
-                            path,
-                            "api_key needs at least one [consumers.NAME] with keys",
-                        ));
-                    }
-                    methods.push(auth::AuthMethod::ApiKey);
-                }
-                AuthRef::Jwt(provider) => {
-                    if let Some(p) = cx.jwt.get(&path, provider, problems) {
-                        methods.push(auth::AuthMethod::Jwt(p));
-                    }
-                }
-                AuthRef::Forward(name) => {
-                    if let Some(p) = cx.forward.get(&path, name, problems) {
-                        methods.push(auth::AuthMethod::External(p));
-                    }
-                }
-                AuthRef::Introspection(name) => {
-                    if let Some(p) = cx.introspection.get(&path, name, problems) {
-                        methods.push(auth::AuthMethod::External(p));
-                    }
-                }
-            }
-        }
-        if !roles.is_empty() && auth.is_empty() {
-            problems.push(Problem::new(
-                format!("{at}.roles"),
-                "roles need auth methods on the route",
-            ));
-        }
-        let limits = rate_limit::RateLimits::from_config(
-            &format!("{at}.rate_limits"),
-            name,
-            rate_limits,
-            cx.rate_store,
-            problems,
-        );
-        let allow = ip::nets(&format!("{at}.ip_allow"), ip_allow, problems);
-        let deny = ip::nets(&format!("{at}.ip_deny"), ip_deny, problems);
-        let cors =
-            cors.and_then(|c| cors::CorsPolicy::from_config(&format!("{at}.cors"), c, problems));
-        if let Some(size) = max_body_size {
-            bounds::MAX_BODY_SIZE.check(&format!("{at}.max_body_size"), size, problems);
-        }
+        // The route's checks, in the order they run.
+        let mut checks = Vec::new();
+        add::<ip::RouteIp>(&mut checks, at, r, cx, problems);
+        add::<cors::CorsPolicy>(&mut checks, at, r, cx, problems);
+        let body = body_size::BodySize::from_config(at, r, cx, problems);
+        let max_body = body.as_ref().map_or(cx.default_max_body, |b| b.max);
+        checks.extend(body.map(|b| Box::new(b) as Box<dyn RouteCheck>));
+
+        let auth = auth::RouteAuth::from_config(at, r, cx, problems);
+        let rate_limits = rate_limit::RateLimits::from_config(at, r, cx, problems);
         (problems.len() == before).then(|| RoutePolicy {
-            auth: auth::RouteAuth {
-                methods,
-                roles: roles.to_vec(),
-            },
-            ip: ip::IpRules::new(allow, deny),
-            cors,
-            rate_limits: limits,
-            max_body: max_body_size.map_or(cx.default_max_body, |s| s.0),
+            checks,
+            auth: auth.unwrap_or_default(),
+            rate_limits,
+            max_body,
         })
     }
 }

@@ -24,7 +24,7 @@ use crate::config::file::{
 };
 use crate::config::fingerprint::{carry, Carried, Fingerprint};
 use crate::config::types::RateKey;
-use crate::config::{bounds, Problem};
+use crate::config::{bounds, FromConfig, Problem};
 use http::{HeaderName, HeaderValue};
 use pingora_limits::rate::Rate;
 use std::collections::HashMap;
@@ -314,18 +314,50 @@ pub struct RateLimits {
 /// Lock shards of one list of windows: enough that unrelated subjects rarely wait.
 const LOCAL_SHARDS: usize = 64;
 
-impl RateLimits {
-    /// A list of windows (`routes[N].rate_limits`, `consumers.NAME.rate_limits`), problems
-    /// under `at`; `None` when the list is empty or wrong. `scope` (route or consumer name)
-    /// and each window's definition identify its counters, so a window that is unchanged
-    /// across a reload keeps counting and a changed one starts afresh.
-    pub(crate) fn from_config(
+/// Whose windows a list of rate limits is: a route's or a consumer's, counted in `store`.
+pub(crate) struct Scope<'a> {
+    /// The route or consumer name.
+    pub name: &'a str,
+    pub store: &'a Arc<RateLimitStore>,
+}
+
+impl FromConfig<super::PolicyContext<'_>> for RateLimits {
+    type Section = crate::config::file::RouteSection;
+
+    /// A route's `rate_limits`.
+    fn from_config(
         at: &str,
-        scope: &str,
-        sections: &[RateLimitSection],
-        store: &Arc<RateLimitStore>,
+        r: &Self::Section,
+        cx: &super::PolicyContext<'_>,
         problems: &mut Vec<Problem>,
     ) -> Option<Self> {
+        let scope = Scope {
+            name: &r.name,
+            store: cx.rate_store,
+        };
+        <Self as FromConfig<Scope<'_>>>::from_config(
+            &format!("{at}.rate_limits"),
+            &r.rate_limits[..],
+            &scope,
+            problems,
+        )
+    }
+}
+
+impl FromConfig<Scope<'_>> for RateLimits {
+    type Section = [RateLimitSection];
+
+    /// A list of windows (`routes[N].rate_limits`, `consumers.NAME.rate_limits`), problems
+    /// under `at`; `None` when the list is empty or wrong. The scope's name and each
+    /// window's definition identify its counters, so a window that is unchanged across a
+    /// reload keeps counting and a changed one starts afresh.
+    fn from_config(
+        at: &str,
+        sections: &[RateLimitSection],
+        scope: &Scope<'_>,
+        problems: &mut Vec<Problem>,
+    ) -> Option<Self> {
+        let Scope { name: scope, store } = *scope;
         let before = problems.len();
         let mut windows: Vec<Window> = Vec::with_capacity(sections.len());
         for (i, s) in sections.iter().enumerate() {
@@ -374,7 +406,9 @@ impl RateLimits {
                 .collect(),
         })
     }
+}
 
+impl RateLimits {
     /// Each window in words, e.g. `100 per 60s by ip+route` (`tollgate explain`).
     pub(crate) fn describe(&self) -> Vec<String> {
         self.windows
@@ -637,6 +671,17 @@ mod tests {
     use super::*;
     use crate::config::file::HumanDuration;
 
+    /// The windows of `sections`, scoped to `name`.
+    fn build(
+        at: &str,
+        name: &str,
+        sections: &[RateLimitSection],
+        store: &Arc<RateLimitStore>,
+        p: &mut Vec<Problem>,
+    ) -> Option<RateLimits> {
+        RateLimits::from_config(at, sections, &Scope { name, store }, p)
+    }
+
     fn limits(windows: &[(u64, u64, &str)]) -> RateLimits {
         let counter = StoreMetrics::detached();
         let mut p = Vec::new();
@@ -651,7 +696,7 @@ mod tests {
                 key: RateKey::try_from(key.to_string()).unwrap(),
             })
             .collect();
-        RateLimits::from_config("rate_limits", "r", &sections, &store, &mut p).unwrap()
+        build("rate_limits", "r", &sections, &store, &mut p).unwrap()
     }
 
     fn subject(ip: &str) -> Subject<'static> {
@@ -746,7 +791,7 @@ mod tests {
         let store =
             RateLimitStore::from_config(&RateLimitBackendSection::default(), None, counter, &mut p)
                 .unwrap();
-        let built = RateLimits::from_config(
+        let built = build(
             "routes[0].rate_limits",
             "r",
             &[s(0, 1000, "ip"), s(1, 10, "ip"), s(2, 1000, "ip")],
@@ -778,16 +823,16 @@ mod tests {
             window: HumanDuration(Duration::from_secs(60)),
             key: RateKey::IP,
         };
-        let first = RateLimits::from_config("x", "r", &[window(2)], &store, &mut p).unwrap();
+        let first = build("x", "r", &[window(2)], &store, &mut p).unwrap();
         let s = subject("10.9.9.9");
         assert!(first.check_local(&s).allowed);
         assert!(first.check_local(&s).allowed);
         assert!(!first.check_local(&s).allowed);
         let again = RateLimitStore::from_config(&section, Some(&store), counter, &mut p).unwrap();
         assert!(Arc::ptr_eq(&again, &store));
-        let same = RateLimits::from_config("x", "r", &[window(2)], &again, &mut p).unwrap();
+        let same = build("x", "r", &[window(2)], &again, &mut p).unwrap();
         assert!(!same.check_local(&s).allowed, "still limited");
-        let changed = RateLimits::from_config("x", "r", &[window(3)], &again, &mut p).unwrap();
+        let changed = build("x", "r", &[window(3)], &again, &mut p).unwrap();
         assert!(changed.check_local(&s).allowed, "a new limit starts afresh");
         assert!(p.is_empty(), "{p:?}");
     }

@@ -316,6 +316,9 @@ impl HealthCheck for GrpcHealthCheck {
     }
 }
 
+// NOTE(pingora-0.9): pingora-load-balancing/src/health_check.rs (`Health::default`): a new
+// target starts healthy until a check fails ("TODO: allow to start with unhealthy"); to serve
+// a target only after a check passed, the pass is noted on its `TargetState` here.
 /// A health check that notes on each target when one of its checks passed
 /// (`new_targets = "after_check"` serves only those).
 struct Noting {

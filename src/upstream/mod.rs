@@ -6,19 +6,22 @@
 //! and holds the returned [`InflightGuard`] for as long as the request uses that target.
 
 pub mod breaker;
-pub mod dns;
-pub(crate) mod etcd;
+pub mod discovery;
 pub mod health;
 pub mod retry;
 pub mod select;
+pub mod target;
 
 use crate::config::file::{
     BalancePolicy, CircuitBreakerSection, RetryBudgetSection, UpstreamSection, UpstreamTlsSection,
 };
 use crate::config::fingerprint::{carry, Carried, Fingerprint};
-use crate::config::{bounds, Problem};
+use crate::config::{bounds, FromConfig, Problem};
 use breaker::{Breaker, BreakerSettings, Outcome, Permit};
-use dns::{Discovery, TargetSpec};
+use discovery::dns::Resolver;
+use discovery::etcd::{EtcdSource, EtcdWatch};
+use discovery::file::{parse_targets_file, FILE_POLL};
+use discovery::{Discovery, SourceStatus};
 use health::HealthCheckSpec;
 use pingora::lb::{Backend, Backends, HealthCheckService, HealthRegistry, LoadBalancer};
 use pingora::services::background::BackgroundService;
@@ -28,6 +31,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use target::TargetSpec;
 
 pub(crate) use crate::config::types::HashOn;
 
@@ -41,6 +45,10 @@ pub struct TargetState {
     pub breaker: Option<Breaker>,
     /// SRV priority: the lowest tier with a usable target takes the traffic.
     priority: std::sync::atomic::AtomicU16,
+    // NOTE(pingora-0.9): pingora-load-balancing/src/health_check.rs (`Health::default`): a new
+    // target starts healthy ("TODO: allow to start with unhealthy"), so `new_targets =
+    // "after_check"` is kept here, noted by the check (`health::Noting`) and required by
+    // `select` and `health`.
     /// One of this target's health checks passed.
     checked: std::sync::atomic::AtomicBool,
 }
@@ -185,7 +193,7 @@ impl RetryBudget {
 /// SRV names (`None` when `[resolver]` has problems).
 pub(crate) struct Names {
     pub hosts_file: Option<std::path::PathBuf>,
-    pub resolver: Option<Arc<dns::Resolver>>,
+    pub resolver: Option<Arc<Resolver>>,
 }
 
 /// The upstream groups of a generation, by name.
@@ -221,9 +229,9 @@ pub(crate) struct UpstreamGroup {
     health: Option<HealthCheckSpec>,
     breaker: Option<BreakerSettings>,
     /// Where the targets come from and how the last update went.
-    source: Arc<std::sync::Mutex<dns::SourceStatus>>,
+    source: Arc<std::sync::Mutex<SourceStatus>>,
     /// The etcd prefix the targets come from, watched by the generation's background work.
-    etcd: Option<Arc<etcd::EtcdSource>>,
+    etcd: Option<Arc<EtcdSource>>,
 }
 
 /// A group carries its health registry over a reload by this fingerprint.
@@ -472,7 +480,7 @@ impl UpstreamGroup {
                 let path = std::path::PathBuf::from(path);
                 match std::fs::read_to_string(&path)
                     .map_err(|e| e.to_string())
-                    .and_then(|text| dns::parse_targets_file(&path, &text))
+                    .and_then(|text| parse_targets_file(&path, &text))
                 {
                     Ok(specs) => Some((path, specs)),
                     Err(e) => {
@@ -548,7 +556,7 @@ impl UpstreamGroup {
             }
         });
         let fallback = fallback.as_ref().and_then(|f| {
-            crate::error::DirectResponse::from_config(&format!("{at}.fallback"), f, problems)
+            crate::error::DirectResponse::from_config(&format!("{at}.fallback"), f, &(), problems)
         });
         let RetryBudgetSection {
             ratio,
@@ -593,7 +601,7 @@ impl UpstreamGroup {
                 }
             }
         }
-        let etcd_source = discovery.etcd.clone();
+        let etcd_source = discovery.etcd();
         let mut srv_poll = None;
         if let (Some(name), Some(resolver)) = (srv, &resolver) {
             srv_poll = Some(
@@ -638,6 +646,11 @@ impl UpstreamGroup {
         let view = Backends::new_with_health_registry(Box::new(discovery), registry.clone());
         let mut lb = LoadBalancer::<Selector>::from_backends_with_config(view, Some(policy));
         // The first resolution; a throwaway runtime drives it once.
+        // NOTE(pingora-0.9): pingora-load-balancing/src/lib.rs (`Backends::new_inner`,
+        // `LoadBalancer::update`): a new load balancer has no backend until `update()` runs
+        // discovery, which its background service does only once the generation serves; run
+        // here, the group has its targets (or its problem) when it is built. Hence the
+        // resolver built per refresh (`discovery::dns::Resolver`): none outlives this runtime.
         let first = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -651,7 +664,7 @@ impl UpstreamGroup {
             // Each check asks DNS only when the last answer's TTL ran out.
             lb.update_frequency = Some(every);
         } else if watches_file {
-            lb.update_frequency = Some(dns::FILE_POLL);
+            lb.update_frequency = Some(FILE_POLL);
         } else if resolves_names {
             // Each check asks again only the names whose answer expired (TTL, at most
             // `dns_refresh`).
@@ -683,7 +696,7 @@ impl UpstreamGroup {
     }
 
     /// Where the targets come from and how the last update went.
-    pub(crate) fn source(&self) -> dns::SourceStatus {
+    pub(crate) fn source(&self) -> SourceStatus {
         self.source
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -723,7 +736,7 @@ impl UpstreamGroup {
         if let Some(source) = &self.etcd {
             work.push((
                 format!("etcd watch of {}", self.name),
-                Arc::new(etcd::EtcdWatch(source.clone())),
+                Arc::new(EtcdWatch(source.clone())),
             ));
         }
         work

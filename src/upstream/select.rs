@@ -12,6 +12,10 @@
 //!
 //! Health and "already tried" filtering stay with the caller through `select_with`.
 
+// NOTE(pingora-0.9): pingora-load-balancing/src/selection/weighted.rs (`Weighted`): weights
+// count on the first pick only, fallbacks are uniform, and there is no least-connections
+// policy; `Selector` replaces it.
+
 use super::TargetState;
 use pingora::lb::selection::consistent::{KetamaHashing, OwnedNodeIterator};
 use pingora::lb::selection::{BackendIter, BackendSelection};

@@ -10,7 +10,8 @@
 //! reqwest, already in the build: etcd's Rust gRPC client would bring `protoc` into every
 //! build for three calls.
 
-use super::dns::{parse_target_value, SourceStatus, TargetSpec};
+use super::{lock, SourceStatus};
+use crate::upstream::target::{parse_target_value, TargetSpec};
 use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -39,10 +40,6 @@ struct Known {
     instances: BTreeMap<String, TargetSpec>,
     /// Set once the prefix was read.
     loaded: bool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The key after every key that starts with `prefix` (etcd's `range_end`).
@@ -84,6 +81,31 @@ impl EtcdSource {
     pub(crate) fn current(&self) -> (Vec<TargetSpec>, bool) {
         let k = lock(&self.known);
         (k.instances.values().cloned().collect(), k.loaded)
+    }
+
+    // NOTE(pingora-0.9): pingora-load-balancing/src/discovery.rs (`ServiceDiscovery`):
+    // discovery is pulled (`discover()`, every `update_frequency`), while etcd pushes through a
+    // watch. The watch runs as its own background service (`EtcdWatch`) into `known`, and
+    // each `discover()` takes what it holds; the first `discover()` (the group's build, before
+    // any background service runs) reads the prefix itself.
+    /// Take the instances the watch holds into `targets` (reading the prefix once if it never
+    /// was: at start-up, before the watch runs); `true` when the list changed.
+    pub(super) async fn take(&self, targets: &Mutex<Vec<TargetSpec>>) -> bool {
+        let (mut specs, mut loaded) = self.current();
+        if !loaded {
+            if let Some(first) = self.endpoints().first() {
+                if self.read(first).await.is_ok() {
+                    (specs, loaded) = self.current();
+                }
+            }
+        }
+        if !loaded {
+            return false;
+        }
+        let mut targets = lock(targets);
+        let changed = *targets != specs;
+        *targets = specs;
+        changed
     }
 
     fn range_body(&self, start_revision: Option<i64>) -> serde_json::Value {
