@@ -5,8 +5,8 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, Method};
-use std::collections::BTreeMap;
 use std::hint::black_box;
+use tollgate::config::FromConfig;
 use tollgate::observe::access_log::{Entry, Time};
 use tollgate::route::{HostPattern, PathMatch, Route, RouteTable};
 use tollgate::transform::HeaderTransform;
@@ -72,19 +72,16 @@ fn route_matching(c: &mut Criterion) {
 }
 
 fn header_transforms(c: &mut Criterion) {
-    let map = |pairs: &[(&str, &str)]| {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<BTreeMap<_, _>>()
-    };
-    let t = HeaderTransform::compile(
-        &map(&[("x-env", "prod"), ("x-gateway", "tollgate")]),
-        &map(&[("x-tag", "edge")]),
-        &["x-debug".to_string(), "x-internal".to_string()],
-        &map(&[("x-old", "x-new")]),
+    let section: tollgate::config::file::HeaderEditsSection = toml::from_str(
+        r#"
+set = { x-env = "prod", x-gateway = "tollgate" }
+append = { x-tag = "edge" }
+remove = ["x-debug", "x-internal"]
+rename = { x-old = "x-new" }
+"#,
     )
     .unwrap();
+    let t = HeaderTransform::from_config("bench", &section, &(), &mut Vec::new()).unwrap();
     let mut base = pingora::http::RequestHeader::build("GET", b"/api/users/42", None).unwrap();
     for (k, v) in [
         ("host", "api.example.com"),

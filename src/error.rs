@@ -11,7 +11,6 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 /// `X-Request-ID`: defined in [`crate::forward`] with the functions that read and make request
 /// ids (this module only writes it), so the two import one way; kept at this path.
@@ -55,33 +54,7 @@ impl FromConfig for DirectResponse {
     }
 }
 
-/// Header name/value pairs from a table, each problem at `at.NAME`.
-pub(crate) fn header_pairs(
-    at: &str,
-    map: &BTreeMap<String, String>,
-    problems: &mut Vec<Problem>,
-) -> Vec<(HeaderName, HeaderValue)> {
-    map.iter()
-        .filter_map(|(k, v)| {
-            let name = HeaderName::from_bytes(k.as_bytes());
-            let value = HeaderValue::from_str(v);
-            match (name, value) {
-                (Ok(n), Ok(v)) => Some((n, v)),
-                (Err(_), _) => {
-                    problems.push(Problem::new(
-                        format!("{at}.{k}"),
-                        format!("invalid header name {k:?}"),
-                    ));
-                    None
-                }
-                (_, Err(_)) => {
-                    problems.push(Problem::new(format!("{at}.{k}"), "invalid header value"));
-                    None
-                }
-            }
-        })
-        .collect()
-}
+pub(crate) use crate::config::types::header_pairs;
 
 /// A response the gateway answers itself instead of proxying.
 #[derive(Debug, Clone)]

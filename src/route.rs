@@ -392,19 +392,7 @@ impl FromConfig<RouteContext<'_>> for Route {
         let methods = methods
             .iter()
             .enumerate()
-            .filter_map(|(i, m)| {
-                let valid = !m.is_empty() && m.to_ascii_uppercase() == *m;
-                match Method::from_bytes(m.as_bytes()) {
-                    Ok(method) if valid => Some(method),
-                    _ => {
-                        problems.push(Problem::new(
-                            format!("{at}.methods[{i}]"),
-                            format!("invalid method {m:?}; write it upper-case, e.g. \"GET\""),
-                        ));
-                        None
-                    }
-                }
-            })
+            .filter_map(|(i, m)| m.get(&format!("{at}.methods[{i}]"), problems).cloned())
             .collect();
         let headers = header_pairs(&format!("{at}.headers"), headers, problems);
         bounds::ROUTE_RETRIES.check(&format!("{at}.retries"), *retries, problems);

@@ -5,6 +5,7 @@
 //! buffer the body only on routes that configure them and only for JSON content; every
 //! other body streams through untouched.
 
+use crate::config::types::header_pairs;
 use crate::config::FromConfig;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -23,7 +24,7 @@ pub struct HeaderTransform {
 impl FromConfig for HeaderTransform {
     type Section = crate::config::file::HeaderEditsSection;
 
-    /// `[routes.request_headers]` / `[routes.response_headers]`, problems at `at`.
+    /// `[routes.request_headers]` / `[routes.response_headers]`, problems at `at.KEY.NAME`.
     fn from_config(
         at: &str,
         e: &crate::config::file::HeaderEditsSection,
@@ -36,44 +37,33 @@ impl FromConfig for HeaderTransform {
             remove,
             rename,
         } = e;
-        Self::compile(set, append, remove, rename)
-            .map_err(|msg| problems.push(crate::config::Problem::new(at, msg)))
-            .ok()
+        let before = problems.len();
+        let remove = remove
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.get(&format!("{at}.remove[{i}]"), problems).cloned())
+            .collect();
+        let rename = rename
+            .iter()
+            .filter_map(|(from, to)| {
+                let at = format!("{at}.rename.{from}");
+                Some((
+                    from.get(&at, problems)?.clone(),
+                    to.get(&at, problems)?.clone(),
+                ))
+            })
+            .collect();
+        let transform = HeaderTransform {
+            remove,
+            rename,
+            set: header_pairs(&format!("{at}.set"), set, problems),
+            append: header_pairs(&format!("{at}.append"), append, problems),
+        };
+        (problems.len() == before).then_some(transform)
     }
 }
 
 impl HeaderTransform {
-    pub fn compile(
-        set: &BTreeMap<String, String>,
-        append: &BTreeMap<String, String>,
-        remove: &[String],
-        rename: &BTreeMap<String, String>,
-    ) -> Result<Self, String> {
-        let name = |n: &str| {
-            HeaderName::from_bytes(n.as_bytes()).map_err(|_| format!("invalid header name {n:?}"))
-        };
-        let pairs = |m: &BTreeMap<String, String>| {
-            m.iter()
-                .map(|(k, v)| {
-                    Ok((
-                        name(k)?,
-                        HeaderValue::from_str(v)
-                            .map_err(|_| format!("invalid value for header {k:?}"))?,
-                    ))
-                })
-                .collect::<Result<Vec<_>, String>>()
-        };
-        Ok(HeaderTransform {
-            remove: remove.iter().map(|r| name(r)).collect::<Result<_, _>>()?,
-            rename: rename
-                .iter()
-                .map(|(from, to)| Ok((name(from)?, name(to)?)))
-                .collect::<Result<_, String>>()?,
-            set: pairs(set)?,
-            append: pairs(append)?,
-        })
-    }
-
     pub fn is_empty(&self) -> bool {
         self.remove.is_empty()
             && self.rename.is_empty()
@@ -259,19 +249,16 @@ mod tests {
 
     #[test]
     fn header_edits_in_order() {
-        let map = |pairs: &[(&str, &str)]| {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        };
-        let t = HeaderTransform::compile(
-            &map(&[("x-env", "prod")]),
-            &map(&[("x-tag", "edge")]),
-            &["x-debug".to_string()],
-            &map(&[("x-old", "x-new")]),
+        let section: crate::config::file::HeaderEditsSection = toml::from_str(
+            r#"
+set = { x-env = "prod" }
+append = { x-tag = "edge" }
+remove = ["x-debug"]
+rename = { x-old = "x-new" }
+"#,
         )
         .unwrap();
+        let t = HeaderTransform::from_config("t", &section, &(), &mut Vec::new()).unwrap();
         let mut req = pingora::http::RequestHeader::build("GET", b"/", None).unwrap();
         req.insert_header("x-debug", "1").unwrap();
         req.insert_header("x-old", "v").unwrap();

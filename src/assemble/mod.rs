@@ -357,16 +357,9 @@ fn security(
     problems: &mut Vec<Problem>,
 ) -> Vec<(pingora::http::SpelledName, HeaderValue)> {
     let SecurityHeadersSection { enabled, hsts } = s;
-    let hsts = hsts.as_deref().and_then(|h| {
-        HeaderValue::from_str(h)
-            .map_err(|_| {
-                problems.push(Problem::new(
-                    "security_headers.hsts",
-                    "invalid header value",
-                ))
-            })
-            .ok()
-    });
+    let hsts = hsts
+        .as_ref()
+        .and_then(|h| h.get("security_headers.hsts", problems).cloned());
     if *enabled {
         crate::transform::security_headers(hsts.as_ref())
     } else {

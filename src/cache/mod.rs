@@ -161,8 +161,8 @@ impl ResponseCache {
             ));
         }
         bounds::CACHE_LOCK_TIMEOUT.check("cache.lock_timeout", *lock_timeout, problems);
-        let targeted = match http::HeaderName::from_bytes(targeted_field.as_bytes()) {
-            Ok(h) if h != http::header::CACHE_CONTROL => Some(h),
+        let targeted = match targeted_field.value() {
+            Ok(h) if h != http::header::CACHE_CONTROL => Some(h.clone()),
             _ => {
                 problems.push(Problem::new(
                     "cache.targeted_field",

@@ -6,8 +6,8 @@
 //! values mean is checked where each feature builds its runtime form (`crate::assemble`).
 
 use super::types::{
-    AuthRef, CacheSharing, HashOn, HostPattern, JwtAlgorithm, LogFormat, LogTarget, RateKey,
-    TlsVersion,
+    AuthRef, CacheSharing, HashOn, Header, HeaderText, HostPattern, JwtAlgorithm, LogFormat,
+    LogTarget, MethodName, RateKey, TlsVersion,
 };
 pub use super::types::{HumanDuration, HumanSize};
 use serde::Deserialize;
@@ -69,7 +69,7 @@ pub struct CacheSection {
     /// precedence over `CDN-Cache-Control`, which takes precedence over `Cache-Control`.
     /// Both are removed from responses.
     #[serde(default = "defaults::cache_targeted_field")]
-    pub targeted_field: String,
+    pub targeted_field: Header,
     /// A second tier in Redis, shared by the fleet (`[cache.shared]`).
     #[serde(default)]
     pub shared: Option<SharedCacheSection>,
@@ -169,7 +169,7 @@ pub struct SecurityHeadersSection {
     pub enabled: bool,
     /// `Strict-Transport-Security` value, e.g. `"max-age=31536000; includeSubDomains"`; off when unset.
     #[serde(default)]
-    pub hsts: Option<String>,
+    pub hsts: Option<HeaderText>,
 }
 
 impl Default for SecurityHeadersSection {
@@ -187,15 +187,15 @@ impl Default for SecurityHeadersSection {
 pub struct HeaderEditsSection {
     /// Replace (or add) these headers.
     #[serde(default)]
-    pub set: BTreeMap<String, String>,
+    pub set: BTreeMap<Header, HeaderText>,
     /// Add these values, keeping existing ones.
     #[serde(default)]
-    pub append: BTreeMap<String, String>,
+    pub append: BTreeMap<Header, HeaderText>,
     #[serde(default)]
-    pub remove: Vec<String>,
+    pub remove: Vec<Header>,
     /// Old name to new name.
     #[serde(default)]
-    pub rename: BTreeMap<String, String>,
+    pub rename: BTreeMap<Header, Header>,
 }
 
 /// `rewrite_regex = { pattern = "^/users/(\\d+)$", replace = "/v2/users/$1" }`.
@@ -394,7 +394,7 @@ pub struct TracingSection {
     pub export_timeout: HumanDuration,
     /// Headers sent with each export request (a collector's API key, say).
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<Header, HeaderText>,
 }
 
 /// `[access_log]`: one JSON line per request.
@@ -637,10 +637,10 @@ pub struct RouteSection {
     pub path: Option<String>,
     /// Empty matches any method.
     #[serde(default)]
-    pub methods: Vec<String>,
+    pub methods: Vec<MethodName>,
     /// Header name to exact value; all must match.
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<Header, HeaderText>,
     /// The upstream group to proxy to (exclusive with `respond`).
     #[serde(default)]
     pub upstream: Option<String>,
@@ -826,7 +826,7 @@ pub struct RespondSection {
     #[serde(default = "defaults::respond_status")]
     pub status: u16,
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<Header, HeaderText>,
     #[serde(default)]
     pub body: String,
 }
@@ -936,7 +936,7 @@ pub struct AuthSection {
     /// Client-sent headers always removed before the gateway sets its own identity headers,
     /// in addition to every header an auth provider maps.
     #[serde(default = "defaults::identity_headers")]
-    pub strip_headers: Vec<String>,
+    pub strip_headers: Vec<Header>,
 }
 
 impl Default for AuthSection {
@@ -963,10 +963,10 @@ pub struct ForwardAuthSection {
     pub path: String,
     /// Method of the check.
     #[serde(default = "defaults::forward_auth_method")]
-    pub method: String,
+    pub method: MethodName,
     /// Client request headers copied to the check; the decision is cached by exactly these.
     #[serde(default = "defaults::forward_auth_copy_headers")]
-    pub copy_headers: Vec<String>,
+    pub copy_headers: Vec<Header>,
     /// Whether the decision depends on the client's method and path (sent as
     /// `X-Forwarded-Method` and `X-Forwarded-Uri`): then they are part of the cache key.
     #[serde(default = "defaults::enabled")]
@@ -974,16 +974,16 @@ pub struct ForwardAuthSection {
     /// Headers of a 2xx answer passed to the upstream as identity headers (client-sent
     /// copies are removed from every request).
     #[serde(default)]
-    pub identity_headers: Vec<String>,
+    pub identity_headers: Vec<Header>,
     /// The answer header naming the caller: the subject roles, rate limits and purges use.
     #[serde(default)]
-    pub subject_header: Option<String>,
+    pub subject_header: Option<Header>,
     /// The answer header listing the caller's roles, comma-separated.
     #[serde(default)]
-    pub roles_header: Option<String>,
+    pub roles_header: Option<Header>,
     /// Headers of a 401, 403 or 3xx answer passed to the client with its status.
     #[serde(default = "defaults::forward_auth_client_headers")]
-    pub client_headers: Vec<String>,
+    pub client_headers: Vec<Header>,
     /// Pass the body of a 401, 403 or 3xx answer to the client (otherwise the gateway's own
     /// JSON error, so nothing of the auth service leaks).
     #[serde(default)]
@@ -1027,7 +1027,7 @@ pub struct IntrospectionSection {
     pub roles_claim: String,
     /// Claims passed upstream: claim name to header name.
     #[serde(default)]
-    pub claims: BTreeMap<String, String>,
+    pub claims: BTreeMap<String, Header>,
     /// How long the check may take.
     #[serde(default = "defaults::forward_auth_timeout")]
     pub timeout: HumanDuration,
@@ -1106,13 +1106,13 @@ pub struct JwtSection {
     pub roles_claim: String,
     /// Header set upstream from `sub`.
     #[serde(default = "defaults::subject_header")]
-    pub subject_header: String,
+    pub subject_header: Header,
     /// Header set upstream from the roles claim (comma-separated).
     #[serde(default = "defaults::roles_header")]
-    pub roles_header: String,
+    pub roles_header: Header,
     /// Further claims copied to upstream headers: claim name to header name.
     #[serde(default)]
-    pub claim_headers: BTreeMap<String, String>,
+    pub claim_headers: BTreeMap<String, Header>,
     /// Verified tokens remembered (bounded, never past `exp`); 0 turns the cache off.
     #[serde(default = "defaults::jwt_cache_entries")]
     pub cache_entries: usize,
@@ -1123,10 +1123,10 @@ pub struct JwtSection {
 #[serde(deny_unknown_fields)]
 pub struct ApiKeySection {
     #[serde(default = "defaults::api_key_header")]
-    pub header: String,
+    pub header: Header,
     /// Header set upstream to the consumer's name.
     #[serde(default = "defaults::consumer_header")]
-    pub consumer_header: String,
+    pub consumer_header: Header,
 }
 
 impl Default for ApiKeySection {
@@ -1231,11 +1231,11 @@ pub struct CorsSection {
     /// Exact origins (`https://app.example.com`) or `"*"`.
     pub allow_origins: Vec<String>,
     #[serde(default = "defaults::cors_methods")]
-    pub allow_methods: Vec<String>,
+    pub allow_methods: Vec<MethodName>,
     #[serde(default)]
-    pub allow_headers: Vec<String>,
+    pub allow_headers: Vec<Header>,
     #[serde(default)]
-    pub expose_headers: Vec<String>,
+    pub expose_headers: Vec<Header>,
     #[serde(default)]
     pub allow_credentials: bool,
     #[serde(default)]
@@ -1498,20 +1498,22 @@ pub mod defaults {
     pub fn websocket_idle_timeout() -> HumanDuration {
         HumanDuration(Duration::from_secs(300))
     }
-    pub fn cache_targeted_field() -> String {
-        "Tollgate-Cache-Control".into()
+    pub fn cache_targeted_field() -> super::Header {
+        super::Header::new("Tollgate-Cache-Control")
     }
     pub fn forward_auth_path() -> String {
         "/".into()
     }
-    pub fn forward_auth_method() -> String {
-        "GET".into()
+    pub fn forward_auth_method() -> super::MethodName {
+        super::MethodName::new("GET")
     }
-    pub fn forward_auth_copy_headers() -> Vec<String> {
-        vec!["authorization".into(), "cookie".into()]
+    pub fn forward_auth_copy_headers() -> Vec<super::Header> {
+        ["authorization", "cookie"].map(super::Header::new).to_vec()
     }
-    pub fn forward_auth_client_headers() -> Vec<String> {
-        vec!["www-authenticate".into(), "location".into()]
+    pub fn forward_auth_client_headers() -> Vec<super::Header> {
+        ["www-authenticate", "location"]
+            .map(super::Header::new)
+            .to_vec()
     }
     pub fn forward_auth_timeout() -> HumanDuration {
         HumanDuration(Duration::from_secs(2))
@@ -1617,9 +1619,9 @@ pub mod defaults {
     pub fn max_connections_per_ip() -> usize {
         0
     }
-    pub fn identity_headers() -> Vec<String> {
+    pub fn identity_headers() -> Vec<super::Header> {
         ["X-User-ID", "X-User-Roles", "X-Consumer"]
-            .map(String::from)
+            .map(super::Header::new)
             .to_vec()
     }
     pub fn jwks_refresh() -> HumanDuration {
@@ -1634,20 +1636,20 @@ pub mod defaults {
     pub fn roles_claim() -> String {
         "roles".into()
     }
-    pub fn subject_header() -> String {
-        "X-User-ID".into()
+    pub fn subject_header() -> super::Header {
+        super::Header::new("X-User-ID")
     }
-    pub fn roles_header() -> String {
-        "X-User-Roles".into()
+    pub fn roles_header() -> super::Header {
+        super::Header::new("X-User-Roles")
     }
     pub fn jwt_cache_entries() -> usize {
         10_000
     }
-    pub fn api_key_header() -> String {
-        "X-API-Key".into()
+    pub fn api_key_header() -> super::Header {
+        super::Header::new("X-API-Key")
     }
-    pub fn consumer_header() -> String {
-        "X-Consumer".into()
+    pub fn consumer_header() -> super::Header {
+        super::Header::new("X-Consumer")
     }
     pub fn rate_key() -> super::RateKey {
         super::RateKey::IP
@@ -1655,7 +1657,7 @@ pub mod defaults {
     pub fn redis_timeout() -> HumanDuration {
         HumanDuration(Duration::from_millis(50))
     }
-    pub fn cors_methods() -> Vec<String> {
-        ["GET", "HEAD", "POST"].map(String::from).to_vec()
+    pub fn cors_methods() -> Vec<super::MethodName> {
+        ["GET", "HEAD", "POST"].map(super::MethodName::new).to_vec()
     }
 }

@@ -2,6 +2,7 @@
 //! (`#[serde(try_from = "String")]`), so a bad value is reported with its key path before
 //! anything is built and nothing downstream parses the string again.
 
+use super::problem::Problem;
 use serde::Deserialize;
 use std::fmt;
 use std::path::PathBuf;
@@ -395,6 +396,153 @@ hosts = ["API.example.com", "*.example.org"]
             assert!(err.inner().to_string().contains(fragment), "{line}: {err}");
         }
     }
+}
+
+/// Text the file gives a meaning to (a header name, a header value, a method), parsed when
+/// the file is read. An invalid one is kept with its error and reported with every other
+/// problem when the file is built: parsing stops at the first error, building reports them
+/// all, each at its key with line and column.
+#[derive(Debug, Clone)]
+pub struct Parsed<T> {
+    text: String,
+    value: Result<T, String>,
+}
+
+/// How a [`Parsed`] value reads its text.
+pub trait FromText: Sized {
+    /// What the schema says the text must look like.
+    const LOOKS_LIKE: &'static str;
+    fn from_text(text: &str) -> Result<Self, String>;
+}
+
+impl<T> Parsed<T> {
+    /// The value, or `None` with the problem noted at `at`.
+    pub fn get(&self, at: &str, problems: &mut Vec<Problem>) -> Option<&T> {
+        match &self.value {
+            Ok(v) => Some(v),
+            Err(e) => {
+                problems.push(Problem::new(at, e.clone()));
+                None
+            }
+        }
+    }
+
+    /// The value, or why the text is not one.
+    pub fn value(&self) -> Result<&T, &str> {
+        self.value.as_ref().map_err(String::as_str)
+    }
+
+    /// The text as written.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+impl<T: FromText> Parsed<T> {
+    pub fn new(text: &str) -> Self {
+        Parsed {
+            text: text.to_string(),
+            value: T::from_text(text),
+        }
+    }
+}
+
+impl<'de, T: FromText> Deserialize<'de> for Parsed<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Ok(Parsed::new(&text))
+    }
+}
+
+impl<T> PartialEq for Parsed<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl<T> Eq for Parsed<T> {}
+
+impl<T> std::hash::Hash for Parsed<T> {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.text.hash(h)
+    }
+}
+
+impl<T> Ord for Parsed<T> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.text.cmp(&other.text)
+    }
+}
+
+impl<T> PartialOrd for Parsed<T> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<T> fmt::Display for Parsed<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl<T: FromText> schemars::JsonSchema for Parsed<T> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        T::LOOKS_LIKE.replace(' ', "_").into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "string", "description": T::LOOKS_LIKE })
+    }
+}
+
+impl FromText for http::HeaderName {
+    const LOOKS_LIKE: &'static str = "a header name";
+    fn from_text(s: &str) -> Result<Self, String> {
+        http::HeaderName::from_bytes(s.as_bytes()).map_err(|_| format!("invalid header name {s:?}"))
+    }
+}
+
+impl FromText for http::HeaderValue {
+    const LOOKS_LIKE: &'static str = "a header value";
+    fn from_text(s: &str) -> Result<Self, String> {
+        http::HeaderValue::from_str(s).map_err(|_| "invalid header value".to_string())
+    }
+}
+
+impl FromText for http::Method {
+    const LOOKS_LIKE: &'static str = "an HTTP method in upper case";
+    fn from_text(m: &str) -> Result<Self, String> {
+        let valid = !m.is_empty() && m.to_ascii_uppercase() == m;
+        match http::Method::from_bytes(m.as_bytes()) {
+            Ok(method) if valid => Ok(method),
+            _ => Err(format!(
+                "invalid method {m:?}; write it upper-case, e.g. \"GET\""
+            )),
+        }
+    }
+}
+
+/// A header name as written (any case).
+pub type Header = Parsed<http::HeaderName>;
+/// A header value as written.
+pub type HeaderText = Parsed<http::HeaderValue>;
+/// An HTTP method, upper-case as HTTP spells it.
+pub type MethodName = Parsed<http::Method>;
+
+/// Name/value pairs of a header table, each problem at `at.NAME`.
+pub fn header_pairs(
+    at: &str,
+    map: &std::collections::BTreeMap<Header, HeaderText>,
+    problems: &mut Vec<Problem>,
+) -> Vec<(http::HeaderName, http::HeaderValue)> {
+    map.iter()
+        .filter_map(|(k, v)| {
+            let at = format!("{at}.{k}");
+            let name = k.get(&at, problems)?;
+            let value = v.get(&at, problems)?;
+            Some((name.clone(), value.clone()))
+        })
+        .collect()
 }
 
 /// A JSON Schema for a value written as text: its name and what the text must look like.

@@ -46,7 +46,7 @@ pub(crate) struct Tracer {
 pub(crate) struct Exporter {
     rx: Mutex<Option<mpsc::Receiver<Finished>>>,
     endpoint: String,
-    headers: Vec<(String, String)>,
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
     batch_size: usize,
     flush: Duration,
     timeout: Duration,
@@ -64,7 +64,7 @@ pub(crate) struct Settings {
     pub batch_size: usize,
     pub flush_interval: Duration,
     pub export_timeout: Duration,
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 /// A connected tracer and its exporter.

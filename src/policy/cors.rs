@@ -5,6 +5,7 @@
 
 use super::{Asked, PolicyContext, RouteCheck, Step};
 use crate::config::file::{CorsSection, RouteSection};
+use crate::config::types::{Header, MethodName};
 use crate::config::{FromConfig, Problem};
 use crate::error::Reject;
 use bytes::Bytes;
@@ -141,9 +142,9 @@ impl CorsPolicy {
     /// that is wrong and why.
     pub fn new(
         origins: &[String],
-        methods: &[String],
-        headers: &[String],
-        expose: &[String],
+        methods: &[MethodName],
+        headers: &[Header],
+        expose: &[Header],
         credentials: bool,
         max_age: Option<std::time::Duration>,
     ) -> Result<Self, (String, String)> {
@@ -168,25 +169,23 @@ impl CorsPolicy {
             .iter()
             .enumerate()
             .map(|(i, m)| {
-                Method::from_bytes(m.as_bytes())
-                    .map_err(|_| (at("allow_methods", i), format!("invalid method {m:?}")))
+                m.value()
+                    .cloned()
+                    .map_err(|e| (at("allow_methods", i), e.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let headers = headers
             .iter()
             .enumerate()
             .map(|(i, h)| {
-                HeaderName::from_bytes(h.as_bytes())
-                    .map_err(|_| (at("allow_headers", i), format!("invalid header name {h:?}")))
+                h.value()
+                    .cloned()
+                    .map_err(|e| (at("allow_headers", i), e.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
         for (i, e) in expose.iter().enumerate() {
-            HeaderName::from_bytes(e.as_bytes()).map_err(|_| {
-                (
-                    at("expose_headers", i),
-                    format!("invalid header name {e:?}"),
-                )
-            })?;
+            e.value()
+                .map_err(|why| (at("expose_headers", i), why.to_string()))?;
         }
         let join = |items: Vec<&str>| -> Result<Option<HeaderValue>, (String, String)> {
             if items.is_empty() {
@@ -204,7 +203,7 @@ impl CorsPolicy {
             methods,
             allow_headers: join(headers.iter().map(HeaderName::as_str).collect())?,
             headers,
-            expose_headers: join(expose.iter().map(String::as_str).collect())?,
+            expose_headers: join(expose.iter().map(Header::text).collect())?,
             credentials,
             max_age: max_age.map(|d| HeaderValue::from(d.as_secs())),
         })
@@ -309,9 +308,9 @@ mod tests {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         CorsPolicy::new(
             &s(origins),
-            &s(&["GET", "PUT"]),
-            &s(&["X-Token"]),
-            &s(&["X-Total"]),
+            &[MethodName::new("GET"), MethodName::new("PUT")],
+            &[Header::new("X-Token")],
+            &[Header::new("X-Total")],
             credentials,
             Some(std::time::Duration::from_secs(600)),
         )

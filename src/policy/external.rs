@@ -14,6 +14,7 @@ use crate::config::file::{
     AuthErrorPolicy, DecisionCacheSection, ForwardAuthSection, IntrospectionSection,
 };
 use crate::config::fingerprint::{carry, Carried, Fingerprint};
+use crate::config::types::Header;
 use crate::config::{bounds, Problem};
 use crate::upstream::UpstreamGroup;
 use base64::Engine;
@@ -155,32 +156,16 @@ struct DecisionCache {
     purged: Mutex<HashMap<String, Instant>>,
 }
 
-fn header_names(at: &str, names: &[String], problems: &mut Vec<Problem>) -> Vec<HeaderName> {
+fn header_names(at: &str, names: &[Header], problems: &mut Vec<Problem>) -> Vec<HeaderName> {
     names
         .iter()
         .enumerate()
-        .filter_map(|(i, n)| match HeaderName::from_bytes(n.as_bytes()) {
-            Ok(h) => Some(h),
-            Err(_) => {
-                problems.push(Problem::new(
-                    format!("{at}[{i}]"),
-                    format!("invalid header name {n:?}"),
-                ));
-                None
-            }
-        })
+        .filter_map(|(i, n)| n.get(&format!("{at}[{i}]"), problems).cloned())
         .collect()
 }
 
-fn header_name(at: &str, n: &Option<String>, problems: &mut Vec<Problem>) -> Option<HeaderName> {
-    let n = n.as_ref()?;
-    match HeaderName::from_bytes(n.as_bytes()) {
-        Ok(h) => Some(h),
-        Err(_) => {
-            problems.push(Problem::new(at, format!("invalid header name {n:?}")));
-            None
-        }
-    }
+fn header_name(at: &str, n: &Option<Header>, problems: &mut Vec<Problem>) -> Option<HeaderName> {
+    n.as_ref()?.get(at, problems).cloned()
 }
 
 fn cache_of(
@@ -275,16 +260,10 @@ impl ExternalAuth {
             cache,
         } = s;
         let before = problems.len();
-        let method = match Method::from_bytes(method.as_bytes()) {
-            Ok(m) if method.bytes().all(|b| b.is_ascii_uppercase()) => m,
-            _ => {
-                problems.push(Problem::new(
-                    format!("{at}.method"),
-                    format!("invalid method {method:?}; write it upper-case, e.g. \"GET\""),
-                ));
-                Method::GET
-            }
-        };
+        let method = method
+            .get(&format!("{at}.method"), problems)
+            .cloned()
+            .unwrap_or(Method::GET);
         let path = path_of(&at, path, problems);
         let subject = header_name(&format!("{at}.subject_header"), subject_header, problems);
         let roles = header_name(&format!("{at}.roles_header"), roles_header, problems);
@@ -372,12 +351,8 @@ impl ExternalAuth {
             .unwrap_or_else(|_| HeaderValue::from_static(""));
         let mut mapped = Vec::new();
         for (claim, header) in claims {
-            match HeaderName::from_bytes(header.as_bytes()) {
-                Ok(h) => mapped.push((claim.clone(), h)),
-                Err(_) => problems.push(Problem::new(
-                    format!("{at}.claims.{claim}"),
-                    format!("invalid header name {header:?}"),
-                )),
+            if let Some(h) = header.get(&format!("{at}.claims.{claim}"), problems) {
+                mapped.push((claim.clone(), h.clone()));
             }
         }
         let kind = Kind::Introspect {

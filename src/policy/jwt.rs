@@ -40,6 +40,7 @@ pub use jwks::JwksRefresher;
 
 use crate::config::file::JwtSection;
 use crate::config::fingerprint::{Carried, Fingerprint};
+use crate::config::types::Header;
 use crate::config::types::JwtAlgorithm;
 use crate::config::{bounds, Problem};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -197,24 +198,17 @@ fn distinct_algorithms(at: &str, listed: &[JwtAlgorithm], p: &mut Vec<Problem>) 
     algs
 }
 
-fn header_name(at: &str, key: &str, name: &str, p: &mut Vec<Problem>) -> Option<HeaderName> {
-    match HeaderName::from_bytes(name.as_bytes()) {
-        Ok(h) if RESERVED_HEADERS.contains(&h.as_str()) => {
-            p.push(Problem::new(
-                format!("{at}.{key}"),
-                format!("{name} cannot carry a claim: the gateway or the protocol owns it"),
-            ));
-            None
-        }
-        Ok(h) => Some(h),
-        Err(_) => {
-            p.push(Problem::new(
-                format!("{at}.{key}"),
-                format!("invalid header name {name:?}"),
-            ));
-            None
-        }
+fn header_name(at: &str, key: &str, name: &Header, p: &mut Vec<Problem>) -> Option<HeaderName> {
+    let at = format!("{at}.{key}");
+    let h = name.get(&at, p)?;
+    if RESERVED_HEADERS.contains(&h.as_str()) {
+        p.push(Problem::new(
+            at,
+            format!("{name} cannot carry a claim: the gateway or the protocol owns it"),
+        ));
+        return None;
     }
+    Some(h.clone())
 }
 
 /// A TOML key as it appears in a key path: bare when it can be, quoted otherwise.

@@ -258,23 +258,18 @@ impl GatewayPolicy {
         let trusted = ip::nets("limits.trusted_proxies", trusted_proxies, problems);
         let allow = ip::nets("limits.ip_allow", ip_allow, problems);
         let deny = ip::nets("limits.ip_deny", ip_deny, problems);
-        let header = |key: &str, name: &str, problems: &mut Vec<Problem>| {
-            HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| {
-                    problems.push(Problem::new(key, format!("invalid header name {name:?}")))
-                })
-                .ok()
-        };
-        let key_header = header("auth.api_key.header", &api_key.header, problems);
-        let consumer_header = header(
-            "auth.api_key.consumer_header",
-            &api_key.consumer_header,
-            problems,
-        );
+        let key_header = api_key.header.get("auth.api_key.header", problems).cloned();
+        let consumer_header = api_key
+            .consumer_header
+            .get("auth.api_key.consumer_header", problems)
+            .cloned();
         let mut strip: Vec<HeaderName> = strip_headers
             .iter()
             .enumerate()
-            .filter_map(|(i, h)| header(&format!("auth.strip_headers[{i}]"), h, problems))
+            .filter_map(|(i, h)| {
+                h.get(&format!("auth.strip_headers[{i}]"), problems)
+                    .cloned()
+            })
             .collect();
         strip.extend(consumer_header.clone());
         strip.push(HeaderName::from_static("x-user-roles"));

@@ -595,3 +595,46 @@ fn problems_found_after_parsing_had_no_line_number() {
         &format!("(route \"b\", line {}, column 27)", line_of("not-a-cidr")),
     );
 }
+
+/// Header names, header values and methods are parsed as the file is read, in one place
+/// (`config::types::Parsed`), and every bad one is reported at once at its own key with its
+/// line: a parse error would have stopped at the first.
+#[test]
+fn bad_header_names_and_methods_are_all_reported_with_their_lines() {
+    let config = format!(
+        "{BASE}[auth.api_key]\nheader = \"x key\"\n\n[[routes]]\nname = \"a\"\nmethods = [\"GET\", \"pOST\"]\nupstream = \"users\"\n[routes.request_headers]\nremove = [\"ok\", \"bad name\"]\nset = {{ x-env = \"line\\nbreak\" }}\n[routes.cors]\nallow_origins = [\"https://a.test\"]\nexpose_headers = [\"x(y)\"]\n"
+    );
+    let line_of = |needle: &str| config.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let (code, out, path, _dir) = check(&config);
+    assert_eq!(code, 1, "{out}");
+    for (key, fragment, needle) in [
+        (
+            "auth.api_key.header",
+            "invalid header name \"x key\"",
+            "x key",
+        ),
+        (
+            "routes[0].methods[1]",
+            "invalid method \"pOST\"; write it upper-case",
+            "pOST",
+        ),
+        (
+            "routes[0].request_headers.remove[1]",
+            "invalid header name \"bad name\"",
+            "bad name",
+        ),
+        (
+            "routes[0].request_headers.set.x-env",
+            "invalid header value",
+            "x-env",
+        ),
+        (
+            "routes[0].cors.expose_headers[0]",
+            "invalid header name \"x(y)\"",
+            "x(y)",
+        ),
+    ] {
+        assert_reported(&out, &path, key, fragment);
+        assert_reported(&out, &path, key, &format!("line {}", line_of(needle)));
+    }
+}
