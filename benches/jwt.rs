@@ -16,6 +16,7 @@ use std::hint::black_box;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tollgate::config::file::JwtSection;
+use tollgate::config::FromConfig;
 use tollgate::policy::jwt::{JwtError, JwtProvider, VerifiedToken};
 
 fn provider(alg: &str, key_line: &str, cache: usize) -> JwtProvider {
@@ -23,7 +24,7 @@ fn provider(alg: &str, key_line: &str, cache: usize) -> JwtProvider {
         "algorithms = [\"{alg}\"]\n{key_line}\ncache_entries = {cache}\nissuer = \"bench\""
     ))
     .unwrap();
-    JwtProvider::compile("bench", &section, "auth.jwt.bench").unwrap()
+    JwtProvider::from_config("auth.jwt.bench", &section, "bench", &mut Vec::new()).unwrap()
 }
 
 /// `verify` with fixed keys never waits on anything: poll it once, without a runtime, so

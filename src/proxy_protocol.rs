@@ -13,6 +13,7 @@
 //! `limits.header_timeout`.
 
 use crate::config::file::ProxyProtocolSection;
+use crate::config::FromConfig;
 use crate::config::Problem;
 use async_trait::async_trait;
 use ipnet::IpNet;
@@ -54,11 +55,13 @@ enum Preamble {
     Absent,
 }
 
-impl ProxyProtocol {
-    pub(crate) fn from_config(
+impl FromConfig<Duration> for ProxyProtocol {
+    type Section = ProxyProtocolSection;
+
+    fn from_config(
         at: &str,
         s: &ProxyProtocolSection,
-        header_timeout: Duration,
+        header_timeout: &Duration,
         problems: &mut Vec<Problem>,
     ) -> Option<ProxyProtocol> {
         let ProxyProtocolSection { from, required } = s;
@@ -74,11 +77,13 @@ impl ProxyProtocol {
         (problems.len() == before).then_some(ProxyProtocol {
             from,
             required: *required,
-            timeout: header_timeout,
+            timeout: *header_timeout,
             refused: None,
         })
     }
+}
 
+impl ProxyProtocol {
     /// Count refused connections in `counter` (`reason` label).
     pub(crate) fn with_metric(mut self, counter: IntCounterVec) -> Self {
         self.refused = Some(counter);

@@ -527,8 +527,20 @@ impl FromConfig<RouteContext<'_>> for Route {
                 Some(true) if cx.security.is_empty() => crate::transform::security_headers(None),
                 _ => cx.security.to_vec(),
             },
-            json_request: JsonRename::of(json_rename_request),
-            json_response: JsonRename::of(json_rename_response),
+            json_request: JsonRename::from_config(
+                &format!("{at}.json_rename_request"),
+                json_rename_request,
+                &(),
+                problems,
+            )
+            .unwrap_or_default(),
+            json_response: JsonRename::from_config(
+                &format!("{at}.json_rename_response"),
+                json_rename_response,
+                &(),
+                problems,
+            )
+            .unwrap_or_default(),
         };
         let cache = cache.as_ref().and_then(|c| {
             let facts = crate::cache::RouteFacts {

@@ -12,6 +12,7 @@
 
 use crate::config::file::{CertificateSection, TlsSection};
 use crate::config::types::{HostPattern, TlsVersion};
+use crate::config::FromConfig;
 use crate::config::Problem;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -90,11 +91,14 @@ pub(crate) struct TlsListener {
     pub h2: bool,
 }
 
-impl TlsListener {
+impl FromConfig for TlsListener {
+    type Section = TlsSection;
+
     /// `[listeners.tls]`: every certificate read and checked against its key now.
-    pub(crate) fn from_config(
+    fn from_config(
         at: &str,
         t: &TlsSection,
+        _cx: &(),
         problems: &mut Vec<Problem>,
     ) -> Option<TlsListener> {
         let TlsSection {

@@ -162,14 +162,23 @@ pub struct JsonRename {
     pub fields: Vec<(String, String)>,
 }
 
-impl JsonRename {
-    /// `json_rename_request` / `json_rename_response`: old name to new name.
-    pub(crate) fn of(map: &BTreeMap<String, String>) -> JsonRename {
-        JsonRename {
-            fields: map.iter().map(|(a, b)| (a.clone(), b.clone())).collect(),
-        }
-    }
+impl FromConfig for JsonRename {
+    type Section = BTreeMap<String, String>;
 
+    /// `json_rename_request` / `json_rename_response`: old name to new name.
+    fn from_config(
+        _at: &str,
+        map: &BTreeMap<String, String>,
+        _cx: &(),
+        _problems: &mut Vec<crate::config::Problem>,
+    ) -> Option<JsonRename> {
+        Some(JsonRename {
+            fields: map.iter().map(|(a, b)| (a.clone(), b.clone())).collect(),
+        })
+    }
+}
+
+impl JsonRename {
     pub fn is_empty(&self) -> bool {
         self.fields.is_empty()
     }

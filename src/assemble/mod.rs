@@ -15,7 +15,7 @@ pub(crate) mod refs;
 pub mod server;
 
 use crate::config::file::{ConfigFile, SecurityHeadersSection};
-use crate::config::fingerprint::{carry, Fingerprint};
+use crate::config::fingerprint::{carry, Fingerprint, Reloaded};
 use crate::config::{FromConfig, Problem};
 use crate::gateway::{Gateway, Generation};
 use crate::observe::access_log::{self, AccessLog, AccessLogWriter};
@@ -149,11 +149,9 @@ pub fn build(
     let mut problems = Vec::new();
     refs::duplicates(file, &mut problems);
     refs::listen_conflicts(file, &mut problems);
-    let access_format = access_log::Format::from_config(
-        access_log.fields.as_deref(),
-        &access_log.redact_query,
-        &mut problems,
-    );
+    let access_format =
+        access_log::Format::from_config("access_log", access_log, &(), &mut problems)
+            .unwrap_or_default();
     let Planned {
         plan,
         problems: plan_problems,
@@ -170,35 +168,45 @@ pub fn build(
         let fingerprint = Fingerprint::of(section, section.files());
         match carry(previous.and_then(|g| g.providers.find(name)), fingerprint) {
             Some(p) => providers.insert(name, p.clone()),
-            None => match JwtProvider::compile(name, section, &at) {
-                Ok(mut p) => {
+            None => {
+                if let Some(mut p) = JwtProvider::from_config(&at, section, name, &mut problems) {
                     p.set_fingerprint(fingerprint);
                     providers.insert(name, Arc::new(p));
                 }
-                Err(p) => problems.extend(p),
-            },
+            }
         }
     }
-    let rate_store = RateLimitStore::from_config(
-        rate_limit,
-        previous.map(|g| &g.policy.rate_store),
-        shared.metrics.rate_limit_store(),
-        &mut problems,
-    );
+    let store_cx = Reloaded {
+        previous: previous.map(|g| &g.policy.rate_store),
+        with: shared.metrics.rate_limit_store(),
+    };
+    let rate_store =
+        Arc::<RateLimitStore>::from_config("rate_limit", rate_limit, &store_cx, &mut problems);
 
     let hosts_file = resolver.hosts_file.as_ref().map(std::path::PathBuf::from);
     if resolver.hosts_file.as_deref() == Some("") {
         problems.push(Problem::new("resolver.hosts_file", "must not be empty"));
     }
-    let resolver = crate::upstream::discovery::dns::Resolver::from_config(resolver, &mut problems);
+    let resolver = crate::upstream::discovery::dns::Resolver::from_config(
+        "resolver",
+        resolver,
+        &(),
+        &mut problems,
+    )
+    .map(Arc::new);
     let mut groups = Groups::new("upstream", upstreams.keys().cloned());
+    let names = crate::upstream::Names {
+        hosts_file,
+        resolver,
+    };
     for (name, section) in upstreams {
-        let prev = previous.and_then(|g| g.groups.find(name)).map(Arc::as_ref);
-        let names = crate::upstream::Names {
-            hosts_file: hosts_file.clone(),
-            resolver: resolver.clone(),
+        let cx = crate::upstream::GroupContext {
+            name,
+            names: &names,
+            previous: previous.and_then(|g| g.groups.find(name)).map(Arc::as_ref),
         };
-        if let Some(g) = UpstreamGroup::from_config(name, section, names, prev, &mut problems) {
+        let at = format!("upstreams.{name}");
+        if let Some(g) = UpstreamGroup::from_config(&at, section, &cx, &mut problems) {
             groups.insert(name, Arc::new(g));
         }
     }
@@ -257,18 +265,15 @@ pub fn build(
         .iter()
         .filter_map(|l| Some((l.address.parse().ok()?, l.underscores?)))
         .collect();
-    let policy = GatewayPolicy::from_config(
-        limits,
-        auth,
-        consumers,
-        &rate_store,
-        crate::policy::AuthServices {
+    let policy_cx = crate::policy::GatewayContext {
+        rate_store: &rate_store,
+        services: crate::policy::AuthServices {
             jwt: &providers,
             external,
         },
         listener_underscores,
-        &mut problems,
-    );
+    };
+    let policy = GatewayPolicy::from_config("", file, &policy_cx, &mut problems);
     let cx = RouteContext {
         groups: &groups,
         policy: crate::policy::PolicyContext {
@@ -291,12 +296,11 @@ pub fn build(
         .collect();
     let caches = routes.iter().any(|r| r.cache.is_some());
     let response_cache = if caches {
-        crate::cache::ResponseCache::from_config(
-            cache,
-            previous.and_then(|g| g.cache.as_ref()),
-            shared.metrics.shared_cache(),
-            &mut problems,
-        )
+        let cx = Reloaded {
+            previous: previous.and_then(|g| g.cache.as_ref()),
+            with: shared.metrics.shared_cache(),
+        };
+        Arc::<crate::cache::ResponseCache>::from_config("cache", cache, &cx, &mut problems)
     } else {
         None
     };

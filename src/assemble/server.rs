@@ -7,6 +7,7 @@ use crate::config::file::{
     ServerSection,
 };
 use crate::config::types::{LogTarget, TlsVersion};
+use crate::config::FromConfig;
 use crate::config::{bounds, Problem};
 use crate::connection::ConnectionLimits;
 use crate::policy::normalize::Underscores;
@@ -85,14 +86,14 @@ pub(crate) fn plan(file: &ConfigFile, problems: &mut Vec<Problem>) -> ServerPlan
                 h2c: *h2c,
                 address: address.clone(),
                 tls: tls.as_ref().and_then(|t| {
-                    TlsListener::from_config(&format!("listeners[{i}].tls"), t, problems)
+                    TlsListener::from_config(&format!("listeners[{i}].tls"), t, &(), problems)
                 }),
                 underscores: *underscore_headers,
                 proxy_protocol: proxy_protocol.as_ref().and_then(|p| {
                     crate::proxy_protocol::ProxyProtocol::from_config(
                         &format!("listeners[{i}].proxy_protocol"),
                         p,
-                        limits.header_timeout.0,
+                        &limits.header_timeout.0,
                         problems,
                     )
                 }),

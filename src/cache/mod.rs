@@ -12,6 +12,7 @@ pub(crate) mod freshness;
 pub(crate) mod shared;
 pub mod store;
 
+use crate::config::fingerprint::Reloaded;
 use crate::config::fingerprint::{carry, Carried, Fingerprint};
 use http::header::{CONTENT_LENGTH, SET_COOKIE, VARY};
 use http::Method;
@@ -55,6 +56,111 @@ impl Carried for ResponseCache {
 impl Drop for ResponseCache {
     fn drop(&mut self) {
         self.storage.purge_where(self.eviction, |_| true);
+    }
+}
+
+impl crate::config::FromConfig<Reloaded<'_, std::sync::Arc<ResponseCache>, shared::SharedMetrics>>
+    for std::sync::Arc<ResponseCache>
+{
+    type Section = crate::config::file::CacheSection;
+
+    /// `[cache]`, when some route caches. The running generation's cache is kept (entries
+    /// and all) when the section is unchanged.
+    fn from_config(
+        at: &str,
+        section: &crate::config::file::CacheSection,
+        cx: &Reloaded<'_, std::sync::Arc<ResponseCache>, shared::SharedMetrics>,
+        problems: &mut Vec<crate::config::Problem>,
+    ) -> Option<Self> {
+        let Reloaded {
+            previous,
+            with: ref metrics,
+        } = *cx;
+        use crate::config::{bounds, Problem};
+        let crate::config::file::CacheSection {
+            max_size,
+            max_object_size,
+            lock_timeout,
+            targeted_field,
+            shared: shared_section,
+        } = section;
+        let before = problems.len();
+        let size_ok = bounds::CACHE_MAX_SIZE.check(&format!("{at}.max_size"), *max_size, problems);
+        let object_ok = bounds::CACHE_MAX_OBJECT_SIZE.check(
+            &format!("{at}.max_object_size"),
+            *max_object_size,
+            problems,
+        );
+        if size_ok && object_ok && max_object_size.0 > max_size.0 {
+            problems.push(Problem::new(
+                format!("{at}.max_object_size"),
+                format!("must be at most cache.max_size ({} bytes)", max_size.0),
+            ));
+        }
+        bounds::CACHE_LOCK_TIMEOUT.check(&format!("{at}.lock_timeout"), *lock_timeout, problems);
+        let targeted = match targeted_field.value() {
+            Ok(h) if h != http::header::CACHE_CONTROL => Some(h.clone()),
+            _ => {
+                problems.push(Problem::new(
+                    format!("{at}.targeted_field"),
+                    format!(
+                        "{:?} is not a header name other than Cache-Control",
+                        targeted_field.text()
+                    ),
+                ));
+                None
+            }
+        };
+        let tier = shared_section.as_ref().and_then(|sh| {
+            let crate::config::file::SharedCacheSection {
+                redis,
+                key_prefix,
+                max_object_size,
+                max_ttl,
+                timeout,
+            } = sh;
+            bounds::SHARED_CACHE_MAX_OBJECT.check(
+                &format!("{at}.shared.max_object_size"),
+                *max_object_size,
+                problems,
+            );
+            bounds::SHARED_CACHE_MAX_TTL.check(&format!("{at}.shared.max_ttl"), *max_ttl, problems);
+            bounds::SHARED_CACHE_TIMEOUT.check(&format!("{at}.shared.timeout"), *timeout, problems);
+            let settings = shared::Settings {
+                url: redis.clone(),
+                prefix: key_prefix.clone(),
+                max_object: max_object_size.0 as usize,
+                max_ttl: max_ttl.0,
+                timeout: timeout.0,
+                lock_timeout: lock_timeout.0,
+            };
+            shared::SharedTier::new(settings, metrics.clone())
+                .map_err(|e| problems.push(Problem::new(format!("{at}.shared.redis"), e)))
+                .ok()
+        });
+        if problems.len() > before {
+            return None;
+        }
+        let fingerprint = Fingerprint::of(section, []);
+        if let Some(prev) = carry(previous, fingerprint) {
+            return Some(prev.clone());
+        }
+        let mut cache = ResponseCache::new(
+            max_size.0 as usize,
+            max_object_size.0 as usize,
+            lock_timeout.0,
+        );
+        cache.fingerprint = fingerprint;
+        if let Some(tier) = tier {
+            // Like the storage, the tier is borrowed for 'static by pingora-cache's hooks.
+            let tier: &'static shared::SharedTier = Box::leak(Box::new(tier));
+            cache.storage.share(tier, cache.eviction);
+        }
+        cache.targeted = targeted
+            .into_iter()
+            .chain([freshness::CDN_CACHE_CONTROL])
+            .collect();
+        Some(std::sync::Arc::new(cache))
     }
 }
 
@@ -129,98 +235,6 @@ impl ResponseCache {
     /// The targeted cache-control fields, in order of precedence.
     pub fn targeted(&self) -> &[http::HeaderName] {
         &self.targeted
-    }
-
-    /// `[cache]`, when some route caches. The running generation's cache is kept (entries
-    /// and all) when the section is unchanged.
-    pub(crate) fn from_config(
-        section: &crate::config::file::CacheSection,
-        previous: Option<&std::sync::Arc<ResponseCache>>,
-        metrics: shared::SharedMetrics,
-        problems: &mut Vec<crate::config::Problem>,
-    ) -> Option<std::sync::Arc<ResponseCache>> {
-        use crate::config::{bounds, Problem};
-        let crate::config::file::CacheSection {
-            max_size,
-            max_object_size,
-            lock_timeout,
-            targeted_field,
-            shared: shared_section,
-        } = section;
-        let before = problems.len();
-        let size_ok = bounds::CACHE_MAX_SIZE.check("cache.max_size", *max_size, problems);
-        let object_ok = bounds::CACHE_MAX_OBJECT_SIZE.check(
-            "cache.max_object_size",
-            *max_object_size,
-            problems,
-        );
-        if size_ok && object_ok && max_object_size.0 > max_size.0 {
-            problems.push(Problem::new(
-                "cache.max_object_size",
-                format!("must be at most cache.max_size ({} bytes)", max_size.0),
-            ));
-        }
-        bounds::CACHE_LOCK_TIMEOUT.check("cache.lock_timeout", *lock_timeout, problems);
-        let targeted = match targeted_field.value() {
-            Ok(h) if h != http::header::CACHE_CONTROL => Some(h.clone()),
-            _ => {
-                problems.push(Problem::new(
-                    "cache.targeted_field",
-                    format!("{targeted_field:?} is not a header name other than Cache-Control"),
-                ));
-                None
-            }
-        };
-        let tier = shared_section.as_ref().and_then(|sh| {
-            let crate::config::file::SharedCacheSection {
-                redis,
-                key_prefix,
-                max_object_size,
-                max_ttl,
-                timeout,
-            } = sh;
-            bounds::SHARED_CACHE_MAX_OBJECT.check(
-                "cache.shared.max_object_size",
-                *max_object_size,
-                problems,
-            );
-            bounds::SHARED_CACHE_MAX_TTL.check("cache.shared.max_ttl", *max_ttl, problems);
-            bounds::SHARED_CACHE_TIMEOUT.check("cache.shared.timeout", *timeout, problems);
-            let settings = shared::Settings {
-                url: redis.clone(),
-                prefix: key_prefix.clone(),
-                max_object: max_object_size.0 as usize,
-                max_ttl: max_ttl.0,
-                timeout: timeout.0,
-                lock_timeout: lock_timeout.0,
-            };
-            shared::SharedTier::new(settings, metrics)
-                .map_err(|e| problems.push(Problem::new("cache.shared.redis", e)))
-                .ok()
-        });
-        if problems.len() > before {
-            return None;
-        }
-        let fingerprint = Fingerprint::of(section, []);
-        if let Some(prev) = carry(previous, fingerprint) {
-            return Some(prev.clone());
-        }
-        let mut cache = ResponseCache::new(
-            max_size.0 as usize,
-            max_object_size.0 as usize,
-            lock_timeout.0,
-        );
-        cache.fingerprint = fingerprint;
-        if let Some(tier) = tier {
-            // Like the storage, the tier is borrowed for 'static by pingora-cache's hooks.
-            let tier: &'static shared::SharedTier = Box::leak(Box::new(tier));
-            cache.storage.share(tier, cache.eviction);
-        }
-        cache.targeted = targeted
-            .into_iter()
-            .chain([freshness::CDN_CACHE_CONTROL])
-            .collect();
-        Some(std::sync::Arc::new(cache))
     }
 
     /// Turn the cache on for this request (before the key callback runs).

@@ -84,6 +84,13 @@ pub(crate) fn carry<T: Carried + ?Sized>(previous: Option<&T>, now: Fingerprint)
     previous.filter(|p| p.fingerprint() == now)
 }
 
+/// What a builder whose value can outlive a reload is built against: the running
+/// generation's value (kept when [`carry`] says so) and what else it needs.
+pub(crate) struct Reloaded<'a, T: ?Sized, X> {
+    pub previous: Option<&'a T>,
+    pub with: X,
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

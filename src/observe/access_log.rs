@@ -156,9 +156,28 @@ pub struct Format {
     redact: Vec<String>,
 }
 
-impl Format {
+impl crate::config::FromConfig for Format {
+    type Section = crate::config::file::AccessLogSection;
+
     /// `[access_log]`'s `fields` and `redact_query`, every unknown field a problem.
-    pub(crate) fn from_config(
+    fn from_config(
+        at: &str,
+        s: &crate::config::file::AccessLogSection,
+        _cx: &(),
+        problems: &mut Vec<Problem>,
+    ) -> Option<Format> {
+        Some(Format::of(
+            at,
+            s.fields.as_deref(),
+            &s.redact_query,
+            problems,
+        ))
+    }
+}
+
+impl Format {
+    fn of(
+        at: &str,
         fields: Option<&[String]>,
         redact: &[String],
         problems: &mut Vec<Problem>,
@@ -170,7 +189,7 @@ impl Format {
                     Some(k) => Some(*k),
                     None => {
                         problems.push(Problem::unknown(
-                            format!("access_log.fields[{i}]"),
+                            format!("{at}.fields[{i}]"),
                             "access-log field",
                             f,
                             FIELDS,
@@ -651,7 +670,7 @@ mod tests {
     fn fields_trims_the_line() {
         let mut problems = Vec::new();
         let keep = ["status".to_string(), "path".to_string()];
-        let format = Format::from_config(Some(&keep), &[], &mut problems);
+        let format = Format::of("access_log", Some(&keep), &[], &mut problems);
         assert!(problems.is_empty());
         let line = format.line(&full("/a"));
         assert_eq!(

@@ -47,16 +47,30 @@ pub fn digest(key: &[u8]) -> [u8; 32] {
     Sha256::digest(key).into()
 }
 
-impl ApiKeys {
+/// What the consumers' keys are read with: the header carrying a key, the header naming
+/// the consumer upstream, and where their rate limits count.
+pub(crate) struct KeyHeaders<'a> {
+    pub header: &'a HeaderName,
+    pub consumer_header: &'a HeaderName,
+    pub rate_store: &'a Arc<RateLimitStore>,
+}
+
+impl FromConfig<KeyHeaders<'_>> for ApiKeys {
+    type Section = BTreeMap<String, ConsumerSection>;
+
     /// Every `[consumers.NAME]`, its keys hashed; problems under `consumers.NAME`.
-    pub(crate) fn from_config(
-        header: HeaderName,
-        consumer_header: &HeaderName,
+    fn from_config(
+        at: &str,
         consumers: &BTreeMap<String, ConsumerSection>,
-        rate_store: &Arc<RateLimitStore>,
+        cx: &KeyHeaders<'_>,
         problems: &mut Vec<Problem>,
-    ) -> ApiKeys {
-        let mut api_keys = ApiKeys::new(header);
+    ) -> Option<ApiKeys> {
+        let KeyHeaders {
+            header,
+            consumer_header,
+            rate_store,
+        } = *cx;
+        let mut api_keys = ApiKeys::new(header.clone());
         for (name, c) in consumers {
             let ConsumerSection {
                 keys,
@@ -64,7 +78,7 @@ impl ApiKeys {
                 roles,
                 rate_limits,
             } = c;
-            let at = format!("consumers.{name}");
+            let at = format!("{at}.{name}");
             if keys.is_empty() && key_hashes.is_empty() {
                 problems.push(Problem::new(
                     &at,
@@ -132,9 +146,11 @@ impl ApiKeys {
                 }
             }
         }
-        api_keys
+        Some(api_keys)
     }
+}
 
+impl ApiKeys {
     pub fn new(header: HeaderName) -> Self {
         ApiKeys {
             header: Some(header),

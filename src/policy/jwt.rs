@@ -18,7 +18,7 @@
 //! a `kid` (secret, PEM keys); a token without `kid` against every key of its algorithm, at
 //! most [`MAX_KEYS_TRIED`].
 //!
-//! The JWKS URL is not fetched by [`JwtProvider::compile`]: `tollgate -t` and start-up must not
+//! The JWKS URL is not fetched by [`JwtProvider::from_config`]: `tollgate -t` and start-up must not
 //! depend on the identity provider being up. The provider starts with no URL keys; the
 //! background service from [`JwtProvider::refresher`] fetches at start and every
 //! `jwks_refresh`, and a request that finds no key (unknown `kid`, or nothing fetched yet)
@@ -42,6 +42,7 @@ use crate::config::file::JwtSection;
 use crate::config::fingerprint::{Carried, Fingerprint};
 use crate::config::types::Header;
 use crate::config::types::JwtAlgorithm;
+use crate::config::FromConfig;
 use crate::config::{bounds, Problem};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -245,6 +246,25 @@ fn jwks_url_problem(url: &str) -> Option<String> {
     }
 }
 
+impl FromConfig<str> for JwtProvider {
+    type Section = JwtSection;
+
+    /// `[auth.jwt.NAME]` (`name` is NAME): validate, load the keys (secret, PEM files, JWKS
+    /// file) and build the provider. Every problem found names the key and the file or
+    /// variable concerned. The JWKS URL is not fetched here (see the module doc): register
+    /// [`JwtProvider::refresher`].
+    fn from_config(
+        at: &str,
+        s: &JwtSection,
+        name: &str,
+        problems: &mut Vec<Problem>,
+    ) -> Option<Self> {
+        Self::build(name, s, at)
+            .map_err(|p| problems.extend(p))
+            .ok()
+    }
+}
+
 impl JwtProvider {
     /// Whether keys come from a JWKS URL.
     pub(crate) fn has_jwks_url(&self) -> bool {
@@ -417,10 +437,8 @@ impl JwtProvider {
         p
     }
 
-    /// Validate, load the keys (secret, PEM files, JWKS file) and build the provider. Every
-    /// problem found is returned, each naming the key and the file or variable concerned. The
-    /// JWKS URL is not fetched here (see the module doc): register [`JwtProvider::refresher`].
-    pub fn compile(name: &str, s: &JwtSection, at: &str) -> Result<Self, Vec<Problem>> {
+    /// [`FromConfig::from_config`]'s body: the provider, or every problem found.
+    fn build(name: &str, s: &JwtSection, at: &str) -> Result<Self, Vec<Problem>> {
         let mut problems = Vec::new();
         let algorithms_checked = distinct_algorithms(at, &s.algorithms, &mut problems);
         problems.extend(Self::check_section(at, s, &algorithms_checked));
@@ -962,7 +980,7 @@ mod tests {
         let s = section(&format!(
             "algorithms = [\"HS256\"]\nsecret_file = \"{path}\"\n{extra}"
         ));
-        let p = JwtProvider::compile("t", &s, "auth.jwt.t")
+        let p = JwtProvider::build("t", &s, "auth.jwt.t")
             .map_err(|p| format!("{p:?}"))
             .unwrap();
         (f, p)
@@ -1107,7 +1125,7 @@ mod tests {
         ];
         for (line, path, message) in rows {
             let s = section(&format!("algorithms = [\"HS256\"]\n{line}"));
-            let problems = JwtProvider::compile("m", &s, "auth.jwt.m").err().unwrap();
+            let problems = JwtProvider::build("m", &s, "auth.jwt.m").err().unwrap();
             assert_eq!(paths(&problems), [path], "{line}");
             assert!(problems[0].message.contains(message), "{problems:?}");
             assert!(!problems[0].message.contains("tiny-secret"));
@@ -1125,12 +1143,12 @@ mod tests {
             "algorithms = [\"HS256\", \"ES256\"]\nsecret_file = \"{path}\"\njwks_file = \"{}\"",
             jwks.display()
         ));
-        let problems = JwtProvider::compile("m", &s, "auth.jwt.m").err().unwrap();
+        let problems = JwtProvider::build("m", &s, "auth.jwt.m").err().unwrap();
         assert_eq!(paths(&problems), ["auth.jwt.m.jwks_file"]);
         let s = section(&format!(
             "algorithms = [\"HS256\", \"EdDSA\"]\nsecret_file = \"{path}\"\npublic_key_files = [\"/nonexistent.pem\"]"
         ));
-        let problems = JwtProvider::compile("m", &s, "auth.jwt.m").err().unwrap();
+        let problems = JwtProvider::build("m", &s, "auth.jwt.m").err().unwrap();
         assert_eq!(paths(&problems), ["auth.jwt.m.public_key_files[0]"]);
     }
 

@@ -38,13 +38,12 @@ pub mod jwt;
 pub mod normalize;
 pub mod rate_limit;
 
-use crate::config::file::{AuthSection, ConsumerSection, LimitsSection, RouteSection};
+use crate::config::file::{AuthSection, ConfigFile, LimitsSection, RouteSection};
 use crate::config::{bounds, FromConfig, Problem};
 use crate::error::Reject;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use pingora::http::RequestHeader;
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -187,19 +186,37 @@ pub struct GatewayPolicy {
     pub max_informational: usize,
 }
 
-impl GatewayPolicy {
+/// What the gateway-wide policy is built against: the generation's rate-limit store, token
+/// verifiers and auth services, and the listeners that override header normalization.
+pub(crate) struct GatewayContext<'a> {
+    pub rate_store: &'a Arc<rate_limit::RateLimitStore>,
+    pub services: AuthServices<'a>,
+    pub listener_underscores: Vec<(SocketAddr, normalize::Underscores)>,
+}
+
+impl FromConfig<GatewayContext<'_>> for GatewayPolicy {
+    type Section = ConfigFile;
+
     /// `[limits]` (what is checked per request), `[auth]` and `[consumers]`, in one pass.
-    /// `providers` are the generation's JWT providers, whose mapped headers are stripped
-    /// from client requests too.
-    pub(crate) fn from_config(
-        limits: &LimitsSection,
-        auth: &AuthSection,
-        consumers: &BTreeMap<String, ConsumerSection>,
-        rate_store: &Arc<rate_limit::RateLimitStore>,
-        services: AuthServices<'_>,
-        listener_underscores: Vec<(SocketAddr, normalize::Underscores)>,
+    /// The JWT providers' and auth services' mapped headers are stripped from client
+    /// requests too.
+    fn from_config(
+        _at: &str,
+        file: &ConfigFile,
+        cx: &GatewayContext<'_>,
         problems: &mut Vec<Problem>,
     ) -> Option<GatewayPolicy> {
+        let ConfigFile {
+            limits,
+            auth,
+            consumers,
+            ..
+        } = file;
+        let GatewayContext {
+            rate_store,
+            services,
+            listener_underscores,
+        } = cx;
         let LimitsSection {
             max_header_bytes,
             max_headers,
@@ -228,6 +245,8 @@ impl GatewayPolicy {
             jwt: providers,
             external,
         } = services;
+        let external = external.clone();
+        let listener_underscores = listener_underscores.clone();
         let before = problems.len();
         bounds::LIMITS_MAX_HEADER_BYTES.check(
             "limits.max_header_bytes",
@@ -284,13 +303,12 @@ impl GatewayPolicy {
         let (Some(key_header), Some(consumer_header)) = (key_header, consumer_header) else {
             return None;
         };
-        let api_keys = api_key::ApiKeys::from_config(
-            key_header,
-            &consumer_header,
-            consumers,
+        let keys = api_key::KeyHeaders {
+            header: &key_header,
+            consumer_header: &consumer_header,
             rate_store,
-            problems,
-        );
+        };
+        let api_keys = api_key::ApiKeys::from_config("consumers", consumers, &keys, problems)?;
         (problems.len() == before).then(|| GatewayPolicy {
             head: framing::HeadLimits {
                 max_headers: *max_headers,
@@ -301,7 +319,7 @@ impl GatewayPolicy {
             ip: ip::IpRules::new(allow, deny),
             api_keys,
             strip_headers: strip,
-            rate_store: rate_store.clone(),
+            rate_store: Arc::clone(rate_store),
             jwt_providers: providers.all().cloned().collect(),
             external,
             normalize: normalize::Options {
@@ -313,7 +331,9 @@ impl GatewayPolicy {
             max_informational: *max_informational_responses,
         })
     }
+}
 
+impl GatewayPolicy {
     /// The normalization options for a request that arrived on `local` (the listener's
     /// address as the socket reports it).
     pub fn normalize_for(&self, local: Option<SocketAddr>) -> normalize::Options {

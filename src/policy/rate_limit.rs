@@ -22,7 +22,7 @@ use super::fleet::{self, Fleet, FleetMetrics};
 use crate::config::file::{
     RateLimitBackend, RateLimitBackendSection, RateLimitSection, RedisFailurePolicy,
 };
-use crate::config::fingerprint::{carry, Carried, Fingerprint};
+use crate::config::fingerprint::{carry, Carried, Fingerprint, Reloaded};
 use crate::config::types::RateKey;
 use crate::config::{bounds, FromConfig, Problem};
 use http::{HeaderName, HeaderValue};
@@ -189,16 +189,22 @@ counts[n + 1] = over
 return counts
 "#;
 
-impl RateLimitStore {
+impl FromConfig<Reloaded<'_, Arc<RateLimitStore>, StoreMetrics>> for Arc<RateLimitStore> {
+    type Section = RateLimitBackendSection;
+
     /// `[rate_limit]`, in one pass. With the running generation's store, local counters
     /// are always kept (windows whose definition is unchanged keep counting), and the Redis
     /// client and its connection too when the section is unchanged.
-    pub(crate) fn from_config(
+    fn from_config(
+        at: &str,
         section: &RateLimitBackendSection,
-        previous: Option<&Arc<RateLimitStore>>,
-        metrics: StoreMetrics,
+        cx: &Reloaded<'_, Arc<RateLimitStore>, StoreMetrics>,
         problems: &mut Vec<Problem>,
-    ) -> Option<Arc<Self>> {
+    ) -> Option<Self> {
+        let Reloaded {
+            previous,
+            with: ref metrics,
+        } = *cx;
         let RateLimitBackendSection {
             backend,
             redis_url,
@@ -208,8 +214,8 @@ impl RateLimitStore {
             on_redis_error,
         } = section;
         let before = problems.len();
-        bounds::REDIS_TIMEOUT.check("rate_limit.redis_timeout", *redis_timeout, problems);
-        bounds::SYNC_INTERVAL.check("rate_limit.sync_interval", *sync_interval, problems);
+        bounds::REDIS_TIMEOUT.check(&format!("{at}.redis_timeout"), *redis_timeout, problems);
+        bounds::SYNC_INTERVAL.check(&format!("{at}.sync_interval"), *sync_interval, problems);
         let fingerprint = Fingerprint::of(section, []);
         if let Some(prev) = carry(previous, fingerprint) {
             return (problems.len() == before).then(|| prev.clone());
@@ -225,9 +231,9 @@ impl RateLimitStore {
                     Ok(c) => Some(c),
                     Err(e) => {
                         let at = if redis_cluster.is_empty() {
-                            "rate_limit.redis_url"
+                            format!("{at}.redis_url")
                         } else {
-                            "rate_limit.redis_cluster"
+                            format!("{at}.redis_cluster")
                         };
                         problems.push(Problem::new(at, format!("backend = {backend:?}: {e}")));
                         None
@@ -266,12 +272,14 @@ impl RateLimitStore {
                 rates: Mutex::new(rates),
                 redis,
                 fleet,
-                redis_errors: metrics.redis_errors,
+                redis_errors: metrics.redis_errors.clone(),
                 fingerprint,
             })
         })
     }
+}
 
+impl RateLimitStore {
     /// The `sync` backend's fleet state, whose sync loop each generation runs.
     pub(crate) fn fleet(&self) -> Option<&Arc<Fleet>> {
         self.fleet.as_ref()
@@ -671,6 +679,20 @@ mod tests {
     use super::*;
     use crate::config::file::HumanDuration;
 
+    /// The store of `section`, kept from `previous` when unchanged.
+    fn build_store(
+        section: &RateLimitBackendSection,
+        previous: Option<&Arc<RateLimitStore>>,
+        metrics: StoreMetrics,
+        p: &mut Vec<Problem>,
+    ) -> Option<Arc<RateLimitStore>> {
+        let cx = Reloaded {
+            previous,
+            with: metrics,
+        };
+        Arc::<RateLimitStore>::from_config("rate_limit", section, &cx, p)
+    }
+
     /// The windows of `sections`, scoped to `name`.
     fn build(
         at: &str,
@@ -685,9 +707,7 @@ mod tests {
     fn limits(windows: &[(u64, u64, &str)]) -> RateLimits {
         let counter = StoreMetrics::detached();
         let mut p = Vec::new();
-        let store =
-            RateLimitStore::from_config(&RateLimitBackendSection::default(), None, counter, &mut p)
-                .unwrap();
+        let store = build_store(&RateLimitBackendSection::default(), None, counter, &mut p).unwrap();
         let sections: Vec<RateLimitSection> = windows
             .iter()
             .map(|(limit, secs, key)| RateLimitSection {
@@ -788,9 +808,7 @@ mod tests {
         };
         let counter = StoreMetrics::detached();
         let mut p = Vec::new();
-        let store =
-            RateLimitStore::from_config(&RateLimitBackendSection::default(), None, counter, &mut p)
-                .unwrap();
+        let store = build_store(&RateLimitBackendSection::default(), None, counter, &mut p).unwrap();
         let built = build(
             "routes[0].rate_limits",
             "r",
@@ -817,7 +835,7 @@ mod tests {
         let counter = StoreMetrics::detached();
         let mut p = Vec::new();
         let section = RateLimitBackendSection::default();
-        let store = RateLimitStore::from_config(&section, None, counter.clone(), &mut p).unwrap();
+        let store = build_store(&section, None, counter.clone(), &mut p).unwrap();
         let window = |limit| RateLimitSection {
             limit,
             window: HumanDuration(Duration::from_secs(60)),
@@ -828,7 +846,7 @@ mod tests {
         assert!(first.check_local(&s).allowed);
         assert!(first.check_local(&s).allowed);
         assert!(!first.check_local(&s).allowed);
-        let again = RateLimitStore::from_config(&section, Some(&store), counter, &mut p).unwrap();
+        let again = build_store(&section, Some(&store), counter, &mut p).unwrap();
         assert!(Arc::ptr_eq(&again, &store));
         let same = build("x", "r", &[window(2)], &again, &mut p).unwrap();
         assert!(!same.check_local(&s).allowed, "still limited");

@@ -4,6 +4,7 @@
 //! (Pingora's `HealthCheckService` over the group's health registry).
 
 use crate::config::file::{HealthCheckKind, HealthCheckSection, NewTargets};
+use crate::config::FromConfig;
 use crate::config::{bounds, Problem};
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::prelude::*;
@@ -35,11 +36,14 @@ pub enum Kind {
     },
 }
 
-impl HealthCheckSpec {
+impl FromConfig for HealthCheckSpec {
+    type Section = HealthCheckSection;
+
     /// `[upstreams.NAME.health_check]`, checked and built in one pass.
-    pub(crate) fn from_config(
+    fn from_config(
         at: &str,
         hc: &HealthCheckSection,
+        _cx: &(),
         problems: &mut Vec<Problem>,
     ) -> Option<HealthCheckSpec> {
         let HealthCheckSection {
@@ -104,7 +108,9 @@ impl HealthCheckSpec {
             check_first: *new_targets == NewTargets::AfterCheck,
         })
     }
+}
 
+impl HealthCheckSpec {
     /// The Pingora health check this spec describes; HTTP checks use the group's TLS.
     pub(crate) fn build(
         &self,

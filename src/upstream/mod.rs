@@ -250,11 +250,14 @@ pub(crate) struct UpstreamTls {
     pub client: Option<Arc<pingora::utils::tls::CertKey>>,
 }
 
-impl UpstreamTls {
+impl FromConfig for UpstreamTls {
+    type Section = UpstreamTlsSection;
+
     /// Load `[upstreams.NAME.tls]`: the CA bundle and the client certificate.
-    pub(crate) fn from_config(
+    fn from_config(
         at: &str,
         t: &UpstreamTlsSection,
+        _cx: &(),
         problems: &mut Vec<Problem>,
     ) -> Option<UpstreamTls> {
         let UpstreamTlsSection {
@@ -311,7 +314,9 @@ impl UpstreamTls {
             client,
         })
     }
+}
 
+impl UpstreamTls {
     /// Apply to a peer about to be connected.
     pub fn configure(&self, peer: &mut pingora::upstreams::peer::HttpPeer, h2: bool) {
         peer.options.verify_cert = self.verify;
@@ -333,75 +338,32 @@ pub struct TargetHealth {
     pub circuit: Option<breaker::State>,
 }
 
-impl UpstreamGroup {
-    /// The selection policy, targets and checks, in words (`tollgate explain`).
-    pub(crate) fn describe(&self) -> serde_json::Value {
-        let policy = match self.policy {
-            Policy::RoundRobin => "round_robin".to_string(),
-            Policy::LeastConnections => "least_connections".to_string(),
-            Policy::ConsistentHash => match &self.hash_on {
-                Some(HashOn::Header(h)) => format!("consistent_hash on header {h}"),
-                Some(HashOn::Cookie(c)) => format!("consistent_hash on cookie {c}"),
-                Some(HashOn::ClientIp) | None => "consistent_hash on client_ip".to_string(),
-            },
-        };
-        let targets: Vec<serde_json::Value> = self
-            .lb
-            .backends()
-            .get_backend()
-            .iter()
-            .map(|b| serde_json::json!({"address": b.addr.to_string(), "weight": b.weight}))
-            .collect();
-        let health = self.health.as_ref().map(|h| {
-            let what = match &h.kind {
-                health::Kind::Tcp => "tcp connect".to_string(),
-                health::Kind::Grpc { service, .. } => {
-                    format!("grpc.health.v1.Health/Check {service:?} expecting SERVING")
-                }
-                health::Kind::Http {
-                    path,
-                    expected_status,
-                    ..
-                } => format!("GET {path} expecting {expected_status}"),
-            };
-            format!(
-                "{what} every {}, out after {} failures, back after {} successes",
-                humantime::format_duration(h.interval),
-                h.fall,
-                h.rise
-            )
-        });
-        let breaker = self.breaker.as_ref().map(|b| {
-            format!(
-                "open after {} consecutive failures{}, for {}",
-                b.failures,
-                if b.on_5xx { " (5xx count)" } else { "" },
-                humantime::format_duration(b.cooldown)
-            )
-        });
-        serde_json::json!({
-            "name": &*self.name,
-            "policy": policy,
-            "targets": targets,
-            "re_resolved_from_dns": self.resolves_names,
-            "tls": self.tls.as_ref().map(|t| t.sni.clone()),
-            "h2": self.h2,
-            "health_check": health,
-            "circuit_breaker": breaker,
-        })
-    }
+/// What a group is built against: its name, how the generation resolves names, and the
+/// same-named group of the running generation.
+pub(crate) struct GroupContext<'a> {
+    pub name: &'a str,
+    pub names: &'a Names,
+    pub previous: Option<&'a UpstreamGroup>,
+}
+
+impl FromConfig<GroupContext<'_>> for UpstreamGroup {
+    type Section = UpstreamSection;
 
     /// Build `[upstreams.NAME]` in one pass, collecting every problem under `upstreams.NAME`.
-    /// `previous` is the same-named group of the running generation: targets that stay keep
-    /// their in-flight counts and breakers (when the breaker settings are unchanged) and
-    /// their health (when the health check is unchanged).
-    pub(crate) fn from_config(
-        name: &str,
+    /// The context's `previous` is the same-named group of the running generation: targets
+    /// that stay keep their in-flight counts and breakers (when the breaker settings are
+    /// unchanged) and their health (when the health check is unchanged).
+    fn from_config(
+        at: &str,
         section: &UpstreamSection,
-        names: Names,
-        previous: Option<&UpstreamGroup>,
+        cx: &GroupContext<'_>,
         problems: &mut Vec<Problem>,
     ) -> Option<UpstreamGroup> {
+        let GroupContext {
+            name,
+            names,
+            previous,
+        } = *cx;
         let UpstreamSection {
             policy,
             hash_on,
@@ -419,9 +381,8 @@ impl UpstreamGroup {
             tls,
             h2,
         } = section;
-        let at = format!("upstreams.{name}");
         let before = problems.len();
-        crate::names::check_name(&at, "upstream", name, problems);
+        crate::names::check_name(at, "upstream", name, problems);
         let sources = [
             !targets.is_empty(),
             targets_file.is_some(),
@@ -435,7 +396,7 @@ impl UpstreamGroup {
             )),
             1 => {}
             _ => problems.push(Problem::new(
-                &at,
+                at,
                 "set one of targets, targets_file, srv and [etcd], not several",
             )),
         }
@@ -532,9 +493,9 @@ impl UpstreamGroup {
         bounds::DNS_REFRESH.check(&format!("{at}.dns_refresh"), *dns_refresh, problems);
         let upstream_tls = tls
             .as_ref()
-            .and_then(|t| UpstreamTls::from_config(&format!("{at}.tls"), t, problems));
+            .and_then(|t| UpstreamTls::from_config(&format!("{at}.tls"), t, &(), problems));
         let health = health_check.as_ref().and_then(|hc| {
-            HealthCheckSpec::from_config(&format!("{at}.health_check"), hc, problems)
+            HealthCheckSpec::from_config(&format!("{at}.health_check"), hc, &(), problems)
         });
         let breaker = circuit_breaker.as_ref().map(|b| {
             let CircuitBreakerSection {
@@ -587,6 +548,7 @@ impl UpstreamGroup {
             hosts_file,
             resolver,
         } = names;
+        let hosts_file = hosts_file.clone();
         let mut discovery =
             Discovery::new(specs, hosts_file, breaker, dns_refresh.0, resolver.clone());
         if let Some((path, first)) = from_file {
@@ -657,7 +619,7 @@ impl UpstreamGroup {
             .map_err(|e| e.to_string())
             .and_then(|rt| rt.block_on(lb.update()).map_err(|e| e.to_string()));
         if let Err(e) = first {
-            problems.push(Problem::new(&at, format!("building targets: {e}")));
+            problems.push(Problem::new(at, format!("building targets: {e}")));
             return None;
         }
         if let Some(every) = srv_poll {
@@ -693,6 +655,65 @@ impl UpstreamGroup {
         };
         group.max_steps = group.steps_now();
         Some(group)
+    }
+}
+
+impl UpstreamGroup {
+    /// The selection policy, targets and checks, in words (`tollgate explain`).
+    pub(crate) fn describe(&self) -> serde_json::Value {
+        let policy = match self.policy {
+            Policy::RoundRobin => "round_robin".to_string(),
+            Policy::LeastConnections => "least_connections".to_string(),
+            Policy::ConsistentHash => match &self.hash_on {
+                Some(HashOn::Header(h)) => format!("consistent_hash on header {h}"),
+                Some(HashOn::Cookie(c)) => format!("consistent_hash on cookie {c}"),
+                Some(HashOn::ClientIp) | None => "consistent_hash on client_ip".to_string(),
+            },
+        };
+        let targets: Vec<serde_json::Value> = self
+            .lb
+            .backends()
+            .get_backend()
+            .iter()
+            .map(|b| serde_json::json!({"address": b.addr.to_string(), "weight": b.weight}))
+            .collect();
+        let health = self.health.as_ref().map(|h| {
+            let what = match &h.kind {
+                health::Kind::Tcp => "tcp connect".to_string(),
+                health::Kind::Grpc { service, .. } => {
+                    format!("grpc.health.v1.Health/Check {service:?} expecting SERVING")
+                }
+                health::Kind::Http {
+                    path,
+                    expected_status,
+                    ..
+                } => format!("GET {path} expecting {expected_status}"),
+            };
+            format!(
+                "{what} every {}, out after {} failures, back after {} successes",
+                humantime::format_duration(h.interval),
+                h.fall,
+                h.rise
+            )
+        });
+        let breaker = self.breaker.as_ref().map(|b| {
+            format!(
+                "open after {} consecutive failures{}, for {}",
+                b.failures,
+                if b.on_5xx { " (5xx count)" } else { "" },
+                humantime::format_duration(b.cooldown)
+            )
+        });
+        serde_json::json!({
+            "name": &*self.name,
+            "policy": policy,
+            "targets": targets,
+            "re_resolved_from_dns": self.resolves_names,
+            "tls": self.tls.as_ref().map(|t| t.sni.clone()),
+            "h2": self.h2,
+            "health_check": health,
+            "circuit_breaker": breaker,
+        })
     }
 
     /// Where the targets come from and how the last update went.

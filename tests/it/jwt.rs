@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tollgate::config::file::JwtSection;
+use tollgate::config::FromConfig;
 use tollgate::policy::jwt::{JwtError, JwtProvider, MAX_TOKEN_BYTES};
 
 const SECRET: &str = "test-secret-0123456789abcdef0123456789";
@@ -166,7 +167,8 @@ fn tampered(token: &str) -> String {
 
 fn compile(toml_text: &str) -> Result<JwtProvider, String> {
     let section: JwtSection = toml::from_str(toml_text).map_err(|e| e.to_string())?;
-    JwtProvider::compile("t", &section, "auth.jwt.t").map_err(|problems| {
+    let mut problems = Vec::new();
+    JwtProvider::from_config("auth.jwt.t", &section, "t", &mut problems).ok_or_else(|| {
         problems
             .iter()
             .map(|p| format!("{}: {}", p.path, p.message))

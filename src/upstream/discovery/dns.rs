@@ -27,6 +27,53 @@ pub(crate) struct Resolver {
     max_ttl: Duration,
 }
 
+impl crate::config::FromConfig for Resolver {
+    type Section = crate::config::file::ResolverSection;
+
+    /// `[resolver]`'s name servers and TTL bounds; `None` with problems.
+    fn from_config(
+        at: &str,
+        r: &crate::config::file::ResolverSection,
+        _cx: &(),
+        problems: &mut Vec<crate::config::Problem>,
+    ) -> Option<Resolver> {
+        use crate::config::{bounds, Problem};
+        let before = problems.len();
+        bounds::RESOLVER_MIN_TTL.check(&format!("{at}.min_ttl"), r.min_ttl, problems);
+        bounds::RESOLVER_MAX_TTL.check(&format!("{at}.max_ttl"), r.max_ttl, problems);
+        let servers: Vec<SocketAddr> = r
+            .nameservers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let parsed = s
+                    .parse::<SocketAddr>()
+                    .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
+                match parsed {
+                    Ok(a) => Some(a),
+                    Err(_) => {
+                        problems.push(Problem::new(
+                            format!("{at}.nameservers[{i}]"),
+                            format!("{s:?} is not IP or IP:PORT"),
+                        ));
+                        None
+                    }
+                }
+            })
+            .collect();
+        if problems.len() > before {
+            return None;
+        }
+        match Resolver::new(servers, r.min_ttl.0, r.max_ttl.0) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                problems.push(Problem::new(at, format!("cannot set up DNS: {e}")));
+                None
+            }
+        }
+    }
+}
+
 impl Resolver {
     /// `nameservers`: empty for the system's configuration.
     pub(crate) fn new(
@@ -40,47 +87,6 @@ impl Resolver {
             min_ttl,
             max_ttl,
         })
-    }
-
-    /// `[resolver]`'s name servers and TTL bounds; `None` with problems.
-    pub(crate) fn from_config(
-        r: &crate::config::file::ResolverSection,
-        problems: &mut Vec<crate::config::Problem>,
-    ) -> Option<Arc<Resolver>> {
-        use crate::config::{bounds, Problem};
-        let before = problems.len();
-        bounds::RESOLVER_MIN_TTL.check("resolver.min_ttl", r.min_ttl, problems);
-        bounds::RESOLVER_MAX_TTL.check("resolver.max_ttl", r.max_ttl, problems);
-        let servers: Vec<SocketAddr> = r
-            .nameservers
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                let parsed = s
-                    .parse::<SocketAddr>()
-                    .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
-                match parsed {
-                    Ok(a) => Some(a),
-                    Err(_) => {
-                        problems.push(Problem::new(
-                            format!("resolver.nameservers[{i}]"),
-                            format!("{s:?} is not IP or IP:PORT"),
-                        ));
-                        None
-                    }
-                }
-            })
-            .collect();
-        if problems.len() > before {
-            return None;
-        }
-        match Resolver::new(servers, r.min_ttl.0, r.max_ttl.0) {
-            Ok(r) => Some(Arc::new(r)),
-            Err(e) => {
-                problems.push(Problem::new("resolver", format!("cannot set up DNS: {e}")));
-                None
-            }
-        }
     }
 
     fn build(&self) -> Result<hickory_resolver::TokioResolver, String> {
