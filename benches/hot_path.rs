@@ -1,15 +1,15 @@
 //! Criterion benches of per-request hot functions: route matching at 10, 100 and 1,000
 //! routes, header transforms, forwarding-header preparation pieces, access-log formatting,
 //! cache-key building and request normalization.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, missing_docs)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, Method};
 use std::hint::black_box;
 use tollgate::config::FromConfig;
-use tollgate::observe::access_log::{Entry, Time};
-use tollgate::route::{HostPattern, PathMatch, Route, RouteTable};
-use tollgate::transform::HeaderTransform;
+use tollgate::internals::HeaderTransform;
+use tollgate::internals::{Entry, Time};
+use tollgate::internals::{HostPattern, PathMatch, Route, RouteTable};
 
 fn table(n: usize) -> RouteTable {
     let routes = (0..n)
@@ -100,12 +100,12 @@ rename = { x-old = "x-new" }
         })
     });
     c.bench_function("request_id/generate", |b| {
-        b.iter(|| black_box(tollgate::forward::new_request_id()))
+        b.iter(|| black_box(tollgate::internals::new_request_id()))
     });
 }
 
 fn access_log(c: &mut Criterion) {
-    let format = tollgate::observe::access_log::Format::default();
+    let format = tollgate::internals::Format::default();
     c.bench_function("access_log/format_line", |b| {
         b.iter(|| {
             let e = Entry {
@@ -152,7 +152,7 @@ fn cache_key(c: &mut Criterion) {
     // The key as Pingora uses it: built, then hashed for the storage lookup.
     c.bench_function("cache/key_build_and_hash", |b| {
         b.iter(|| {
-            let key = tollgate::cache::key(
+            let key = tollgate::internals::cache_key(
                 black_box("api"),
                 black_box(&req),
                 Some("api.example.com"),
@@ -164,7 +164,7 @@ fn cache_key(c: &mut Criterion) {
 }
 
 fn normalization(c: &mut Criterion) {
-    use tollgate::policy::normalize::{canonical_host, canonical_path};
+    use tollgate::internals::{canonical_host, canonical_path};
     c.bench_function("normalize/path_already_canonical", |b| {
         b.iter(|| {
             canonical_path(black_box(b"/api/v1/users/42/orders"), true).map(|p| p.encoded_slash)

@@ -3,7 +3,7 @@
 //! identity headers), and what a repeated token costs when it is served from the cache.
 //!
 //! Run: `cargo bench --bench jwt -- --quick`.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, missing_docs)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -17,7 +17,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tollgate::config::file::JwtSection;
 use tollgate::config::FromConfig;
-use tollgate::policy::jwt::{JwtError, JwtProvider, VerifiedToken};
+use tollgate::internals::{JwtError, JwtProvider, VerifiedToken};
 
 fn provider(alg: &str, key_line: &str, cache: usize) -> JwtProvider {
     let section: JwtSection = toml::from_str(&format!(

@@ -138,7 +138,7 @@ impl Admin {
 
     /// The `/health` document and its status: 200 while some upstream group can serve (its
     /// `"status"` says `"degraded"` when others cannot), 503 when none can.
-    pub fn health(&self) -> (StatusCode, serde_json::Value) {
+    pub(crate) fn health(&self) -> (StatusCode, serde_json::Value) {
         let gw = self.current.load();
         let mut all_ok = true;
         let mut any_ok = gw.upstreams.is_empty();

@@ -79,7 +79,7 @@ fn expand<'a>(
 }
 
 /// What every part request carries from the client request.
-pub struct Forwarded<'a> {
+pub(crate) struct Forwarded<'a> {
     pub path: &'a str,
     pub host: Option<&'a str>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
@@ -154,7 +154,7 @@ impl FromConfig<crate::upstream::Groups> for Aggregate {
 
 impl Aggregate {
     /// The part paths for a client path (captures expanded).
-    pub fn part_paths(&self, client_path: &str) -> Vec<String> {
+    pub(crate) fn part_paths(&self, client_path: &str) -> Vec<String> {
         expand(
             self.capture.as_ref(),
             self.parts.iter().map(|p| p.path.as_str()),
@@ -163,7 +163,11 @@ impl Aggregate {
     }
 
     /// Call every part in parallel and merge the answers.
-    pub async fn run(&self, connector: &Connector, fwd: &Forwarded<'_>) -> (StatusCode, Bytes) {
+    pub(crate) async fn run(
+        &self,
+        connector: &Connector,
+        fwd: &Forwarded<'_>,
+    ) -> (StatusCode, Bytes) {
         let paths = self.part_paths(fwd.path);
         let calls = self.parts.iter().zip(paths).map(|(part, path)| async move {
             let result = fetch(&part.upstream, connector, &path, fwd, part.timeout).await;

@@ -34,7 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Limits applied per connection.
 #[derive(Debug, Clone)]
-pub struct ConnectionLimits {
+pub(crate) struct ConnectionLimits {
     pub header_timeout: Duration,
     pub max_header_bytes: usize,
     /// 0: unlimited.
@@ -44,7 +44,7 @@ pub struct ConnectionLimits {
 }
 
 /// Open-connection accounting shared by every listener of one gateway.
-pub struct ConnectionTracker {
+pub(crate) struct ConnectionTracker {
     /// Replaced by a reload; each new connection reads the current limits.
     limits: arc_swap::ArcSwap<ConnectionLimits>,
     total: Mutex<(usize, HashMap<IpAddr, usize>)>,
@@ -53,7 +53,7 @@ pub struct ConnectionTracker {
 }
 
 impl ConnectionTracker {
-    pub fn new(limits: ConnectionLimits, gauge: IntGauge, refused: IntCounter) -> Arc<Self> {
+    pub(crate) fn new(limits: ConnectionLimits, gauge: IntGauge, refused: IntCounter) -> Arc<Self> {
         Arc::new(ConnectionTracker {
             limits: arc_swap::ArcSwap::from_pointee(limits),
             total: Mutex::new((0, HashMap::new())),
@@ -131,13 +131,13 @@ impl std::fmt::Debug for Slot {
 }
 
 /// A [`ServerApp`] that admits and wraps connections before handing them to `inner`.
-pub struct Guarded<A> {
+pub(crate) struct Guarded<A> {
     inner: Arc<A>,
     tracker: Arc<ConnectionTracker>,
 }
 
 impl<A> Guarded<A> {
-    pub fn new(inner: A, tracker: Arc<ConnectionTracker>) -> Self {
+    pub(crate) fn new(inner: A, tracker: Arc<ConnectionTracker>) -> Self {
         Guarded {
             inner: Arc::new(inner),
             tracker,
@@ -332,7 +332,7 @@ impl H2Reader {
 }
 
 /// A client stream watched by [`Guarded`].
-pub struct GuardedStream {
+pub(crate) struct GuardedStream {
     inner: Stream,
     phase: Phase,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,

@@ -8,7 +8,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
-pub struct DemoBackend {
+pub(crate) struct DemoBackend {
     pub name: String,
 }
 

@@ -58,7 +58,7 @@ pub(crate) use crate::config::types::header_pairs;
 
 /// A response the gateway answers itself instead of proxying.
 #[derive(Debug, Clone)]
-pub struct Reject {
+pub(crate) struct Reject {
     pub status: StatusCode,
     pub message: &'static str,
     /// Why, in the reason vocabulary (`docs/observability.md`): the access log's `reason`,
@@ -73,7 +73,7 @@ pub struct Reject {
 
 impl Reject {
     /// A refusal whose reason is its message's ([`reason_of`]).
-    pub fn new(status: StatusCode, message: &'static str) -> Self {
+    pub(crate) fn new(status: StatusCode, message: &'static str) -> Self {
         Reject {
             status,
             message,
@@ -84,7 +84,7 @@ impl Reject {
     }
 
     /// The same refusal with a reason more precise than its message's.
-    pub fn because(mut self, reason: impl Into<Cow<'static, str>>) -> Self {
+    pub(crate) fn because(mut self, reason: impl Into<Cow<'static, str>>) -> Self {
         self.reason = reason.into();
         self
     }
@@ -93,7 +93,7 @@ impl Reject {
 /// The reason word of a fixed message: the message itself when it is one already
 /// (`token_expired`), else its words in lower case joined by `_` (`request body too large`
 /// is `request_body_too_large`, `path must start with /` is `path_must_start_with`).
-pub fn reason_of(message: &str) -> Cow<'_, str> {
+pub(crate) fn reason_of(message: &str) -> Cow<'_, str> {
     if message
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
@@ -109,7 +109,7 @@ pub fn reason_of(message: &str) -> Cow<'_, str> {
 }
 
 /// `{"error": message, "reason": reason, "request_id": id}`.
-pub fn json_body(message: &str, reason: &str, request_id: &str) -> Bytes {
+pub(crate) fn json_body(message: &str, reason: &str, request_id: &str) -> Bytes {
     let body = serde_json::json!({ "error": message, "reason": reason, "request_id": request_id });
     Bytes::from(body.to_string())
 }
@@ -134,7 +134,7 @@ fn head(
 }
 
 /// Write a complete response and end it.
-pub async fn respond(
+pub(crate) async fn respond(
     session: &mut Session,
     status: StatusCode,
     headers: &[(HeaderName, HeaderValue)],
@@ -182,7 +182,7 @@ fn error_body(
 
 /// Write the gateway's error response: JSON, or on a gRPC request a trailers-only gRPC
 /// status (HTTP 200), which is what a gRPC client reads.
-pub async fn respond_error(
+pub(crate) async fn respond_error(
     session: &mut Session,
     reject: &Reject,
     request_id: &HeaderValue,
@@ -218,7 +218,7 @@ pub(crate) fn early_error(status: u16) -> (ResponseHeader, Bytes) {
 }
 
 /// The status and message a client gets for a proxy failure; `None` when the client is gone.
-pub fn classify(e: &Error) -> Option<(StatusCode, &'static str)> {
+pub(crate) fn classify(e: &Error) -> Option<(StatusCode, &'static str)> {
     use ErrorType::*;
     let status = |code: u16| StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
     match e.etype() {

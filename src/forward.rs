@@ -35,7 +35,7 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// The client's `X-Request-ID` when it is sane (1-128 of `A-Za-z0-9-_.:`), else a new one.
-pub fn request_id(req: &RequestHeader) -> HeaderValue {
+pub(crate) fn request_id(req: &RequestHeader) -> HeaderValue {
     if let Some(v) = req.headers.get(X_REQUEST_ID.name()) {
         let b = v.as_bytes();
         if !b.is_empty()
@@ -66,7 +66,7 @@ pub fn new_request_id() -> HeaderValue {
 }
 
 /// The request's host: the URI authority (HTTP/2, absolute-form) or the `Host` header.
-pub fn host(req: &RequestHeader) -> Option<&str> {
+pub(crate) fn host(req: &RequestHeader) -> Option<&str> {
     req.uri
         .authority()
         .map(|a| a.as_str())
@@ -74,7 +74,7 @@ pub fn host(req: &RequestHeader) -> Option<&str> {
 }
 
 /// The request's `Content-Length`, when present and valid.
-pub fn content_length(req: &RequestHeader) -> Option<u64> {
+pub(crate) fn content_length(req: &RequestHeader) -> Option<u64> {
     req.headers
         .get(header::CONTENT_LENGTH)?
         .to_str()
@@ -136,10 +136,10 @@ fn push_ip(out: &mut String, ip: IpAddr) {
 }
 
 /// How many headers [prepare_upstream_request] adds at most, for `RequestHeader::reserve`.
-pub const FORWARDING_HEADERS: usize = 4;
+pub(crate) const FORWARDING_HEADERS: usize = 4;
 
 /// What the forwarding headers are built from: the client's request and connection.
-pub struct Downstream<'a> {
+pub(crate) struct Downstream<'a> {
     pub req: &'a RequestHeader,
     /// The TCP peer (after a PROXY protocol header, the client it names).
     pub peer: Option<IpAddr>,
@@ -147,7 +147,7 @@ pub struct Downstream<'a> {
 }
 
 impl<'a> Downstream<'a> {
-    pub fn of(session: &'a Session) -> Downstream<'a> {
+    pub(crate) fn of(session: &'a Session) -> Downstream<'a> {
         Downstream {
             req: session.req_header(),
             peer: session
@@ -163,7 +163,7 @@ impl<'a> Downstream<'a> {
 /// `Connection` header names, and upgrade fields other than a WebSocket handshake's are
 /// already gone: Pingora strips them before `upstream_request_filter` runs (its default
 /// `HttpUpstreamRequestPolicy`, which Tollgate keeps).
-pub fn prepare_upstream_request(
+pub(crate) fn prepare_upstream_request(
     down: &Downstream<'_>,
     upstream: &mut RequestHeader,
     client_ip: Option<IpAddr>,
@@ -222,14 +222,14 @@ fn forwarded_host(req: &RequestHeader) -> Result<Option<HeaderValue>> {
 /// What Pingora's request sanitizer does before `upstream_request_filter`, for a request that
 /// does not pass through Pingora (`tollgate explain`): strip the hop-by-hop headers, those the
 /// `Connection` header names, and upgrade fields.
-pub fn strip_hop_by_hop_request(req: &mut RequestHeader) {
+pub(crate) fn strip_hop_by_hop_request(req: &mut RequestHeader) {
     for name in hop_by_hop(&req.headers, false) {
         req.remove_header(&name);
     }
 }
 
 /// Strip hop-by-hop headers from an upstream response (Pingora sets its own framing).
-pub fn prepare_response(resp: &mut ResponseHeader) {
+pub(crate) fn prepare_response(resp: &mut ResponseHeader) {
     let upgrade = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
     for name in hop_by_hop(&resp.headers, upgrade) {
         if upgrade && name == header::CONNECTION {

@@ -155,7 +155,7 @@ fn out(text: &str) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    tollgate::observe::log::init();
+    tollgate::init_logging();
     let cli = Cli::parse();
     if let Some(Command::Schema) = cli.command {
         return out(&tollgate::config::schema());
@@ -213,7 +213,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    tollgate::observe::log::set_format(assembled.file.log.format);
+    tollgate::set_log_format(assembled.file.log.format);
     for w in &assembled.warnings {
         eprintln!(
             "{}: {}: warning: {}",

@@ -23,7 +23,7 @@ pub(crate) struct Proxy {
 }
 
 /// Per-request state: the generation and what the request did on it.
-pub struct Ctx {
+pub(crate) struct Ctx {
     gw: Arc<Gateway>,
     req: RequestState,
 }

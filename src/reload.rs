@@ -28,7 +28,7 @@ pub(crate) type Current = Arc<ArcSwap<Gateway>>;
 
 /// A successful reload.
 #[derive(Debug, Clone)]
-pub struct Reloaded {
+pub(crate) struct Reloaded {
     pub generation: u64,
     pub sha256: String,
 }

@@ -18,9 +18,11 @@ use std::time::Duration;
 /// How a route matches the request path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathMatch {
+    /// Any path.
     Any,
     /// Segment-aware prefix: `/api` matches `/api`, `/api/` and `/api/x`, not `/apix`.
     Prefix(String),
+    /// Exactly this path.
     Exact(String),
 }
 
@@ -70,7 +72,7 @@ impl PathRewrite {
     /// The upstream path and query for a canonical `path`, or `None` when it is unchanged.
     /// The result is canonical again (dot segments of a regex replacement resolved), and a
     /// rewrite that would climb above `/` is refused.
-    pub fn apply(
+    pub(crate) fn apply(
         &self,
         path: &str,
         query: Option<&str>,
@@ -721,6 +723,7 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
+    /// The table of `routes`, most specific first.
     pub fn new(routes: Vec<Route>) -> Self {
         let routes: Vec<Arc<Route>> = routes.into_iter().map(Arc::new).collect();
         let mut table = RouteTable::default();
@@ -753,6 +756,7 @@ impl RouteTable {
         table
     }
 
+    /// The routes, in matching order.
     pub fn routes(&self) -> &[Arc<Route>] {
         &self.routes
     }

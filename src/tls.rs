@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// One certificate chain and its key.
-pub struct Certificate {
+pub(crate) struct Certificate {
     leaf: X509,
     chain: Vec<X509>,
     key: PKey<Private>,
@@ -34,7 +34,10 @@ pub struct Certificate {
 }
 
 /// Load a PEM chain and key, checking that the key belongs to the leaf certificate.
-pub fn load_certificate(cert_path: &str, key_path: &str) -> Result<Certificate, (bool, String)> {
+pub(crate) fn load_certificate(
+    cert_path: &str,
+    key_path: &str,
+) -> Result<Certificate, (bool, String)> {
     let pem =
         std::fs::read(cert_path).map_err(|e| (false, format!("cannot read {cert_path}: {e}")))?;
     let mut certs = X509::stack_from_pem(&pem)
@@ -77,7 +80,7 @@ impl Certificate {
     }
 
     /// As Pingora's client certificate type (leaf first, then the chain).
-    pub fn into_cert_key(self) -> pingora::utils::tls::CertKey {
+    pub(crate) fn into_cert_key(self) -> pingora::utils::tls::CertKey {
         let mut certs = vec![self.leaf];
         certs.extend(self.chain);
         pingora::utils::tls::CertKey::new(certs, self.key)
@@ -144,7 +147,7 @@ impl FromConfig for TlsListener {
 }
 
 /// Certificates by server name.
-pub struct CertStore {
+pub(crate) struct CertStore {
     /// Every certificate once, in configuration order.
     all: Vec<Arc<Certificate>>,
     default: Arc<Certificate>,
@@ -190,7 +193,7 @@ impl CertStore {
     }
 
     /// The certificate for an SNI name (or the default).
-    pub fn select(&self, server_name: Option<&str>) -> &Arc<Certificate> {
+    pub(crate) fn select(&self, server_name: Option<&str>) -> &Arc<Certificate> {
         let Some(name) = server_name.map(|n| n.trim_end_matches('.').to_ascii_lowercase()) else {
             return &self.default;
         };

@@ -15,9 +15,13 @@ use std::collections::BTreeMap;
 /// One direction's header edits, compiled.
 #[derive(Debug, Default, Clone)]
 pub struct HeaderTransform {
+    /// Headers removed.
     pub remove: Vec<HeaderName>,
+    /// Headers renamed, old name to new.
     pub rename: Vec<(HeaderName, HeaderName)>,
+    /// Headers set, replacing any value.
     pub set: Vec<(HeaderName, HeaderValue)>,
+    /// Values appended to what is there.
     pub append: Vec<(HeaderName, HeaderValue)>,
 }
 
@@ -64,6 +68,7 @@ impl FromConfig for HeaderTransform {
 }
 
 impl HeaderTransform {
+    /// Whether it changes nothing.
     pub fn is_empty(&self) -> bool {
         self.remove.is_empty()
             && self.rename.is_empty()
@@ -131,7 +136,7 @@ header_edit!(pingora::http::ResponseHeader);
 /// wins over the default.
 ///
 /// Each name is held with its spelling, so adding it to a response allocates nothing.
-pub fn security_headers(hsts: Option<&HeaderValue>) -> Vec<(SpelledName, HeaderValue)> {
+pub(crate) fn security_headers(hsts: Option<&HeaderValue>) -> Vec<(SpelledName, HeaderValue)> {
     let mut h = vec![
         (
             SpelledName::from_static("x-content-type-options"),
@@ -158,7 +163,7 @@ pub fn security_headers(hsts: Option<&HeaderValue>) -> Vec<(SpelledName, HeaderV
 /// Top-level JSON field renames (`{"user_name": ...}` to `{"userName": ...}`), applied to an
 /// object or to each object of an array.
 #[derive(Debug, Default, Clone)]
-pub struct JsonRename {
+pub(crate) struct JsonRename {
     pub fields: Vec<(String, String)>,
 }
 
@@ -179,12 +184,12 @@ impl FromConfig for JsonRename {
 }
 
 impl JsonRename {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.fields.is_empty()
     }
 
     /// Whether a `Content-Type` is JSON (`application/json`, `application/*+json`).
-    pub fn applies_to(content_type: Option<&HeaderValue>) -> bool {
+    pub(crate) fn applies_to(content_type: Option<&HeaderValue>) -> bool {
         let Some(ct) = content_type.and_then(|v| v.to_str().ok()) else {
             return false;
         };
@@ -198,7 +203,7 @@ impl JsonRename {
     }
 
     /// The renamed document, or `None` when `body` is not valid JSON (then it passes as is).
-    pub fn apply(&self, body: &[u8]) -> Option<Bytes> {
+    pub(crate) fn apply(&self, body: &[u8]) -> Option<Bytes> {
         let mut doc: serde_json::Value = serde_json::from_slice(body).ok()?;
         let rename = |obj: &mut serde_json::Map<String, serde_json::Value>| {
             for (from, to) in &self.fields {
@@ -222,7 +227,7 @@ impl JsonRename {
 
 /// Collects a body that is being transformed, bounded so a huge body cannot exhaust memory.
 #[derive(Debug, Default)]
-pub struct BodyBuffer {
+pub(crate) struct BodyBuffer {
     buf: BytesMut,
     /// Set once the body outgrew the limit: it then streams through untransformed.
     pub overflowed: bool,
@@ -230,10 +235,15 @@ pub struct BodyBuffer {
 
 impl BodyBuffer {
     /// Largest body a JSON rename buffers.
-    pub const LIMIT: usize = 8 * 1024 * 1024;
+    pub(crate) const LIMIT: usize = 8 * 1024 * 1024;
 
     /// Feed a chunk; returns what to send on now (nothing while buffering).
-    pub fn feed(&mut self, chunk: Option<Bytes>, end: bool, rename: &JsonRename) -> Option<Bytes> {
+    pub(crate) fn feed(
+        &mut self,
+        chunk: Option<Bytes>,
+        end: bool,
+        rename: &JsonRename,
+    ) -> Option<Bytes> {
         if self.overflowed {
             return chunk;
         }

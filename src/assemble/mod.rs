@@ -12,7 +12,7 @@
 //! whose section did not change, the Redis connection.
 
 pub(crate) mod refs;
-pub mod server;
+pub(crate) mod server;
 
 use crate::config::file::{ConfigFile, SecurityHeadersSection};
 use crate::config::fingerprint::{carry, Fingerprint, Reloaded};
@@ -31,16 +31,16 @@ use crate::upstream::Groups;
 use crate::upstream::UpstreamGroup;
 use http::HeaderValue;
 use pingora::services::background::BackgroundService;
-pub use server::ServerPlan;
+pub(crate) use server::ServerPlan;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// Periodic work of one generation, started when it begins serving and stopped when it
 /// retires: health checks, DNS re-resolution, JWKS refreshes.
-pub type Background = (String, Arc<dyn BackgroundService + Send + Sync>);
+pub(crate) type Background = (String, Arc<dyn BackgroundService + Send + Sync>);
 
 /// What lives as long as the process, across generations.
-pub struct Shared {
+pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) draining: Arc<AtomicBool>,
     /// Pooled connections of aggregation parts.
@@ -50,7 +50,7 @@ pub struct Shared {
 }
 
 /// The background services of [`Shared`]: the access-log writer and the span exporter.
-pub struct Writers {
+pub(crate) struct Writers {
     pub(crate) access_log: Option<AccessLogWriter>,
     pub(crate) traces: Option<Exporter>,
 }
@@ -58,7 +58,7 @@ pub struct Writers {
 impl Shared {
     /// The process-wide parts, from the first configuration's plan: metrics, the access
     /// log and the tracer (whose writer and exporter the server runs).
-    pub fn new(plan: &ServerPlan) -> Result<(Shared, Writers), Vec<Problem>> {
+    pub(crate) fn new(plan: &ServerPlan) -> Result<(Shared, Writers), Vec<Problem>> {
         let metrics =
             Metrics::new().map_err(|e| vec![Problem::new("", format!("metrics: {e}"))])?;
         let (access_log, writer) = match &plan.access_log {
@@ -97,7 +97,7 @@ impl Shared {
 }
 
 /// One built configuration.
-pub struct Runtime {
+pub(crate) struct Runtime {
     pub gateway: Gateway,
     pub plan: ServerPlan,
     pub background: Vec<Background>,
@@ -105,13 +105,13 @@ pub struct Runtime {
 
 /// The server plan of a file and the problems found making it: made once per start, `-t`
 /// or reload (it reads the certificates), then given to [`Shared::new`] and [`build`].
-pub struct Planned {
+pub(crate) struct Planned {
     pub plan: ServerPlan,
     problems: Vec<Problem>,
 }
 
 impl Planned {
-    pub fn of(file: &ConfigFile) -> Planned {
+    pub(crate) fn of(file: &ConfigFile) -> Planned {
         let mut problems = Vec::new();
         let plan = server::plan(file, &mut problems);
         Planned { plan, problems }
@@ -121,7 +121,7 @@ impl Planned {
 /// Build `file` (whose text has SHA-256 `sha256`, planned as `planned`) into a runtime,
 /// carrying state over from `previous` when given; every problem in the file is reported at
 /// once.
-pub fn build(
+pub(crate) fn build(
     file: &ConfigFile,
     planned: Planned,
     sha256: &str,
@@ -373,6 +373,7 @@ fn security(
 
 /// A configuration file, loaded and built: what `tollgate -t` checks and a start runs.
 pub struct Assembled {
+    /// The file as read.
     pub file: crate::config::ConfigFile,
     /// What is valid but probably not meant (see `refs::warnings`).
     pub warnings: Vec<crate::config::Problem>,

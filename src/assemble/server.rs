@@ -17,7 +17,7 @@ use sha2::Digest;
 use std::time::Duration;
 
 /// A listener to open.
-pub struct ListenerPlan {
+pub(crate) struct ListenerPlan {
     pub address: String,
     pub(crate) tls: Option<TlsListener>,
     /// Overrides `limits.underscore_headers` on this listener.
@@ -29,7 +29,7 @@ pub struct ListenerPlan {
 }
 
 /// Everything about the process that one configuration file sets.
-pub struct ServerPlan {
+pub(crate) struct ServerPlan {
     pub conf: ServerConf,
     pub listeners: Vec<ListenerPlan>,
     pub admin: Option<String>,

@@ -10,7 +10,7 @@
 
 pub(crate) mod freshness;
 pub(crate) mod shared;
-pub mod store;
+pub(crate) mod store;
 
 use crate::config::fingerprint::Reloaded;
 use crate::config::fingerprint::{carry, Carried, Fingerprint};
@@ -319,7 +319,7 @@ pub(crate) use crate::config::types::CacheSharing as Sharing;
 
 /// A route's `[routes.cache]`, compiled.
 #[derive(Debug, Clone)]
-pub struct RouteCache {
+pub(crate) struct RouteCache {
     /// Freshness when the response carries no `max-age`, `s-maxage` or `Expires`; `None`:
     /// only what the origin allows.
     pub ttl: Option<Duration>,
@@ -335,7 +335,7 @@ const BYPASS_AUTHENTICATED: &str = "cache_bypass:authenticated";
 
 /// The reason of a `BYPASS` decided by the response or the cache (`cache_bypass:set_cookie`,
 /// `cache_bypass:no_store`, `cache_bypass:origin_not_cache`, ...), from Pingora's phase.
-pub fn bypass_reason(phase: CachePhase) -> String {
+pub(crate) fn bypass_reason(phase: CachePhase) -> String {
     let word = match phase {
         CachePhase::Disabled(r) | CachePhase::RevalidatedNoCache(r) => match r {
             NoCacheReason::Custom(why) => crate::error::reason_of(why).into_owned(),
@@ -358,13 +358,13 @@ pub fn bypass_reason(phase: CachePhase) -> String {
 
 /// Whether a response is stored for more than the caller who asked, for a request that
 /// carried `Authorization` (RFC 9111 §3.5): entries keyed per consumer are not shared.
-pub fn shared_authorized(consumer: Option<&str>, req: &RequestHeader) -> bool {
+pub(crate) fn shared_authorized(consumer: Option<&str>, req: &RequestHeader) -> bool {
     consumer.is_none() && req.headers.contains_key(http::header::AUTHORIZATION)
 }
 
 /// How a request uses the cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lookup {
+pub(crate) enum Lookup {
     /// Not looked up; the reason (`cache_bypass:method`, `cache_bypass:authenticated`).
     Bypass(&'static str),
     /// Look up and store; `Some(consumer)` keys the entry to that consumer.
@@ -436,7 +436,12 @@ impl crate::config::FromConfig<RouteFacts> for RouteCache {
 impl RouteCache {
     /// Whether and how the request uses the cache. `authenticated`: the request carried an
     /// identity or an `Authorization` header; `principal`: who it identified.
-    pub fn lookup(&self, method: &Method, authenticated: bool, principal: Option<&str>) -> Lookup {
+    pub(crate) fn lookup(
+        &self,
+        method: &Method,
+        authenticated: bool,
+        principal: Option<&str>,
+    ) -> Lookup {
         if method != Method::GET && method != Method::HEAD {
             return Lookup::Bypass(BYPASS_METHOD);
         }
@@ -453,7 +458,7 @@ impl RouteCache {
     /// Whether `resp` may be stored, and its metadata if so (RFC 9111 and 9213, in
     /// `cache::freshness`). `shared_authorized`: the request carried `Authorization` and the
     /// entry is shared between callers.
-    pub fn response_meta(
+    pub(crate) fn response_meta(
         &self,
         resp: &ResponseHeader,
         max_object: usize,
@@ -555,7 +560,7 @@ fn vary_names(resp: &ResponseHeader) -> impl Iterator<Item = String> + '_ {
 
 /// The variance of a stored response for this request: the request's values of the headers
 /// the response's `Vary` names. `None` when the response does not vary.
-pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+pub(crate) fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
     let mut builder = VarianceBuilder::new();
     for name in vary_names(meta.response_header()) {
         let mut value = Vec::new();
@@ -572,7 +577,7 @@ pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
 
 /// What the cache did for a request: the `X-Cache` header and the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Hit,
     Miss,
     Bypass,
@@ -580,10 +585,11 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 4] = [Verdict::Hit, Verdict::Miss, Verdict::Bypass, Verdict::Stale];
+    pub(crate) const ALL: [Verdict; 4] =
+        [Verdict::Hit, Verdict::Miss, Verdict::Bypass, Verdict::Stale];
 
     /// The verdict for a request on a caching route, from Pingora's cache phase.
-    pub fn of(phase: CachePhase) -> Option<Verdict> {
+    pub(crate) fn of(phase: CachePhase) -> Option<Verdict> {
         match phase {
             CachePhase::Hit | CachePhase::Revalidated => Some(Verdict::Hit),
             CachePhase::Stale | CachePhase::StaleUpdating => Some(Verdict::Stale),
@@ -595,7 +601,7 @@ impl Verdict {
         }
     }
 
-    pub fn header(self) -> &'static str {
+    pub(crate) fn header(self) -> &'static str {
         match self {
             Verdict::Hit => "HIT",
             Verdict::Miss => "MISS",
@@ -604,7 +610,7 @@ impl Verdict {
         }
     }
 
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Verdict::Hit => "hit",
             Verdict::Miss => "miss",

@@ -90,7 +90,7 @@ impl Entries {
 }
 
 /// The store.
-pub struct MemoryStore {
+pub(crate) struct MemoryStore {
     entries: RwLock<Entries>,
     /// Largest body kept, in bytes.
     max_object: usize,
@@ -102,7 +102,7 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
-    pub fn new(max_object: usize) -> Self {
+    pub(crate) fn new(max_object: usize) -> Self {
         MemoryStore {
             entries: RwLock::new(Entries::default()),
             max_object,
@@ -210,7 +210,7 @@ impl MemoryStore {
 
     /// Remove every entry whose primary key text satisfies `matches`, also from `eviction`
     /// so that its weight is released. Returns how many were removed.
-    pub fn purge_where(
+    pub(crate) fn purge_where(
         &self,
         eviction: &dyn EvictionManager,
         matches: impl Fn(&str) -> bool,
@@ -236,7 +236,7 @@ impl MemoryStore {
 
     /// Remove the entries stored for exactly `host` and `path` (path and query), of every
     /// route, method, variant and consumer: an index lookup, not a scan.
-    pub fn purge_target(
+    pub(crate) fn purge_target(
         &self,
         eviction: &dyn EvictionManager,
         host: &str,
@@ -262,7 +262,7 @@ impl MemoryStore {
     }
 
     /// Largest body stored, in bytes.
-    pub fn max_object(&self) -> usize {
+    pub(crate) fn max_object(&self) -> usize {
         self.max_object
     }
 }

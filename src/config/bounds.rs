@@ -3,7 +3,7 @@
 //! Each [`Range`] names the key path patterns it covers (`[]` stands for any list index, `*`
 //! for any name) and its inclusive minimum and maximum. Validation checks every numeric value
 //! with [`Range::check`], which reports `must be between MIN and MAX, got VALUE` at the exact
-//! key path. [`RANGES`] lists them all; `docs/configuration-ranges.md` documents each one
+//! key path. `RANGES` lists them all; `docs/configuration-ranges.md` documents each one
 //! with the reason for its ends, and a test below keeps the two identical.
 //!
 //! Why ranges at all: a value of the right type can still panic or abort at start (`threads =
@@ -15,7 +15,7 @@
 //! The checks run where each section is built (the features' `from_config`, called by the
 //! assembler), with the constants of this table.
 //!
-//! A new numeric key gets a `pub const` here, an entry in [`RANGES`], a row in the document
+//! A new numeric key gets a `pub(crate) const` here, an entry in `RANGES`, a row in the document
 //! and a [`Range::check`] call where its section is built; the tests here (and `tests/it/config_bounds.rs`)
 //! fail until they agree.
 
@@ -158,7 +158,9 @@ impl From<Duration> for Limit {
 pub struct Range {
     /// Key path patterns it applies to: `[]` is any list index, `*` any name.
     pub keys: &'static [&'static str],
+    /// The smallest value allowed.
     pub min: Limit,
+    /// The largest value allowed.
     pub max: Limit,
 }
 
@@ -229,70 +231,73 @@ const fn days(n: u64) -> Duration {
 }
 
 /// Most retries a route may ask for; more only multiplies load during an outage.
-pub const MAX_RETRIES: usize = 10;
+pub(crate) const MAX_RETRIES: usize = 10;
 /// Largest weight of one target (the round-robin table holds a target `weight` times).
-pub const MAX_WEIGHT: usize = 1000;
+pub(crate) const MAX_WEIGHT: usize = 1000;
 /// Most request headers Pingora's HTTP/1 parser accepts (`MAX_HEADERS` in pingora-core).
-pub const PINGORA_MAX_HEADERS: u64 = 256;
+pub(crate) const PINGORA_MAX_HEADERS: u64 = 256;
 
 /// Most worker threads per service.
 pub use super::types::MAX_THREADS;
 
 // [server]
-pub const SERVER_THREADS: Range = int(1, MAX_THREADS as u64, &["server.threads"]);
-pub const SERVER_GRACE_PERIOD: Range = time(Duration::ZERO, HOUR, &["server.grace_period"]);
-pub const SERVER_GRACEFUL_SHUTDOWN_TIMEOUT: Range =
+pub(crate) const SERVER_THREADS: Range = int(1, MAX_THREADS as u64, &["server.threads"]);
+pub(crate) const SERVER_GRACE_PERIOD: Range = time(Duration::ZERO, HOUR, &["server.grace_period"]);
+pub(crate) const SERVER_GRACEFUL_SHUTDOWN_TIMEOUT: Range =
     time(Duration::ZERO, HOUR, &["server.graceful_shutdown_timeout"]);
-pub const SERVER_UPSTREAM_KEEPALIVE_POOL_SIZE: Range =
+pub(crate) const SERVER_UPSTREAM_KEEPALIVE_POOL_SIZE: Range =
     int(0, 10_000, &["server.upstream_keepalive_pool_size"]);
-pub const SERVER_CLIENT_READ_BUFFER: Range = size(KIB, MIB, &["server.client_read_buffer"]);
+pub(crate) const SERVER_CLIENT_READ_BUFFER: Range = size(KIB, MIB, &["server.client_read_buffer"]);
 
 // [access_log]
-pub const ACCESS_LOG_BUFFER_LINES: Range = int(1, 1_000_000, &["access_log.buffer_lines"]);
+pub(crate) const ACCESS_LOG_BUFFER_LINES: Range = int(1, 1_000_000, &["access_log.buffer_lines"]);
 
 // [tracing]
-pub const TRACING_SAMPLE_RATIO: Range = Range {
+pub(crate) const TRACING_SAMPLE_RATIO: Range = Range {
     keys: &["tracing.sample_ratio"],
     min: Limit::Float(0.0),
     max: Limit::Float(1.0),
 };
-pub const TRACING_QUEUE_SIZE: Range = int(1, 1_000_000, &["tracing.queue_size"]);
-pub const TRACING_BATCH_SIZE: Range = int(1, 10_000, &["tracing.batch_size"]);
-pub const TRACING_FLUSH_INTERVAL: Range = time(
+pub(crate) const TRACING_QUEUE_SIZE: Range = int(1, 1_000_000, &["tracing.queue_size"]);
+pub(crate) const TRACING_BATCH_SIZE: Range = int(1, 10_000, &["tracing.batch_size"]);
+pub(crate) const TRACING_FLUSH_INTERVAL: Range = time(
     Duration::from_millis(10),
     minutes(1),
     &["tracing.flush_interval"],
 );
-pub const TRACING_EXPORT_TIMEOUT: Range = time(
+pub(crate) const TRACING_EXPORT_TIMEOUT: Range = time(
     Duration::from_millis(100),
     minutes(1),
     &["tracing.export_timeout"],
 );
 
 // [upstreams.NAME] and the route overrides of its timeouts
-pub const TARGET_WEIGHT: Range = int(1, MAX_WEIGHT as u64, &["upstreams.*.targets[].weight"]);
-pub const CONNECT_TIMEOUT: Range = time(
+pub(crate) const TARGET_WEIGHT: Range =
+    int(1, MAX_WEIGHT as u64, &["upstreams.*.targets[].weight"]);
+pub(crate) const CONNECT_TIMEOUT: Range = time(
     MS,
     minutes(5),
     &["upstreams.*.connect_timeout", "routes[].connect_timeout"],
 );
-pub const READ_TIMEOUT: Range = time(
+pub(crate) const READ_TIMEOUT: Range = time(
     MS,
     DAY,
     &["upstreams.*.read_timeout", "routes[].read_timeout"],
 );
-pub const DNS_REFRESH: Range = time(SECOND, DAY, &["upstreams.*.dns_refresh"]);
-pub const RESOLVER_MIN_TTL: Range = time(Duration::from_millis(100), HOUR, &["resolver.min_ttl"]);
-pub const RESOLVER_MAX_TTL: Range = time(SECOND, DAY, &["resolver.max_ttl"]);
-pub const HEALTH_EXPECTED_STATUS: Range =
+pub(crate) const DNS_REFRESH: Range = time(SECOND, DAY, &["upstreams.*.dns_refresh"]);
+pub(crate) const RESOLVER_MIN_TTL: Range =
+    time(Duration::from_millis(100), HOUR, &["resolver.min_ttl"]);
+pub(crate) const RESOLVER_MAX_TTL: Range = time(SECOND, DAY, &["resolver.max_ttl"]);
+pub(crate) const HEALTH_EXPECTED_STATUS: Range =
     int(200, 599, &["upstreams.*.health_check.expected_status"]);
-pub const HEALTH_INTERVAL: Range = time(
+pub(crate) const HEALTH_INTERVAL: Range = time(
     Duration::from_millis(100),
     DAY,
     &["upstreams.*.health_check.interval"],
 );
-pub const HEALTH_TIMEOUT: Range = time(MS, minutes(5), &["upstreams.*.health_check.timeout"]);
-pub const HEALTH_THRESHOLD: Range = int(
+pub(crate) const HEALTH_TIMEOUT: Range =
+    time(MS, minutes(5), &["upstreams.*.health_check.timeout"]);
+pub(crate) const HEALTH_THRESHOLD: Range = int(
     1,
     100,
     &[
@@ -300,32 +305,33 @@ pub const HEALTH_THRESHOLD: Range = int(
         "upstreams.*.health_check.unhealthy_threshold",
     ],
 );
-pub const BREAKER_CONSECUTIVE_FAILURES: Range = int(
+pub(crate) const BREAKER_CONSECUTIVE_FAILURES: Range = int(
     1,
     1000,
     &["upstreams.*.circuit_breaker.consecutive_failures"],
 );
-pub const BREAKER_COOLDOWN: Range = time(MS, DAY, &["upstreams.*.circuit_breaker.cooldown"]);
-pub const RETRY_BUDGET_RATIO: Range = Range {
+pub(crate) const BREAKER_COOLDOWN: Range = time(MS, DAY, &["upstreams.*.circuit_breaker.cooldown"]);
+pub(crate) const RETRY_BUDGET_RATIO: Range = Range {
     keys: &["upstreams.*.retry_budget.ratio"],
     min: Limit::Float(0.0),
     max: Limit::Float(10.0),
 };
-pub const RETRY_BUDGET_MIN_PER_SECOND: Range =
+pub(crate) const RETRY_BUDGET_MIN_PER_SECOND: Range =
     int(0, 1_000_000, &["upstreams.*.retry_budget.min_per_second"]);
 /// A fixed response's status: final responses only (1xx cannot end an exchange).
-pub const RESPOND_STATUS: Range = int(
+pub(crate) const RESPOND_STATUS: Range = int(
     200,
     599,
     &["upstreams.*.fallback.status", "routes[].respond.status"],
 );
 
 // [[routes]]
-pub const ROUTE_RETRIES: Range = int(0, MAX_RETRIES as u64, &["routes[].retries"]);
-pub const MAX_BODY_SIZE: Range = size(1, TIB, &["limits.max_body_size", "routes[].max_body_size"]);
-pub const AGGREGATE_PART_TIMEOUT: Range =
+pub(crate) const ROUTE_RETRIES: Range = int(0, MAX_RETRIES as u64, &["routes[].retries"]);
+pub(crate) const MAX_BODY_SIZE: Range =
+    size(1, TIB, &["limits.max_body_size", "routes[].max_body_size"]);
+pub(crate) const AGGREGATE_PART_TIMEOUT: Range =
     time(MS, minutes(5), &["routes[].aggregate.parts[].timeout"]);
-pub const RATE_LIMIT_LIMIT: Range = int(
+pub(crate) const RATE_LIMIT_LIMIT: Range = int(
     1,
     1_000_000_000,
     &[
@@ -333,7 +339,7 @@ pub const RATE_LIMIT_LIMIT: Range = int(
         "consumers.*.rate_limits[].limit",
     ],
 );
-pub const RATE_LIMIT_WINDOW: Range = time(
+pub(crate) const RATE_LIMIT_WINDOW: Range = time(
     SECOND,
     DAY,
     &[
@@ -341,8 +347,8 @@ pub const RATE_LIMIT_WINDOW: Range = time(
         "consumers.*.rate_limits[].window",
     ],
 );
-pub const CACHE_TTL: Range = time(SECOND, days(365), &["routes[].cache.ttl"]);
-pub const CACHE_STALE: Range = time(
+pub(crate) const CACHE_TTL: Range = time(SECOND, days(365), &["routes[].cache.ttl"]);
+pub(crate) const CACHE_STALE: Range = time(
     Duration::ZERO,
     days(365),
     &[
@@ -350,13 +356,13 @@ pub const CACHE_STALE: Range = time(
         "routes[].cache.stale_if_error",
     ],
 );
-pub const CORS_MAX_AGE: Range = time(Duration::ZERO, DAY, &["routes[].cors.max_age"]);
-pub const AUTH_TIMEOUT: Range = time(
+pub(crate) const CORS_MAX_AGE: Range = time(Duration::ZERO, DAY, &["routes[].cors.max_age"]);
+pub(crate) const AUTH_TIMEOUT: Range = time(
     MS,
     minutes(1),
     &["auth.forward.*.timeout", "auth.introspection.*.timeout"],
 );
-pub const DECISION_TTL: Range = time(
+pub(crate) const DECISION_TTL: Range = time(
     Duration::ZERO,
     DAY,
     &[
@@ -366,7 +372,7 @@ pub const DECISION_TTL: Range = time(
         "auth.introspection.*.cache.negative_ttl",
     ],
 );
-pub const DECISION_MAX_ENTRIES: Range = int(
+pub(crate) const DECISION_MAX_ENTRIES: Range = int(
     1,
     1_000_000,
     &[
@@ -374,47 +380,54 @@ pub const DECISION_MAX_ENTRIES: Range = int(
         "auth.introspection.*.cache.max_entries",
     ],
 );
-pub const WEBSOCKET_IDLE_TIMEOUT: Range = time(SECOND, DAY, &["routes[].websocket_idle_timeout"]);
-pub const COMPRESSION_MIN_SIZE: Range = size(0, GIB, &["routes[].compression.min_size"]);
+pub(crate) const WEBSOCKET_IDLE_TIMEOUT: Range =
+    time(SECOND, DAY, &["routes[].websocket_idle_timeout"]);
+pub(crate) const COMPRESSION_MIN_SIZE: Range = size(0, GIB, &["routes[].compression.min_size"]);
 
 // [limits]
-pub const LIMITS_MAX_HEADER_BYTES: Range = size(KIB, 512 * KIB, &["limits.max_header_bytes"]);
-pub const LIMITS_MAX_HEADERS: Range = int(1, PINGORA_MAX_HEADERS, &["limits.max_headers"]);
-pub const LIMITS_HEADER_TIMEOUT: Range = time(MS, HOUR, &["limits.header_timeout"]);
-pub const LIMITS_BODY_TIMEOUT: Range = time(MS, HOUR, &["limits.body_timeout"]);
-pub const LIMITS_MAX_CONNECTIONS: Range = int(
+pub(crate) const LIMITS_MAX_HEADER_BYTES: Range =
+    size(KIB, 512 * KIB, &["limits.max_header_bytes"]);
+pub(crate) const LIMITS_MAX_HEADERS: Range = int(1, PINGORA_MAX_HEADERS, &["limits.max_headers"]);
+pub(crate) const LIMITS_HEADER_TIMEOUT: Range = time(MS, HOUR, &["limits.header_timeout"]);
+pub(crate) const LIMITS_BODY_TIMEOUT: Range = time(MS, HOUR, &["limits.body_timeout"]);
+pub(crate) const LIMITS_MAX_CONNECTIONS: Range = int(
     0,
     10_000_000,
     &["limits.max_connections", "limits.max_connections_per_ip"],
 );
-pub const LIMITS_KEEPALIVE_TIMEOUT: Range = time(SECOND, HOUR, &["limits.keepalive_timeout"]);
-pub const LIMITS_H2_IDLE_TIMEOUT: Range = time(SECOND, DAY, &["limits.h2_idle_timeout"]);
-pub const LIMITS_MAX_INFORMATIONAL: Range = int(0, 1000, &["limits.max_informational_responses"]);
+pub(crate) const LIMITS_KEEPALIVE_TIMEOUT: Range =
+    time(SECOND, HOUR, &["limits.keepalive_timeout"]);
+pub(crate) const LIMITS_H2_IDLE_TIMEOUT: Range = time(SECOND, DAY, &["limits.h2_idle_timeout"]);
+pub(crate) const LIMITS_MAX_INFORMATIONAL: Range =
+    int(0, 1000, &["limits.max_informational_responses"]);
 
 // [auth.jwt.NAME]
-pub const JWT_JWKS_REFRESH: Range = time(SECOND, DAY, &["auth.jwt.*.jwks_refresh"]);
-pub const JWT_JWKS_MIN_REFRESH: Range = time(SECOND, HOUR, &["auth.jwt.*.jwks_min_refresh"]);
-pub const JWT_LEEWAY: Range = time(Duration::ZERO, minutes(5), &["auth.jwt.*.leeway"]);
-pub const JWT_CACHE_ENTRIES: Range = int(0, 1_000_000, &["auth.jwt.*.cache_entries"]);
+pub(crate) const JWT_JWKS_REFRESH: Range = time(SECOND, DAY, &["auth.jwt.*.jwks_refresh"]);
+pub(crate) const JWT_JWKS_MIN_REFRESH: Range = time(SECOND, HOUR, &["auth.jwt.*.jwks_min_refresh"]);
+pub(crate) const JWT_LEEWAY: Range = time(Duration::ZERO, minutes(5), &["auth.jwt.*.leeway"]);
+pub(crate) const JWT_CACHE_ENTRIES: Range = int(0, 1_000_000, &["auth.jwt.*.cache_entries"]);
 
 // [rate_limit]
-pub const REDIS_TIMEOUT: Range = time(MS, Duration::from_secs(5), &["rate_limit.redis_timeout"]);
-pub const SYNC_INTERVAL: Range = time(
+pub(crate) const REDIS_TIMEOUT: Range =
+    time(MS, Duration::from_secs(5), &["rate_limit.redis_timeout"]);
+pub(crate) const SYNC_INTERVAL: Range = time(
     Duration::from_millis(10),
     Duration::from_secs(10),
     &["rate_limit.sync_interval"],
 );
 
 // [cache]
-pub const CACHE_MAX_SIZE: Range = size(KIB, 256 * GIB, &["cache.max_size"]);
-pub const CACHE_MAX_OBJECT_SIZE: Range = size(1, GIB, &["cache.max_object_size"]);
-pub const CACHE_LOCK_TIMEOUT: Range = time(MS, minutes(5), &["cache.lock_timeout"]);
-pub const SHARED_CACHE_MAX_OBJECT: Range = size(KIB, 512 * MIB, &["cache.shared.max_object_size"]);
-pub const SHARED_CACHE_MAX_TTL: Range = time(SECOND, days(30), &["cache.shared.max_ttl"]);
-pub const SHARED_CACHE_TIMEOUT: Range = time(MS, Duration::from_secs(5), &["cache.shared.timeout"]);
+pub(crate) const CACHE_MAX_SIZE: Range = size(KIB, 256 * GIB, &["cache.max_size"]);
+pub(crate) const CACHE_MAX_OBJECT_SIZE: Range = size(1, GIB, &["cache.max_object_size"]);
+pub(crate) const CACHE_LOCK_TIMEOUT: Range = time(MS, minutes(5), &["cache.lock_timeout"]);
+pub(crate) const SHARED_CACHE_MAX_OBJECT: Range =
+    size(KIB, 512 * MIB, &["cache.shared.max_object_size"]);
+pub(crate) const SHARED_CACHE_MAX_TTL: Range = time(SECOND, days(30), &["cache.shared.max_ttl"]);
+pub(crate) const SHARED_CACHE_TIMEOUT: Range =
+    time(MS, Duration::from_secs(5), &["cache.shared.timeout"]);
 
 /// Every range, in the document's order.
-pub const RANGES: &[Range] = &[
+pub(crate) const RANGES: &[Range] = &[
     SERVER_THREADS,
     SERVER_GRACE_PERIOD,
     SERVER_GRACEFUL_SHUTDOWN_TIMEOUT,

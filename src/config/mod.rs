@@ -37,7 +37,9 @@ pub fn schema() -> String {
 /// A configuration file as read: its text (to locate problems found after parsing) and the
 /// SHA-256 of it (hex), which names the generation built from it.
 pub struct Source {
+    /// The file's text.
     pub text: String,
+    /// SHA-256 of the text, hex.
     pub sha256: String,
 }
 

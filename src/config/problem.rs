@@ -7,11 +7,14 @@ use std::path::PathBuf;
 /// One thing wrong with a configuration, located by its key path (`routes[2].upstream`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// The key path (`routes[2].upstream`); empty for the whole file.
     pub path: String,
+    /// What is wrong, in words.
     pub message: String,
 }
 
 impl Problem {
+    /// A problem at `path`.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         Problem {
             path: path.into(),
@@ -36,6 +39,7 @@ pub trait FromConfig<Cx: ?Sized = ()>: Sized {
     /// The part of the file it is built from.
     type Section: ?Sized;
 
+    /// Build from `section` at `at`, or note each problem and give `None`.
     fn from_config(
         at: &str,
         section: &Self::Section,
@@ -56,7 +60,9 @@ pub(crate) fn closest<'v>(given: &str, valid: impl Iterator<Item = &'v str>) -> 
 /// Why a configuration file was refused. Displays one line per problem.
 #[derive(Debug)]
 pub struct ConfigError {
+    /// The file refused.
     pub file: PathBuf,
+    /// Every problem found in it.
     pub problems: Vec<Problem>,
 }
 

@@ -92,7 +92,9 @@ impl fmt::Display for HumanDuration {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(try_from = "String")]
 pub enum AuthRef {
+    /// `api_key`: a consumer's key.
     ApiKey,
+    /// `jwt:PROVIDER`: a token of `[auth.jwt.PROVIDER]`.
     Jwt(String),
     /// `[auth.forward.NAME]`: ask an auth service.
     Forward(String),
@@ -133,8 +135,11 @@ impl fmt::Display for AuthRef {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(try_from = "String")]
 pub struct RateKey {
+    /// Per client address.
     pub ip: bool,
+    /// Per consumer (API key, token subject).
     pub consumer: bool,
+    /// Per route.
     pub route: bool,
 }
 
@@ -171,8 +176,11 @@ impl RateKey {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub enum HashOn {
+    /// `header:NAME`: the value of a request header.
     Header(http::HeaderName),
+    /// `cookie:NAME`: the value of a cookie.
     Cookie(String),
+    /// `client_ip`: the client's address.
     ClientIp,
 }
 
@@ -200,8 +208,10 @@ impl TryFrom<String> for HashOn {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub enum TlsVersion {
+    /// TLS 1.2.
     #[default]
     V1_2,
+    /// TLS 1.3.
     V1_3,
 }
 
@@ -222,8 +232,10 @@ impl TryFrom<String> for TlsVersion {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Human-readable lines.
     #[default]
     Text,
+    /// One JSON object per line.
     Json,
 }
 
@@ -231,8 +243,11 @@ pub enum LogFormat {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub enum LogTarget {
+    /// Standard output.
     Stdout,
+    /// Nowhere.
     Off,
+    /// A file, reopened on `SIGUSR1`.
     File(PathBuf),
 }
 
@@ -412,6 +427,7 @@ pub struct Parsed<T> {
 pub trait FromText: Sized {
     /// What the schema says the text must look like.
     const LOOKS_LIKE: &'static str;
+    /// The value `text` means, or why it means none.
     fn from_text(text: &str) -> Result<Self, String>;
 }
 
@@ -439,6 +455,7 @@ impl<T> Parsed<T> {
 }
 
 impl<T: FromText> Parsed<T> {
+    /// `text`, parsed.
     pub fn new(text: &str) -> Self {
         Parsed {
             text: text.to_string(),

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 /// Per-request state: one part per concern, each filled by the hooks that own it.
 #[derive(Default)]
-pub struct Ctx {
+pub(crate) struct Ctx {
     /// Who asked, and since when.
     pub(super) client: Client,
     /// The matched route; its action is read through [`Ctx::proxy`].
@@ -213,7 +213,7 @@ impl Ctx {
 }
 
 /// Increments a gauge now and decrements it when dropped.
-pub struct GaugeGuard(IntGauge);
+pub(super) struct GaugeGuard(IntGauge);
 
 impl GaugeGuard {
     pub(super) fn new(g: &IntGauge) -> Self {

@@ -23,6 +23,7 @@ use std::net::{IpAddr, SocketAddr};
 /// One request to explain.
 #[derive(Debug, Clone)]
 pub struct Query {
+    /// The request's method.
     pub method: String,
     /// `http://host/path?query`, `https://...`, or an origin-form `/path` (host from `-H`).
     pub url: String,
@@ -41,13 +42,18 @@ pub struct Query {
 /// What the gateway would do.
 #[derive(Debug, Serialize)]
 pub struct Explanation {
+    /// The request as the gateway sees it after normalization.
     pub request: RequestFacts,
+    /// What happens to it: refused, answered here, or proxied.
     pub outcome: Outcome,
+    /// Each step of the policy chain and what it decided.
     pub steps: Vec<StepReport>,
     /// Routes that do not take this request, nearest first, and why.
     pub other_routes: Vec<Candidate>,
+    /// Where it would be proxied, and what the upstream would be sent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<UpstreamReport>,
+    /// What the cache would do.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<String>,
     /// The live gateway's `X-Cache` for this request on a miss, given the upstream's
@@ -57,10 +63,12 @@ pub struct Explanation {
     /// The reason word of a `BYPASS` (`cache_bypass:...`), as the access log says it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_reason: Option<String>,
+    /// What the response would be compressed with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compression: Option<String>,
     /// Headers the gateway adds to the response (the upstream's own come on top).
     pub response_headers: Vec<(String, String)>,
+    /// Anything else worth knowing.
     pub notes: Vec<String>,
 }
 

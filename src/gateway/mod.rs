@@ -21,7 +21,7 @@ mod retry;
 mod transcoded;
 mod upstream;
 
-pub use context::Ctx;
+pub(crate) use context::Ctx;
 
 use crate::cache::ResponseCache;
 use crate::observe::access_log::AccessLog;
@@ -37,7 +37,7 @@ use std::sync::Arc;
 /// One generation of the gateway: everything a request reads, built from one configuration
 /// file. A reload builds the next one beside it; every request runs start to end on the
 /// generation it began with.
-pub struct Gateway {
+pub(crate) struct Gateway {
     pub(crate) routes: RouteTable,
     pub(crate) upstreams: Vec<Arc<UpstreamGroup>>,
     pub(crate) groups: crate::upstream::Groups,
@@ -65,7 +65,7 @@ pub struct Gateway {
 
 /// Which configuration a generation was built from, and when.
 #[derive(Debug, Clone)]
-pub struct Generation {
+pub(crate) struct Generation {
     /// 1 for the configuration the process started with, one more per successful reload.
     pub number: u64,
     /// SHA-256 of the file's text, hex.
@@ -73,7 +73,7 @@ pub struct Generation {
     pub loaded_at: std::time::SystemTime,
 }
 /// Flips [`Gateway::draining`] when the server's shutdown begins (a background service).
-pub struct DrainWatch(pub Arc<AtomicBool>);
+pub(crate) struct DrainWatch(pub Arc<AtomicBool>);
 
 #[async_trait]
 impl pingora::services::background::BackgroundService for DrainWatch {

@@ -27,14 +27,18 @@ pub(crate) use crate::config::types::LogTarget as Target;
 /// `access_log.fields` chooses from.
 #[derive(Debug, Serialize)]
 pub struct Entry<'a> {
+    /// When the request ended.
     pub time: Time,
+    /// `X-Request-Id`.
     pub request_id: &'a str,
     /// The W3C trace id, on traced requests.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// The client's address.
     pub client_ip: Option<IpAddr>,
     /// The `Host` (or HTTP/2 `:authority`) the client asked for.
     pub host: Option<&'a str>,
+    /// The request's method.
     pub method: &'a str,
     /// The canonical path: what routing and policy saw.
     pub path: &'a str,
@@ -52,11 +56,14 @@ pub struct Entry<'a> {
     /// `TLSv1.3`, `TLSv1.2` on TLS listeners.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_version: Option<&'a str>,
+    /// `User-Agent`.
     pub user_agent: Option<&'a str>,
+    /// The matched route's name.
     pub route: &'a str,
     /// The API-key consumer or the token's subject, on authenticated routes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub consumer: Option<&'a str>,
+    /// The status the client got.
     pub status: u16,
     /// The upstream group of the route.
     pub upstream: Option<&'a str>,
@@ -74,7 +81,9 @@ pub struct Entry<'a> {
     pub duration_us: u64,
     /// Sending upstream to the end of its response, in microseconds.
     pub upstream_us: Option<u64>,
+    /// Request body bytes read.
     pub bytes_in: usize,
+    /// Response body bytes sent.
     pub bytes_out: usize,
     /// `HIT`, `MISS`, `BYPASS` or `STALE` on caching routes.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -427,7 +436,7 @@ impl std::fmt::Write for JsonLine {
 
 /// The worker side: cheap to call, never blocks.
 #[derive(Clone)]
-pub struct AccessLog {
+pub(crate) struct AccessLog {
     tx: mpsc::Sender<Vec<u8>>,
     dropped: IntCounter,
 }
@@ -441,7 +450,7 @@ impl AccessLog {
 }
 
 /// The writer side, run as a Pingora background service.
-pub struct AccessLogWriter {
+pub(crate) struct AccessLogWriter {
     target: Target,
     rx: Mutex<Option<mpsc::Receiver<Vec<u8>>>>,
     /// Set by `SIGUSR1`: reopen the file (after logrotate moved it away).
@@ -449,7 +458,11 @@ pub struct AccessLogWriter {
 }
 
 /// A connected logger and its writer.
-pub fn channel(target: Target, buffer: usize, dropped: IntCounter) -> (AccessLog, AccessLogWriter) {
+pub(crate) fn channel(
+    target: Target,
+    buffer: usize,
+    dropped: IntCounter,
+) -> (AccessLog, AccessLogWriter) {
     let (tx, rx) = mpsc::channel(buffer.max(1));
     let reopen = Arc::new(AtomicBool::new(false));
     (

@@ -9,7 +9,7 @@ use http::HeaderValue;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-pub use crate::config::types::LogFormat as Format;
+pub(crate) use crate::config::types::LogFormat as Format;
 
 /// Lines are JSON (set once the configuration is read; text before).
 static JSON: AtomicBool = AtomicBool::new(false);

@@ -38,7 +38,7 @@ const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// A route's metric handles, resolved on first use: the common requests skip the label
 /// hashing and registry lock of `with_label_values`.
 #[derive(Default)]
-pub struct RouteStats {
+pub(crate) struct RouteStats {
     /// `request_duration_seconds`, by status class.
     duration: [OnceLock<Histogram>; STATUS_CLASSES.len()],
     upstream_duration: OnceLock<Histogram>,
@@ -53,7 +53,7 @@ pub struct RouteStats {
 }
 
 /// What [`Metrics::record`] counts for one request.
-pub struct Served<'a> {
+pub(crate) struct Served<'a> {
     pub route: &'a str,
     pub stats: Option<&'a RouteStats>,
     pub method: &'a http::Method,
@@ -106,9 +106,9 @@ pub(crate) struct GroupSample<'a> {
 }
 
 /// Route label used for requests that matched no route.
-pub const NO_ROUTE: &str = "-";
+pub(crate) const NO_ROUTE: &str = "-";
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// Everything of the gateway's own, named `tollgate_*`.
     registry: Registry,
     /// `process_*`: CPU, memory, file descriptors, threads, start time.
@@ -169,7 +169,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> prometheus::Result<Self> {
+    pub(crate) fn new() -> prometheus::Result<Self> {
         let registry = Registry::new_custom(Some("tollgate".into()), None)?;
         let process = Registry::new();
         #[cfg(target_os = "linux")]
@@ -482,13 +482,13 @@ impl Metrics {
     /// `upstream_duration_seconds`, `upstream_responses_total`, the byte counters and
     /// `cache_requests_total`.
     /// Count a response by its reason (`reasons_total`).
-    pub fn reason(&self, route: &str, status: http::StatusCode, reason: &str) {
+    pub(crate) fn reason(&self, route: &str, status: http::StatusCode, reason: &str) {
         self.reasons
             .with_label_values(&[route, status.as_str(), reason])
             .inc();
     }
 
-    pub fn record(&self, o: &Served<'_>) {
+    pub(crate) fn record(&self, o: &Served<'_>) {
         let method = METHODS.iter().position(|m| m == o.method);
         let method_label = method.map_or("OTHER", |i| METHODS[i].as_str());
         let ok_cell = match (o.stats, method) {
@@ -556,7 +556,7 @@ impl Metrics {
     }
 
     /// Count one response head from an upstream group (each attempt's, retried ones too).
-    pub fn upstream_response(
+    pub(crate) fn upstream_response(
         &self,
         stats: Option<&RouteStats>,
         group: &str,

@@ -2,7 +2,7 @@
 //! ([`access_log`]), both fed from the gateway's `logging` hook once per request, and the
 //! diagnostic log ([`log`]).
 
-pub mod access_log;
-pub mod log;
-pub mod metrics;
+pub(crate) mod access_log;
+pub(crate) mod log;
+pub(crate) mod metrics;
 pub(crate) mod trace;

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 /// A compiled `[consumers.NAME]`.
-pub struct Consumer {
+pub(crate) struct Consumer {
     pub name: Arc<str>,
     pub roles: Arc<[String]>,
     /// Identity headers set upstream for this consumer (name, roles).
@@ -27,13 +27,13 @@ pub struct Consumer {
 
 /// Every consumer's keys, by digest.
 #[derive(Default)]
-pub struct ApiKeys {
+pub(crate) struct ApiKeys {
     pub header: Option<HeaderName>,
     by_digest: HashMap<[u8; 32], Arc<Consumer>>,
 }
 
 /// Parse `sha256:HEX` (64 hex digits).
-pub fn parse_key_hash(s: &str) -> Result<[u8; 32], String> {
+pub(crate) fn parse_key_hash(s: &str) -> Result<[u8; 32], String> {
     let hex_digits = s.strip_prefix("sha256:").ok_or_else(|| {
         "key hashes are written \"sha256:HEX\" (printf %s KEY | sha256sum)".to_string()
     })?;
@@ -43,7 +43,7 @@ pub fn parse_key_hash(s: &str) -> Result<[u8; 32], String> {
     Ok(out)
 }
 
-pub fn digest(key: &[u8]) -> [u8; 32] {
+pub(crate) fn digest(key: &[u8]) -> [u8; 32] {
     Sha256::digest(key).into()
 }
 
@@ -151,7 +151,7 @@ impl FromConfig<KeyHeaders<'_>> for ApiKeys {
 }
 
 impl ApiKeys {
-    pub fn new(header: HeaderName) -> Self {
+    pub(crate) fn new(header: HeaderName) -> Self {
         ApiKeys {
             header: Some(header),
             by_digest: HashMap::new(),
@@ -159,7 +159,7 @@ impl ApiKeys {
     }
 
     /// Register a key digest; `false` when another consumer already holds it.
-    pub fn insert(&mut self, digest: [u8; 32], consumer: Arc<Consumer>) -> bool {
+    pub(crate) fn insert(&mut self, digest: [u8; 32], consumer: Arc<Consumer>) -> bool {
         match self.by_digest.entry(digest) {
             std::collections::hash_map::Entry::Occupied(e) => Arc::ptr_eq(e.get(), &consumer),
             std::collections::hash_map::Entry::Vacant(v) => {
@@ -170,14 +170,10 @@ impl ApiKeys {
     }
 
     /// The consumer holding `presented`, if any.
-    pub fn lookup(&self, presented: &[u8]) -> Option<&Arc<Consumer>> {
+    pub(crate) fn lookup(&self, presented: &[u8]) -> Option<&Arc<Consumer>> {
         let d = digest(presented);
         let (stored, consumer) = self.by_digest.get_key_value(&d)?;
         bool::from(stored.ct_eq(&d)).then_some(consumer)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_digest.is_empty()
     }
 }
 

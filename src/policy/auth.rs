@@ -18,7 +18,7 @@ use http::header::WWW_AUTHENTICATE;
 use http::{HeaderName, HeaderValue, StatusCode};
 use std::sync::Arc;
 
-pub enum AuthMethod {
+pub(crate) enum AuthMethod {
     Jwt(Arc<JwtProvider>),
     ApiKey,
     /// Forward auth or token introspection: a service the gateway asks.
@@ -27,7 +27,7 @@ pub enum AuthMethod {
 
 /// A route's `auth` and `roles`.
 #[derive(Default)]
-pub struct RouteAuth {
+pub(crate) struct RouteAuth {
     pub methods: Vec<AuthMethod>,
     /// Any one of these suffices; empty: any authenticated caller.
     pub roles: Vec<String>,
@@ -89,7 +89,7 @@ impl FromConfig<PolicyContext<'_>> for RouteAuth {
 }
 
 impl RouteAuth {
-    pub fn is_public(&self) -> bool {
+    pub(crate) fn is_public(&self) -> bool {
         self.methods.is_empty()
     }
 
@@ -107,7 +107,7 @@ impl RouteAuth {
 
 /// Who the caller is.
 #[derive(Default)]
-pub struct Identity {
+pub(crate) struct Identity {
     pub consumer: Option<Arc<Consumer>>,
     /// The token's `sub`, for JWT callers.
     pub subject: Option<Arc<str>>,
@@ -119,7 +119,7 @@ pub struct Identity {
 impl Identity {
     /// Whom rate limits keyed by `consumer` count against: the API-key consumer's name, or
     /// the JWT subject.
-    pub fn principal(&self) -> Option<&str> {
+    pub(crate) fn principal(&self) -> Option<&str> {
         self.consumer
             .as_ref()
             .map(|c| &*c.name)
@@ -129,7 +129,7 @@ impl Identity {
 
 /// Why a request was refused.
 #[derive(Debug, Clone)]
-pub enum AuthFailure {
+pub(crate) enum AuthFailure {
     /// No credentials of an accepted kind (401, `invalid_request`).
     Missing,
     /// Credentials were presented and refused; the reason is a fixed label (401, `invalid_token`).
@@ -144,7 +144,7 @@ pub enum AuthFailure {
 
 impl AuthFailure {
     /// The `auth_failures_total{reason}` label.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             AuthFailure::Missing => "missing_credentials",
             AuthFailure::Invalid(r) => r,
@@ -155,7 +155,7 @@ impl AuthFailure {
     }
 
     /// The response: 401 with `WWW-Authenticate`, or 403.
-    pub fn reject(&self, auth: &RouteAuth) -> Reject {
+    pub(crate) fn reject(&self, auth: &RouteAuth) -> Reject {
         let (status, message, challenge) = match self {
             AuthFailure::Missing => (
                 StatusCode::UNAUTHORIZED,
@@ -191,7 +191,7 @@ impl AuthFailure {
 }
 
 /// Authenticate and authorize a request for a route. `Ok(None)`: the route is public.
-pub async fn authenticate(
+pub(crate) async fn authenticate(
     auth: &RouteAuth,
     request: &AuthRequest<'_>,
     keys: &ApiKeys,

@@ -14,7 +14,7 @@ use http::{HeaderMap, Method, StatusCode};
 
 /// A compiled `[routes.cors]`.
 #[derive(Debug)]
-pub struct CorsPolicy {
+pub(crate) struct CorsPolicy {
     any_origin: bool,
     origins: Vec<HeaderValue>,
     methods: Vec<Method>,
@@ -29,7 +29,7 @@ pub struct CorsPolicy {
 
 /// What a request means to CORS.
 #[derive(Debug)]
-pub enum CorsOutcome {
+pub(crate) enum CorsOutcome {
     /// A preflight the gateway answers itself (204) with these headers.
     Preflight(Vec<(HeaderName, HeaderValue)>),
     /// An actual cross-origin request: add these headers to the response.
@@ -140,7 +140,7 @@ impl CorsPolicy {
 
     /// The policy, or the field (relative to the `cors` section, e.g. `allow_headers[0]`)
     /// that is wrong and why.
-    pub fn new(
+    pub(crate) fn new(
         origins: &[String],
         methods: &[MethodName],
         headers: &[Header],
@@ -236,7 +236,11 @@ impl CorsPolicy {
     }
 
     /// Classify a request; a refused preflight is a 403.
-    pub fn evaluate(&self, method: &Method, headers: &HeaderMap) -> Result<CorsOutcome, Reject> {
+    pub(crate) fn evaluate(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Result<CorsOutcome, Reject> {
         let Some(origin) = headers.get(header::ORIGIN) else {
             // Not cross-origin, but a shared cache must not hand this answer (without
             // `Access-Control-Allow-Origin`) to a cross-origin request: `Vary: Origin`.

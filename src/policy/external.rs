@@ -44,7 +44,7 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// What a check is built from: the client's request.
-pub struct AuthRequest<'a> {
+pub(crate) struct AuthRequest<'a> {
     pub method: &'a Method,
     pub uri: &'a Uri,
     pub headers: &'a HeaderMap,
@@ -55,7 +55,7 @@ pub struct AuthRequest<'a> {
 
 /// An admission.
 #[derive(Debug)]
-pub struct Admitted {
+pub(crate) struct Admitted {
     pub subject: Option<String>,
     pub roles: Vec<String>,
     /// Identity headers for the upstream.
@@ -64,7 +64,7 @@ pub struct Admitted {
 
 /// A refusal, as the client gets it.
 #[derive(Debug)]
-pub struct Denied {
+pub(crate) struct Denied {
     pub status: StatusCode,
     /// The `error` of the gateway's JSON answer (`auth_denied`, `inactive_token`, ...).
     pub reason: &'static str,
@@ -74,14 +74,14 @@ pub struct Denied {
 }
 
 #[derive(Debug, Clone)]
-pub enum Decision {
+pub(crate) enum Decision {
     Admit(Arc<Admitted>),
     Deny(Arc<Denied>),
 }
 
 /// The answer to one request.
 #[derive(Debug, Clone)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Decided(Decision),
     /// The service failed, timed out or answered something else: `on_error` applies.
     Unavailable,
@@ -114,7 +114,7 @@ enum Kind {
 }
 
 /// One auth service, compiled.
-pub struct ExternalAuth {
+pub(crate) struct ExternalAuth {
     pub name: Arc<str>,
     kind: Kind,
     group: Arc<UpstreamGroup>,
@@ -459,7 +459,7 @@ impl ExternalAuth {
 
     /// The decision for one request: from the cache, from a check in progress for the same
     /// inputs, or from a new check.
-    pub async fn decide(&self, r: &AuthRequest<'_>) -> Verdict {
+    pub(crate) async fn decide(&self, r: &AuthRequest<'_>) -> Verdict {
         let Some(key) = self.key(r) else {
             return Verdict::NoCredentials;
         };

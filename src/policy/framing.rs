@@ -9,7 +9,7 @@ use pingora::http::RequestHeader;
 
 /// Head limits, from `[limits]`.
 #[derive(Debug, Clone, Copy)]
-pub struct HeadLimits {
+pub(crate) struct HeadLimits {
     pub max_headers: usize,
     pub max_header_bytes: usize,
 }
@@ -18,7 +18,7 @@ pub struct HeadLimits {
 ///
 /// Pingora drops `Content-Length` from the parsed head when `Transfer-Encoding` is also
 /// present, so the conflict is only visible in the bytes the client sent.
-pub fn raw_has_content_length(raw_head: &[u8]) -> bool {
+pub(crate) fn raw_has_content_length(raw_head: &[u8]) -> bool {
     raw_head
         .split(|b| *b == b'\n')
         .skip(1)
@@ -27,7 +27,7 @@ pub fn raw_has_content_length(raw_head: &[u8]) -> bool {
 
 /// Refuse a request whose framing is ambiguous or whose head is too large. `raw_cl` says
 /// whether the raw head carried `Content-Length` (see [`raw_has_content_length`]).
-pub fn check(req: &RequestHeader, limits: HeadLimits, raw_cl: bool) -> Result<(), Reject> {
+pub(crate) fn check(req: &RequestHeader, limits: HeadLimits, raw_cl: bool) -> Result<(), Reject> {
     let headers = &req.headers;
     if headers.len() > limits.max_headers {
         return Err(Reject::new(

@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use std::net::IpAddr;
 
 /// Parse a CIDR or a bare address (`10.0.0.0/8`, `::1`, `192.0.2.7`).
-pub fn parse_net(s: &str) -> Result<IpNet, String> {
+pub(crate) fn parse_net(s: &str) -> Result<IpNet, String> {
     s.parse::<IpNet>()
         .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
         .map_err(|_| format!("invalid CIDR {s:?}; write e.g. \"10.0.0.0/8\" or \"2001:db8::/32\""))
@@ -37,13 +37,13 @@ pub(crate) fn nets(
 
 /// A compiled allow/deny pair.
 #[derive(Debug, Clone, Default)]
-pub struct IpRules {
+pub(crate) struct IpRules {
     allow: Vec<IpNet>,
     deny: Vec<IpNet>,
 }
 
 impl IpRules {
-    pub fn new(allow: Vec<IpNet>, deny: Vec<IpNet>) -> Self {
+    pub(crate) fn new(allow: Vec<IpNet>, deny: Vec<IpNet>) -> Self {
         IpRules { allow, deny }
     }
 
@@ -63,12 +63,8 @@ impl IpRules {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.allow.is_empty() && self.deny.is_empty()
-    }
-
     /// Whether `ip` may pass. An unknown address passes only when no allow list is set.
-    pub fn admits(&self, ip: Option<IpAddr>) -> bool {
+    pub(crate) fn admits(&self, ip: Option<IpAddr>) -> bool {
         let Some(ip) = ip.map(canonical) else {
             return self.allow.is_empty();
         };
@@ -138,21 +134,21 @@ impl RouteCheck for RouteIp {
 
 /// Peers allowed to tell us the client address.
 #[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(Vec<IpNet>);
+pub(crate) struct TrustedProxies(Vec<IpNet>);
 
 impl TrustedProxies {
-    pub fn new(nets: Vec<IpNet>) -> Self {
+    pub(crate) fn new(nets: Vec<IpNet>) -> Self {
         TrustedProxies(nets)
     }
 
-    pub fn trusts(&self, ip: IpAddr) -> bool {
+    pub(crate) fn trusts(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         self.0.iter().any(|n| n.contains(&ip))
     }
 
     /// The client address: walking `X-Forwarded-For` from the right, the first hop that is
     /// not a trusted proxy, provided the peer itself is trusted; otherwise the peer.
-    pub fn client_ip<'a>(
+    pub(crate) fn client_ip<'a>(
         &self,
         peer: Option<IpAddr>,
         xff: impl Iterator<Item = &'a [u8]>,

@@ -36,7 +36,7 @@ mod claims;
 mod jwks;
 mod keys;
 
-pub use jwks::JwksRefresher;
+pub(crate) use jwks::JwksRefresher;
 
 use crate::config::file::JwtSection;
 use crate::config::fingerprint::{Carried, Fingerprint};
@@ -61,9 +61,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Longest token accepted; longer ones are refused before any decoding.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// Longest a verified token stays cached (and never past its `exp`).
-pub const CACHE_TTL_MAX: Duration = Duration::from_secs(60);
+pub(crate) const CACHE_TTL_MAX: Duration = Duration::from_secs(60);
 /// Most keys one token is tried against.
-pub const MAX_KEYS_TRIED: usize = 8;
+pub(crate) const MAX_KEYS_TRIED: usize = 8;
 
 /// Headers a claim may never set: framing, hop-by-hop, routing and credentials.
 const RESERVED_HEADERS: &[&str] = &[
@@ -101,16 +101,22 @@ pub enum JwtError {
     AlgorithmNotAllowed,
     /// No configured key can verify this token's algorithm and `kid`.
     UnknownKey,
+    /// No key verified the signature.
     BadSignature,
+    /// `exp` passed.
     Expired,
+    /// `nbf` not reached.
     NotYetValid,
+    /// `iss` is not the provider's issuer.
     WrongIssuer,
+    /// `aud` names none of the provider's audiences.
     WrongAudience,
     /// `exp`, or `iss`/`aud` when the provider checks them, is absent.
     MissingClaim,
 }
 
 impl JwtError {
+    /// The `reason` label of metrics and logs.
     pub fn reason(&self) -> &'static str {
         match self {
             JwtError::Malformed => "malformed_token",
@@ -158,6 +164,7 @@ struct CachedToken {
 
 /// A compiled JWT provider.
 pub struct JwtProvider {
+    /// The provider's name (`[auth.jwt.NAME]`).
     pub name: Arc<str>,
     /// One validation per accepted algorithm, built once.
     validations: Vec<(Algorithm, Validation)>,

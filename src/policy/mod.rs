@@ -26,17 +26,17 @@
 //! doc comment is the schema's description); one line in [`RoutePolicy::from_config`]; a
 //! row in `docs/configuration.md`.
 
-pub mod api_key;
-pub mod auth;
-pub mod body_size;
-pub mod cors;
-pub mod external;
+pub(crate) mod api_key;
+pub(crate) mod auth;
+pub(crate) mod body_size;
+pub(crate) mod cors;
+pub(crate) mod external;
 pub(crate) mod fleet;
-pub mod framing;
-pub mod ip;
-pub mod jwt;
-pub mod normalize;
-pub mod rate_limit;
+pub(crate) mod framing;
+pub(crate) mod ip;
+pub(crate) mod jwt;
+pub(crate) mod normalize;
+pub(crate) mod rate_limit;
 
 use crate::config::file::{AuthSection, ConfigFile, LimitsSection, RouteSection};
 use crate::config::{bounds, FromConfig, Problem};
@@ -109,7 +109,7 @@ pub(crate) struct PolicyContext<'a> {
 
 /// The policy of one route, compiled.
 #[derive(Default)]
-pub struct RoutePolicy {
+pub(crate) struct RoutePolicy {
     /// The checks on the request head, in the order they run.
     pub(crate) checks: Vec<Box<dyn RouteCheck>>,
     pub auth: auth::RouteAuth,
@@ -164,7 +164,7 @@ impl<'a> FromConfig<PolicyContext<'a>> for RoutePolicy {
 }
 
 /// Policy shared by every route, compiled from `[limits]`, `[auth]` and `[consumers]`.
-pub struct GatewayPolicy {
+pub(crate) struct GatewayPolicy {
     pub head: framing::HeadLimits,
     pub body_timeout: Duration,
     pub trusted_proxies: ip::TrustedProxies,
@@ -336,7 +336,7 @@ impl FromConfig<GatewayContext<'_>> for GatewayPolicy {
 impl GatewayPolicy {
     /// The normalization options for a request that arrived on `local` (the listener's
     /// address as the socket reports it).
-    pub fn normalize_for(&self, local: Option<SocketAddr>) -> normalize::Options {
+    pub(crate) fn normalize_for(&self, local: Option<SocketAddr>) -> normalize::Options {
         let mut opts = self.normalize;
         if let Some(local) = local {
             let listener = self.listener_underscores.iter().find(|(addr, _)| {

@@ -24,18 +24,18 @@ use std::borrow::Cow;
 use std::net::Ipv6Addr;
 
 /// What to do with request header names that contain `_` (`limits.underscore_headers`).
-pub use crate::config::file::UnderscoreHeaders as Underscores;
+pub(crate) use crate::config::file::UnderscoreHeaders as Underscores;
 
 /// Normalization settings, from `[limits]` and the listener.
 #[derive(Debug, Clone, Copy)]
-pub struct Options {
+pub(crate) struct Options {
     pub merge_slashes: bool,
     pub underscores: Underscores,
 }
 
 /// The outcome for a request that was admitted.
 #[derive(Debug, Default)]
-pub struct Normalized {
+pub(crate) struct Normalized {
     /// The request target as the client sent it, when the canonical one differs.
     pub received: Option<String>,
     /// The path carries `%2F` or `%5C`: only routes that opt in accept it.
@@ -324,7 +324,7 @@ pub fn canonical_host(host: &str) -> Result<Cow<'_, str>, &'static str> {
 
 /// Bring `req` to its canonical form in place, or say why it is refused. `api_key_header` is
 /// the configured API-key header, which may appear at most once.
-pub fn normalize(
+pub(crate) fn normalize(
     req: &mut RequestHeader,
     opts: Options,
     api_key_header: Option<&HeaderName>,

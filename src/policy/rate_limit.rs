@@ -41,7 +41,7 @@ const REDIS_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Who a request counts against.
 #[derive(Debug, Clone, Copy)]
-pub struct Subject<'a> {
+pub(crate) struct Subject<'a> {
     pub route: &'a str,
     pub consumer: Option<&'a str>,
     pub client_ip: Option<IpAddr>,
@@ -49,7 +49,7 @@ pub struct Subject<'a> {
 
 /// The outcome of a check: whether to admit, and the numbers of the most restrictive window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateDecision {
+pub(crate) struct RateDecision {
     pub allowed: bool,
     pub limit: u64,
     pub remaining: u64,
@@ -66,7 +66,7 @@ const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 impl RateDecision {
     /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`, and `Retry-After` when refused.
     /// An iterator, so that adding them to a response allocates no list of its own.
-    pub fn headers(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> {
+    pub(crate) fn headers(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> {
         let retry_after = (!self.allowed).then(|| {
             (
                 http::header::RETRY_AFTER,
@@ -85,7 +85,7 @@ impl RateDecision {
     /// The more restrictive of two decisions (refused beats admitted; then fewer remaining).
     /// The reason of a refusal: `rate_limited:LIMIT/WINDOW` (`rate_limited:5/10s`), or
     /// `rate_limit_store_unavailable` when Redis was down and `on_redis_error = "deny"`.
-    pub fn reason(&self) -> String {
+    pub(crate) fn reason(&self) -> String {
         match self.window {
             Some(w) => format!(
                 "rate_limited:{}/{}",
@@ -96,7 +96,7 @@ impl RateDecision {
         }
     }
 
-    pub fn tighter(self, other: RateDecision) -> RateDecision {
+    pub(crate) fn tighter(self, other: RateDecision) -> RateDecision {
         if self.allowed != other.allowed {
             return if self.allowed { other } else { self };
         }
@@ -306,7 +306,7 @@ struct Window {
 }
 
 /// The windows of one route or one consumer.
-pub struct RateLimits {
+pub(crate) struct RateLimits {
     scope: String,
     /// `{rl:SCOPE}`: the hash tag of the scope's `sync` keys.
     tag: Arc<str>,
@@ -439,7 +439,7 @@ impl RateLimits {
     }
 
     /// Count this request in every window; refused if any window is over its limit.
-    pub async fn check(&self, subject: &Subject<'_>) -> RateDecision {
+    pub(crate) async fn check(&self, subject: &Subject<'_>) -> RateDecision {
         if let Some(fleet) = &self.store.fleet {
             return self.check_sync(fleet, subject);
         }
@@ -528,7 +528,7 @@ impl RateLimits {
     }
 
     /// Count locally.
-    pub fn check_local(&self, subject: &Subject<'_>) -> RateDecision {
+    pub(crate) fn check_local(&self, subject: &Subject<'_>) -> RateDecision {
         let shard = {
             use std::hash::BuildHasher;
             // A fast fixed hash: the shard needs spreading, not resistance to attack (a
@@ -707,7 +707,8 @@ mod tests {
     fn limits(windows: &[(u64, u64, &str)]) -> RateLimits {
         let counter = StoreMetrics::detached();
         let mut p = Vec::new();
-        let store = build_store(&RateLimitBackendSection::default(), None, counter, &mut p).unwrap();
+        let store =
+            build_store(&RateLimitBackendSection::default(), None, counter, &mut p).unwrap();
         let sections: Vec<RateLimitSection> = windows
             .iter()
             .map(|(limit, secs, key)| RateLimitSection {
@@ -808,7 +809,8 @@ mod tests {
         };
         let counter = StoreMetrics::detached();
         let mut p = Vec::new();
-        let store = build_store(&RateLimitBackendSection::default(), None, counter, &mut p).unwrap();
+        let store =
+            build_store(&RateLimitBackendSection::default(), None, counter, &mut p).unwrap();
         let built = build(
             "routes[0].rate_limits",
             "r",

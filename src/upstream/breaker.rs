@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 /// `[upstreams.NAME.circuit_breaker]`, compiled.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BreakerSettings {
+pub(crate) struct BreakerSettings {
     pub failures: u32,
     pub cooldown: Duration,
     /// Whether 5xx responses count as failures.
@@ -19,14 +19,14 @@ pub struct BreakerSettings {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
+pub(crate) enum State {
     Closed = 0,
     Open = 1,
     HalfOpen = 2,
 }
 
 impl State {
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             State::Closed => "closed",
             State::Open => "open",
@@ -37,13 +37,13 @@ impl State {
 
 /// What a request's attempt on a target came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Success,
     Failure,
 }
 
 #[derive(Debug)]
-pub struct Breaker {
+pub(crate) struct Breaker {
     settings: BreakerSettings,
     state: AtomicU8,
     consecutive: AtomicU32,
@@ -54,12 +54,12 @@ pub struct Breaker {
 
 /// A permit to send one request; `probe` marks the half-open trial.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Permit {
+pub(crate) struct Permit {
     pub probe: bool,
 }
 
 impl Breaker {
-    pub fn new(settings: BreakerSettings) -> Self {
+    pub(crate) fn new(settings: BreakerSettings) -> Self {
         Breaker {
             settings,
             state: AtomicU8::new(State::Closed as u8),
@@ -69,7 +69,7 @@ impl Breaker {
         }
     }
 
-    pub fn state(&self) -> State {
+    pub(crate) fn state(&self) -> State {
         match self.state.load(Ordering::Acquire) {
             1 => State::Open,
             2 => State::HalfOpen,
@@ -83,7 +83,7 @@ impl Breaker {
 
     /// Whether a request may go to this target now. When the cooldown of an open breaker has
     /// passed, the first caller gets the single half-open probe.
-    pub fn try_acquire(&self) -> Option<Permit> {
+    pub(crate) fn try_acquire(&self) -> Option<Permit> {
         match self.state() {
             State::Closed => Some(Permit { probe: false }),
             State::HalfOpen => None,
@@ -107,7 +107,7 @@ impl Breaker {
     }
 
     /// Whether selection would accept the target, without taking the probe.
-    pub fn admits(&self) -> bool {
+    pub(crate) fn admits(&self) -> bool {
         match self.state() {
             State::Closed => true,
             State::HalfOpen => false,
@@ -119,7 +119,7 @@ impl Breaker {
     }
 
     /// Report an attempt's outcome; returns the state afterwards.
-    pub fn record(&self, outcome: Outcome, permit: Permit) -> State {
+    pub(crate) fn record(&self, outcome: Outcome, permit: Permit) -> State {
         match outcome {
             Outcome::Success => {
                 self.consecutive.store(0, Ordering::Release);
@@ -140,7 +140,7 @@ impl Breaker {
 
     /// Give back a probe permit that was never used (the request went elsewhere), so the
     /// next request can probe.
-    pub fn release(&self, permit: Permit) {
+    pub(crate) fn release(&self, permit: Permit) {
         if permit.probe {
             let _ = self.state.compare_exchange(
                 State::HalfOpen as u8,
@@ -151,7 +151,7 @@ impl Breaker {
         }
     }
 
-    pub fn counts_5xx(&self) -> bool {
+    pub(crate) fn counts_5xx(&self) -> bool {
         self.settings.on_5xx
     }
 }

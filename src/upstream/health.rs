@@ -12,7 +12,7 @@ use std::time::Duration;
 
 /// A compiled `[upstreams.NAME.health_check]`.
 #[derive(Debug, Clone)]
-pub struct HealthCheckSpec {
+pub(crate) struct HealthCheckSpec {
     pub kind: Kind,
     pub interval: Duration,
     pub timeout: Duration,
@@ -23,7 +23,7 @@ pub struct HealthCheckSpec {
 }
 
 #[derive(Debug, Clone)]
-pub enum Kind {
+pub(crate) enum Kind {
     Tcp,
     Grpc {
         service: String,

@@ -5,12 +5,12 @@
 //! [`select::Selector`]. The gateway asks a group for a target with [`UpstreamGroup::select`]
 //! and holds the returned [`InflightGuard`] for as long as the request uses that target.
 
-pub mod breaker;
-pub mod discovery;
-pub mod health;
-pub mod retry;
-pub mod select;
-pub mod target;
+pub(crate) mod breaker;
+pub(crate) mod discovery;
+pub(crate) mod health;
+pub(crate) mod retry;
+pub(crate) mod select;
+pub(crate) mod target;
 
 use crate::config::file::{
     BalancePolicy, CircuitBreakerSection, RetryBudgetSection, UpstreamSection, UpstreamTlsSection,
@@ -37,7 +37,7 @@ pub(crate) use crate::config::types::HashOn;
 
 /// State shared by every request that uses one target, attached to its `Backend`.
 #[derive(Debug)]
-pub struct TargetState {
+pub(crate) struct TargetState {
     pub addr: SocketAddr,
     /// `addr` as text, built once for logs and metric labels.
     pub label: Arc<str>,
@@ -54,7 +54,7 @@ pub struct TargetState {
 }
 
 impl TargetState {
-    pub fn new(addr: SocketAddr, breaker: Option<BreakerSettings>) -> Self {
+    pub(crate) fn new(addr: SocketAddr, breaker: Option<BreakerSettings>) -> Self {
         TargetState {
             addr,
             label: addr.to_string().into(),
@@ -69,11 +69,11 @@ impl TargetState {
         self.checked.store(true, Ordering::Relaxed);
     }
 
-    pub fn check_passed(&self) -> bool {
+    pub(crate) fn check_passed(&self) -> bool {
         self.checked.load(Ordering::Relaxed)
     }
 
-    pub fn priority(&self) -> u16 {
+    pub(crate) fn priority(&self) -> u16 {
         self.priority.load(Ordering::Relaxed)
     }
 
@@ -81,7 +81,7 @@ impl TargetState {
         self.priority.store(p, Ordering::Relaxed);
     }
 
-    pub fn inflight(&self) -> usize {
+    pub(crate) fn inflight(&self) -> usize {
         self.inflight.load(Ordering::Relaxed)
     }
 }
@@ -89,30 +89,30 @@ impl TargetState {
 /// One request's use of a target: counts it in flight until dropped, and carries the
 /// breaker permit whose outcome the gateway reports once.
 #[derive(Debug)]
-pub struct InflightGuard {
+pub(crate) struct InflightGuard {
     state: Arc<TargetState>,
     permit: Option<Permit>,
 }
 
 impl InflightGuard {
-    pub fn new(state: Arc<TargetState>, permit: Option<Permit>) -> Self {
+    pub(crate) fn new(state: Arc<TargetState>, permit: Option<Permit>) -> Self {
         state.inflight.fetch_add(1, Ordering::Relaxed);
         InflightGuard { state, permit }
     }
 
-    pub fn target(&self) -> &Arc<TargetState> {
+    pub(crate) fn target(&self) -> &Arc<TargetState> {
         &self.state
     }
 
     /// Report how the attempt went to the target's breaker (first report wins).
-    pub fn record(&mut self, outcome: Outcome) {
+    pub(crate) fn record(&mut self, outcome: Outcome) {
         if let (Some(permit), Some(b)) = (self.permit.take(), &self.state.breaker) {
             b.record(outcome, permit);
         }
     }
 
     /// Report an upstream response status: 5xx is a failure where the breaker counts it.
-    pub fn record_status(&mut self, status: u16) {
+    pub(crate) fn record_status(&mut self, status: u16) {
         let failed = status >= 500 && self.state.breaker.as_ref().is_some_and(|b| b.counts_5xx());
         self.record(if failed {
             Outcome::Failure
@@ -134,7 +134,7 @@ impl Drop for InflightGuard {
 /// Caps retries to a share of requests, so that retries cannot multiply load during an
 /// outage: per one-second window, `max(min_per_second, ratio * requests)`.
 #[derive(Debug)]
-pub struct RetryBudget {
+pub(crate) struct RetryBudget {
     ratio: f64,
     min_per_second: u64,
     epoch: Instant,
@@ -145,7 +145,7 @@ pub struct RetryBudget {
 }
 
 impl RetryBudget {
-    pub fn new(ratio: f64, min_per_second: u64) -> Self {
+    pub(crate) fn new(ratio: f64, min_per_second: u64) -> Self {
         RetryBudget {
             ratio,
             min_per_second,
@@ -170,13 +170,13 @@ impl RetryBudget {
         }
     }
 
-    pub fn note_request(&self) {
+    pub(crate) fn note_request(&self) {
         self.roll();
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Take one retry from the budget, if any is left.
-    pub fn try_retry(&self) -> bool {
+    pub(crate) fn try_retry(&self) -> bool {
         self.roll();
         let allowed = ((self.requests.load(Ordering::Relaxed) as f64) * self.ratio) as u64;
         let allowed = allowed.max(self.min_per_second);
@@ -318,7 +318,7 @@ impl FromConfig for UpstreamTls {
 
 impl UpstreamTls {
     /// Apply to a peer about to be connected.
-    pub fn configure(&self, peer: &mut pingora::upstreams::peer::HttpPeer, h2: bool) {
+    pub(crate) fn configure(&self, peer: &mut pingora::upstreams::peer::HttpPeer, h2: bool) {
         peer.options.verify_cert = self.verify;
         peer.options.verify_hostname = self.verify;
         peer.options.ca = self.ca.clone();
@@ -331,7 +331,7 @@ impl UpstreamTls {
 
 /// Health of one target as reported by `/health` and the metrics.
 #[derive(Debug, Clone)]
-pub struct TargetHealth {
+pub(crate) struct TargetHealth {
     pub target: Arc<TargetState>,
     pub weight: usize,
     pub healthy: bool,
@@ -775,7 +775,7 @@ impl UpstreamGroup {
     }
 
     /// A peer for one of this group's targets, with its TLS and protocol settings.
-    pub fn peer(&self, addr: SocketAddr) -> pingora::upstreams::peer::HttpPeer {
+    pub(crate) fn peer(&self, addr: SocketAddr) -> pingora::upstreams::peer::HttpPeer {
         let sni = self
             .tls
             .as_ref()
@@ -794,7 +794,7 @@ impl UpstreamGroup {
 
     /// Pick a healthy target, not in `exclude`, whose breaker admits a request. `key` feeds
     /// consistent hashing.
-    pub fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<InflightGuard> {
+    pub(crate) fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<InflightGuard> {
         let mut lost: Vec<SocketAddr> = Vec::new();
         let steps = if self.resolves_names {
             self.steps_now()
@@ -867,7 +867,7 @@ impl UpstreamGroup {
     }
 
     /// Every target with its current health.
-    pub fn health(&self) -> Vec<TargetHealth> {
+    pub(crate) fn health(&self) -> Vec<TargetHealth> {
         let backends = self.lb.backends();
         backends
             .get_backend()
@@ -885,7 +885,7 @@ impl UpstreamGroup {
     }
 
     /// The bytes a consistent-hash group hashes for a request.
-    pub fn hash_key<'a>(
+    pub(crate) fn hash_key<'a>(
         &self,
         req: &'a http::request::Parts,
         client_ip: Option<IpAddr>,
@@ -924,7 +924,11 @@ fn state_of(b: &Backend) -> Option<&Arc<TargetState>> {
 }
 
 /// Build the `Backend` for a target whose state already exists (kept across re-resolution).
-pub fn backend_with_state(addr: SocketAddr, weight: usize, state: Arc<TargetState>) -> Backend {
+pub(crate) fn backend_with_state(
+    addr: SocketAddr,
+    weight: usize,
+    state: Arc<TargetState>,
+) -> Backend {
     let mut b = Backend {
         addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr),
         weight,

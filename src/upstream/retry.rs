@@ -11,7 +11,7 @@ use pingora::{Error, ErrorType};
 
 /// What went wrong with one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// No connection (refused, unreachable, connect or TLS handshake timed out): the request
     /// never left the gateway.
     Connect,
@@ -29,7 +29,7 @@ pub enum Failure {
 
 impl Failure {
     /// How the access log names a retry made after this failure.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Failure::Connect => "connect",
             Failure::Timeout => "timeout",
@@ -41,7 +41,7 @@ impl Failure {
     }
 
     /// The failure an error after connecting stands for.
-    pub fn of(e: &Error) -> Failure {
+    pub(crate) fn of(e: &Error) -> Failure {
         use ErrorType::*;
         match e.etype() {
             ReadTimedout | WriteTimedout => Failure::Timeout,
@@ -55,12 +55,12 @@ impl Failure {
 
 /// The failures a route retries: a small set of [`Failure`]s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryOn(u8);
+pub(crate) struct RetryOn(u8);
 
 impl RetryOn {
-    pub const NONE: RetryOn = RetryOn(0);
+    pub(crate) const NONE: RetryOn = RetryOn(0);
     /// What a gRPC call is retried on: only failures that prove it was not processed.
-    pub const GRPC: RetryOn = RetryOn(1 | 16);
+    pub(crate) const GRPC: RetryOn = RetryOn(1 | 16);
     /// Only what never reached an upstream (the default `retry_on`).
     #[cfg(test)]
     const CONNECT: RetryOn = RetryOn(1);
@@ -77,7 +77,7 @@ impl RetryOn {
     }
 
     /// The set a route's `retry_on` lists.
-    pub fn of(list: &[RetryCondition]) -> RetryOn {
+    pub(crate) fn of(list: &[RetryCondition]) -> RetryOn {
         let mut on = RetryOn::NONE;
         for c in list {
             on.0 |= Self::bit(match c {
@@ -109,14 +109,14 @@ impl RetryOn {
         }
     }
 
-    pub fn covers(self, f: Failure) -> bool {
+    pub(crate) fn covers(self, f: Failure) -> bool {
         self.0 & Self::bit(f) != 0
     }
 }
 
 /// What is known about the request when an attempt failed.
 #[derive(Debug, Clone, Copy)]
-pub struct Attempt {
+pub(crate) struct Attempt {
     /// GET, HEAD, PUT, DELETE, OPTIONS, TRACE.
     pub idempotent: bool,
     /// The route retries non-idempotent requests that never left the gateway.
@@ -127,7 +127,7 @@ pub struct Attempt {
 
 /// Whether to try another target, and if not, why not (for the logs and metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     Retry,
     /// The route does not retry this failure.
     NotListed,
@@ -140,7 +140,7 @@ pub enum Decision {
 /// The rule: a listed failure is retried when sending the request again is safe. A request
 /// that never left the gateway is safe for idempotent methods and, with `retry_unsent`, for
 /// any; one that reached an upstream only for idempotent methods with a replayable body.
-pub fn decide(on: RetryOn, failure: Failure, attempt: Attempt) -> Decision {
+pub(crate) fn decide(on: RetryOn, failure: Failure, attempt: Attempt) -> Decision {
     if !on.covers(failure) {
         return Decision::NotListed;
     }

@@ -26,14 +26,14 @@ use std::sync::Arc;
 
 /// Which selection a group uses; the `Config` of [`Selector`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Policy {
+pub(crate) enum Policy {
     #[default]
     RoundRobin,
     LeastConnections,
     ConsistentHash,
 }
 
-pub enum Selector {
+pub(crate) enum Selector {
     RoundRobin(WeightedTable),
     LeastConnections(LeastConnections),
     ConsistentHash(Arc<KetamaHashing>),
@@ -75,7 +75,7 @@ impl BackendSelection for Selector {
 
 /// Weighted round robin: each target appears `weight` times, spread out evenly
 /// (nginx's smooth weighted sequence), read through one shared cursor.
-pub struct WeightedTable {
+pub(crate) struct WeightedTable {
     backends: Box<[Backend]>,
     sequence: Box<[u32]>,
     cursor: AtomicUsize,
@@ -123,7 +123,7 @@ impl WeightedTable {
 
 /// Least connections: targets ordered by in-flight requests divided by weight; ties are
 /// rotated so equal targets share the load.
-pub struct LeastConnections {
+pub(crate) struct LeastConnections {
     backends: Box<[Backend]>,
     rotate: AtomicUsize,
 }
@@ -151,7 +151,7 @@ impl LeastConnections {
     }
 }
 
-pub enum SelectorIter {
+pub(crate) enum SelectorIter {
     RoundRobin(Arc<Selector>),
     Ordered {
         order: Vec<u32>,

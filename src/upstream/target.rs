@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 /// A target as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TargetSpec {
+pub(crate) struct TargetSpec {
     pub host: String,
     pub port: u16,
     pub weight: usize,
@@ -14,7 +14,7 @@ pub struct TargetSpec {
 
 impl TargetSpec {
     /// Parse `IP:PORT`, `[IPv6]:PORT` or `NAME:PORT`.
-    pub fn parse(address: &str, weight: usize) -> Result<Self, String> {
+    pub(crate) fn parse(address: &str, weight: usize) -> Result<Self, String> {
         if let Ok(sa) = address.parse::<SocketAddr>() {
             return Ok(TargetSpec {
                 host: sa.ip().to_string(),
@@ -44,7 +44,7 @@ impl TargetSpec {
         })
     }
 
-    pub fn is_name(&self) -> bool {
+    pub(crate) fn is_name(&self) -> bool {
         self.host.parse::<IpAddr>().is_err()
     }
 }

@@ -14,7 +14,7 @@ fn read(path: &str) -> String {
 fn config_fields() -> Vec<(String, String)> {
     let src = read("src/config/file.rs");
     let structs = regex::Regex::new(r"(?s)pub struct (\w+) \{(.*?)\n\}").unwrap();
-    let field = regex::Regex::new(r"\n    pub (\w+):").unwrap();
+    let field = regex::Regex::new(r"\n    pub(?:\(crate\))? (\w+):").unwrap();
     structs
         .captures_iter(&src)
         .flat_map(|s| {

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tollgate::config::file::JwtSection;
 use tollgate::config::FromConfig;
-use tollgate::policy::jwt::{JwtError, JwtProvider, MAX_TOKEN_BYTES};
+use tollgate::internals::{JwtError, JwtProvider, MAX_TOKEN_BYTES};
 
 const SECRET: &str = "test-secret-0123456789abcdef0123456789";
 

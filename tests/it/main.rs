@@ -14,6 +14,15 @@
 //! cargo test --test it grpc::grpc_interop_cases_give_the_same_result_through_the_gateway -- --exact
 //! ```
 
+// Test code: helpers may panic on a broken fixture, and `pub` items of its modules are for
+// each other, not an API.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    missing_docs
+)]
+
 mod common;
 
 mod access;

@@ -309,7 +309,7 @@ impl SrvSource {
 }
 
 /// Addresses for `name` in hosts-file text (`IP name [aliases...]`, `#` comments).
-pub fn hosts_lookup(text: &str, name: &str) -> Vec<IpAddr> {
+pub(crate) fn hosts_lookup(text: &str, name: &str) -> Vec<IpAddr> {
     text.lines()
         .map(|l| l.split('#').next().unwrap_or(""))
         .filter_map(|l| {

@@ -17,7 +17,7 @@
 //! A new source is a file here, a `Source` variant (its arms in [`Discovery`]'s `discover`,
 //! `is_dynamic` and `etcd`, and a builder), and its config key.
 
-pub mod dns;
+pub(crate) mod dns;
 pub(crate) mod etcd;
 pub(crate) mod file;
 
@@ -51,7 +51,7 @@ enum Source {
 }
 
 /// The discovery of one upstream group.
-pub struct Discovery {
+pub(crate) struct Discovery {
     /// Where the targets come from.
     source: Source,
     /// The target list to resolve: as configured, the last good list of the targets file, or
@@ -125,7 +125,7 @@ pub(crate) struct SourceStatus {
 impl Discovery {
     /// The targets as configured (`static`, or `dns` when one is a name); the builders below
     /// put another source in their place.
-    pub fn new(
+    pub(crate) fn new(
         targets: Vec<TargetSpec>,
         hosts_file: Option<PathBuf>,
         breaker: Option<BreakerSettings>,
@@ -204,7 +204,7 @@ impl Discovery {
 
     /// Whether the target set can change while serving (names to re-resolve, a file, SRV,
     /// etcd).
-    pub fn is_dynamic(&self) -> bool {
+    pub(crate) fn is_dynamic(&self) -> bool {
         match &self.source {
             Source::Static => self.has_names(),
             Source::File(_) | Source::Srv(_) | Source::Etcd(_) => true,
@@ -235,7 +235,7 @@ impl Discovery {
     }
 
     /// Whether any target needs resolving (and so periodic re-resolution).
-    pub fn has_names(&self) -> bool {
+    pub(crate) fn has_names(&self) -> bool {
         lock(&self.targets).iter().any(TargetSpec::is_name)
     }
 }
