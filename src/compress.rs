@@ -3,6 +3,7 @@
 //! the route offers, the route's order breaking ties.
 //!
 //! The encoders are Pingora's (`pingora::protocols::http::compression`); the decision is made
+//! NOTE(pingora-0.9): pingora-core/src/protocols/http/compression/mod.rs picks the first coding.
 //! here because Pingora's module takes the first listed coding, ignores q-values and has a
 //! fixed size and type list. A response is left as it is when it is already encoded, is a
 //! range (`206` or `Content-Range`), says `Cache-Control: no-transform` (or the request does),

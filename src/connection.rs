@@ -1,6 +1,7 @@
 //! Client connections, below HTTP: caps on open connections (global and per IP), the exact
 //! open-connection gauge, and for HTTP/1 a total deadline and a size cap on each request head.
 //!
+//! NOTE(pingora-0.9): pingora-core/src/protocols/http/v1/server.rs `read_request` has no overall deadline.
 //! Pingora reads the request head before any proxy hook runs and only bounds each single read
 //! (a client sending one byte every few seconds can hold a connection for minutes). So the
 //! proxy's [`ServerApp`] is wrapped: every accepted stream is wrapped in a [`GuardedStream`]

@@ -219,6 +219,7 @@ fn forwarded_host(req: &RequestHeader) -> Result<Option<HeaderValue>> {
         .cloned())
 }
 
+/// NOTE(pingora-0.9): mirrors pingora-proxy/src/proxy_h1.rs, for requests that skip it.
 /// What Pingora's request sanitizer does before `upstream_request_filter`, for a request that
 /// does not pass through Pingora (`tollgate explain`): strip the hop-by-hop headers, those the
 /// `Connection` header names, and upgrade fields.

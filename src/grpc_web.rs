@@ -46,6 +46,7 @@ impl Bridge {
             Flavor::Grpc => return Ok(None),
             Flavor::Web => None,
             Flavor::WebText => {
+                // NOTE(pingora-0.9): pingora-core/src/modules/http/grpc_web.rs bridges `application/grpc-web` only.
                 // Pingora's bridge knows the binary flavor: hand it that, and decode here.
                 let ct = upstream
                     .headers

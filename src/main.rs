@@ -243,6 +243,7 @@ fn main() -> ExitCode {
         daemon: cli.daemon,
         upgrade: cli.upgrade,
     };
+    // NOTE(pingora-0.9): pingora-core/src/server/mod.rs writes `pid_file` only with `daemon`.
     // Pingora writes the pid file only when it daemonizes; `-s reload` needs it either way.
     let pid_file = (!cli.daemon).then(|| assembled.file.server.pid_file.clone());
     if let Some(path) = &pid_file {

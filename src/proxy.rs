@@ -32,6 +32,7 @@ pub(crate) struct Ctx {
 impl ProxyHttp for Proxy {
     type CTX = Ctx;
 
+    /// NOTE(pingora-0.9): pingora-proxy/src/proxy_trait.rs `init_downstream_modules` default.
     /// No downstream modules: Pingora's default is a disabled compression module, whose
     /// per-request context and filter calls cost CPU for nothing (routes compress
     /// themselves).
@@ -60,6 +61,7 @@ impl ProxyHttp for Proxy {
     /// Refuse, answer at the gateway, or go on to proxy: the policy chain. Written out
     /// instead of through `async_trait`, whose `Box::pin` copies the chain's whole future
     /// (several hundred bytes) into its box on every request; this builds it in the box.
+    /// NOTE(pingora-0.9): `box_in_place` is vendored pingora-proxy's (patches/README.md).
     fn request_filter<'life0, 'life1, 'life2, 'async_trait>(
         &'life0 self,
         session: &'life1 mut Session,

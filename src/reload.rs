@@ -115,6 +115,7 @@ impl Reloader {
         self.ready.clone()
     }
 
+    /// NOTE(pingora-0.9): pingora-core/src/server/mod.rs handles SIGQUIT, SIGTERM, SIGINT only.
     /// Turn `SIGHUP` into reloads, from a thread of its own (Pingora leaves `SIGHUP` alone,
     /// whose default action would end the process).
     pub(crate) fn listen_for_sighup(&self) -> std::io::Result<()> {

@@ -35,7 +35,8 @@ pub struct StartMode {
 /// naming its key, instead of a server that runs without listening. An address in use is
 /// tried a few times, as nginx does, in case a previous instance is still letting go of it.
 ///
-/// NOTE: Pingora retries a bind that finds the address in use for 30 s, then panics inside
+/// NOTE(pingora-0.9): pingora-core/src/listeners/l4.rs and services/listening.rs: Pingora
+/// retries a bind that finds the address in use for 30 s, then panics inside
 /// the service's task, and the process lives on without that listener (pingora-core 0.9,
 /// `listeners/l4.rs` `bind_tcp` and `services/listening.rs` `start_service`). Not needed
 /// with `-u`, where the sockets come from the running instance.
@@ -265,6 +266,7 @@ pub fn build_server(
     let listening = Listening::new(
         1 + usize::from(h2c_service) + usize::from(admin_address.is_some()) + demo.len(),
     );
+    // NOTE(pingora-0.9): pingora-core/src/apps/mod.rs reads `h2c` from the app's `HttpServerOptions`.
     // One service per kind of listener: Pingora reads `h2c` from the application, not from
     // the listener. The h2c one exists only when a listener asks for it.
     let app = |h2c: bool| {

@@ -27,6 +27,7 @@ use pingora::proxy::Session;
 use std::time::{Duration, SystemTime};
 use store::MemoryStore;
 
+/// NOTE(pingora-0.9): pingora-lru/src/lib.rs evicts from the longer of two random shards.
 /// Eviction shards. Pingora's sharded LRU evicts from the longer of two random shards, so
 /// with several shards a small cache can evict the entry it just admitted; one shard gives
 /// exact least-recently-used order behind one short lock per hit, like nginx's keys zone.

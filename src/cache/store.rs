@@ -1,5 +1,6 @@
 //! A bounded in-memory [`Storage`] for `pingora-cache`.
 //!
+//! NOTE(pingora-0.9): pingora-cache/src/memory.rs is for tests; this store replaces it.
 //! Pingora ships only `MemCache`, documented as for testing: it copies every body twice and
 //! does not count what it holds. This store keeps one `Bytes` per entry (a hit hands out a
 //! reference, never a copy), reports each entry's full weight (body, serialized meta and key)
@@ -342,6 +343,7 @@ struct Miss {
 #[async_trait::async_trait]
 impl HandleMiss for Miss {
     async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        // NOTE(pingora-0.9): pingora-proxy/src/proxy_cache.rs ends the response on a storage error.
         // Never fail here: an error would cut the client's response. Pingora's own
         // `max_file_size` does exactly that for bodies without a Content-Length.
         if self.oversize || self.body.len() + data.len() > self.limit {

@@ -234,6 +234,7 @@ const fn days(n: u64) -> Duration {
 pub(crate) const MAX_RETRIES: usize = 10;
 /// Largest weight of one target (the round-robin table holds a target `weight` times).
 pub(crate) const MAX_WEIGHT: usize = 1000;
+/// NOTE(pingora-0.9): pingora-core/src/protocols/http/v1/common.rs `MAX_HEADERS`.
 /// Most request headers Pingora's HTTP/1 parser accepts (`MAX_HEADERS` in pingora-core).
 pub(crate) const PINGORA_MAX_HEADERS: u64 = 256;
 
@@ -662,7 +663,10 @@ mod tests {
                 current = None;
                 continue;
             }
-            let (Some(strukt), Some(field)) = (current, line.strip_prefix("pub ")) else {
+            let field = line
+                .strip_prefix("pub(crate) ")
+                .or_else(|| line.strip_prefix("pub "));
+            let (Some(strukt), Some(field)) = (current, field) else {
                 continue;
             };
             let Some((name, ty)) = field.split_once(':') else {

@@ -247,6 +247,7 @@ impl Gateway {
         if self.draining.load(Ordering::Acquire) {
             session.set_keepalive(None);
         } else {
+            // NOTE(pingora-0.9): pingora-core/src/protocols/http/v1/server.rs `KeepaliveStatus::Infinite`.
             // Pingora keeps an idle HTTP/1.1 connection forever by default, or as long as the
             // client's own `Keep-Alive: timeout=` asks.
             session.set_keepalive(Some(self.policy.keepalive_secs));

@@ -372,6 +372,7 @@ impl Gateway {
         let Some(route) = ctx.route.as_ref() else {
             return Ok(());
         };
+        // NOTE(pingora-0.9): pingora-proxy/src/proxy_h2.rs reads an unmarked error as an upstream one.
         // Every refusal here is the client's doing, and marked so: Pingora's HTTP/2 upstream
         // path takes an unmarked error for a failed upstream write and waits for an answer
         // the upstream will never send (the body it expects stopped).

@@ -119,6 +119,7 @@ impl Gateway {
         let idempotent = session.req_header().method.is_idempotent();
         let truncated = session.as_ref().retry_buffer_truncated();
         // A pooled connection the upstream had already closed: no fault of the target, and
+        // NOTE(pingora-0.9): pingora-proxy/src/lib.rs retries `ReusedOnly` errors up to `max_retries`.
         // one retry for free. Only one: Pingora would retry every further pooled connection
         // the upstream closes (up to 16 attempts); after the first they count as resets
         // against the route's `retries` and the budget.

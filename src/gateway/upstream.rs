@@ -218,6 +218,7 @@ impl Gateway {
             return Error::e_explain(UNASKED_101, "101 on a request without Upgrade");
         }
         if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            // NOTE(pingora-0.9): pingora-proxy/src/proxy_h1.rs relays each 1xx with a fresh read timeout.
             // Pingora relays every 1xx and restarts the read timeout on each: bound both.
             ctx.upstream.informational += 1;
             if ctx.upstream.informational > self.policy.max_informational {

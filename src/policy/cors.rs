@@ -38,28 +38,39 @@ pub(crate) enum CorsOutcome {
 
 const VARY_ORIGIN: HeaderValue = HeaderValue::from_static("Origin");
 
-impl FromConfig<PolicyContext<'_>> for CorsPolicy {
+/// A route's CORS: the policy of its `[routes.cors]`, or none (then the step says so in
+/// `tollgate explain` and does nothing).
+pub(crate) struct RouteCors(Option<CorsPolicy>);
+
+impl FromConfig<PolicyContext<'_>> for RouteCors {
     type Section = RouteSection;
 
-    /// `[routes.cors]`, problems at the field under `at.cors`; `None` without the section.
+    /// `[routes.cors]`, problems at the field under `at.cors`.
     fn from_config(
         at: &str,
         r: &RouteSection,
         _cx: &PolicyContext<'_>,
         problems: &mut Vec<Problem>,
-    ) -> Option<CorsPolicy> {
-        Self::from_section(&format!("{at}.cors"), r.cors.as_ref()?, problems)
+    ) -> Option<RouteCors> {
+        match &r.cors {
+            None => Some(RouteCors(None)),
+            Some(c) => CorsPolicy::from_section(&format!("{at}.cors"), c, problems)
+                .map(|p| RouteCors(Some(p))),
+        }
     }
 }
 
-impl RouteCheck for CorsPolicy {
+impl RouteCheck for RouteCors {
     fn name(&self) -> &'static str {
         "cors"
     }
 
     /// Preflights carry no credentials, so they are answered before authentication.
     fn check(&self, asked: &Asked<'_>, headers: &mut Vec<(HeaderName, HeaderValue)>) -> Step {
-        match self.evaluate(&asked.req.method, &asked.req.headers) {
+        let Some(cors) = &self.0 else {
+            return Step::Next;
+        };
+        match cors.evaluate(&asked.req.method, &asked.req.headers) {
             Ok(CorsOutcome::Actual(h)) => {
                 headers.extend(h);
                 Step::Next
@@ -77,12 +88,15 @@ impl RouteCheck for CorsPolicy {
     /// allowed origin, with `Vary: Origin`: without them a browser app reads a 401 as a
     /// CORS failure and cannot send its user to log in.
     fn own_answer(&self, asked: &Asked<'_>, already: &mut Vec<(HeaderName, HeaderValue)>) {
+        let Some(cors) = &self.0 else {
+            return;
+        };
         let said = already
             .iter()
             .any(|(n, v)| n == header::VARY && v.as_bytes().eq_ignore_ascii_case(b"origin"));
         // A preflight (answered or refused) needs nothing more.
         if !said {
-            if let Ok(CorsOutcome::Actual(h)) = self.evaluate(&asked.req.method, &asked.req.headers)
+            if let Ok(CorsOutcome::Actual(h)) = cors.evaluate(&asked.req.method, &asked.req.headers)
             {
                 already.extend(h);
             }
@@ -90,6 +104,9 @@ impl RouteCheck for CorsPolicy {
     }
 
     fn explain(&self, asked: &Asked<'_>, decided: &Step) -> String {
+        if self.0.is_none() {
+            return "no CORS policy".into();
+        }
         match decided {
             Step::Answer { .. } => "a preflight: answered 204 by the gateway".into(),
             Step::Reject(r) => format!("{} {}", r.status.as_u16(), r.message),

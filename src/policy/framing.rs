@@ -16,6 +16,7 @@ pub(crate) struct HeadLimits {
 
 /// Whether a raw HTTP/1 head has a `Content-Length` field line.
 ///
+/// NOTE(pingora-0.9): pingora-core/src/protocols/http/v1/server.rs drops it while parsing.
 /// Pingora drops `Content-Length` from the parsed head when `Transfer-Encoding` is also
 /// present, so the conflict is only visible in the bytes the client sent.
 pub(crate) fn raw_has_content_length(raw_head: &[u8]) -> bool {

@@ -147,7 +147,7 @@ impl<'a> FromConfig<PolicyContext<'a>> for RoutePolicy {
         // The route's checks, in the order they run.
         let mut checks = Vec::new();
         add::<ip::RouteIp>(&mut checks, at, r, cx, problems);
-        add::<cors::CorsPolicy>(&mut checks, at, r, cx, problems);
+        add::<cors::RouteCors>(&mut checks, at, r, cx, problems);
         let body = body_size::BodySize::from_config(at, r, cx, problems);
         let max_body = body.as_ref().map_or(cx.default_max_body, |b| b.max);
         checks.extend(body.map(|b| Box::new(b) as Box<dyn RouteCheck>));

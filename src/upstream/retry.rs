@@ -4,6 +4,7 @@
 //! about hooks or sockets.
 //!
 //! A pooled connection that the upstream had already closed is not a failure of the target:
+//! NOTE(pingora-0.9): pingora-proxy/src/lib.rs retries by `Error::retry`, up to `max_retries`.
 //! Pingora retries those by its own rule, whatever `retry_on` says.
 
 use crate::config::file::RetryCondition;

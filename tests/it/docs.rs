@@ -181,3 +181,61 @@ fn the_readme_flow_table_names_existing_modules() {
     }
     assert!(named > 10, "{named} modules named");
 }
+
+/// Every `src/...` path `docs/design.md` names exists, so the map of the house cannot drift
+/// from the house.
+#[test]
+fn the_design_doc_names_existing_files() {
+    let doc = read("docs/design.md");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let paths: Vec<&str> = regex::Regex::new(r"\bsrc/[A-Za-z0-9_/]+(?:\.rs|/)")
+        .unwrap()
+        .find_iter(&doc)
+        .map(|m| m.as_str())
+        .collect();
+    assert!(paths.len() > 20, "only {} paths found", paths.len());
+    let missing: Vec<&&str> = paths.iter().filter(|p| !root.join(p).exists()).collect();
+    assert!(
+        missing.is_empty(),
+        "docs/design.md names missing files: {missing:?}"
+    );
+}
+
+/// Every note about Pingora in `src/` has the one greppable form an upgrade looks for:
+/// `NOTE(pingora-0.9): <the Pingora file, issue or patch it is about>`.
+#[test]
+fn every_pingora_note_names_its_source() {
+    let mut notes = 0;
+    let mut bad = Vec::new();
+    let mut stack = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for (i, line) in text.lines().enumerate() {
+                let Some(at) = line.find("NOTE") else {
+                    continue;
+                };
+                let note = &line[at..];
+                let sourced = note
+                    .strip_prefix("NOTE(pingora-0.9): ")
+                    .is_some_and(|rest| {
+                        ["pingora-", "issues/", "patches/", "box_in_place"]
+                            .iter()
+                            .any(|s| rest.contains(s))
+                    });
+                if sourced {
+                    notes += 1;
+                } else {
+                    bad.push(format!("{}:{}: {}", path.display(), i + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(notes >= 20, "only {notes} tagged notes");
+    assert!(bad.is_empty(), "untagged or unsourced notes: {bad:#?}");
+}
