@@ -740,12 +740,13 @@ impl std::fmt::Display for Explanation {
             )?,
         }
         writeln!(f, "\nsteps:")?;
+        // As wide as the longest step name: a route check names its own step.
+        let width = self.steps.iter().map(|s| s.step.as_str().len()).max().unwrap_or(0);
         for s in &self.steps {
-            let step = serde_json::to_value(s.step).unwrap_or_default();
             writeln!(
                 f,
-                "  {:<11} {:<9} {}",
-                step.as_str().unwrap_or(""),
+                "  {:<width$} {:<9} {}",
+                s.step.as_str(),
                 s.result,
                 s.detail
             )?;
