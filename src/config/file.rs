@@ -717,6 +717,10 @@ pub struct RouteSection {
     /// Overrides `limits.max_body_size` for this route.
     #[serde(default)]
     pub(crate) max_body_size: Option<HumanSize>,
+    /// Media types a request body may have (`"application/json"`, `"text/*"`); a body of
+    /// another type, or without `Content-Type`, is refused with 415. Empty: any.
+    #[serde(default)]
+    pub(crate) allow_content_types: Vec<String>,
     /// Edits to the request sent upstream.
     #[serde(default)]
     pub(crate) request_headers: HeaderEditsSection,

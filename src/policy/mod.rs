@@ -10,7 +10,8 @@
 //! 5. the route's checks ([`RouteCheck`]), in the order [`RoutePolicy::from_config`]
 //!    registers them: [`ip`] (the route's allow/deny lists, 403), [`cors`] (preflights
 //!    answered at the gateway), [`body_size`] (`Content-Length` over `max_body_size`, 413;
-//!    chunked bodies are counted while streaming);
+//!    chunked bodies are counted while streaming), [`content_type`] (a body of a media type
+//!    the route does not take, 415);
 //! 6. [`auth`]: authentication ([`jwt`], [`api_key`], forward auth and introspection in
 //!    [`external`]) and role authorization (401/403);
 //! 7. [`rate_limit`]: every window of the route and of the consumer (429).
@@ -29,6 +30,7 @@
 pub(crate) mod api_key;
 pub(crate) mod auth;
 pub(crate) mod body_size;
+pub(crate) mod content_type;
 pub(crate) mod cors;
 pub(crate) mod external;
 pub(crate) mod fleet;
@@ -151,6 +153,7 @@ impl<'a> FromConfig<PolicyContext<'a>> for RoutePolicy {
         let body = body_size::BodySize::from_config(at, r, cx, problems);
         let max_body = body.as_ref().map_or(cx.default_max_body, |b| b.max);
         checks.extend(body.map(|b| Box::new(b) as Box<dyn RouteCheck>));
+        add::<content_type::ContentTypes>(&mut checks, at, r, cx, problems);
 
         let auth = auth::RouteAuth::from_config(at, r, cx, problems);
         let rate_limits = rate_limit::RateLimits::from_config(at, r, cx, problems);
