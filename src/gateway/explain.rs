@@ -741,7 +741,12 @@ impl std::fmt::Display for Explanation {
         }
         writeln!(f, "\nsteps:")?;
         // As wide as the longest step name: a route check names its own step.
-        let width = self.steps.iter().map(|s| s.step.as_str().len()).max().unwrap_or(0);
+        let width = self
+            .steps
+            .iter()
+            .map(|s| s.step.as_str().len())
+            .max()
+            .unwrap_or(0);
         for s in &self.steps {
             writeln!(
                 f,
