@@ -39,6 +39,7 @@ pub(crate) mod ip;
 pub(crate) mod jwt;
 pub(crate) mod normalize;
 pub(crate) mod rate_limit;
+pub(crate) mod window_counts;
 
 use crate::config::file::{AuthSection, ConfigFile, LimitsSection, RouteSection};
 use crate::config::{bounds, FromConfig, Problem};

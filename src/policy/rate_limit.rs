@@ -1,13 +1,15 @@
-//! Rate limiting: fixed windows per key, counted locally with `pingora_limits` count-min
-//! estimates, or shared by a fleet through Redis.
+//! Rate limiting: fixed windows per key, counted locally (exactly per key, see
+//! [`super::window_counts`]), or shared by a fleet through Redis.
 //!
 //! Semantics: a request is counted in every window of its route (or consumer) and admitted
 //! only if no window is then over its limit; a refused request is taken back out of every
 //! window it was counted in, so a burst refused by a 10/s window does not eat a 1000/h
-//! budget. Count-min estimates only ever over-count, so no window admits more than `limit`.
+//! budget. No window admits more than `limit`: counts are exact, and estimated (over, never
+//! under) only past a window's bound on distinct keys.
 //!
-//! Memory: one estimator per distinct window length, each 2 slots x 4 hashes x 4096 counters
-//! (256 KiB), shared by every route and consumer.
+//! Memory: each window of each route and consumer has its own counts, a table entry (about
+//! 17 bytes) per key seen in the current window, at most `MAX_EXACT_KEYS` keys, emptied when
+//! the window turns.
 //!
 //! Redis: one atomic Lua script per check counts all windows of one subject; window keys are
 //! aligned to the epoch (`tollgate:{SUBJECT}:wMS:INDEX`), share a `{hash tag}` so the script
@@ -19,6 +21,7 @@
 //! with the fleet's totals in Redis every `sync_interval`, with no Redis call per request.
 
 use super::fleet::{self, Fleet, FleetMetrics};
+use super::window_counts::{key_of, WindowCounts};
 use crate::config::file::{
     RateLimitBackend, RateLimitBackendSection, RateLimitSection, RedisFailurePolicy,
 };
@@ -26,7 +29,6 @@ use crate::config::fingerprint::{carry, Carried, Fingerprint, Reloaded};
 use crate::config::types::RateKey;
 use crate::config::{bounds, FromConfig, Problem};
 use http::{HeaderName, HeaderValue};
-use pingora_limits::rate::Rate;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
@@ -34,8 +36,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const HASHES: usize = 4;
-const SLOTS: usize = 4096;
 /// How long Redis is skipped after a failure.
 const REDIS_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -146,8 +146,9 @@ impl StoreMetrics {
 
 /// Where counters live: this process, or Redis with a failure policy. One per gateway.
 pub struct RateLimitStore {
-    /// One estimator per window length.
-    rates: Mutex<HashMap<Duration, Arc<Rate>>>,
+    /// The counts of each window, by its salt: a reload keeps an unchanged window's counts.
+    /// Weak: the windows of the generations that use them hold them.
+    counts: Mutex<HashMap<u64, std::sync::Weak<WindowCounts>>>,
     redis: Option<RedisStore>,
     fleet: Option<Arc<Fleet>>,
     /// Redis calls that failed or timed out (`rate_limit_redis_errors_total`).
@@ -264,12 +265,12 @@ impl FromConfig<Reloaded<'_, Arc<RateLimitStore>, StoreMetrics>> for Arc<RateLim
             ),
             _ => (None, None),
         };
-        let rates = previous.map_or_else(HashMap::new, |p| {
-            p.rates.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let counts = previous.map_or_else(HashMap::new, |p| {
+            p.counts.lock().unwrap_or_else(|e| e.into_inner()).clone()
         });
         (problems.len() == before).then(|| {
             Arc::new(RateLimitStore {
-                rates: Mutex::new(rates),
+                counts: Mutex::new(counts),
                 redis,
                 fleet,
                 redis_errors: metrics.redis_errors.clone(),
@@ -285,12 +286,17 @@ impl RateLimitStore {
         self.fleet.as_ref()
     }
 
-    fn rate(&self, window: Duration) -> Arc<Rate> {
-        let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
-        rates
-            .entry(window)
-            .or_insert_with(|| Arc::new(Rate::new_with_estimator_config(window, HASHES, SLOTS)))
-            .clone()
+    /// The counts of the window `salt` names: the running generation's when it has that
+    /// window, else new ones. Windows no generation holds any more are forgotten here.
+    fn counts(&self, salt: u64, window: Duration) -> Arc<WindowCounts> {
+        let mut all = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(kept) = all.get(&salt).and_then(std::sync::Weak::upgrade) {
+            return kept;
+        }
+        all.retain(|_, w| w.strong_count() > 0);
+        let made = Arc::new(WindowCounts::new(window));
+        all.insert(salt, Arc::downgrade(&made));
+        made
     }
 }
 
@@ -298,8 +304,8 @@ struct Window {
     limit: u64,
     window: Duration,
     key: RateKey,
-    rate: Arc<Rate>,
-    /// Distinguishes windows of different scopes sharing one estimator.
+    counts: Arc<WindowCounts>,
+    /// Names the window: its scope, limit, length and key.
     salt: u64,
     /// `w{ms}l{limit}k{ip,consumer,route}`: the window's part of its `sync` Redis key.
     sync_name: String,
@@ -392,12 +398,13 @@ impl FromConfig<Scope<'_>> for RateLimits {
                 .filter(|(on, _)| *on)
                 .map(|(_, c)| *c)
                 .collect();
+            let salt = h.finish();
             windows.push(Window {
                 limit: *limit,
                 window: window.0,
                 key: *key,
-                rate: store.rate(window.0),
-                salt: h.finish(),
+                counts: store.counts(salt, window.0),
+                salt,
                 sync_name: format!("w{}l{limit}k{kinds}", window.0.as_millis()),
             });
         }
@@ -518,13 +525,9 @@ impl RateLimits {
         }
     }
 
-    fn local_key<'a>(
-        &self,
-        w: &Window,
-        subject: &Subject<'a>,
-    ) -> (u64, Option<IpAddr>, Option<&'a str>) {
+    fn local_key(&self, w: &Window, subject: &Subject<'_>) -> u64 {
         let (ip, consumer) = key_parts(&w.key, subject);
-        (w.salt, ip, consumer)
+        key_of((w.salt, ip, consumer))
     }
 
     /// Count locally.
@@ -540,27 +543,28 @@ impl RateLimits {
         let _one_at_a_time = self.shards[shard].lock().unwrap_or_else(|p| p.into_inner());
         let mut counts = Vec::with_capacity(self.windows.len());
         let mut over = None;
+        let mut keys = [0u64; 8];
         for (i, w) in self.windows.iter().enumerate() {
             let key = self.local_key(w, subject);
-            let count = w.rate.observe(&key, 1).max(0) as u64;
+            if let Some(k) = keys.get_mut(i) {
+                *k = key;
+            }
+            let count = w.counts.observe(key, 1);
             counts.push(count);
             if over.is_none() && count > w.limit {
                 over = Some(i);
             }
         }
         if over.is_some() {
-            for w in &self.windows {
-                w.rate.observe(&self.local_key(w, subject), -1);
+            for (i, w) in self.windows.iter().enumerate() {
+                let key = keys
+                    .get(i)
+                    .copied()
+                    .unwrap_or_else(|| self.local_key(w, subject));
+                w.counts.observe(key, -1);
             }
         }
-        let reset = |w: &Window| {
-            // Only the window's elapsed fraction is read, which no key changes: `()` costs
-            // the estimator's rows no hashing of the subject (eight hashes per request).
-            let fraction = w.rate.rate_with(&(), |c| c.current_interval_fraction);
-            let left = w.window.as_secs_f64() * (1.0 - fraction.clamp(0.0, 1.0));
-            left.ceil().max(1.0) as u64
-        };
-        self.decide(&counts, over, reset)
+        self.decide(&counts, over, |w: &Window| w.counts.reset_secs())
     }
 
     fn decide(
@@ -757,7 +761,7 @@ mod tests {
         assert_eq!(admitted, 2);
         // The hour window counted only the two admitted requests.
         let hour = &l.windows[1];
-        assert_eq!(hour.rate.observe(&l.local_key(hour, &s), 0), 2);
+        assert_eq!(hour.counts.observe(l.local_key(hour, &s), 0), 2);
     }
 
     #[test]

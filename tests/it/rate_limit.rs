@@ -190,3 +190,59 @@ fn two_gateways_share_one_redis_and_follow_the_failure_policy() {
         .unwrap();
     assert!(metric(&metrics, "tollgate_rate_limit_redis_errors_total", &[]).unwrap() >= 1.0);
 }
+
+/// Issue 35, measurement 1: once a window had seen 40,000 other clients (one request each),
+/// a fresh client of a 100-per-window limit was admitted only 92-93 times: the local limiter
+/// counted every key of every route in one count-min sketch of 4 x 4,096 cells, which
+/// over-counted each key by the others' traffic. Counts are exact per key now.
+#[test]
+fn a_fresh_client_got_false_429s_once_the_window_had_seen_40000_clients() {
+    let gw = Gateway::start(
+        r#"
+[limits]
+trusted_proxies = ["127.0.0.1/32"]
+[[routes]]
+name = "limited"
+path_prefix = "/"
+rate_limits = [{ limit = 100, window = "1h", key = "ip" }]
+[routes.respond]
+body = "ok"
+"#,
+    );
+    let url = gw.url("/x");
+    let others: Vec<std::thread::JoinHandle<usize>> = (0..4u32)
+        .map(|t| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let c = client();
+                (0..10_000u32)
+                    .filter(|i| {
+                        let n = t * 10_000 + i;
+                        let ip = format!("10.{}.{}.{}", n >> 16, (n >> 8) & 255, n & 255);
+                        let r = c.get(&url).header("X-Forwarded-For", ip).send().unwrap();
+                        r.status() == 200
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let admitted_others: usize = others.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(
+        admitted_others, 40_000,
+        "each other client sent one request"
+    );
+    let c = client();
+    let fresh = (0..101)
+        .map(|_| {
+            c.get(&url)
+                .header("X-Forwarded-For", "192.0.2.77")
+                .send()
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+        .collect::<Vec<_>>();
+    let admitted = fresh.iter().filter(|s| **s == 200).count();
+    assert_eq!(admitted, 100, "a fresh client gets its whole limit");
+    assert_eq!(fresh[100], 429);
+}
