@@ -213,11 +213,16 @@ pub(crate) fn evaluate(resp: &ResponseHeader, rules: &Rules<'_>, now: SystemTime
             None => return DontStore("stale on arrival"),
         }
     };
+    // RFC 9111 §4.2.4: no stale answer where the origin forbids one (`no-cache`,
+    // `must-revalidate`, `proxy-revalidate`, or `s-maxage`, which implies `proxy-revalidate`
+    // for a shared cache, §5.2.2.10): `Some(0)` so the route's defaults do not apply either.
+    let stale_forbidden = cc.no_cache || cc.must_revalidate || cc.s_maxage.is_some();
+    let stale = |origin: Option<u64>| if stale_forbidden { Some(0) } else { origin };
     Verdict::Store {
         fresh_until,
         created,
-        stale_while_revalidate: cc.stale_while_revalidate,
-        stale_if_error: cc.stale_if_error,
+        stale_while_revalidate: stale(cc.stale_while_revalidate),
+        stale_if_error: stale(cc.stale_if_error),
     }
 }
 

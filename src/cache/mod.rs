@@ -748,6 +748,48 @@ mod tests {
         assert!(Purge::from_query("bogus=1&path=/a").is_err());
     }
 
+    /// Issue 35: a route's default `stale_while_revalidate` / `stale_if_error` applied
+    /// whenever the response named no stale directive, also when the origin forbade stale
+    /// answers (RFC 9111 §4.2.4). One case per directive that forbids them.
+    #[test]
+    fn route_stale_defaults_overrode_the_origins_revalidation_directives() {
+        let rc = RouteCache {
+            ttl: Some(Duration::from_secs(60)),
+            authenticated: Sharing::Bypass,
+            stale_while_revalidate: Duration::from_secs(30),
+            stale_if_error: Duration::from_secs(300),
+        };
+        let stale_of = |cache_control: &str| {
+            let mut resp = ResponseHeader::build(200, None).unwrap();
+            resp.insert_header("cache-control", cache_control).unwrap();
+            match rc.response_meta(&resp, 1 << 20, false, &[]) {
+                RespCacheable::Cacheable(meta) => {
+                    (meta.stale_while_revalidate_sec(), meta.stale_if_error_sec())
+                }
+                RespCacheable::Uncacheable(why) => panic!("{cache_control}: {why:?}"),
+            }
+        };
+        assert_eq!(
+            stale_of("max-age=60"),
+            (30, 300),
+            "the route's defaults apply"
+        );
+        assert_eq!(
+            stale_of("max-age=60, stale-if-error=5"),
+            (30, 5),
+            "the origin's own directive wins"
+        );
+        for forbids in [
+            "max-age=60, must-revalidate",
+            "max-age=60, proxy-revalidate",
+            "s-maxage=60",
+            "max-age=60, no-cache",
+            "max-age=60, must-revalidate, stale-while-revalidate=10, stale-if-error=10",
+        ] {
+            assert_eq!(stale_of(forbids), (0, 0), "{forbids}");
+        }
+    }
+
     #[test]
     fn lookup_respects_sharing() {
         let mut rc = RouteCache {
