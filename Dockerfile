@@ -17,12 +17,12 @@ RUN apt-get update \
 WORKDIR /src
 COPY . .
 # BuildKit caches keep the crates and the target directory between builds, so the binary is
-# copied out of the cache in the same step. --strip-debug drops the release profile's line
+# copied out of the cache in the same step. --strip-debug drops the dist profile's line
 # tables (debug = 1) and keeps the symbols, so backtraces still name functions.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin tollgate \
- && objcopy --strip-debug target/release/tollgate /tollgate
+    cargo build --profile dist --locked --bin tollgate \
+ && objcopy --strip-debug target/dist/tollgate /tollgate
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 LABEL org.opencontainers.image.title="tollgate" \

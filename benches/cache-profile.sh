@@ -15,7 +15,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 perf=${PERF_DIR:-$root/../shared/perf}
-bin=${TOLLGATE_BIN:-$root/target/release/tollgate}
+bin=${TOLLGATE_BIN:-$root/target/dist/tollgate}
 export N=${N:-10000}
 export PROXIES=${PROXIES:-"haproxy-gw tggw pingora tgplain"}
 export RUN_DIR=${RUN_DIR:-$(mktemp -d /tmp/cache-profile.XXXXXX)}

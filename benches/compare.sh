@@ -15,9 +15,9 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 perf=${PERF_DIR:-$root/../shared/perf}
-export TOLLGATE_BIN=${TOLLGATE_BIN:-$root/target/release/tollgate}
+export TOLLGATE_BIN=${TOLLGATE_BIN:-$root/target/dist/tollgate}
 if [ ! -x "$TOLLGATE_BIN" ]; then
-  (cd "$root" && cargo build --release --locked)
+  (cd "$root" && cargo build --profile dist --locked)
 fi
 command -v envsubst >/dev/null || { echo "compare: envsubst missing (apt-get install gettext-base)" >&2; exit 2; }
 export PROXY_CMD_tollgate="$root/benches/run-tollgate.sh plain"

@@ -16,12 +16,12 @@ DURATION=${DURATION:-10} CONNS=${CONNS:-32} LIMIT_FLEET=${LIMIT_FLEET:-20000}
 export WORKERS=${WORKERS:-1}
 build=${BUILD_TARGET:-/tmp/perf-target}
 fastback=${FASTBACK_BIN:-$build/release/fastback}
-tollgate=${TOLLGATE_BIN:-$root/target/release/tollgate}
+tollgate=${TOLLGATE_BIN:-$root/target/dist/tollgate}
 for t in wrk redis-server redis-cli envsubst curl python3; do
   command -v $t >/dev/null || { echo "fleet-compare: missing $t" >&2; exit 2; }
 done
 [ -x "$fastback" ] || CARGO_TARGET_DIR=$build cargo build --release -q --manifest-path "$perf/fastback/Cargo.toml"
-[ -x "$tollgate" ] || (cd "$root" && cargo build --release --locked)
+[ -x "$tollgate" ] || (cd "$root" && cargo build --profile dist --locked)
 
 export RUN_DIR=$(mktemp -d /tmp/fleet-compare.XXXXXX)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

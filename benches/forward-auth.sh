@@ -3,7 +3,7 @@
 # request) and cached, next to local JWT verification (verification cache off and on) and no
 # auth at all, from one run of one gateway.
 #
-#   cargo build --release && benches/forward-auth.sh            # TOLLGATE_BIN to use another
+#   cargo build --profile dist && benches/forward-auth.sh            # TOLLGATE_BIN to use another
 #   N=20000 C=16 benches/forward-auth.sh
 #
 # A second Tollgate instance is both the auth service (`/verify` answers 200 with the
@@ -14,7 +14,7 @@
 # worker thread, so the figures compare scenarios, not machines.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-bin=${TOLLGATE_BIN:-$here/../target/release/tollgate}
+bin=${TOLLGATE_BIN:-$here/../target/dist/tollgate}
 n=${N:-20000}
 c=${C:-16}
 command -v h2load >/dev/null || { echo "h2load missing: apt-get install nghttp2-client" >&2; exit 1; }

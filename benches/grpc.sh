@@ -6,7 +6,7 @@
 #      -> Bookstore/GetBook -> JSON) next to a plain proxied JSON call of the same size
 #      (to a second Tollgate answering that JSON body).
 #
-#   CARGO_TARGET_DIR=/work/target-rel cargo build --release -p tollgate -p tollgate-grpc-fixtures --bins
+#   cargo build --profile dist -p tollgate -p tollgate-grpc-fixtures --bins
 #   TOLLGATE_BIN=.../tollgate GRPC_SERVER_BIN=.../grpc-fixture-server benches/grpc.sh
 #   N=20000 C=8 M=16 benches/grpc.sh
 #
@@ -16,8 +16,8 @@
 # gateway runs one worker thread, so figures compare paths, not machines.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-bin=${TOLLGATE_BIN:-$here/../target/release/tollgate}
-server_bin=${GRPC_SERVER_BIN:-$here/../target/release/grpc-fixture-server}
+bin=${TOLLGATE_BIN:-$here/../target/dist/tollgate}
+server_bin=${GRPC_SERVER_BIN:-$here/../target/dist/grpc-fixture-server}
 n=${N:-20000}
 c=${C:-8}
 m=${M:-16}

@@ -8,7 +8,7 @@
 #                                    defaults to the release build)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-bin=${TOLLGATE_BIN:-$root/target/release/tollgate}
+bin=${TOLLGATE_BIN:-$root/target/dist/tollgate}
 n=${N:-1000}
 idle=${IDLE:-60}
 header_timeout=${HEADER_TIMEOUT:-2}
@@ -18,7 +18,7 @@ pid=""
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$run"; }
 trap cleanup EXIT
 ulimit -n $((n * 2 + 256))
-[ -x "$bin" ] || (cd "$root" && cargo build --release --locked)
+[ -x "$bin" ] || (cd "$root" && cargo build --profile dist --locked)
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
   -subj "/CN=bench.test" -addext "subjectAltName=DNS:bench.test" \

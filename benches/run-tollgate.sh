@@ -7,7 +7,7 @@
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 mode=${1:-plain}
-bin=${TOLLGATE_BIN:-$here/../target/release/tollgate}
+bin=${TOLLGATE_BIN:-$here/../target/dist/tollgate}
 export BENCH_CONF="$here/conf" CACHE_ENTRIES=10000 SAMPLE_RATIO=${SAMPLE_RATIO:-1.0}
 template=$mode
 case "$mode" in

@@ -15,7 +15,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 perf=${PERF_DIR:-$root/../shared/perf}
-bin=${TOLLGATE_BIN:-$root/target/release/tollgate}
+bin=${TOLLGATE_BIN:-$root/target/dist/tollgate}
 fastback=${FASTBACK_BIN:-/tmp/perf-target/release/fastback}
 duration=${DURATION:-8}
 run=${RUN_DIR:-$(mktemp -d)}
@@ -33,7 +33,7 @@ cleanup() {
 }
 trap cleanup EXIT
 [ -x "$fastback" ] || CARGO_TARGET_DIR=/tmp/perf-target cargo build --release -q --manifest-path "$perf/fastback/Cargo.toml"
-[ -x "$bin" ] || (cd "$root" && cargo build --release --locked)
+[ -x "$bin" ] || (cd "$root" && cargo build --profile dist --locked)
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
   -subj "/CN=bench.test" -addext "subjectAltName=DNS:bench.test" \
