@@ -11,7 +11,9 @@
 //!   (`SET NX PX lock_timeout`) and fetches; the others, on any instance, poll Redis for the
 //!   entry until the lock is gone or `lock_timeout` passes, then serve it (or fetch
 //!   themselves). A fetch that ends uncacheable or fails releases the lock when its
-//!   request ends.
+//!   request ends. The lock holds a token per fetch and is deleted only while it still holds
+//!   the releasing fetch's own (one script), so a fetch that outlived `lock_timeout` cannot
+//!   delete the lock another fetch took since.
 //! - Purges on any instance's admin listener are published (`PUBLISH PREFIXpurge`); every
 //!   instance drops its matching memory entries and deletes their Redis copies.
 //! - Redis down: every call is bounded by `timeout`, and after a failure Redis is skipped
@@ -26,6 +28,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// How long Redis is skipped after a failure.
 const BACKOFF: Duration = Duration::from_secs(1);
+/// Deletes a fill lock only while it still holds the token of the fetch releasing it: a
+/// fetch that outlived `lock_timeout` must not delete the lock another fetch took since.
+const RELEASE: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+
 /// How often a waiter looks for the entry another instance is fetching.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -47,15 +54,16 @@ pub(crate) struct SharedTier {
     /// Milliseconds since `epoch` until which Redis is skipped.
     down_until_ms: AtomicU64,
     epoch: Instant,
-    /// The lock's value: which instance holds it.
+    /// The lock's value: which instance holds it, and which of its fetches.
     id: String,
+    fetches: AtomicU64,
     metrics: SharedMetrics,
 }
 
 /// What taking the fill lock found.
 pub(crate) enum Lock {
-    /// This instance fetches.
-    Taken,
+    /// This instance fetches; the lock holds this token until released.
+    Taken(String),
     /// Another instance is fetching.
     Held,
     /// Redis cannot say: fetch without it.
@@ -86,6 +94,7 @@ impl SharedTier {
             down_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             id: format!("{:016x}", fastrand::u64(..)),
+            fetches: AtomicU64::new(0),
             metrics,
         })
     }
@@ -152,7 +161,12 @@ impl SharedTier {
     /// Take the fill lock of `hash`.
     pub(crate) async fn lock(&self, hash: &str) -> Lock {
         let key = format!("{}:lock", self.key(hash));
-        let id = self.id.clone();
+        let token = format!(
+            "{}:{}",
+            self.id,
+            self.fetches.fetch_add(1, Ordering::Relaxed)
+        );
+        let id = token.clone();
         let ms = self.lock_timeout.as_millis() as u64;
         let taken: Option<Option<String>> = self
             .call(|mut c| async move {
@@ -167,7 +181,7 @@ impl SharedTier {
             })
             .await;
         match taken {
-            Some(Some(_)) => Lock::Taken,
+            Some(Some(_)) => Lock::Taken(token),
             Some(None) => Lock::Held,
             None => Lock::Unavailable,
         }
@@ -202,12 +216,18 @@ impl SharedTier {
         None
     }
 
-    /// Store an entry (in the background) and release its lock if this instance held it.
-    pub(crate) fn put(&'static self, hash: String, value: Vec<u8>, ttl: Duration, locked: bool) {
+    /// Store an entry (in the background) and release its lock if this fetch held it.
+    pub(crate) fn put(
+        &'static self,
+        hash: String,
+        value: Vec<u8>,
+        ttl: Duration,
+        locked: Option<String>,
+    ) {
         let ttl = ttl.min(self.max_ttl);
         if ttl.is_zero() || value.len() > self.max_object + 64 * 1024 {
-            if locked {
-                self.unlock(hash);
+            if let Some(token) = locked {
+                self.unlock(hash, token);
             }
             return;
         }
@@ -222,8 +242,13 @@ impl SharedTier {
                     .arg("PX")
                     .arg(ms.max(1))
                     .ignore();
-                if locked {
-                    p.cmd("DEL").arg(format!("{key}:lock")).ignore();
+                if let Some(token) = locked {
+                    p.cmd("EVAL")
+                        .arg(RELEASE)
+                        .arg(1)
+                        .arg(format!("{key}:lock"))
+                        .arg(token)
+                        .ignore();
                 }
                 p.query_async::<()>(&mut c).await
             })
@@ -231,16 +256,24 @@ impl SharedTier {
         });
     }
 
-    /// Release the fill lock of `hash` (in the background).
-    pub(crate) fn release(&'static self, hash: String) {
-        self.unlock(hash);
+    /// Release the fill lock of `hash` that `token` took (in the background).
+    pub(crate) fn release(&'static self, hash: String, token: String) {
+        self.unlock(hash, token);
     }
 
-    fn unlock(&'static self, hash: String) {
+    fn unlock(&'static self, hash: String, token: String) {
         tokio::spawn(async move {
             let lock = format!("{}:lock", self.key(&hash));
-            self.call(|mut c| async move { c.del::<_, ()>(lock).await })
-                .await;
+            self.call(|mut c| async move {
+                redis::cmd("EVAL")
+                    .arg(RELEASE)
+                    .arg(1)
+                    .arg(lock)
+                    .arg(token)
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await;
         });
     }
 

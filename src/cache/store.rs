@@ -23,7 +23,6 @@ use pingora::cache::{CacheKey, CacheMeta};
 use pingora::prelude::*;
 use std::any::Any;
 use std::collections::HashMap;
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Bytes charged per entry on top of its body, meta and key: map slot, `Arc`, LRU node.
@@ -98,8 +97,8 @@ pub(crate) struct MemoryStore {
     /// `[cache.shared]`: Redis behind the memory, and the eviction manager that entries
     /// copied from Redis are admitted to.
     shared: OnceLock<(&'static SharedTier, &'static (dyn EvictionManager + Sync))>,
-    /// Keys whose fleet-wide fill lock this instance holds.
-    locked: Mutex<HashSet<HashBinary>>,
+    /// Keys whose fleet-wide fill lock this instance holds, with the lock's token.
+    locked: Mutex<HashMap<HashBinary, String>>,
 }
 
 impl MemoryStore {
@@ -108,7 +107,7 @@ impl MemoryStore {
             entries: RwLock::new(Entries::default()),
             max_object,
             shared: OnceLock::new(),
-            locked: Mutex::new(HashSet::new()),
+            locked: Mutex::new(HashMap::new()),
         }
     }
 
@@ -136,16 +135,16 @@ impl MemoryStore {
             None => match tier.lock(&name).await {
                 // The instance that filled it may have released its lock between the lookup
                 // and this one: look again before fetching a second time.
-                Lock::Taken => match tier.get(&name).await {
+                Lock::Taken(token) => match tier.get(&name).await {
                     Some(v) => {
-                        tier.release(name.clone());
+                        tier.release(name.clone(), token);
                         v
                     }
                     None => {
                         self.locked
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
-                            .insert(hash);
+                            .insert(hash, token);
                         return None;
                     }
                 },
@@ -184,13 +183,13 @@ impl MemoryStore {
             return;
         };
         let hash = key.combined_bin();
-        if self.take_lock(&hash) {
-            tier.release(hex::encode(hash));
+        if let Some(token) = self.take_lock(&hash) {
+            tier.release(hex::encode(hash), token);
         }
     }
 
-    /// Whether this instance held the fill lock of `hash` (it no longer does).
-    fn take_lock(&self, hash: &HashBinary) -> bool {
+    /// The token of the fill lock of `hash` this instance held (it no longer does).
+    fn take_lock(&self, hash: &HashBinary) -> Option<String> {
         self.locked
             .lock()
             .unwrap_or_else(|p| p.into_inner())

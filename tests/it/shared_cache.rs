@@ -245,3 +245,63 @@ fn an_uncacheable_answer_releases_the_fleet_lock_at_once() {
     );
     assert_eq!(app.hits(), 6);
 }
+
+/// Issue 35: a fill lock was released by a plain `DEL`, so a fetch that outlived
+/// `lock_timeout` deleted the lock another fetch had taken since, and that fetch's waiters
+/// stopped waiting and went to the upstream themselves. The lock now holds a token per fetch
+/// and is deleted only while it still holds the releasing fetch's own.
+#[test]
+fn a_fetch_that_outlived_its_lock_deleted_the_next_fetchs_lock() {
+    let redis = Redis::start();
+    let slow = Backend::start("slow", |_| {
+        Reply::status(200)
+            .header("cache-control", "no-store")
+            .body("not stored")
+            .delay(Duration::from_millis(1_500))
+    });
+    let body =
+        config(&redis, &slow, "2s").replace("lock_timeout = \"5s\"", "lock_timeout = \"300ms\"");
+    let gw = Gateway::start(&body);
+    let url = gw.url("/c/slow");
+    let fetch = std::thread::spawn(move || client().get(url).send().unwrap().status().as_u16());
+    // The gateway's fetch took the lock; once it expired, another fetch (here: the test)
+    // takes it, as a second instance would.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lock = loop {
+        let keys = redis.cli(&["KEYS", "*:lock"]);
+        if let Some(k) = keys.lines().map(str::trim).find(|l| !l.is_empty()) {
+            break k.to_string();
+        }
+        assert!(Instant::now() < deadline, "the fetch took no lock");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.cli(&["EXISTS", &lock]).trim() != "0" {
+        assert!(Instant::now() < deadline, "the lock never expired");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        redis
+            .cli(&["SET", &lock, "another-fetch", "PX", "10000"])
+            .trim(),
+        "OK"
+    );
+    let releases = || redis.calls("del") + redis.calls("eval");
+    let before = releases();
+    assert_eq!(fetch.join().unwrap(), 200);
+    // The gateway's fetch ended uncacheable and releases its lock in the background: wait
+    // until the release reached Redis.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while releases() == before {
+        assert!(
+            Instant::now() < deadline,
+            "the fetch never released its lock"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        redis.cli(&["GET", &lock]).trim(),
+        "another-fetch",
+        "the lock another fetch holds is left alone"
+    );
+}
