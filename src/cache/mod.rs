@@ -225,6 +225,12 @@ impl ResponseCache {
         targets
             .into_iter()
             .map(|path| {
+                // The fleet too: every instance drops its copies (and their Redis copies).
+                let mut query = form_urlencoded::Serializer::new(String::new());
+                if let Some(h) = &host {
+                    query.append_pair("host", h);
+                }
+                self.announce(&query.append_pair("path", &path).finish());
                 self.purge(&Purge {
                     host: host.clone(),
                     path: PurgePath::Exact(path),

@@ -305,3 +305,37 @@ fn a_fetch_that_outlived_its_lock_deleted_the_next_fetchs_lock() {
         "the lock another fetch holds is left alone"
     );
 }
+
+/// Issue 35: an unsafe method (here a POST) on a cached URL invalidated it only on the
+/// instance that proxied it; another instance kept serving its copy. It is now announced to
+/// the fleet like an admin purge.
+#[test]
+fn a_post_on_one_instance_left_the_cached_url_on_the_others() {
+    let redis = Redis::start();
+    let (app, _) = origin(Duration::ZERO);
+    let body = config(&redis, &app, "2s");
+    let (a, b) = (Gateway::start(&body), Gateway::start(&body));
+    assert_eq!(get(&a, "/c/item?v=1").1, "MISS");
+    assert_eq!(get(&b, "/c/item?v=1").1, "HIT", "B copied it from Redis");
+    assert_eq!(get(&b, "/c/item?v=1").1, "HIT", "and keeps it in memory");
+    let posted = client()
+        .post(a.url("/c/item?v=1"))
+        .body("x")
+        .send()
+        .unwrap();
+    assert_eq!(posted.status(), 200);
+    // The announcement reaches B through Redis: wait for B's copy to go.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, verdict, _) = get(&b, "/c/item?v=1");
+        if verdict == "MISS" {
+            break;
+        }
+        assert_eq!(verdict, "HIT");
+        assert!(
+            Instant::now() < deadline,
+            "B still serves the invalidated URL"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
