@@ -1189,6 +1189,26 @@ pub struct RateLimitSection {
     /// What is counted separately, `+`-joined: `consumer`, `ip`, `route` (default `ip`).
     #[serde(default = "defaults::rate_key")]
     pub(crate) key: RateKey,
+    /// The kinds of caller the window counts (`unauthenticated`, `jwt`, `api_key`); others
+    /// pass it. Empty: every caller.
+    #[serde(default)]
+    pub(crate) applies_to: Vec<CallerKind>,
+    /// Where the window is shared: absent, this route (or consumer) only; `"global"`, every
+    /// route with the same window; any other name, the routes naming that group.
+    #[serde(default)]
+    pub(crate) scope: Option<String>,
+}
+
+/// A kind of caller, for `applies_to`.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Hash, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CallerKind {
+    /// No credentials (or a route without `auth`).
+    Unauthenticated,
+    /// Authenticated by a token: a JWT, or a forward-auth or introspection service.
+    Jwt,
+    /// Authenticated by an API key of a `[consumers.NAME]`.
+    ApiKey,
 }
 
 /// `[rate_limit]`: where counters live.

@@ -5,6 +5,7 @@
 
 use super::{Ctx, Gateway};
 use crate::aggregate::Forwarded;
+use crate::config::file::CallerKind;
 use crate::error::{self, Reject, X_REQUEST_ID};
 use crate::forward;
 use crate::observe::trace;
@@ -239,13 +240,20 @@ async fn auth_step(gw: &Gateway, route: &Route, req: &RequestHeader, ctx: &mut C
 
 /// Count the request against the route's and the consumer's windows.
 async fn rate_limit_step(gw: &Gateway, route: &Route, ctx: &mut Ctx) -> Step {
+    let identity = ctx.identity.as_ref();
+    let kind = match identity {
+        Some(i) if i.consumer.is_some() => CallerKind::ApiKey,
+        Some(_) => CallerKind::Jwt,
+        None => CallerKind::Unauthenticated,
+    };
     let subject = Subject {
         route: &route.name,
-        consumer: ctx.identity.as_ref().and_then(|i| i.principal()),
+        consumer: identity.and_then(|i| i.principal()),
         client_ip: ctx.client.ip,
+        kind,
     };
     let mut decision: Option<RateDecision> = match &route.policy.rate_limits {
-        Some(limits) => Some(limits.check(&subject).await),
+        Some(limits) => limits.check(&subject).await,
         None => None,
     };
     let consumer_limits = ctx
@@ -253,8 +261,10 @@ async fn rate_limit_step(gw: &Gateway, route: &Route, ctx: &mut Ctx) -> Step {
         .as_ref()
         .and_then(|i| i.consumer.as_ref())
         .and_then(|c| c.rate_limits.as_ref());
-    if let Some(limits) = consumer_limits {
-        let d = limits.check(&subject).await;
+    if let Some(d) = match consumer_limits {
+        Some(limits) => limits.check(&subject).await,
+        None => None,
+    } {
         decision = Some(decision.map_or(d, |prev| prev.tighter(d)));
     }
     let Some(decision) = decision else {

@@ -23,7 +23,7 @@
 use super::fleet::{self, Fleet, FleetMetrics};
 use super::window_counts::{key_of, WindowCounts};
 use crate::config::file::{
-    RateLimitBackend, RateLimitBackendSection, RateLimitSection, RedisFailurePolicy,
+    CallerKind, RateLimitBackend, RateLimitBackendSection, RateLimitSection, RedisFailurePolicy,
 };
 use crate::config::fingerprint::{carry, Carried, Fingerprint, Reloaded};
 use crate::config::types::RateKey;
@@ -45,6 +45,17 @@ pub(crate) struct Subject<'a> {
     pub route: &'a str,
     pub consumer: Option<&'a str>,
     pub client_ip: Option<IpAddr>,
+    /// Which windows count it (`applies_to`).
+    pub kind: CallerKind,
+}
+
+/// The bit of a kind of caller in a window's `applies` mask.
+fn bit(kind: CallerKind) -> u8 {
+    match kind {
+        CallerKind::Unauthenticated => 1,
+        CallerKind::Jwt => 2,
+        CallerKind::ApiKey => 4,
+    }
 }
 
 /// The outcome of a check: whether to admit, and the numbers of the most restrictive window.
@@ -304,6 +315,12 @@ struct Window {
     limit: u64,
     window: Duration,
     key: RateKey,
+    /// The kinds of caller it counts, as [`bit`]s.
+    applies: u8,
+    /// Where it is shared: the route or consumer, `global`, or `group:NAME`.
+    scope: Arc<str>,
+    /// `{rl:SCOPE}`: the hash tag of its `sync` keys.
+    tag: Arc<str>,
     counts: Arc<WindowCounts>,
     /// Names the window: its scope, limit, length and key.
     salt: u64,
@@ -311,11 +328,14 @@ struct Window {
     sync_name: String,
 }
 
+impl Window {
+    fn counts_for(&self, kind: CallerKind) -> bool {
+        self.applies & bit(kind) != 0
+    }
+}
+
 /// The windows of one route or one consumer.
 pub(crate) struct RateLimits {
-    scope: String,
-    /// `{rl:SCOPE}`: the hash tag of the scope's `sync` keys.
-    tag: Arc<str>,
     windows: Vec<Window>,
     store: Arc<RateLimitStore>,
     /// Local checks of one subject run one at a time (its shard's lock), so concurrent
@@ -371,18 +391,44 @@ impl FromConfig<Scope<'_>> for RateLimits {
         scope: &Scope<'_>,
         problems: &mut Vec<Problem>,
     ) -> Option<Self> {
-        let Scope { name: scope, store } = *scope;
+        let Scope { name: owner, store } = *scope;
         let before = problems.len();
         let mut windows: Vec<Window> = Vec::with_capacity(sections.len());
         for (i, s) in sections.iter().enumerate() {
-            let RateLimitSection { limit, window, key } = s;
+            let RateLimitSection {
+                limit,
+                window,
+                key,
+                applies_to,
+                scope,
+            } = s;
+            let scope: Arc<str> = match scope.as_deref() {
+                None => owner.into(),
+                Some("global") => "global".into(),
+                Some(group) => {
+                    crate::names::check_name(
+                        &format!("{at}[{i}].scope"),
+                        "rate-limit group",
+                        group,
+                        problems,
+                    );
+                    format!("group:{group}").into()
+                }
+            };
+            let applies = if applies_to.is_empty() {
+                7
+            } else {
+                applies_to.iter().fold(0, |m, k| m | bit(*k))
+            };
             bounds::RATE_LIMIT_LIMIT.check(&format!("{at}[{i}].limit"), *limit, problems);
             let window_ok =
                 bounds::RATE_LIMIT_WINDOW.check(&format!("{at}[{i}].window"), *window, problems);
-            if windows
-                .iter()
-                .any(|w| w.key == *key && w.window == window.0)
-            {
+            if windows.iter().any(|w| {
+                w.key == *key
+                    && w.window == window.0
+                    && w.applies & applies != 0
+                    && w.scope == scope
+            }) {
                 problems.push(Problem::new(
                     format!("{at}[{i}]"),
                     "duplicate window for the same key",
@@ -392,7 +438,7 @@ impl FromConfig<Scope<'_>> for RateLimits {
                 continue;
             }
             let mut h = std::collections::hash_map::DefaultHasher::new();
-            (scope, limit, window.0, key).hash(&mut h);
+            (&*scope, limit, window.0, key, applies).hash(&mut h);
             let kinds: String = [(key.ip, 'i'), (key.consumer, 'c'), (key.route, 'r')]
                 .iter()
                 .filter(|(on, _)| *on)
@@ -403,6 +449,9 @@ impl FromConfig<Scope<'_>> for RateLimits {
                 limit: *limit,
                 window: window.0,
                 key: *key,
+                applies,
+                tag: format!("{{rl:{scope}}}").into(),
+                scope,
                 counts: store.counts(salt, window.0),
                 salt,
                 sync_name: format!("w{}l{limit}k{kinds}", window.0.as_millis()),
@@ -412,8 +461,6 @@ impl FromConfig<Scope<'_>> for RateLimits {
             return None;
         }
         Some(RateLimits {
-            scope: scope.to_string(),
-            tag: format!("{{rl:{scope}}}").into(),
             windows,
             store: store.clone(),
             shards: (0..LOCAL_SHARDS)
@@ -435,18 +482,44 @@ impl RateLimits {
                     .filter(|(on, _)| *on)
                     .map(|(_, n)| *n)
                     .collect();
-                format!(
+                let mut text = format!(
                     "{} per {} by {}",
                     w.limit,
                     humantime::format_duration(w.window),
                     parts.join("+")
-                )
+                );
+                if w.applies != 7 {
+                    let kinds: Vec<&str> = [
+                        (CallerKind::Unauthenticated, "unauthenticated"),
+                        (CallerKind::Jwt, "jwt"),
+                        (CallerKind::ApiKey, "api_key"),
+                    ]
+                    .iter()
+                    .filter(|(k, _)| w.counts_for(*k))
+                    .map(|(_, n)| *n)
+                    .collect();
+                    text.push_str(&format!(" for {} callers", kinds.join(" and ")));
+                }
+                if &*w.scope == "global" {
+                    text.push_str(", shared by every route");
+                } else if let Some(group) = w.scope.strip_prefix("group:") {
+                    text.push_str(&format!(", shared by group {group}"));
+                }
+                text
             })
             .collect()
     }
 
-    /// Count this request in every window; refused if any window is over its limit.
-    pub(crate) async fn check(&self, subject: &Subject<'_>) -> RateDecision {
+    /// Count this request in every window that counts its kind of caller; refused if any is
+    /// then over its limit. `None` when no window counts this caller.
+    pub(crate) async fn check(&self, subject: &Subject<'_>) -> Option<RateDecision> {
+        if !self.windows.iter().any(|w| w.counts_for(subject.kind)) {
+            return None;
+        }
+        Some(self.count(subject).await)
+    }
+
+    async fn count(&self, subject: &Subject<'_>) -> RateDecision {
         if let Some(fleet) = &self.store.fleet {
             return self.check_sync(fleet, subject);
         }
@@ -465,9 +538,13 @@ impl RateLimits {
 
     /// Count locally against the fleet's totals of the last sync ([`super::fleet`]).
     fn check_sync(&self, fleet: &Fleet, subject: &Subject<'_>) -> RateDecision {
-        let parts: Vec<_> = self
-            .windows
+        // Only the windows that count this caller; `index` maps back to `self.windows`.
+        let index: Vec<usize> = (0..self.windows.len())
+            .filter(|i| self.windows[*i].counts_for(subject.kind))
+            .collect();
+        let parts: Vec<_> = index
             .iter()
+            .map(|i| &self.windows[*i])
             .map(|w| {
                 let (ip, consumer) = key_parts(&w.key, subject);
                 let route = w.key.route.then_some(subject.route);
@@ -495,7 +572,7 @@ impl RateLimits {
                 limit: w.limit,
                 window_ms: w.window.as_millis() as u64,
                 subject: fleet.subject_hash(&(w.salt, ip, consumer, route)),
-                tag: &self.tag,
+                tag: &w.tag,
                 name,
             })
             .collect();
@@ -505,7 +582,8 @@ impl RateLimits {
             let window_ms = (w.window.as_millis() as u64).max(1);
             (window_ms - wall_ms % window_ms).div_ceil(1000).max(1)
         };
-        let mut d = self.decide(&checked.counts, checked.over, reset);
+        let (counts, over) = self.spread(&index, &checked.counts, checked.over);
+        let mut d = self.decide(&counts, over, subject.kind, reset);
         // The limit that applied (a share of it while Redis is away).
         if let Some(i) = checked.over {
             d.limit = checked.limits[i];
@@ -545,6 +623,10 @@ impl RateLimits {
         let mut over = None;
         let mut keys = [0u64; 8];
         for (i, w) in self.windows.iter().enumerate() {
+            if !w.counts_for(subject.kind) {
+                counts.push(0);
+                continue;
+            }
             let key = self.local_key(w, subject);
             if let Some(k) = keys.get_mut(i) {
                 *k = key;
@@ -557,6 +639,9 @@ impl RateLimits {
         }
         if over.is_some() {
             for (i, w) in self.windows.iter().enumerate() {
+                if !w.counts_for(subject.kind) {
+                    continue;
+                }
                 let key = keys
                     .get(i)
                     .copied()
@@ -564,13 +649,34 @@ impl RateLimits {
                 w.counts.observe(key, -1);
             }
         }
-        self.decide(&counts, over, |w: &Window| w.counts.reset_secs())
+        self.decide(&counts, over, subject.kind, |w: &Window| {
+            w.counts.reset_secs()
+        })
     }
 
+    /// Counts (and the refusing window) of the windows `index` names, spread back over all
+    /// of `self.windows` (0 for the others).
+    fn spread(
+        &self,
+        index: &[usize],
+        counts: &[u64],
+        over: Option<usize>,
+    ) -> (Vec<u64>, Option<usize>) {
+        let mut all = vec![0; self.windows.len()];
+        for (i, c) in index.iter().zip(counts) {
+            all[*i] = *c;
+        }
+        (all, over.and_then(|o| index.get(o).copied()))
+    }
+
+    /// The decision from each window's count: refused by the first over its limit, else
+    /// admitted with the numbers of the window closest to refusing, among those that count
+    /// this kind of caller.
     fn decide(
         &self,
         counts: &[u64],
         over: Option<usize>,
+        kind: CallerKind,
         reset: impl Fn(&Window) -> u64,
     ) -> RateDecision {
         if let Some(i) = over {
@@ -587,6 +693,7 @@ impl RateLimits {
             .windows
             .iter()
             .zip(counts)
+            .filter(|(w, _)| w.counts_for(kind))
             .min_by_key(|(w, c)| w.limit.saturating_sub(**c));
         match tightest {
             Some((w, c)) => RateDecision {
@@ -619,12 +726,17 @@ impl RateLimits {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let mut invocation = redis.script.prepare_invoke();
-        for w in &self.windows {
+        // Only the windows that count this caller; `index` maps back to `self.windows`.
+        let index: Vec<usize> = (0..self.windows.len())
+            .filter(|i| self.windows[*i].counts_for(subject.kind))
+            .collect();
+        let windows = || index.iter().map(|i| &self.windows[*i]);
+        for w in windows() {
             let window_ms = w.window.as_millis() as u64;
             let (ip, consumer) = key_parts(&w.key, subject);
             let tag = format!(
                 "{}|{}|{}|{}",
-                self.scope,
+                w.scope,
                 if w.key.route { subject.route } else { "" },
                 ip.map(|i| i.to_string()).unwrap_or_default(),
                 consumer.unwrap_or("")
@@ -635,10 +747,10 @@ impl RateLimits {
                 wall_ms / window_ms.max(1)
             ));
         }
-        for w in &self.windows {
+        for w in windows() {
             invocation.arg(w.window.as_millis() as u64 * 2);
         }
-        for w in &self.windows {
+        for w in windows() {
             invocation.arg(w.limit);
         }
         let result = tokio::time::timeout(redis.timeout, async {
@@ -647,7 +759,7 @@ impl RateLimits {
         })
         .await;
         let values = match result {
-            Ok(Ok(v)) if v.len() == self.windows.len() + 1 => v,
+            Ok(Ok(v)) if v.len() == index.len() + 1 => v,
             other => {
                 if let Ok(Err(e)) = &other {
                     log::warn!("rate limit: Redis failed: {e}");
@@ -661,20 +773,21 @@ impl RateLimits {
                 return Err(());
             }
         };
-        let counts: Vec<u64> = values[..self.windows.len()]
+        let counts: Vec<u64> = values[..index.len()]
             .iter()
             .map(|c| (*c).max(0) as u64)
             .collect();
-        let over = usize::try_from(values[self.windows.len()])
+        let over = usize::try_from(values[index.len()])
             .ok()
             .filter(|i| *i > 0)
             .map(|i| i - 1);
+        let (counts, over) = self.spread(&index, &counts, over);
         let reset = |w: &Window| {
             let window_ms = (w.window.as_millis() as u64).max(1);
             let left = window_ms - wall_ms % window_ms;
             left.div_ceil(1000).max(1)
         };
-        Ok(self.decide(&counts, over, reset))
+        Ok(self.decide(&counts, over, subject.kind, reset))
     }
 }
 
@@ -719,6 +832,8 @@ mod tests {
                 limit: *limit,
                 window: HumanDuration(Duration::from_secs(*secs)),
                 key: RateKey::try_from(key.to_string()).unwrap(),
+                applies_to: Vec::new(),
+                scope: None,
             })
             .collect();
         build("rate_limits", "r", &sections, &store, &mut p).unwrap()
@@ -726,6 +841,7 @@ mod tests {
 
     fn subject(ip: &str) -> Subject<'static> {
         Subject {
+            kind: CallerKind::Unauthenticated,
             route: "r",
             consumer: None,
             client_ip: Some(ip.parse().unwrap()),
@@ -810,6 +926,8 @@ mod tests {
             limit,
             window: HumanDuration(Duration::from_millis(ms)),
             key: RateKey::try_from(key.to_string()).unwrap(),
+            applies_to: Vec::new(),
+            scope: None,
         };
         let counter = StoreMetrics::detached();
         let mut p = Vec::new();
@@ -846,6 +964,8 @@ mod tests {
             limit,
             window: HumanDuration(Duration::from_secs(60)),
             key: RateKey::IP,
+            applies_to: Vec::new(),
+            scope: None,
         };
         let first = build("x", "r", &[window(2)], &store, &mut p).unwrap();
         let s = subject("10.9.9.9");
@@ -859,5 +979,61 @@ mod tests {
         let changed = build("x", "r", &[window(3)], &again, &mut p).unwrap();
         assert!(changed.check_local(&s).allowed, "a new limit starts afresh");
         assert!(p.is_empty(), "{p:?}");
+    }
+
+    /// The spec's three limits as three lines: each kind of caller is counted by its own
+    /// window and not capped by the others', and a `global` window is one count for every
+    /// route that has it.
+    #[test]
+    fn limits_by_kind_of_caller_and_a_global_scope() {
+        let counter = StoreMetrics::detached();
+        let mut p = Vec::new();
+        let store =
+            build_store(&RateLimitBackendSection::default(), None, counter, &mut p).unwrap();
+        let sections: Vec<RateLimitSection> = toml::from_str::<toml::Table>(
+            r#"w = [
+  { limit = 2, window = "1h", key = "ip", applies_to = ["unauthenticated"], scope = "global" },
+  { limit = 3, window = "1h", key = "consumer", applies_to = ["jwt"], scope = "global" },
+  { limit = 5, window = "1h", key = "consumer", applies_to = ["api_key"], scope = "global" },
+]"#,
+        )
+        .unwrap()["w"]
+            .clone()
+            .try_into()
+            .unwrap();
+        let a = build("routes[0].rate_limits", "a", &sections, &store, &mut p).unwrap();
+        let b = build("routes[1].rate_limits", "b", &sections, &store, &mut p).unwrap();
+        assert!(p.is_empty(), "{p:?}");
+        let who = |kind, consumer| Subject {
+            kind,
+            route: "a",
+            consumer,
+            client_ip: Some("10.0.0.1".parse().unwrap()),
+        };
+        let admitted = |kind, consumer: Option<&'static str>| {
+            (0..10)
+                .filter(|i| {
+                    let l = if i % 2 == 0 { &a } else { &b };
+                    l.check_local(&who(kind, consumer)).allowed
+                })
+                .count()
+        };
+        assert_eq!(
+            admitted(CallerKind::Unauthenticated, None),
+            2,
+            "over both routes"
+        );
+        assert_eq!(admitted(CallerKind::Jwt, Some("user-1")), 3);
+        assert_eq!(
+            admitted(CallerKind::ApiKey, Some("app-1")),
+            5,
+            "not capped by 2 or 3"
+        );
+        let d = a.check_local(&who(CallerKind::ApiKey, Some("app-2")));
+        assert_eq!(
+            (d.limit, d.remaining),
+            (5, 4),
+            "the headers name the caller's own window"
+        );
     }
 }

@@ -246,3 +246,83 @@ body = "ok"
     assert_eq!(admitted, 100, "a fresh client gets its whole limit");
     assert_eq!(fresh[100], 429);
 }
+
+/// The spec's three limits ("authenticated 1000 req/hour, unauthenticated 100 req/hour,
+/// api_key 10000 req/hour"), scaled down, as three windows by kind of caller shared by every
+/// route: an API key is counted by its own window over the two routes that authenticate it
+/// (one of which lists only that window), and not capped by the anonymous one; an anonymous
+/// client by the anonymous window. The same with `backend = "redis"`.
+#[test]
+fn the_specs_three_limits_count_each_kind_of_caller_over_every_route() {
+    let redis = Redis::start();
+    for backend in ["local", "redis"] {
+        let gw = Gateway::start(&format!(
+            r#"
+[rate_limit]
+backend = "{backend}"
+redis_url = "{}"
+[consumers.app]
+keys = ["app-key-0123456789abcdef"]
+[[routes]]
+name = "a"
+path_prefix = "/a"
+auth = ["api_key"]
+rate_limits = [
+  {{ limit = 2, window = "1h", key = "ip", applies_to = ["unauthenticated"], scope = "global" }},
+  {{ limit = 3, window = "1h", key = "consumer", applies_to = ["jwt"], scope = "global" }},
+  {{ limit = 5, window = "1h", key = "consumer", applies_to = ["api_key"], scope = "global" }},
+]
+[routes.respond]
+body = "a"
+[[routes]]
+name = "b"
+path_prefix = "/b"
+rate_limits = [
+  {{ limit = 2, window = "1h", key = "ip", applies_to = ["unauthenticated"], scope = "global" }},
+  {{ limit = 3, window = "1h", key = "consumer", applies_to = ["jwt"], scope = "global" }},
+  {{ limit = 5, window = "1h", key = "consumer", applies_to = ["api_key"], scope = "global" }},
+]
+[routes.respond]
+body = "b"
+[[routes]]
+name = "c"
+path_prefix = "/c"
+auth = ["api_key"]
+rate_limits = [
+  {{ limit = 5, window = "1h", key = "consumer", applies_to = ["api_key"], scope = "global" }},
+]
+[routes.respond]
+body = "c"
+"#,
+            redis.url()
+        ));
+        let c = client();
+        let anonymous: Vec<u16> = ["/b/1", "/b/2", "/b/3"]
+            .iter()
+            .map(|p| c.get(gw.url(p)).send().unwrap().status().as_u16())
+            .collect();
+        assert_eq!(
+            anonymous,
+            [200, 200, 429],
+            "{backend}: 2 for anonymous callers"
+        );
+        let keyed: Vec<u16> = (0..6)
+            .map(|i| {
+                let path = if i % 2 == 0 { "/a/x" } else { "/c/x" };
+                c.get(gw.url(path))
+                    .header("X-API-Key", "app-key-0123456789abcdef")
+                    .send()
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+            .collect();
+        assert_eq!(
+            keyed,
+            [200, 200, 200, 200, 200, 429],
+            "{backend}: 5 for the API key over both routes, the anonymous 2 not applied"
+        );
+        drop(gw);
+        redis.cli(&["FLUSHALL"]);
+    }
+}
