@@ -284,9 +284,14 @@ pub fn build_server(
         let mut svc = Service::new(name.into(), Guarded::new(http, tracker.clone()));
         svc.set_listen_report(listening.report());
         // A TLS handshake (and a PROXY protocol header) gets `header_timeout`, read at each
-        // connection so that a reload changes it.
+        // connection so that a reload changes it. A PROXY header's own wait, also
+        // `header_timeout`, is bounded first (it names its reason, `timeout`, in the metric):
+        // this outer bound gets a moment more, or the two timers race and a late header is
+        // sometimes dropped uncounted.
         let t = tracker.clone();
-        svc.set_handshake_timeout(Arc::new(move || t.header_timeout()));
+        svc.set_handshake_timeout(Arc::new(move || {
+            t.header_timeout() + std::time::Duration::from_millis(250)
+        }));
         svc
     };
     let mut proxy = app(false);
