@@ -54,7 +54,7 @@ impl FromConfig for DirectResponse {
     }
 }
 
-pub(crate) use crate::config::types::header_pairs;
+use crate::config::types::header_pairs;
 
 /// A response the gateway answers itself instead of proxying.
 #[derive(Debug, Clone)]

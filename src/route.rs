@@ -50,7 +50,8 @@ impl PathMatch {
 
 pub use crate::config::types::HostPattern;
 
-pub(crate) use crate::error::{header_pairs, DirectResponse};
+use crate::config::types::header_pairs;
+pub(crate) use crate::error::DirectResponse;
 
 /// How the request path changes before it goes upstream.
 #[derive(Debug, Clone)]

@@ -338,10 +338,10 @@ impl Window {
 pub(crate) struct RateLimits {
     windows: Vec<Window>,
     store: Arc<RateLimitStore>,
-    /// Local checks of one subject run one at a time (its shard's lock), so concurrent
-    /// requests cannot each read the count before the other's increment and both pass the
-    /// limit: a count-min estimate takes a minimum over rows that two racing increments can
-    /// leave at the same value for both.
+    /// Local checks of one subject run one at a time (its shard's lock): a request counted
+    /// in every window and then taken back out of all of them when one refused is one step
+    /// for the others of that subject, and a key past a window's exact bound is estimated by
+    /// a count-min sketch, where two racing increments can leave the same minimum for both.
     shards: Box<[std::sync::Mutex<()>]>,
 }
 
@@ -538,10 +538,7 @@ impl RateLimits {
 
     /// Count locally against the fleet's totals of the last sync ([`super::fleet`]).
     fn check_sync(&self, fleet: &Fleet, subject: &Subject<'_>) -> RateDecision {
-        // Only the windows that count this caller; `index` maps back to `self.windows`.
-        let index: Vec<usize> = (0..self.windows.len())
-            .filter(|i| self.windows[*i].counts_for(subject.kind))
-            .collect();
+        let index = self.counting(subject.kind);
         let parts: Vec<_> = index
             .iter()
             .map(|i| &self.windows[*i])
@@ -654,6 +651,14 @@ impl RateLimits {
         })
     }
 
+    /// The positions in `self.windows` of the windows that count `kind`: the order the
+    /// Redis and sync checks send them in, which [`Self::spread`] maps back.
+    fn counting(&self, kind: CallerKind) -> Vec<usize> {
+        (0..self.windows.len())
+            .filter(|i| self.windows[*i].counts_for(kind))
+            .collect()
+    }
+
     /// Counts (and the refusing window) of the windows `index` names, spread back over all
     /// of `self.windows` (0 for the others).
     fn spread(
@@ -726,10 +731,7 @@ impl RateLimits {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let mut invocation = redis.script.prepare_invoke();
-        // Only the windows that count this caller; `index` maps back to `self.windows`.
-        let index: Vec<usize> = (0..self.windows.len())
-            .filter(|i| self.windows[*i].counts_for(subject.kind))
-            .collect();
+        let index = self.counting(subject.kind);
         let windows = || index.iter().map(|i| &self.windows[*i]);
         for w in windows() {
             let window_ms = w.window.as_millis() as u64;
