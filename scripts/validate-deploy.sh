@@ -9,7 +9,12 @@
 #  4. the monitoring assets (docs/observability.md) with promtool (Debian's prometheus
 #     package, which scripts/setup.sh installs): the rule file checked and its unit tests
 #     run, the example Prometheus config checked (it loads the rule file), and the Grafana
-#     dashboard parsed as JSON with every panel target having an expr and a refId.
+#     dashboard parsed as JSON with every panel target having an expr and a refId;
+#  5. the Docker Compose kit (deploy/compose/): `docker-compose config -q` (Debian's
+#     docker-compose package, which scripts/setup.sh installs; it needs no Docker engine),
+#     promtool on its Prometheus config, and scripts/check-compose.py: mounted files exist,
+#     `tollgate -t` on every container's config as the container sees it, the gateway's
+#     routes equal conf/platform.toml's, upstreams, Redis and scrape targets name services.
 # Needs target/debug/tollgate (run it after `cargo test`). Usage: validate-deploy.sh [DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -135,8 +140,33 @@ if ! dashboard_ok "$dashboard"; then
   failed=1
 fi
 
+# 5. The Compose kit. `docker-compose config` resolves and validates the file against the
+# Compose schema without a Docker engine; it does not look at what the file mounts, which
+# check-compose.py does.
+compose=deploy/compose/docker-compose.yml
+if command -v docker-compose >/dev/null 2>&1; then
+  if docker-compose -f "$compose" config -q; then
+    echo "ok: docker-compose $(docker-compose version --short 2>/dev/null) config -q $compose"
+  else
+    echo "FAIL: docker-compose config -q $compose"
+    failed=1
+  fi
+else
+  echo "FAIL: docker-compose is missing; scripts/setup.sh installs it (Debian package docker-compose)"
+  failed=1
+fi
+if command -v promtool >/dev/null 2>&1; then
+  if promtool check config deploy/compose/prometheus.yml; then
+    echo "ok: promtool check config deploy/compose/prometheus.yml"
+  else
+    echo "FAIL: promtool check config deploy/compose/prometheus.yml"
+    failed=1
+  fi
+fi
+python3 scripts/check-compose.py "$compose" --tollgate "$tollgate" || failed=1
+
 if [ "$failed" -ne 0 ]; then
   echo "validate-deploy: FAILED" >&2
   exit 1
 fi
-echo "validate-deploy: ${#manifests[@]} manifests valid for Kubernetes ${k8s_versions[*]}, Dockerfile lint-clean, cross-checks passed, monitoring assets valid"
+echo "validate-deploy: ${#manifests[@]} manifests valid for Kubernetes ${k8s_versions[*]}, Dockerfile lint-clean, cross-checks passed, monitoring assets valid, Compose kit valid"
