@@ -136,6 +136,7 @@ fn access_log(c: &mut Criterion) {
                 bytes_out: 270,
                 cache: Some("HIT"),
                 reason: None,
+                shadow_refusal: None,
                 error: None,
                 upgraded: false,
                 grpc_status: None,
