@@ -1,8 +1,10 @@
 //! The admin listener (loopback by default): `GET /health`, `/livez`, `/readyz`, `/metrics`,
-//! `POST /cache/purge` and `POST /config/reload`.
+//! `/routes` (the routing table), `/openapi.json` (the published OpenAPI document),
+//! `POST /cache/purge`, `POST /config/reload` and `POST /upstreams/NAME/targets/ADDR/drain`
+//! (or `/enable`).
 //!
-//! `/health` answers 200 while some upstream group has a healthy target (`"degraded"` when
-//! others have none) and 503 when none has, with per-group and per-target detail and the
+//! `/health` answers 200 while some upstream group has a healthy target not drained
+//! (`"degraded"` when others have none) and 503 when none has, with per-group and per-target detail and the
 //! serving configuration's generation; `/livez` and `/readyz` are the probes for
 //! orchestrators: alive while the process serves, ready once the health checks ran their
 //! first round and until a shutdown or handoff begins. Everything it reports comes from the serving generation; it owns none of its
@@ -113,6 +115,51 @@ impl Admin {
         (StatusCode::OK, json!({"purged": names, "subject": subject}))
     }
 
+    /// `POST /upstreams/NAME/targets/ADDR/drain` (`drain`) or `.../enable`: the target of the
+    /// serving generation takes no new request, or takes them again; requests on it finish.
+    fn drain(&self, name: &str, addr: &str, drain: bool) -> (StatusCode, serde_json::Value) {
+        let gw = self.current.load();
+        let Some(group) = gw.upstreams.iter().find(|g| *g.name == *name) else {
+            let defined: Vec<&str> = gw.upstreams.iter().map(|g| &*g.name).collect();
+            return (
+                StatusCode::NOT_FOUND,
+                json!({"error": format!("no upstream {name:?}"), "upstreams": defined}),
+            );
+        };
+        let addr = percent_encoding::percent_decode_str(addr).decode_utf8_lossy();
+        let Some(target) = addr
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .and_then(|a| group.target(a))
+        else {
+            return (
+                StatusCode::NOT_FOUND,
+                json!({
+                    "error": format!("no target {addr:?} in upstream {name:?}"),
+                    "targets": group.target_labels().iter().map(|l| &**l).collect::<Vec<_>>(),
+                }),
+            );
+        };
+        let was = target.set_drained(drain);
+        let state = if drain { "drain" } else { "ready" };
+        if was != drain {
+            log::info!(
+                "upstream {name}: target {} set to {state} by the admin listener ({} in flight)",
+                target.label,
+                target.inflight()
+            );
+        }
+        (
+            StatusCode::OK,
+            json!({
+                "upstream": name,
+                "target": &*target.label,
+                "state": state,
+                "in_flight": target.inflight(),
+            }),
+        )
+    }
+
     /// `/readyz`: whether to send this instance traffic, and why not.
     fn readiness(&self) -> (StatusCode, serde_json::Value) {
         let gw = self.current.load();
@@ -151,8 +198,14 @@ impl Admin {
                     t.circuit == Some(crate::upstream::breaker::State::Open)
                 };
                 let healthy = targets.iter().filter(|t| t.healthy && !open(t)).count();
-                all_ok &= healthy > 0;
-                any_ok |= healthy > 0;
+                let drained = targets.iter().filter(|t| t.drained).count();
+                // Drained targets take no new request: they do not make a group up.
+                let serving = targets
+                    .iter()
+                    .filter(|t| t.healthy && !open(t) && !t.drained)
+                    .count();
+                all_ok &= serving > 0;
+                any_ok |= serving > 0;
                 let detail: Vec<_> = targets
                     .iter()
                     .map(|t| {
@@ -162,15 +215,21 @@ impl Admin {
                             "healthy": t.healthy,
                             "in_flight": t.target.inflight(),
                             "circuit": t.circuit.map(|c| c.as_str()),
+                            "admin_state": if t.drained { "drain" } else { "ready" },
                         })
                     })
                     .collect();
-                let status = if healthy > 0 { "up" } else { "down" };
+                let status = match (serving, healthy) {
+                    (1.., _) => "up",
+                    (0, 1..) => "drained",
+                    (0, 0) => "down",
+                };
                 (
                     g.name.to_string(),
                     json!({
                         "status": status,
                         "healthy_targets": healthy,
+                        "drained_targets": drained,
                         "health_checked": g.health_checked(),
                         "discovery": g.discovery(),
                         "targets": detail,
@@ -201,6 +260,20 @@ impl Admin {
         };
         (code, doc)
     }
+}
+
+/// `/upstreams/NAME/targets/ADDR/drain` (`true`) or `/enable` (`false`): the group, the
+/// target's address (as `/health` lists it, percent-encoded or not) and the action.
+fn target_action(path: &str) -> Option<(&str, &str, bool)> {
+    let (name, rest) = path.strip_prefix("/upstreams/")?.split_once("/targets/")?;
+    let (addr, action) = rest.rsplit_once('/')?;
+    let drain = match action {
+        "drain" => true,
+        "enable" => false,
+        _ => return None,
+    };
+    (!name.is_empty() && !name.contains('/') && !addr.is_empty() && !addr.contains('/'))
+        .then_some((name, addr, drain))
 }
 
 fn response(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -243,6 +316,17 @@ impl ServeHttp for Admin {
             };
             return response(status, "application/json", doc.to_string().into_bytes());
         }
+        if let Some((name, addr, drain)) = target_action(req.uri.path()) {
+            let (status, doc) = if req.method == http::Method::POST {
+                self.drain(name, addr, drain)
+            } else {
+                (
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    json!({"error": "method not allowed; use POST"}),
+                )
+            };
+            return response(status, "application/json", doc.to_string().into_bytes());
+        }
         if req.uri.path() == "/config/reload" {
             let (status, doc) = if req.method == http::Method::POST {
                 self.reload().await
@@ -258,6 +342,17 @@ impl ServeHttp for Admin {
             (true, "/health") => {
                 let (status, doc) = self.health();
                 response(status, "application/json", doc.to_string().into_bytes())
+            }
+            // Made once, when the generation was assembled.
+            (true, "/routes") => {
+                let gw = self.current.load();
+                let body = gw.described.routes_json().as_bytes().to_vec();
+                response(StatusCode::OK, "application/json", body)
+            }
+            (true, "/openapi.json") => {
+                let gw = self.current.load();
+                let body = gw.described.openapi_json().as_bytes().to_vec();
+                response(StatusCode::OK, "application/json", body)
             }
             (true, "/livez") => response(
                 StatusCode::OK,
@@ -279,6 +374,7 @@ impl ServeHttp for Admin {
                             target: &t.target.label,
                             healthy: t.healthy,
                             circuit: t.circuit.map(|c| c as i64),
+                            drained: t.drained,
                         })
                     })
                     .collect();
@@ -316,7 +412,10 @@ impl ServeHttp for Admin {
                     }),
                 )
             }
-            (false, "/health" | "/metrics" | "/livez" | "/readyz") => response(
+            (
+                false,
+                "/health" | "/metrics" | "/livez" | "/readyz" | "/routes" | "/openapi.json",
+            ) => response(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "application/json",
                 br#"{"error":"method not allowed"}"#.to_vec(),
@@ -324,7 +423,7 @@ impl ServeHttp for Admin {
             _ => response(
                 StatusCode::NOT_FOUND,
                 "application/json",
-                br#"{"error":"not found; try /health, /livez, /readyz, /metrics, POST /cache/purge, POST /auth/purge or POST /config/reload"}"#.to_vec(),
+                br#"{"error":"not found; try /health, /livez, /readyz, /metrics, /routes, /openapi.json, POST /cache/purge, POST /auth/purge, POST /config/reload or POST /upstreams/NAME/targets/ADDR/drain (or /enable)"}"#.to_vec(),
             ),
         }
     }
@@ -369,5 +468,32 @@ impl Listening {
                 });
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_paths_name_the_group_the_address_and_the_action() {
+        assert_eq!(
+            target_action("/upstreams/app/targets/127.0.0.1:8081/drain"),
+            Some(("app", "127.0.0.1:8081", true))
+        );
+        assert_eq!(
+            target_action("/upstreams/app/targets/%5B::1%5D:8081/enable"),
+            Some(("app", "%5B::1%5D:8081", false))
+        );
+        for other in [
+            "/upstreams/app/targets/127.0.0.1:8081/pause",
+            "/upstreams/app/targets//drain",
+            "/upstreams//targets/127.0.0.1:8081/drain",
+            "/upstreams/a/b/targets/127.0.0.1:8081/drain",
+            "/upstreams/app/targets/127.0.0.1:8081",
+            "/upstreams/app",
+        ] {
+            assert_eq!(target_action(other), None, "{other}");
+        }
     }
 }

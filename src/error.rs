@@ -12,9 +12,10 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 use std::borrow::Cow;
 
-/// `X-Request-ID`: defined in [`crate::forward`] with the functions that read and make request
-/// ids (this module only writes it), so the two import one way; kept at this path.
-pub(crate) use crate::forward::X_REQUEST_ID;
+/// `X-Request-ID`, and a request's id with its header: defined in [`crate::forward`] with the
+/// functions that read and make request ids (this module only writes them), so the two
+/// import one way; kept at this path.
+pub(crate) use crate::forward::RequestId;
 
 /// A fixed response served without an upstream.
 #[derive(Debug)]
@@ -120,13 +121,13 @@ fn head(
     status: StatusCode,
     headers: &[(HeaderName, HeaderValue)],
     body_len: usize,
-    request_id: &HeaderValue,
+    request_id: &RequestId,
 ) -> Result<ResponseHeader> {
     let mut resp = ResponseHeader::build(status, Some(headers.len() + 3))?;
     for (name, value) in headers {
         resp.append_header(name.clone(), value.clone())?;
     }
-    resp.insert_header(&X_REQUEST_ID, request_id.clone())?;
+    resp.insert_header(request_id.header, request_id.value.clone())?;
     if !(status.is_informational() || status == StatusCode::NO_CONTENT) {
         resp.insert_header(http::header::CONTENT_LENGTH, body_len)?;
     }
@@ -139,7 +140,7 @@ pub(crate) async fn respond(
     status: StatusCode,
     headers: &[(HeaderName, HeaderValue)],
     body: Bytes,
-    request_id: &HeaderValue,
+    request_id: &RequestId,
 ) -> Result<()> {
     let resp = head(status, headers, body.len(), request_id)?;
     let head_only = session.req_header().method == http::Method::HEAD;
@@ -156,7 +157,7 @@ pub(crate) async fn respond(
 /// added to `headers`: `Content-Type` for the JSON error, `Cache-Control: no-store`.
 fn error_body(
     reject: &Reject,
-    request_id: &HeaderValue,
+    request_id: &RequestId,
     headers: &mut Vec<(HeaderName, HeaderValue)>,
 ) -> Bytes {
     let body = match &reject.body {
@@ -166,11 +167,7 @@ fn error_body(
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             ));
-            json_body(
-                reject.message,
-                &reject.reason,
-                request_id.to_str().unwrap_or(""),
-            )
+            json_body(reject.message, &reject.reason, request_id.as_str())
         }
     };
     headers.push((
@@ -185,7 +182,7 @@ fn error_body(
 pub(crate) async fn respond_error(
     session: &mut Session,
     reject: &Reject,
-    request_id: &HeaderValue,
+    request_id: &RequestId,
 ) -> Result<()> {
     let mut headers = reject.headers.clone();
     if let Some(flavor) = crate::grpc::Flavor::of(session.req_header()) {
@@ -201,10 +198,16 @@ pub(crate) async fn respond_error(
 /// parser refuses, 405 for CONNECT): the gateway's JSON error with a fresh request id, like
 /// every other error it answers. Pingora's own is empty, says `Server: Pingora`, and could
 /// only be told from an upstream's identical answer by guessing from its bytes.
-pub(crate) fn early_error(status: u16) -> (ResponseHeader, Bytes) {
+pub(crate) fn early_error(
+    status: u16,
+    header: &'static pingora::http::SpelledName,
+) -> (ResponseHeader, Bytes) {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
     let reject = Reject::new(status, message_for(status.as_u16()));
-    let request_id = crate::forward::new_request_id();
+    let request_id = RequestId {
+        header,
+        value: crate::forward::new_request_id(),
+    };
     let mut headers = Vec::with_capacity(2);
     let body = error_body(&reject, &request_id, &mut headers);
     match head(status, &headers, body.len(), &request_id) {

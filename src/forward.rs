@@ -10,8 +10,11 @@ use pingora::proxy::Session;
 use std::net::IpAddr;
 
 /// `X-Request-ID`, with its spelling: inserted on every request, it then allocates nothing.
-/// Here with [`request_id`] and [`new_request_id`]; the `error` module re-exports it.
+/// Here with [`RequestId`] and [`new_request_id`]; the `error` module re-exports it.
 pub(crate) const X_REQUEST_ID: SpelledName = SpelledName::from_static("x-request-id");
+
+/// [`X_REQUEST_ID`] at one address, for requests to hold a `&'static` to.
+pub(crate) static DEFAULT_REQUEST_ID_HEADER: SpelledName = X_REQUEST_ID;
 
 // With their spelling, so that inserting them on every request allocates nothing.
 const X_FORWARDED_FOR: SpelledName = SpelledName::from_static("x-forwarded-for");
@@ -34,19 +37,80 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// Longest client-supplied request id that is kept.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
-/// The client's `X-Request-ID` when it is sane (1-128 of `A-Za-z0-9-_.:`), else a new one.
-pub(crate) fn request_id(req: &RequestHeader) -> HeaderValue {
-    if let Some(v) = req.headers.get(X_REQUEST_ID.name()) {
-        let b = v.as_bytes();
-        if !b.is_empty()
-            && b.len() <= MAX_REQUEST_ID_LEN
-            && b.iter()
-                .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
-        {
-            return v.clone();
+/// One request's id and the header that carries it (`[server] request_id_header`, by
+/// default `X-Request-ID`): read from the client, sent upstream, returned to the client, in
+/// every JSON error body, the access log and the trace, under that one name.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestId {
+    pub(crate) header: &'static SpelledName,
+    pub(crate) value: HeaderValue,
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        RequestId {
+            header: &DEFAULT_REQUEST_ID_HEADER,
+            value: HeaderValue::from_static(""),
         }
     }
-    new_request_id()
+}
+
+impl RequestId {
+    /// The client's id under `header` when it is sane (1-128 of `A-Za-z0-9-_.:`), else a
+    /// new one.
+    pub(crate) fn read(req: &RequestHeader, header: &'static SpelledName) -> RequestId {
+        let value = match req.headers.get(header.name()) {
+            Some(v) if sane_request_id(v.as_bytes()) => v.clone(),
+            _ => new_request_id(),
+        };
+        RequestId { header, value }
+    }
+
+    /// The id as text (always ASCII).
+    pub(crate) fn as_str(&self) -> &str {
+        self.value.to_str().unwrap_or("")
+    }
+
+    /// The id as a header to insert.
+    pub(crate) fn pair(&self) -> (&'static SpelledName, HeaderValue) {
+        (self.header, self.value.clone())
+    }
+}
+
+fn sane_request_id(b: &[u8]) -> bool {
+    !b.is_empty()
+        && b.len() <= MAX_REQUEST_ID_LEN
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+}
+
+/// The header named `spelling`, made once per distinct name for the life of the process,
+/// so each request holds a `&'static` to it and a reload that changes the name cannot free
+/// one a request in flight still uses. Unknown names are few (one per configured
+/// spelling), so they are never freed.
+pub(crate) fn request_id_header(spelling: &str) -> Result<&'static SpelledName, String> {
+    static MADE: std::sync::Mutex<Vec<(&'static str, &'static SpelledName)>> =
+        std::sync::Mutex::new(Vec::new());
+    if spelling.eq_ignore_ascii_case(X_REQUEST_ID.name().as_str()) {
+        return Ok(&DEFAULT_REQUEST_ID_HEADER);
+    }
+    let mut made = MADE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, h)) = made.iter().find(|(s, _)| *s == spelling) {
+        return Ok(h);
+    }
+    let text: &'static str = Box::leak(spelling.to_owned().into_boxed_str());
+    let header = SpelledName::from_spelling(text).map_err(|e| e.to_string())?;
+    let header: &'static SpelledName = Box::leak(Box::new(header));
+    made.push((text, header));
+    Ok(header)
+}
+
+/// The client's `X-Request-ID` when it is sane (1-128 of `A-Za-z0-9-_.:`), else a new one.
+#[cfg(test)]
+fn request_id(req: &RequestHeader) -> HeaderValue {
+    RequestId::read(req, &DEFAULT_REQUEST_ID_HEADER).value
 }
 
 /// 128 random bits as 32 lower-case hex digits.
@@ -168,7 +232,7 @@ pub(crate) fn prepare_upstream_request(
     upstream: &mut RequestHeader,
     client_ip: Option<IpAddr>,
     peer_trusted: bool,
-    request_id: &HeaderValue,
+    request_id: &RequestId,
 ) -> Result<()> {
     // A trusted proxy's X-Forwarded-For chain is extended with the peer; anyone else's is
     // replaced by the peer address, the only one we can vouch for.
@@ -200,7 +264,7 @@ pub(crate) fn prepare_upstream_request(
     if let Some(h) = forwarded_host(down.req)? {
         upstream.insert_header(&X_FORWARDED_HOST, h)?;
     }
-    upstream.insert_header(&X_REQUEST_ID, request_id.clone())?;
+    upstream.insert_header(request_id.header, request_id.value.clone())?;
     Ok(())
 }
 
@@ -295,8 +359,11 @@ mod tests {
             peer: Some("192.0.2.7".parse().unwrap()),
             tls: true,
         };
-        prepare_upstream_request(&d, &mut up, None, false, &HeaderValue::from_static("id1"))
-            .unwrap();
+        let id = RequestId {
+            value: HeaderValue::from_static("id1"),
+            ..RequestId::default()
+        };
+        prepare_upstream_request(&d, &mut up, None, false, &id).unwrap();
         let mut wire = Vec::new();
         up.header_to_h1_wire(&mut wire);
         let wire = String::from_utf8(wire).unwrap();

@@ -16,6 +16,7 @@ pub(crate) mod compress;
 pub mod config;
 pub(crate) mod connection;
 pub(crate) mod demo;
+pub(crate) mod describe;
 pub(crate) mod error;
 pub(crate) mod forward;
 pub(crate) mod gateway;
@@ -36,7 +37,7 @@ pub(crate) mod transcode;
 pub(crate) mod transform;
 pub(crate) mod upstream;
 
-pub use assemble::{explain, load, Assembled};
+pub use assemble::{explain, load, openapi, routes, Assembled};
 pub use gateway::explain::{Explanation, Query as ExplainQuery};
 pub use observe::log::{init as init_logging, set_format as set_log_format};
 pub use serve::{build_server, check_listen_addresses, Prepared, StartMode};

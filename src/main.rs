@@ -91,6 +91,16 @@ struct Cli {
 enum Command {
     /// Print the JSON Schema of the configuration file (kept as docs/tollgate.schema.json).
     Schema,
+    /// Print the routing table: each route's hosts, path, methods, upstream, auth, roles,
+    /// limits, cache and transforms (what the admin listener's `GET /routes` serves).
+    Routes {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the OpenAPI 3.1 document of the public surface (what the admin listener's
+    /// `GET /openapi.json` serves), services' own files merged under their routes.
+    Openapi,
     /// Show what the gateway would do with one request, without any network: the route and
     /// why others did not match, each policy step, the upstream and the request it would
     /// get, the response headers added.
@@ -159,6 +169,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Schema) = cli.command {
         return out(&tollgate::config::schema());
+    }
+    if let Some(Command::Routes { .. } | Command::Openapi) = &cli.command {
+        let assembled = match tollgate::load(&cli.config) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(1);
+            }
+        };
+        return match &cli.command {
+            Some(Command::Routes { json }) => out(&tollgate::routes(&assembled, *json)),
+            _ => out(&tollgate::openapi(&assembled)),
+        };
     }
     if let Some(Command::Explain {
         method,

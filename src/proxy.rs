@@ -41,7 +41,7 @@ impl ProxyHttp for Proxy {
     /// A request refused before any hook (a malformed head, CONNECT): the gateway's JSON
     /// error, not Pingora's empty one.
     fn early_error_response(&self, status: u16) -> (pingora::http::ResponseHeader, Bytes) {
-        crate::error::early_error(status)
+        crate::error::early_error(status, self.current.load().request_id_header)
     }
 
     /// The generation serving now, kept for the whole request.

@@ -145,6 +145,10 @@ pub(crate) fn build(
         security_headers,
         resolver,
         cache,
+        // The published document: `Described` below.
+        openapi: _,
+        // Gateway-wide windows: `GatewayPolicy`.
+        rate_limits: _,
     } = file;
     let mut problems = Vec::new();
     refs::duplicates(file, &mut problems);
@@ -158,6 +162,9 @@ pub(crate) fn build(
     } = planned;
     problems.extend(plan_problems);
     let security = security(security_headers, &mut problems);
+    // The routing table and the OpenAPI document, before the routes: request validation
+    // compiles each route's operations from the document.
+    let described = crate::describe::Described::from_config("", file, &(), &mut problems);
 
     let mut providers = Providers::new("JWT provider", auth.jwt.keys().cloned());
     for (name, section) in &auth.jwt {
@@ -283,6 +290,7 @@ pub(crate) fn build(
             has_consumers: !consumers.is_empty(),
             rate_store: &rate_store,
             default_max_body: limits.max_body_size.0,
+            openapi: described.as_ref().map(|d| &d.openapi),
         },
         security: &security,
     };
@@ -304,7 +312,8 @@ pub(crate) fn build(
     } else {
         None
     };
-    let (Some(policy), true) = (policy, problems.is_empty()) else {
+    let request_id_header = request_id_header(file, &mut problems);
+    let (Some(policy), Some(described), true) = (policy, described, problems.is_empty()) else {
         return Err(problems);
     };
 
@@ -335,6 +344,8 @@ pub(crate) fn build(
         policy,
         connector: shared.connector.clone(),
         draining: shared.draining.clone(),
+        request_id_header,
+        described,
         cache: response_cache,
         generation: Generation {
             number: previous.map_or(1, |g| g.generation.number + 1),
@@ -407,6 +418,27 @@ pub fn load(path: &std::path::Path) -> Result<Assembled, crate::config::ConfigEr
     })
 }
 
+/// The routing table of `assembled` (`tollgate routes`): an aligned text table, or with
+/// `json` the document the admin listener's `GET /routes` answers.
+pub fn routes(assembled: &Assembled, json: bool) -> String {
+    let described = &assembled.runtime.gateway.described;
+    if json {
+        described.routes_json().to_string()
+    } else {
+        described.routes_text()
+    }
+}
+
+/// The OpenAPI 3.1 document of `assembled` (`tollgate openapi`, `GET /openapi.json`).
+pub fn openapi(assembled: &Assembled) -> String {
+    assembled
+        .runtime
+        .gateway
+        .described
+        .openapi_json()
+        .to_string()
+}
+
 /// What the gateway built from `assembled` would do with one request (`tollgate explain`),
 /// without any network.
 pub fn explain(
@@ -421,6 +453,25 @@ pub fn explain(
         .map(|l| (l.address.clone(), l.tls.is_some()))
         .collect();
     crate::gateway::explain::explain(&assembled.runtime.gateway, &listeners, query)
+}
+
+/// `[server] request_id_header`, or `X-Request-ID`.
+fn request_id_header(
+    file: &ConfigFile,
+    problems: &mut Vec<Problem>,
+) -> &'static pingora::http::SpelledName {
+    let at = "server.request_id_header";
+    let default = &crate::forward::DEFAULT_REQUEST_ID_HEADER;
+    let Some(name) = &file.server.request_id_header else {
+        return default;
+    };
+    if name.get(at, problems).is_none() {
+        return default;
+    }
+    crate::forward::request_id_header(name.text()).unwrap_or_else(|e| {
+        problems.push(Problem::new(at, e));
+        default
+    })
 }
 
 #[cfg(test)]

@@ -199,6 +199,8 @@ fn server_conf(s: &ServerSection, problems: &mut Vec<Problem>) -> ServerConf {
         graceful_shutdown_timeout,
         upstream_keepalive_pool_size,
         client_read_buffer,
+        // Per generation: assemble/mod.rs.
+        request_id_header: _,
     } = s;
     bounds::SERVER_THREADS.check("server.threads", *threads, problems);
     bounds::SERVER_GRACE_PERIOD.check("server.grace_period", *grace_period, problems);

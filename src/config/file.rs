@@ -45,12 +45,53 @@ pub struct ConfigFile {
     pub(crate) consumers: BTreeMap<String, ConsumerSection>,
     #[serde(default)]
     pub(crate) rate_limit: RateLimitBackendSection,
+    /// `[[rate_limits]]`: windows every route applies, counted across all of them unless a
+    /// window names a `scope` (the platform's "1000 per hour per user, 100 per hour per
+    /// unauthenticated IP, 10000 per hour per API key" is three of these, each with its
+    /// `applies_to`).
+    #[serde(default)]
+    pub(crate) rate_limits: Vec<RateLimitSection>,
     #[serde(default)]
     pub(crate) security_headers: SecurityHeadersSection,
     #[serde(default)]
     pub(crate) resolver: ResolverSection,
     #[serde(default)]
     pub(crate) cache: CacheSection,
+    /// `[openapi]`: the `info` and `servers` of the OpenAPI document the gateway publishes
+    /// (`tollgate openapi`, the admin listener's `/openapi.json`).
+    #[serde(default)]
+    pub(crate) openapi: OpenApiSection,
+}
+
+/// `[openapi]`: what the published OpenAPI document says about itself; its paths, security
+/// and responses come from the routes.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpenApiSection {
+    /// `info.title` of the document.
+    #[serde(default = "defaults::openapi_title")]
+    pub(crate) title: String,
+    /// `info.version`: the version of the published API (not Tollgate's).
+    #[serde(default = "defaults::openapi_version")]
+    pub(crate) version: String,
+    /// `info.description` (Markdown).
+    #[serde(default)]
+    pub(crate) description: Option<String>,
+    /// The base URLs clients call, e.g. `["https://api.example.com"]`; empty: none is named
+    /// (paths are relative to wherever the document is served from).
+    #[serde(default)]
+    pub(crate) servers: Vec<String>,
+}
+
+impl Default for OpenApiSection {
+    fn default() -> Self {
+        OpenApiSection {
+            title: defaults::openapi_title(),
+            version: defaults::openapi_version(),
+            description: None,
+            servers: Vec::new(),
+        }
+    }
 }
 
 /// `[cache]`: the response cache shared by the routes that have a `[routes.cache]`.
@@ -238,6 +279,12 @@ pub struct ServerSection {
     /// they read straight into the request parser.
     #[serde(default = "defaults::client_read_buffer")]
     pub(crate) client_read_buffer: HumanSize,
+    /// The header that carries each request's id (`X-Correlation-ID`, say; default
+    /// `X-Request-ID`): a client's sane id (1-128 of `A-Za-z0-9-_.:`) under this name is kept,
+    /// otherwise one is made; it goes to the upstream and back to the client under this name
+    /// only, and is in every JSON error body, access-log line and trace span.
+    #[serde(default)]
+    pub(crate) request_id_header: Option<Header>,
 }
 
 impl Default for ServerSection {
@@ -252,6 +299,7 @@ impl Default for ServerSection {
             graceful_shutdown_timeout: defaults::graceful_shutdown_timeout(),
             upstream_keepalive_pool_size: defaults::upstream_keepalive_pool_size(),
             client_read_buffer: defaults::client_read_buffer(),
+            request_id_header: None,
         }
     }
 }
@@ -757,6 +805,28 @@ pub struct RouteSection {
     /// Answer HTTP/JSON calls by calling the upstream's gRPC methods.
     #[serde(default)]
     pub(crate) transcode: Option<TranscodeSection>,
+    /// The service's own OpenAPI 3.0 or 3.1 document (YAML or JSON; relative to this file's
+    /// directory): its paths are published under the route's public prefix (the route's
+    /// `strip_prefix` or `rewrite_prefix` undone), with the gateway's security and answers.
+    #[serde(default)]
+    pub(crate) openapi: Option<String>,
+    /// What the upstream gets of the credentials the route verified: `forward` (the
+    /// default, as Kong and Traefik do: the client's `Authorization` and API-key header go
+    /// upstream unchanged) or `strip` (as Envoy's `jwt_authn` does: both are removed once
+    /// the caller is verified; the upstream sees only the identity headers).
+    #[serde(default)]
+    pub(crate) credentials: Credentials,
+    /// `request`: check each request against the route's operation in its `openapi` file
+    /// (path and query parameters, required headers, the JSON body) and refuse a violation
+    /// with 400 before the upstream is called.
+    #[serde(default)]
+    pub(crate) validate: Option<Validate>,
+    /// Refusing policies of this route that run in shadow mode: evaluated, counted
+    /// (`tollgate_shadow_refusals_total{route,policy,reason}`) and logged (`shadow_refusal`),
+    /// never refusing. `auth` covers every authentication method of the route (JWT, API key,
+    /// forward auth, introspection).
+    #[serde(default)]
+    pub(crate) shadow: Vec<ShadowPolicy>,
 }
 
 /// `[routes.transcode]`: HTTP/JSON to gRPC.
@@ -1211,6 +1281,54 @@ pub enum CallerKind {
     ApiKey,
 }
 
+/// What the upstream gets of verified credentials (`credentials`).
+#[derive(Debug, Deserialize, Clone, Copy, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Credentials {
+    /// `Authorization` and the API-key header go upstream as the client sent them.
+    #[default]
+    Forward,
+    /// Both are removed from the upstream request once the route's auth verified them.
+    Strip,
+}
+
+/// What a route validates against its OpenAPI operation (`validate`).
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Validate {
+    /// Path and query parameters, required headers and the JSON body of each request.
+    Request,
+}
+
+/// A refusing route policy that can run in shadow mode (`shadow`).
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Hash, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ShadowPolicy {
+    /// Authentication, by every method of the route's `auth`.
+    Auth,
+    /// The route's `roles`.
+    Roles,
+    /// The route's and the consumer's rate limits.
+    RateLimits,
+    /// The route's `ip_allow` / `ip_deny`.
+    Ip,
+    /// Request validation (`validate`).
+    Validate,
+}
+
+impl ShadowPolicy {
+    /// Its name in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShadowPolicy::Auth => "auth",
+            ShadowPolicy::Roles => "roles",
+            ShadowPolicy::RateLimits => "rate_limits",
+            ShadowPolicy::Ip => "ip",
+            ShadowPolicy::Validate => "validate",
+        }
+    }
+}
+
 /// `[rate_limit]`: where counters live.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -1365,6 +1483,7 @@ impl ConfigFile {
         }
         for r in &mut self.routes {
             paths.extend(r.transcode.as_mut().map(|t| &mut t.descriptor));
+            paths.extend(r.openapi.as_mut());
         }
         for j in self.auth.jwt.values_mut() {
             let JwtSection {
@@ -1706,6 +1825,12 @@ pub(crate) mod defaults {
     }
     pub(crate) fn redis_timeout() -> HumanDuration {
         HumanDuration(Duration::from_millis(50))
+    }
+    pub(crate) fn openapi_title() -> String {
+        "Tollgate API".into()
+    }
+    pub(crate) fn openapi_version() -> String {
+        "1.0.0".into()
     }
     pub(crate) fn cors_methods() -> Vec<super::MethodName> {
         ["GET", "HEAD", "POST"].map(super::MethodName::new).to_vec()

@@ -50,7 +50,7 @@ pub(crate) struct Ctx {
 pub(super) struct Client {
     pub(super) start: Instant,
     /// `X-Request-Id`: the client's when it sent a safe one, else a new one.
-    pub(super) request_id: HeaderValue,
+    pub(super) request_id: forward::RequestId,
     /// The peer, or the address a trusted proxy named.
     pub(super) ip: Option<IpAddr>,
     /// The peer is a trusted proxy (its `X-Forwarded-For` is extended, not replaced).
@@ -63,7 +63,7 @@ impl Default for Client {
     fn default() -> Self {
         Client {
             start: Instant::now(),
-            request_id: HeaderValue::from_static(""),
+            request_id: forward::RequestId::default(),
             ip: None,
             trusted_peer: false,
             inflight: None,
@@ -97,6 +97,8 @@ pub(super) struct Reply {
     pub(super) upgraded: Option<GaugeGuard>,
     /// The upstream's gRPC status, once its trailers (or a transcoded call) said it.
     pub(super) grpc_status: Option<grpc::Code>,
+    /// What policies in shadow mode would have refused: `policy:reason`, joined by `,`.
+    pub(super) shadow_refusal: Option<String>,
 }
 
 /// Request body accounting and the body rewriters of both directions.
@@ -110,6 +112,8 @@ pub(super) struct Body {
     pub(super) response_json: Option<BodyBuffer>,
     /// Compresses the response body, when the route and the client agreed on a coding.
     pub(super) compressor: Option<crate::compress::Encoder>,
+    /// The OpenAPI operation the request matched, on a route that validates requests.
+    pub(super) operation: Option<crate::policy::validate::Matched>,
 }
 
 /// What the cache did for this request.
@@ -184,9 +188,32 @@ pub(super) struct Upstream {
 }
 
 impl Ctx {
-    /// The request's id (`X-Request-Id`, the client's when it sent a safe one).
+    /// A refusal `policy`, in shadow mode, would have made: counted in
+    /// `tollgate_shadow_refusals_total` and kept for the access log and the span.
+    pub(super) fn shadow_refusal(
+        &mut self,
+        gw: &super::Gateway,
+        route: &crate::route::Route,
+        policy: crate::config::file::ShadowPolicy,
+        reason: &str,
+    ) {
+        gw.metrics
+            .shadow_refusals
+            .with_label_values(&[&*route.name, policy.as_str(), reason])
+            .inc();
+        let noted = self.reply.shadow_refusal.get_or_insert_with(String::new);
+        if !noted.is_empty() {
+            noted.push(',');
+        }
+        noted.push_str(policy.as_str());
+        noted.push(':');
+        noted.push_str(reason);
+    }
+
+    /// The request's id (under `[server] request_id_header`, the client's when it sent a
+    /// safe one).
     pub(crate) fn request_id(&self) -> &HeaderValue {
-        &self.client.request_id
+        &self.client.request_id.value
     }
 
     /// The matched route's proxy action, when it proxies.
@@ -254,7 +281,8 @@ impl Gateway {
         }
         session.set_pipelining_enabled(true);
         ctx.client.inflight = Some(GaugeGuard::new(&self.metrics.inflight));
-        ctx.client.request_id = forward::request_id(session.req_header());
+        ctx.client.request_id =
+            forward::RequestId::read(session.req_header(), self.request_id_header);
         ctx.trace = self
             .tracer
             .as_ref()

@@ -236,7 +236,7 @@ pub(crate) fn explain(
         p.go_offline();
     }
     let mut ctx = Ctx::default();
-    ctx.client.request_id = forward::request_id(&req);
+    ctx.client.request_id = forward::RequestId::read(&req, gw.request_id_header);
     gw.identify_client(Some(q.client), &req, &mut ctx);
     let original = req.clone();
     let mut trace = Vec::new();
@@ -303,6 +303,13 @@ pub(crate) fn explain(
                 .rate_limits
                 .as_ref()
                 .map_or_else(Vec::new, |l| l.describe());
+            if let Some(g) = &gw.policy.rate_limits {
+                windows.extend(
+                    g.describe()
+                        .into_iter()
+                        .map(|w| format!("{w} (every route)")),
+                );
+            }
             if let Some(c) = ctx
                 .identity
                 .as_ref()
@@ -317,7 +324,7 @@ pub(crate) fn explain(
             }
             let at = steps
                 .iter()
-                .position(|s| s.step == StepName::Answer)
+                .position(|s| matches!(s.step, StepName::Validate | StepName::Answer))
                 .unwrap_or(steps.len());
             steps.insert(
                 at,
@@ -496,8 +503,8 @@ pub(crate) fn explain(
                 for (n, v) in headers {
                     let _ = resp.append_header(n.clone(), v.clone());
                 }
-                let _ =
-                    resp.insert_header(&crate::error::X_REQUEST_ID, ctx.client.request_id.clone());
+                let (name, id) = ctx.client.request_id.pair();
+                let _ = resp.insert_header(name, id);
             }
             _ => {
                 gw.decorate_response(&original, false, &mut resp, &mut ctx)
@@ -526,6 +533,11 @@ pub(crate) fn explain(
         .is_some_and(|r| matches!(r.action, RouteAction::Aggregate(_)))
     {
         notes.push("aggregate parts are listed, not called".into());
+    }
+    if let Some(s) = &ctx.reply.shadow_refusal {
+        notes.push(format!(
+            "shadow mode: would have refused ({s}); counted and logged, not enforced"
+        ));
     }
     if gw.policy.jwt_providers.iter().any(|p| p.has_jwks_url()) {
         notes.push(
@@ -636,6 +648,20 @@ fn detail(
             }
         }
         StepName::RateLimit => String::new(),
+        StepName::Validate => match (
+            route.and_then(|r| r.policy.validator.as_ref()),
+            ctx.body.operation,
+        ) {
+            (Some(v), Some(m)) => {
+                let body = if v.checks_body(m) {
+                    "; its JSON body is checked once read"
+                } else {
+                    ""
+                };
+                format!("matches {}{body}", v.describe(m))
+            }
+            _ => refused.unwrap_or_default(),
+        },
         StepName::Answer => match (route.map(|r| &r.action), step) {
             (Some(RouteAction::Proxy(p)), Step::Next) => match &p.transcode {
                 Some(t) => format!("transcoded to gRPC ({})", t.describe().join(", ")),

@@ -156,7 +156,7 @@ impl Gateway {
                 format,
                 &Entry {
                     time: Time(std::time::SystemTime::now()),
-                    request_id: ctx.client.request_id.to_str().unwrap_or(""),
+                    request_id: ctx.client.request_id.as_str(),
                     trace_id: ctx.trace.as_ref().map(Trace::trace_id),
                     client_ip: ctx.client.ip,
                     host,
@@ -182,6 +182,7 @@ impl Gateway {
                     bytes_out: session.body_bytes_sent(),
                     cache: ctx.cache.verdict.map(Verdict::header),
                     reason: ctx.reply.reason.as_deref(),
+                    shadow_refusal: ctx.reply.shadow_refusal.as_deref(),
                     error: cause.clone(),
                     upgraded: ctx.reply.upgraded.is_some(),
                     grpc_status: ctx
@@ -213,9 +214,10 @@ impl Gateway {
                     protocol: protocol.trim_start_matches("HTTP/"),
                     user_agent,
                     status: status.as_u16(),
-                    request_id: ctx.client.request_id.to_str().unwrap_or(""),
+                    request_id: ctx.client.request_id.as_str(),
                     upstream: group,
                     reason: ctx.reply.reason.as_deref(),
+                    shadow_refusal: ctx.reply.shadow_refusal.as_deref(),
                     error: cause,
                 },
             );

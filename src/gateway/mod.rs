@@ -61,6 +61,10 @@ pub(crate) struct Gateway {
     /// Each listener's certificates (TLS listeners only), swapped in by a reload.
     pub(crate) listener_certs: Vec<Option<Arc<crate::tls::CertStore>>>,
     pub(crate) connection_limits: crate::connection::ConnectionLimits,
+    /// The routing table and the OpenAPI document (`GET /routes`, `GET /openapi.json`).
+    pub(crate) described: crate::describe::Described,
+    /// The header carrying the request id (`[server] request_id_header`).
+    pub(crate) request_id_header: &'static pingora::http::SpelledName,
 }
 
 /// Which configuration a generation was built from, and when.

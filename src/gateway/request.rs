@@ -5,8 +5,8 @@
 
 use super::{Ctx, Gateway};
 use crate::aggregate::Forwarded;
-use crate::config::file::CallerKind;
-use crate::error::{self, Reject, X_REQUEST_ID};
+use crate::config::file::{CallerKind, ShadowPolicy};
+use crate::error::{self, Reject};
 use crate::forward;
 use crate::observe::trace;
 use crate::policy::auth;
@@ -37,6 +37,7 @@ pub enum StepName {
     Check(&'static str),
     Auth,
     RateLimit,
+    Validate,
     Answer,
 }
 
@@ -50,6 +51,7 @@ impl StepName {
             StepName::Check(name) => name,
             StepName::Auth => "auth",
             StepName::RateLimit => "rate_limit",
+            StepName::Validate => "validate",
             StepName::Answer => "answer",
         }
     }
@@ -140,7 +142,13 @@ pub(crate) async fn admit(
         client_ip: ctx.client.ip,
     };
     for check in &route.policy.checks {
-        let decided = check.check(&asked, &mut ctx.reply.headers);
+        let mut decided = check.check(&asked, &mut ctx.reply.headers);
+        if let (Step::Reject(refusal), Some(p)) = (&decided, check.shadow_as()) {
+            if route.policy.shadow.has(p) {
+                ctx.shadow_refusal(gw, &route, p, &refusal.reason);
+                decided = Step::Next;
+            }
+        }
         step!(mode, Check(check.name()), decided);
     }
     // Who is calling, and may they: rate limits below can key on the identity. An auth
@@ -150,6 +158,12 @@ pub(crate) async fn admit(
     }
     if !mode.explaining() {
         step!(mode, RateLimit, rate_limit_step(gw, &route, ctx).await);
+    }
+    // What the upstream documents it takes, once the caller may call it at all (an unknown
+    // caller learns nothing of the API's shape); the body is checked once admitted.
+    if let Some(v) = &route.policy.validator {
+        let decided = validate_step(gw, &route, v, req, ctx);
+        step!(mode, Validate, decided);
     }
     // Routes that answer at the gateway, once every policy admitted the request.
     let answer = if mode.explaining() && matches!(route.action, RouteAction::Aggregate(_)) {
@@ -223,19 +237,31 @@ async fn auth_step(gw: &Gateway, route: &Route, req: &RequestHeader, ctx: &mut C
         client_ip: ctx.client.ip,
         request_id: &ctx.client.request_id,
     };
-    match auth::authenticate(&policy.auth, &request, &gw.policy.api_keys).await {
-        Ok(identity) => {
-            ctx.identity = identity;
-            Step::Next
+    let refused = |ctx: &mut Ctx, failure: auth::AuthFailure, shadow_as| {
+        if policy.shadow.has(shadow_as) {
+            ctx.shadow_refusal(gw, route, shadow_as, failure.reason());
+            return Step::Next;
         }
-        Err(failure) => {
-            gw.metrics
-                .auth_failures
-                .with_label_values(&[&*route.name, failure.reason()])
-                .inc();
-            Step::Reject(failure.reject(&policy.auth))
+        gw.metrics
+            .auth_failures
+            .with_label_values(&[&*route.name, failure.reason()])
+            .inc();
+        Step::Reject(failure.reject(&policy.auth))
+    };
+    // An authentication failure in shadow mode goes on as an unauthenticated caller, whose
+    // roles there is nothing to check against.
+    let identity = match auth::authenticate(&policy.auth, &request, &gw.policy.api_keys).await {
+        Ok(identity) => identity,
+        Err(failure) => return refused(ctx, failure, ShadowPolicy::Auth),
+    };
+    if let Some(Err(failure)) = identity.as_ref().map(|i| auth::authorize(&policy.auth, i)) {
+        let step = refused(ctx, failure, ShadowPolicy::Roles);
+        if !matches!(step, Step::Next) {
+            return step;
         }
     }
+    ctx.identity = identity;
+    Step::Next
 }
 
 /// Count the request against the route's and the consumer's windows.
@@ -256,6 +282,12 @@ async fn rate_limit_step(gw: &Gateway, route: &Route, ctx: &mut Ctx) -> Step {
         Some(limits) => limits.check(&subject).await,
         None => None,
     };
+    if let Some(d) = match &gw.policy.rate_limits {
+        Some(limits) => limits.check(&subject).await,
+        None => None,
+    } {
+        decision = Some(decision.map_or(d, |prev| prev.tighter(d)));
+    }
     let consumer_limits = ctx
         .identity
         .as_ref()
@@ -270,6 +302,14 @@ async fn rate_limit_step(gw: &Gateway, route: &Route, ctx: &mut Ctx) -> Step {
     let Some(decision) = decision else {
         return Step::Next;
     };
+    // Limits in shadow mode count, but tell the client nothing: headers announcing a limit
+    // before it is enforced would already change how clients behave.
+    if route.policy.shadow.has(ShadowPolicy::RateLimits) {
+        if !decision.allowed {
+            ctx.shadow_refusal(gw, route, ShadowPolicy::RateLimits, &decision.reason());
+        }
+        return Step::Next;
+    }
     ctx.reply.headers.extend(decision.headers());
     if decision.allowed {
         return Step::Next;
@@ -282,6 +322,36 @@ async fn rate_limit_step(gw: &Gateway, route: &Route, ctx: &mut Ctx) -> Step {
         .because(decision.reason());
     reject.headers = std::mem::take(&mut ctx.reply.headers);
     Step::Reject(reject)
+}
+
+fn validate_step(
+    gw: &Gateway,
+    route: &Route,
+    v: &crate::policy::validate::Validator,
+    req: &RequestHeader,
+    ctx: &mut Ctx,
+) -> Step {
+    match v.check_head(&req.method, req.uri.path(), req.uri.query(), &req.headers) {
+        Ok(m) => {
+            ctx.body.operation = Some(m);
+            Step::Next
+        }
+        Err(violation) => validation_refused(gw, route, ctx, violation),
+    }
+}
+
+/// A request its route's operation does not allow: refused, or in shadow mode counted.
+fn validation_refused(
+    gw: &Gateway,
+    route: &Route,
+    ctx: &mut Ctx,
+    violation: crate::policy::validate::Violation,
+) -> Step {
+    if route.policy.shadow.has(ShadowPolicy::Validate) {
+        ctx.shadow_refusal(gw, route, ShadowPolicy::Validate, violation.reason());
+        return Step::Next;
+    }
+    Step::Reject(violation.reject(ctx.client.request_id.as_str()))
 }
 
 async fn answer_step(gw: &Gateway, route: &Route, req: &RequestHeader, ctx: &mut Ctx) -> Step {
@@ -324,7 +394,10 @@ pub(super) fn calls_carry(ctx: &mut Ctx) -> Vec<(HeaderName, HeaderValue)> {
         .identity
         .as_ref()
         .map_or_else(Vec::new, |i| i.headers.to_vec());
-    out.push((X_REQUEST_ID.name().clone(), ctx.client.request_id.clone()));
+    out.push((
+        ctx.client.request_id.header.name().clone(),
+        ctx.client.request_id.value.clone(),
+    ));
     // One CLIENT span covers the calls; each callee's span is its child.
     if let Some(t) = ctx.trace.as_mut() {
         out.push((trace::TRACEPARENT, t.call(trace::CALLS, None)));
@@ -345,7 +418,11 @@ impl Gateway {
     pub(crate) async fn admit_request(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let facts = Facts::of(session);
         let req = session.req_header_mut();
-        match admit(self, req, facts, ctx, Mode::Serve).await {
+        let mut admitted = admit(self, req, facts, ctx, Mode::Serve).await;
+        if matches!(admitted, Step::Next) {
+            admitted = self.validate_body(session, ctx).await?;
+        }
+        match admitted {
             Step::Next => {
                 // A transcoding route answers here, with a gRPC call of its own.
                 let route = ctx.route.clone();
@@ -370,6 +447,46 @@ impl Gateway {
                 Ok(true)
             }
         }
+    }
+
+    /// A body the route's operation has a JSON schema for, read whole and checked before the
+    /// upstream is called; Pingora's replay buffer then sends it on (the way it replays a
+    /// body to a retried upstream).
+    async fn validate_body(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Step> {
+        use crate::policy::validate::MAX_VALIDATED_BODY;
+        let (Some(route), Some(m)) = (ctx.route.clone(), ctx.body.operation) else {
+            return Ok(Step::Next);
+        };
+        let Some(v) = route.policy.validator.as_ref().filter(|v| v.checks_body(m)) else {
+            return Ok(Step::Next);
+        };
+        let limit =
+            MAX_VALIDATED_BODY.min(usize::try_from(route.policy.max_body).unwrap_or(usize::MAX));
+        let declared = forward::content_length(session.req_header());
+        let shadow = route.policy.shadow.has(ShadowPolicy::Validate);
+        if declared.is_some_and(|n| n > limit as u64)
+            || (shadow && declared.is_none() && !session.is_body_empty())
+        {
+            // Refused unread when it is too large; in shadow mode a body of unknown length
+            // is not read ahead (it could outgrow the replay buffer) and goes on unchecked.
+            if shadow {
+                return Ok(Step::Next);
+            }
+            return Ok(too_large(ctx, limit, &route));
+        }
+        session.as_mut().enable_retry_buffering();
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = session.read_request_body().await? {
+            body.extend_from_slice(&chunk);
+            if body.len() > limit {
+                return Ok(too_large(ctx, limit, &route));
+            }
+        }
+        let ct = session.req_header().headers.get(http::header::CONTENT_TYPE);
+        Ok(match v.check_body(m, ct, &body) {
+            Ok(()) => Step::Next,
+            Err(violation) => validation_refused(self, &route, ctx, violation),
+        })
     }
 
     /// Each request body chunk: `max_body_size` (per message on gRPC, not at all after an
@@ -423,4 +540,23 @@ impl Gateway {
         }
         Ok(())
     }
+}
+
+/// A body over what a validated operation reads ahead: `max_body_size`'s 413, or the
+/// validator's when its own bound is the smaller.
+fn too_large(ctx: &Ctx, limit: usize, route: &Route) -> Step {
+    if limit as u64 >= route.policy.max_body {
+        return Step::Reject(Reject::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large",
+        ));
+    }
+    let v = crate::policy::validate::Violation {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        field: "body".into(),
+        rule: format!(
+            "a validated body is read whole before the upstream is called: at most {limit} bytes"
+        ),
+    };
+    Step::Reject(v.reject(ctx.client.request_id.as_str()))
 }

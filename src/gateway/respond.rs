@@ -59,9 +59,9 @@ impl Gateway {
         }
         // Never indexed in HTTP/2's HPACK table: a value that is new on every response only
         // evicts entries that could be reused (RFC 7541 section 6.2.3). HTTP/1 ignores it.
-        let mut id = ctx.client.request_id.clone();
+        let mut id = ctx.client.request_id.value.clone();
         id.set_sensitive(true);
-        resp.insert_header(&error::X_REQUEST_ID, id)?;
+        resp.insert_header(ctx.client.request_id.header, id)?;
         Ok(())
     }
 

@@ -53,7 +53,7 @@ impl Gateway {
                 .inc();
             log::info!(
                 "request {:?}: retry skipped ({reason})",
-                ctx.client.request_id
+                ctx.client.request_id.as_str()
             );
             return false;
         }

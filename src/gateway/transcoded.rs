@@ -3,7 +3,7 @@
 //! the reply written as JSON or, for a server stream, as NDJSON line by line.
 
 use super::{Ctx, Gateway};
-use crate::error::{self, X_REQUEST_ID};
+use crate::error;
 use crate::grpc::{self, Code};
 use crate::route::ProxyAction;
 use crate::transcode::{error_body, Call, Deframer, Transcoder};
@@ -120,7 +120,7 @@ impl Gateway {
             ),
         ];
         headers.extend(ctx.reply.headers.iter().cloned());
-        let id = ctx.client.request_id.to_str().unwrap_or("");
+        let id = ctx.client.request_id.as_str();
         let body = error_body(code, &message, id);
         error::respond(session, status, &headers, body, &ctx.client.request_id).await?;
         Ok(true)
@@ -285,7 +285,7 @@ async fn exchange(
         let last = if code == Code::Ok {
             Bytes::new()
         } else {
-            let id = ctx.client.request_id.to_str().unwrap_or("");
+            let id = ctx.client.request_id.as_str();
             let mut line = BytesMut::from(&error_body(code, &message, id)[..]);
             line.extend_from_slice(b"\n");
             line.freeze()
@@ -316,7 +316,8 @@ async fn start_stream(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
     if !session.is_http2() {
         resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
     }
-    resp.insert_header(&X_REQUEST_ID, ctx.client.request_id.clone())?;
+    let (name, id) = ctx.client.request_id.pair();
+    resp.insert_header(name, id)?;
     for (k, v) in &ctx.reply.headers {
         resp.append_header(k.clone(), v.clone())?;
     }

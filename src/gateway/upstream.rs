@@ -162,6 +162,17 @@ impl Gateway {
             for (name, value) in identity.headers.iter() {
                 upstream.insert_header(name.clone(), value.clone())?;
             }
+            // `credentials = "strip"`: the upstream trusts the identity headers instead.
+            if ctx
+                .route
+                .as_ref()
+                .is_some_and(|r| r.policy.auth.strip_credentials)
+            {
+                upstream.remove_header(&http::header::AUTHORIZATION);
+                if let Some(h) = &self.policy.api_keys.header {
+                    upstream.remove_header(h);
+                }
+            }
         }
         forward::prepare_upstream_request(
             down,

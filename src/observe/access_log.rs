@@ -93,6 +93,10 @@ pub struct Entry<'a> {
     /// `cache_bypass:set_cookie`; `docs/observability.md`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'a str>,
+    /// What policies in shadow mode would have refused, `policy:reason` each, joined by
+    /// `,` (`auth:missing_credentials,rate_limits:rate_limited`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow_refusal: Option<&'a str>,
     /// Why the request failed, in words (`connect refused`, `upstream timeout after 5s`,
     /// `upstream closed before response`, `no healthy target`, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -151,6 +155,7 @@ pub(crate) const FIELDS: &[&str] = &[
     "bytes_out",
     "cache",
     "reason",
+    "shadow_refusal",
     "error",
     "upgraded",
     "grpc_status",
@@ -319,6 +324,9 @@ fn entry_line(e: &Entry<'_>) -> Vec<u8> {
     }
     if let Some(r) = e.reason {
         w.str(k!("reason"), r);
+    }
+    if let Some(r) = e.shadow_refusal {
+        w.str(k!("shadow_refusal"), r);
     }
     if let Some(err) = &e.error {
         w.str(k!("error"), err);
@@ -589,6 +597,7 @@ mod tests {
             bytes_out: usize::MAX,
             cache: Some("HIT"),
             reason: Some(text),
+            shadow_refusal: Some(text),
             error: Some(format!("{text} failed")),
             upgraded: true,
             grpc_status: Some(14),
@@ -625,6 +634,7 @@ mod tests {
             bytes_out: 0,
             cache: None,
             reason: None,
+            shadow_refusal: None,
             error: None,
             upgraded: false,
             grpc_status: None,

@@ -92,6 +92,8 @@ pub(crate) struct TargetSample<'a> {
     pub healthy: bool,
     /// `circuit_state`: 0 closed, 1 open, 2 half-open; `None` without a breaker.
     pub circuit: Option<i64>,
+    /// Drained by the operator (`upstream_target_drained`).
+    pub drained: bool,
 }
 
 /// Where one group's targets come from, for the discovery gauges.
@@ -126,12 +128,17 @@ pub(crate) struct Metrics {
     pub duration: HistogramVec,
     pub upstream_duration: HistogramVec,
     pub target_healthy: IntGaugeVec,
+    /// `upstream_target_drained{upstream,target}`: 1 while the operator drains the target.
+    target_drained: IntGaugeVec,
     pub inflight: IntGauge,
     pub connections: IntGauge,
     pub retries: IntCounterVec,
     pub access_log_dropped: IntCounter,
     pub auth_failures: IntCounterVec,
     pub rate_limited: IntCounterVec,
+    /// `shadow_refusals_total{route, policy, reason}`: refusals a policy in shadow mode
+    /// would have made (the request went on).
+    pub shadow_refusals: IntCounterVec,
     /// `reasons_total{route, status, reason}`: responses the gateway refused, answered
     /// itself, failed or did not cache, by reason (`docs/observability.md`).
     pub reasons: IntCounterVec,
@@ -255,6 +262,13 @@ impl Metrics {
             ),
             &["upstream", "target"],
         )?;
+        let target_drained = IntGaugeVec::new(
+            Opts::new(
+                "upstream_target_drained",
+                "1 while the target is drained by the operator (no new requests), else 0",
+            ),
+            &["upstream", "target"],
+        )?;
         let discovery_targets = IntGaugeVec::new(
             Opts::new(
                 "upstream_targets",
@@ -299,6 +313,13 @@ impl Metrics {
         let rate_limited = IntCounterVec::new(
             Opts::new("rate_limited_total", "Requests refused by a rate limit"),
             &["route"],
+        )?;
+        let shadow_refusals = IntCounterVec::new(
+            Opts::new(
+                "shadow_refusals_total",
+                "Refusals a policy in shadow mode would have made; the requests went on",
+            ),
+            &["route", "policy", "reason"],
         )?;
         let reasons = IntCounterVec::new(
             Opts::new(
@@ -406,6 +427,7 @@ impl Metrics {
         registry.register(Box::new(discovery_failing.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
         registry.register(Box::new(rate_limited.clone()))?;
+        registry.register(Box::new(shadow_refusals.clone()))?;
         registry.register(Box::new(reasons.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(proxy_protocol_refused.clone()))?;
@@ -415,6 +437,7 @@ impl Metrics {
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
         registry.register(Box::new(target_healthy.clone()))?;
+        registry.register(Box::new(target_drained.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(retries.clone()))?;
@@ -449,12 +472,14 @@ impl Metrics {
             duration,
             upstream_duration,
             target_healthy,
+            target_drained,
             inflight,
             connections,
             retries,
             access_log_dropped,
             auth_failures,
             rate_limited,
+            shadow_refusals,
             reasons,
             connections_refused,
             proxy_protocol_refused,
@@ -588,11 +613,15 @@ impl Metrics {
             }
         }
         self.target_healthy.reset();
+        self.target_drained.reset();
         self.circuit_state.reset();
         for t in scrape.targets {
             self.target_healthy
                 .with_label_values(&[t.group, t.target])
                 .set(i64::from(t.healthy));
+            self.target_drained
+                .with_label_values(&[t.group, t.target])
+                .set(i64::from(t.drained));
             if let Some(state) = t.circuit {
                 self.circuit_state
                     .with_label_values(&[t.group, t.target])
@@ -625,6 +654,7 @@ impl Metrics {
         prune(&self.retries_skipped, "route", &routes);
         prune(&self.auth_failures, "route", &routes);
         prune(&self.rate_limited, "route", &routes);
+        prune(&self.shadow_refusals, "route", &routes);
         prune(&self.reasons, "route", &routes);
         prune(&self.cache_requests, "route", &routes);
         prune(&self.request_bytes, "route", &routes);

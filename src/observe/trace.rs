@@ -141,6 +141,8 @@ pub(crate) struct Served<'a> {
     pub upstream: Option<&'a str>,
     /// The reason word (`docs/observability.md`), as `tollgate.reason`.
     pub reason: Option<&'a str>,
+    /// What policies in shadow mode would have refused, as `tollgate.shadow_refusal`.
+    pub shadow_refusal: Option<&'a str>,
     pub error: Option<String>,
 }
 
@@ -211,6 +213,9 @@ impl Tracer {
         }
         if let Some(r) = served.reason {
             attributes.push(attr("tollgate.reason", r));
+        }
+        if let Some(r) = served.shadow_refusal {
+            attributes.push(attr("tollgate.shadow_refusal", r));
         }
         let retries = trace.calls.len().saturating_sub(1);
         if retries > 0 {

@@ -10,7 +10,7 @@ pub(crate) use super::external::bearer;
 use super::external::{AuthRequest, Decision, Denied, ExternalAuth, Verdict};
 use super::jwt::JwtProvider;
 use super::PolicyContext;
-use crate::config::file::{AuthErrorPolicy, RouteSection};
+use crate::config::file::{AuthErrorPolicy, Credentials, RouteSection};
 use crate::config::types::AuthRef;
 use crate::config::{FromConfig, Problem};
 use crate::error::Reject;
@@ -31,6 +31,8 @@ pub(crate) struct RouteAuth {
     pub methods: Vec<AuthMethod>,
     /// Any one of these suffices; empty: any authenticated caller.
     pub roles: Vec<String>,
+    /// Remove the verified credentials from the upstream request (`credentials = "strip"`).
+    pub strip_credentials: bool,
 }
 
 impl FromConfig<PolicyContext<'_>> for RouteAuth {
@@ -81,9 +83,17 @@ impl FromConfig<PolicyContext<'_>> for RouteAuth {
                 "roles need auth methods on the route",
             ));
         }
+        let strip_credentials = r.credentials == Credentials::Strip;
+        if strip_credentials && r.auth.is_empty() {
+            problems.push(Problem::new(
+                format!("{at}.credentials"),
+                "\"strip\" needs auth methods on the route: there are no verified credentials to strip",
+            ));
+        }
         (problems.len() == before).then(|| RouteAuth {
             methods,
             roles: r.roles.clone(),
+            strip_credentials,
         })
     }
 }
@@ -190,7 +200,8 @@ impl AuthFailure {
     }
 }
 
-/// Authenticate and authorize a request for a route. `Ok(None)`: the route is public.
+/// Who is calling a route, by its auth methods. `Ok(None)`: the route is public. Roles are
+/// checked apart ([`authorize`]), so each can run in shadow mode on its own.
 pub(crate) async fn authenticate(
     auth: &RouteAuth,
     request: &AuthRequest<'_>,
@@ -199,11 +210,15 @@ pub(crate) async fn authenticate(
     if auth.is_public() {
         return Ok(None);
     }
-    let identity = identify(auth, request, keys).await?;
+    identify(auth, request, keys).await.map(Some)
+}
+
+/// Whether `identity` holds one of the route's roles (any, when it names none).
+pub(crate) fn authorize(auth: &RouteAuth, identity: &Identity) -> Result<(), AuthFailure> {
     if !auth.roles.is_empty() && !identity.roles.iter().any(|r| auth.roles.contains(r)) {
         return Err(AuthFailure::Forbidden);
     }
-    Ok(Some(identity))
+    Ok(())
 }
 
 async fn identify(

@@ -50,7 +50,7 @@ pub(crate) struct AuthRequest<'a> {
     pub headers: &'a HeaderMap,
     pub host: Option<&'a str>,
     pub client_ip: Option<IpAddr>,
-    pub request_id: &'a HeaderValue,
+    pub request_id: &'a crate::error::RequestId,
 }
 
 /// An admission.
@@ -766,7 +766,7 @@ impl ExternalAuth {
                 if let Some(ip) = r.client_ip {
                     req.insert_header("x-forwarded-for", ip.to_string())?;
                 }
-                req.insert_header(&crate::error::X_REQUEST_ID, r.request_id.clone())?;
+                req.insert_header(r.request_id.header, r.request_id.value.clone())?;
                 if *method != Method::GET && *method != Method::HEAD {
                     req.insert_header(http::header::CONTENT_LENGTH, "0")?;
                 }
@@ -787,7 +787,7 @@ impl ExternalAuth {
                 )?;
                 req.insert_header(http::header::ACCEPT, "application/json")?;
                 req.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-                req.insert_header(&crate::error::X_REQUEST_ID, r.request_id.clone())?;
+                req.insert_header(r.request_id.header, r.request_id.value.clone())?;
                 Ok((req, Some(Bytes::from(body))))
             }
         }

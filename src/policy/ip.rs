@@ -4,6 +4,7 @@
 
 use super::{Asked, PolicyContext, RouteCheck, Step};
 use crate::config::file::RouteSection;
+use crate::config::file::ShadowPolicy;
 use crate::config::{FromConfig, Problem};
 use crate::error::Reject;
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -117,6 +118,10 @@ impl FromConfig<PolicyContext<'_>> for RouteIp {
 impl RouteCheck for RouteIp {
     fn name(&self) -> &'static str {
         "route_ip"
+    }
+
+    fn shadow_as(&self) -> Option<ShadowPolicy> {
+        Some(ShadowPolicy::Ip)
     }
 
     fn check(&self, asked: &Asked<'_>, _headers: &mut Vec<(HeaderName, HeaderValue)>) -> Step {

@@ -39,9 +39,10 @@ pub(crate) mod ip;
 pub(crate) mod jwt;
 pub(crate) mod normalize;
 pub(crate) mod rate_limit;
+pub(crate) mod validate;
 pub(crate) mod window_counts;
 
-use crate::config::file::{AuthSection, ConfigFile, LimitsSection, RouteSection};
+use crate::config::file::{AuthSection, ConfigFile, LimitsSection, RouteSection, ShadowPolicy};
 use crate::config::{bounds, FromConfig, Problem};
 use crate::error::Reject;
 use bytes::Bytes;
@@ -91,6 +92,28 @@ pub(crate) trait RouteCheck: Send + Sync {
 
     /// What `tollgate explain` says the check did.
     fn explain(&self, asked: &Asked<'_>, decided: &Step) -> String;
+
+    /// The name a route's `shadow` list gives this check, when it can run in shadow mode.
+    fn shadow_as(&self) -> Option<ShadowPolicy> {
+        None
+    }
+}
+
+/// The route's refusing policies that run in shadow mode (`shadow`): evaluated, counted and
+/// logged, never refusing.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Shadow(u8);
+
+impl Shadow {
+    /// The set `list` names.
+    pub(crate) fn of(list: &[ShadowPolicy]) -> Shadow {
+        Shadow(list.iter().fold(0, |set, p| set | 1 << *p as u8))
+    }
+
+    /// Whether `policy` runs in shadow mode.
+    pub(crate) fn has(self, policy: ShadowPolicy) -> bool {
+        self.0 & (1 << policy as u8) != 0
+    }
 }
 
 /// The generation's token verifiers and auth services.
@@ -108,6 +131,8 @@ pub(crate) struct PolicyContext<'a> {
     pub has_consumers: bool,
     pub rate_store: &'a Arc<rate_limit::RateLimitStore>,
     pub default_max_body: u64,
+    /// The published OpenAPI document (`crate::describe`), for request validation.
+    pub openapi: Option<&'a serde_json::Value>,
 }
 
 /// The policy of one route, compiled.
@@ -119,6 +144,10 @@ pub(crate) struct RoutePolicy {
     pub rate_limits: Option<rate_limit::RateLimits>,
     /// Largest request body (also counted while it streams).
     pub max_body: u64,
+    /// The policies that run in shadow mode.
+    pub shadow: Shadow,
+    /// Request validation against the route's OpenAPI operations (`validate`).
+    pub validator: Option<validate::Validator>,
 }
 
 /// Build `C` from the route's section and add it to `checks` when the route has it.
@@ -158,13 +187,62 @@ impl<'a> FromConfig<PolicyContext<'a>> for RoutePolicy {
 
         let auth = auth::RouteAuth::from_config(at, r, cx, problems);
         let rate_limits = rate_limit::RateLimits::from_config(at, r, cx, problems);
+        let shadow = shadow_of(at, r, problems);
+        let validator = validator_of(at, r, cx, problems);
         (problems.len() == before).then(|| RoutePolicy {
             checks,
             auth: auth.unwrap_or_default(),
             rate_limits,
             max_body,
+            shadow,
+            validator,
         })
     }
+}
+
+/// A route's `validate`, compiled from its operations in the published document.
+fn validator_of(
+    at: &str,
+    r: &RouteSection,
+    cx: &PolicyContext<'_>,
+    problems: &mut Vec<Problem>,
+) -> Option<validate::Validator> {
+    r.validate?;
+    let at = format!("{at}.validate");
+    if r.openapi.is_none() {
+        problems.push(Problem::new(
+            at,
+            "validating requests needs the route's openapi file (openapi = \"FILE\")",
+        ));
+        return None;
+    }
+    // Without a document, the problem that lost it is reported already.
+    validate::Validator::build(&at, cx.openapi?, &r.name, problems)
+}
+
+/// A route's `shadow` list: each policy it names must be one the route has.
+fn shadow_of(at: &str, r: &RouteSection, problems: &mut Vec<Problem>) -> Shadow {
+    for (i, p) in r.shadow.iter().enumerate() {
+        let missing = match p {
+            ShadowPolicy::Auth => r.auth.is_empty().then_some("auth"),
+            ShadowPolicy::Roles => r.roles.is_empty().then_some("roles"),
+            ShadowPolicy::RateLimits => None,
+            ShadowPolicy::Ip => {
+                (r.ip_allow.is_empty() && r.ip_deny.is_empty()).then_some("ip_allow or ip_deny")
+            }
+            ShadowPolicy::Validate => r.validate.is_none().then_some("validate"),
+        };
+        if let Some(key) = missing {
+            problems.push(Problem::new(
+                format!("{at}.shadow[{i}]"),
+                format!(
+                    "\"{}\" runs in shadow mode, but the route has no {key}",
+                    p.as_str()
+                ),
+            ));
+        }
+    }
+    Shadow::of(&r.shadow)
 }
 
 /// Policy shared by every route, compiled from `[limits]`, `[auth]` and `[consumers]`.
@@ -188,6 +266,8 @@ pub(crate) struct GatewayPolicy {
     pub keepalive_secs: u64,
     /// Informational responses relayed per request.
     pub max_informational: usize,
+    /// `[[rate_limits]]`: windows every route applies.
+    pub rate_limits: Option<rate_limit::RateLimits>,
 }
 
 /// What the gateway-wide policy is built against: the generation's rate-limit store, token
@@ -214,6 +294,7 @@ impl FromConfig<GatewayContext<'_>> for GatewayPolicy {
             limits,
             auth,
             consumers,
+            rate_limits,
             ..
         } = file;
         let GatewayContext {
@@ -313,6 +394,17 @@ impl FromConfig<GatewayContext<'_>> for GatewayPolicy {
             rate_store,
         };
         let api_keys = api_key::ApiKeys::from_config("consumers", consumers, &keys, problems)?;
+        // Gateway-wide windows: their scope is every route unless one names its own.
+        let every_route = rate_limit::Scope {
+            name: rate_limit::GLOBAL_SCOPE,
+            store: rate_store,
+        };
+        let rate_limits = rate_limit::RateLimits::from_config(
+            "rate_limits",
+            &rate_limits[..],
+            &every_route,
+            problems,
+        );
         (problems.len() == before).then(|| GatewayPolicy {
             head: framing::HeadLimits {
                 max_headers: *max_headers,
@@ -333,6 +425,7 @@ impl FromConfig<GatewayContext<'_>> for GatewayPolicy {
             listener_underscores,
             keepalive_secs: keepalive_timeout.0.as_secs().max(1),
             max_informational: *max_informational_responses,
+            rate_limits,
         })
     }
 }

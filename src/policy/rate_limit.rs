@@ -348,7 +348,11 @@ pub(crate) struct RateLimits {
 /// Lock shards of one list of windows: enough that unrelated subjects rarely wait.
 const LOCAL_SHARDS: usize = 64;
 
-/// Whose windows a list of rate limits is: a route's or a consumer's, counted in `store`.
+/// The scope of windows shared by every route (`scope = "global"`, and `[[rate_limits]]`).
+pub(crate) const GLOBAL_SCOPE: &str = "global";
+
+/// Whose windows a list of rate limits is: a route's, a consumer's or the gateway's
+/// (`[[rate_limits]]`, named [`GLOBAL_SCOPE`]), counted in `store`.
 pub(crate) struct Scope<'a> {
     /// The route or consumer name.
     pub name: &'a str,
@@ -404,7 +408,7 @@ impl FromConfig<Scope<'_>> for RateLimits {
             } = s;
             let scope: Arc<str> = match scope.as_deref() {
                 None => owner.into(),
-                Some("global") => "global".into(),
+                Some(GLOBAL_SCOPE) => GLOBAL_SCOPE.into(),
                 Some(group) => {
                     crate::names::check_name(
                         &format!("{at}[{i}].scope"),

@@ -1,5 +1,5 @@
 //! Upstream groups: their targets, target selection, active health checks and per-target
-//! state (in-flight counts).
+//! state (in-flight counts, the operator's drain).
 //!
 //! Health checking and the selector swap are Pingora's `LoadBalancer`; selection is
 //! [`select::Selector`]. The gateway asks a group for a target with [`UpstreamGroup::select`]
@@ -51,6 +51,10 @@ pub(crate) struct TargetState {
     // `select` and `health`.
     /// One of this target's health checks passed.
     checked: std::sync::atomic::AtomicBool,
+    /// Drained by the operator (`POST /upstreams/NAME/targets/ADDR/drain`): selection skips
+    /// it, requests already on it finish. Kept over a reload while the address stays in the
+    /// group ([`UpstreamGroup::keep_drained`]); forgotten when it leaves.
+    drained: std::sync::atomic::AtomicBool,
 }
 
 impl TargetState {
@@ -62,7 +66,18 @@ impl TargetState {
             breaker: breaker.map(Breaker::new),
             priority: std::sync::atomic::AtomicU16::new(0),
             checked: std::sync::atomic::AtomicBool::new(false),
+            drained: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether the operator drained this target (one relaxed load: checked per candidate).
+    pub(crate) fn is_drained(&self) -> bool {
+        self.drained.load(Ordering::Relaxed)
+    }
+
+    /// Drain (`true`) or enable (`false`) this target; whether it was drained before.
+    pub(crate) fn set_drained(&self, drained: bool) -> bool {
+        self.drained.swap(drained, Ordering::Relaxed)
     }
 
     pub(crate) fn note_check_passed(&self) {
@@ -336,6 +351,8 @@ pub(crate) struct TargetHealth {
     pub weight: usize,
     pub healthy: bool,
     pub circuit: Option<breaker::State>,
+    /// Drained by the operator: takes no new request.
+    pub drained: bool,
 }
 
 /// What a group is built against: its name, how the generation resolves names, and the
@@ -654,6 +671,9 @@ impl FromConfig<GroupContext<'_>> for UpstreamGroup {
             etcd: etcd_source,
         };
         group.max_steps = group.steps_now();
+        if let Some(prev) = previous {
+            group.keep_drained(prev);
+        }
         Some(group)
     }
 }
@@ -774,6 +794,45 @@ impl UpstreamGroup {
             .collect()
     }
 
+    /// The state of the current target at `addr`, if the group has one now.
+    pub(crate) fn target(&self, addr: SocketAddr) -> Option<Arc<TargetState>> {
+        self.lb
+            .backends()
+            .get_backend()
+            .iter()
+            .filter_map(state_of)
+            .find(|s| s.addr == addr)
+            .cloned()
+    }
+
+    /// The addresses of the current targets, as `/health` lists them.
+    pub(crate) fn target_labels(&self) -> Vec<Arc<str>> {
+        self.target_states()
+            .into_iter()
+            .map(|s| s.label.clone())
+            .collect()
+    }
+
+    /// Drain the targets of this (new) group that `previous` had drained: the operator's
+    /// choice outlives a reload for the addresses that stay. A no-op for states the groups
+    /// share (`Discovery::keep_states`), needed when the breaker settings changed.
+    fn keep_drained(&self, previous: &UpstreamGroup) {
+        let drained: Vec<SocketAddr> = previous
+            .target_states()
+            .into_iter()
+            .filter(|s| s.is_drained())
+            .map(|s| s.addr)
+            .collect();
+        if drained.is_empty() {
+            return;
+        }
+        for s in self.target_states() {
+            if drained.contains(&s.addr) {
+                s.set_drained(true);
+            }
+        }
+    }
+
     /// A peer for one of this group's targets, with its TLS and protocol settings.
     pub(crate) fn peer(&self, addr: SocketAddr) -> pingora::upstreams::peer::HttpPeer {
         let sni = self
@@ -792,8 +851,8 @@ impl UpstreamGroup {
         peer
     }
 
-    /// Pick a healthy target, not in `exclude`, whose breaker admits a request. `key` feeds
-    /// consistent hashing.
+    /// Pick a healthy target, not drained, not in `exclude`, whose breaker admits a request.
+    /// `key` feeds consistent hashing.
     pub(crate) fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<InflightGuard> {
         let mut lost: Vec<SocketAddr> = Vec::new();
         let steps = if self.resolves_names {
@@ -804,7 +863,8 @@ impl UpstreamGroup {
         loop {
             let check_first = self.health.as_ref().is_some_and(|h| h.check_first);
             let usable = |s: &TargetState| {
-                (!check_first || s.check_passed())
+                !s.is_drained()
+                    && (!check_first || s.check_passed())
                     && !exclude.contains(&s.addr)
                     && !lost.contains(&s.addr)
                     && s.breaker.as_ref().is_none_or(Breaker::admits)
@@ -879,6 +939,7 @@ impl UpstreamGroup {
                     weight: b.weight,
                     healthy: backends.ready(b) && (!check_first || state_of(b)?.check_passed()),
                     circuit: state_of(b)?.breaker.as_ref().map(Breaker::state),
+                    drained: state_of(b)?.is_drained(),
                 })
             })
             .collect()
@@ -954,6 +1015,7 @@ fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     #[test]
     fn cookie_lookup() {
@@ -964,5 +1026,133 @@ mod tests {
         );
         assert_eq!(cookie_value(&h, "session"), Some(&b"abc"[..]));
         assert_eq!(cookie_value(&h, "sess"), None);
+    }
+    /// A group `app` of loopback targets (never connected to: selection only).
+    fn group(toml_text: &str, previous: Option<&UpstreamGroup>) -> UpstreamGroup {
+        let section: UpstreamSection = toml::from_str(toml_text).unwrap();
+        let names = Names {
+            hosts_file: None,
+            resolver: None,
+        };
+        let cx = GroupContext {
+            name: "app",
+            names: &names,
+            previous,
+        };
+        let mut problems = Vec::new();
+        UpstreamGroup::from_config("upstreams.app", &section, &cx, &mut problems)
+            .unwrap_or_else(|| panic!("{problems:?}"))
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    const THREE_TARGETS: &str = r#"targets = [
+        { address = "127.0.0.1:1001", weight = 2 },
+        { address = "127.0.0.1:1002" },
+        { address = "127.0.0.1:1003" },
+    ]"#;
+
+    fn every_policy() -> [(&'static str, String); 3] {
+        [
+            ("round_robin", THREE_TARGETS.to_string()),
+            (
+                "least_connections",
+                format!("policy = \"least_connections\"\n{THREE_TARGETS}"),
+            ),
+            (
+                "consistent_hash",
+                format!("policy = \"consistent_hash\"\nhash_on = \"client_ip\"\n{THREE_TARGETS}"),
+            ),
+        ]
+    }
+
+    /// The target `key` is sent to now (the guard dropped at once).
+    fn pick(g: &UpstreamGroup, key: &[u8]) -> Option<SocketAddr> {
+        g.select(key, &[]).map(|guard| guard.target().addr)
+    }
+
+    #[test]
+    fn a_drained_target_is_skipped_by_every_policy_and_the_others_share_its_load() {
+        for (policy, text) in every_policy() {
+            let g = group(&text, None);
+            let keys: Vec<[u8; 4]> = (0u32..300).map(u32::to_be_bytes).collect();
+            let before: Vec<_> = keys.iter().map(|k| pick(&g, k).unwrap()).collect();
+            assert!(before.contains(&addr(1001)), "{policy}: 1001 serves before");
+            assert!(!g.target(addr(1001)).unwrap().set_drained(true));
+            let mut counts = HashMap::new();
+            for (k, was) in keys.iter().zip(&before) {
+                let now = pick(&g, k).unwrap();
+                assert_ne!(now, addr(1001), "{policy}: a drained target was selected");
+                if policy == "consistent_hash" && *was != addr(1001) {
+                    assert_eq!(now, *was, "{policy}: a key of a target still in moved");
+                }
+                *counts.entry(now).or_insert(0) += 1;
+            }
+            for other in [1002, 1003] {
+                let n = counts.get(&addr(other)).copied().unwrap_or(0);
+                assert!(n >= 60, "{policy}: {other} took {n} of 300: {counts:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_enabled_target_is_selected_again() {
+        for (policy, text) in every_policy() {
+            let g = group(&text, None);
+            let t = g.target(addr(1001)).unwrap();
+            t.set_drained(true);
+            assert!(t.set_drained(false), "{policy}: it was drained");
+            let keys: Vec<[u8; 4]> = (0u32..300).map(u32::to_be_bytes).collect();
+            assert!(
+                keys.iter().any(|k| pick(&g, k) == Some(addr(1001))),
+                "{policy}: 1001 takes requests again"
+            );
+        }
+    }
+
+    #[test]
+    fn with_every_target_drained_nothing_is_selected() {
+        for (policy, text) in every_policy() {
+            let g = group(&text, None);
+            for port in [1001, 1002, 1003] {
+                g.target(addr(port)).unwrap().set_drained(true);
+            }
+            assert!(pick(&g, b"k").is_none(), "{policy}");
+            assert!(
+                g.health().iter().all(|t| t.drained && t.healthy),
+                "{policy}"
+            );
+            g.target(addr(1003)).unwrap().set_drained(false);
+            assert_eq!(pick(&g, b"k"), Some(addr(1003)), "{policy}");
+        }
+    }
+
+    #[test]
+    fn a_rebuilt_group_keeps_the_drain_of_targets_that_stay_and_forgets_those_that_left() {
+        let two = r#"targets = [{ address = "127.0.0.1:1001" }, { address = "127.0.0.1:1002" }]"#;
+        let first = group(two, None);
+        first.target(addr(1001)).unwrap().set_drained(true);
+        let drained = |g: &UpstreamGroup, port| g.target(addr(port)).unwrap().is_drained();
+        // Same breaker settings: the states themselves are carried.
+        let same = group(two, Some(&first));
+        assert!(drained(&same, 1001) && !drained(&same, 1002));
+        // Another breaker: new states, the drain copied onto them.
+        let with_breaker = format!("{two}\n[circuit_breaker]\nconsecutive_failures = 3");
+        let rebuilt = group(&with_breaker, Some(&same));
+        assert!(!Arc::ptr_eq(
+            &rebuilt.target(addr(1001)).unwrap(),
+            &same.target(addr(1001)).unwrap()
+        ));
+        assert!(drained(&rebuilt, 1001) && !drained(&rebuilt, 1002));
+        // 1001 leaves the group, then comes back: enabled.
+        let without = group(
+            r#"targets = [{ address = "127.0.0.1:1002" }]"#,
+            Some(&rebuilt),
+        );
+        assert!(without.target(addr(1001)).is_none());
+        let back = group(two, Some(&without));
+        assert!(!drained(&back, 1001));
     }
 }

@@ -191,6 +191,83 @@ fn two_gateways_share_one_redis_and_follow_the_failure_policy() {
     assert!(metric(&metrics, "tollgate_rate_limit_redis_errors_total", &[]).unwrap() >= 1.0);
 }
 
+/// The spec's three limits as written once, gateway-wide (`[[rate_limits]]`): every route
+/// applies them, a route without limits of its own included, and a caller's count is shared
+/// by every route; a route's own windows still apply on top.
+#[test]
+fn gateway_wide_limits_apply_to_every_route_and_count_across_them() {
+    let gw = Gateway::start(
+        r#"
+[consumers.app]
+keys = ["app-key-0123456789abcdef"]
+[[rate_limits]]
+limit = 2
+window = "1h"
+key = "ip"
+applies_to = ["unauthenticated"]
+[[rate_limits]]
+limit = 4
+window = "1h"
+key = "consumer"
+applies_to = ["api_key"]
+[[routes]]
+name = "a"
+path_prefix = "/a"
+auth = ["api_key"]
+[routes.respond]
+body = "a"
+[[routes]]
+name = "b"
+path_prefix = "/b"
+rate_limits = [{ limit = 1, window = "1h", key = "ip" }]
+[routes.respond]
+body = "b"
+[[routes]]
+name = "c"
+path_prefix = "/c"
+[routes.respond]
+body = "c"
+[[routes]]
+name = "d"
+path_prefix = "/d"
+auth = ["api_key"]
+[routes.respond]
+body = "d"
+"#,
+    );
+    let c = client();
+    let get = |path: &str, key: Option<&str>| {
+        let mut r = c.get(gw.url(path));
+        if let Some(k) = key {
+            r = r.header("X-API-Key", k);
+        }
+        let resp = r.send().unwrap();
+        let limit = resp
+            .headers()
+            .get("ratelimit-limit")
+            .map(|v| v.to_str().unwrap().to_string());
+        (resp.status().as_u16(), limit)
+    };
+    // Route b's own window (1) is the tighter one; route c has none of its own.
+    assert_eq!(get("/b/1", None), (200, Some("1".into())));
+    assert_eq!(get("/c/1", None).0, 200);
+    assert_eq!(
+        get("/c/2", None).0,
+        429,
+        "2 for anonymous callers over every route"
+    );
+    let key = Some("app-key-0123456789abcdef");
+    let keyed: Vec<u16> = ["/a/1", "/d/1", "/a/2", "/d/2", "/a/3"]
+        .iter()
+        .map(|p| get(p, key).0)
+        .collect();
+    assert_eq!(
+        keyed,
+        [200, 200, 200, 200, 429],
+        "4 for the API key, not the anonymous 2"
+    );
+}
+
 /// Issue 35, measurement 1: once a window had seen 40,000 other clients (one request each),
 /// a fresh client of a 100-per-window limit was admitted only 92-93 times: the local limiter
 /// counted every key of every route in one count-min sketch of 4 x 4,096 cells, which

@@ -109,6 +109,15 @@ impl SpelledName {
         }
     }
 
+    /// TOLLGATE: a name spelled as written, its case kept on the wire (HTTP/1), parsed once;
+    /// for names known only when configuration is loaded.
+    pub fn from_spelling(spelling: &'static str) -> Result<Self, http::header::InvalidHeaderName> {
+        Ok(SpelledName {
+            name: HeaderName::from_bytes(spelling.as_bytes())?,
+            case: CaseHeaderName(Bytes::from_static(spelling.as_bytes())),
+        })
+    }
+
     /// `name` spelled as inserting it would spell it.
     pub fn new(name: HeaderName) -> Self {
         let case = CaseHeaderName(titled_header_name(&name));
@@ -179,6 +188,10 @@ mod tests {
         assert_eq!(ID.name(), "x-request-id");
         let server = SpelledName::new(header::SERVER);
         assert_eq!((&server).into_names().0.as_slice(), b"Server");
+        let spelled = SpelledName::from_spelling("X-Correlation-ID").unwrap();
+        assert_eq!((&spelled).into_names().0.as_slice(), b"X-Correlation-ID");
+        assert_eq!(spelled.name(), "x-correlation-id");
+        assert!(SpelledName::from_spelling("bad name").is_err());
         let custom = SpelledName::new(HeaderName::from_static("x-a"));
         assert_eq!((&custom).into_names().0.as_slice(), b"x-a");
     }
