@@ -131,16 +131,47 @@ impl fmt::Display for AuthRef {
     }
 }
 
-/// What a rate-limit window is counted per: `ip`, `consumer`, `route`, joined with `+`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+/// What a rate-limit window is counted per: `ip`, `route`, and at most one of `consumer`,
+/// `subject`, `api_key`, `header:NAME`, `claim:NAME`, joined with `+`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(try_from = "String")]
 pub struct RateKey {
     /// Per client address.
     pub ip: bool,
-    /// Per consumer (API key, token subject).
-    pub consumer: bool,
     /// Per route.
     pub route: bool,
+    /// Per caller, by what identifies it.
+    pub who: Option<Who>,
+}
+
+/// What identifies a caller for a window (`RateKey::who`). A caller without it (an
+/// anonymous request on a `consumer` window, a request without the header) is counted by
+/// its client address instead, so such callers cannot share one unlimited bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Who {
+    /// `consumer`: the API-key consumer, or the JWT subject.
+    Consumer,
+    /// `subject`: the JWT (or auth service's) subject only.
+    Subject,
+    /// `api_key`: the API-key consumer only.
+    ApiKey,
+    /// `header:NAME`: the value of a request header.
+    Header(http::HeaderName),
+    /// `claim:NAME`: a JWT claim that a provider maps to a header (`claim_headers`).
+    Claim(String),
+}
+
+impl Who {
+    /// As written in a key.
+    pub fn text(&self) -> std::borrow::Cow<'static, str> {
+        match self {
+            Who::Consumer => "consumer".into(),
+            Who::Subject => "subject".into(),
+            Who::ApiKey => "api_key".into(),
+            Who::Header(h) => format!("header:{h}").into(),
+            Who::Claim(c) => format!("claim:{c}").into(),
+        }
+    }
 }
 
 impl TryFrom<String> for RateKey {
@@ -148,16 +179,38 @@ impl TryFrom<String> for RateKey {
     fn try_from(s: String) -> Result<Self, String> {
         let mut k = RateKey::default();
         for part in s.split('+').map(str::trim) {
-            match part {
-                "ip" => k.ip = true,
-                "consumer" => k.consumer = true,
-                "route" => k.route = true,
+            let who = match part.split_once(':') {
+                None if part == "ip" => {
+                    k.ip = true;
+                    continue;
+                }
+                None if part == "route" => {
+                    k.route = true;
+                    continue;
+                }
+                None if part == "consumer" => Who::Consumer,
+                None if part == "subject" => Who::Subject,
+                None if part == "api_key" => Who::ApiKey,
+                Some(("header", name)) => http::HeaderName::from_bytes(name.trim().as_bytes())
+                    .map(Who::Header)
+                    .map_err(|_| format!("invalid header name {name:?} in key part {part:?}"))?,
+                Some(("claim", name)) if !name.trim().is_empty() => {
+                    Who::Claim(name.trim().to_string())
+                }
                 _ => {
                     return Err(format!(
-                    "invalid key part {part:?}; join \"ip\", \"consumer\" and \"route\" with '+'"
-                ))
+                        "invalid key part {part:?}; join \"ip\", \"route\" and one of \"consumer\", \
+                         \"subject\", \"api_key\", \"header:NAME\", \"claim:NAME\" with '+'"
+                    ))
                 }
+            };
+            if let Some(before) = &k.who {
+                return Err(format!(
+                    "a key counts one kind of caller: {:?} and {part:?}",
+                    before.text()
+                ));
             }
+            k.who = Some(who);
         }
         Ok(k)
     }
@@ -167,9 +220,24 @@ impl RateKey {
     /// Counted per client IP (the default).
     pub const IP: RateKey = RateKey {
         ip: true,
-        consumer: false,
         route: false,
+        who: None,
     };
+
+    /// As written in the file, in a fixed order (`ip+route+consumer`).
+    pub fn text(&self) -> String {
+        let mut parts: Vec<std::borrow::Cow<'static, str>> = Vec::new();
+        if self.ip {
+            parts.push("ip".into());
+        }
+        if self.route {
+            parts.push("route".into());
+        }
+        if let Some(w) = &self.who {
+            parts.push(w.text());
+        }
+        parts.join("+")
+    }
 }
 
 /// What a consistent-hash group hashes on: `"header:NAME"`, `"cookie:NAME"`, `"client_ip"`.
@@ -362,7 +430,7 @@ hosts = ["API.example.com", "*.example.org"]
 "#;
         let doc: Doc = toml::from_str(good).unwrap();
         assert_eq!(doc.auth[1], AuthRef::Jwt("main".into()));
-        assert!(doc.key.ip && doc.key.consumer && !doc.key.route);
+        assert!(doc.key.ip && doc.key.who == Some(Who::Consumer) && !doc.key.route);
         assert_eq!(doc.hosts[0], HostPattern::Exact("api.example.com".into()));
         let cases = [
             (
@@ -577,7 +645,10 @@ macro_rules! text_schema {
 }
 
 text_schema!(AuthRef, "\"api_key\" or \"jwt:PROVIDER\"");
-text_schema!(RateKey, "\"ip\", \"consumer\", \"route\", joined with '+'");
+text_schema!(
+    RateKey,
+    "\"ip\", \"route\" and one of \"consumer\", \"subject\", \"api_key\", \"header:NAME\", \"claim:NAME\", joined with '+'"
+);
 text_schema!(HashOn, "\"header:NAME\", \"cookie:NAME\" or \"client_ip\"");
 text_schema!(TlsVersion, "\"1.2\" or \"1.3\"");
 text_schema!(LogTarget, "\"stdout\", \"off\" or a file path");

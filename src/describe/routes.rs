@@ -21,11 +21,7 @@ pub(crate) fn host(h: &HostPattern) -> String {
 
 /// `ip`, `ip+consumer`, ...
 fn rate_key(k: &RateKey) -> String {
-    let parts: Vec<&str> = [(k.ip, "ip"), (k.consumer, "consumer"), (k.route, "route")]
-        .into_iter()
-        .filter_map(|(on, name)| on.then_some(name))
-        .collect();
-    parts.join("+")
+    k.text()
 }
 
 fn caller_kind(k: CallerKind) -> &'static str {

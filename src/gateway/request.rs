@@ -157,7 +157,7 @@ pub(crate) async fn admit(
         step!(mode, Auth, auth_step(gw, &route, req, ctx).await);
     }
     if !mode.explaining() {
-        step!(mode, RateLimit, rate_limit_step(gw, &route, ctx).await);
+        step!(mode, RateLimit, rate_limit_step(gw, &route, &req.headers, ctx).await);
     }
     // What the upstream documents it takes, once the caller may call it at all (an unknown
     // caller learns nothing of the API's shape); the body is checked once admitted.
@@ -265,7 +265,12 @@ async fn auth_step(gw: &Gateway, route: &Route, req: &RequestHeader, ctx: &mut C
 }
 
 /// Count the request against the route's and the consumer's windows.
-async fn rate_limit_step(gw: &Gateway, route: &Route, ctx: &mut Ctx) -> Step {
+async fn rate_limit_step(
+    gw: &Gateway,
+    route: &Route,
+    headers: &http::HeaderMap,
+    ctx: &mut Ctx,
+) -> Step {
     let identity = ctx.identity.as_ref();
     let kind = match identity {
         Some(i) if i.consumer.is_some() => CallerKind::ApiKey,
@@ -275,6 +280,10 @@ async fn rate_limit_step(gw: &Gateway, route: &Route, ctx: &mut Ctx) -> Step {
     let subject = Subject {
         route: &route.name,
         consumer: identity.and_then(|i| i.principal()),
+        subject: identity.and_then(|i| i.subject.as_deref()),
+        api_key: identity.and_then(|i| i.consumer.as_ref()).map(|c| &*c.name),
+        headers: Some(headers),
+        identity_headers: identity.map_or(&[][..], |i| &i.headers[..]),
         client_ip: ctx.client.ip,
         kind,
     };

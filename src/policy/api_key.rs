@@ -102,9 +102,11 @@ impl FromConfig<KeyHeaders<'_>> for ApiKeys {
                     )),
                 }
             }
+            // A consumer is an API key: no claims to count by.
             let scope = super::rate_limit::Scope {
                 name,
                 store: rate_store,
+                jwt: None,
             };
             let limits = RateLimits::from_config(
                 &format!("{at}.rate_limits"),

@@ -643,6 +643,16 @@ impl JwtProvider {
         self.fingerprint = fingerprint;
     }
 
+    /// The header this provider maps `claim` to (`claim_headers`), which carries the
+    /// claim's value in the caller's identity.
+    pub(crate) fn claim_header(&self, claim: &str) -> Option<&HeaderName> {
+        self.claims
+            .claim_headers
+            .iter()
+            .find(|(path, _)| path.literal() == claim)
+            .map(|(_, h)| h)
+    }
+
     /// Header names this provider sets upstream; always stripped from client requests.
     pub fn mapped_headers(&self) -> &[HeaderName] {
         &self.mapped_headers

@@ -398,6 +398,7 @@ impl FromConfig<GatewayContext<'_>> for GatewayPolicy {
         let every_route = rate_limit::Scope {
             name: rate_limit::GLOBAL_SCOPE,
             store: rate_store,
+            jwt: Some(providers),
         };
         let rate_limits = rate_limit::RateLimits::from_config(
             "rate_limits",

@@ -17,8 +17,9 @@
 //! `redis_timeout`; after a failure Redis is skipped for a second (no timeout per request
 //! while it is down) and the configured policy decides: count locally, admit, or refuse.
 //!
-//! Sync (`backend = "sync"`, `policy::fleet`): counted locally and exactly, synchronized
-//! with the fleet's totals in Redis every `sync_interval`, with no Redis call per request.
+//! Sync (`backend = "sync"`, `policy::fleet`): each instance leases part of a window's
+//! budget from Redis and admits from it locally, so the fleet never admits more than the
+//! limit, with no Redis call per request while it holds budget.
 
 use super::fleet::{self, Fleet, FleetMetrics};
 use super::window_counts::{key_of, WindowCounts};
@@ -26,7 +27,7 @@ use crate::config::file::{
     CallerKind, RateLimitBackend, RateLimitBackendSection, RateLimitSection, RedisFailurePolicy,
 };
 use crate::config::fingerprint::{carry, Carried, Fingerprint, Reloaded};
-use crate::config::types::RateKey;
+use crate::config::types::{RateKey, Who};
 use crate::config::{bounds, FromConfig, Problem};
 use http::{HeaderName, HeaderValue};
 use std::collections::HashMap;
@@ -43,7 +44,16 @@ const REDIS_BACKOFF: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Subject<'a> {
     pub route: &'a str,
+    /// The principal: the API-key consumer, or the JWT subject (`consumer` keys).
     pub consumer: Option<&'a str>,
+    /// The JWT (or auth service's) subject only (`subject` keys).
+    pub subject: Option<&'a str>,
+    /// The API-key consumer only (`api_key` keys).
+    pub api_key: Option<&'a str>,
+    /// The request's headers (`header:NAME` keys).
+    pub headers: Option<&'a http::HeaderMap>,
+    /// The identity headers the caller's token mapped (`claim:NAME` keys).
+    pub identity_headers: &'a [(HeaderName, HeaderValue)],
     pub client_ip: Option<IpAddr>,
     /// Which windows count it (`applies_to`).
     pub kind: CallerKind,
@@ -119,17 +129,30 @@ impl RateDecision {
     }
 }
 
-/// The counter key parts of a subject for a window keyed by `key`. A consumer-keyed window
-/// falls back to the client IP for anonymous requests, so they cannot share one unlimited
-/// bucket.
-fn key_parts<'a>(key: &RateKey, s: &Subject<'a>) -> (Option<IpAddr>, Option<&'a str>) {
-    let consumer = if key.consumer { s.consumer } else { None };
-    let ip = if key.ip || (key.consumer && consumer.is_none()) {
+/// The counter key parts of a subject for window `w`: its address, and what identifies the
+/// caller. A caller the window cannot identify (an anonymous request on a `consumer` window,
+/// a request without the header of a `header:NAME` one) is counted by its client address,
+/// so such callers cannot share one unlimited bucket.
+fn key_parts<'a>(w: &Window, s: &Subject<'a>) -> (Option<IpAddr>, Option<&'a str>) {
+    let who = match &w.key.who {
+        None => None,
+        Some(Who::Consumer) => s.consumer,
+        Some(Who::Subject) => s.subject,
+        Some(Who::ApiKey) => s.api_key,
+        Some(Who::Header(h)) => s.headers.and_then(|m| m.get(h)).and_then(|v| v.to_str().ok()),
+        Some(Who::Claim(_)) => w.claim_header.as_ref().and_then(|h| {
+            s.identity_headers
+                .iter()
+                .find(|(n, _)| n == h)
+                .and_then(|(_, v)| v.to_str().ok())
+        }),
+    };
+    let ip = if w.key.ip || (w.key.who.is_some() && who.is_none()) {
         s.client_ip
     } else {
         None
     };
-    (ip, consumer)
+    (ip, who)
 }
 
 /// The metrics a store counts in.
@@ -324,6 +347,8 @@ struct Window {
     counts: Arc<WindowCounts>,
     /// Names the window: its scope, limit, length and key.
     salt: u64,
+    /// The identity header carrying the claim of a `claim:NAME` key.
+    claim_header: Option<HeaderName>,
     /// `w{ms}l{limit}k{ip,consumer,route}`: the window's part of its `sync` Redis key.
     sync_name: String,
 }
@@ -357,6 +382,8 @@ pub(crate) struct Scope<'a> {
     /// The route or consumer name.
     pub name: &'a str,
     pub store: &'a Arc<RateLimitStore>,
+    /// The JWT providers, whose `claim_headers` carry the claims `claim:NAME` keys count.
+    pub jwt: Option<&'a super::jwt::Providers>,
 }
 
 impl FromConfig<super::PolicyContext<'_>> for RateLimits {
@@ -372,6 +399,7 @@ impl FromConfig<super::PolicyContext<'_>> for RateLimits {
         let scope = Scope {
             name: &r.name,
             store: cx.rate_store,
+            jwt: Some(cx.jwt),
         };
         <Self as FromConfig<Scope<'_>>>::from_config(
             &format!("{at}.rate_limits"),
@@ -395,7 +423,11 @@ impl FromConfig<Scope<'_>> for RateLimits {
         scope: &Scope<'_>,
         problems: &mut Vec<Problem>,
     ) -> Option<Self> {
-        let Scope { name: owner, store } = *scope;
+        let Scope {
+            name: owner,
+            store,
+            jwt,
+        } = *scope;
         let before = problems.len();
         let mut windows: Vec<Window> = Vec::with_capacity(sections.len());
         for (i, s) in sections.iter().enumerate() {
@@ -441,18 +473,47 @@ impl FromConfig<Scope<'_>> for RateLimits {
             if !window_ok {
                 continue;
             }
+            let claim_header = match &key.who {
+                Some(Who::Claim(claim)) => {
+                    let h = jwt.and_then(|p| p.all().find_map(|p| p.claim_header(claim).cloned()));
+                    if h.is_none() {
+                        problems.push(Problem::new(
+                            format!("{at}[{i}].key"),
+                            format!(
+                                "claim:{claim} needs a JWT provider that maps the claim to a \
+                                 header (claim_headers = {{ \"{claim}\" = \"X-...\" }})"
+                            ),
+                        ));
+                        continue;
+                    }
+                    h
+                }
+                _ => None,
+            };
             let mut h = std::collections::hash_map::DefaultHasher::new();
             (&*scope, limit, window.0, key, applies).hash(&mut h);
-            let kinds: String = [(key.ip, 'i'), (key.consumer, 'c'), (key.route, 'r')]
-                .iter()
-                .filter(|(on, _)| *on)
-                .map(|(_, c)| *c)
-                .collect();
+            // One letter per part (`icr` as before), a name after the kinds that carry one.
+            let mut kinds = String::new();
+            if key.ip {
+                kinds.push('i');
+            }
+            match &key.who {
+                None => {}
+                Some(Who::Consumer) => kinds.push('c'),
+                Some(Who::Subject) => kinds.push('s'),
+                Some(Who::ApiKey) => kinds.push('a'),
+                Some(Who::Header(name)) => kinds.push_str(&format!("h-{name}-")),
+                Some(Who::Claim(name)) => kinds.push_str(&format!("j-{name}-")),
+            }
+            if key.route {
+                kinds.push('r');
+            }
             let salt = h.finish();
             windows.push(Window {
+                claim_header,
                 limit: *limit,
                 window: window.0,
-                key: *key,
+                key: key.clone(),
                 applies,
                 tag: format!("{{rl:{scope}}}").into(),
                 scope,
@@ -480,17 +541,11 @@ impl RateLimits {
         self.windows
             .iter()
             .map(|w| {
-                let k = w.key;
-                let parts: Vec<&str> = [(k.ip, "ip"), (k.consumer, "consumer"), (k.route, "route")]
-                    .iter()
-                    .filter(|(on, _)| *on)
-                    .map(|(_, n)| *n)
-                    .collect();
                 let mut text = format!(
                     "{} per {} by {}",
                     w.limit,
                     humantime::format_duration(w.window),
-                    parts.join("+")
+                    w.key.text()
                 );
                 if w.applies != 7 {
                     let kinds: Vec<&str> = [
@@ -525,7 +580,7 @@ impl RateLimits {
 
     async fn count(&self, subject: &Subject<'_>) -> RateDecision {
         if let Some(fleet) = &self.store.fleet {
-            return self.check_sync(fleet, subject);
+            return self.check_sync(fleet, subject).await;
         }
         if let Some(redis) = &self.store.redis {
             match self.check_redis(redis, subject).await {
@@ -540,14 +595,14 @@ impl RateLimits {
         self.check_local(subject)
     }
 
-    /// Count locally against the fleet's totals of the last sync ([`super::fleet`]).
-    fn check_sync(&self, fleet: &Fleet, subject: &Subject<'_>) -> RateDecision {
+    /// Count against the budget this instance leased from the fleet ([`super::fleet`]).
+    async fn check_sync(&self, fleet: &Arc<Fleet>, subject: &Subject<'_>) -> RateDecision {
         let index = self.counting(subject.kind);
         let parts: Vec<_> = index
             .iter()
             .map(|i| &self.windows[*i])
             .map(|w| {
-                let (ip, consumer) = key_parts(&w.key, subject);
+                let (ip, consumer) = key_parts(w, subject);
                 let route = w.key.route.then_some(subject.route);
                 (w, ip, consumer, route)
             })
@@ -577,7 +632,7 @@ impl RateLimits {
                 name,
             })
             .collect();
-        let checked = fleet.check(&windows);
+        let checked = fleet.check(&windows).await;
         let wall_ms = checked.wall_ms;
         let reset = |w: &Window| {
             let window_ms = (w.window.as_millis() as u64).max(1);
@@ -605,7 +660,7 @@ impl RateLimits {
     }
 
     fn local_key(&self, w: &Window, subject: &Subject<'_>) -> u64 {
-        let (ip, consumer) = key_parts(&w.key, subject);
+        let (ip, consumer) = key_parts(w, subject);
         key_of((w.salt, ip, consumer))
     }
 
@@ -739,7 +794,7 @@ impl RateLimits {
         let windows = || index.iter().map(|i| &self.windows[*i]);
         for w in windows() {
             let window_ms = w.window.as_millis() as u64;
-            let (ip, consumer) = key_parts(&w.key, subject);
+            let (ip, consumer) = key_parts(w, subject);
             let tag = format!(
                 "{}|{}|{}|{}",
                 w.scope,
@@ -824,7 +879,12 @@ mod tests {
         store: &Arc<RateLimitStore>,
         p: &mut Vec<Problem>,
     ) -> Option<RateLimits> {
-        RateLimits::from_config(at, sections, &Scope { name, store }, p)
+        let scope = Scope {
+            name,
+            store,
+            jwt: None,
+        };
+        RateLimits::from_config(at, sections, &scope, p)
     }
 
     fn limits(windows: &[(u64, u64, &str)]) -> RateLimits {
@@ -850,8 +910,75 @@ mod tests {
             kind: CallerKind::Unauthenticated,
             route: "r",
             consumer: None,
+            subject: None,
+            api_key: None,
+            headers: None,
+            identity_headers: &[],
             client_ip: Some(ip.parse().unwrap()),
         }
+    }
+
+    #[test]
+    fn subject_api_key_and_header_keys_count_what_they_name() {
+        let l = limits(&[(1, 60, "subject")]);
+        let by = |sub| Subject {
+            subject: sub,
+            ..subject("10.0.0.1")
+        };
+        assert!(l.check_local(&by(Some("u1"))).allowed);
+        assert!(!l.check_local(&by(Some("u1"))).allowed);
+        assert!(l.check_local(&by(Some("u2"))).allowed, "per subject");
+        // An API-key caller has no subject: counted by its address, apart from subjects.
+        let keyed = Subject {
+            api_key: Some("app"),
+            consumer: Some("app"),
+            ..subject("10.0.0.1")
+        };
+        assert!(l.check_local(&keyed).allowed);
+        assert!(!l.check_local(&keyed).allowed);
+
+        let l = limits(&[(1, 60, "api_key")]);
+        let jwt = Subject {
+            subject: Some("app"),
+            consumer: Some("app"),
+            ..subject("10.0.0.2")
+        };
+        let key = Subject {
+            api_key: Some("app"),
+            consumer: Some("app"),
+            ..subject("10.0.0.3")
+        };
+        assert!(l.check_local(&key).allowed);
+        assert!(
+            l.check_local(&jwt).allowed,
+            "a subject named like a consumer is not that consumer"
+        );
+        assert!(!l.check_local(&key).allowed);
+
+        let l = limits(&[(1, 60, "header:x-tenant")]);
+        let mut t1 = http::HeaderMap::new();
+        t1.insert("x-tenant", HeaderValue::from_static("t1"));
+        let mut t2 = http::HeaderMap::new();
+        t2.insert("x-tenant", HeaderValue::from_static("t2"));
+        let tenant = |h, ip| Subject {
+            headers: Some(h),
+            ..subject(ip)
+        };
+        assert!(l.check_local(&tenant(&t1, "10.0.0.4")).allowed);
+        assert!(
+            !l.check_local(&tenant(&t1, "10.0.0.5")).allowed,
+            "one budget per tenant, whatever the address"
+        );
+        assert!(l.check_local(&tenant(&t2, "10.0.0.4")).allowed);
+    }
+
+    #[test]
+    fn a_key_counts_one_kind_of_caller() {
+        for bad in ["consumer+subject", "header:x-a+api_key", "claim:", "header:bad name", "who"] {
+            assert!(RateKey::try_from(bad.to_string()).is_err(), "{bad}");
+        }
+        let k = RateKey::try_from("route+claim:tenant+ip".to_string()).unwrap();
+        assert_eq!(k.text(), "ip+route+claim:tenant");
     }
 
     #[test]
@@ -1014,6 +1141,10 @@ mod tests {
             kind,
             route: "a",
             consumer,
+            subject: None,
+            api_key: None,
+            headers: None,
+            identity_headers: &[],
             client_ip: Some("10.0.0.1".parse().unwrap()),
         };
         let admitted = |kind, consumer: Option<&'static str>| {

@@ -403,3 +403,67 @@ body = "c"
         redis.cli(&["FLUSHALL"]);
     }
 }
+
+/// `claim:NAME` keys count a JWT claim the provider maps to a header: two users of one
+/// tenant share the tenant's budget; another tenant has its own; a claim no provider maps is
+/// a configuration problem naming the key.
+#[test]
+fn a_claim_key_counts_every_caller_with_the_same_claim_value_together() {
+    const SECRET: &str = "claim-key-test-secret-0123456789abcd";
+    let token = |sub: &str, tenant: &str| {
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600;
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &serde_json::json!({ "sub": sub, "exp": exp, "tenant": tenant }),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let body = r#"
+[auth.jwt.main]
+algorithms = ["HS256"]
+secret_file = "{dir}/jwt.secret"
+claim_headers = { tenant = "X-Tenant" }
+[[routes]]
+name = "a"
+path_prefix = "/"
+auth = ["jwt:main"]
+rate_limits = [{ limit = 2, window = "1h", key = "claim:tenant" }]
+[routes.respond]
+body = "a"
+"#;
+    let gw = Gateway::start_written(&format!("{PREAMBLE}\n{body}"), |dir, text| {
+        std::fs::write(dir.join("jwt.secret"), SECRET)?;
+        let path = dir.join("tollgate.toml");
+        std::fs::write(&path, text).map(|_| path)
+    })
+    .unwrap();
+    let c = client();
+    let status = |t: &str| {
+        c.get(gw.url("/x"))
+            .bearer_auth(t)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let got = [
+        status(&token("ann", "acme")),
+        status(&token("bob", "acme")),
+        status(&token("cy", "acme")),
+        status(&token("dee", "globex")),
+    ];
+    assert_eq!(got, [200, 200, 429, 200]);
+
+    let (code, out) = check_config(&format!(
+        "{PREAMBLE}\n[[routes]]\nname = \"a\"\npath_prefix = \"/\"\n\
+         rate_limits = [{{ limit = 2, window = \"1h\", key = \"claim:tenant\" }}]\n\
+         respond = {{ status = 200 }}\n"
+    ));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("routes[0].rate_limits[0].key"), "{out}");
+}

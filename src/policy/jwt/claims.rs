@@ -27,6 +27,11 @@ impl ClaimPath {
         }
     }
 
+    /// As written in the configuration (`tenant`, `org.id`).
+    pub(super) fn literal(&self) -> &str {
+        &self.literal
+    }
+
     fn find<'a>(&self, claims: &'a Value) -> Option<&'a Value> {
         if let Some(v) = claims.get(&self.literal) {
             return Some(v);
