@@ -58,10 +58,10 @@ impl Admin {
         }
     }
 
-    /// `POST /cache/purge?host=H&path=/p?q` or `?prefix=/p`: drop matching cache entries.
-    fn purge(&self, query: Option<&str>) -> (StatusCode, serde_json::Value) {
-        let gw = self.current.load();
-        let Some(cache) = &gw.cache else {
+    /// `POST /cache/purge?host=H&path=/p?q` or `?prefix=/p`: drop matching cache entries;
+    /// with `[cache.shared]`, answered once Redis confirmed (`purged_shared`), else 503.
+    async fn purge(&self, query: Option<&str>) -> (StatusCode, serde_json::Value) {
+        let Some(cache) = self.current.load().cache.clone() else {
             return (
                 StatusCode::NOT_FOUND,
                 json!({"error": "no route caches responses"}),
@@ -69,10 +69,23 @@ impl Admin {
         };
         match Purge::from_query(query.unwrap_or("")) {
             Ok(purge) => {
-                let purged = cache.purge(&purge);
-                cache.announce(query.unwrap_or(""));
-                log::info!("cache purge {purge:?}: {purged} entries removed");
-                (StatusCode::OK, json!({ "purged": purged }))
+                let done = cache.purge_fleet(&purge, query.unwrap_or("")).await;
+                let purged = done.memory;
+                log::info!(
+                    "cache purge {purge:?}: {purged} entries removed, Redis: {:?}",
+                    done.shared
+                );
+                match done.shared {
+                    None => (StatusCode::OK, json!({ "purged": purged })),
+                    Some(Ok(shared)) => (
+                        StatusCode::OK,
+                        json!({ "purged": purged, "purged_shared": shared }),
+                    ),
+                    Some(Err(e)) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        json!({ "error": e, "purged": purged }),
+                    ),
+                }
             }
             Err(e) => (StatusCode::BAD_REQUEST, json!({ "error": e })),
         }
@@ -243,7 +256,7 @@ impl Admin {
             (false, true) => "degraded",
             (false, false) => "down",
         };
-        let doc = json!({
+        let mut doc = json!({
             "status": status,
             "version": env!("CARGO_PKG_VERSION"),
             "config": {
@@ -253,6 +266,11 @@ impl Admin {
             },
             "upstreams": groups,
         });
+        // `backend = "sync"`: leasing fleet-wide budget, or each instance's share while
+        // Redis is away (`policy::fleet`).
+        if let Some(fleet) = gw.policy.rate_store.fleet() {
+            doc["rate_limit"] = fleet.health();
+        }
         let code = if any_ok {
             StatusCode::OK
         } else {
@@ -296,7 +314,7 @@ impl ServeHttp for Admin {
         let get = req.method == http::Method::GET || req.method == http::Method::HEAD;
         if req.uri.path() == "/cache/purge" {
             let (status, doc) = if req.method == http::Method::POST {
-                self.purge(req.uri.query())
+                self.purge(req.uri.query()).await
             } else {
                 (
                     StatusCode::METHOD_NOT_ALLOWED,

@@ -225,16 +225,21 @@ impl ResponseCache {
         targets
             .into_iter()
             .map(|path| {
-                // The fleet too: every instance drops its copies (and their Redis copies).
-                let mut query = form_urlencoded::Serializer::new(String::new());
-                if let Some(h) = &host {
-                    query.append_pair("host", h);
-                }
-                self.announce(&query.append_pair("path", &path).finish());
-                self.purge(&Purge {
+                let purge = Purge {
                     host: host.clone(),
                     path: PurgePath::Exact(path),
-                })
+                };
+                let dropped = self.purge(&purge);
+                // The fleet too, in the background: the Redis entries, then every
+                // instance's memory (this one's again, once Redis cannot hand it back).
+                if let Some(tier) = self.storage.shared() {
+                    tokio::spawn(async move {
+                        let (path, prefix) = purge.path.parts();
+                        let _ = tier.purge(purge.host.as_deref(), path, prefix, false).await;
+                        let _ = tier.publish(&purge.to_query(), false).await;
+                    });
+                }
+                dropped
             })
             .sum()
     }
@@ -257,8 +262,7 @@ impl ResponseCache {
         );
     }
 
-    /// Remove the entries `purge` selects (and their Redis copies); returns how many were
-    /// in this instance's memory.
+    /// Remove the entries `purge` selects from this instance's memory; returns how many.
     pub fn purge(&self, purge: &Purge) -> usize {
         let removed = match (&purge.host, &purge.path) {
             (Some(host), PurgePath::Exact(path)) => {
@@ -268,11 +272,42 @@ impl ResponseCache {
                 .storage
                 .purge_where(self.eviction, |primary| purge.matches(primary)),
         };
-        let n = removed.len();
-        if let Some(tier) = self.storage.shared() {
-            tier.delete(removed.iter().map(hex::encode).collect());
+        removed.len()
+    }
+
+    /// An admin purge (`POST /cache/purge`). With `[cache.shared]`: first the Redis entries
+    /// `purge` selects, found through the index whichever instance stored them (awaited,
+    /// and tried even while Redis is skipped after a failure), then this instance's memory,
+    /// then the announcement (`query`) that empties every instance's memory. Redis goes
+    /// first so that no instance copies a purged entry back from it. When Redis does not
+    /// confirm, this instance's memory is purged all the same and the error says what was
+    /// not done.
+    pub async fn purge_fleet(&self, purge: &Purge, query: &str) -> Purged {
+        let Some(tier) = self.storage.shared() else {
+            return Purged {
+                memory: self.purge(purge),
+                shared: None,
+            };
+        };
+        let (path, prefix) = purge.path.parts();
+        let deleted = tier.purge(purge.host.as_deref(), path, prefix, true).await;
+        let memory = self.purge(purge);
+        let shared = match deleted {
+            Ok(n) => tier.publish(query, true).await.map(|()| n).map_err(|e| {
+                format!(
+                    "the shared cache (Redis) deleted {n} entries, but the purge could not be \
+                     announced to the other instances ({e}); retry"
+                )
+            }),
+            Err(e) => Err(format!(
+                "the shared cache (Redis) did not confirm the purge ({e}): its entries and \
+                 the other instances' memory are not purged, this instance's memory is; retry"
+            )),
+        };
+        Purged {
+            memory,
+            shared: Some(shared),
         }
-        n
     }
 
     /// The request is over: a fill lock it took but did not use for a stored response
@@ -283,15 +318,6 @@ impl ResponseCache {
         }
         if let Some(key) = session.cache.maybe_cache_key() {
             self.storage.abandon(key);
-        }
-    }
-
-    /// A purge of this instance's admin listener, sent to the fleet (`[cache.shared]`):
-    /// every instance applies `query` to its memory and deletes the Redis copies it knew.
-    pub(crate) fn announce(&self, query: &str) {
-        if let Some(tier) = self.storage.shared() {
-            let query = query.to_string();
-            tokio::spawn(async move { tier.publish(&query).await });
         }
     }
 
@@ -643,6 +669,25 @@ pub enum PurgePath {
     Prefix(String),
 }
 
+impl PurgePath {
+    /// The path, and whether it is a prefix.
+    fn parts(&self) -> (&str, bool) {
+        match self {
+            PurgePath::Exact(p) => (p, false),
+            PurgePath::Prefix(p) => (p, true),
+        }
+    }
+}
+
+/// What an admin purge did ([`ResponseCache::purge_fleet`]).
+#[derive(Debug)]
+pub struct Purged {
+    /// Entries removed from this instance's memory.
+    pub memory: usize,
+    /// With `[cache.shared]`: the Redis entries deleted, or why Redis did not confirm.
+    pub shared: Option<Result<usize, String>>,
+}
+
 impl Purge {
     /// Parse the admin query string: `host=H` (optional) and exactly one of `path=/p?q` or
     /// `prefix=/p`.
@@ -671,6 +716,19 @@ impl Purge {
         Ok(Purge { host, path })
     }
 
+    /// The query [`Purge::from_query`] reads back.
+    fn to_query(&self) -> String {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        if let Some(h) = &self.host {
+            query.append_pair("host", h);
+        }
+        match &self.path {
+            PurgePath::Exact(p) => query.append_pair("path", p),
+            PurgePath::Prefix(p) => query.append_pair("prefix", p),
+        };
+        query.finish()
+    }
+
     fn matches(&self, primary: &str) -> bool {
         let mut parts = primary.split('\n').skip(2);
         let (Some(host), Some(path)) = (parts.next(), parts.next()) else {
@@ -686,7 +744,8 @@ impl Purge {
     }
 }
 
-/// Applies the purges other instances publish.
+/// Applies the purges the instances publish (to memory: the publisher deleted the Redis
+/// entries), and wakes this instance's fill-lock waiters, on one subscription.
 struct PurgeSubscriber(std::sync::Arc<ResponseCache>);
 
 #[async_trait::async_trait]
@@ -752,6 +811,15 @@ mod tests {
         assert!(Purge::from_query("path=/a&prefix=/b").is_err());
         assert!(Purge::from_query("path=a").is_err());
         assert!(Purge::from_query("bogus=1&path=/a").is_err());
+        // What an invalidation announces reads back as the same purge.
+        for q in [
+            "host=example.com&path=%2Fa%3Fx%3D1%26y",
+            "prefix=/a b",
+            "path=/",
+        ] {
+            let p = Purge::from_query(q).unwrap();
+            assert_eq!(Purge::from_query(&p.to_query()).unwrap(), p, "{q}");
+        }
     }
 
     /// Issue 35: a route's default `stale_while_revalidate` / `stale_if_error` applied

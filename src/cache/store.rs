@@ -148,7 +148,7 @@ impl MemoryStore {
                         return None;
                     }
                 },
-                Lock::Held => tier.wait(&name).await?,
+                Lock::Held(waiter) => tier.wait(waiter).await?,
                 Lock::Unavailable => return None,
             },
         };
@@ -360,6 +360,7 @@ impl HandleMiss for Miss {
             if let Some(tier) = self.store.shared() {
                 tier.put(
                     hex::encode(self.hash),
+                    "",
                     Vec::new(),
                     std::time::Duration::ZERO,
                     locked,
@@ -390,10 +391,17 @@ impl HandleMiss for Miss {
         if let Some(tier) = store.shared() {
             if entry.body.len() <= tier.max_object {
                 let value = shared::encode(&entry.meta, &entry.body);
-                tier.put(hex::encode(hash), value, ttl, locked);
+                tier.put(
+                    hex::encode(hash),
+                    target_of(&entry.primary),
+                    value,
+                    ttl,
+                    locked,
+                );
             } else {
                 tier.put(
                     hex::encode(hash),
+                    "",
                     Vec::new(),
                     std::time::Duration::ZERO,
                     locked,
