@@ -299,3 +299,23 @@ fn request_bodies_pass_through_intact() {
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert_eq!(b.last_request().body, b"hello world");
 }
+
+/// Regression (issue 36): reusing a pooled upstream connection asked the kernel for its peer
+/// (`getpeername`) on every proxied request, to check the pool handed back a connection to
+/// the right peer. The address its socket digest cached at the first ask answers the same;
+/// the file descriptor here is invalid, so any kernel call would fail the match.
+#[test]
+#[cfg(unix)]
+fn reusing_an_upstream_connection_made_a_getpeername_per_request() {
+    use pingora::connectors::stream_matches_peer;
+    use pingora::protocols::SocketDigest;
+    use pingora::upstreams::peer::{BasicPeer, Peer};
+    let peer = BasicPeer::new("127.0.0.1:8080");
+    let digest = SocketDigest::from_raw_fd(-1);
+    let _ = digest.peer_addr.set(Some(peer.address().clone()));
+    assert!(stream_matches_peer(&peer, Some(&digest), -1));
+    let other = BasicPeer::new("127.0.0.1:8081");
+    assert!(!stream_matches_peer(&other, Some(&digest), -1));
+    // Without a digest the kernel is asked, and an invalid descriptor matches nothing.
+    assert!(!stream_matches_peer(&peer, None, -1));
+}

@@ -183,6 +183,25 @@ pub struct TransportConnector {
 
 const DEFAULT_POOL_SIZE: usize = 128;
 
+/// TOLLGATE: whether a pooled connection is connected to `peer`, by the peer address its
+/// socket digest cached the first time it was asked (one `getpeername` per connection).
+/// `Peer::matches_fd` asked the kernel on every reuse: one system call per proxied request
+/// on a keep-alive upstream. Peers behind a proxy (whose next hop is checked) and streams
+/// without a digest keep the kernel check.
+#[cfg(unix)]
+pub fn stream_matches_peer<P: Peer>(
+    peer: &P,
+    digest: Option<&crate::protocols::SocketDigest>,
+    fd: crate::protocols::UniqueIDType,
+) -> bool {
+    if peer.get_proxy().is_none() {
+        if let Some(addr) = digest.and_then(|d| d.peer_addr()) {
+            return addr == peer.address();
+        }
+    }
+    peer.matches_fd(fd)
+}
+
 impl TransportConnector {
     /// Create a new [TransportConnector] with the given [ConnectorOptions]
     pub fn new(mut options: Option<ConnectorOptions>) -> Self {
@@ -261,8 +280,11 @@ impl TransportConnector {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
-                            && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
+                        if stream_matches_peer(
+                            peer,
+                            stream.get_socket_digest().as_deref(),
+                            stream.id(),
+                        ) && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
                         } else {
@@ -579,6 +601,7 @@ pub(crate) mod test_utils {
 #[cfg(test)]
 #[cfg(feature = "any_tls")]
 mod tests {
+
     use std::time::Duration;
 
     use pingora_error::ErrorType;

@@ -420,8 +420,14 @@ impl Connector {
             .filter(|c| !c.is_closed())
             .or_else(|| self.idle_pool.get(&reuse_hash));
         if let Some(conn) = maybe_conn {
+            // TOLLGATE: the address the connection's digest cached, not a `getpeername` per
+            // request (`connectors::stream_matches_peer`).
             #[cfg(unix)]
-            if !peer.matches_fd(conn.id()) {
+            if !crate::connectors::stream_matches_peer(
+                peer,
+                conn.digest().socket_digest.as_deref(),
+                conn.id(),
+            ) {
                 return Ok(None);
             }
             #[cfg(windows)]
