@@ -115,6 +115,7 @@ impl crate::config::FromConfig<Reloaded<'_, std::sync::Arc<ResponseCache>, share
         let tier = shared_section.as_ref().and_then(|sh| {
             let crate::config::file::SharedCacheSection {
                 redis,
+                redis_cluster,
                 key_prefix,
                 max_object_size,
                 max_ttl,
@@ -127,8 +128,20 @@ impl crate::config::FromConfig<Reloaded<'_, std::sync::Arc<ResponseCache>, share
             );
             bounds::SHARED_CACHE_MAX_TTL.check(&format!("{at}.shared.max_ttl"), *max_ttl, problems);
             bounds::SHARED_CACHE_TIMEOUT.check(&format!("{at}.shared.timeout"), *timeout, problems);
+            let urls = match (redis, &redis_cluster[..]) {
+                (Some(one), []) => vec![one.clone()],
+                (None, nodes) if !nodes.is_empty() => nodes.to_vec(),
+                _ => {
+                    problems.push(Problem::new(
+                        format!("{at}.shared.redis"),
+                        "set exactly one of redis (one server) and redis_cluster (seed nodes)",
+                    ));
+                    return None;
+                }
+            };
             let settings = shared::Settings {
-                url: redis.clone(),
+                cluster: redis.is_none(),
+                urls,
                 prefix: key_prefix.clone(),
                 max_object: max_object_size.0 as usize,
                 max_ttl: max_ttl.0,

@@ -175,8 +175,10 @@ impl Drop for Subscribed<'_> {
 }
 
 pub(crate) struct Settings {
-    /// `redis://HOST:PORT/DB`, or a Redis Cluster's seed nodes, comma-separated.
-    pub url: String,
+    /// `redis://HOST:PORT/DB`, or a Redis Cluster's seed nodes.
+    pub urls: Vec<String>,
+    /// `urls` are a cluster's seed nodes (even just one).
+    pub cluster: bool,
     pub prefix: String,
     pub max_object: usize,
     pub max_ttl: Duration,
@@ -186,16 +188,10 @@ pub(crate) struct Settings {
 
 impl SharedTier {
     pub(crate) fn new(s: Settings, metrics: SharedMetrics) -> Result<SharedTier, String> {
-        let urls: Vec<String> = s
-            .url
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .map(String::from)
-            .collect();
+        let urls = s.urls;
         let client = match urls.as_slice() {
             [] => return Err("give redis://HOST:PORT/DB, or a cluster's seed nodes".into()),
-            [one] => redis_conn::Client::new(Some(one), &[], s.timeout)?,
+            [one] if !s.cluster => redis_conn::Client::new(Some(one), &[], s.timeout)?,
             nodes => redis_conn::Client::new(None, nodes, s.timeout)?,
         };
         let pubsub = urls
@@ -733,13 +729,14 @@ pub(crate) fn decode(v: &Bytes) -> Option<(Meta, Bytes)> {
 mod tests {
     use super::*;
 
-    fn tier(url: &str) -> SharedTier {
+    fn tier(urls: &[&str]) -> SharedTier {
         let metrics = SharedMetrics {
             degraded: IntGauge::new("degraded", "test").unwrap(),
             errors: IntCounter::new("errors", "test").unwrap(),
         };
         let settings = Settings {
-            url: url.into(),
+            urls: urls.iter().map(|u| u.to_string()).collect(),
+            cluster: urls.len() > 1,
             prefix: "p:".into(),
             max_object: 1024,
             max_ttl: Duration::from_secs(60),
@@ -759,7 +756,7 @@ mod tests {
 
     #[test]
     fn each_script_and_pipeline_touches_one_slot() {
-        let t = tier("redis://127.0.0.1:1/0");
+        let t = tier(&["redis://127.0.0.1:1/0"]);
         let entry = t.key("ab12");
         assert_eq!(entry, "p:{ab12}");
         assert_eq!(tag(&entry), tag(&format!("{entry}:lock")));
@@ -773,29 +770,30 @@ mod tests {
 
     #[test]
     fn a_list_of_urls_is_a_cluster_and_garbage_is_refused() {
-        let one = tier("redis://127.0.0.1:1/0");
+        let one = tier(&["redis://127.0.0.1:1/0"]);
         assert_eq!(one.pubsub.len(), 1);
-        let cluster = tier("redis://127.0.0.1:1, redis://127.0.0.1:2,");
+        let cluster = tier(&["redis://127.0.0.1:1", "redis://127.0.0.1:2"]);
         assert_eq!(cluster.pubsub.len(), 2);
         let metrics = SharedMetrics {
             degraded: IntGauge::new("d", "t").unwrap(),
             errors: IntCounter::new("e", "t").unwrap(),
         };
         let settings = |url: &str| Settings {
-            url: url.into(),
+            urls: vec![url.to_string()].into_iter().filter(|u| !u.trim().is_empty()).collect(),
+            cluster: false,
             prefix: "p:".into(),
             max_object: 1,
             max_ttl: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
             lock_timeout: Duration::from_secs(1),
         };
-        assert!(SharedTier::new(settings(" , "), metrics.clone()).is_err());
+        assert!(SharedTier::new(settings(" "), metrics.clone()).is_err());
         assert!(SharedTier::new(settings("http://x"), metrics).is_err());
     }
 
     #[tokio::test]
     async fn a_fill_message_wakes_every_waiter_of_its_hash_and_waiters_clean_up() {
-        let t = tier("redis://127.0.0.1:1/0");
+        let t = tier(&["redis://127.0.0.1:1/0"]);
         let (mut a, mut b, mut other) = (t.waiter("h"), t.waiter("h"), t.waiter("o"));
         t.wake("h");
         for w in [&mut a, &mut b] {

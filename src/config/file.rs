@@ -123,7 +123,11 @@ pub struct CacheSection {
 #[serde(deny_unknown_fields)]
 pub struct SharedCacheSection {
     /// `redis://HOST:PORT/DB`.
-    pub(crate) redis: String,
+    #[serde(default)]
+    pub(crate) redis: Option<String>,
+    /// Instead of `redis`: seed nodes of a Redis Cluster (`redis://HOST:PORT` each).
+    #[serde(default)]
+    pub(crate) redis_cluster: Vec<String>,
     /// Prefix of every key (entries, locks, the purge channel).
     #[serde(default = "defaults::shared_cache_prefix")]
     pub(crate) key_prefix: String,

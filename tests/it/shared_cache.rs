@@ -509,7 +509,7 @@ fn a_prefix_purge_on_a_redis_cluster_deletes_every_entry_under_it() {
 max_size = "4MiB"
 lock_timeout = "5s"
 [cache.shared]
-redis = "{}"
+redis_cluster = [{}]
 timeout = "2s"
 
 [upstreams.app]
@@ -522,7 +522,12 @@ upstream = "app"
 [routes.cache]
 ttl = "60s"
 "#,
-        cluster.urls().join(", "),
+        cluster
+            .urls()
+            .iter()
+            .map(|u| format!("\"{u}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
         app.addr
     );
     let (a, b) = (Gateway::start(&body), Gateway::start(&body));
