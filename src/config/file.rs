@@ -1345,8 +1345,8 @@ pub struct RateLimitBackendSection {
     /// Instead of `redis_url`: seed nodes of a Redis Cluster (`redis://HOST:PORT` each).
     #[serde(default)]
     pub(crate) redis_cluster: Vec<String>,
-    /// For `backend = "sync"`: how often this instance pushes its counts to Redis and pulls
-    /// the fleet's.
+    /// For `backend = "sync"`: the lease period (a lease is sized to what this instance
+    /// admitted over the last one) and the heartbeat interval (at most once a second).
     #[serde(default = "defaults::sync_interval")]
     pub(crate) sync_interval: HumanDuration,
     /// Longest wait for Redis before the failure policy applies.
@@ -1379,7 +1379,8 @@ pub enum RateLimitBackend {
     Local,
     /// In Redis, on every request.
     Redis,
-    /// Counted locally, synchronized with the fleet through Redis every `sync_interval`.
+    /// Admitted locally from budget leased from Redis (one script per lease): the fleet
+    /// never admits more than the limit, and makes no Redis call per request.
     Sync,
 }
 

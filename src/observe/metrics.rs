@@ -402,7 +402,7 @@ impl Metrics {
             )?,
             failures: IntCounter::new(
                 "rate_limit_sync_failures_total",
-                "Rate-limit syncs with Redis that failed or timed out",
+                "Rate-limit lease and heartbeat calls to Redis that failed or timed out",
             )?,
         };
         registry.register(Box::new(rate_limit_sync.degraded.clone()))?;
