@@ -251,6 +251,10 @@ pub(crate) fn settings(
             e,
         )
     };
+    // OpenSSL keeps a connection's read and write buffers (about 34 KB) for its whole life;
+    // with RELEASE_BUFFERS it frees them whenever they are empty, so an idle keep-alive
+    // connection holds none (nginx sets the same mode).
+    settings.set_mode(openssl::ssl::SslMode::RELEASE_BUFFERS);
     settings.set_min_proto_version(Some(min)).map_err(tls_err)?;
     settings
         .set_max_proto_version(Some(SslVersion::TLS1_3))

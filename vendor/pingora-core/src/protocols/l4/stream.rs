@@ -540,8 +540,9 @@ pub struct Stream {
     write_pending_time: AccumulatedDuration,
     /// Last rx timestamp associated with the last recvmsg call.
     pub rx_ts: Option<SystemTime>,
-    /// TOLLGATE: the write buffer's capacity (`set_buffer`), and whether `poll_readable`
-    /// has released it while the connection idles.
+    /// TOLLGATE: the buffers' capacities (`set_buffer`), and whether `poll_readable` has
+    /// released them while the connection idles.
+    read_capacity: usize,
     write_capacity: usize,
     write_released: bool,
     /// TOLLGATE: `poll_readable`'s last peek found nothing (readiness is cleared).
@@ -630,9 +631,9 @@ impl Stream {
     }
 
     /// TOLLGATE: a new write buffer of `capacity` for an (empty) unbuffered-read stream.
-    fn rebuffer_write(&mut self, capacity: usize) {
+    fn rebuffer(&mut self, read: usize, write: usize) {
         if let Some(stream) = self.stream.take() {
-            self.stream = Some(BufferedStream::with_capacity(0, capacity, stream.into_inner()));
+            self.stream = Some(BufferedStream::with_capacity(read, write, stream.into_inner()));
         }
     }
 
@@ -642,6 +643,7 @@ impl Stream {
         use std::mem;
         // Since the buffers can't be resized in place,
         // we take the raw stream out of them and put it in new buffers with the size we want
+        self.read_capacity = buffer.read_capacity();
         self.write_capacity = buffer.write_capacity();
         self.write_released = false;
         let stream = mem::take(&mut self.stream);
@@ -675,6 +677,7 @@ impl From<TcpStream> for Stream {
             read_pending_time: AccumulatedDuration::new(),
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
+            read_capacity: 0,
             write_capacity: 0,
             write_released: false,
             peeked_empty: false,
@@ -701,6 +704,7 @@ impl From<virt::VirtualSocketStream> for Stream {
             read_pending_time: AccumulatedDuration::new(),
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
+            read_capacity: 0,
             write_capacity: 0,
             write_released: false,
             peeked_empty: false,
@@ -728,6 +732,7 @@ impl From<UnixStream> for Stream {
             read_pending_time: AccumulatedDuration::new(),
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
+            read_capacity: 0,
             write_capacity: 0,
             write_released: false,
             peeked_empty: false,
@@ -830,20 +835,25 @@ impl Peek for Stream {
             _ => return Poll::Ready(Ok(false)),
         };
         self.peeked_empty = ready.is_pending();
-        // While the connection idles, it holds no write buffer either (an empty one, on a
-        // stream without a read buffer, is swapped for none); the next request gets it back.
+        // While the connection idles, it holds no buffers either (empty ones are swapped
+        // for none: a TLS listener's read buffer is 16 KiB); the next request gets them back.
         match (&ready, self.write_released) {
-            (Poll::Pending, false) if self.write_capacity > 0 => {
-                if let Some(BufferedStream::UnbufferedRead(writer)) = &self.stream {
-                    if writer.buffer().is_empty() {
-                        self.write_released = true;
-                        self.rebuffer_write(0);
+            (Poll::Pending, false) if self.write_capacity > 0 || self.read_capacity > 0 => {
+                let empty = match &self.stream {
+                    Some(BufferedStream::UnbufferedRead(writer)) => writer.buffer().is_empty(),
+                    Some(BufferedStream::BufferedRead(reader)) => {
+                        reader.buffer().is_empty() && reader.get_ref().buffer().is_empty()
                     }
+                    None => false,
+                };
+                if empty {
+                    self.write_released = true;
+                    self.rebuffer(0, 0);
                 }
             }
             (Poll::Ready(_), true) => {
                 self.write_released = false;
-                self.rebuffer_write(self.write_capacity);
+                self.rebuffer(self.read_capacity, self.write_capacity);
             }
             _ => {}
         }

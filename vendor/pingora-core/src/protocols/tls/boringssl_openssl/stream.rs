@@ -217,5 +217,17 @@ impl SslDigest {
     }
 }
 
-// TODO: implement Peek if needed
-impl<T> Peek for SslStream<T> {}
+// TOLLGATE: `poll_readable`, so an idle keep-alive HTTP/1 connection over TLS waits
+// without a session, as a plain one does (`apps::wait_for_next_request`): readable when
+// OpenSSL holds decrypted bytes, else when the stream under it has bytes (a TLS record) or
+// ends. A record that carries no request (a TLS 1.3 ticket or key update) only makes the
+// session's read wait, as it did before.
+#[async_trait::async_trait]
+impl<T: Peek + Send> Peek for SslStream<T> {
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        if self.ssl.ssl().pending() > 0 {
+            return Poll::Ready(Ok(true));
+        }
+        self.ssl.get_mut().poll_readable(cx)
+    }
+}
