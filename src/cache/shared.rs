@@ -779,7 +779,10 @@ mod tests {
             errors: IntCounter::new("e", "t").unwrap(),
         };
         let settings = |url: &str| Settings {
-            urls: vec![url.to_string()].into_iter().filter(|u| !u.trim().is_empty()).collect(),
+            urls: vec![url.to_string()]
+                .into_iter()
+                .filter(|u| !u.trim().is_empty())
+                .collect(),
             cluster: false,
             prefix: "p:".into(),
             max_object: 1,

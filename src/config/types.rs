@@ -197,12 +197,7 @@ impl TryFrom<String> for RateKey {
                 Some(("claim", name)) if !name.trim().is_empty() => {
                     Who::Claim(name.trim().to_string())
                 }
-                _ => {
-                    return Err(format!(
-                        "invalid key part {part:?}; join \"ip\", \"route\" and one of \"consumer\", \
-                         \"subject\", \"api_key\", \"header:NAME\", \"claim:NAME\" with '+'"
-                    ))
-                }
+                _ => return Err(invalid_key_part(part)),
             };
             if let Some(before) = &k.who {
                 return Err(format!(
@@ -214,6 +209,14 @@ impl TryFrom<String> for RateKey {
         }
         Ok(k)
     }
+}
+
+/// Why `part` is no part of a rate-limit key.
+fn invalid_key_part(part: &str) -> String {
+    format!(
+        "invalid key part {part:?}; join \"ip\", \"route\" and one of \"consumer\", \"subject\", \
+         \"api_key\", \"header:NAME\", \"claim:NAME\" with '+'"
+    )
 }
 
 impl RateKey {

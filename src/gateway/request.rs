@@ -157,7 +157,11 @@ pub(crate) async fn admit(
         step!(mode, Auth, auth_step(gw, &route, req, ctx).await);
     }
     if !mode.explaining() {
-        step!(mode, RateLimit, rate_limit_step(gw, &route, &req.headers, ctx).await);
+        step!(
+            mode,
+            RateLimit,
+            rate_limit_step(gw, &route, &req.headers, ctx).await
+        );
     }
     // What the upstream documents it takes, once the caller may call it at all (an unknown
     // caller learns nothing of the API's shape); the body is checked once admitted.

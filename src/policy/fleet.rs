@@ -350,8 +350,7 @@ impl Fleet {
     pub(crate) async fn check(self: &Arc<Self>, windows: &[Window<'_>]) -> Checked {
         // A lease is bounded by the timeout; a request may wait for one already on its way
         // and then, behind a crowd that emptied it, for the next.
-        let deadline =
-            tokio::time::Instant::now() + self.timeout * 2 + Duration::from_millis(20);
+        let deadline = tokio::time::Instant::now() + self.timeout * 2 + Duration::from_millis(20);
         for round in 0..=MAX_ROUNDS {
             let may_wait = round < MAX_ROUNDS && tokio::time::Instant::now() < deadline;
             match self.step(windows, may_wait) {
@@ -382,9 +381,7 @@ impl Fleet {
     }
 
     fn lock(&self, shard: usize) -> MutexGuard<'_, HashMap<EntryKey, Entry>> {
-        self.shards[shard]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.shards[shard].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// One look at the windows, under their shards' locks: admit, refuse, or say which
@@ -651,10 +648,7 @@ impl Fleet {
                 .arg("-inf")
                 .arg(now.saturating_sub(live_ms))
                 .ignore();
-            p.cmd("PEXPIRE")
-                .arg(HEARTBEATS)
-                .arg(live_ms * 4)
-                .ignore();
+            p.cmd("PEXPIRE").arg(HEARTBEATS).arg(live_ms * 4).ignore();
         }
         let limit = self.timeout.max(self.interval);
         let answer = tokio::time::timeout(limit, async {
@@ -821,11 +815,17 @@ mod tests {
         let now = Instant::now();
         let ago = |ms| now - Duration::from_millis(ms);
         // 100 in 100 ms: 1,000 a second, 100 a period.
-        assert_eq!(next_ask(10_000, 3, T, Some((ago(100), 100)), None, now).0, 100);
+        assert_eq!(
+            next_ask(10_000, 3, T, Some((ago(100), 100)), None, now).0,
+            100
+        );
         // 20 in 1 ms is 20,000 a second, but a lease grows at most fourfold.
         assert_eq!(next_ask(10_000, 3, T, Some((ago(1), 20)), None, now).0, 80);
         // An idle instance asks for one.
-        assert_eq!(next_ask(10_000, 3, T, Some((ago(60_000), 1)), None, now).0, 1);
+        assert_eq!(
+            next_ask(10_000, 3, T, Some((ago(60_000), 1)), None, now).0,
+            1
+        );
         assert_eq!(next_ask(10_000, 3, T, Some((ago(100), 0)), None, now).0, 1);
         // Never more than the limit.
         assert_eq!(next_ask(50, 3, T, Some((ago(100), 100)), None, now).0, 50);
@@ -875,7 +875,13 @@ mod tests {
         assert_eq!(health["mode"], "local_share");
         assert_eq!(health["share"], "ceil(limit / 3) per window");
         let unleased: u64 = (0..SHARDS)
-            .flat_map(|s| fleet.lock(s).values().map(|e| e.unleased).collect::<Vec<_>>())
+            .flat_map(|s| {
+                fleet
+                    .lock(s)
+                    .values()
+                    .map(|e| e.unleased)
+                    .collect::<Vec<_>>()
+            })
             .sum();
         assert_eq!(unleased, 4, "to be added once Redis answers");
     }

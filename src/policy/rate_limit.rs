@@ -139,7 +139,10 @@ fn key_parts<'a>(w: &Window, s: &Subject<'a>) -> (Option<IpAddr>, Option<&'a str
         Some(Who::Consumer) => s.consumer,
         Some(Who::Subject) => s.subject,
         Some(Who::ApiKey) => s.api_key,
-        Some(Who::Header(h)) => s.headers.and_then(|m| m.get(h)).and_then(|v| v.to_str().ok()),
+        Some(Who::Header(h)) => s
+            .headers
+            .and_then(|m| m.get(h))
+            .and_then(|v| v.to_str().ok()),
         Some(Who::Claim(_)) => w.claim_header.as_ref().and_then(|h| {
             s.identity_headers
                 .iter()
@@ -974,7 +977,13 @@ mod tests {
 
     #[test]
     fn a_key_counts_one_kind_of_caller() {
-        for bad in ["consumer+subject", "header:x-a+api_key", "claim:", "header:bad name", "who"] {
+        for bad in [
+            "consumer+subject",
+            "header:x-a+api_key",
+            "claim:",
+            "header:bad name",
+            "who",
+        ] {
             assert!(RateKey::try_from(bad.to_string()).is_err(), "{bad}");
         }
         let k = RateKey::try_from("route+claim:tenant+ip".to_string()).unwrap();

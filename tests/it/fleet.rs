@@ -166,7 +166,12 @@ fn granted(node: &Redis, route: &str) -> u64 {
 fn sync_admitted_twice_the_limit_at_full_speed_across_three_instances() {
     let redis = Redis::start();
     let app = Backend::echo("app");
-    let gws = fleet(&format!("redis_url = \"{}\"", redis.url()), "100ms", LIMIT, &app);
+    let gws = fleet(
+        &format!("redis_url = \"{}\"", redis.url()),
+        "100ms",
+        LIMIT,
+        &app,
+    );
     never_over_admits(&gws);
     assert_eq!(granted(&redis, "limited"), LIMIT, "all granted, no more");
     for gw in &gws {
@@ -282,7 +287,12 @@ fn leasing_takes_fewer_than_one_redis_command_per_100_requests() {
     let (threads, n) = (4, 800);
     // Each instance is asked 3,200; its first lease is 1,600.
     let limit = 12 * 1600;
-    let gws = fleet(&format!("redis_url = \"{}\"", redis.url()), "5s", limit, &app);
+    let gws = fleet(
+        &format!("redis_url = \"{}\"", redis.url()),
+        "5s",
+        limit,
+        &app,
+    );
     let (leases_before, beats_before) = (redis.calls("evalsha"), redis.calls("zadd"));
     let before = redis.all_calls();
     let started = Instant::now();
@@ -301,7 +311,10 @@ fn leasing_takes_fewer_than_one_redis_command_per_100_requests() {
         calls as f64 / elapsed.as_secs_f64()
     );
     assert_eq!(per.iter().sum::<u64>(), requests, "none refused: {per:?}");
-    assert!(leases > 3, "every instance leased again after its first lease");
+    assert!(
+        leases > 3,
+        "every instance leased again after its first lease"
+    );
     assert!(
         calls * 100 <= requests,
         "{calls} commands for {requests} requests"
@@ -313,7 +326,12 @@ fn while_redis_is_down_each_instance_admits_its_share_says_so_and_reconciles_whe
     away_from_a_window_edge();
     let mut redis = Redis::start();
     let app = Backend::echo("app");
-    let gws = fleet(&format!("redis_url = \"{}\"", redis.url()), "100ms", LIMIT, &app);
+    let gws = fleet(
+        &format!("redis_url = \"{}\"", redis.url()),
+        "100ms",
+        LIMIT,
+        &app,
+    );
     for gw in &gws {
         assert_eq!(gw.health()["rate_limit"]["mode"], "leased");
     }
@@ -325,7 +343,10 @@ fn while_redis_is_down_each_instance_admits_its_share_says_so_and_reconciles_whe
         let h = gw.health();
         assert_eq!(h["rate_limit"]["mode"], "local_share", "{h}");
         assert_eq!(h["rate_limit"]["degraded"], true, "{h}");
-        assert_eq!(h["rate_limit"]["share"], "ceil(limit / 3) per window", "{h}");
+        assert_eq!(
+            h["rate_limit"]["share"], "ceil(limit / 3) per window",
+            "{h}"
+        );
     }
     let (per, _) = hammer(&gws, "/fallback/x", 1, 150);
     assert_eq!(per, [LIMIT / 3; 3], "each its share");
@@ -355,12 +376,20 @@ fn while_redis_is_down_each_instance_admits_its_share_says_so_and_reconciles_whe
         let sum = granted(&redis, "fallback");
         (sum == LIMIT).then_some(sum)
     });
-    assert_eq!(total, Some(LIMIT), "the share admitted meanwhile reached Redis");
+    assert_eq!(
+        total,
+        Some(LIMIT),
+        "the share admitted meanwhile reached Redis"
+    );
     for gw in &gws {
         let r = client().get(gw.url("/fallback/y")).send().unwrap();
         assert_eq!(r.status(), 429, "the reconciled count is spent");
     }
-    assert_eq!(granted(&redis, "fallback"), LIMIT, "no lease granted past it");
+    assert_eq!(
+        granted(&redis, "fallback"),
+        LIMIT,
+        "no lease granted past it"
+    );
 }
 
 #[test]
@@ -384,9 +413,8 @@ fn a_redis_cluster_of_three_masters_never_over_admits_and_outlives_a_master_goin
         );
     }
     assert!(cluster.calls("incrby") > 0);
-    let sum = |c: &RedisCluster, route: &str| -> u64 {
-        c.nodes.iter().map(|n| granted(n, route)).sum()
-    };
+    let sum =
+        |c: &RedisCluster, route: &str| -> u64 { c.nodes.iter().map(|n| granted(n, route)).sum() };
     assert_eq!(sum(&cluster, "limited"), LIMIT);
 
     // One master goes away: its slots are uncovered, the cluster refuses, every instance
@@ -407,7 +435,11 @@ fn a_redis_cluster_of_three_masters_never_over_admits_and_outlives_a_master_goin
         let s = sum(&cluster, "fallback");
         (s == LIMIT).then_some(s)
     });
-    assert_eq!(total, Some(LIMIT), "the share admitted meanwhile reached the cluster");
+    assert_eq!(
+        total,
+        Some(LIMIT),
+        "the share admitted meanwhile reached the cluster"
+    );
 }
 
 #[test]
