@@ -26,6 +26,15 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # Headless Chromium: the browser tests (a page reading the gateway's CORS answers).
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+# `setup.sh --dist`: also what the profile-guided production build needs
+# (scripts/build-dist.sh): llvm-profdata from Debian's llvm-19, h2load for its training run,
+# envsubst for its configuration.
+if [[ ${1:-} == --dist ]]; then
+  command -v llvm-profdata-19 >/dev/null 2>&1 || need+=(llvm-19)
+  command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
+  command -v envsubst >/dev/null 2>&1 || need+=(gettext-base)
+  command -v curl >/dev/null 2>&1 || need+=(curl)
+fi
 
 if ((${#need[@]})); then
   sudo=""
