@@ -9,17 +9,7 @@ const SECRET: &str = "credentials-test-secret-0123456789ab";
 const KEY: &str = "machine-key-0123456789abcdef";
 
 fn token(sub: &str) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3600;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &serde_json::json!({ "sub": sub, "exp": exp }),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    hs256_token(SECRET.as_bytes(), serde_json::json!({ "sub": sub }))
 }
 
 /// Routes `/forward` (the default) and `/strip` (`credentials = "strip"`), both taking a

@@ -17,17 +17,10 @@ const SECRET: &str = "hardening-test-secret-with-32-bytes!";
 
 /// A valid HS256 token for `sub`.
 fn token(sub: &str) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3600;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &serde_json::json!({ "sub": sub, "exp": exp, "roles": ["user"] }),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    hs256_token(
+        SECRET.as_bytes(),
+        serde_json::json!({ "sub": sub, "roles": ["user"] }),
     )
-    .unwrap()
 }
 
 /// The routes of the review: a public route, a JWT route, a prefix-strip route, a rewrite

@@ -411,17 +411,10 @@ body = "c"
 fn a_claim_key_counts_every_caller_with_the_same_claim_value_together() {
     const SECRET: &str = "claim-key-test-secret-0123456789abcd";
     let token = |sub: &str, tenant: &str| {
-        let exp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 3600;
-        jsonwebtoken::encode(
-            &jsonwebtoken::Header::default(),
-            &serde_json::json!({ "sub": sub, "exp": exp, "tenant": tenant }),
-            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        hs256_token(
+            SECRET.as_bytes(),
+            serde_json::json!({ "sub": sub, "tenant": tenant }),
         )
-        .unwrap()
     };
     let body = r#"
 [auth.jwt.main]

@@ -8,17 +8,10 @@ use crate::common::*;
 const SECRET: &str = "shadow-test-secret-0123456789abcdef";
 
 fn token(sub: &str, roles: &[&str]) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3600;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &serde_json::json!({ "sub": sub, "exp": exp, "roles": roles }),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    hs256_token(
+        SECRET.as_bytes(),
+        serde_json::json!({ "sub": sub, "roles": roles }),
     )
-    .unwrap()
 }
 
 const ORDERS: &str = r#"

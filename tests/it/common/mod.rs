@@ -414,6 +414,25 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
     }
 }
 
+/// An HS256 token signed with `secret`: `claims` plus an `exp` an hour from now when they
+/// carry none.
+pub fn hs256_token(secret: &[u8], mut claims: serde_json::Value) -> String {
+    if claims.get("exp").is_none() {
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600;
+        claims["exp"] = exp.into();
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
 /// A blocking HTTP client that never reuses a dead connection across tests.
 pub fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
