@@ -513,4 +513,32 @@ name = "d"
         let built = build(&file, planned, "", &shared, None);
         assert!(built.is_ok(), "{:?}", built.err());
     }
+
+    /// Through the assembler: `tollgate -t` refuses a route whose file is missing.
+    #[test]
+    fn the_assembler_refuses_a_missing_file() {
+        let file = crate::config::parse(
+            r#"
+[[listeners]]
+address = "127.0.0.1:1"
+[upstreams.u]
+targets = [{ address = "127.0.0.1:2" }]
+[[routes]]
+name = "r"
+path_prefix = "/r"
+upstream = "u"
+openapi = "/nonexistent/tollgate-test/orders.yaml"
+"#,
+        )
+        .unwrap();
+        let planned = Planned::of(&file);
+        let (shared, _) = Shared::new(&planned.plan).unwrap();
+        let Err(problems) = build(&file, planned, "", &shared, None) else {
+            panic!("built with a missing service file");
+        };
+        assert!(
+            problems.iter().any(|p| p.path == "routes[0].openapi"),
+            "{problems:?}"
+        );
+    }
 }

@@ -1809,32 +1809,4 @@ upstream = "u"
         assert!(problems.is_empty(), "{problems:?}");
         assert!(d["paths"]["/r/x"]["get"]["responses"].get("200").is_some());
     }
-
-    /// Through the assembler: `tollgate -t` refuses a route whose file is missing.
-    #[test]
-    fn the_assembler_refuses_a_missing_file() {
-        let file = crate::config::parse(
-            r#"
-[[listeners]]
-address = "127.0.0.1:1"
-[upstreams.u]
-targets = [{ address = "127.0.0.1:2" }]
-[[routes]]
-name = "r"
-path_prefix = "/r"
-upstream = "u"
-openapi = "/nonexistent/tollgate-test/orders.yaml"
-"#,
-        )
-        .unwrap();
-        let planned = crate::assemble::Planned::of(&file);
-        let (shared, _) = crate::assemble::Shared::new(&planned.plan).unwrap();
-        let Err(problems) = crate::assemble::build(&file, planned, "", &shared, None) else {
-            panic!("built with a missing service file");
-        };
-        assert!(
-            problems.iter().any(|p| p.path == "routes[0].openapi"),
-            "{problems:?}"
-        );
-    }
 }
