@@ -100,7 +100,7 @@ pub(crate) fn operations(doc: &Value, route: &str) -> Vec<Operation> {
 }
 
 /// `v`, or what its local `$ref` points at (followed a few times).
-fn deref<'d>(doc: &'d Value, mut v: &'d Value) -> &'d Value {
+pub(crate) fn deref<'d>(doc: &'d Value, mut v: &'d Value) -> &'d Value {
     for _ in 0..8 {
         let Some(target) = v
             .get("$ref")

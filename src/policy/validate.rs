@@ -11,6 +11,7 @@
 //! [`MAX_VALIDATED_BODY`] bytes, the body Pingora can replay to the upstream).
 
 use crate::config::Problem;
+use crate::describe::openapi;
 use crate::error::Reject;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use jsonschema::Validator as Schema;
@@ -167,68 +168,53 @@ impl Validator {
         let before = problems.len();
         let components = doc.get("components").cloned().unwrap_or(Value::Null);
         let mut operations = Vec::new();
-        let paths = doc.get("paths").and_then(Value::as_object);
-        for (template, item) in paths.into_iter().flatten() {
-            let Some(item) = item.as_object() else {
+        // The route's operations as the published document has them: the path item's
+        // parameters merged in, parameters and bodies with their `$ref`s followed.
+        for found in openapi::operations(doc, route) {
+            let Ok(method) = found.method.parse::<Method>() else {
                 continue;
             };
-            let shared = item.get("parameters");
-            for (method, op) in item {
-                let Ok(m) = method.to_ascii_uppercase().parse::<Method>() else {
-                    continue;
-                };
-                if !matches!(
-                    method.as_str(),
-                    "get" | "put" | "post" | "delete" | "options" | "head" | "patch" | "trace"
-                ) || op.get("x-tollgate-route").and_then(Value::as_str) != Some(route)
-                {
-                    continue;
-                }
-                let at = format!("{at} ({} {template})", m);
-                let cx = Compile {
-                    at: &at,
-                    doc,
-                    components: &components,
-                };
-                let mut params: Vec<Param> = Vec::new();
-                // The operation's own parameters override the path item's by name and place.
-                for p in op
-                    .get("parameters")
-                    .into_iter()
-                    .chain(shared)
-                    .filter_map(Value::as_array)
-                    .flatten()
-                {
-                    if let Some(p) = cx.param(p, problems) {
-                        if !params.iter().any(|q| q.name == p.name && q.at == p.at) {
-                            params.push(p);
-                        }
-                    }
-                }
-                let body = op.get("requestBody").and_then(|b| cx.body(b, problems));
-                let segments: Vec<Segment> = template
-                    .split('/')
-                    .skip(1)
-                    .map(
-                        |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                            Some(name) => Segment::Param(name.to_string()),
-                            None => Segment::Literal(s.to_string()),
-                        },
-                    )
-                    .collect();
-                let literals = segments
-                    .iter()
-                    .filter(|s| matches!(s, Segment::Literal(_)))
-                    .count();
-                operations.push(Operation {
-                    method: m,
-                    segments,
-                    literals,
-                    template: template.clone(),
-                    params,
-                    body,
-                });
-            }
+            let template = found.template;
+            let at = format!("{at} ({method} {template})");
+            let cx = Compile {
+                at: &at,
+                doc,
+                components: &components,
+            };
+            let params = found
+                .op
+                .get("parameters")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|p| cx.param(p, problems))
+                .collect();
+            let body = found
+                .op
+                .get("requestBody")
+                .and_then(|b| cx.body(b, problems));
+            let segments: Vec<Segment> = template
+                .split('/')
+                .skip(1)
+                .map(
+                    |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                        Some(name) => Segment::Param(name.to_string()),
+                        None => Segment::Literal(s.to_string()),
+                    },
+                )
+                .collect();
+            let literals = segments
+                .iter()
+                .filter(|s| matches!(s, Segment::Literal(_)))
+                .count();
+            operations.push(Operation {
+                method,
+                segments,
+                literals,
+                template,
+                params,
+                body,
+            });
         }
         if operations.is_empty() && problems.len() == before {
             problems.push(Problem::new(
@@ -494,20 +480,6 @@ struct Compile<'a> {
 }
 
 impl<'a> Compile<'a> {
-    /// `value`, following local `$ref`s (`#/components/...`).
-    fn resolve<'v>(&self, mut value: &'v Value) -> Option<&'v Value>
-    where
-        'a: 'v,
-    {
-        for _ in 0..16 {
-            match value.get("$ref").and_then(Value::as_str) {
-                Some(r) => value = self.doc.pointer(r.strip_prefix('#')?)?,
-                None => return Some(value),
-            }
-        }
-        None
-    }
-
     fn schema(&self, schema: &Value, problems: &mut Vec<Problem>) -> Option<Schema> {
         // The document's components ride along, so `#/components/schemas/...` resolves.
         let mut root = match schema {
@@ -537,8 +509,8 @@ impl<'a> Compile<'a> {
         }
     }
 
+    /// A parameter ([`openapi::operations`] followed its `$ref`).
     fn param(&self, p: &Value, problems: &mut Vec<Problem>) -> Option<Param> {
-        let p = self.resolve(p)?;
         let at = match p.get("in").and_then(Value::as_str)? {
             "path" => In::Path,
             "query" => In::Query,
@@ -551,7 +523,7 @@ impl<'a> Compile<'a> {
         } else {
             name.to_string()
         };
-        let schema = p.get("schema").and_then(|s| self.resolve(s));
+        let schema = p.get("schema").map(|s| openapi::deref(self.doc, s));
         Some(Param {
             required: at == In::Path || p.get("required").and_then(Value::as_bool).unwrap_or(false),
             shape: schema.map_or(Shape::Text, Shape::of),
@@ -561,8 +533,8 @@ impl<'a> Compile<'a> {
         })
     }
 
+    /// A request body ([`openapi::operations`] followed its `$ref`).
     fn body(&self, b: &Value, problems: &mut Vec<Problem>) -> Option<Body> {
-        let b = self.resolve(b)?;
         let content = b.get("content")?.as_object()?;
         let json = content
             .iter()
