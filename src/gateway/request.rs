@@ -291,26 +291,21 @@ async fn rate_limit_step(
         client_ip: ctx.client.ip,
         kind,
     };
-    let mut decision: Option<RateDecision> = match &route.policy.rate_limits {
-        Some(limits) => limits.check(&subject).await,
-        None => None,
-    };
-    if let Some(d) = match &gw.policy.rate_limits {
-        Some(limits) => limits.check(&subject).await,
-        None => None,
-    } {
-        decision = Some(decision.map_or(d, |prev| prev.tighter(d)));
-    }
-    let consumer_limits = ctx
-        .identity
-        .as_ref()
+    // The route's windows, the gateway-wide ones and the consumer's all count the request;
+    // the tightest decision stands.
+    let consumer_limits = identity
         .and_then(|i| i.consumer.as_ref())
         .and_then(|c| c.rate_limits.as_ref());
-    if let Some(d) = match consumer_limits {
-        Some(limits) => limits.check(&subject).await,
-        None => None,
-    } {
-        decision = Some(decision.map_or(d, |prev| prev.tighter(d)));
+    let lists = [
+        route.policy.rate_limits.as_ref(),
+        gw.policy.rate_limits.as_ref(),
+        consumer_limits,
+    ];
+    let mut decision: Option<RateDecision> = None;
+    for limits in lists.into_iter().flatten() {
+        if let Some(d) = limits.check(&subject).await {
+            decision = Some(decision.map_or(d, |prev| prev.tighter(d)));
+        }
     }
     let Some(decision) = decision else {
         return Step::Next;
