@@ -34,38 +34,14 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
+from deploy_checks import Checks, port_of, seconds
+
 ROOT = Path(__file__).resolve().parent.parent
 PLATFORM = ROOT / "conf/platform.toml"
 # Keys of the gateway's config that must equal conf/platform.toml's; what may differ is
 # where things run (listeners, admin, pid files, upstream targets, the limiter's store, the
 # JWT secret's location, the OpenAPI servers).
 SAME_AS_PLATFORM = ["routes", "rate_limits", "consumers", "limits", "security_headers", "cache"]
-
-
-class Checks:
-    def __init__(self):
-        self.passed = 0
-        self.failed = 0
-
-    def check(self, ok, what, why=""):
-        if ok:
-            self.passed += 1
-            print(f"ok: {what}")
-        else:
-            self.failed += 1
-            print(f"FAIL: {what}" + (f": {why}" if why else ""))
-        return ok
-
-
-def seconds(duration):
-    units = {"ms": 1e-3, "s": 1, "m": 60, "h": 3600}
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", str(duration))
-    return sum(float(n) * units[u] for n, u in parts)
-
-
-def port_of(address):
-    host, _, port = str(address).rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 def mounts(svc, base):

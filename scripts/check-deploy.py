@@ -41,6 +41,8 @@ from pathlib import Path
 
 import yaml
 
+from deploy_checks import Checks, port_of, seconds
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Defaults of the keys the checks read (docs/configuration.md).
@@ -62,39 +64,9 @@ RUNTIME_LIBS = {
 }
 
 
-class Checks:
-    def __init__(self):
-        self.passed = 0
-        self.failed = 0
-
-    def check(self, ok, what, why=""):
-        if ok:
-            self.passed += 1
-            print(f"ok: {what}")
-        else:
-            self.failed += 1
-            print(f"FAIL: {what}" + (f": {why}" if why else ""))
-        return ok
-
-
-def seconds(duration):
-    """A humantime duration ("20s", "1m30s", "500ms") in seconds."""
-    units = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1, "sec": 1, "m": 60, "min": 60,
-             "h": 3600, "hr": 3600, "d": 86400}
-    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]+)", str(duration))
-    if not parts or "".join(n + u for n, u in parts) != re.sub(r"\s", "", str(duration)):
-        raise ValueError(f"cannot read duration {duration!r}")
-    return sum(float(n) * units[u] for n, u in parts)
-
-
 def cpu_cores(quantity):
     q = str(quantity)
     return float(q[:-1]) / 1000 if q.endswith("m") else float(q)
-
-
-def port_of(address):
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 def load_manifests(directory):
