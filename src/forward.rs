@@ -107,12 +107,6 @@ pub(crate) fn request_id_header(spelling: &str) -> Result<&'static SpelledName, 
     Ok(header)
 }
 
-/// The client's `X-Request-ID` when it is sane (1-128 of `A-Za-z0-9-_.:`), else a new one.
-#[cfg(test)]
-fn request_id(req: &RequestHeader) -> HeaderValue {
-    RequestId::read(req, &DEFAULT_REQUEST_ID_HEADER).value
-}
-
 /// 128 random bits as 32 lower-case hex digits.
 pub fn new_request_id() -> HeaderValue {
     let mut buf = [0u8; 32];
@@ -310,6 +304,8 @@ mod tests {
 
     #[test]
     fn request_id_kept_only_when_sane() {
+        let request_id =
+            |req: &RequestHeader| RequestId::read(req, &DEFAULT_REQUEST_ID_HEADER).value;
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         req.insert_header("x-request-id", "abc-123.x:y").unwrap();
         assert_eq!(request_id(&req), "abc-123.x:y");

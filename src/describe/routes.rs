@@ -8,7 +8,7 @@ use crate::config::file::{
     CallerKind, ConfigFile, Credentials, HeaderEditsSection, RateLimitSection, RouteSection,
     Validate,
 };
-use crate::config::types::{CacheSharing, HostPattern, RateKey};
+use crate::config::types::{CacheSharing, HostPattern};
 use serde_json::{json, Map, Value};
 
 /// A host pattern as written in the file (`api.example.com`, `*.example.com`).
@@ -17,11 +17,6 @@ pub(crate) fn host(h: &HostPattern) -> String {
         HostPattern::Exact(name) => name.clone(),
         HostPattern::Suffix(suffix) => format!("*{suffix}"),
     }
-}
-
-/// `ip`, `ip+consumer`, ...
-fn rate_key(k: &RateKey) -> String {
-    k.text()
 }
 
 fn caller_kind(k: CallerKind) -> &'static str {
@@ -38,7 +33,7 @@ fn rate_limit(l: &RateLimitSection, from: &str) -> Value {
         "from": from,
         "limit": l.limit,
         "window": l.window.to_string(),
-        "key": rate_key(&l.key),
+        "key": l.key.text(),
         "applies_to": l.applies_to.iter().map(|k| caller_kind(*k)).collect::<Vec<_>>(),
         "scope": l.scope,
     })
