@@ -35,6 +35,9 @@ row "HTTP/2 rapid reset" hardening h2_rapid_reset_is_ended_with_goaway ""
 row "HTTP/2 CONTINUATION flood" hardening h2_continuation_flood_is_cut ""
 row "HTTP/2 HPACK bomb" hardening h2_hpack_bomb_is_refused ""
 row "HTTP/2 connection-specific fields" hardening h2_connection_nominated_headers_are_refused ""
+row "aioquic HTTP/3 client: 100 streams on one connection" http3 hundred_concurrent_streams_on_one_connection_all_answer_200 ""
+row "aioquic HTTP/3 client moving to a new port" http3 client_moving_to_another_port_keeps_its_connection ""
+row "niquests (qh3) over HTTP/3, learned from Alt-Svc" http3 niquests_speaks_http3_to_the_gateway ""
 row "headless Chromium reads the gateway's 401" access a_browser_app_reads_the_gateways_401 ""
 if [ "$failed" -ne 0 ]; then
   echo "conformance: a suite failed (rerun its test for the details)" >&2

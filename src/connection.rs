@@ -74,7 +74,7 @@ impl ConnectionTracker {
     }
 
     /// Take a connection slot for `ip`, or `None` when a cap is reached.
-    fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Option<Slot> {
+    pub(crate) fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Option<Slot> {
         let mut guard = self.total.lock().unwrap_or_else(|p| p.into_inner());
         let (total, per_ip) = &mut *guard;
         let l = self.limits.load();
@@ -103,7 +103,7 @@ impl ConnectionTracker {
 }
 
 /// One admitted connection; releases its slot when dropped.
-struct Slot {
+pub(crate) struct Slot {
     tracker: Arc<ConnectionTracker>,
     ip: Option<IpAddr>,
 }

@@ -22,6 +22,7 @@ pub(crate) mod forward;
 pub(crate) mod gateway;
 pub(crate) mod grpc;
 pub(crate) mod grpc_web;
+pub(crate) mod http3;
 pub(crate) mod names;
 pub(crate) mod observe;
 pub(crate) mod policy;

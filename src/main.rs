@@ -123,6 +123,10 @@ enum Command {
         /// for the cache decision; repeatable (default: no caching headers).
         #[arg(short = 'R', long = "upstream-header", value_name = "HEADER")]
         upstream_headers: Vec<String>,
+        /// The request comes over HTTP/3 (to the first listener with `[listeners.quic]`,
+        /// unless --listener names one).
+        #[arg(long)]
+        http3: bool,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -190,6 +194,7 @@ fn main() -> ExitCode {
         client,
         listener,
         upstream_headers,
+        http3,
         json,
     }) = &cli.command
     {
@@ -207,6 +212,7 @@ fn main() -> ExitCode {
             client: *client,
             listener: listener.clone(),
             upstream_headers: upstream_headers.clone(),
+            http3: *http3,
         };
         return match tollgate::explain(&assembled, &query) {
             Ok(e) if *json => out(&format!(

@@ -64,6 +64,24 @@ pub fn check_listen_addresses(file: &config::ConfigFile) -> Vec<config::Problem>
             )),
         }
     }
+    // HTTP/3's UDP sockets, on the same addresses.
+    let mut held_udp = Vec::new();
+    for (i, l) in file.listeners.iter().enumerate() {
+        let Some(addr) = l
+            .quic
+            .as_ref()
+            .and_then(|_| l.address.parse::<std::net::SocketAddr>().ok())
+        else {
+            continue;
+        };
+        match std::net::UdpSocket::bind(addr) {
+            Ok(s) => held_udp.push(s),
+            Err(e) => problems.push(config::Problem::new(
+                format!("listeners[{i}].quic"),
+                format!("cannot listen on {addr} over UDP: {e}"),
+            )),
+        }
+    }
     problems
 }
 
@@ -211,6 +229,7 @@ pub fn build_server(
             .iter()
             .map(|l| {
                 let kind = match (&l.tls, l.h2c) {
+                    (Some(_), _) if l.quic.is_some() => "tls, http3",
                     (Some(_), _) => "tls",
                     (None, true) => "h2c",
                     (None, false) => "http",
@@ -263,8 +282,16 @@ pub fn build_server(
         .collect();
     let current: reload::Current = Arc::new(arc_swap::ArcSwap::from_pointee(gateway));
     let h2c_service = listeners.iter().any(|l| l.h2c);
+    let quic: Vec<_> = listeners
+        .iter()
+        .zip(&cert_slots)
+        .filter_map(|(l, slot)| Some((l.quic.clone()?, slot.clone()?)))
+        .collect();
     let listening = Listening::new(
-        1 + usize::from(h2c_service) + usize::from(admin_address.is_some()) + demo.len(),
+        1 + usize::from(h2c_service)
+            + usize::from(!quic.is_empty())
+            + usize::from(admin_address.is_some())
+            + demo.len(),
     );
     // NOTE(pingora-0.9): pingora-core/src/apps/mod.rs reads `h2c` from the app's `HttpServerOptions`.
     // One service per kind of listener: Pingora reads `h2c` from the application, not from
@@ -328,6 +355,29 @@ pub fn build_server(
     }
     server.add_service(proxy);
     if let Some(svc) = proxy_h2c {
+        server.add_service(svc);
+    }
+    if !quic.is_empty() {
+        // HTTP/3 streams go to a proxy of their own (the same hooks and generations; custom
+        // sessions need no listener of Pingora's).
+        let proxy = pingora::proxy::http_proxy(
+            &server.configuration,
+            proxy::Proxy {
+                current: current.clone(),
+            },
+        );
+        let mut svc = GenBackgroundService::new(
+            "tollgate http3".into(),
+            Arc::new(crate::http3::Http3Service {
+                listeners: quic,
+                proxy: Arc::new(proxy),
+                tracker: tracker.clone(),
+                metrics: shared.metrics.http3.clone(),
+                report: listening.report(),
+                upgrade: mode.upgrade,
+            }),
+        );
+        svc.threads = Some(server.configuration.threads);
         server.add_service(svc);
     }
 

@@ -31,6 +31,9 @@ pub(crate) struct Certificate {
     key: PKey<Private>,
     /// The certificate file: its name in `tollgate_tls_certificate_expiry_timestamp_seconds`.
     path: String,
+    /// The same chain and key for rustls (HTTP/3's QUIC handshakes); `Err`: ring cannot
+    /// sign with this key.
+    quic: Result<Arc<rustls::sign::CertifiedKey>, String>,
 }
 
 /// Load a PEM chain and key, checking that the key belongs to the leaf certificate.
@@ -63,12 +66,32 @@ pub(crate) fn load_certificate(
             format!("{key_path} is not the private key of {cert_path}"),
         ));
     }
+    let quic = rustls_key(&leaf, &certs, &key);
     Ok(Certificate {
         leaf,
         chain: certs,
         key,
         path: cert_path.to_string(),
+        quic,
     })
+}
+
+/// The chain and key as rustls signs with them (DER, the key as PKCS#8).
+fn rustls_key(
+    leaf: &X509,
+    chain: &[X509],
+    key: &PKey<Private>,
+) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
+    let der = std::iter::once(leaf)
+        .chain(chain)
+        .map(|c| c.to_der().map(rustls::pki_types::CertificateDer::from))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let pkcs8 = key.private_key_to_pkcs8().map_err(|e| e.to_string())?;
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(pkcs8.into());
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| format!("this key cannot sign QUIC handshakes: {e}"))?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(der, signer)))
 }
 
 impl Certificate {
@@ -77,6 +100,16 @@ impl Certificate {
         let epoch = openssl::asn1::Asn1Time::from_unix(0).ok()?;
         let d = epoch.diff(self.leaf.not_after()).ok()?;
         Some(i64::from(d.days) * 86_400 + i64::from(d.secs))
+    }
+
+    /// The chain and key for a QUIC handshake.
+    pub(crate) fn quic_key(&self) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.quic.as_ref().ok().cloned()
+    }
+
+    /// Why the chain cannot serve QUIC handshakes, if it cannot.
+    pub(crate) fn quic_problem(&self) -> Option<&str> {
+        self.quic.as_ref().err().map(String::as_str)
     }
 
     /// As Pingora's client certificate type (leaf first, then the chain).
@@ -183,6 +216,14 @@ impl CertStore {
             exact,
             wildcard,
         })
+    }
+
+    /// Each certificate's file, and why it cannot serve QUIC handshakes, for those that
+    /// cannot.
+    pub(crate) fn quic_problems(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.all
+            .iter()
+            .filter_map(|c| Some((c.path.as_str(), c.quic_problem()?)))
     }
 
     /// Each certificate's file and `notAfter` (seconds since the epoch).

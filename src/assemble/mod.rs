@@ -358,6 +358,14 @@ pub(crate) fn build(
             .map(|l| l.tls.as_ref().map(|t| t.certs.clone()))
             .collect(),
         connection_limits: plan.connection_limits.clone(),
+        alt_svc: plan
+            .listeners
+            .iter()
+            .filter_map(|l| {
+                let q = l.quic.as_ref()?;
+                Some((q.address, q.alt_svc.clone()?))
+            })
+            .collect(),
     };
     Ok(Runtime {
         gateway,
@@ -445,12 +453,16 @@ pub fn explain(
     assembled: &Assembled,
     query: &crate::gateway::explain::Query,
 ) -> Result<crate::gateway::explain::Explanation, String> {
-    let listeners: Vec<(String, bool)> = assembled
+    let listeners: Vec<_> = assembled
         .runtime
         .plan
         .listeners
         .iter()
-        .map(|l| (l.address.clone(), l.tls.is_some()))
+        .map(|l| crate::gateway::explain::ListenerFacts {
+            address: l.address.clone(),
+            tls: l.tls.is_some(),
+            http3: l.quic.is_some(),
+        })
         .collect();
     crate::gateway::explain::explain(&assembled.runtime.gateway, &listeners, query)
 }

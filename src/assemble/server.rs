@@ -26,6 +26,8 @@ pub(crate) struct ListenerPlan {
     pub(crate) proxy_protocol: Option<crate::proxy_protocol::ProxyProtocol>,
     /// HTTP/2 with prior knowledge beside HTTP/1 (plain listeners only).
     pub h2c: bool,
+    /// HTTP/3 on the same address over UDP (TLS listeners only).
+    pub(crate) quic: Option<crate::http3::QuicListener>,
 }
 
 /// Everything about the process that one configuration file sets.
@@ -75,6 +77,7 @@ pub(crate) fn plan(file: &ConfigFile, problems: &mut Vec<Problem>) -> ServerPlan
                 underscore_headers,
                 proxy_protocol,
                 h2c,
+                quic,
             } = l;
             if *h2c && tls.is_some() {
                 problems.push(Problem::new(
@@ -82,12 +85,28 @@ pub(crate) fn plan(file: &ConfigFile, problems: &mut Vec<Problem>) -> ServerPlan
                     "is HTTP/2 without TLS; a TLS listener offers HTTP/2 by ALPN (tls.h2)",
                 ));
             }
+            let tls = tls.as_ref().and_then(|t| {
+                TlsListener::from_config(&format!("listeners[{i}].tls"), t, &(), problems)
+            });
+            let quic = quic.as_ref().and_then(|q| {
+                let at = format!("listeners[{i}].quic");
+                for (file, why) in tls.iter().flat_map(|t| t.certs.quic_problems()) {
+                    problems.push(Problem::new(&at, format!("{file}: {why}")));
+                }
+                crate::http3::QuicListener::from_config(
+                    &at,
+                    q,
+                    address,
+                    l.tls.is_some(),
+                    limits.max_header_bytes.0,
+                    problems,
+                )
+            });
             ListenerPlan {
                 h2c: *h2c,
                 address: address.clone(),
-                tls: tls.as_ref().and_then(|t| {
-                    TlsListener::from_config(&format!("listeners[{i}].tls"), t, &(), problems)
-                }),
+                tls,
+                quic,
                 underscores: *underscore_headers,
                 proxy_protocol: proxy_protocol.as_ref().and_then(|p| {
                     crate::proxy_protocol::ProxyProtocol::from_config(
@@ -290,6 +309,12 @@ fn restart_keys(file: &ConfigFile) -> Vec<(String, String)> {
         key(format!("listeners[{i}].address"), l.address.clone());
         key(format!("listeners[{i}].tls"), l.tls.is_some().to_string());
         key(format!("listeners[{i}].h2c"), l.h2c.to_string());
+        // The QUIC endpoint's settings live with its socket; `Alt-Svc` is the generation's.
+        let quic = l.quic.as_ref().map(|q| crate::config::file::QuicSection {
+            alt_svc_max_age: crate::config::types::HumanDuration(std::time::Duration::ZERO),
+            ..q.clone()
+        });
+        key(format!("listeners[{i}].quic"), format!("{quic:?}"));
         key(
             format!("listeners[{i}].proxy_protocol"),
             format!("{:?}", l.proxy_protocol),

@@ -385,6 +385,23 @@ pub(crate) const WEBSOCKET_IDLE_TIMEOUT: Range =
     time(SECOND, DAY, &["routes[].websocket_idle_timeout"]);
 pub(crate) const COMPRESSION_MIN_SIZE: Range = size(0, GIB, &["routes[].compression.min_size"]);
 
+// [listeners.quic]
+pub(crate) const QUIC_ALT_SVC_MAX_AGE: Range = time(
+    Duration::ZERO,
+    days(365),
+    &["listeners[].quic.alt_svc_max_age"],
+);
+pub(crate) const QUIC_MAX_CONCURRENT_STREAMS: Range =
+    int(1, 10_000, &["listeners[].quic.max_concurrent_streams"]);
+pub(crate) const QUIC_IDLE_TIMEOUT: Range = time(SECOND, HOUR, &["listeners[].quic.idle_timeout"]);
+pub(crate) const QUIC_MAX_HEADER_LIST_SIZE: Range =
+    size(KIB, 512 * KIB, &["listeners[].quic.max_header_list_size"]);
+pub(crate) const QUIC_MAX_HANDSHAKES_PER_IP: Range =
+    int(1, 100_000, &["listeners[].quic.max_handshakes_per_ip"]);
+pub(crate) const QUIC_RETRY_ABOVE: Range = int(0, 1_000_000, &["listeners[].quic.retry_above"]);
+pub(crate) const QUIC_MAX_HANDSHAKES: Range =
+    int(1, 1_000_000, &["listeners[].quic.max_handshakes"]);
+
 // [limits]
 pub(crate) const LIMITS_MAX_HEADER_BYTES: Range =
     size(KIB, 512 * KIB, &["limits.max_header_bytes"]);
@@ -475,6 +492,13 @@ pub(crate) const RANGES: &[Range] = &[
     LIMITS_MAX_CONNECTIONS,
     LIMITS_KEEPALIVE_TIMEOUT,
     LIMITS_H2_IDLE_TIMEOUT,
+    QUIC_ALT_SVC_MAX_AGE,
+    QUIC_MAX_CONCURRENT_STREAMS,
+    QUIC_IDLE_TIMEOUT,
+    QUIC_MAX_HEADER_LIST_SIZE,
+    QUIC_MAX_HANDSHAKES_PER_IP,
+    QUIC_RETRY_ABOVE,
+    QUIC_MAX_HANDSHAKES,
     LIMITS_MAX_INFORMATIONAL,
     JWT_JWKS_REFRESH,
     JWT_JWKS_MIN_REFRESH,
@@ -591,6 +615,7 @@ mod tests {
     /// at every prefix.
     const PLACES: &[(&str, &[&str])] = &[
         ("ServerSection", &["server"]),
+        ("QuicSection", &["listeners[].quic"]),
         ("ResolverSection", &["resolver"]),
         ("AccessLogSection", &["access_log"]),
         ("TracingSection", &["tracing"]),

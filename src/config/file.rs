@@ -326,6 +326,44 @@ pub struct ListenerSection {
     /// gRPC clients without TLS speak it.
     #[serde(default)]
     pub(crate) h2c: bool,
+    /// HTTP/3 over QUIC on the same address and port over UDP, with the same certificates
+    /// (TLS listeners only).
+    #[serde(default)]
+    pub(crate) quic: Option<QuicSection>,
+}
+
+/// `[listeners.quic]`: HTTP/3 beside the listener's HTTP/1 and HTTP/2.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuicSection {
+    /// `Alt-Svc: h3=":PORT"; ma=SECONDS` on this listener's responses (TCP and QUIC), so
+    /// that clients move to HTTP/3; `"0s"`: not advertised.
+    #[serde(default = "defaults::alt_svc_max_age")]
+    pub(crate) alt_svc_max_age: HumanDuration,
+    /// Request streams open at once on one connection.
+    #[serde(default = "defaults::quic_max_concurrent_streams")]
+    pub(crate) max_concurrent_streams: u64,
+    /// A connection with nothing sent or received for this long is closed.
+    #[serde(default = "defaults::quic_idle_timeout")]
+    pub(crate) idle_timeout: HumanDuration,
+    /// Largest request header section (QPACK-decoded, as HTTP/3 counts it); a larger one
+    /// is refused. Default: `limits.max_header_bytes`.
+    #[serde(default)]
+    pub(crate) max_header_list_size: Option<HumanSize>,
+    /// Accept 0-RTT (TLS early data) for safe methods, marked `Early-Data: 1` upstream;
+    /// other methods sent early wait for the handshake to complete.
+    #[serde(default)]
+    pub(crate) early_data: bool,
+    /// Handshakes in progress from one IP; more are refused.
+    #[serde(default = "defaults::quic_max_handshakes_per_ip")]
+    pub(crate) max_handshakes_per_ip: u64,
+    /// Handshakes in progress above which a new client must prove its address with a
+    /// Retry round trip first; 0: always.
+    #[serde(default = "defaults::quic_retry_above")]
+    pub(crate) retry_above: u64,
+    /// Handshakes in progress in all; more are refused.
+    #[serde(default = "defaults::quic_max_handshakes")]
+    pub(crate) max_handshakes: u64,
 }
 
 /// `[listeners.proxy_protocol]`.
@@ -1729,6 +1767,24 @@ pub(crate) mod defaults {
     }
     pub(crate) fn keepalive_timeout() -> HumanDuration {
         HumanDuration(Duration::from_secs(60))
+    }
+    pub(crate) fn alt_svc_max_age() -> HumanDuration {
+        HumanDuration(Duration::from_secs(86_400))
+    }
+    pub(crate) fn quic_max_concurrent_streams() -> u64 {
+        100
+    }
+    pub(crate) fn quic_idle_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(30))
+    }
+    pub(crate) fn quic_max_handshakes_per_ip() -> u64 {
+        32
+    }
+    pub(crate) fn quic_retry_above() -> u64 {
+        64
+    }
+    pub(crate) fn quic_max_handshakes() -> u64 {
+        4096
     }
     pub(crate) fn h2_idle_timeout() -> HumanDuration {
         HumanDuration(Duration::from_secs(60))

@@ -294,5 +294,26 @@ impl Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         self.identify_client(peer, session.req_header(), ctx);
+        if !self.alt_svc.is_empty() {
+            let local = session.server_addr().and_then(|a| a.as_inet()).copied();
+            self.advertise_http3(local, ctx);
+        }
+    }
+
+    /// `Alt-Svc: h3=...` on every answer of a listener (at `local`) that has HTTP/3
+    /// (proxied, cached or the gateway's own).
+    #[cold]
+    pub(crate) fn advertise_http3(&self, local: Option<std::net::SocketAddr>, ctx: &mut Ctx) {
+        let Some(local) = local else {
+            return;
+        };
+        let listener = self.alt_svc.iter().find(|(addr, _)| {
+            addr.port() == local.port() && (addr.ip() == local.ip() || addr.ip().is_unspecified())
+        });
+        if let Some((_, value)) = listener {
+            ctx.reply
+                .headers
+                .push((http::header::ALT_SVC, value.clone()));
+        }
     }
 }

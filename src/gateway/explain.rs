@@ -37,6 +37,8 @@ pub struct Query {
     /// `Name: value` lines of the upstream's 200 response, for the cache decision (default:
     /// none).
     pub upstream_headers: Vec<String>,
+    /// The request comes over HTTP/3 (to a listener with `[listeners.quic]`).
+    pub http3: bool,
 }
 
 /// What the gateway would do.
@@ -82,6 +84,8 @@ pub struct RequestFacts {
     pub host: Option<String>,
     pub client_ip: Option<String>,
     pub listener: Option<String>,
+    /// `HTTP/1.1` or `HTTP/3`.
+    pub protocol: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -202,28 +206,51 @@ fn request_of(q: &Query) -> Result<(RequestHeader, bool), String> {
     Ok((req, tls))
 }
 
-/// Explain `q` against the generation `gw`. `listeners` are the configured listeners
-/// (address, TLS).
+/// One configured listener as explain sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct ListenerFacts {
+    pub address: String,
+    pub tls: bool,
+    /// It has `[listeners.quic]`.
+    pub http3: bool,
+}
+
+/// Explain `q` against the generation `gw`. `listeners` are the configured listeners.
 pub(crate) fn explain(
     gw: &Gateway,
-    listeners: &[(String, bool)],
+    listeners: &[ListenerFacts],
     q: &Query,
 ) -> Result<Explanation, String> {
     let (mut req, tls_url) = request_of(q)?;
+    if q.http3 {
+        if !tls_url && !q.url.starts_with('/') {
+            return Err(format!("{:?}: HTTP/3 is https only", q.url));
+        }
+        req.set_version(http::Version::HTTP_3);
+    }
     let listener = match &q.listener {
-        Some(l) => Some(
+        Some(l) => {
+            let found = listeners
+                .iter()
+                .find(|f| &f.address == l)
+                .ok_or_else(|| format!("no [[listeners]] entry has address {l:?}"))?;
+            if q.http3 && !found.http3 {
+                return Err(format!("listener {l:?} has no [listeners.quic] (HTTP/3)"));
+            }
+            Some(found)
+        }
+        None if q.http3 => Some(
             listeners
                 .iter()
-                .find(|(a, _)| a == l)
-                .cloned()
-                .ok_or_else(|| format!("no [[listeners]] entry has address {l:?}"))?,
+                .find(|f| f.http3)
+                .ok_or("no listener has [listeners.quic] (HTTP/3)")?,
         ),
         None => listeners
             .iter()
-            .find(|(_, tls)| *tls == tls_url)
-            .or(listeners.first())
-            .cloned(),
-    };
+            .find(|f| f.tls == tls_url)
+            .or(listeners.first()),
+    }
+    .map(|f| (f.address.clone(), f.tls || f.http3));
     let tls = listener.as_ref().is_some_and(|(_, t)| *t);
     let facts = Facts {
         local: listener
@@ -238,6 +265,7 @@ pub(crate) fn explain(
     let mut ctx = Ctx::default();
     ctx.client.request_id = forward::RequestId::read(&req, gw.request_id_header);
     gw.identify_client(Some(q.client), &req, &mut ctx);
+    gw.advertise_http3(facts.local, &mut ctx);
     let original = req.clone();
     let mut trace = Vec::new();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -560,6 +588,7 @@ pub(crate) fn explain(
             host,
             client_ip: ctx.client.ip.map(|ip| ip.to_string()),
             listener: listener.map(|(a, _)| a),
+            protocol: if q.http3 { "HTTP/3" } else { "HTTP/1.1" },
         },
         outcome,
         steps,
@@ -732,9 +761,14 @@ impl std::fmt::Display for Explanation {
         let r = &self.request;
         writeln!(
             f,
-            "{} {} (host {}, client {}, listener {})",
+            "{} {}{} (host {}, client {}, listener {})",
             r.method,
             r.target,
+            if r.protocol == "HTTP/3" {
+                " over HTTP/3"
+            } else {
+                ""
+            },
             r.host.as_deref().unwrap_or("none"),
             r.client_ip.as_deref().unwrap_or("unknown"),
             r.listener.as_deref().unwrap_or("none")

@@ -140,6 +140,7 @@ impl Gateway {
             let protocol = match req.version {
                 http::Version::HTTP_10 => "HTTP/1.0",
                 http::Version::HTTP_2 => "HTTP/2",
+                http::Version::HTTP_3 => "HTTP/3",
                 _ => "HTTP/1.1",
             };
             (forward::host(req), user_agent, protocol)

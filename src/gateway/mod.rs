@@ -63,6 +63,8 @@ pub(crate) struct Gateway {
     pub(crate) connection_limits: crate::connection::ConnectionLimits,
     /// The routing table and the OpenAPI document (`GET /routes`, `GET /openapi.json`).
     pub(crate) described: crate::describe::Described,
+    /// `Alt-Svc` by listener address, for TLS listeners with HTTP/3 (`[listeners.quic]`).
+    pub(crate) alt_svc: Vec<(std::net::SocketAddr, http::HeaderValue)>,
     /// The header carrying the request id (`[server] request_id_header`).
     pub(crate) request_id_header: &'static pingora::http::SpelledName,
 }

@@ -146,6 +146,8 @@ pub(crate) struct Metrics {
     /// `tollgate_proxy_protocol_refused_total{reason}`: connections closed before HTTP on a
     /// listener with `[listeners.proxy_protocol]`.
     pub proxy_protocol_refused: IntCounterVec,
+    /// `tollgate_quic_connections_total{outcome}` and `tollgate_http3_requests_total`.
+    pub http3: crate::http3::Http3Metrics,
     /// `upgraded_connections`: client connections upgraded (WebSocket) and still open.
     pub upgraded: IntGauge,
     /// `auth_decisions_total{provider, result}`: forward-auth and introspection decisions
@@ -340,6 +342,17 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let http3 = crate::http3::Http3Metrics {
+            connections: IntCounterVec::new(
+                Opts::new(
+                    "quic_connections_total",
+                    "QUIC connections offered to HTTP/3 listeners: accepted, sent a Retry, \
+                     refused (busy, per IP, connection caps) or failed in the handshake",
+                ),
+                &["outcome"],
+            )?,
+            requests: IntCounter::new("http3_requests_total", "Requests received over HTTP/3")?,
+        };
         let upgraded = IntGauge::new(
             "upgraded_connections",
             "Client connections upgraded (WebSocket) and still open",
@@ -431,6 +444,8 @@ impl Metrics {
         registry.register(Box::new(reasons.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(proxy_protocol_refused.clone()))?;
+        registry.register(Box::new(http3.connections.clone()))?;
+        registry.register(Box::new(http3.requests.clone()))?;
         registry.register(Box::new(auth_decisions.clone()))?;
         registry.register(Box::new(upgraded.clone()))?;
         registry.register(Box::new(requests.clone()))?;
@@ -483,6 +498,7 @@ impl Metrics {
             reasons,
             connections_refused,
             proxy_protocol_refused,
+            http3,
             auth_decisions,
             upgraded,
             retries_skipped,

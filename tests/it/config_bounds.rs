@@ -41,6 +41,19 @@ client_read_buffer = @server.client_read_buffer@
 [[listeners]]
 address = "{listen}"
 
+[[listeners]]
+address = "127.0.0.1:$QUIC_PORT"
+[listeners.tls]
+certificates = [{ cert = "$CERT", key = "$KEY" }]
+[listeners.quic]
+alt_svc_max_age = @listeners[].quic.alt_svc_max_age@
+max_concurrent_streams = @listeners[].quic.max_concurrent_streams@
+idle_timeout = @listeners[].quic.idle_timeout@
+max_header_list_size = @listeners[].quic.max_header_list_size@
+max_handshakes_per_ip = @listeners[].quic.max_handshakes_per_ip@
+retry_above = @listeners[].quic.retry_above@
+max_handshakes = @listeners[].quic.max_handshakes@
+
 [admin]
 address = "{admin}"
 
@@ -214,6 +227,7 @@ fn concrete(pattern: &str) -> String {
         .replace("auth.forward.*", "auth.forward.fa")
         .replace("auth.introspection.*", "auth.introspection.ti")
         .replace("consumers.*", "consumers.alice")
+        .replace("listeners[]", "listeners[1]")
         .replace("[]", "[0]")
 }
 
@@ -229,9 +243,11 @@ fn toml_value(v: Limit, spelled: bool) -> String {
     }
 }
 
-/// The files and port a configuration refers to.
+/// The files and ports a configuration refers to.
 struct Env {
     port: u16,
+    /// The TLS listener with HTTP/3 (`listeners[1]`).
+    quic_port: u16,
     hosts: tempfile::TempDir,
 }
 
@@ -241,7 +257,12 @@ impl Env {
         // 127.0.0.2 refuses connections (the backend listens on 127.0.0.1 only): a second,
         // failing target for the extreme group, found through DNS refresh.
         std::fs::write(hosts.path().join("hosts"), "127.0.0.2 backend.test\n").unwrap();
-        Env { port, hosts }
+        self_signed(hosts.path(), "bounds");
+        Env {
+            port,
+            quic_port: free_port(),
+            hosts,
+        }
     }
 
     /// [`TEMPLATE`] with `values` (key pattern to TOML text) filled in.
@@ -259,10 +280,12 @@ impl Env {
             rest = &rest[end + 1..];
         }
         out.push_str(rest);
-        out.replace("$PORT", &self.port.to_string()).replace(
-            "$HOSTS",
-            &self.hosts.path().join("hosts").display().to_string(),
-        )
+        let file = |name: &str| self.hosts.path().join(name).display().to_string();
+        out.replace("$QUIC_PORT", &self.quic_port.to_string())
+            .replace("$PORT", &self.port.to_string())
+            .replace("$HOSTS", &file("hosts"))
+            .replace("$CERT", &file("c.crt"))
+            .replace("$KEY", &file("c.key"))
     }
 }
 

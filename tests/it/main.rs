@@ -46,6 +46,7 @@ mod forward_auth;
 mod framing;
 mod grpc;
 mod hardening;
+mod http3;
 mod jwt;
 mod keepalive;
 mod loadtest;

@@ -7,7 +7,7 @@ pub mod backend;
 pub mod redis;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)]
 pub use backend::{Backend, Recorded, Reply};
 
-/// A loopback port that was free a moment ago, for a server the test starts (which binds
-/// it itself).
+/// A loopback port that was free a moment ago, for TCP and UDP alike, for a server the test
+/// starts (which binds it itself).
 ///
 /// Never the same port twice in the test process (every module's tests share one counter),
 /// and taken below the kernel's ephemeral range (`ip_local_port_range`), so that no socket
@@ -47,7 +47,10 @@ pub fn free_port() -> u16 {
     );
     for _ in 0..span {
         let port = (LOW + NEXT.fetch_add(1, Ordering::AcqRel) % span) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        // Free for UDP as well: a listener with `[listeners.quic]` binds both.
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
             return port;
         }
     }
