@@ -556,19 +556,15 @@ impl Listener {
                 return;
             }
         };
-        let mut closing = *shutdown.borrow();
-        let mut goaway_sent = false;
+        // Each request task holds a clone of `alive`; `all_done` ends when the last is gone.
+        let (alive, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
         enum Event<T> {
             Confirmed,
             Stream(T),
             Closing,
         }
-        loop {
-            if closing && !goaway_sent {
-                // GOAWAY: the client opens no new streams here; those open finish.
-                goaway_sent = true;
-                let _ = h3conn.shutdown(0).await;
-            }
+        let mut closing = *shutdown.borrow();
+        while !closing {
             // Biased, the handshake first: quinn reports it complete before the streams that
             // came in the same datagram, so a stream is early exactly when it is accepted
             // before `accepted` resolves.
@@ -579,7 +575,7 @@ impl Listener {
                     None => std::task::Poll::Pending,
                 }) => Event::Confirmed,
                 a = h3conn.accept() => Event::Stream(a),
-                _ = shutdown.changed(), if !closing => Event::Closing,
+                _ = shutdown.changed() => Event::Closing,
             };
             let accepted_stream = match event {
                 Event::Confirmed => {
@@ -599,7 +595,7 @@ impl Listener {
                 Ok(None) => break,
                 Err(e) => {
                     log::debug!("HTTP/3: connection ended: {e}");
-                    break;
+                    return;
                 }
             };
             let this = self.clone();
@@ -607,12 +603,29 @@ impl Listener {
             let confirmed = confirmed.clone();
             let early = !*confirmed.borrow();
             let shutdown = shutdown.clone();
+            let alive = alive.clone();
             tokio::spawn(async move {
                 this.request(resolver, conn, early, confirmed, shutdown)
                     .await;
+                drop(alive);
             });
         }
         drop(handshake);
+        if closing {
+            // GOAWAY naming the stream after the last one accepted (h3 counts from the last
+            // accepted): every accepted request is served, newer ones go elsewhere. Then the
+            // requests finish and the connection closes with H3_NO_ERROR. `h3conn` is not
+            // polled again (its own final GOAWAY would name the last request as unprocessed)
+            // but stays alive: its control stream must not end before the connection.
+            let _ = h3conn.shutdown(1).await;
+        }
+        drop(alive);
+        let _ = all_done.recv().await;
+        conn.quic.close(
+            quinn::VarInt::from_u32(h3::error::Code::H3_NO_ERROR.value() as u32),
+            b"",
+        );
+        drop(h3conn);
     }
 
     async fn request(
@@ -655,13 +668,15 @@ impl Listener {
             }
             early = false;
         }
-        let session = match H3Session::new(req, stream, conn, early) {
-            Ok(s) => s,
+        let head = match H3Session::head(req, early) {
+            Ok(head) => head,
             Err(e) => {
-                log::debug!("HTTP/3: request refused: {e}");
+                log::debug!("HTTP/3: malformed request: {e}");
+                stream.stop_stream(h3::error::Code::H3_MESSAGE_ERROR);
                 return;
             }
         };
+        let session = H3Session::new(head, stream, conn);
         let session = ServerSession::new_custom(Box::new(session));
         use pingora::apps::HttpServerApp;
         let _ = self.proxy.process_new_http(session, &shutdown).await;

@@ -66,31 +66,41 @@ const CONNECTION_SPECIFIC: [HeaderName; 5] = [
 ];
 
 impl H3Session {
-    /// The session of a request whose head `req` arrived on `stream`. `early`: it came in
-    /// 0-RTT data, before the handshake was confirmed (RFC 8470 `Early-Data: 1` goes
-    /// upstream).
-    pub(crate) fn new(
-        req: http::Request<()>,
-        stream: Stream3,
-        conn: Arc<Connection>,
-        early: bool,
-    ) -> Result<H3Session> {
+    /// The request head Pingora gets for an HTTP/3 request: version 3, `Host` from
+    /// `:authority` when the client sent none, `Early-Data: 1` when it came in 0-RTT data
+    /// (RFC 8470). `Err`: malformed (RFC 9114 section 4.3.1: `Host` and `:authority`
+    /// disagree).
+    pub(crate) fn head(req: http::Request<()>, early: bool) -> Result<RequestHeader> {
         let (parts, ()) = req.into_parts();
         let mut req = RequestHeader::from(parts);
         req.set_version(Version::HTTP_3);
-        // HTTP/1.1 upstreams need `Host`; HTTP/3 carries the authority in `:authority`
-        // (RFC 9114 section 4.3.1: when both are present they must agree; a client's
-        // own `Host` then stands).
-        if !req.headers.contains_key(header::HOST) {
-            if let Some(authority) = req.uri.authority() {
-                let host = HeaderValue::from_str(authority.as_str())
-                    .or_err(ErrorType::InvalidHTTPHeader, "HTTP/3 :authority")?;
-                req.insert_header(header::HOST, host)?;
+        if let Some(authority) = req.uri.authority() {
+            let authority = authority.as_str();
+            match req.headers.get(header::HOST) {
+                Some(host) if !host.as_bytes().eq_ignore_ascii_case(authority.as_bytes()) => {
+                    return Error::e_explain(
+                        ErrorType::InvalidHTTPHeader,
+                        "HTTP/3 Host and :authority disagree",
+                    );
+                }
+                Some(_) => {}
+                // HTTP/1.1 upstreams need `Host`.
+                None => {
+                    let host = HeaderValue::from_str(authority)
+                        .or_err(ErrorType::InvalidHTTPHeader, "HTTP/3 :authority")?;
+                    req.insert_header(header::HOST, host)?;
+                }
             }
         }
         if early {
             req.insert_header("early-data", "1")?;
         }
+        Ok(req)
+    }
+
+    /// The session of a request whose head (made by [`H3Session::head`]) arrived on
+    /// `stream`.
+    pub(crate) fn new(req: RequestHeader, stream: Stream3, conn: Arc<Connection>) -> H3Session {
         let request_done = req
             .headers
             .get(header::CONTENT_LENGTH)
@@ -112,7 +122,7 @@ impl H3Session {
             drain_timeout: None,
         };
         session.read_ahead();
-        Ok(session)
+        session
     }
 
     /// Whatever of the body has already arrived with the head, without waiting: a request

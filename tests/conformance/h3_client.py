@@ -13,11 +13,16 @@ Job:
    "ca": "/path/ca.pem" | "insecure": true,
    "requests": [{"method": "GET", "path": "/x",
                  "headers": [["authorization", "Bearer ..."]],
-                 "body_size": N | "body": "text",   # N bytes of pattern(N), see below
+                 "body_size": N | "body": "text"    # N bytes of pattern(N), see below
+                   | "body_base64": "...",          # binary bodies (a gRPC-Web frame)
                  "content_length": true}, ...],     # send content-length with a body
    "concurrency": "all" | N,           # "all": every request at once on one connection
    "migrate_after": k,                 # after k requests completed: rebind to a new local
                                        # UDP port, the rest go on over the same connection
+   "pause_after": k,                   # after k requests completed: write "paused_file"
+   "paused_file": "/path",             # (and print "h3_client: paused" on stderr), wait
+   "resume_file": "/path",             # until "resume_file" exists (at most "timeout"),
+                                       # then send the rest over the same connection
    "session_ticket_out": "/path",      # save the session ticket the server sends
    "session_ticket_in": "/path",       # resume with it, the first request in 0-RTT
    "eager": true,                      # without a ticket too: the first request is queued
@@ -27,10 +32,13 @@ Job:
 
 Prints one JSON object:
   {"alpn", "retry": bool, "migrated": bool, "local_ports": [...],
+   "peer_certificate_cn": "...",       # the common name of the certificate served
+   "goaway": [id, ...],                # the stream ids of the GOAWAY frames received
    "session_resumed": bool, "early_data_accepted": bool, "early_data_sent": bool,
    "session_ticket_saved": bool, "connection_error": null | "...",
-   "responses": [{"status", "headers": [[k, v], ...], "trailers": [...], "body_len",
-                  "body_sha256", "body" (UTF-8 text when <= 64 KiB and valid),
+   "responses": [{"stream_id", "status", "headers": [[k, v], ...], "trailers": [...],
+                  "body_len", "body_sha256", "body" (UTF-8 text when <= 64 KiB and valid),
+                  "body_base64" (when <= 64 KiB),
                   "error" (a request that got no complete answer: "stream reset ...")}]}
 Exit status 2 with a message on stderr when no connection could be made (refused, timed
 out, certificate not trusted).
@@ -39,8 +47,10 @@ pattern(N): byte i is ord("a") + (7 * (i % 4096) + i // 4096) % 26 (tests rebuil
 compare what the upstream received).
 """
 import asyncio
+import base64
 import hashlib
 import json
+import os
 import pickle
 import socket
 import ssl
@@ -48,11 +58,17 @@ import sys
 from collections import deque
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.buffer import Buffer, BufferReadError
+from aioquic.h3.connection import H3_ALPN, FrameType, H3Connection
 from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, StreamReset
+from aioquic.quic.events import (
+    ConnectionTerminated,
+    HandshakeCompleted,
+    StreamDataReceived,
+    StreamReset,
+)
 
 QUIC_ERRORS = {
     0x0: "NO_ERROR",
@@ -138,13 +154,42 @@ class Client(QuicConnectionProtocol):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.http = H3Connection(self._quic)
+        # The stream ids of the GOAWAY frames received: aioquic skips their payload, so the
+        # server's control stream is read here too.
+        self.goaways = []
+        self.uni = {}
         self.streams = {}
         self.handshake = None
         self.terminated = None
         # Set when the handshake completes or the connection ends.
         self.settled = asyncio.Event()
 
+    def read_control(self, event):
+        """Frames of the server's control stream (unidirectional, type 0x00): GOAWAYs."""
+        data = self.uni.get(event.stream_id, b"")
+        if event.stream_id % 4 != 3 or data is None:
+            return
+        # Small: the whole stream is kept and read again from its start.
+        data += event.data
+        self.uni[event.stream_id] = data
+        buf = Buffer(data=data)
+        goaways = []
+        try:
+            if buf.pull_uint_var() != 0x00:
+                self.uni[event.stream_id] = None
+                return
+            while not buf.eof():
+                frame_type = buf.pull_uint_var()
+                frame = buf.pull_bytes(buf.pull_uint_var())
+                if frame_type == FrameType.GOAWAY:
+                    goaways.append(Buffer(data=frame).pull_uint_var())
+        except BufferReadError:
+            pass
+        self.goaways = goaways
+
     def quic_event_received(self, event):
+        if isinstance(event, StreamDataReceived):
+            self.read_control(event)
         if isinstance(event, HandshakeCompleted):
             self.handshake = event
             self.settled.set()
@@ -183,6 +228,8 @@ class Client(QuicConnectionProtocol):
             body = pattern(int(req["body_size"]))
         elif "body" in req:
             body = req["body"].encode()
+        elif "body_base64" in req:
+            body = base64.b64decode(req["body_base64"])
         authority = job.get("authority") or job.get("server_name") or job["host"]
         headers = [
             (b":method", req.get("method", "GET").encode()),
@@ -195,6 +242,7 @@ class Client(QuicConnectionProtocol):
             headers.append((b"content-length", str(len(body)).encode()))
         headers += [(k.lower().encode(), v.encode()) for k, v in req.get("headers", [])]
         record = {
+            "stream_id": stream_id,
             "headers": None,
             "trailers": None,
             "body": deque(),
@@ -240,7 +288,7 @@ def decode_headers(headers):
 
 
 def partial(record):
-    got = {}
+    got = {"stream_id": record["stream_id"]}
     if record["headers"] is not None:
         got = result(record)
     return got
@@ -251,6 +299,7 @@ def result(record):
     status = next((int(v) for k, v in headers if k == ":status"), None)
     body = b"".join(record["body"])
     out = {
+        "stream_id": record["stream_id"],
         "status": status,
         "headers": [[k, v] for k, v in headers if not k.startswith(":")],
         "body_len": len(body),
@@ -259,11 +308,29 @@ def result(record):
     if record["trailers"] is not None:
         out["trailers"] = decode_headers(record["trailers"])
     if len(body) <= 64 * 1024:
+        out["body_base64"] = base64.b64encode(body).decode()
         try:
             out["body"] = body.decode()
         except UnicodeDecodeError:
             pass
     return out
+
+
+async def pause(job, protocol, timeout):
+    """Tell the test the client is paused (a marker file and a stderr line), and wait until
+    it says go on (its resume file exists), keeping the connection alive meanwhile."""
+    if job.get("paused_file"):
+        with open(job["paused_file"], "w") as f:
+            f.write("paused\n")
+    print("h3_client: paused", file=sys.stderr, flush=True)
+    resume = job.get("resume_file")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while resume and not os.path.exists(resume):
+        if loop.time() > deadline:
+            print(f"h3_client: {resume} did not appear in {timeout}s", file=sys.stderr)
+            break
+        await asyncio.sleep(0.02)
 
 
 def fail(message):
@@ -352,19 +419,23 @@ async def run(job):
             responses[0] = await protocol.finish(first, timeout)
             start = 1
         migrate_after = job.get("migrate_after")
-        batches = [range(start, len(requests))]
-        if migrate_after is not None:
-            k = max(int(migrate_after), start)
-            batches = [range(start, k), range(k, len(requests))]
+        migrate_at = None if migrate_after is None else max(int(migrate_after), start)
+        pause_after = job.get("pause_after")
+        pause_at = None if pause_after is None else max(int(pause_after), start)
+        # Batches of requests, split where the client migrates or pauses.
+        cuts = {c for c in (migrate_at, pause_at) if c is not None and c <= len(requests)}
+        bounds = sorted(cuts | {start}) + [len(requests)]
         out["migrated"] = False
-        for n, batch in enumerate(batches):
-            if n == 1:
+        for lo, hi in zip(bounds, bounds[1:]):
+            if lo == pause_at:
+                await pause(job, protocol, timeout)
+            if lo == migrate_at:
                 local_ports.append(await protocol.rebind(family, local_host))
             sem = asyncio.Semaphore(limit)
-            await asyncio.gather(*(one(i, sem) for i in batch))
-            if n == 1:
-                ok = all(r is not None and "error" not in r for r in responses[k:])
-                out["migrated"] = ok and protocol.terminated is None
+            await asyncio.gather(*(one(i, sem) for i in range(lo, hi)))
+        if migrate_at is not None:
+            ok = all(r is not None and "error" not in r for r in responses[migrate_at:])
+            out["migrated"] = ok and protocol.terminated is None
         if job.get("session_ticket_out") and not tickets:
             # Tickets come after the handshake, usually before the first answer.
             for _ in range(100):
@@ -383,11 +454,20 @@ async def run(job):
         transport.close()
     hs = protocol.handshake
     t = closed_by_peer
+    cn = None
+    peer = connection.tls._peer_certificate
+    if peer is not None:
+        from cryptography.x509.oid import NameOID
+
+        names = peer.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        cn = names[0].value if names else None
     out.update(
         {
             "alpn": hs.alpn_protocol if hs else None,
             "retry": connection._retry_count > 0,
             "local_ports": local_ports,
+            "peer_certificate_cn": cn,
+            "goaway": protocol.goaways,
             "session_resumed": bool(hs and hs.session_resumed),
             "early_data_accepted": bool(hs and hs.early_data_accepted),
             "session_ticket_saved": bool(tickets),

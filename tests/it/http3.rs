@@ -4,7 +4,9 @@
 //! TCP (proxying with X-Forwarded-Proto, a 5 MiB body, JWT, rate limits, the cache), 100
 //! streams at once on one connection, a client moving to another port, Alt-Svc over TCP and
 //! QUIC, the access log and metrics, Retry, the per-IP handshake cap, an Initial flood,
-//! 0-RTT, the header-size limit and `tollgate -t`.
+//! 0-RTT, the header-size limit and `tollgate -t`; a reload under an open connection (new
+//! routes for its next request, the new certificate for the next handshake), a binary
+//! upgrade handing HTTP/3 to the new instance, and gRPC-Web to a gRPC upstream.
 //!
 //! Every client checks the gateway's certificate against a CA made for the test, for the name
 //! `tls.test`.
@@ -33,6 +35,7 @@ const SECRET: &str = "h3-test-secret-0123456789abcdef0123";
 /// JWT secret (`secret`), in a temp dir.
 struct Pki {
     dir: tempfile::TempDir,
+    issuer: Issuer<'static, KeyPair>,
 }
 
 impl Pki {
@@ -46,18 +49,22 @@ impl Pki {
         let ca_key = KeyPair::generate().unwrap();
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
         let issuer = Issuer::new(ca_params, ca_key);
+        std::fs::write(dir.path().join("ca.crt"), ca_cert.pem()).unwrap();
+        std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+        let pki = Pki { dir, issuer };
+        pki.issue_leaf("tls.test");
+        pki
+    }
+
+    /// (Re)write `leaf.crt` and `leaf.key`: a new key and a certificate for `tls.test` with
+    /// common name `cn`, signed by the CA.
+    fn issue_leaf(&self, cn: &str) {
         let mut params = CertificateParams::new(vec!["tls.test".to_string()]).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "tls.test");
+        params.distinguished_name.push(DnType::CommonName, cn);
         let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
-        write("ca.crt", &ca_cert.pem());
-        write("leaf.crt", &cert.pem());
-        write("leaf.key", &key.serialize_pem());
-        write("secret", SECRET);
-        Pki { dir }
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        std::fs::write(self.dir.path().join("leaf.crt"), cert.pem()).unwrap();
+        std::fs::write(self.dir.path().join("leaf.key"), key.serialize_pem()).unwrap();
     }
 
     fn path(&self, file: &str) -> String {
@@ -1099,4 +1106,639 @@ fn niquests_speaks_http3_to_the_gateway() {
         (n >= 3).then_some(n)
     });
     assert!(h3_lines.is_some(), "{:?}", gw.access_log());
+}
+
+/// Start h3_client.py on `j` in a thread of its own, pausing after request `k` until the test
+/// creates the resume file; returns the thread and (paused marker, resume file), in `dir`.
+fn paused_client(
+    mut j: Value,
+    k: usize,
+    dir: &std::path::Path,
+) -> (
+    std::thread::JoinHandle<Result<Value, String>>,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
+    let (paused, resume) = (dir.join("paused"), dir.join("resume"));
+    j["pause_after"] = json!(k);
+    j["paused_file"] = json!(paused.display().to_string());
+    j["resume_file"] = json!(resume.display().to_string());
+    (std::thread::spawn(move || try_h3(&j)), paused, resume)
+}
+
+#[test]
+fn a_reload_keeps_open_quic_connections_and_the_next_request_sees_the_new_routes() {
+    let pki = Pki::new();
+    let backend = Backend::echo("app");
+    let before = format!(
+        r#"
+[upstreams.app]
+targets = [{{ address = "{}" }}]
+[[routes]]
+name = "app"
+path_prefix = "/app"
+upstream = "app"
+"#,
+        backend.addr
+    );
+    let after = format!(
+        "{before}\n[[routes]]\nname = \"added\"\npath_prefix = \"/added\"\nupstream = \"app\"\n"
+    );
+    let gw = start(&pki, "", &before);
+    let marks = tempfile::tempdir().unwrap();
+    let (client, paused, resume) = paused_client(
+        job(
+            &gw,
+            &pki,
+            json!([{"path": "/added/first"}, {"path": "/added/second"}]),
+        ),
+        1,
+        marks.path(),
+    );
+    // Paused after request 1 (or finished early, which the join below reports).
+    wait_for(Duration::from_secs(60), || {
+        (paused.exists() || client.is_finished()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("h3_client.py never paused\n{}", gw.stderr()));
+    assert!(
+        paused.exists(),
+        "h3_client.py ended before pausing: {:?}\n{}",
+        client.join(),
+        gw.stderr()
+    );
+    assert_eq!(backend.hits(), 0, "no route yet: the gateway's own 404");
+    assert_eq!(quic_outcome(&gw, "accepted"), 1.0, "{}", gw.metrics());
+
+    // A new route and a renewed certificate, while the connection is open.
+    pki.issue_leaf("tls.test renewed");
+    gw.rewrite_config_full(&config(&pki, "", &after));
+    let (code, body) = gw.reload();
+    assert_eq!(code, 200, "{body}");
+    std::fs::write(&resume, "").unwrap();
+    let result = client
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("h3_client.py: {e}\ngateway stderr:\n{}", gw.stderr()));
+
+    assert_eq!(status(&result, 0), 404, "before the reload: {result}");
+    assert_eq!(
+        status(&result, 1),
+        200,
+        "after the reload, same connection: {result}"
+    );
+    let r = response(&result, 1);
+    assert_eq!(header(r, "x-backend"), Some("app"), "{r}");
+    let echoed: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+    assert_eq!(echoed["path"], "/added/second");
+    assert!(result["connection_error"].is_null(), "{result}");
+    assert_eq!(
+        result["local_ports"].as_array().unwrap().len(),
+        1,
+        "one socket throughout: {result}"
+    );
+    assert_eq!(
+        result["peer_certificate_cn"], "tls.test",
+        "the connection keeps the certificate of its handshake: {result}"
+    );
+    assert_eq!(backend.hits(), 1);
+    let m = gw.metrics();
+    assert_eq!(
+        quic_outcome(&gw, "accepted"),
+        1.0,
+        "no second connection: {m}"
+    );
+    assert_eq!(metric_sum(&m, "tollgate_http3_requests_total"), 2.0, "{m}");
+
+    // The next new connection gets the renewed certificate.
+    let fresh = h3(&gw, &job(&gw, &pki, json!([{"path": "/added/fresh"}])));
+    assert_eq!(status(&fresh, 0), 200, "{fresh}");
+    assert_eq!(fresh["peer_certificate_cn"], "tls.test renewed", "{fresh}");
+    assert_eq!(quic_outcome(&gw, "accepted"), 2.0, "{}", gw.metrics());
+}
+
+/// A process the test started, killed by its pid when dropped.
+struct Started(std::process::Child);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_binary_upgrade_hands_http3_to_the_new_instance() {
+    let pki = Pki::new();
+    // In flight across the upgrade's start, and done well within the old instance's grace
+    // period (1 s): when it ends, the old instance's runtimes are shut down.
+    let slow = Backend::start("slow", |r| {
+        crate::common::backend::echo_reply("slow", r).delay(Duration::from_millis(600))
+    });
+    let rest = |version: &str| {
+        format!(
+            r#"
+[upstreams.slow]
+targets = [{{ address = "{}" }}]
+[[routes]]
+name = "slow"
+path_prefix = "/slow"
+upstream = "slow"
+
+[[routes]]
+name = "version"
+path_prefix = "/version"
+[routes.respond]
+status = 200
+body = "{version}"
+"#,
+            slow.addr
+        )
+    };
+    let mut old = start(&pki, "", &rest("v1"));
+    let before = h3(&old, &job(&old, &pki, json!([{"path": "/version"}])));
+    assert_eq!(status(&before, 0), 200, "{before}");
+    assert_eq!(response(&before, 0)["body"], "v1", "{before}");
+
+    old.rewrite_config_full(&config(&pki, "", &rest("v2")));
+    let new_stderr = old.dir.path().join("new-stderr.log");
+    let new = Started(
+        Command::new(tollgate_bin())
+            .arg("-u")
+            .arg("-c")
+            .arg(&old.config_path)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&new_stderr).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let new_log = || std::fs::read_to_string(&new_stderr).unwrap_or_default();
+    wait_for(Duration::from_secs(20), || {
+        old.dir.path().join("upgrade.sock").exists().then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the new instance never waited for the sockets: {}",
+            new_log()
+        )
+    });
+
+    // A request in flight on the old instance when the upgrade starts.
+    let j = job(&old, &pki, json!([{"path": "/slow/in-flight"}]));
+    let in_flight = std::thread::spawn(move || try_h3(&j));
+    wait_for(Duration::from_secs(30), || {
+        (slow.hits() == 1 || in_flight.is_finished()).then_some(())
+    })
+    .expect("the slow request reaches the upstream");
+    let quit = std::time::Instant::now();
+    old.signal("QUIT");
+
+    // Fresh clients until one is answered by the new instance.
+    let mut seen = Vec::new();
+    let mut j = job(&old, &pki, json!([{"path": "/version"}]));
+    j["connect_timeout"] = json!(2);
+    j["timeout"] = json!(10);
+    let took = wait_for(Duration::from_secs(30), || {
+        let outcome = match try_h3(&j) {
+            Ok(r) if r["responses"][0]["status"] == 200 => r["responses"][0]["body"]
+                .as_str()
+                .unwrap_or("?")
+                .to_string(),
+            Ok(r) => format!("answer {r}"),
+            Err(e) => format!("no connection: {}", e.trim()),
+        };
+        let done = outcome == "v2";
+        seen.push(outcome);
+        done.then(|| quit.elapsed())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no HTTP/3 answer from the new instance 30 s after SIGQUIT; clients saw {seen:?}\n\
+             old stderr:\n{}\nnew stderr:\n{}",
+            old.stderr(),
+            new_log()
+        )
+    });
+    eprintln!("HTTP/3 served by the new instance {took:?} after SIGQUIT; clients saw {seen:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "the new instance took {took:?} to serve HTTP/3 (grace period 1 s, shutdown timeout 1 s)"
+    );
+
+    let result = in_flight
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the in-flight client: {e}\nold stderr:\n{}", old.stderr()));
+    assert_eq!(
+        status(&result, 0),
+        200,
+        "the request in flight completes: {result}\nold stderr:\n{}",
+        old.stderr()
+    );
+    let echoed: Value =
+        serde_json::from_str(response(&result, 0)["body"].as_str().unwrap()).unwrap();
+    assert_eq!(echoed["path"], "/slow/in-flight", "{result}");
+    assert_eq!(
+        old.wait_exit(Duration::from_secs(15)),
+        Some(0),
+        "the old instance exits: {}",
+        old.stderr()
+    );
+    // Still the new instance, once the old one is gone.
+    let after = h3(&old, &job(&old, &pki, json!([{"path": "/version"}])));
+    assert_eq!(response(&after, 0)["body"], "v2", "{after}");
+    drop(new);
+
+    // The hand-over told the in-flight connection GOAWAY, and a GOAWAY carrying stream id N
+    // says requests on streams N and above were not and will not be processed (RFC 9114
+    // section 5.2): N must be above the request it went on to answer.
+    let goaway = result["goaway"].as_array().unwrap();
+    assert!(
+        !goaway.is_empty(),
+        "no GOAWAY on the connection open through the upgrade: {result}"
+    );
+    let stream = response(&result, 0)["stream_id"].as_u64().unwrap();
+    for id in goaway {
+        assert!(
+            id.as_u64().unwrap() > stream,
+            "GOAWAY {id} rejects the request on stream {stream}, which was being served \
+             (and was answered): {result}\nold stderr:\n{}",
+            old.stderr()
+        );
+    }
+}
+
+/// A length-prefixed gRPC frame of `msg`.
+fn grpc_frame(flag: u8, msg: &[u8]) -> Vec<u8> {
+    let mut out = vec![flag];
+    out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    out.extend_from_slice(msg);
+    out
+}
+
+/// The frames of a gRPC-Web body: (flag, payload).
+fn grpc_frames(mut body: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while body.len() >= 5 {
+        let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+        out.push((body[0], body[5..5 + len].to_vec()));
+        body = &body[5 + len..];
+    }
+    assert!(body.is_empty(), "trailing bytes");
+    out
+}
+
+#[test]
+fn grpc_web_over_http3_reaches_a_grpc_upstream() {
+    use base64::Engine;
+    use prost::Message;
+    use tollgate_grpc_fixtures::proto::{EchoReply, EchoRequest};
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let pki = Pki::new();
+    let server = tollgate_grpc_fixtures::Server::start(None);
+    let gw = start(
+        &pki,
+        "",
+        &format!(
+            r#"
+[upstreams.grpc]
+targets = [{{ address = "{}" }}]
+h2 = true
+
+[[routes]]
+name = "grpc"
+path_prefix = "/"
+upstream = "grpc"
+grpc_web = true
+"#,
+            server.addr
+        ),
+    );
+    let unary = EchoRequest {
+        message: "over http/3".into(),
+        ..Default::default()
+    };
+    let stream = EchoRequest {
+        message: "n".into(),
+        count: 3,
+        ..Default::default()
+    };
+    // Each call in both content types, on one connection.
+    let mut requests = Vec::new();
+    for (path, req) in [
+        ("/tollgate.test.Echo/Unary", &unary),
+        ("/tollgate.test.Echo/ServerStream", &stream),
+    ] {
+        let body = grpc_frame(0, &req.encode_to_vec());
+        for text in [false, true] {
+            let (ct, body) = if text {
+                ("application/grpc-web-text", b64.encode(b64.encode(&body)))
+            } else {
+                ("application/grpc-web+proto", b64.encode(&body))
+            };
+            requests.push(json!({
+                "method": "POST",
+                "path": path,
+                "headers": [["content-type", ct], ["x-grpc-web", "1"]],
+                "body_base64": body,
+            }));
+        }
+    }
+    let result = h3(&gw, &job(&gw, &pki, json!(requests)));
+    for (i, (want_messages, text)) in [
+        (vec!["over http/3"], false),
+        (vec!["over http/3"], true),
+        (vec!["n 0", "n 1", "n 2"], false),
+        (vec!["n 0", "n 1", "n 2"], true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert_eq!(status(&result, i), 200, "call {i}: {result}");
+        let r = response(&result, i);
+        let ct = header(r, "content-type").unwrap_or_default();
+        let want_ct = if text {
+            "application/grpc-web-text"
+        } else {
+            "application/grpc-web"
+        };
+        assert!(ct.starts_with(want_ct), "call {i}: {ct}: {r}");
+        let mut body = b64.decode(r["body_base64"].as_str().unwrap()).unwrap();
+        if text {
+            body = b64.decode(body).unwrap();
+        }
+        let frames = grpc_frames(&body);
+        assert_eq!(
+            frames.len(),
+            want_messages.len() + 1,
+            "call {i}: the messages and the trailer frame: {r}"
+        );
+        let messages: Vec<String> = frames[..want_messages.len()]
+            .iter()
+            .map(|(flag, m)| {
+                assert_eq!(*flag, 0, "call {i}");
+                EchoReply::decode(&m[..]).unwrap().message
+            })
+            .collect();
+        assert_eq!(messages, want_messages, "call {i}");
+        let (flag, trailer) = frames.last().unwrap();
+        assert_eq!(*flag, 0x80, "call {i}: {r}");
+        let trailer = String::from_utf8(trailer.clone()).unwrap();
+        assert!(
+            trailer.contains("grpc-status:0"),
+            "call {i}: {trailer:?}: {r}"
+        );
+    }
+    let line = gw.wait_access_log(|l| l["path"] == "/tollgate.test.Echo/ServerStream");
+    assert_eq!(line["protocol"], "HTTP/3", "{line}");
+}
+
+/// `conf/tollgate.toml` with every address moved to a free port, every file made absolute and
+/// the pid file, upgrade socket and access log put in the gateway's directory: the example
+/// configuration as shipped, runnable beside other tests.
+fn example_config() -> String {
+    let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/conf");
+    let text = std::fs::read_to_string(format!("{conf}/tollgate.toml")).unwrap();
+    let mut out = text
+        .replace("\"127.0.0.1:8080\"", "\"{listen}\"")
+        .replace("\"127.0.0.1:9090\"", "\"{admin}\"")
+        .replace("\"/tmp/tollgate.pid\"", "\"{dir}/tollgate.pid\"")
+        .replace("\"/tmp/tollgate_upgrade.sock\"", "\"{dir}/upgrade.sock\"")
+        .replace("target = \"stdout\"", "target = \"{dir}/access.log\"")
+        .replace("\"dev-tls/", &format!("\"{conf}/dev-tls/"))
+        .replace(
+            "\"demo-jwt.secret\"",
+            &format!("\"{conf}/demo-jwt.secret\""),
+        );
+    for port in ["8443", "9101", "9102", "9103"] {
+        out = out.replace(
+            &format!("127.0.0.1:{port}"),
+            &format!("127.0.0.1:{}", free_port()),
+        );
+    }
+    assert!(
+        !out.contains("8080") && !out.contains("9090") && !out.contains("/tmp/"),
+        "conf/tollgate.toml changed: adapt example_config()\n{out}"
+    );
+    out
+}
+
+/// Proves: a client that speaks only HTTP/3 (aioquic) gets the same answers as an HTTP/1.1
+/// client over TLS for a request on every route of the example configuration, and its
+/// features work over HTTP/3: direct answers, proxying, compression, the cache (a HIT),
+/// method rules, host routing, JWT and API keys with roles, CORS preflights, aggregation,
+/// JSON renames, the maintenance answer, 404.
+#[test]
+fn every_route_of_the_example_config_answers_over_http3_as_over_tcp() {
+    let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/conf");
+    let gw = Gateway::start_full(&example_config()).unwrap();
+    let config = std::fs::read_to_string(&gw.config_path).unwrap();
+    let port: u16 = config
+        .split("[listeners.tls]")
+        .next()
+        .and_then(|head| head.rsplit("address = \"127.0.0.1:").next())
+        .and_then(|rest| rest.split('"').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the TLS listener's port");
+    let secret = std::fs::read(format!("{conf}/demo-jwt.secret")).unwrap();
+    let token = hs256_token(
+        String::from_utf8_lossy(&secret).trim().as_bytes(),
+        json!({"iss": "tollgate-demo", "sub": "alice", "roles": ["reader"]}),
+    );
+    let bearer = format!("Bearer {token}");
+    // (method, path, headers), each sent once over HTTP/1.1 and once over HTTP/3.
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>);
+    let cases: Vec<Case> = vec![
+        ("GET", "/", vec![]),
+        ("GET", "/api/items", vec![("accept-encoding", "gzip")]),
+        ("GET", "/cached/a", vec![]),
+        ("GET", "/v2/items", vec![]),
+        ("POST", "/v2/items", vec![]),
+        ("GET", "/least/x", vec![]),
+        ("GET", "/sticky/x", vec![("x-user", "alice")]),
+        ("GET", "/secure/x", vec![]),
+        (
+            "GET",
+            "/secure/x",
+            vec![("x-api-key", "demo-key-0123456789abcdef")],
+        ),
+        ("GET", "/secure/x", vec![("authorization", &bearer)]),
+        (
+            "OPTIONS",
+            "/browser/x",
+            vec![
+                ("origin", "https://app.example.test"),
+                ("access-control-request-method", "POST"),
+            ],
+        ),
+        ("GET", "/dashboard/alice", vec![]),
+        ("GET", "/bridge/x", vec![]),
+        ("GET", "/maintenance", vec![]),
+        ("GET", "/no/such/route", vec![]),
+    ];
+    let tcp = reqwest::blocking::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let compared = [
+        "content-type",
+        "content-encoding",
+        "access-control-allow-origin",
+        "retry-after",
+        "www-authenticate",
+        "allow",
+        "alt-svc",
+    ];
+    let requests: Vec<Value> = cases
+        .iter()
+        .map(|(method, path, headers)| {
+            let mut headers: Vec<Value> = headers.iter().map(|(k, v)| json!([k, v])).collect();
+            headers.push(json!(["user-agent", "example-test"]));
+            json!({"method": method, "path": path, "headers": headers})
+        })
+        .collect();
+    let over_h3 = h3(
+        &gw,
+        &json!({
+            "host": "127.0.0.1",
+            "port": port,
+            "server_name": "localhost",
+            "ca": format!("{conf}/dev-tls/localhost.crt"),
+            "requests": requests,
+            "concurrency": 1,
+            "connect_timeout": 10,
+            "timeout": 60,
+        }),
+    );
+    assert_eq!(over_h3["alpn"], "h3", "{over_h3}");
+    for (i, (method, path, headers)) in cases.iter().enumerate() {
+        let mut req = tcp.request(
+            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+            format!("https://localhost:{port}{path}"),
+        );
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let tcp_resp = req.header("user-agent", "example-test").send().unwrap();
+        let h3_resp = response(&over_h3, i);
+        let what = format!("{method} {path} {headers:?}");
+        assert_eq!(
+            h3_resp["status"].as_u64().unwrap(),
+            u64::from(tcp_resp.status().as_u16()),
+            "{what}: HTTP/3 {h3_resp}"
+        );
+        for name in compared {
+            assert_eq!(
+                header(h3_resp, name),
+                tcp_resp.headers().get(name).and_then(|v| v.to_str().ok()),
+                "{what}: {name}"
+            );
+        }
+    }
+    let status_of = |i: usize| status(&over_h3, i);
+    assert_eq!(status_of(0), 200);
+    assert_eq!(
+        header(response(&over_h3, 1), "content-encoding"),
+        Some("gzip")
+    );
+    assert_eq!(status_of(4), 404, "no route takes POST under /v2");
+    assert_eq!(status_of(7), 401);
+    assert_eq!(status_of(8), 200, "API key with the reader role");
+    assert_eq!(status_of(9), 200, "JWT with the reader role");
+    assert_eq!(status_of(10), 204, "CORS preflight");
+    let dashboard = response(&over_h3, 11)["body"].as_str().unwrap();
+    assert!(
+        dashboard.contains("profile") && dashboard.contains("orders"),
+        "{dashboard}"
+    );
+    assert!(
+        response(&over_h3, 12)["body"]
+            .as_str()
+            .unwrap()
+            .contains("servedBy"),
+        "JSON rename over HTTP/3"
+    );
+    assert_eq!(status_of(13), 503);
+    assert_eq!(status_of(14), 404);
+    // Host routing: `:authority` over HTTP/3, `Host` over HTTP/1.1.
+    let admin_host = h3(
+        &gw,
+        &json!({
+            "host": "127.0.0.1",
+            "port": port,
+            "server_name": "localhost",
+            "authority": "admin.example.test",
+            "ca": format!("{conf}/dev-tls/localhost.crt"),
+            "requests": [{"method": "GET", "path": "/"}],
+        }),
+    );
+    let tcp_admin = reqwest::blocking::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .resolve(
+            "admin.example.test",
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        )
+        .build()
+        .unwrap()
+        .get(format!("https://admin.example.test:{port}/"))
+        .send()
+        .unwrap();
+    assert_eq!(
+        status(&admin_host, 0),
+        u64::from(tcp_admin.status().as_u16())
+    );
+    assert_ne!(
+        response(&admin_host, 0)["body"],
+        response(&over_h3, 0)["body"],
+        "admin.example.test is routed to its own route, not `hello`"
+    );
+    // The cache: stored by the first request (over HTTP/3), a HIT for the next, over HTTP/3.
+    let again = h3(
+        &gw,
+        &json!({
+            "host": "127.0.0.1",
+            "port": port,
+            "server_name": "localhost",
+            "ca": format!("{conf}/dev-tls/localhost.crt"),
+            "requests": [{"method": "GET", "path": "/cached/b"}, {"method": "GET", "path": "/cached/b"}],
+            "concurrency": 1,
+        }),
+    );
+    assert_eq!(
+        header(response(&again, 1), "x-cache"),
+        Some("HIT"),
+        "{again}"
+    );
+}
+
+/// Proves: a request whose `Host` disagrees with its `:authority` is malformed (RFC 9114
+/// section 4.3.1): its stream is reset, nothing reaches the upstream, and the connection goes
+/// on.
+#[test]
+fn a_host_header_that_disagrees_with_the_authority_is_refused() {
+    let pki = Pki::new();
+    let backend = Backend::echo("app");
+    let gw = start(&pki, "", &app_routes(&backend, ""));
+    let result = h3(
+        &gw,
+        &job(
+            &gw,
+            &pki,
+            json!([
+                {"method": "GET", "path": "/app/a", "headers": [["host", "other.test"]]},
+                {"method": "GET", "path": "/app/b"},
+            ]),
+        ),
+    );
+    assert!(
+        !result["responses"][0]["error"].is_null(),
+        "the mismatched request is refused: {result}"
+    );
+    assert_eq!(status(&result, 1), 200, "{result}");
+    assert_eq!(
+        backend.hits(),
+        1,
+        "only the second request reached the upstream"
+    );
 }
