@@ -70,8 +70,23 @@ for line in open(sys.argv[1]):
         print(line)
 PY
 )
+# niquests' urllib3-future, installed from its wheel, copies itself over urllib3 at every
+# interpreter start (a .pth hook), which breaks urllib3's other users (schemathesis through
+# requests). Built from source with URLLIB3_NO_OVERRIDE it stays `urllib3_future` beside
+# urllib3, and niquests uses it from there.
+pip_install() {
+  URLLIB3_NO_OVERRIDE=1 python3 -m pip install --quiet --no-binary urllib3-future "$@" 2>/dev/null \
+    || URLLIB3_NO_OVERRIDE=1 python3 -m pip install --quiet --no-binary urllib3-future --break-system-packages "$@"
+}
 if [ -n "$stale" ]; then
   echo "setup: installing $(echo $stale) (pip)" >&2
-  python3 -m pip install --quiet -r "$requirements" 2>/dev/null \
-    || python3 -m pip install --quiet --break-system-packages -r "$requirements"
+  pip_install -r "$requirements"
+fi
+if python3 -c "import urllib3, sys; sys.exit(int(urllib3.__version__.split('.')[-1]) < 900)" 2>/dev/null; then
+  echo "setup: urllib3 was overwritten by urllib3-future; restoring it" >&2
+  site=$(python3 -c "import urllib3, os; print(os.path.dirname(os.path.dirname(urllib3.__file__)))")
+  rm -f "$site/urllib3_future.pth"
+  python3 -m pip uninstall --quiet -y urllib3-future 2>/dev/null || true
+  pip_install --force-reinstall --no-deps "urllib3==$(python3 -c "from importlib.metadata import version; print(version('urllib3'))")"
+  pip_install -r "$requirements"
 fi

@@ -471,3 +471,78 @@ upstream = "app"
         assert_eq!(line["reason"], e["cache_reason"], "{what}: {line} {e:#}");
     }
 }
+
+/// Proves: `explain --http3` explains a request arriving over HTTP/3: on the listener with
+/// `[listeners.quic]` (not the plain one), with the listener's `Alt-Svc` among the response
+/// headers; an `http://` URL or a listener without HTTP/3 is an error (exit 2).
+#[test]
+fn explain_http3_uses_the_quic_listener_and_shows_its_alt_svc() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path(), "explain");
+    let config = dir.path().join("tollgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[listeners]]
+address = "127.0.0.1:18080"
+[[listeners]]
+address = "127.0.0.1:18443"
+[listeners.tls]
+certificates = [{{ cert = "{}", key = "{}" }}]
+[listeners.quic]
+alt_svc_max_age = "1h"
+[[routes]]
+name = "hello"
+path = "/"
+[routes.respond]
+body = "hello"
+"#,
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let explain = |args: &[&str]| {
+        Command::new(tollgate_bin())
+            .args(["explain", "-c"])
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = explain(&["--http3", "--json", "GET", "https://tls.test/"]);
+    assert!(out.status.success(), "{out:?}");
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["request"]["protocol"], "HTTP/3", "{e:#}");
+    assert_eq!(e["request"]["listener"], "127.0.0.1:18443", "{e:#}");
+    assert!(
+        e["response_headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h[0] == "alt-svc" && h[1] == "h3=\":18443\"; ma=3600"),
+        "{e:#}"
+    );
+    let text = String::from_utf8(explain(&["--http3", "GET", "https://tls.test/"]).stdout).unwrap();
+    assert!(text.starts_with("GET / over HTTP/3"), "{text}");
+    // The plain listener's answers carry no Alt-Svc.
+    let plain = explain(&["--json", "GET", "http://tls.test/"]);
+    let e: serde_json::Value = serde_json::from_slice(&plain.stdout).unwrap();
+    assert_eq!(e["request"]["protocol"], "HTTP/1.1");
+    assert!(!plain.stdout.windows(7).any(|w| w == b"alt-svc"), "{e:#}");
+    for bad in [
+        vec!["--http3", "GET", "http://tls.test/"],
+        vec![
+            "--http3",
+            "--listener",
+            "127.0.0.1:18080",
+            "GET",
+            "https://tls.test/",
+        ],
+    ] {
+        let out = explain(&bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {out:?}");
+        assert!(!out.stderr.is_empty(), "{bad:?}");
+    }
+}

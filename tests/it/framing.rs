@@ -401,10 +401,21 @@ fn one_response(addr: std::net::SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&reply).into_owned()
 }
 
-/// The directory Cargo unpacked a (dev-)dependency into.
+/// The directory Cargo unpacked a (dev-)dependency into. Only this platform's packages are
+/// asked for: a build downloads no others (quinn's wasm-only `web-time`, say), and
+/// `--offline` cannot fetch them.
 fn dependency_dir(name: &str) -> std::path::PathBuf {
+    let rustc = std::process::Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .expect("rustc -vV");
+    let host = String::from_utf8_lossy(&rustc.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
+        .expect("rustc -vV names the host");
     let out = std::process::Command::new(env!("CARGO"))
         .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .args(["--filter-platform", &host])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo metadata");

@@ -139,6 +139,14 @@ upstream = "app"
     )
 }
 
+/// The `app` upstream (`backend`) and one route to it under `prefix`.
+fn app_at(backend: &Backend, prefix: &str) -> String {
+    format!(
+        "[upstreams.app]\ntargets = [{{ address = \"{}\" }}]\n[[routes]]\nname = \"app\"\npath_prefix = \"{prefix}\"\nupstream = \"app\"\n",
+        backend.addr
+    )
+}
+
 /// An h3_client.py job for `gw`, verifying its certificate for `tls.test`.
 fn job(gw: &Gateway, pki: &Pki, requests: Value) -> Value {
     json!({
@@ -571,17 +579,7 @@ fn client_moving_to_another_port_keeps_its_connection() {
 fn alt_svc_advertises_http3_over_tcp_and_http3() {
     let pki = Pki::new();
     let backend = Backend::echo("app");
-    let rest = format!(
-        r#"
-[upstreams.app]
-targets = [{{ address = "{}" }}]
-[[routes]]
-name = "app"
-path_prefix = "/app"
-upstream = "app"
-"#,
-        backend.addr
-    );
+    let rest = app_at(&backend, "/app");
     let gw = start(&pki, "", &rest);
     let expected = format!("h3=\":{}\"; ma=86400", gw.addr.port());
     let tcp = tcp_client(&gw, &pki);
@@ -1130,17 +1128,7 @@ fn paused_client(
 fn a_reload_keeps_open_quic_connections_and_the_next_request_sees_the_new_routes() {
     let pki = Pki::new();
     let backend = Backend::echo("app");
-    let before = format!(
-        r#"
-[upstreams.app]
-targets = [{{ address = "{}" }}]
-[[routes]]
-name = "app"
-path_prefix = "/app"
-upstream = "app"
-"#,
-        backend.addr
-    );
+    let before = app_at(&backend, "/app");
     let after = format!(
         "{before}\n[[routes]]\nname = \"added\"\npath_prefix = \"/added\"\nupstream = \"app\"\n"
     );
