@@ -131,8 +131,11 @@ pub(crate) async fn admit(
     // The cheapest refusal, before any routing work.
     step!(mode, GlobalIp, ip_step(&gw.policy.ip, ctx));
     // The route decides every policy below.
-    step!(mode, Route, route_step(gw, req, ctx));
-    let Some(route) = ctx.route.clone() else {
+    // The route as the generation holds it: borrowed for the chain, since an `Arc` clone
+    // is a write every worker makes to its shared count (`ctx.route` holds the one clone).
+    let mut found = None;
+    step!(mode, Route, route_step(gw, req, ctx, &mut found));
+    let Some(route) = found else {
         return Step::Reject(Reject::new(StatusCode::NOT_FOUND, "no route"));
     };
     // The route's checks on the request head, in their registered order (IP rules, CORS,
@@ -145,7 +148,7 @@ pub(crate) async fn admit(
         let mut decided = check.check(&asked, &mut ctx.reply.headers);
         if let (Step::Reject(refusal), Some(p)) = (&decided, check.shadow_as()) {
             if route.policy.shadow.has(p) {
-                ctx.shadow_refusal(gw, &route, p, &refusal.reason);
+                ctx.shadow_refusal(gw, route, p, &refusal.reason);
                 decided = Step::Next;
             }
         }
@@ -154,19 +157,19 @@ pub(crate) async fn admit(
     // Who is calling, and may they: rate limits below can key on the identity. An auth
     // service is not asked by `tollgate explain`, which works without any network.
     if !(mode.explaining() && route.policy.auth.asks_a_service()) {
-        step!(mode, Auth, auth_step(gw, &route, req, ctx).await);
+        step!(mode, Auth, auth_step(gw, route, req, ctx).await);
     }
     if !mode.explaining() {
         step!(
             mode,
             RateLimit,
-            rate_limit_step(gw, &route, &req.headers, ctx).await
+            rate_limit_step(gw, route, &req.headers, ctx).await
         );
     }
     // What the upstream documents it takes, once the caller may call it at all (an unknown
     // caller learns nothing of the API's shape); the body is checked once admitted.
     if let Some(v) = &route.policy.validator {
-        let decided = validate_step(gw, &route, v, req, ctx);
+        let decided = validate_step(gw, route, v, req, ctx);
         step!(mode, Validate, decided);
     }
     // Routes that answer at the gateway, once every policy admitted the request.
@@ -177,7 +180,7 @@ pub(crate) async fn admit(
             body: Bytes::new(),
         }
     } else {
-        answer_step(gw, &route, req, ctx).await
+        answer_step(gw, route, req, ctx).await
     };
     if let Mode::Explain(trace) = &mut mode {
         trace.push((Answer, answer.clone()));
@@ -213,7 +216,12 @@ fn ip_step(rules: &crate::policy::ip::IpRules, ctx: &Ctx) -> Step {
     }
 }
 
-fn route_step(gw: &Gateway, req: &RequestHeader, ctx: &mut Ctx) -> Step {
+fn route_step<'g>(
+    gw: &'g Gateway,
+    req: &RequestHeader,
+    ctx: &mut Ctx,
+    found: &mut Option<&'g std::sync::Arc<Route>>,
+) -> Step {
     let host = forward::host(req);
     let Some(route) = gw
         .routes
@@ -222,6 +230,7 @@ fn route_step(gw: &Gateway, req: &RequestHeader, ctx: &mut Ctx) -> Step {
         return Step::Reject(Reject::new(StatusCode::NOT_FOUND, "no route"));
     };
     ctx.route = Some(route.clone());
+    *found = Some(route);
     if ctx.target.encoded_slash && !route.allow_encoded_slashes {
         return Step::Reject(Reject::new(
             StatusCode::BAD_REQUEST,
@@ -432,8 +441,14 @@ impl Gateway {
         }
         match admitted {
             Step::Next => {
-                // A transcoding route answers here, with a gRPC call of its own.
-                let route = ctx.route.clone();
+                // A transcoding route answers here, with a gRPC call of its own. The route's
+                // `Arc` is cloned only then (a clone is a write to its shared count).
+                let transcodes = ctx
+                    .route
+                    .as_deref()
+                    .and_then(Route::proxy)
+                    .is_some_and(|action| action.transcode.is_some());
+                let route = if transcodes { ctx.route.clone() } else { None };
                 let transcoding = route
                     .as_deref()
                     .and_then(Route::proxy)
@@ -462,7 +477,10 @@ impl Gateway {
     /// body to a retried upstream).
     async fn validate_body(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Step> {
         use crate::policy::validate::MAX_VALIDATED_BODY;
-        let (Some(route), Some(m)) = (ctx.route.clone(), ctx.body.operation) else {
+        let Some(m) = ctx.body.operation else {
+            return Ok(Step::Next);
+        };
+        let Some(route) = ctx.route.clone() else {
             return Ok(Step::Next);
         };
         let Some(v) = route.policy.validator.as_ref().filter(|v| v.checks_body(m)) else {

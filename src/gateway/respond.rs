@@ -33,7 +33,9 @@ impl Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(route) = ctx.route.clone() {
+        // Borrowed, not cloned: an `Arc` clone is a write every worker makes to the route's
+        // shared count (benches/atomics-per-request.sh).
+        if let Some(route) = ctx.route.as_deref() {
             let t = &route.transform;
             for (name, value) in &t.security {
                 if !resp.headers.contains_key(name.name()) {

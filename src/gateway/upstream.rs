@@ -147,7 +147,7 @@ impl Gateway {
         for name in &self.policy.strip_headers {
             upstream.remove_header(name);
         }
-        if let Some(route) = ctx.route.clone() {
+        if let Some(route) = ctx.route.as_deref() {
             let t = &route.transform;
             t.request.apply(upstream)?;
             if !t.json_request.is_empty()
