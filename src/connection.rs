@@ -33,6 +33,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// Whether a connection whose local address is `local` came in on the listener configured
+/// as `listener` (which may be bound to the unspecified address, `0.0.0.0:443`).
+pub(crate) fn arrived_on(listener: &std::net::SocketAddr, local: std::net::SocketAddr) -> bool {
+    listener.port() == local.port()
+        && (listener.ip() == local.ip() || listener.ip().is_unspecified())
+}
+
 /// Limits applied per connection.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectionLimits {

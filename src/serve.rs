@@ -370,9 +370,11 @@ pub fn build_server(
             "tollgate http3".into(),
             Arc::new(crate::http3::Http3Service {
                 listeners: quic,
-                proxy: Arc::new(proxy),
-                tracker: tracker.clone(),
-                metrics: shared.metrics.http3.clone(),
+                parts: crate::http3::Parts {
+                    proxy: Arc::new(proxy),
+                    tracker: tracker.clone(),
+                    metrics: shared.metrics.http3.clone(),
+                },
                 report: listening.report(),
                 upgrade: mode.upgrade,
             }),

@@ -31,9 +31,9 @@ pub(crate) struct Certificate {
     key: PKey<Private>,
     /// The certificate file: its name in `tollgate_tls_certificate_expiry_timestamp_seconds`.
     path: String,
-    /// The same chain and key for rustls (HTTP/3's QUIC handshakes); `Err`: ring cannot
-    /// sign with this key.
-    quic: Result<Arc<rustls::sign::CertifiedKey>, String>,
+    /// The same chain and key for rustls (HTTP/3's QUIC handshakes), made the first time a
+    /// QUIC listener asks; `Err`: ring cannot sign with this key.
+    quic: std::sync::OnceLock<Result<Arc<rustls::sign::CertifiedKey>, String>>,
 }
 
 /// Load a PEM chain and key, checking that the key belongs to the leaf certificate.
@@ -66,13 +66,12 @@ pub(crate) fn load_certificate(
             format!("{key_path} is not the private key of {cert_path}"),
         ));
     }
-    let quic = rustls_key(&leaf, &certs, &key);
     Ok(Certificate {
         leaf,
         chain: certs,
         key,
         path: cert_path.to_string(),
-        quic,
+        quic: std::sync::OnceLock::new(),
     })
 }
 
@@ -104,12 +103,12 @@ impl Certificate {
 
     /// The chain and key for a QUIC handshake.
     pub(crate) fn quic_key(&self) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        self.quic.as_ref().ok().cloned()
+        self.quic_converted().as_ref().ok().cloned()
     }
 
-    /// Why the chain cannot serve QUIC handshakes, if it cannot.
-    pub(crate) fn quic_problem(&self) -> Option<&str> {
-        self.quic.as_ref().err().map(String::as_str)
+    fn quic_converted(&self) -> &Result<Arc<rustls::sign::CertifiedKey>, String> {
+        self.quic
+            .get_or_init(|| rustls_key(&self.leaf, &self.chain, &self.key))
     }
 
     /// As Pingora's client certificate type (leaf first, then the chain).
@@ -223,7 +222,7 @@ impl CertStore {
     pub(crate) fn quic_problems(&self) -> impl Iterator<Item = (&str, &str)> {
         self.all
             .iter()
-            .filter_map(|c| Some((c.path.as_str(), c.quic_problem()?)))
+            .filter_map(|c| Some((c.path.as_str(), c.quic_converted().as_ref().err()?.as_str())))
     }
 
     /// Each certificate's file and `notAfter` (seconds since the epoch).

@@ -307,9 +307,10 @@ impl Gateway {
         let Some(local) = local else {
             return;
         };
-        let listener = self.alt_svc.iter().find(|(addr, _)| {
-            addr.port() == local.port() && (addr.ip() == local.ip() || addr.ip().is_unspecified())
-        });
+        let listener = self
+            .alt_svc
+            .iter()
+            .find(|(addr, _)| crate::connection::arrived_on(addr, local));
         if let Some((_, value)) = listener {
             ctx.reply
                 .headers

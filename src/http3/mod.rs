@@ -216,18 +216,19 @@ impl Drop for Handshake {
 }
 
 /// What [`admit`] decided for an incoming connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Admission {
-    Accept,
+    /// Go on with the handshake, counted in progress until the guard is dropped.
+    Accept(Handshake),
     Retry,
     RefusedBusy,
     RefusedPerIp,
 }
 
 impl Admission {
-    fn label(self) -> &'static str {
+    /// Its `outcome` in `tollgate_quic_connections_total`.
+    fn label(&self) -> &'static str {
         match self {
-            Admission::Accept => "accepted",
+            Admission::Accept(_) => "accepted",
             Admission::Retry => "retry",
             Admission::RefusedBusy => "refused_busy",
             Admission::RefusedPerIp => "refused_per_ip",
@@ -235,34 +236,37 @@ impl Admission {
     }
 }
 
-/// Admit a handshake from `ip` (its address validated by a Retry token or not).
+/// Admit a handshake from `ip`: its address validated by a Retry token or not, and whether
+/// a Retry may still be asked of it (not when it has just answered one).
 fn admit(
     l: &QuicListener,
     handshakes: &Arc<Handshakes>,
     ip: IpAddr,
     validated: bool,
-) -> (Admission, Option<Handshake>) {
+    may_retry: bool,
+) -> Admission {
     let mut s = handshakes.state.lock().unwrap_or_else(|p| p.into_inner());
     let (total, per_ip) = &mut *s;
     if *total >= l.max_handshakes {
-        return (Admission::RefusedBusy, None);
+        return Admission::RefusedBusy;
     }
     if !validated && *total >= l.retry_above {
-        return (Admission::Retry, None);
+        return if may_retry {
+            Admission::Retry
+        } else {
+            Admission::RefusedBusy
+        };
     }
     let n = per_ip.entry(ip).or_insert(0);
     if *n >= l.max_handshakes_per_ip {
-        return (Admission::RefusedPerIp, None);
+        return Admission::RefusedPerIp;
     }
     *n += 1;
     *total += 1;
-    (
-        Admission::Accept,
-        Some(Handshake {
-            of: handshakes.clone(),
-            ip,
-        }),
-    )
+    Admission::Accept(Handshake {
+        of: handshakes.clone(),
+        ip,
+    })
 }
 
 /// The metrics this module keeps.
@@ -274,66 +278,76 @@ pub(crate) struct Http3Metrics {
     pub requests: IntCounter,
 }
 
+/// What every QUIC listener of the process hands its connections to.
+#[derive(Clone)]
+pub(crate) struct Parts {
+    pub proxy: Arc<HttpProxy<Proxy>>,
+    pub tracker: Arc<ConnectionTracker>,
+    pub metrics: Http3Metrics,
+}
+
 /// The HTTP/3 listeners of one process: a background service of Pingora's server, on a
 /// runtime of `[server] threads` threads.
 pub(crate) struct Http3Service {
     pub listeners: Vec<(QuicListener, CertSlot)>,
-    pub proxy: Arc<HttpProxy<Proxy>>,
-    pub tracker: Arc<ConnectionTracker>,
-    pub metrics: Http3Metrics,
+    pub parts: Parts,
     pub report: pingora::services::listening::ListenReport,
     /// Started by `-u`, taking over from a running instance.
     pub upgrade: bool,
 }
 
-/// Bind `addr` over UDP. Not `SO_REUSEPORT`: the kernel would spread a connection's
-/// packets over two instances' sockets by address hash, and QUIC connections are
-/// addressed by connection id; one instance holds the port at a time.
-fn bind(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    let domain = socket2::Domain::for_address(addr);
-    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
+/// Why a listener's endpoint could not be opened.
+struct OpenError {
+    /// The UDP port is held by another socket (the old instance's, in an upgrade).
+    in_use: bool,
+    message: String,
 }
 
-/// The endpoint of listener `l`, on a socket bound now.
-fn endpoint(
-    l: &QuicListener,
-    certs: &CertSlot,
-    socket: std::net::UdpSocket,
-) -> Result<quinn::Endpoint, String> {
-    let config = server_config(l, certs.clone())?;
+/// The endpoint of listener `l` on its UDP address, bound now. Not `SO_REUSEPORT`: the
+/// kernel would spread a connection's packets over two instances' sockets by address hash,
+/// and QUIC connections are addressed by connection id; one instance holds the port at a
+/// time.
+fn open(l: &QuicListener, certs: &CertSlot) -> Result<quinn::Endpoint, OpenError> {
+    let failed = |in_use: bool, e: &dyn std::fmt::Display| OpenError {
+        in_use,
+        message: format!("UDP {}: {e}", l.address),
+    };
+    let bind = || -> std::io::Result<std::net::UdpSocket> {
+        let addr = l.address;
+        let domain = socket2::Domain::for_address(addr);
+        let socket =
+            socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        Ok(socket.into())
+    };
+    let socket = bind().map_err(|e| failed(e.kind() == std::io::ErrorKind::AddrInUse, &e))?;
+    let config = server_config(l, certs.clone()).map_err(|e| failed(false, &e))?;
     quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(config),
         socket,
         Arc::new(quinn::TokioRuntime),
     )
-    .map_err(|e| format!("UDP {}: {e}", l.address))
+    .map_err(|e| failed(false, &e))
 }
 
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for Http3Service {
     async fn start(&self, shutdown: ShutdownWatch) {
-        let mut tasks = Vec::new();
+        let mut running = Vec::new();
         let mut waiting = Vec::new();
         for (l, certs) in &self.listeners {
-            match bind(l.address) {
-                Ok(socket) => match endpoint(l, certs, socket) {
-                    Ok(e) => tasks.push((l.clone(), e)),
-                    Err(e) => {
-                        log::error!("HTTP/3 listener {e}");
-                        (self.report)(Err(format!("HTTP/3 listener {e}")));
-                        return;
-                    }
-                },
-                // Taking over from a running instance (`-u`): it keeps the UDP socket, and
-                // serves its QUIC connections, until its grace period ends.
-                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && self.upgrade => {
+            match open(l, certs) {
+                Ok(endpoint) => running.push(tokio::spawn(
+                    Listener::new(l.clone(), endpoint, self.parts.clone()).run(shutdown.clone()),
+                )),
+                // Taking over from a running instance (`-u`): it holds the UDP port until it
+                // has stopped taking QUIC connections and finished those it has.
+                Err(e) if e.in_use && self.upgrade => {
                     log::info!(
                         "HTTP/3 on {}: the old instance still holds the UDP port; bound when it lets go",
                         l.address
@@ -341,51 +355,35 @@ impl pingora::services::background::BackgroundService for Http3Service {
                     waiting.push((l.clone(), certs.clone()));
                 }
                 Err(e) => {
-                    let e = format!("UDP {}: {e}", l.address);
-                    log::error!("HTTP/3 listener {e}");
-                    (self.report)(Err(format!("HTTP/3 listener {e}")));
+                    log::error!("HTTP/3 listener {}", e.message);
+                    (self.report)(Err(format!("HTTP/3 listener {}", e.message)));
                     return;
                 }
             }
         }
         (self.report)(Ok(()));
-        let mut running = Vec::new();
-        for (l, endpoint) in tasks {
-            running.push(tokio::spawn(
-                self.listener(l, endpoint).run(shutdown.clone()),
-            ));
-        }
         for (l, certs) in waiting {
-            let (proxy, tracker, metrics) = (
-                self.proxy.clone(),
-                self.tracker.clone(),
-                self.metrics.clone(),
-            );
+            let parts = self.parts.clone();
             let mut shutdown = shutdown.clone();
-            let pending = async move {
+            running.push(tokio::spawn(async move {
                 loop {
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                         _ = shutdown.changed() => return,
                     }
-                    match bind(l.address)
-                        .map_err(|e| e.to_string())
-                        .and_then(|s| endpoint(&l, &certs, s))
-                    {
-                        Ok(e) => {
+                    match open(&l, &certs) {
+                        Ok(endpoint) => {
                             log::info!("HTTP/3 on {}: serving", l.address);
-                            let listener = Listener::new(l, e, proxy, tracker, metrics);
-                            return listener.run(shutdown).await;
+                            return Listener::new(l, endpoint, parts).run(shutdown).await;
                         }
-                        Err(e) if e.contains("in use") => {}
+                        Err(e) if e.in_use => {}
                         Err(e) => {
-                            log::error!("HTTP/3 listener {e}");
+                            log::error!("HTTP/3 listener {}", e.message);
                             return;
                         }
                     }
                 }
-            };
-            running.push(tokio::spawn(pending));
+            }));
         }
         for t in running {
             let _ = t.await;
@@ -393,41 +391,19 @@ impl pingora::services::background::BackgroundService for Http3Service {
     }
 }
 
-impl Http3Service {
-    fn listener(&self, l: QuicListener, endpoint: quinn::Endpoint) -> Listener {
-        Listener::new(
-            l,
-            endpoint,
-            self.proxy.clone(),
-            self.tracker.clone(),
-            self.metrics.clone(),
-        )
-    }
-}
-
 struct Listener {
     l: Arc<QuicListener>,
     endpoint: quinn::Endpoint,
-    proxy: Arc<HttpProxy<Proxy>>,
-    tracker: Arc<ConnectionTracker>,
-    metrics: Http3Metrics,
+    parts: Parts,
     handshakes: Arc<Handshakes>,
 }
 
 impl Listener {
-    fn new(
-        l: QuicListener,
-        endpoint: quinn::Endpoint,
-        proxy: Arc<HttpProxy<Proxy>>,
-        tracker: Arc<ConnectionTracker>,
-        metrics: Http3Metrics,
-    ) -> Listener {
+    fn new(l: QuicListener, endpoint: quinn::Endpoint, parts: Parts) -> Listener {
         Listener {
             l: Arc::new(l),
             endpoint,
-            proxy,
-            tracker,
-            metrics,
+            parts,
             handshakes: Arc::new(Handshakes::default()),
         }
     }
@@ -441,40 +417,34 @@ impl Listener {
             };
             let Some(incoming) = incoming else { break };
             let peer = incoming.remote_address();
-            let (mut admission, handshake) = admit(
+            let admission = admit(
                 &this.l,
                 &this.handshakes,
                 peer.ip(),
                 incoming.remote_address_validated(),
+                incoming.may_retry(),
             );
-            if admission == Admission::Retry && !incoming.may_retry() {
-                admission = Admission::RefusedBusy;
-            }
-            let slot = match admission {
-                Admission::Accept => match this.tracker.admit(Some(peer.ip())) {
-                    Some(slot) => Some(slot),
+            let mut outcome = admission.label();
+            match admission {
+                Admission::Accept(handshake) => match this.parts.tracker.admit(Some(peer.ip())) {
+                    Some(slot) => {
+                        let this = this.clone();
+                        let shutdown = shutdown.clone();
+                        tokio::spawn(async move {
+                            this.connection(incoming, handshake, slot, shutdown).await;
+                        });
+                    }
                     None => {
-                        this.count("refused_connections");
+                        outcome = "refused_connections";
                         incoming.refuse();
-                        continue;
                     }
                 },
-                _ => None,
-            };
-            this.count(admission.label());
-            match (admission, handshake, slot) {
-                (Admission::Accept, Some(handshake), Some(slot)) => {
-                    let this = this.clone();
-                    let shutdown = shutdown.clone();
-                    tokio::spawn(async move {
-                        this.connection(incoming, handshake, slot, shutdown).await;
-                    });
-                }
-                (Admission::Retry, ..) => {
+                Admission::Retry => {
                     let _ = incoming.retry();
                 }
-                _ => incoming.refuse(),
+                Admission::RefusedBusy | Admission::RefusedPerIp => incoming.refuse(),
             }
+            this.count(outcome);
         }
         // Stop taking connections; those open get GOAWAY from their own tasks and finish
         // what they have.
@@ -483,7 +453,11 @@ impl Listener {
     }
 
     fn count(&self, outcome: &str) {
-        self.metrics.connections.with_label_values(&[outcome]).inc();
+        self.parts
+            .metrics
+            .connections
+            .with_label_values(&[outcome])
+            .inc();
     }
 
     async fn connection(
@@ -637,8 +611,11 @@ impl Listener {
         shutdown: ShutdownWatch,
     ) {
         // `[limits] header_timeout`: the head must arrive this soon after the stream opens.
-        let resolved =
-            tokio::time::timeout(self.tracker.header_timeout(), resolver.resolve_request()).await;
+        let resolved = tokio::time::timeout(
+            self.parts.tracker.header_timeout(),
+            resolver.resolve_request(),
+        )
+        .await;
         let (req, mut stream) = match resolved {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
@@ -650,7 +627,7 @@ impl Listener {
                 return;
             }
         };
-        self.metrics.requests.inc();
+        self.parts.metrics.requests.inc();
         // Before the handshake completes, the request came in 0-RTT data, which an attacker
         // can replay. A safe method goes on at once, marked `Early-Data: 1` for the upstream
         // (which may answer 425 Too Early: relayed, and the client retries after the
@@ -658,7 +635,7 @@ impl Listener {
         // replayed flight never completes.
         if early && !session::safe_early(req.method()) {
             let waited = tokio::time::timeout(
-                self.tracker.header_timeout(),
+                self.parts.tracker.header_timeout(),
                 confirmed.wait_for(|done| *done),
             )
             .await;
@@ -679,6 +656,6 @@ impl Listener {
         let session = H3Session::new(head, stream, conn);
         let session = ServerSession::new_custom(Box::new(session));
         use pingora::apps::HttpServerApp;
-        let _ = self.proxy.process_new_http(session, &shutdown).await;
+        let _ = self.parts.proxy.process_new_http(session, &shutdown).await;
     }
 }

@@ -437,10 +437,10 @@ impl GatewayPolicy {
     pub(crate) fn normalize_for(&self, local: Option<SocketAddr>) -> normalize::Options {
         let mut opts = self.normalize;
         if let Some(local) = local {
-            let listener = self.listener_underscores.iter().find(|(addr, _)| {
-                addr.port() == local.port()
-                    && (addr.ip() == local.ip() || addr.ip().is_unspecified())
-            });
+            let listener = self
+                .listener_underscores
+                .iter()
+                .find(|(addr, _)| crate::connection::arrived_on(addr, local));
             if let Some((_, u)) = listener {
                 opts.underscores = *u;
             }

@@ -483,7 +483,7 @@ fn h2c_on_a_tls_listener_fails_the_check() {
 }
 
 /// A length-prefixed gRPC frame of `msg`.
-fn frame(flag: u8, msg: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(flag: u8, msg: &[u8]) -> Vec<u8> {
     let mut out = vec![flag];
     out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
     out.extend_from_slice(msg);
@@ -491,7 +491,7 @@ fn frame(flag: u8, msg: &[u8]) -> Vec<u8> {
 }
 
 /// The frames of a gRPC-Web body: (flag, payload).
-fn frames(mut body: &[u8]) -> Vec<(u8, Vec<u8>)> {
+pub(crate) fn frames(mut body: &[u8]) -> Vec<(u8, Vec<u8>)> {
     let mut out = Vec::new();
     while body.len() >= 5 {
         let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;

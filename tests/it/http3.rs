@@ -123,22 +123,6 @@ fn start(pki: &Pki, quic: &str, rest: &str) -> Gateway {
     gw
 }
 
-/// One echo upstream `app` behind a catch-all route `app`, plus `extra` TOML.
-fn app_routes(backend: &Backend, extra: &str) -> String {
-    format!(
-        r#"
-[upstreams.app]
-targets = [{{ address = "{}" }}]
-{extra}
-[[routes]]
-name = "app"
-path_prefix = "/"
-upstream = "app"
-"#,
-        backend.addr
-    )
-}
-
 /// The `app` upstream (`backend`) and one route to it under `prefix`.
 fn app_at(backend: &Backend, prefix: &str) -> String {
     format!(
@@ -219,20 +203,6 @@ fn pattern(n: usize) -> Vec<u8> {
         .collect()
 }
 
-/// The sum of every sample of metric `name` (0 when there is none).
-fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let rest = series.strip_prefix(name)?;
-            (rest.is_empty() || rest.starts_with('{'))
-                .then(|| value.parse::<f64>().ok())
-                .flatten()
-        })
-        .sum()
-}
-
 /// `tollgate_quic_connections_total{outcome}`, 0 when not there yet.
 fn quic_outcome(gw: &Gateway, outcome: &str) -> f64 {
     metric(
@@ -272,7 +242,7 @@ fn rss_kib(pid: u32) -> u64 {
 fn get_over_http3_reaches_the_upstream_with_host_and_forwarded_proto() {
     let pki = Pki::new();
     let backend = Backend::echo("app");
-    let gw = start(&pki, "", &app_routes(&backend, ""));
+    let gw = start(&pki, "", &app_at(&backend, "/"));
     let result = h3(
         &gw,
         &job(&gw, &pki, json!([{"method": "GET", "path": "/hello?x=1"}])),
@@ -304,7 +274,7 @@ fn post_bodies_reach_the_upstream_whole() {
     let pki = Pki::new();
     // Answers with the length only, so the answer stays small.
     let backend = Backend::start("app", |r| Reply::status(200).body(r.body.len().to_string()));
-    let gw = start(&pki, "", &app_routes(&backend, ""));
+    let gw = start(&pki, "", &app_at(&backend, "/"));
     const BIG: usize = 5 * 1024 * 1024;
     const STREAMED: usize = 1024 * 1024 + 7;
     let result = h3(
@@ -499,11 +469,7 @@ ttl = "60s"
 fn hundred_concurrent_streams_on_one_connection_all_answer_200() {
     let pki = Pki::new();
     let backend = Backend::echo("app");
-    let gw = start(
-        &pki,
-        "max_concurrent_streams = 100",
-        &app_routes(&backend, ""),
-    );
+    let gw = start(&pki, "max_concurrent_streams = 100", &app_at(&backend, "/"));
     let requests: Vec<Value> = (0..100)
         .map(|i| json!({"path": format!("/s/{i}")}))
         .collect();
@@ -536,11 +502,7 @@ fn more_requests_than_max_concurrent_streams_wait_for_stream_credit() {
             .body(r.path.clone())
             .delay(Duration::from_millis(50))
     });
-    let gw = start(
-        &pki,
-        "max_concurrent_streams = 10",
-        &app_routes(&backend, ""),
-    );
+    let gw = start(&pki, "max_concurrent_streams = 10", &app_at(&backend, "/"));
     let requests: Vec<Value> = (0..50)
         .map(|i| json!({"path": format!("/w/{i}")}))
         .collect();
@@ -558,7 +520,7 @@ fn more_requests_than_max_concurrent_streams_wait_for_stream_credit() {
 fn client_moving_to_another_port_keeps_its_connection() {
     let pki = Pki::new();
     let backend = Backend::echo("app");
-    let gw = start(&pki, "", &app_routes(&backend, ""));
+    let gw = start(&pki, "", &app_at(&backend, "/"));
     let requests: Vec<Value> = (0..6).map(|i| json!({"path": format!("/m/{i}")})).collect();
     let mut j = job(&gw, &pki, json!(requests));
     j["migrate_after"] = json!(3);
@@ -632,7 +594,7 @@ fn alt_svc_advertises_http3_over_tcp_and_http3() {
 fn access_log_and_metrics_count_http3_requests() {
     let pki = Pki::new();
     let backend = Backend::echo("app");
-    let gw = start(&pki, "", &app_routes(&backend, ""));
+    let gw = start(&pki, "", &app_at(&backend, "/"));
     let requests: Vec<Value> = (0..3)
         .map(|i| json!({"path": format!("/logged/{i}"), "headers": [["x-request-id", format!("h3-log-{i}")]]}))
         .collect();
@@ -657,13 +619,13 @@ fn access_log_and_metrics_count_http3_requests() {
     assert_ne!(line["protocol"], "HTTP/3", "{line}");
     let counted = wait_for(Duration::from_secs(10), || {
         let m = gw.metrics();
-        (metric_sum(&m, "tollgate_http3_requests_total") == 3.0).then_some(m)
+        (metric(&m, "tollgate_http3_requests_total", &[]).unwrap_or(0.0) == 3.0).then_some(m)
     });
     let m = gw.metrics();
     assert!(
         counted.is_some(),
         "tollgate_http3_requests_total is {} (want 3):\n{m}",
-        metric_sum(&m, "tollgate_http3_requests_total")
+        metric(&m, "tollgate_http3_requests_total", &[]).unwrap_or(0.0)
     );
     assert_eq!(
         metric(
@@ -680,7 +642,7 @@ fn access_log_and_metrics_count_http3_requests() {
 fn retry_above_zero_makes_every_client_prove_its_address() {
     let pki = Pki::new();
     let backend = Backend::echo("app");
-    let gw = start(&pki, "retry_above = 0", &app_routes(&backend, ""));
+    let gw = start(&pki, "retry_above = 0", &app_at(&backend, "/"));
     let result = h3(&gw, &job(&gw, &pki, json!([{"path": "/r"}])));
     assert_eq!(result["retry"], true, "aioquic saw a Retry: {result}");
     assert_eq!(status(&result, 0), 200, "{result}");
@@ -732,7 +694,7 @@ fn handshakes_per_ip_are_capped_and_freed_by_the_idle_timeout() {
     let gw = start(
         &pki,
         "max_handshakes_per_ip = 2\nidle_timeout = \"3s\"",
-        &app_routes(&backend, ""),
+        &app_at(&backend, "/"),
     );
     // A handshake that completes gives its slot back: more clients in a row than the cap.
     for i in 0..4 {
@@ -779,7 +741,7 @@ fn handshakes_in_all_are_capped() {
     let gw = start(
         &pki,
         "max_handshakes = 3\nmax_handshakes_per_ip = 100\nidle_timeout = \"3s\"",
-        &app_routes(&backend, ""),
+        &app_at(&backend, "/"),
     );
     let report = flood(&gw, 10, 10, 2.0);
     assert!(
@@ -807,7 +769,7 @@ fn handshakes_in_all_are_capped() {
 fn above_retry_above_new_clients_prove_their_address_and_get_in() {
     let pki = Pki::new();
     let backend = Backend::echo("app");
-    let gw = start(&pki, "retry_above = 2", &app_routes(&backend, ""));
+    let gw = start(&pki, "retry_above = 2", &app_at(&backend, "/"));
     let report = flood(&gw, 10, 10, 2.0);
     assert!(
         report["handshake"].as_u64().unwrap() <= 2,
@@ -825,7 +787,7 @@ fn above_retry_above_new_clients_prove_their_address_and_get_in() {
 fn initial_flood_with_retry_gets_retries_and_the_gateway_keeps_serving() {
     let pki = Pki::new();
     let backend = Backend::echo("app");
-    let mut gw = start(&pki, "retry_above = 0", &app_routes(&backend, ""));
+    let mut gw = start(&pki, "retry_above = 0", &app_at(&backend, "/"));
     // One served request first, so that what serving takes is in the baseline.
     let warm = h3(&gw, &job(&gw, &pki, json!([{"path": "/warm"}])));
     assert_eq!(status(&warm, 0), 200, "{warm}");
@@ -862,7 +824,7 @@ fn initial_flood_with_retry_gets_retries_and_the_gateway_keeps_serving() {
 fn zero_rtt_serves_safe_methods_early_and_never_others() {
     let pki = Pki::new();
     let backend = Backend::echo("app");
-    let gw = start(&pki, "early_data = true", &app_routes(&backend, ""));
+    let gw = start(&pki, "early_data = true", &app_at(&backend, "/"));
     let tickets = tempfile::tempdir().unwrap();
     let ticket = |n: u32| {
         tickets
@@ -943,7 +905,7 @@ fn zero_rtt_serves_safe_methods_early_and_never_others() {
 fn requests_after_a_full_handshake_are_never_early() {
     let pki = Pki::new();
     let backend = Backend::echo("app");
-    let gw = start(&pki, "early_data = true", &app_routes(&backend, ""));
+    let gw = start(&pki, "early_data = true", &app_at(&backend, "/"));
     for n in 0..6 {
         let mut j = job(
             &gw,
@@ -984,7 +946,7 @@ fn requests_after_a_full_handshake_are_never_early() {
 fn without_early_data_a_resumed_client_sends_nothing_early() {
     let pki = Pki::new();
     let backend = Backend::echo("app");
-    let gw = start(&pki, "", &app_routes(&backend, ""));
+    let gw = start(&pki, "", &app_at(&backend, "/"));
     let tickets = tempfile::tempdir().unwrap();
     let ticket = tickets.path().join("t.pkl").display().to_string();
     let mut j = job(&gw, &pki, json!([{"path": "/first"}]));
@@ -1014,7 +976,7 @@ fn oversized_request_headers_are_refused_and_the_connection_goes_on() {
     let gw = start(
         &pki,
         "max_header_list_size = \"1KiB\"",
-        &app_routes(&backend, ""),
+        &app_at(&backend, "/"),
     );
     let big = "b".repeat(4096);
     let result = h3(
@@ -1062,7 +1024,7 @@ fn quic_without_tls_is_a_config_error() {
 fn niquests_speaks_http3_to_the_gateway() {
     let pki = Pki::new();
     let backend = Backend::echo("app");
-    let gw = start(&pki, "", &app_routes(&backend, ""));
+    let gw = start(&pki, "", &app_at(&backend, "/"));
     let run = |preseed: bool, count: u32| -> Vec<Value> {
         let out = python(
             H3_NIQUESTS,
@@ -1195,7 +1157,11 @@ fn a_reload_keeps_open_quic_connections_and_the_next_request_sees_the_new_routes
         1.0,
         "no second connection: {m}"
     );
-    assert_eq!(metric_sum(&m, "tollgate_http3_requests_total"), 2.0, "{m}");
+    assert_eq!(
+        metric(&m, "tollgate_http3_requests_total", &[]).unwrap_or(0.0),
+        2.0,
+        "{m}"
+    );
 
     // The next new connection gets the renewed certificate.
     let fresh = h3(&gw, &job(&gw, &pki, json!([{"path": "/added/fresh"}])));
@@ -1356,26 +1322,6 @@ body = "{version}"
     }
 }
 
-/// A length-prefixed gRPC frame of `msg`.
-fn grpc_frame(flag: u8, msg: &[u8]) -> Vec<u8> {
-    let mut out = vec![flag];
-    out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-    out.extend_from_slice(msg);
-    out
-}
-
-/// The frames of a gRPC-Web body: (flag, payload).
-fn grpc_frames(mut body: &[u8]) -> Vec<(u8, Vec<u8>)> {
-    let mut out = Vec::new();
-    while body.len() >= 5 {
-        let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
-        out.push((body[0], body[5..5 + len].to_vec()));
-        body = &body[5 + len..];
-    }
-    assert!(body.is_empty(), "trailing bytes");
-    out
-}
-
 #[test]
 fn grpc_web_over_http3_reaches_a_grpc_upstream() {
     use base64::Engine;
@@ -1417,7 +1363,7 @@ grpc_web = true
         ("/tollgate.test.Echo/Unary", &unary),
         ("/tollgate.test.Echo/ServerStream", &stream),
     ] {
-        let body = grpc_frame(0, &req.encode_to_vec());
+        let body = crate::grpc::frame(0, &req.encode_to_vec());
         for text in [false, true] {
             let (ct, body) = if text {
                 ("application/grpc-web-text", b64.encode(b64.encode(&body)))
@@ -1455,7 +1401,7 @@ grpc_web = true
         if text {
             body = b64.decode(body).unwrap();
         }
-        let frames = grpc_frames(&body);
+        let frames = crate::grpc::frames(&body);
         assert_eq!(
             frames.len(),
             want_messages.len() + 1,
@@ -1707,7 +1653,7 @@ fn every_route_of_the_example_config_answers_over_http3_as_over_tcp() {
 fn a_host_header_that_disagrees_with_the_authority_is_refused() {
     let pki = Pki::new();
     let backend = Backend::echo("app");
-    let gw = start(&pki, "", &app_routes(&backend, ""));
+    let gw = start(&pki, "", &app_at(&backend, "/"));
     let result = h3(
         &gw,
         &job(
