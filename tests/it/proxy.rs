@@ -319,3 +319,27 @@ fn reusing_an_upstream_connection_made_a_getpeername_per_request() {
     // Without a digest the kernel is asked, and an invalid descriptor matches nothing.
     assert!(!stream_matches_peer(&peer, None, -1));
 }
+
+/// Regression (issue 36): vendored pingora-core listed `tokio-test` as a normal dependency
+/// (for its mock stream), which turned on tokio's `test-util` feature in the gateway's own
+/// build: every `Instant::now` of tokio's timers then went through a mutex-guarded clock
+/// that can be paused. The mock is behind pingora-core's `mock-io` feature now, which no
+/// build of the gateway enables.
+#[test]
+fn tokio_test_util_was_linked_into_the_gateway() {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["tree", "--locked", "--offline", "-e", "normal,features"])
+        .args(["-i", "tokio", "--prefix", "none"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo tree");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tree = String::from_utf8_lossy(&out.stdout);
+    assert!(tree.contains("tokio feature \"time\""), "{tree}");
+    assert!(!tree.contains("test-util"), "{tree}");
+    assert!(!tree.contains("tokio-test"), "{tree}");
+}

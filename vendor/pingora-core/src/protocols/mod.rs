@@ -161,34 +161,42 @@ pub type Stream = Box<dyn IO>;
 // Implement IO trait for 3rd party types, mostly for testing
 mod ext_io_impl {
     use super::*;
+    #[cfg(any(test, feature = "mock-io"))]
     use tokio_test::io::Mock;
 
+    #[cfg(any(test, feature = "mock-io"))]
     #[async_trait]
     impl Shutdown for Mock {
         async fn shutdown(&mut self) -> () {}
     }
+    #[cfg(any(test, feature = "mock-io"))]
     impl UniqueID for Mock {
         fn id(&self) -> UniqueIDType {
             0
         }
     }
+    #[cfg(any(test, feature = "mock-io"))]
     impl Ssl for Mock {}
+    #[cfg(any(test, feature = "mock-io"))]
     impl GetTimingDigest for Mock {
         fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
             vec![]
         }
     }
+    #[cfg(any(test, feature = "mock-io"))]
     impl GetProxyDigest for Mock {
         fn get_proxy_digest(&self) -> Option<Arc<raw_connect::ProxyDigest>> {
             None
         }
     }
+    #[cfg(any(test, feature = "mock-io"))]
     impl GetSocketDigest for Mock {
         fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
             None
         }
     }
 
+    #[cfg(any(test, feature = "mock-io"))]
     impl Peek for Mock {}
 
     use std::io::Cursor;
