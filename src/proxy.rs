@@ -28,6 +28,12 @@ pub(crate) struct Ctx {
     req: RequestState,
 }
 
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        self.gw.release(&self.req);
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Proxy {
     type CTX = Ctx;

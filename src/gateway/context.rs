@@ -55,8 +55,8 @@ pub(super) struct Client {
     pub(super) ip: Option<IpAddr>,
     /// The peer is a trusted proxy (its `X-Forwarded-For` is extended, not replaced).
     pub(super) trusted_peer: bool,
-    /// Counts this request in `requests_in_flight` until dropped.
-    pub(super) inflight: Option<GaugeGuard>,
+    /// Counted in `requests_in_flight` (by `begin`), until [`Gateway::release`].
+    pub(super) inflight: bool,
 }
 
 impl Default for Client {
@@ -66,7 +66,7 @@ impl Default for Client {
             request_id: forward::RequestId::default(),
             ip: None,
             trusted_peer: false,
-            inflight: None,
+            inflight: false,
         }
     }
 }
@@ -256,6 +256,15 @@ impl Drop for GaugeGuard {
 }
 
 impl Gateway {
+    /// The request's context is going away (`proxy::Ctx`'s drop, whatever way the request
+    /// ended): it leaves `requests_in_flight`. The gauge is per-thread sharded and the
+    /// generation is already held, so this writes no shared cache line and clones nothing.
+    pub(crate) fn release(&self, ctx: &Ctx) {
+        if ctx.client.inflight {
+            self.metrics.inflight.dec();
+        }
+    }
+
     /// Who the client is: the peer, or the address a trusted proxy put in `X-Forwarded-For`.
     pub(super) fn identify_client(&self, peer: Option<IpAddr>, req: &RequestHeader, ctx: &mut Ctx) {
         let trusted = &self.policy.trusted_proxies;
@@ -280,7 +289,8 @@ impl Gateway {
             session.set_keepalive(Some(self.policy.keepalive_secs));
         }
         session.set_pipelining_enabled(true);
-        ctx.client.inflight = Some(GaugeGuard::new(&self.metrics.inflight));
+        self.metrics.inflight.inc();
+        ctx.client.inflight = true;
         ctx.client.request_id =
             forward::RequestId::read(session.req_header(), self.request_id_header);
         ctx.trace = self

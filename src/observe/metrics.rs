@@ -9,14 +9,14 @@
 //! Series of routes, groups and targets the serving generation no longer has are removed at
 //! the next scrape.
 
+use super::shard::{self, CounterVec, Family, HistogramVec, Series};
 use crate::cache::{ResponseCache, Verdict};
 use prometheus::core::{MetricVec, MetricVecBuilder};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::collections::{HashMap, HashSet};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// The `method` label values; anything else is `OTHER`.
@@ -36,20 +36,21 @@ const METHODS: [http::Method; 9] = [
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// A route's metric handles, resolved on first use: the common requests skip the label
-/// hashing and registry lock of `with_label_values`.
+/// hashing and the family's lock of `with_label_values`. Every one is a per-thread sharded
+/// series ([`shard`]): recording a request writes no cache line another worker writes.
 #[derive(Default)]
 pub(crate) struct RouteStats {
     /// `request_duration_seconds`, by status class.
-    duration: [OnceLock<Histogram>; STATUS_CLASSES.len()],
-    upstream_duration: OnceLock<Histogram>,
+    duration: [OnceLock<Arc<shard::Histogram>>; STATUS_CLASSES.len()],
+    upstream_duration: OnceLock<Arc<shard::Histogram>>,
     /// `upstream_responses_total` with status 200 (a route has one upstream group).
-    upstream_ok: OnceLock<IntCounter>,
-    request_bytes: OnceLock<IntCounter>,
-    response_bytes: OnceLock<IntCounter>,
+    upstream_ok: OnceLock<Arc<shard::Counter>>,
+    request_bytes: OnceLock<Arc<shard::Counter>>,
+    response_bytes: OnceLock<Arc<shard::Counter>>,
     /// `requests_total` with status 200, by index in [`METHODS`].
-    ok: [OnceLock<IntCounter>; METHODS.len()],
+    ok: [OnceLock<Arc<shard::Counter>>; METHODS.len()],
     /// `cache_requests_total`, by [`Verdict`].
-    cache: [OnceLock<IntCounter>; Verdict::ALL.len()],
+    cache: [OnceLock<Arc<shard::Counter>>; Verdict::ALL.len()],
 }
 
 /// What [`Metrics::record`] counts for one request.
@@ -68,15 +69,15 @@ pub(crate) struct Served<'a> {
     pub cache: Option<Verdict>,
 }
 
-/// The handle in `cell` (resolved from `vec` on first use), or `vec`'s without a cell.
-fn handle<'a, M: prometheus::core::Metric + Clone>(
-    cell: Option<&'a OnceLock<M>>,
-    vec: &prometheus::core::MetricVec<impl prometheus::core::MetricVecBuilder<M = M>>,
+/// The series in `cell` (resolved from `family` on first use), or `family`'s without a cell.
+fn handle<'a, S: Series>(
+    cell: Option<&'a OnceLock<Arc<S>>>,
+    family: &Family<S>,
     labels: &[&str],
-) -> std::borrow::Cow<'a, M> {
+) -> std::borrow::Cow<'a, Arc<S>> {
     match cell {
-        Some(c) => std::borrow::Cow::Borrowed(c.get_or_init(|| vec.with_label_values(labels))),
-        None => std::borrow::Cow::Owned(vec.with_label_values(labels)),
+        Some(c) => std::borrow::Cow::Borrowed(c.get_or_init(|| family.with_label_values(labels))),
+        None => std::borrow::Cow::Owned(family.with_label_values(labels)),
     }
 }
 
@@ -116,21 +117,22 @@ pub(crate) struct Metrics {
     /// `process_*`: CPU, memory, file descriptors, threads, start time.
     process: Registry,
     /// `upstream_responses_total{upstream, status}`.
-    upstream_responses: IntCounterVec,
+    upstream_responses: CounterVec,
     /// `request_bytes_total{route}`, `response_bytes_total{route}`: body bytes.
-    request_bytes: IntCounterVec,
-    response_bytes: IntCounterVec,
+    request_bytes: CounterVec,
+    response_bytes: CounterVec,
     /// `tls_certificate_expiry_timestamp_seconds{name}`, rebuilt at each scrape.
     cert_expiry: IntGaugeVec,
     /// `tracing_spans_dropped_total`: spans not exported because the queue was full.
     pub tracing_spans_dropped: IntCounter,
-    pub requests: IntCounterVec,
-    pub duration: HistogramVec,
-    pub upstream_duration: HistogramVec,
+    requests: CounterVec,
+    duration: HistogramVec,
+    upstream_duration: HistogramVec,
     pub target_healthy: IntGaugeVec,
     /// `upstream_target_drained{upstream,target}`: 1 while the operator drains the target.
     target_drained: IntGaugeVec,
-    pub inflight: IntGauge,
+    /// `requests_in_flight`: raised in `begin`, lowered when the request's context drops.
+    pub inflight: Arc<shard::Gauge>,
     pub connections: IntGauge,
     pub retries: IntCounterVec,
     pub access_log_dropped: IntCounter,
@@ -165,7 +167,7 @@ pub(crate) struct Metrics {
     cache_shared: crate::cache::shared::SharedMetrics,
     /// `rate_limit_sync_degraded`, `rate_limit_sync_replicas`, `rate_limit_sync_failures_total`.
     rate_limit_sync: crate::policy::fleet::FleetMetrics,
-    cache_requests: IntCounterVec,
+    cache_requests: CounterVec,
     cache_size: IntGauge,
     cache_entries: IntGauge,
     cache_evictions: IntCounter,
@@ -200,22 +202,19 @@ impl Metrics {
             ])
             .set(1);
         registry.register(Box::new(build_info))?;
-        let upstream_responses = IntCounterVec::new(
-            Opts::new(
-                "upstream_responses_total",
-                "Responses from upstream groups, by group and status code (retried attempts included)",
-            ),
+        let upstream_responses = CounterVec::counter(
+            "upstream_responses_total",
+            "Responses from upstream groups, by group and status code (retried attempts included)",
             &["upstream", "status"],
         )?;
-        let request_bytes = IntCounterVec::new(
-            Opts::new(
-                "request_bytes_total",
-                "Request body bytes received, by route",
-            ),
+        let request_bytes = CounterVec::counter(
+            "request_bytes_total",
+            "Request body bytes received, by route",
             &["route"],
         )?;
-        let response_bytes = IntCounterVec::new(
-            Opts::new("response_bytes_total", "Response body bytes sent, by route"),
+        let response_bytes = CounterVec::counter(
+            "response_bytes_total",
+            "Response body bytes sent, by route",
             &["route"],
         )?;
         let cert_expiry = IntGaugeVec::new(
@@ -234,28 +233,22 @@ impl Metrics {
         registry.register(Box::new(response_bytes.clone()))?;
         registry.register(Box::new(cert_expiry.clone()))?;
         registry.register(Box::new(tracing_spans_dropped.clone()))?;
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "requests_total",
-                "Requests answered, by route, method and status code",
-            ),
+        let requests = CounterVec::counter(
+            "requests_total",
+            "Requests answered, by route, method and status code",
             &["route", "method", "status"],
         )?;
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "request_duration_seconds",
-                "Time from request start to the end of the response, by route and status class",
-            )
-            .buckets(DURATION_BUCKETS.to_vec()),
+        let duration = HistogramVec::histogram(
+            "request_duration_seconds",
+            "Time from request start to the end of the response, by route and status class",
             &["route", "status_class"],
+            DURATION_BUCKETS,
         )?;
-        let upstream_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "upstream_duration_seconds",
-                "Time from sending the request upstream to the end of its response, by upstream group",
-            )
-            .buckets(DURATION_BUCKETS.to_vec()),
+        let upstream_duration = HistogramVec::histogram(
+            "upstream_duration_seconds",
+            "Time from sending the request upstream to the end of its response, by upstream group",
             &["upstream"],
+            DURATION_BUCKETS,
         )?;
         let target_healthy = IntGaugeVec::new(
             Opts::new(
@@ -292,7 +285,10 @@ impl Metrics {
             ),
             &["upstream"],
         )?;
-        let inflight = IntGauge::new("requests_in_flight", "Requests being handled now")?;
+        let inflight_family =
+            Family::<shard::Gauge>::gauge("requests_in_flight", "Requests being handled now")?;
+        let inflight = inflight_family.with_label_values(&[]);
+        registry.register(Box::new(inflight_family))?;
         let connections = IntGauge::new("downstream_connections", "Open client connections")?;
         let retries = IntCounterVec::new(
             Opts::new(
@@ -383,11 +379,9 @@ impl Metrics {
             "rate_limit_redis_errors_total",
             "Redis rate-limit calls that failed or timed out (the failure policy then applied)",
         )?;
-        let cache_requests = IntCounterVec::new(
-            Opts::new(
-                "cache_requests_total",
-                "Requests on caching routes, by route and result (hit, miss, bypass, stale)",
-            ),
+        let cache_requests = CounterVec::counter(
+            "cache_requests_total",
+            "Requests on caching routes, by route and result (hit, miss, bypass, stale)",
             &["route", "result"],
         )?;
         let cache_size = IntGauge::new(
@@ -453,7 +447,6 @@ impl Metrics {
         registry.register(Box::new(upstream_duration.clone()))?;
         registry.register(Box::new(target_healthy.clone()))?;
         registry.register(Box::new(target_drained.clone()))?;
-        registry.register(Box::new(inflight.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(access_log_dropped.clone()))?;
@@ -664,20 +657,20 @@ impl Metrics {
         }
         let mut routes: HashSet<&str> = scrape.routes.iter().copied().collect();
         routes.insert(NO_ROUTE);
-        prune(&self.requests, "route", &routes);
-        prune(&self.duration, "route", &routes);
+        self.requests.retain("route", &routes);
+        self.duration.retain("route", &routes);
         prune(&self.retries, "route", &routes);
         prune(&self.retries_skipped, "route", &routes);
         prune(&self.auth_failures, "route", &routes);
         prune(&self.rate_limited, "route", &routes);
         prune(&self.shadow_refusals, "route", &routes);
         prune(&self.reasons, "route", &routes);
-        prune(&self.cache_requests, "route", &routes);
-        prune(&self.request_bytes, "route", &routes);
-        prune(&self.response_bytes, "route", &routes);
+        self.cache_requests.retain("route", &routes);
+        self.request_bytes.retain("route", &routes);
+        self.response_bytes.retain("route", &routes);
         let groups: HashSet<&str> = scrape.groups.iter().map(|g| g.group).collect();
-        prune(&self.upstream_duration, "upstream", &groups);
-        prune(&self.upstream_responses, "upstream", &groups);
+        self.upstream_duration.retain("upstream", &groups);
+        self.upstream_responses.retain("upstream", &groups);
 
         let mut out = Vec::with_capacity(8 * 1024);
         let mut families = self.process.gather();

@@ -5,4 +5,5 @@
 pub(crate) mod access_log;
 pub(crate) mod log;
 pub(crate) mod metrics;
+pub(crate) mod shard;
 pub(crate) mod trace;

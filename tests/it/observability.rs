@@ -758,3 +758,98 @@ upstream = "app"
         );
     }
 }
+
+/// The request metrics are kept per worker thread and added up at each scrape: requests
+/// spread over two worker threads and many connections are each counted once, in every
+/// family, and a histogram's `_count` is its `+Inf` bucket.
+#[test]
+fn counts_recorded_on_every_worker_thread_add_up_exactly() {
+    let a = Backend::echo("a");
+    let gw = Gateway::start(&app_route(&a));
+    let url = gw.url("/x");
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                // A client of its own: a connection of its own, on whichever worker takes it.
+                let c = client();
+                for _ in 0..25 {
+                    let r = c.post(&url).body("abcd").send().unwrap();
+                    assert_eq!(r.status(), 200);
+                }
+            });
+        }
+    });
+    let route = [("route", "app")];
+    let text = wait_for(Duration::from_secs(5), || {
+        let t = gw.metrics();
+        let n = metric(
+            &t,
+            "tollgate_requests_total",
+            &[("route", "app"), ("status", "200")],
+        );
+        (n == Some(200.0)).then_some(t)
+    })
+    .unwrap_or_else(|| panic!("not 200 requests counted:\n{}", gw.metrics()));
+    let count = metric(&text, "tollgate_request_duration_seconds_count", &route).unwrap();
+    let inf = metric(
+        &text,
+        "tollgate_request_duration_seconds_bucket",
+        &[("route", "app"), ("le", "+Inf")],
+    );
+    assert_eq!(count, 200.0);
+    assert_eq!(inf, Some(200.0));
+    assert!(metric(&text, "tollgate_request_duration_seconds_sum", &route).unwrap() > 0.0);
+    assert_eq!(
+        metric(&text, "tollgate_request_bytes_total", &route),
+        Some(800.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "tollgate_upstream_duration_seconds_count",
+            &[("upstream", "app")]
+        ),
+        Some(200.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "tollgate_upstream_responses_total",
+            &[("upstream", "app"), ("status", "200")]
+        ),
+        Some(200.0)
+    );
+}
+
+/// `requests_in_flight` counts requests from their start to their end, whichever way they
+/// end: answered, or the client gone while the upstream still works. It is raised and
+/// lowered per worker thread and added up at the scrape, so it must come back to 0.
+#[test]
+fn requests_in_flight_rises_while_requests_wait_and_returns_to_zero() {
+    let slow = Backend::start("slow", |_| {
+        Reply::status(200)
+            .body("done")
+            .delay(Duration::from_millis(1500))
+    });
+    let gw = Gateway::start(&app_route(&slow));
+    let in_flight = |gw: &Gateway| metric(&gw.metrics(), "tollgate_requests_in_flight", &[]);
+    assert_eq!(in_flight(&gw), Some(0.0));
+    let url = gw.url("/wait");
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| assert_eq!(client().get(&url).send().unwrap().status(), 200));
+        }
+        // A fifth client sends its request and goes away before the answer.
+        let mut gone = std::net::TcpStream::connect(gw.addr).unwrap();
+        std::io::Write::write_all(&mut gone, b"GET /gone HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        wait_for(Duration::from_secs(5), || {
+            (in_flight(&gw) == Some(5.0)).then_some(())
+        })
+        .unwrap_or_else(|| panic!("in flight: {:?}", in_flight(&gw)));
+        drop(gone);
+    });
+    wait_for(Duration::from_secs(10), || {
+        (in_flight(&gw) == Some(0.0)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("in flight after the end: {:?}", in_flight(&gw)));
+}
