@@ -28,10 +28,12 @@ use pingora::services::background::BackgroundService;
 use select::{Policy, Selector};
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
+use crossbeam_utils::CachePadded;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use target::TargetSpec;
+use thread_local::ThreadLocal;
 
 pub(crate) use crate::config::types::HashOn;
 
@@ -148,14 +150,19 @@ impl Drop for InflightGuard {
 
 /// Caps retries to a share of requests, so that retries cannot multiply load during an
 /// outage: per one-second window, `max(min_per_second, ratio * requests)`.
+///
+/// Every proxied request is counted, so requests are counted per worker thread, each on a
+/// cache line of its own written with a plain store (as `observe::shard` does for metrics),
+/// and added up only when a retry asks. Retries, rare, share one counter.
 #[derive(Debug)]
 pub(crate) struct RetryBudget {
     ratio: f64,
     min_per_second: u64,
     epoch: Instant,
-    /// Second of the current window, requests and retries counted in it.
+    /// Per thread: the second of its window (high 32 bits) and its requests in it (low 32).
+    requests: ThreadLocal<CachePadded<AtomicU64>>,
+    /// Second of the retries' window, and the retries taken in it.
     window: AtomicU64,
-    requests: AtomicU64,
     retries: AtomicU64,
 }
 
@@ -165,14 +172,42 @@ impl RetryBudget {
             ratio,
             min_per_second,
             epoch: Instant::now(),
+            requests: ThreadLocal::new(),
             window: AtomicU64::new(0),
-            requests: AtomicU64::new(0),
             retries: AtomicU64::new(0),
         }
     }
 
-    fn roll(&self) {
-        let now = self.epoch.elapsed().as_secs();
+    fn second(&self) -> u64 {
+        self.epoch.elapsed().as_secs() & u64::from(u32::MAX)
+    }
+
+    pub(crate) fn note_request(&self) {
+        let now = self.second();
+        let mine = self.requests.get_or_default();
+        // Only this thread writes its word: a load and a store, no locked instruction.
+        let packed = mine.load(Ordering::Relaxed);
+        let next = if packed >> 32 == now {
+            packed + u64::from((packed as u32) < u32::MAX)
+        } else {
+            (now << 32) | 1
+        };
+        mine.store(next, Ordering::Relaxed);
+    }
+
+    /// Requests counted in the current second, over every thread.
+    fn requests_now(&self, now: u64) -> u64 {
+        self.requests
+            .iter()
+            .map(|w| w.load(Ordering::Relaxed))
+            .filter(|packed| packed >> 32 == now)
+            .map(|packed| packed & u64::from(u32::MAX))
+            .sum()
+    }
+
+    /// Take one retry from the budget, if any is left.
+    pub(crate) fn try_retry(&self) -> bool {
+        let now = self.second();
         let w = self.window.load(Ordering::Acquire);
         if now != w
             && self
@@ -180,20 +215,9 @@ impl RetryBudget {
                 .compare_exchange(w, now, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
-            self.requests.store(0, Ordering::Release);
             self.retries.store(0, Ordering::Release);
         }
-    }
-
-    pub(crate) fn note_request(&self) {
-        self.roll();
-        self.requests.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Take one retry from the budget, if any is left.
-    pub(crate) fn try_retry(&self) -> bool {
-        self.roll();
-        let allowed = ((self.requests.load(Ordering::Relaxed) as f64) * self.ratio) as u64;
+        let allowed = ((self.requests_now(now) as f64) * self.ratio) as u64;
         let allowed = allowed.max(self.min_per_second);
         let taken = self.retries.fetch_add(1, Ordering::AcqRel);
         if taken >= allowed {
@@ -1016,6 +1040,29 @@ fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    /// Requests are counted per thread; a retry's allowance adds up every thread's count
+    /// of the current second.
+    #[test]
+    fn retry_budget_counts_requests_from_every_thread() {
+        for _ in 0..3 {
+            let b = RetryBudget::new(0.5, 0);
+            let start = b.second();
+            std::thread::scope(|s| {
+                for _ in 0..4 {
+                    s.spawn(|| (0..10).for_each(|_| b.note_request()));
+                }
+            });
+            let granted = (0..30).filter(|_| b.try_retry()).count();
+            if b.second() == start {
+                // 40 requests at 0.5: 20 retries, then none.
+                assert_eq!(granted, 20);
+                return;
+            }
+            // A second boundary passed mid-test: its window started afresh. Again.
+        }
+        panic!("three second boundaries in three tries");
+    }
 
     #[test]
     fn cookie_lookup() {
