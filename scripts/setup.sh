@@ -26,14 +26,30 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # Headless Chromium: the browser tests (a page reading the gateway's CORS answers).
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
-# `setup.sh --dist`: also what the profile-guided production build needs
-# (scripts/build-dist.sh): llvm-profdata from Debian's llvm-19, h2load for its training run,
-# envsubst for its configuration.
+# `setup.sh --dist`: also what the profile-optimized production build needs
+# (scripts/build-dist.sh): llvm-bolt from Debian's bolt-19 (and llvm-profdata from llvm-19
+# for the PGO experiment), h2load for its training run, envsubst for its configuration.
 if [[ ${1:-} == --dist ]]; then
+  command -v llvm-bolt-19 >/dev/null 2>&1 || need+=(bolt-19)
   command -v llvm-profdata-19 >/dev/null 2>&1 || need+=(llvm-19)
   command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
   command -v envsubst >/dev/null 2>&1 || need+=(gettext-base)
   command -v curl >/dev/null 2>&1 || need+=(curl)
+fi
+# `setup.sh --bench`: the peers and tools of benches/ and ../shared/perf/ (Debian 12's
+# versions: wrk 4.1, HAProxy 2.6, nginx 1.22, valgrind 3.19, h2load 1.52).
+if [[ ${1:-} == --bench ]]; then
+  for tool in wrk haproxy nginx valgrind strace h2load envsubst curl objdump taskset; do
+    command -v "$tool" >/dev/null 2>&1 && continue
+    case $tool in
+      h2load) need+=(nghttp2-client) ;;
+      envsubst) need+=(gettext-base) ;;
+      objdump) need+=(binutils) ;;
+      taskset) need+=(util-linux) ;;
+      nginx) need+=(nginx-light) ;;
+      *) need+=("$tool") ;;
+    esac
+  done
 fi
 
 if ((${#need[@]})); then
@@ -45,6 +61,12 @@ if ((${#need[@]})); then
   if [[ " ${need[*]} " == *" prometheus "* ]] && systemctl is-active --quiet prometheus 2>/dev/null; then
     $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
   fi
+  # The benchmark peers are started by the scripts that measure them, never as services.
+  for svc in haproxy nginx; do
+    if [[ " ${need[*]} " == *" $svc"* ]] && systemctl is-active --quiet "$svc" 2>/dev/null; then
+      $sudo systemctl disable --now "$svc" >/dev/null 2>&1 || true
+    fi
+  done
 fi
 
 if ! command -v k6 >/dev/null 2>&1; then
