@@ -10,18 +10,23 @@ FROM rust:${RUST_VERSION}-bookworm AS build
 # cmake builds libz-ng-sys; pkg-config and libssl-dev as scripts/setup.sh installs them.
 # OpenSSL itself is compiled from source and linked statically (pingora-openssl enables
 # openssl's "vendored" feature), which takes the perl and make this image already has.
+# bolt-19 (llvm-bolt), nghttp2-client (h2load), gettext-base (envsubst) and python3 are what
+# scripts/build-dist.sh's BOLT step needs, as `scripts/setup.sh --dist` installs them.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake pkg-config libssl-dev \
+      bolt-19 nghttp2-client gettext-base python3 \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
+# The production build (docs/performance.md "BOLT"): the dist profile linked with its
+# relocations, laid out again by llvm-bolt from a profile of a training run on loopback.
 # BuildKit caches keep the crates and the target directory between builds, so the binary is
 # copied out of the cache in the same step. --strip-debug drops the dist profile's line
 # tables (debug = 1) and keeps the symbols, so backtraces still name functions.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --profile dist --locked --bin tollgate \
+    BOLT=1 scripts/build-dist.sh \
  && objcopy --strip-debug target/dist/tollgate /tollgate
 
 FROM gcr.io/distroless/cc-debian12:nonroot
