@@ -18,6 +18,7 @@ use crate::config::file::{
 use crate::config::fingerprint::{carry, Carried, Fingerprint};
 use crate::config::{bounds, FromConfig, Problem};
 use breaker::{Breaker, BreakerSettings, Outcome, Permit};
+use crossbeam_utils::CachePadded;
 use discovery::dns::Resolver;
 use discovery::etcd::{EtcdSource, EtcdWatch};
 use discovery::file::{parse_targets_file, FILE_POLL};
@@ -28,7 +29,6 @@ use pingora::services::background::BackgroundService;
 use select::{Policy, Selector};
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
-use crossbeam_utils::CachePadded;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
