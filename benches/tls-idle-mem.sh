@@ -4,7 +4,15 @@
 # make one HTTP/1.1 request over TLS and then stay open and idle (held by a Python client); the server's PSS (its
 # whole process tree) before and after, divided by CONNS. With H2=1 the connections speak
 # HTTP/2 (ALPN h2) instead. Needs: nginx, openssl, python3, the dist build.
+# With DHAT=1, Tollgate alone runs under valgrind's DHAT heap profiler, twice (CONNS, default
+# 100, and 3 x CONNS connections held): once they are held it is stopped, and
+# benches/dhat-sites.py prints the heap bytes live at the peak of the second run less the
+# first, per extra connection, by owner (OpenSSL, h2, Pingora, tokio...) and by allocation
+# site: what one more idle connection is made of. DHAT follows the C library's
+# malloc, so the binary is a build with the `system-allocator` feature (made here, once, in
+# target/sysalloc; the sizes asked for are the same as with mimalloc).
 #   benches/tls-idle-mem.sh            CONNS=1000 H2=0
+#   DHAT=1 H2=1 benches/tls-idle-mem.sh
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=${TOLLGATE_BIN:-$here/../target/dist/tollgate}
@@ -120,6 +128,42 @@ measure() { # name port pid...
   awk -v n="$name" -v c="$n" -v b="$before" -v a="$after" \
     'BEGIN { printf "%-9s %5d conns  PSS %7d -> %7d kB  %.1f KB per idle connection\n", n, c, b, a, (a - b) / c }'
 }
+
+if [[ ${DHAT:-0} == 1 ]]; then
+  conns=${CONNS:-100}
+  if [[ -z ${TOLLGATE_BIN:-} ]]; then
+    (cd "$here/.." && cargo build --locked --features system-allocator --bin tollgate \
+      --target-dir target/sysalloc)
+    bin=$here/../target/sysalloc/debug/tollgate
+  fi
+  dhat_run() { # connections -> profile in $run/dhat.N.json, connections held in $run/held.N
+    local n=$1 tg holder
+    valgrind --tool=dhat --dhat-out-file="$run/dhat.$n.json" "$bin" -c "$run/tollgate.toml" \
+      >"$run/tollgate.$n.log" 2>&1 &
+    tg=$!
+    for _ in $(seq 600); do curl -sk -o /dev/null "https://127.0.0.1:19444/" && break; sleep 0.2; done
+    rm -f "$run/held"
+    conns=$n
+    sleep 100000 | hold 19444 >"$run/held" &
+    holder=$!
+    for _ in $(seq 3000); do [[ -s $run/held ]] && break; sleep 0.2; done
+    sleep 2
+    kill -INT "$tg"
+    wait "$tg" 2>/dev/null || true
+    pkill -P $$ sleep 2>/dev/null || true
+    wait "$holder" 2>/dev/null || true
+    mv "$run/held" "$run/held.$n"
+  }
+  # Twice, with N and 3N connections: the difference over 2N is what one more idle
+  # connection holds, without the process's own state (CA bundle, runtimes, tables).
+  n1=$conns n3=$((3 * conns))
+  dhat_run "$n1"
+  dhat_run "$n3"
+  echo "# DHAT N=$(cat "$run/held.$n1") 3N=$(cat "$run/held.$n3") H2=$h2 bin=$bin run=$run"
+  python3 "$here/dhat-sites.py" "$run/dhat.$n1.json" "$(cat "$run/held.$n1")" \
+    "$run/dhat.$n3.json" "$(cat "$run/held.$n3")"
+  exit 0
+fi
 
 nginx -c "$run/nginx.conf" -g 'daemon off;' >"$run/nginx.log" 2>&1 &
 pids+=($!)

@@ -10,9 +10,11 @@ use std::process::ExitCode;
 /// `mimalloc` crate calls `mi_malloc_aligned` for every allocation, whose fast path covers
 /// only small sizes: every allocation over 1 KiB (a request's future, its header buffers) took
 /// the generic aligned path. Measured in `docs/performance.md` (issue 20).
+#[cfg_attr(feature = "system-allocator", allow(dead_code))]
 struct Allocator;
 
 /// The alignment every mimalloc allocation has (`MI_MAX_ALIGN_SIZE`).
+#[cfg_attr(feature = "system-allocator", allow(dead_code))]
 const MI_MIN_ALIGN: usize = 16;
 
 // SAFETY: each method forwards to the mimalloc function with the same contract; the plain
@@ -55,6 +57,9 @@ unsafe impl std::alloc::GlobalAlloc for Allocator {
     }
 }
 
+/// Not with the `system-allocator` feature: a build whose allocations a heap profiler that
+/// sees only the C library's `malloc` can follow (`DHAT=1 benches/tls-idle-mem.sh`).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: Allocator = Allocator;
 
