@@ -20,6 +20,8 @@
 #   benches/atomics-per-request.sh report RUN_DIR        # tables again from an earlier run (same
 #                                                        # binary: addresses are looked up in it)
 #
+# Not on a binary laid out by BOLT (BOLT=1 scripts/build-dist.sh): the sites are looked up
+# by address in the binary's disassembly, and most of them moved; use target/bolt/dist/tollgate.
 # Run it under the cargo lock, after `cargo build --profile dist`:
 #   flock /tmp/tollgate-cargo.lock benches/atomics-per-request.sh
 # Needs what icount.sh needs, objdump and addr2line (binutils), python3. About a minute a
