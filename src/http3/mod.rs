@@ -35,6 +35,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// How long a connection whose requests are done waits, at most and at least, for its last
+/// responses to be delivered (or for the client to close it) before closing: four round
+/// trips within these bounds.
+const CLOSE_DRAIN_MIN: Duration = Duration::from_millis(200);
+const CLOSE_DRAIN_MAX: Duration = Duration::from_secs(2);
+
 /// A compiled `[listeners.quic]`.
 #[derive(Debug, Clone)]
 pub(crate) struct QuicListener {
@@ -595,6 +601,12 @@ impl Listener {
         }
         drop(alive);
         let _ = all_done.recv().await;
+        // `close` discards what the connection has not sent yet, and a response just
+        // finished may still be queued (under load it was: a request in flight across a
+        // binary upgrade lost its answer). The last responses get a few round trips to leave
+        // and be acknowledged; a client done with the connection usually closes it first.
+        let drain = (conn.quic.rtt() * 4).clamp(CLOSE_DRAIN_MIN, CLOSE_DRAIN_MAX);
+        let _ = tokio::time::timeout(drain, conn.quic.closed()).await;
         conn.quic.close(
             quinn::VarInt::from_u32(h3::error::Code::H3_NO_ERROR.value() as u32),
             b"",
