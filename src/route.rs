@@ -320,6 +320,12 @@ impl Route {
         }
     }
 
+    /// The proxy action and its transcoder, when the route transcodes HTTP/JSON to gRPC.
+    pub(crate) fn transcoding(&self) -> Option<(&ProxyAction, &crate::transcode::Transcoder)> {
+        let action = self.proxy()?;
+        Some((action, action.transcode.as_deref()?))
+    }
+
     /// Its position in the file, the last tie-breaker (the assembler sets it).
     pub(crate) fn at_position(mut self, order: usize) -> Route {
         self.order = order;

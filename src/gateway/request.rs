@@ -443,17 +443,12 @@ impl Gateway {
             Step::Next => {
                 // A transcoding route answers here, with a gRPC call of its own. The route's
                 // `Arc` is cloned only then (a clone is a write to its shared count).
-                let transcodes = ctx
+                let route = ctx
                     .route
-                    .as_deref()
-                    .and_then(Route::proxy)
-                    .is_some_and(|action| action.transcode.is_some());
-                let route = if transcodes { ctx.route.clone() } else { None };
-                let transcoding = route
-                    .as_deref()
-                    .and_then(Route::proxy)
-                    .and_then(|action| Some((action, action.transcode.as_deref()?)));
-                match transcoding {
+                    .as_ref()
+                    .filter(|r| r.transcoding().is_some())
+                    .cloned();
+                match route.as_deref().and_then(Route::transcoding) {
                     Some((action, t)) => self.serve_transcoded(session, ctx, action, t).await,
                     None => Ok(false),
                 }
