@@ -19,7 +19,7 @@ use crossbeam_utils::CachePadded;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 use thread_local::ThreadLocal;
 
@@ -30,16 +30,31 @@ fn bump(word: &AtomicU64, n: u64) {
     word.store(word.load(Relaxed).wrapping_add(n), Relaxed);
 }
 
+/// One word per thread, added to by its thread alone; read as the wrapping sum of all.
+#[derive(Default)]
+struct Words(ThreadLocal<CachePadded<AtomicU64>>);
+
+impl Words {
+    #[inline]
+    fn add(&self, n: u64) {
+        bump(self.0.get_or_default(), n);
+    }
+
+    fn sum(&self) -> u64 {
+        self.0
+            .iter()
+            .fold(0u64, |sum, w| sum.wrapping_add(w.load(Relaxed)))
+    }
+}
+
 /// A monotonic counter.
 #[derive(Default)]
-pub(crate) struct Counter {
-    shards: ThreadLocal<CachePadded<AtomicU64>>,
-}
+pub(crate) struct Counter(Words);
 
 impl Counter {
     #[inline]
     pub(crate) fn inc_by(&self, n: u64) {
-        bump(self.shards.get_or_default(), n);
+        self.0.add(n);
     }
 
     #[inline]
@@ -49,36 +64,29 @@ impl Counter {
 
     /// The sum over every thread.
     pub(crate) fn get(&self) -> u64 {
-        self.shards.iter().map(|s| s.load(Relaxed)).sum()
+        self.0.sum()
     }
 }
 
-/// A gauge moved up and down, possibly from different threads.
+/// A gauge moved up and down, possibly from different threads: a thread's word may go
+/// "below zero" (two's complement), the sum is exact.
 #[derive(Default)]
-pub(crate) struct Gauge {
-    shards: ThreadLocal<CachePadded<AtomicI64>>,
-}
+pub(crate) struct Gauge(Words);
 
 impl Gauge {
     #[inline]
-    fn add(&self, n: i64) {
-        let s = self.shards.get_or_default();
-        s.store(s.load(Relaxed).wrapping_add(n), Relaxed);
-    }
-
-    #[inline]
     pub(crate) fn inc(&self) {
-        self.add(1);
+        self.0.add(1);
     }
 
     #[inline]
     pub(crate) fn dec(&self) {
-        self.add(-1);
+        self.0.add(u64::MAX);
     }
 
     /// The sum over every thread.
     pub(crate) fn get(&self) -> i64 {
-        self.shards.iter().map(|s| s.load(Relaxed)).sum()
+        self.0.sum() as i64
     }
 }
 
