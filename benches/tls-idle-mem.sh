@@ -83,8 +83,8 @@ pss() { # pid... -> total PSS in kB of the processes and their children
   echo "$total"
 }
 
-hold() { # port -> holds $conns idle connections until stdin closes
-  python3 - "$1" "$conns" "$h2" <<'PY'
+hold() { # port connections -> holds that many idle connections until stdin closes
+  python3 - "$1" "$2" "$h2" <<'PY'
 import socket, ssl, sys, time
 port, n, h2 = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
 ctx = ssl.create_default_context()
@@ -111,20 +111,31 @@ sys.stdin.read()
 PY
 }
 
+# Called in this shell, not in $(...): the holder must be this script's child to be let go.
+holding='' held=''
+hold_start() { # port connections seconds -> holds them in the background, waiting at most
+  # that long for all to be made; sets $held to how many are held
+  rm -f "$run/held"
+  sleep 100000 | hold "$1" "$2" >"$run/held" &
+  holding=$!
+  for _ in $(seq "$(($3 * 10))"); do [[ -s $run/held ]] && break; sleep 0.1; done
+  held=$(cat "$run/held")
+}
+hold_stop() { # lets the held connections go
+  pkill -P $$ sleep 2>/dev/null || true
+  wait "$holding" 2>/dev/null || true
+}
+
 measure() { # name port pid...
   local name=$1 port=$2; shift 2
   sleep 1
-  local before after n holder
+  local before after n
   before=$(pss "$@")
-  rm -f "$run/held"
-  sleep 100000 | hold "$port" >"$run/held" &
-  holder=$!
-  for _ in $(seq 600); do [[ -s $run/held ]] && break; sleep 0.1; done
-  n=$(cat "$run/held")
+  hold_start "$port" "$conns" 60
+  n=$held
   sleep 2
   after=$(pss "$@")
-  pkill -P $$ sleep 2>/dev/null || true
-  wait "$holder" 2>/dev/null || true
+  hold_stop
   awk -v n="$name" -v c="$n" -v b="$before" -v a="$after" \
     'BEGIN { printf "%-9s %5d conns  PSS %7d -> %7d kB  %.1f KB per idle connection\n", n, c, b, a, (a - b) / c }'
 }
@@ -136,32 +147,27 @@ if [[ ${DHAT:-0} == 1 ]]; then
       --target-dir target/sysalloc)
     bin=$here/../target/sysalloc/debug/tollgate
   fi
-  dhat_run() { # connections -> profile in $run/dhat.N.json, connections held in $run/held.N
-    local n=$1 tg holder
+  dhat_run() { # connections -> profile in $run/dhat.N.json; sets $held
+    local n=$1 tg
     valgrind --tool=dhat --dhat-out-file="$run/dhat.$n.json" "$bin" -c "$run/tollgate.toml" \
       >"$run/tollgate.$n.log" 2>&1 &
     tg=$!
     for _ in $(seq 600); do curl -sk -o /dev/null "https://127.0.0.1:19444/" && break; sleep 0.2; done
-    rm -f "$run/held"
-    conns=$n
-    sleep 100000 | hold 19444 >"$run/held" &
-    holder=$!
-    for _ in $(seq 3000); do [[ -s $run/held ]] && break; sleep 0.2; done
+    hold_start 19444 "$n" 600
     sleep 2
     kill -INT "$tg"
     wait "$tg" 2>/dev/null || true
-    pkill -P $$ sleep 2>/dev/null || true
-    wait "$holder" 2>/dev/null || true
-    mv "$run/held" "$run/held.$n"
+    hold_stop
   }
   # Twice, with N and 3N connections: the difference over 2N is what one more idle
   # connection holds, without the process's own state (CA bundle, runtimes, tables).
   n1=$conns n3=$((3 * conns))
   dhat_run "$n1"
+  held1=$held
   dhat_run "$n3"
-  echo "# DHAT N=$(cat "$run/held.$n1") 3N=$(cat "$run/held.$n3") H2=$h2 bin=$bin run=$run"
-  python3 "$here/dhat-sites.py" "$run/dhat.$n1.json" "$(cat "$run/held.$n1")" \
-    "$run/dhat.$n3.json" "$(cat "$run/held.$n3")"
+  held3=$held
+  echo "# DHAT N=$held1 3N=$held3 H2=$h2 bin=$bin run=$run"
+  python3 "$here/dhat-sites.py" "$run/dhat.$n1.json" "$held1" "$run/dhat.$n3.json" "$held3"
   exit 0
 fi
 
