@@ -15,9 +15,9 @@
 # `setup.sh --run`: only what building the gateway needs (the README's first command).
 set -euo pipefail
 
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 install() { # packages...
-  local sudo=""
-  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
   echo "setup: installing $*" >&2
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
@@ -69,8 +69,6 @@ fi
 
 if ((${#need[@]})); then
   install "${need[@]}"
-  sudo=""
-  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
   if [[ " ${need[*]} " == *" prometheus "* ]] && systemctl is-active --quiet prometheus 2>/dev/null; then
     $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
   fi
