@@ -38,7 +38,8 @@ fi
 run=$(mktemp -d /tmp/tollgate-pgo.XXXXXX)
 
 # The training run of "$1" (the gateway binary to profile; its environment for writing the
-# profile in GATEWAY_ENV), against a demo backend run by "$2".
+# profile in GATEWAY_ENV), against a demo backend run by "$2" (its environment in
+# BACKEND_ENV: an instrumented backend's profile goes elsewhere and is not merged).
 train() {
   local bin=$1 backend_bin=$2
   # Ports from the kernel's ephemeral range are avoided: fixed, high, and checked.
@@ -51,7 +52,7 @@ train() {
   cp benches/pgo/orders.yaml "$run/orders.yaml"
   envsubst <benches/pgo/train.toml.in >"$run/train.toml"
   envsubst <benches/pgo/backend.toml.in >"$run/backend.toml"
-  RUST_LOG=error "$backend_bin" -c "$run/backend.toml" \
+  env ${BACKEND_ENV:+"$BACKEND_ENV"} RUST_LOG=error "$backend_bin" -c "$run/backend.toml" \
     >"$run/backend.log" 2>&1 &
   backend=$!
   env ${GATEWAY_ENV:+"$GATEWAY_ENV"} RUST_LOG=error "$bin" -c "$run/train.toml" \
@@ -103,6 +104,7 @@ if [[ $pgo == 1 ]]; then
   RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$profiles" \
     cargo build --profile dist --locked --bin tollgate --target-dir target/pgo-gen
   GATEWAY_ENV="LLVM_PROFILE_FILE=$profiles/gateway-%p-%m.profraw" \
+    BACKEND_ENV="LLVM_PROFILE_FILE=$run/backend-%p.profraw" \
     train target/pgo-gen/dist/tollgate target/pgo-gen/dist/tollgate
   # Only the gateway's: the build scripts and proc macros of the instrumented build wrote
   # theirs into the same directory.
@@ -128,7 +130,7 @@ llvm_bolt=$(readlink -f "$llvm_bolt")
   --instrumentation-file="$run/gateway.fdata" \
   >"$run/bolt-instrument.log" 2>&1 \
   || { echo "build-dist: llvm-bolt -instrument failed: $run/bolt-instrument.log" >&2; exit 1; }
-GATEWAY_ENV="" train "$run/tollgate.inst" "$linked"
+GATEWAY_ENV="" BACKEND_ENV="" train "$run/tollgate.inst" "$linked"
 [[ -s $run/gateway.fdata ]] || { echo "build-dist: the training run wrote no profile ($run)" >&2; exit 1; }
 mkdir -p target/dist
 "$llvm_bolt" "$linked" -o target/dist/tollgate.bolt --data="$run/gateway.fdata" \
